@@ -1,0 +1,294 @@
+//! `loom plugins list` and `loom plugins inspect`.
+
+use anyhow::Context;
+use loom_host::engine::SandboxEngine;
+use loom_host::engine::cache::sha256_hex;
+use loom_host::plugins::manifest::Manifest;
+use loom_host::plugins::{PluginEntry, Visibility};
+use loom_host::tenancy::ids::TenantId;
+use loom_host::{Host, LoomConfig};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// `loom plugins list`.
+pub async fn list(
+    config: LoomConfig,
+    tenant: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let tenant = match tenant {
+        Some(t) => {
+            let id = TenantId::new(t).context("--tenant")?;
+            config.tenant(&id)?;
+            Some(id)
+        }
+        None => None,
+    };
+    let host = Host::start(config).await?;
+    let catalog = host.catalog();
+    let entries = catalog.visible(tenant.as_ref());
+    let rows: Vec<Value> = entries
+        .iter()
+        .map(|entry| describe(entry, tenant.as_ref().map(|t| (t, &host))))
+        .collect();
+    let any_failed = entries.iter().any(|e| e.status.is_err());
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        let dirs: Vec<String> = host
+            .config()
+            .plugin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        println!(
+            "no plugins found in {}",
+            if dirs.is_empty() {
+                "(no plugin_dirs configured)".into()
+            } else {
+                dirs.join(", ")
+            }
+        );
+    } else {
+        print_table(&rows, tenant.is_some());
+    }
+    Ok(if any_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Host)>) -> Value {
+    let scope = match &entry.visibility {
+        Visibility::Global => "global".to_owned(),
+        Visibility::Tenant(t) => format!("tenant:{t}"),
+    };
+    let plugin = match &entry.status {
+        Err(error) => {
+            return json!({
+                "name": entry.name(),
+                "path": entry.path,
+                "scope": scope,
+                "error": error,
+            });
+        }
+        Ok(plugin) => plugin,
+    };
+    let tools: Vec<Value> = plugin
+        .tool
+        .as_ref()
+        .map(|t| {
+            t.tools
+                .iter()
+                .map(|s| json!({"name": s.name, "description": s.description, "destructive": s.destructive, "idempotent": s.idempotent, "parameters": s.parameters}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let granted = tenant.and_then(|(tenant, host)| {
+        let catalog = host.catalog();
+        let name = plugin.tool.as_ref()?.tools.first()?.name.clone();
+        let binding = catalog.tool(tenant, &name)?;
+        Some(serde_json::to_value(&*binding.grants).unwrap_or(Value::Null))
+    });
+    json!({
+        "name": &*plugin.name,
+        "path": plugin.path,
+        "scope": scope,
+        "kind": plugin.kind,
+        "version": plugin.version,
+        "description": plugin.description,
+        "sha256": plugin.sha256,
+        "tools": tools,
+        "requested": plugin.requests,
+        "granted": granted,
+        "manifest": plugin.requests.is_some(),
+    })
+}
+
+fn summarize_requests(value: &Value) -> String {
+    let Some(obj) = value.as_object() else {
+        return "none (no manifest)".into();
+    };
+    let mut parts = Vec::new();
+    for key in ["files", "env", "http", "sockets"] {
+        if let Some(items) = obj.get(key).and_then(Value::as_array)
+            && !items.is_empty()
+        {
+            let shown: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    Value::Array(tuple) if tuple.len() == 3 => format!(
+                        "{}{}",
+                        tuple[1].as_str().unwrap_or("?"),
+                        if tuple[2].as_bool() == Some(true) {
+                            " (rw)"
+                        } else {
+                            " (ro)"
+                        }
+                    ),
+                    Value::Object(o) => format!(
+                        "{}{}",
+                        o.get("path").and_then(Value::as_str).unwrap_or("?"),
+                        if o.get("write").and_then(Value::as_bool) == Some(true) {
+                            " (rw)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    other => other.to_string(),
+                })
+                .collect();
+            parts.push(format!("{key}: {}", shown.join(" ")));
+        }
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn print_table(rows: &[Value], with_grants: bool) {
+    for row in rows {
+        let name = row["name"].as_str().unwrap_or("?");
+        let scope = row["scope"].as_str().unwrap_or("?");
+        if let Some(error) = row.get("error").and_then(Value::as_str) {
+            println!("{name} [{scope}] FAILED TO LOAD");
+            println!("    path:      {}", row["path"].as_str().unwrap_or("?"));
+            println!("    error:     {error}");
+            continue;
+        }
+        let kind = row["kind"].as_str().unwrap_or("?");
+        let version = row["version"].as_str().unwrap_or("-");
+        println!("{name} {version} ({kind}) [{scope}]");
+        if let Some(description) = row["description"].as_str() {
+            println!("    {description}");
+        }
+        let tools: Vec<String> = row["tools"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .map(|s| {
+                        let name = s["name"].as_str().unwrap_or("?");
+                        if s["destructive"].as_bool() == Some(true) {
+                            format!("{name} (destructive)")
+                        } else {
+                            name.to_owned()
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("    tools:     {}", tools.join(", "));
+        println!("    requested: {}", summarize_requests(&row["requested"]));
+        if with_grants {
+            println!("    granted:   {}", summarize_requests(&row["granted"]));
+        }
+    }
+}
+
+/// `loom plugins inspect`.
+pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let engine = SandboxEngine::new(&config.engine, &config.data_dir.join("cache"))?;
+    let manifest_path = file.with_extension("toml");
+    let manifest = if manifest_path.is_file() {
+        Some(Manifest::load(&manifest_path))
+    } else {
+        None
+    };
+    let mut rejection: Option<String> = None;
+    if let Some(Err(error)) = &manifest {
+        rejection = Some(error.to_string());
+    }
+    let mut report = json!({
+        "file": file,
+        "bytes": bytes.len(),
+        "sha256": sha256_hex(&bytes),
+        "manifest": manifest.as_ref().and_then(|m| m.as_ref().ok()),
+    });
+    match engine.compile(&bytes) {
+        Err(error) => rejection = rejection.or(Some(error.to_string())),
+        Ok((_, shape, _, _)) => {
+            report["world"] = json!(shape.world);
+            report["kind"] = json!(shape.kind);
+            report["exports"] = json!(shape.exports);
+            report["imports"] = json!(shape.imports);
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match engine.load(&bytes, &name, &config.limits).await {
+                Ok(loaded) => {
+                    if let Some(tool) = &loaded.tool {
+                        report["tools"] = serde_json::to_value(&tool.tools)?;
+                    }
+                }
+                Err(error) => rejection = rejection.or(Some(error.to_string())),
+            }
+        }
+    }
+    let requested = manifest
+        .as_ref()
+        .and_then(|m| m.as_ref().ok())
+        .map(|m| serde_json::to_value(&m.capabilities))
+        .transpose()?;
+    report["requested"] = json!(requested);
+    report["accepted"] = json!(rejection.is_none());
+    report["rejection"] = json!(rejection);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "file:      {} ({} bytes, sha256 {})",
+            file.display(),
+            bytes.len(),
+            report["sha256"].as_str().unwrap_or("?")
+        );
+        println!(
+            "world:     {}",
+            report["world"].as_str().unwrap_or("(none)")
+        );
+        for (label, key) in [("exports:", "exports"), ("imports:", "imports")] {
+            let items: Vec<&str> = report[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            println!(
+                "{label:<10} {}",
+                if items.is_empty() {
+                    "(none)".into()
+                } else {
+                    items.join("\n           ")
+                }
+            );
+        }
+        if let Some(tools) = report["tools"].as_array() {
+            for tool in tools {
+                println!(
+                    "tool:      {}{} — {}",
+                    tool["name"].as_str().unwrap_or("?"),
+                    if tool["destructive"].as_bool() == Some(true) {
+                        " (destructive)"
+                    } else {
+                        ""
+                    },
+                    tool["description"].as_str().unwrap_or("")
+                );
+            }
+        }
+        println!("requested: {}", summarize_requests(&report["requested"]));
+        match &rejection {
+            None => println!("verdict:   accepted"),
+            Some(reason) => println!("verdict:   REJECTED: {reason}"),
+        }
+    }
+    Ok(if rejection.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,477 @@
+//! `loom.toml`: data directory, plugin directories, engine sizing, default
+//! limits, and tenants with their grants and limits.
+//!
+//! Parsing happens in two stages: the file is read into `Raw*` structs that
+//! reject unknown keys, then resolved (paths made absolute, environment values
+//! read, patterns parsed) into [`LoomConfig`]. Every error names the key and
+//! how to fix it. See the README's "loom.toml reference" for every key.
+
+use crate::tenancy::grants::{EnvValue, Grants, HostPattern, ResolvedGrants};
+use crate::tenancy::ids::TenantId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, such as `tenants.acme.grants.http`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Resource limits of one call into a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// CPU time a call may spend executing guest code.
+    pub cpu: Duration,
+    /// Wall-clock time a call may take, host I/O included.
+    pub wall: Duration,
+    /// Bytes of linear memory and tables an instance may use, all memories together.
+    pub memory_bytes: usize,
+    /// Bytes of tool output kept; the rest is cut with a marker.
+    pub max_output_bytes: usize,
+    /// Bytes of log lines (and stdout/stderr) kept per call.
+    pub max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu: Duration::from_millis(1000),
+            wall: Duration::from_millis(10_000),
+            memory_bytes: 64 << 20,
+            max_output_bytes: 1 << 20,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// `[limits]` as written: every key optional, merged over the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    cpu_ms: Option<u64>,
+    wall_ms: Option<u64>,
+    memory_mib: Option<u64>,
+    max_output_bytes: Option<usize>,
+    max_log_bytes: Option<usize>,
+}
+
+impl RawLimits {
+    fn apply(&self, base: Limits, key: &str) -> Result<Limits, ConfigError> {
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key: format!("{key}.{name}"),
+                    message: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let mut limits = base;
+        if let Some(v) = self.cpu_ms {
+            limits.cpu = Duration::from_millis(positive("cpu_ms", v)?);
+        }
+        if let Some(v) = self.wall_ms {
+            limits.wall = Duration::from_millis(positive("wall_ms", v)?);
+        }
+        if let Some(v) = self.memory_mib {
+            let v = positive("memory_mib", v)?;
+            if v > 4096 {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.memory_mib"),
+                    message: "must be at most 4096 (4 GiB, the 32-bit address space)".into(),
+                });
+            }
+            limits.memory_bytes = (v as usize) << 20;
+        }
+        if let Some(v) = self.max_output_bytes {
+            limits.max_output_bytes = positive("max_output_bytes", v as u64)? as usize;
+        }
+        if let Some(v) = self.max_log_bytes {
+            limits.max_log_bytes = v;
+        }
+        Ok(limits)
+    }
+}
+
+/// Whether the pooling instance allocator is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingMode {
+    /// Use pooling when the address space allows it, else on-demand allocation.
+    #[default]
+    Auto,
+    /// Require pooling; fail to start without it.
+    On,
+    /// Always allocate on demand.
+    Off,
+}
+
+/// `[engine]`: sizing of the shared wasmtime engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Component instances alive at once, across all tenants (pool size).
+    pub max_instances: u32,
+    /// Largest linear memory any instance may have, in MiB (pool slot size).
+    /// Per-tenant `limits.memory_mib` must not exceed it.
+    pub max_memory_mib: u64,
+    /// Epoch tick in milliseconds: the granularity of CPU limits.
+    pub epoch_tick_ms: u64,
+    /// Pooling allocator: `auto`, `on` or `off`.
+    pub pooling: PoolingMode,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: 1000,
+            max_memory_mib: 256,
+            epoch_tick_ms: 1,
+            pooling: PoolingMode::Auto,
+        }
+    }
+}
+
+/// One tenant as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    /// Plugin directories only this tenant sees (absolute).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Limits of each call (the defaults with this tenant's overrides).
+    pub limits: Limits,
+    /// Capabilities granted to this tenant's plugins.
+    pub grants: ResolvedGrants,
+}
+
+/// A loaded, validated `loom.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoomConfig {
+    /// The directory relative paths are resolved against (the file's directory).
+    pub base_dir: PathBuf,
+    /// Where Loom keeps its data; the compile cache lives in `<data_dir>/cache`.
+    pub data_dir: PathBuf,
+    /// Plugin directories every tenant sees.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// How often plugin directories are rescanned; `None` disables hot reload.
+    pub reload_interval: Option<Duration>,
+    /// Engine sizing.
+    pub engine: EngineConfig,
+    /// Default limits.
+    pub limits: Limits,
+    /// Tenants by id.
+    pub tenants: BTreeMap<TenantId, TenantConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
+    #[serde(default = "default_reload_ms")]
+    reload_interval_ms: u64,
+    #[serde(default)]
+    engine: EngineConfig,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".loom")
+}
+
+fn default_reload_ms() -> u64 {
+    500
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    grants: Grants,
+}
+
+impl LoomConfig {
+    /// Read and validate a `loom.toml`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file, or the key and the fix.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, &base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse configuration text; relative paths resolve against `base_dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key and the fix.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base_dir.join(p)
+            }
+        };
+
+        let engine = raw.engine;
+        if engine.max_instances == 0 {
+            return Err(invalid("engine.max_instances", "must be greater than 0"));
+        }
+        if engine.epoch_tick_ms == 0 || engine.epoch_tick_ms > 1000 {
+            return Err(invalid(
+                "engine.epoch_tick_ms",
+                "must be between 1 and 1000",
+            ));
+        }
+        if engine.max_memory_mib == 0 || engine.max_memory_mib > 4096 {
+            return Err(invalid(
+                "engine.max_memory_mib",
+                "must be between 1 and 4096",
+            ));
+        }
+        let limits = raw.limits.apply(Limits::default(), "limits")?;
+        check_memory(&limits, &engine, "limits.memory_mib")?;
+
+        let mut tenants = BTreeMap::new();
+        for (name, tenant) in raw.tenants {
+            let key = format!("tenants.{name}");
+            let id = TenantId::new(name.clone()).map_err(|e| invalid(&key, &e.to_string()))?;
+            let tenant_limits = tenant.limits.apply(limits, &format!("{key}.limits"))?;
+            check_memory(&tenant_limits, &engine, &format!("{key}.limits.memory_mib"))?;
+            let grants = resolve_grants(&tenant.grants, &key, &resolve)?;
+            tenants.insert(
+                id,
+                TenantConfig {
+                    plugin_dirs: tenant.plugin_dirs.iter().map(|p| resolve(p)).collect(),
+                    limits: tenant_limits,
+                    grants,
+                },
+            );
+        }
+        Ok(LoomConfig {
+            data_dir: resolve(&raw.data_dir),
+            plugin_dirs: raw.plugin_dirs.iter().map(|p| resolve(p)).collect(),
+            reload_interval: (raw.reload_interval_ms > 0)
+                .then(|| Duration::from_millis(raw.reload_interval_ms)),
+            engine,
+            limits,
+            tenants,
+            base_dir,
+        })
+    }
+
+    /// A configuration with no tenants and no plugin directories, data under
+    /// `data_dir`; for embedding and tests.
+    pub fn minimal(data_dir: impl Into<PathBuf>) -> Self {
+        LoomConfig {
+            base_dir: PathBuf::from("."),
+            data_dir: data_dir.into(),
+            plugin_dirs: Vec::new(),
+            reload_interval: None,
+            engine: EngineConfig::default(),
+            limits: Limits::default(),
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    /// The tenant's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] listing the configured tenants when `tenant` is unknown.
+    pub fn tenant(&self, tenant: &TenantId) -> Result<&TenantConfig, ConfigError> {
+        self.tenants.get(tenant).ok_or_else(|| {
+            let known: Vec<&str> = self.tenants.keys().map(TenantId::as_str).collect();
+            invalid(
+                &format!("tenants.{tenant}"),
+                &format!(
+                    "no such tenant; configured tenants: {}",
+                    if known.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn check_memory(limits: &Limits, engine: &EngineConfig, key: &str) -> Result<(), ConfigError> {
+    if limits.memory_bytes as u64 > engine.max_memory_mib << 20 {
+        return Err(invalid(
+            key,
+            &format!(
+                "{} MiB exceeds engine.max_memory_mib = {}; raise engine.max_memory_mib or lower this",
+                limits.memory_bytes >> 20,
+                engine.max_memory_mib
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_grants(
+    grants: &Grants,
+    key: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<ResolvedGrants, ConfigError> {
+    let mut files = Vec::new();
+    for (i, file) in grants.files.iter().enumerate() {
+        let fkey = format!("{key}.grants.files[{i}]");
+        if !file.guest.starts_with('/') {
+            return Err(invalid(
+                &format!("{fkey}.guest"),
+                &format!(
+                    "`{}` must be an absolute guest path such as `/data`",
+                    file.guest
+                ),
+            ));
+        }
+        if files
+            .iter()
+            .any(|(_, g, _): &(PathBuf, String, bool)| *g == file.guest)
+        {
+            return Err(invalid(
+                &format!("{fkey}.guest"),
+                &format!("`{}` is granted twice", file.guest),
+            ));
+        }
+        let host = resolve(&file.host);
+        if !host.is_dir() {
+            return Err(invalid(
+                &format!("{fkey}.host"),
+                &format!(
+                    "{} is not a directory; create it or fix the path",
+                    host.display()
+                ),
+            ));
+        }
+        files.push((host, file.guest.clone(), file.write));
+    }
+    let mut env = Vec::new();
+    for (name, value) in &grants.env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(invalid(
+                &format!("{key}.grants.env"),
+                &format!("bad variable name `{name}`"),
+            ));
+        }
+        let value = match value {
+            EnvValue::Literal(v) => v.clone(),
+            EnvValue::FromHost { from_host } => std::env::var(from_host).map_err(|_| {
+                invalid(
+                    &format!("{key}.grants.env.{name}"),
+                    &format!("host variable `{from_host}` is not set (or not UTF-8); set it or grant a literal value"),
+                )
+            })?,
+        };
+        env.push((name.clone(), value));
+    }
+    let mut http = Vec::new();
+    for grant in &grants.http {
+        let pattern = HostPattern::parse(grant.pattern(), grant.allow_private())
+            .map_err(|e| invalid(&format!("{key}.grants.http"), &e.to_string()))?;
+        http.push(pattern);
+    }
+    Ok(ResolvedGrants {
+        files,
+        env,
+        http,
+        sockets: grants.sockets.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = LoomConfig::parse("data_dri = 'x'", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("data_dri"), "{err}");
+        let err = LoomConfig::parse("[tenants.a.grants]\nhttp = ['http://x']", Path::new("."))
+            .unwrap_err();
+        assert!(err.to_string().contains("tenants.a.grants.http"), "{err}");
+    }
+
+    #[test]
+    fn limits_merge_over_defaults() {
+        let text = "[limits]\ncpu_ms = 50\n[tenants.acme.limits]\nmemory_mib = 16\n";
+        let cfg = LoomConfig::parse(text, Path::new("/base")).unwrap();
+        let acme = cfg.tenant(&TenantId::new("acme").unwrap()).unwrap();
+        assert_eq!(acme.limits.cpu, Duration::from_millis(50));
+        assert_eq!(acme.limits.memory_bytes, 16 << 20);
+        assert_eq!(cfg.data_dir, Path::new("/base/.loom"));
+        let err = cfg.tenant(&TenantId::new("nope").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("acme"), "{err}");
+    }
+
+    #[test]
+    fn memory_limit_cannot_exceed_pool_slot() {
+        let err = LoomConfig::parse("[limits]\nmemory_mib = 512", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("engine.max_memory_mib"), "{err}");
+    }
+}

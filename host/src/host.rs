@@ -1,0 +1,152 @@
+//! [`Host`]: the facade that ties configuration, engine and plugins together.
+
+use crate::config::{ConfigError, LoomConfig};
+use crate::engine::{CallError, CallRequest, EngineError, SandboxEngine, ToolOutput};
+use crate::plugins::{Catalog, PluginRegistry, ScanReport};
+use crate::tenancy::ids::Scope;
+use std::sync::Arc;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine could not be created.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A running Loom host: one engine, the plugin catalog, and (when
+/// configured) a background task that reloads changed plugins.
+pub struct Host {
+    config: Arc<LoomConfig>,
+    engine: Arc<SandboxEngine>,
+    registry: Arc<PluginRegistry>,
+    reloader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Host {
+    /// Create the engine, load every plugin directory, and start hot reload
+    /// if `reload_interval` is set. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError`] if the engine or its compile cache cannot be created.
+    /// Plugins that fail to load are reported in the catalog, not here.
+    pub async fn start(config: LoomConfig) -> Result<Self, HostError> {
+        let config = Arc::new(config);
+        let engine = Arc::new(SandboxEngine::new(
+            &config.engine,
+            &config.data_dir.join("cache"),
+        )?);
+        let registry = Arc::new(PluginRegistry::new(engine.clone(), config.clone()));
+        registry.scan().await;
+        let reloader = config.reload_interval.map(|interval| {
+            let weak = Arc::downgrade(&registry);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    let Some(registry) = weak.upgrade() else {
+                        break;
+                    };
+                    registry.scan().await;
+                }
+            })
+        });
+        Ok(Host {
+            config,
+            engine,
+            registry,
+            reloader,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoomConfig {
+        &self.config
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &SandboxEngine {
+        &self.engine
+    }
+
+    /// The current plugin catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.registry.catalog()
+    }
+
+    /// Rescan plugin directories now.
+    pub async fn rescan(&self) -> ScanReport {
+        self.registry.scan().await
+    }
+
+    /// Call tool `tool` with JSON `arguments` for `scope`, in a fresh sandbox
+    /// with the tenant's grants and limits.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: unknown tenant or tool, the tool's own error, a broken
+    /// limit, or a crash.
+    pub async fn call_tool(
+        &self,
+        scope: Scope,
+        tool: &str,
+        arguments: &str,
+    ) -> Result<ToolOutput, CallError> {
+        let tenant = self
+            .config
+            .tenant(&scope.tenant)
+            .map_err(|e| CallError::UnknownTenant {
+                tenant: scope.tenant.to_string(),
+                reason: e.to_string(),
+            })?;
+        let catalog = self.registry.catalog();
+        let Some(binding) = catalog.tool(&scope.tenant, tool) else {
+            let available: Vec<String> = catalog
+                .tools(&scope.tenant)
+                .iter()
+                .map(|b| b.spec.name.clone())
+                .collect();
+            return Err(CallError::UnknownTool {
+                tool: tool.to_owned(),
+                tenant: scope.tenant.to_string(),
+                available: if available.is_empty() {
+                    "(none)".into()
+                } else {
+                    available.join(", ")
+                },
+            });
+        };
+        let binding = binding.clone();
+        drop(catalog);
+        let Some(component) = binding.plugin.tool.as_ref() else {
+            return Err(CallError::UnknownTool {
+                tool: tool.to_owned(),
+                tenant: scope.tenant.to_string(),
+                available: String::new(),
+            });
+        };
+        let request = CallRequest {
+            scope: Arc::new(scope),
+            plugin: binding.plugin.name.clone(),
+            grants: &binding.grants,
+            limits: &tenant.limits,
+        };
+        self.engine
+            .call_tool(component, &request, tool, arguments)
+            .await
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(task) = self.reloader.take() {
+            task.abort();
+        }
+    }
+}

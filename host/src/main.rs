@@ -1,0 +1,31 @@
+//! `loom`: the command-line face of the Loom host.
+//!
+//! Exit codes: 0 success; 1 the operation ran but failed (a tool error, a
+//! denial, a limit, a plugin that cannot load); 2 bad usage or configuration.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loom: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("loom: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

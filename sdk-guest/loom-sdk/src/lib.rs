@@ -1,0 +1,186 @@
+//! Write Loom tools in Rust.
+//!
+//! A Loom tool is a WebAssembly component that exports the
+//! `loom:plugin/tool@0.1.0` interface. With this crate a tool is a plain Rust
+//! function carrying the [`tool`] attribute; its arguments are deserialized
+//! from the model's JSON and its JSON Schema is generated from the Rust types.
+//! [`export_tools!`] turns one or more such functions into the component's
+//! exports.
+//!
+//! ```no_run
+//! use loom_sdk::{tool, ToolError};
+//!
+//! /// Adds two numbers.
+//! #[tool(description = "Add two numbers and return the sum")]
+//! fn add(a: f64, b: f64) -> Result<f64, ToolError> {
+//!     Ok(a + b)
+//! }
+//!
+//! /// Greets the user the run belongs to; the user comes from the run context,
+//! /// never from the arguments.
+//! #[tool(description = "Greet the current user")]
+//! fn greet() -> String {
+//!     let ctx = loom_sdk::context();
+//!     format!("hello, {}", ctx.user_id.unwrap_or_else(|| "anonymous".into()))
+//! }
+//!
+//! loom_sdk::export_tools!(add, greet);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release` and drop the
+//! `.wasm` file into a Loom plugin directory. Capabilities (files, env, HTTP)
+//! are requested in an optional `<name>.toml` manifest beside the `.wasm` and
+//! work only as far as the tenant granted them: a tool uses `std::fs`,
+//! `std::env` and `wasi:http` as usual and gets a typed error where access is
+//! denied.
+
+#![warn(missing_docs)]
+
+/// Generated bindings of the `loom:plugin@0.1.0` tool world.
+///
+/// Most authors never need these directly: [`tool`], [`export_tools!`],
+/// [`context`] and [`log`] cover the common ground.
+#[allow(missing_docs, reason = "generated code")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "tool-plugin",
+        path: "../../wit/plugin@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_tool_plugin",
+        default_bindings_module: "::loom_sdk::bindings",
+    });
+}
+
+pub use bindings::loom::plugin::context::LogLevel;
+pub use bindings::loom::plugin::types::{RunContext, ToolError, ToolSpec};
+pub use loom_sdk_macros::{export_tools, tool};
+
+/// The tenant, user, session and run the current call serves.
+///
+/// Always take the user from here, never from tool arguments: the host sets
+/// these fields and a model cannot forge them.
+pub fn context() -> RunContext {
+    bindings::loom::plugin::context::current()
+}
+
+/// Write a line to the host's log, tagged with this component and the run
+/// context. The host caps the log volume of each call.
+pub fn log(level: LogLevel, message: &str) {
+    bindings::loom::plugin::context::log(level, message);
+}
+
+impl ToolError {
+    /// The tool ran and failed for the reason given.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        ToolError::Failed(reason.into())
+    }
+
+    /// The arguments were wrong in the way described.
+    pub fn invalid_arguments(reason: impl Into<String>) -> Self {
+        ToolError::InvalidArguments(reason.into())
+    }
+
+    /// The tool was refused something it needed.
+    pub fn denied(reason: impl Into<String>) -> Self {
+        ToolError::Denied(reason.into())
+    }
+}
+
+impl From<String> for ToolError {
+    fn from(reason: String) -> Self {
+        ToolError::Failed(reason)
+    }
+}
+
+impl From<&str> for ToolError {
+    fn from(reason: &str) -> Self {
+        ToolError::Failed(reason.to_owned())
+    }
+}
+
+impl From<std::io::Error> for ToolError {
+    /// Maps permission errors to [`ToolError::Denied`], everything else to
+    /// [`ToolError::Failed`].
+    fn from(error: std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::PermissionDenied => ToolError::Denied(error.to_string()),
+            _ => ToolError::Failed(error.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for ToolError {
+    fn from(error: serde_json::Error) -> Self {
+        ToolError::Failed(format!("JSON error: {error}"))
+    }
+}
+
+/// A tool that [`export_tools!`] can export. Implemented by [`tool`]; write it
+/// by hand only for tools whose schema is not derived from a function.
+pub trait Tool {
+    /// The tool's name, unique within the component.
+    const NAME: &'static str;
+    /// The tool's description for the model.
+    fn spec() -> ToolSpec;
+    /// Run the tool on JSON `arguments`, returning JSON output.
+    fn invoke(arguments: &str) -> Result<String, ToolError>;
+}
+
+/// Support code for the macros; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+
+    use crate::{ToolError, ToolSpec};
+
+    /// JSON Schema of `T` as text, for a tool's parameters.
+    pub fn parameters_schema<T: schemars::JsonSchema>() -> String {
+        let schema = schemars::SchemaGenerator::new(schemars::generate::SchemaSettings::draft07())
+            .into_root_schema_for::<T>();
+        let mut value = schema.to_value();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("$schema");
+            object.remove("title");
+        }
+        value.to_string()
+    }
+
+    /// Parse `arguments` as the tool's argument struct. An empty string counts
+    /// as `{}` so tools without parameters accept a bare call.
+    pub fn parse_arguments<T: serde::de::DeserializeOwned>(
+        tool: &str,
+        arguments: &str,
+    ) -> Result<T, ToolError> {
+        let text = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
+        serde_json::from_str(text).map_err(|e| ToolError::InvalidArguments(format!("{tool}: {e}")))
+    }
+
+    /// Serialize a tool's output to JSON.
+    pub fn output_json<T: serde::Serialize>(value: &T) -> Result<String, ToolError> {
+        serde_json::to_string(value)
+            .map_err(|e| ToolError::Failed(format!("output is not serializable: {e}")))
+    }
+
+    /// Build a spec; used by the `#[tool]` expansion.
+    pub fn spec(
+        name: &str,
+        description: &str,
+        parameters: String,
+        destructive: bool,
+        idempotent: bool,
+    ) -> ToolSpec {
+        ToolSpec {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            parameters,
+            destructive,
+            idempotent,
+        }
+    }
+}
