@@ -174,8 +174,10 @@ pub struct TenantConfig {
 pub struct LoomConfig {
     /// The directory relative paths are resolved against (the file's directory).
     pub base_dir: PathBuf,
-    /// Where Loom keeps its data; the compile cache lives in `<data_dir>/cache`.
+    /// Where Loom keeps its data.
     pub data_dir: PathBuf,
+    /// Where compiled components are cached; host-only. Default `<data_dir>/cache`.
+    pub cache_dir: PathBuf,
     /// Plugin directories every tenant sees.
     pub plugin_dirs: Vec<PathBuf>,
     /// How often plugin directories are rescanned; `None` disables hot reload.
@@ -193,6 +195,8 @@ pub struct LoomConfig {
 struct RawConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+    #[serde(default)]
+    cache_dir: Option<PathBuf>,
     #[serde(default)]
     plugin_dirs: Vec<PathBuf>,
     #[serde(default = "default_reload_ms")]
@@ -303,8 +307,14 @@ impl LoomConfig {
                 },
             );
         }
+        let data_dir = resolve(&raw.data_dir);
         Ok(LoomConfig {
-            data_dir: resolve(&raw.data_dir),
+            cache_dir: raw
+                .cache_dir
+                .as_deref()
+                .map(&resolve)
+                .unwrap_or_else(|| data_dir.join("cache")),
+            data_dir,
             plugin_dirs: raw.plugin_dirs.iter().map(|p| resolve(p)).collect(),
             reload_interval: (raw.reload_interval_ms > 0)
                 .then(|| Duration::from_millis(raw.reload_interval_ms)),
@@ -318,9 +328,11 @@ impl LoomConfig {
     /// A configuration with no tenants and no plugin directories, data under
     /// `data_dir`; for embedding and tests.
     pub fn minimal(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         LoomConfig {
             base_dir: PathBuf::from("."),
-            data_dir: data_dir.into(),
+            cache_dir: data_dir.join("cache"),
+            data_dir,
             plugin_dirs: Vec::new(),
             reload_interval: None,
             engine: EngineConfig::default(),

@@ -38,7 +38,7 @@ impl Host {
         let config = Arc::new(config);
         let engine = Arc::new(SandboxEngine::new(
             &config.engine,
-            &config.data_dir.join("cache"),
+            &config.cache_dir,
         )?);
         let registry = Arc::new(PluginRegistry::new(engine.clone(), config.clone()));
         registry.scan().await;

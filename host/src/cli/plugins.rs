@@ -193,7 +193,7 @@ fn print_table(rows: &[Value], with_grants: bool) {
 /// `loom plugins inspect`.
 pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let engine = SandboxEngine::new(&config.engine, &config.data_dir.join("cache"))?;
+    let engine = SandboxEngine::new(&config.engine, &config.cache_dir)?;
     let manifest_path = file.with_extension("toml");
     let manifest = if manifest_path.is_file() {
         Some(Manifest::load(&manifest_path))

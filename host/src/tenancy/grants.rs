@@ -67,7 +67,8 @@ pub enum HttpGrant {
         host: String,
         /// Allow the destination even when its name resolves to a loopback,
         /// private, link-local or metadata address. Default: false. An IP
-        /// literal or `localhost` in `host` counts as explicitly granted.
+        /// literal in `host` counts as explicitly granted; a name (even
+        /// `localhost`) does not.
         #[serde(default)]
         allow_private: bool,
     },
@@ -207,10 +208,10 @@ impl HostPattern {
         ports_ok && hosts_ok
     }
 
-    /// Whether the pattern names an address explicitly (an IP literal or
-    /// `localhost`), which grants that address even if it is private.
+    /// Whether the pattern names an address explicitly (an IP literal),
+    /// which grants that address even if it is private.
     pub fn is_explicit_address(&self) -> bool {
-        !self.wildcard && (self.host == "localhost" || self.host.parse::<IpAddr>().is_ok())
+        !self.wildcard && self.host.parse::<IpAddr>().is_ok()
     }
 }
 

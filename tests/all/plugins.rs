@@ -1,0 +1,197 @@
+//! Plugin directories: kinds, manifests, per-tenant visibility, hot reload,
+//! and the compile cache.
+
+use crate::support::{TWO_TENANTS, install_good_tools};
+use loom_host::engine::cache::CacheOutcome;
+use loom_host::engine::{CallError, ComponentShape, LoadError, PluginKind, SandboxEngine};
+use loom_host::tenancy::ids::TenantId;
+use loom_host::{Host, LoomConfig};
+use loom_tests::{TestEnv, components, scope};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_listed_with_kind_tools_and_grants() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(
+        components::TOOL_FILES,
+        "files",
+        Some("name = \"file-tools\"\nversion = \"1.2.3\"\n[capabilities]\nfiles = [\"/data\"]\nenv = [\"X\"]\n"),
+    );
+    env.mkdir("data");
+    let host = env
+        .host(&format!("{TWO_TENANTS}[tenants.acme.grants]\nfiles = [{{ host = \"data\", guest = \"/data\", write = true }}]\n"))
+        .await;
+    let catalog = host.catalog();
+    let files = catalog.entries.iter().find(|e| e.name() == "file-tools").expect("named by manifest");
+    let plugin = files.status.as_ref().expect("loaded");
+    assert_eq!(plugin.kind, PluginKind::Tool);
+    assert_eq!(plugin.version.as_deref(), Some("1.2.3"));
+    let tools: Vec<&str> = plugin.tool.as_ref().unwrap().tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tools, ["read_file", "list_dir", "write_file"]);
+    let write = plugin.tool.as_ref().unwrap().tools.iter().find(|t| t.name == "write_file").unwrap();
+    assert!(write.destructive);
+    assert_eq!(write.parameters["required"], serde_json::json!(["path", "content"]));
+    let acme = TenantId::new("acme").unwrap();
+    let binding = catalog.tool(&acme, "read_file").unwrap();
+    assert_eq!(binding.grants.files.len(), 1);
+    assert!(!binding.grants.files[0].2, "manifest asked read-only, so read-only");
+    assert!(binding.grants.env.is_empty(), "X requested but not granted");
+    let globex = TenantId::new("globex").unwrap();
+    assert!(catalog.tool(&globex, "read_file").unwrap().grants.files.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_directories_are_private_and_shadow_global_tools() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    let own = env.path().join("tenants/acme");
+    env.install(&own, components::TOOL_FILES, "acme-files", None);
+    // acme's own plugin named "calculate"? Use run-context under acme's dir to shadow.
+    env.install(&own, components::FIXTURE_PANIC, "acme-panic", None);
+    let host = env
+        .host("[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.globex]\n")
+        .await;
+    let catalog = host.catalog();
+    let acme = TenantId::new("acme").unwrap();
+    let globex = TenantId::new("globex").unwrap();
+    assert!(catalog.tool(&acme, "read_file").is_some());
+    assert!(catalog.tool(&globex, "read_file").is_none(), "acme's plugin is invisible to globex");
+    assert!(catalog.visible(Some(&globex)).iter().all(|e| e.name() != "acme-files"));
+    assert!(catalog.visible(Some(&acme)).iter().any(|e| e.name() == "acme-files"));
+    let err = host.call_tool(scope("globex", None), "explode", "{}").await.unwrap_err();
+    assert!(matches!(err, CallError::UnknownTool { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescan_adds_replaces_and_removes_plugins() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    let host = env.host(TWO_TENANTS).await;
+    let acme = || scope("acme", None);
+    assert!(host.call_tool(acme(), "explode", "{}").await.is_err());
+
+    // Add.
+    env.add_plugin(components::FIXTURE_PANIC, "swap", None);
+    let report = host.rescan().await;
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    let err = host.call_tool(acme(), "explode", "{}").await.unwrap_err();
+    assert!(matches!(err, CallError::Trap { .. }), "now served: {err:?}");
+
+    // Replace the same file with another component.
+    std::thread::sleep(Duration::from_millis(20));
+    env.add_plugin(components::FIXTURE_ENV_READER, "swap", None);
+    let report = host.rescan().await;
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    assert!(matches!(host.call_tool(acme(), "explode", "{}").await, Err(CallError::UnknownTool { .. })));
+    host.call_tool(acme(), "read_env", r#"{"name":"X"}"#).await.expect("new version served");
+
+    // Unchanged files are not reloaded.
+    assert!(host.rescan().await.is_empty());
+
+    // Remove.
+    std::fs::remove_file(env.plugins().join("swap.wasm")).unwrap();
+    let report = host.rescan().await;
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert!(matches!(host.call_tool(acme(), "read_env", r#"{"name":"X"}"#).await, Err(CallError::UnknownTool { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_finishes_on_the_old_version() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(components::FIXTURE_SPIN, "spin", None);
+    let host = std::sync::Arc::new(env.host(&format!("{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 400\n")).await);
+    let running = {
+        let host = host.clone();
+        tokio::spawn(async move { host.call_tool(scope("acme", None), "spin", "{}").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::remove_file(env.plugins().join("spin.wasm")).unwrap();
+    assert_eq!(host.rescan().await.removed.len(), 1);
+    assert!(matches!(host.call_tool(scope("acme", None), "spin", "{}").await, Err(CallError::UnknownTool { .. })));
+    let finished = running.await.unwrap();
+    assert!(matches!(finished, Err(CallError::CpuLimit { .. })), "the old instance ran to its own end: {finished:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_picks_up_a_new_file_without_restart() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.config(TWO_TENANTS);
+    let text = std::fs::read_to_string(env.path().join("loom.toml"))
+        .unwrap()
+        .replace("reload_interval_ms = 0", "reload_interval_ms = 50");
+    std::fs::write(env.path().join("loom.toml"), text).unwrap();
+    let host = Host::start(LoomConfig::load(&env.path().join("loom.toml")).unwrap()).await.unwrap();
+    env.add_plugin(components::FIXTURE_PANIC, "late", None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match host.call_tool(scope("acme", None), "explode", "{}").await {
+            Err(CallError::Trap { .. }) => break,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "never reloaded: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifest_skips_the_plugin_with_its_reason() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(components::TOOL_FILES, "files", Some("[capabilities]\nfiles = [\"relative\"]\nbogus = 1\n"));
+    let host = env.host(TWO_TENANTS).await;
+    let catalog = host.catalog();
+    let entry = catalog.entries.iter().find(|e| e.name() == "files").unwrap();
+    let error = entry.status.as_ref().err().expect("rejected");
+    assert!(error.contains("files.toml") && error.contains("bogus"), "{error}");
+    super::support::assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_on_disk() {
+    let env = TestEnv::new();
+    let cache = env.mkdir("private-cache");
+    let engine = SandboxEngine::new(&Default::default(), &cache).unwrap();
+    let bytes = std::fs::read(components::TOOL_CALCULATOR).unwrap();
+    let (_, _, sha, outcome) = engine.compile(&bytes).unwrap();
+    assert_eq!(outcome, CacheOutcome::Compiled);
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().filter_map(Result::ok).collect();
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].file_name().to_string_lossy().starts_with(&sha));
+    drop(engine);
+    let engine = SandboxEngine::new(&Default::default(), &cache).unwrap();
+    let (_, _, _, outcome) = engine.compile(&bytes).unwrap();
+    assert_eq!(outcome, CacheOutcome::Hit);
+    // A corrupt entry is replaced, not trusted.
+    std::fs::write(entries[0].path(), b"garbage").unwrap();
+    let (_, _, _, outcome) = engine.compile(&bytes).unwrap();
+    assert_eq!(outcome, CacheOutcome::Compiled);
+}
+
+#[test]
+fn insecure_cache_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let cache = env.mkdir("shared-cache");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o733)).unwrap();
+    let err = SandboxEngine::new(&Default::default(), &cache).err().expect("refused");
+    assert!(err.to_string().contains("chmod 700"), "{err}");
+}
+
+#[test]
+fn exports_of_another_loom_version_are_named() {
+    let shape = ComponentShape {
+        kind: None,
+        world: None,
+        exports: vec!["loom:plugin/tool@0.2.0".into()],
+        imports: vec![],
+    };
+    let err = SandboxEngine::classify(&shape).unwrap_err();
+    assert!(matches!(err, LoadError::UnsupportedVersion(_)));
+    assert!(err.to_string().contains("loom:plugin@0.1.x"), "{err}");
+    let shape = ComponentShape { exports: vec!["wasi:cli/run@0.2.0".into()], ..shape };
+    assert!(matches!(SandboxEngine::classify(&shape), Err(LoadError::NotAPlugin(_))));
+}
