@@ -36,10 +36,7 @@ impl Host {
     /// Plugins that fail to load are reported in the catalog, not here.
     pub async fn start(config: LoomConfig) -> Result<Self, HostError> {
         let config = Arc::new(config);
-        let engine = Arc::new(SandboxEngine::new(
-            &config.engine,
-            &config.cache_dir,
-        )?);
+        let engine = Arc::new(SandboxEngine::new(&config.engine, &config.cache_dir)?);
         let registry = Arc::new(PluginRegistry::new(engine.clone(), config.clone()));
         registry.scan().await;
         let reloader = config.reload_interval.map(|interval| {

@@ -6,7 +6,8 @@ use loom_host::engine::{CallError, ToolFailure};
 use loom_tests::{TestEnv, components, scope};
 use std::sync::atomic::Ordering;
 
-const FILES_MANIFEST: &str = "name = \"files\"\n[capabilities]\nfiles = [{ path = \"/data\", write = true }]\n";
+const FILES_MANIFEST: &str =
+    "name = \"files\"\n[capabilities]\nfiles = [{ path = \"/data\", write = true }]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_read_only_unless_granted_read_write() {
@@ -24,24 +25,74 @@ async fn files_are_read_only_unless_granted_read_write() {
         ))
         .await;
     // Each tenant sees only its own directory under the same guest path.
-    let out = host.call_tool(scope("acme", None), "read_file", r#"{"path":"/data/a.txt"}"#).await.unwrap();
-    assert!(out.output.contains("acme data"));
-    let err = host.call_tool(scope("acme", None), "read_file", r#"{"path":"/data/g.txt"}"#).await.unwrap_err();
-    assert!(matches!(err, CallError::Tool { failure: ToolFailure::Failed(_), .. }), "{err:?}");
-    // Read-only for acme.
-    let err = host
-        .call_tool(scope("acme", None), "write_file", r#"{"path":"/data/new.txt","content":"x"}"#)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, CallError::Tool { failure: ToolFailure::Denied(_), .. }), "{err:?}");
-    assert!(!acme.join("new.txt").exists());
-    // Read-write for globex.
-    host.call_tool(scope("globex", None), "write_file", r#"{"path":"/data/new.txt","content":"written"}"#)
+    let out = host
+        .call_tool(
+            scope("acme", None),
+            "read_file",
+            r#"{"path":"/data/a.txt"}"#,
+        )
         .await
         .unwrap();
-    assert_eq!(std::fs::read_to_string(globex.join("new.txt")).unwrap(), "written");
-    let listing = host.call_tool(scope("globex", None), "list_dir", r#"{"path":"/data"}"#).await.unwrap();
-    assert!(listing.output.contains("g.txt") && listing.output.contains("new.txt"), "{}", listing.output);
+    assert!(out.output.contains("acme data"));
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "read_file",
+            r#"{"path":"/data/g.txt"}"#,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Tool {
+                failure: ToolFailure::Failed(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Read-only for acme.
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "write_file",
+            r#"{"path":"/data/new.txt","content":"x"}"#,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Tool {
+                failure: ToolFailure::Denied(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!acme.join("new.txt").exists());
+    // Read-write for globex.
+    host.call_tool(
+        scope("globex", None),
+        "write_file",
+        r#"{"path":"/data/new.txt","content":"written"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(globex.join("new.txt")).unwrap(),
+        "written"
+    );
+    let listing = host
+        .call_tool(scope("globex", None), "list_dir", r#"{"path":"/data"}"#)
+        .await
+        .unwrap();
+    assert!(
+        listing.output.contains("g.txt") && listing.output.contains("new.txt"),
+        "{}",
+        listing.output
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,8 +104,18 @@ async fn a_plugin_without_manifest_gets_no_capabilities() {
     let host = env
         .host("[tenants.acme.grants]\nfiles = [{ host = \"data/acme\", guest = \"/data\", write = true }]\n")
         .await;
-    let err = host.call_tool(scope("acme", None), "read_file", r#"{"path":"/data/a.txt"}"#).await.unwrap_err();
-    assert!(err.to_string().contains("outside the directories granted"), "{err}");
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "read_file",
+            r#"{"path":"/data/a.txt"}"#,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("outside the directories granted"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +125,9 @@ async fn http_reaches_only_granted_destinations() {
     env.add_plugin(
         components::TOOL_HTTP_FETCH,
         "http-fetch",
-        Some(&format!("[capabilities]\nhttp = [\"127.0.0.1:{port}\", \"localhost:{port}\"]\n")),
+        Some(&format!(
+            "[capabilities]\nhttp = [\"127.0.0.1:{port}\", \"localhost:{port}\"]\n"
+        )),
     );
     let host = env
         .host(&format!(
@@ -73,7 +136,11 @@ async fn http_reaches_only_granted_destinations() {
         .await;
     // Granted by IP literal: an explicit grant of a loopback address works.
     let out = host
-        .call_tool(scope("acme", None), "http_get", &format!(r#"{{"url":"http://127.0.0.1:{port}/ping"}}"#))
+        .call_tool(
+            scope("acme", None),
+            "http_get",
+            &format!(r#"{{"url":"http://127.0.0.1:{port}/ping"}}"#),
+        )
         .await
         .unwrap();
     let response: serde_json::Value = serde_json::from_str(&out.output).unwrap();
@@ -83,17 +150,47 @@ async fn http_reaches_only_granted_destinations() {
     // Granted by name, but the name resolves to loopback: blocked by the
     // resolved-address check unless allow_private is set.
     let err = host
-        .call_tool(scope("acme", None), "http_get", &format!(r#"{{"url":"http://localhost:{port}/"}}"#))
+        .call_tool(
+            scope("acme", None),
+            "http_get",
+            &format!(r#"{{"url":"http://localhost:{port}/"}}"#),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Tool { failure: ToolFailure::Denied(_), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CallError::Tool {
+                failure: ToolFailure::Denied(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Not granted at all for globex.
     let err = host
-        .call_tool(scope("globex", None), "http_get", &format!(r#"{{"url":"http://127.0.0.1:{port}/"}}"#))
+        .call_tool(
+            scope("globex", None),
+            "http_get",
+            &format!(r#"{{"url":"http://127.0.0.1:{port}/"}}"#),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Tool { failure: ToolFailure::Denied(_), .. }), "{err:?}");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "denied requests never reached the server");
+    assert!(
+        matches!(
+            err,
+            CallError::Tool {
+                failure: ToolFailure::Denied(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "denied requests never reached the server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +206,11 @@ async fn allow_private_lets_a_name_resolve_to_loopback() {
         .host(&format!("[tenants.acme.grants]\nhttp = [{{ host = \"localhost:{port}\", allow_private = true }}]\n"))
         .await;
     let out = host
-        .call_tool(scope("acme", None), "http_get", &format!(r#"{{"url":"http://localhost:{port}/"}}"#))
+        .call_tool(
+            scope("acme", None),
+            "http_get",
+            &format!(r#"{{"url":"http://localhost:{port}/"}}"#),
+        )
         .await
         .unwrap();
     assert!(out.output.contains("pong"), "{}", out.output);
@@ -123,11 +224,21 @@ async fn granted_socket_address_connects() {
     env.add_plugin(
         components::FIXTURE_NETPEEK,
         "netpeek",
-        Some(&format!("[capabilities]\nsockets = [\"127.0.0.1:{port}\"]\n")),
+        Some(&format!(
+            "[capabilities]\nsockets = [\"127.0.0.1:{port}\"]\n"
+        )),
     );
-    let host = env.host(&format!("[tenants.acme.grants]\nsockets = [\"127.0.0.1:{port}\"]\n")).await;
+    let host = env
+        .host(&format!(
+            "[tenants.acme.grants]\nsockets = [\"127.0.0.1:{port}\"]\n"
+        ))
+        .await;
     let out = host
-        .call_tool(scope("acme", None), "tcp", &format!(r#"{{"address":"127.0.0.1:{port}"}}"#))
+        .call_tool(
+            scope("acme", None),
+            "tcp",
+            &format!(r#"{{"address":"127.0.0.1:{port}"}}"#),
+        )
         .await
         .unwrap();
     assert!(out.output.contains("\"status\":0"), "{}", out.output);

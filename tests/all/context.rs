@@ -24,7 +24,10 @@ async fn tools_see_the_callers_scope_and_nothing_else() {
     assert_eq!(a["run_id"], run.as_str());
     assert_eq!(a["metadata"]["channel"], "web");
     assert_eq!(b["tenant"], "globex");
-    assert!(b["user_id"].is_null(), "anonymous is none, not a magic string");
+    assert!(
+        b["user_id"].is_null(),
+        "anonymous is none, not a magic string"
+    );
     assert!(b["session_id"].is_null());
 }
 
@@ -33,10 +36,19 @@ async fn unknown_tenant_and_tool_are_clear_errors() {
     let env = TestEnv::new();
     install_good_tools(&env);
     let host = env.host(TWO_TENANTS).await;
-    let err = host.call_tool(scope("nobody", None), "calculate", "{}").await.unwrap_err();
+    let err = host
+        .call_tool(scope("nobody", None), "calculate", "{}")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("acme, globex"), "{err}");
-    let err = host.call_tool(scope("acme", None), "nope", "{}").await.unwrap_err();
+    let err = host
+        .call_tool(scope("acme", None), "nope", "{}")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("calculate"), "{err}");
-    let err = host.call_tool(scope("acme", None), "calculate", r#"{"expr":"1"}"#).await.unwrap_err();
+    let err = host
+        .call_tool(scope("acme", None), "calculate", r#"{"expr":"1"}"#)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid arguments"), "{err}");
 }

@@ -22,8 +22,14 @@ const TESTED: &[&str] = &[
 
 #[test]
 fn every_fixture_has_a_test() {
-    for (name, _) in components::ALL.iter().filter(|(n, _)| n.starts_with("FIXTURE_")) {
-        assert!(TESTED.contains(name), "fixture {name} has no containment test in hostile.rs");
+    for (name, _) in components::ALL
+        .iter()
+        .filter(|(n, _)| n.starts_with("FIXTURE_"))
+    {
+        assert!(
+            TESTED.contains(name),
+            "fixture {name} has no containment test in hostile.rs"
+        );
     }
 }
 
@@ -32,12 +38,25 @@ async fn infinite_loop_hits_the_cpu_limit() {
     let env = TestEnv::new();
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_SPIN, "spin", None);
-    let host = env.host(&format!("{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 100\nwall_ms = 5000\n")).await;
+    let host = env
+        .host(&format!(
+            "{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 100\nwall_ms = 5000\n"
+        ))
+        .await;
     let started = std::time::Instant::now();
-    let err = host.call_tool(scope("acme", Some("mallory")), "spin", "{}").await.unwrap_err();
-    assert!(matches!(err, CallError::CpuLimit { limit_ms: 100, .. }), "{err:?}");
+    let err = host
+        .call_tool(scope("acme", Some("mallory")), "spin", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::CpuLimit { limit_ms: 100, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("CPU limit of 100 ms"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(4), "stopped by CPU limit, not wall clock");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "stopped by CPU limit, not wall clock"
+    );
     assert_still_healthy(&host, "acme", "globex").await;
 }
 
@@ -46,9 +65,19 @@ async fn infinite_loop_hits_the_wall_clock_when_cpu_allows_more() {
     let env = TestEnv::new();
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_SPIN, "spin", None);
-    let host = env.host(&format!("{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 60000\nwall_ms = 200\n")).await;
-    let err = host.call_tool(scope("acme", None), "spin", "{}").await.unwrap_err();
-    assert!(matches!(err, CallError::Timeout { limit_ms: 200, .. }), "{err:?}");
+    let host = env
+        .host(&format!(
+            "{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 60000\nwall_ms = 200\n"
+        ))
+        .await;
+    let err = host
+        .call_tool(scope("acme", None), "spin", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Timeout { limit_ms: 200, .. }),
+        "{err:?}"
+    );
     assert_still_healthy(&host, "acme", "globex").await;
 }
 
@@ -57,10 +86,19 @@ async fn unbounded_memory_hits_the_memory_limit() {
     let env = TestEnv::new();
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_HOG, "hog", None);
-    let host = env.host(&format!("{TWO_TENANTS}[tenants.acme.limits]\nmemory_mib = 32\n")).await;
-    let err = host.call_tool(scope("acme", None), "hog", "{}").await.unwrap_err();
+    let host = env
+        .host(&format!(
+            "{TWO_TENANTS}[tenants.acme.limits]\nmemory_mib = 32\n"
+        ))
+        .await;
+    let err = host
+        .call_tool(scope("acme", None), "hog", "{}")
+        .await
+        .unwrap_err();
     match &err {
-        CallError::MemoryLimit { limit, requested, .. } => {
+        CallError::MemoryLimit {
+            limit, requested, ..
+        } => {
             assert_eq!(*limit, 32 << 20);
             assert!(*requested > *limit);
         }
@@ -76,7 +114,10 @@ async fn unbounded_recursion_is_a_stack_overflow() {
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_RECURSE, "recurse", None);
     let host = env.host(TWO_TENANTS).await;
-    let err = host.call_tool(scope("acme", None), "recurse", "{}").await.unwrap_err();
+    let err = host
+        .call_tool(scope("acme", None), "recurse", "{}")
+        .await
+        .unwrap_err();
     match &err {
         CallError::Trap { reason, .. } => assert!(reason.contains("stack overflow"), "{reason}"),
         other => panic!("expected a stack overflow trap, got {other:?}"),
@@ -115,9 +156,20 @@ async fn reads_outside_preopens_fail() {
         "../secret.txt",
         "/etc/passwd",
     ]});
-    let out = host.call_tool(scope("acme", None), "probe", &paths.to_string()).await.unwrap();
-    assert!(!out.output.contains("TOP-SECRET"), "a read escaped the preopen: {}", out.output);
-    assert!(!out.output.contains("root:"), "read /etc/passwd: {}", out.output);
+    let out = host
+        .call_tool(scope("acme", None), "probe", &paths.to_string())
+        .await
+        .unwrap();
+    assert!(
+        !out.output.contains("TOP-SECRET"),
+        "a read escaped the preopen: {}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("root:"),
+        "read /etc/passwd: {}",
+        out.output
+    );
     let attempts: serde_json::Value = serde_json::from_str(&out.output).unwrap();
     assert_eq!(attempts[0]["read"], "fine", "the granted file is readable");
     for attempt in attempts.as_array().unwrap().iter().skip(1) {
@@ -128,7 +180,8 @@ async fn reads_outside_preopens_fail() {
         .call_tool(
             scope("acme", None),
             "plant_symlink",
-            &serde_json::json!({"name": "planted", "target": secret.display().to_string()}).to_string(),
+            &serde_json::json!({"name": "planted", "target": secret.display().to_string()})
+                .to_string(),
         )
         .await
         .unwrap();
@@ -143,21 +196,43 @@ async fn ungranted_env_is_invisible() {
     unsafe { std::env::set_var("LOOM_TEST_HOST_SECRET", "host-secret-value") };
     let env = TestEnv::new();
     install_good_tools(&env);
-    env.add_plugin(components::FIXTURE_ENV_READER, "env-reader", Some("[capabilities]\nenv = [\"GREETING\", \"TOKEN\"]\n"));
+    env.add_plugin(
+        components::FIXTURE_ENV_READER,
+        "env-reader",
+        Some("[capabilities]\nenv = [\"GREETING\", \"TOKEN\"]\n"),
+    );
     let host = env
         .host(&format!(
             "{TWO_TENANTS}[tenants.acme.grants.env]\nGREETING = \"hello\"\nTOKEN = {{ from_host = \"LOOM_TEST_HOST_SECRET\" }}\nNOT_REQUESTED = \"x\"\n"
         ))
         .await;
-    let out = host.call_tool(scope("acme", None), "read_env", r#"{"name":"PATH"}"#).await.unwrap();
+    let out = host
+        .call_tool(scope("acme", None), "read_env", r#"{"name":"PATH"}"#)
+        .await
+        .unwrap();
     let seen: serde_json::Value = serde_json::from_str(&out.output).unwrap();
     assert_eq!(seen["GREETING"], "hello");
-    assert_eq!(seen["TOKEN"], "host-secret-value", "from_host grants the named value");
-    assert!(seen["requested:PATH"].is_null(), "PATH is not inherited: {seen}");
-    assert!(seen.get("NOT_REQUESTED").is_none(), "granted but not requested: {seen}");
-    assert!(seen.get("HOME").is_none() && seen.get("PATH").is_none(), "{seen}");
+    assert_eq!(
+        seen["TOKEN"], "host-secret-value",
+        "from_host grants the named value"
+    );
+    assert!(
+        seen["requested:PATH"].is_null(),
+        "PATH is not inherited: {seen}"
+    );
+    assert!(
+        seen.get("NOT_REQUESTED").is_none(),
+        "granted but not requested: {seen}"
+    );
+    assert!(
+        seen.get("HOME").is_none() && seen.get("PATH").is_none(),
+        "{seen}"
+    );
     // The other tenant granted nothing: sees nothing at all.
-    let out = host.call_tool(scope("globex", None), "read_env", r#"{"name":"GREETING"}"#).await.unwrap();
+    let out = host
+        .call_tool(scope("globex", None), "read_env", r#"{"name":"GREETING"}"#)
+        .await
+        .unwrap();
     let seen: serde_json::Value = serde_json::from_str(&out.output).unwrap();
     assert_eq!(seen.as_object().unwrap().len(), 1, "{seen}");
     assert!(seen["requested:GREETING"].is_null());
@@ -172,7 +247,9 @@ async fn network_to_ungranted_loopback_port_sends_nothing() {
     env.add_plugin(
         components::FIXTURE_NETPEEK,
         "netpeek",
-        Some(&format!("[capabilities]\nhttp = [\"127.0.0.1:{port}\"]\nsockets = [\"127.0.0.1:{port}\"]\n")),
+        Some(&format!(
+            "[capabilities]\nhttp = [\"127.0.0.1:{port}\"]\nsockets = [\"127.0.0.1:{port}\"]\n"
+        )),
     );
     // acme grants a different port; globex grants nothing.
     let other = port.wrapping_add(1);
@@ -183,19 +260,31 @@ async fn network_to_ungranted_loopback_port_sends_nothing() {
         .await;
     for tenant in ["acme", "globex"] {
         let out = host
-            .call_tool(scope(tenant, None), "http", &format!(r#"{{"authority":"127.0.0.1:{port}","path":"/"}}"#))
+            .call_tool(
+                scope(tenant, None),
+                "http",
+                &format!(r#"{{"authority":"127.0.0.1:{port}","path":"/"}}"#),
+            )
             .await
             .unwrap();
         assert!(out.output.contains("HttpRequestDenied"), "{}", out.output);
         assert!(!out.denials.is_empty(), "the denial is reported");
         let out = host
-            .call_tool(scope(tenant, None), "tcp", &format!(r#"{{"address":"127.0.0.1:{port}"}}"#))
+            .call_tool(
+                scope(tenant, None),
+                "tcp",
+                &format!(r#"{{"address":"127.0.0.1:{port}"}}"#),
+            )
             .await
             .unwrap();
         assert!(out.output.contains("\"status\":null"), "{}", out.output);
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert_eq!(seen.load(Ordering::SeqCst), 0, "the listener received a connection");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the listener received a connection"
+    );
     assert_still_healthy(&host, "acme", "globex").await;
 }
 
@@ -207,13 +296,27 @@ async fn huge_output_and_logs_are_capped() {
     let host = env
         .host(&format!("{TWO_TENANTS}[tenants.acme.limits]\nmax_output_bytes = 65536\nmax_log_bytes = 8192\nmemory_mib = 64\n"))
         .await;
-    let out = host.call_tool(scope("acme", None), "flood", r#"{"megabytes":8}"#).await.unwrap();
-    assert_eq!(out.truncated_from, Some(8 * 1024 * 1024 + 2), "original JSON string length");
-    assert!(out.output.len() < 65536 + 200, "kept {} bytes", out.output.len());
+    let out = host
+        .call_tool(scope("acme", None), "flood", r#"{"megabytes":8}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.truncated_from,
+        Some(8 * 1024 * 1024 + 2),
+        "original JSON string length"
+    );
+    assert!(
+        out.output.len() < 65536 + 200,
+        "kept {} bytes",
+        out.output.len()
+    );
     assert!(out.output.contains("output truncated by Loom"));
     serde_json::from_str::<String>(&out.output).expect("truncated output is still JSON");
     let log_bytes: usize = out.logs.iter().map(|l| l.message.len()).sum();
-    assert!(log_bytes <= 8192 * 2, "logs and stdout capped, got {log_bytes}");
+    assert!(
+        log_bytes <= 8192 * 2,
+        "logs and stdout capped, got {log_bytes}"
+    );
     assert_still_healthy(&host, "acme", "globex").await;
 }
 
@@ -223,7 +326,10 @@ async fn panic_is_a_crash_report_with_the_message() {
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_PANIC, "panic", None);
     let host = env.host(TWO_TENANTS).await;
-    let err = host.call_tool(scope("acme", None), "explode", "{}").await.unwrap_err();
+    let err = host
+        .call_tool(scope("acme", None), "explode", "{}")
+        .await
+        .unwrap_err();
     match &err {
         CallError::Trap { reason, stderr, .. } => {
             assert!(reason.contains("panicked"), "{reason}");
@@ -241,10 +347,17 @@ async fn unknown_import_is_rejected_at_load_with_its_name() {
     env.add_plugin(components::FIXTURE_BAD_IMPORT, "bad-import", None);
     let host = env.host(TWO_TENANTS).await;
     let catalog = host.catalog();
-    let entry = catalog.entries.iter().find(|e| e.name() == "bad-import").expect("listed");
+    let entry = catalog
+        .entries
+        .iter()
+        .find(|e| e.name() == "bad-import")
+        .expect("listed");
     let error = entry.status.as_ref().err().expect("rejected");
     assert!(error.contains("evil:backdoor/api"), "{error}");
-    let err = host.call_tool(scope("acme", None), "steal", "{}").await.unwrap_err();
+    let err = host
+        .call_tool(scope("acme", None), "steal", "{}")
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::UnknownTool { .. }), "{err:?}");
     assert_still_healthy(&host, "acme", "globex").await;
 }
@@ -256,7 +369,11 @@ async fn corrupt_and_core_module_files_are_skipped_with_reasons() {
     let mut truncated = std::fs::read(components::TOOL_CALCULATOR).unwrap();
     truncated.truncate(truncated.len() / 2);
     std::fs::write(env.plugins().join("truncated.wasm"), &truncated).unwrap();
-    std::fs::write(env.plugins().join("garbage.wasm"), b"this is not wasm at all").unwrap();
+    std::fs::write(
+        env.plugins().join("garbage.wasm"),
+        b"this is not wasm at all",
+    )
+    .unwrap();
     let core = wat_core_module();
     std::fs::write(env.plugins().join("core.wasm"), core).unwrap();
     let host = env.host(TWO_TENANTS).await;
@@ -273,9 +390,21 @@ async fn corrupt_and_core_module_files_are_skipped_with_reasons() {
             .cloned()
             .unwrap_or_else(|| panic!("{name} should be rejected"))
     };
-    assert!(reason("truncated").contains("invalid component"), "{}", reason("truncated"));
-    assert!(reason("garbage").contains("not a WebAssembly file"), "{}", reason("garbage"));
-    assert!(reason("core").contains("core WebAssembly module"), "{}", reason("core"));
+    assert!(
+        reason("truncated").contains("invalid component"),
+        "{}",
+        reason("truncated")
+    );
+    assert!(
+        reason("garbage").contains("not a WebAssembly file"),
+        "{}",
+        reason("garbage")
+    );
+    assert!(
+        reason("core").contains("core WebAssembly module"),
+        "{}",
+        reason("core")
+    );
     assert_still_healthy(&host, "acme", "globex").await;
 }
 

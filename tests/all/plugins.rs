@@ -23,22 +23,53 @@ async fn plugins_are_listed_with_kind_tools_and_grants() {
         .host(&format!("{TWO_TENANTS}[tenants.acme.grants]\nfiles = [{{ host = \"data\", guest = \"/data\", write = true }}]\n"))
         .await;
     let catalog = host.catalog();
-    let files = catalog.entries.iter().find(|e| e.name() == "file-tools").expect("named by manifest");
+    let files = catalog
+        .entries
+        .iter()
+        .find(|e| e.name() == "file-tools")
+        .expect("named by manifest");
     let plugin = files.status.as_ref().expect("loaded");
     assert_eq!(plugin.kind, PluginKind::Tool);
     assert_eq!(plugin.version.as_deref(), Some("1.2.3"));
-    let tools: Vec<&str> = plugin.tool.as_ref().unwrap().tools.iter().map(|t| t.name.as_str()).collect();
+    let tools: Vec<&str> = plugin
+        .tool
+        .as_ref()
+        .unwrap()
+        .tools
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     assert_eq!(tools, ["read_file", "list_dir", "write_file"]);
-    let write = plugin.tool.as_ref().unwrap().tools.iter().find(|t| t.name == "write_file").unwrap();
+    let write = plugin
+        .tool
+        .as_ref()
+        .unwrap()
+        .tools
+        .iter()
+        .find(|t| t.name == "write_file")
+        .unwrap();
     assert!(write.destructive);
-    assert_eq!(write.parameters["required"], serde_json::json!(["path", "content"]));
+    assert_eq!(
+        write.parameters["required"],
+        serde_json::json!(["path", "content"])
+    );
     let acme = TenantId::new("acme").unwrap();
     let binding = catalog.tool(&acme, "read_file").unwrap();
     assert_eq!(binding.grants.files.len(), 1);
-    assert!(!binding.grants.files[0].2, "manifest asked read-only, so read-only");
+    assert!(
+        !binding.grants.files[0].2,
+        "manifest asked read-only, so read-only"
+    );
     assert!(binding.grants.env.is_empty(), "X requested but not granted");
     let globex = TenantId::new("globex").unwrap();
-    assert!(catalog.tool(&globex, "read_file").unwrap().grants.files.is_empty());
+    assert!(
+        catalog
+            .tool(&globex, "read_file")
+            .unwrap()
+            .grants
+            .files
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +87,26 @@ async fn tenant_directories_are_private_and_shadow_global_tools() {
     let acme = TenantId::new("acme").unwrap();
     let globex = TenantId::new("globex").unwrap();
     assert!(catalog.tool(&acme, "read_file").is_some());
-    assert!(catalog.tool(&globex, "read_file").is_none(), "acme's plugin is invisible to globex");
-    assert!(catalog.visible(Some(&globex)).iter().all(|e| e.name() != "acme-files"));
-    assert!(catalog.visible(Some(&acme)).iter().any(|e| e.name() == "acme-files"));
-    let err = host.call_tool(scope("globex", None), "explode", "{}").await.unwrap_err();
+    assert!(
+        catalog.tool(&globex, "read_file").is_none(),
+        "acme's plugin is invisible to globex"
+    );
+    assert!(
+        catalog
+            .visible(Some(&globex))
+            .iter()
+            .all(|e| e.name() != "acme-files")
+    );
+    assert!(
+        catalog
+            .visible(Some(&acme))
+            .iter()
+            .any(|e| e.name() == "acme-files")
+    );
+    let err = host
+        .call_tool(scope("globex", None), "explode", "{}")
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::UnknownTool { .. }), "{err:?}");
 }
 
@@ -83,8 +130,13 @@ async fn rescan_adds_replaces_and_removes_plugins() {
     env.add_plugin(components::FIXTURE_ENV_READER, "swap", None);
     let report = host.rescan().await;
     assert_eq!(report.loaded.len(), 1, "{report:?}");
-    assert!(matches!(host.call_tool(acme(), "explode", "{}").await, Err(CallError::UnknownTool { .. })));
-    host.call_tool(acme(), "read_env", r#"{"name":"X"}"#).await.expect("new version served");
+    assert!(matches!(
+        host.call_tool(acme(), "explode", "{}").await,
+        Err(CallError::UnknownTool { .. })
+    ));
+    host.call_tool(acme(), "read_env", r#"{"name":"X"}"#)
+        .await
+        .expect("new version served");
 
     // Unchanged files are not reloaded.
     assert!(host.rescan().await.is_empty());
@@ -93,7 +145,10 @@ async fn rescan_adds_replaces_and_removes_plugins() {
     std::fs::remove_file(env.plugins().join("swap.wasm")).unwrap();
     let report = host.rescan().await;
     assert_eq!(report.removed.len(), 1, "{report:?}");
-    assert!(matches!(host.call_tool(acme(), "read_env", r#"{"name":"X"}"#).await, Err(CallError::UnknownTool { .. })));
+    assert!(matches!(
+        host.call_tool(acme(), "read_env", r#"{"name":"X"}"#).await,
+        Err(CallError::UnknownTool { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +156,12 @@ async fn a_call_in_flight_finishes_on_the_old_version() {
     let env = TestEnv::new();
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_SPIN, "spin", None);
-    let host = std::sync::Arc::new(env.host(&format!("{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 400\n")).await);
+    let host = std::sync::Arc::new(
+        env.host(&format!(
+            "{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 400\n"
+        ))
+        .await,
+    );
     let running = {
         let host = host.clone();
         tokio::spawn(async move { host.call_tool(scope("acme", None), "spin", "{}").await })
@@ -109,9 +169,15 @@ async fn a_call_in_flight_finishes_on_the_old_version() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     std::fs::remove_file(env.plugins().join("spin.wasm")).unwrap();
     assert_eq!(host.rescan().await.removed.len(), 1);
-    assert!(matches!(host.call_tool(scope("acme", None), "spin", "{}").await, Err(CallError::UnknownTool { .. })));
+    assert!(matches!(
+        host.call_tool(scope("acme", None), "spin", "{}").await,
+        Err(CallError::UnknownTool { .. })
+    ));
     let finished = running.await.unwrap();
-    assert!(matches!(finished, Err(CallError::CpuLimit { .. })), "the old instance ran to its own end: {finished:?}");
+    assert!(
+        matches!(finished, Err(CallError::CpuLimit { .. })),
+        "the old instance ran to its own end: {finished:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,14 +189,19 @@ async fn hot_reload_picks_up_a_new_file_without_restart() {
         .unwrap()
         .replace("reload_interval_ms = 0", "reload_interval_ms = 50");
     std::fs::write(env.path().join("loom.toml"), text).unwrap();
-    let host = Host::start(LoomConfig::load(&env.path().join("loom.toml")).unwrap()).await.unwrap();
+    let host = Host::start(LoomConfig::load(&env.path().join("loom.toml")).unwrap())
+        .await
+        .unwrap();
     env.add_plugin(components::FIXTURE_PANIC, "late", None);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         match host.call_tool(scope("acme", None), "explode", "{}").await {
             Err(CallError::Trap { .. }) => break,
             other => {
-                assert!(std::time::Instant::now() < deadline, "never reloaded: {other:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never reloaded: {other:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -141,12 +212,23 @@ async fn hot_reload_picks_up_a_new_file_without_restart() {
 async fn bad_manifest_skips_the_plugin_with_its_reason() {
     let env = TestEnv::new();
     install_good_tools(&env);
-    env.add_plugin(components::TOOL_FILES, "files", Some("[capabilities]\nfiles = [\"relative\"]\nbogus = 1\n"));
+    env.add_plugin(
+        components::TOOL_FILES,
+        "files",
+        Some("[capabilities]\nfiles = [\"relative\"]\nbogus = 1\n"),
+    );
     let host = env.host(TWO_TENANTS).await;
     let catalog = host.catalog();
-    let entry = catalog.entries.iter().find(|e| e.name() == "files").unwrap();
+    let entry = catalog
+        .entries
+        .iter()
+        .find(|e| e.name() == "files")
+        .unwrap();
     let error = entry.status.as_ref().err().expect("rejected");
-    assert!(error.contains("files.toml") && error.contains("bogus"), "{error}");
+    assert!(
+        error.contains("files.toml") && error.contains("bogus"),
+        "{error}"
+    );
     super::support::assert_still_healthy(&host, "acme", "globex").await;
 }
 
@@ -158,7 +240,10 @@ async fn compiled_components_are_cached_on_disk() {
     let bytes = std::fs::read(components::TOOL_CALCULATOR).unwrap();
     let (_, _, sha, outcome) = engine.compile(&bytes).unwrap();
     assert_eq!(outcome, CacheOutcome::Compiled);
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().filter_map(Result::ok).collect();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
     assert_eq!(entries.len(), 1);
     assert!(entries[0].file_name().to_string_lossy().starts_with(&sha));
     drop(engine);
@@ -177,7 +262,9 @@ fn insecure_cache_directory_is_refused() {
     let env = TestEnv::new();
     let cache = env.mkdir("shared-cache");
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o733)).unwrap();
-    let err = SandboxEngine::new(&Default::default(), &cache).err().expect("refused");
+    let err = SandboxEngine::new(&Default::default(), &cache)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("chmod 700"), "{err}");
 }
 
@@ -192,6 +279,12 @@ fn exports_of_another_loom_version_are_named() {
     let err = SandboxEngine::classify(&shape).unwrap_err();
     assert!(matches!(err, LoadError::UnsupportedVersion(_)));
     assert!(err.to_string().contains("loom:plugin@0.1.x"), "{err}");
-    let shape = ComponentShape { exports: vec!["wasi:cli/run@0.2.0".into()], ..shape };
-    assert!(matches!(SandboxEngine::classify(&shape), Err(LoadError::NotAPlugin(_))));
+    let shape = ComponentShape {
+        exports: vec!["wasi:cli/run@0.2.0".into()],
+        ..shape
+    };
+    assert!(matches!(
+        SandboxEngine::classify(&shape),
+        Err(LoadError::NotAPlugin(_))
+    ));
 }

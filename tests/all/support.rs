@@ -20,11 +20,16 @@ pub fn install_good_tools(env: &loom_tests::TestEnv) {
 /// Assert the host still serves `tenant` and a different tenant normally.
 pub async fn assert_still_healthy(host: &Host, tenant: &str, other: &str) {
     let (a, b) = tokio::join!(
-        host.call_tool(scope(tenant, Some("after")), "calculate", r#"{"expression":"6*7"}"#),
+        host.call_tool(
+            scope(tenant, Some("after")),
+            "calculate",
+            r#"{"expression":"6*7"}"#
+        ),
         host.call_tool(scope(other, Some("bystander")), "run_context", "{}"),
     );
     assert_eq!(a.expect("same tenant still served").output, "42.0");
-    let b: serde_json::Value = serde_json::from_str(&b.expect("other tenant still served").output).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(&b.expect("other tenant still served").output).unwrap();
     assert_eq!(b["tenant"], other);
     assert_eq!(b["user_id"], "bystander");
 }

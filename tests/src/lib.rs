@@ -67,7 +67,13 @@ impl TestEnv {
     /// # Panics
     ///
     /// If the files cannot be written.
-    pub fn install(&self, dir: &Path, component: &str, name: &str, manifest: Option<&str>) -> PathBuf {
+    pub fn install(
+        &self,
+        dir: &Path,
+        component: &str,
+        name: &str,
+        manifest: Option<&str>,
+    ) -> PathBuf {
         std::fs::create_dir_all(dir).expect("plugin dir");
         let target = dir.join(format!("{name}.wasm"));
         std::fs::copy(component, &target).expect("copy component");

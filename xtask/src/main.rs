@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         "demo" => demo(),
         "test" => test(),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test>\n  demo  build everything and run the offline demo\n  test  fmt, clippy and every test");
+            eprintln!(
+                "usage: cargo xtask <demo|test>\n  demo  build everything and run the offline demo\n  test  fmt, clippy and every test"
+            );
             return ExitCode::from(2);
         }
     };
@@ -33,7 +35,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -45,8 +50,14 @@ fn cargo() -> Command {
 fn run(command: &mut Command) -> Result<(), String> {
     let shown = format!("{command:?}");
     eprintln!("+ {shown}");
-    let status = command.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{shown} failed ({status})")) }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
 }
 
 /// Make sure the wasm target is installed, installing it with rustup if not.
@@ -55,17 +66,25 @@ fn ensure_wasm_target() -> Result<(), String> {
         .args(["target", "list", "--installed"])
         .current_dir(root())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
         .unwrap_or(false);
     if !installed {
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]).current_dir(root()))
-            .map_err(|e| format!("{e}; install the target with `rustup target add {WASM_TARGET}`"))?;
+        run(Command::new("rustup")
+            .args(["target", "add", WASM_TARGET])
+            .current_dir(root()))
+        .map_err(|e| format!("{e}; install the target with `rustup target add {WASM_TARGET}`"))?;
     }
     Ok(())
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn demo() -> Result<(), String> {
@@ -87,7 +106,10 @@ fn demo() -> Result<(), String> {
     }
     let example = root().join("examples/demo");
     for plugin in PLUGINS {
-        let wasm = target.join(WASM_TARGET).join("release").join(format!("loom_tool_{}.wasm", plugin.replace('-', "_")));
+        let wasm = target
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("loom_tool_{}.wasm", plugin.replace('-', "_")));
         copy(&wasm, &plugins.join(format!("{plugin}.wasm")))?;
         let manifest = example.join("plugins").join(format!("{plugin}.toml"));
         if manifest.is_file() {
@@ -95,9 +117,13 @@ fn demo() -> Result<(), String> {
         }
     }
     copy(&example.join("loom.toml"), &demo.join("loom.toml"))?;
-    std::fs::write(demo.join("data/acme/welcome.txt"), "Hello from acme's granted directory.\n")
+    std::fs::write(
+        demo.join("data/acme/welcome.txt"),
+        "Hello from acme's granted directory.\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(demo.join("data/globex/secret.txt"), "globex only\n")
         .map_err(|e| e.to_string())?;
-    std::fs::write(demo.join("data/globex/secret.txt"), "globex only\n").map_err(|e| e.to_string())?;
 
     let loom = target.join("debug").join("loom");
     let config = demo.join("loom.toml");
@@ -112,33 +138,148 @@ fn demo() -> Result<(), String> {
             .map_err(|e| format!("cannot run {}: {e}", loom.display()))?;
         match (status.success(), expect_ok) {
             (true, true) => println!("-> allowed, as expected"),
-            (false, false) => println!("-> refused, as expected (exit {})", status.code().unwrap_or(-1)),
-            (ok, _) => return Err(format!("`loom {}` {} unexpectedly", args.join(" "), if ok { "succeeded" } else { "failed" })),
+            (false, false) => println!(
+                "-> refused, as expected (exit {})",
+                status.code().unwrap_or(-1)
+            ),
+            (ok, _) => {
+                return Err(format!(
+                    "`loom {}` {} unexpectedly",
+                    args.join(" "),
+                    if ok { "succeeded" } else { "failed" }
+                ));
+            }
         }
         Ok(())
     };
     println!("Loom demo: two tenants, same plugins, different grants.");
-    step("Plugins as tenant acme sees them", &["plugins", "list", "--tenant", "acme"], true)?;
-    step("Pure computation works for everyone", &["tool", "call", "--tenant", "globex", "calculate", r#"{"expression":"(2+3)*4^2/sqrt(16)"}"#], true)?;
-    step("The tool learns the caller from the host, not its arguments", &["tool", "call", "--tenant", "acme", "--user", "alice", "--session", "chat-1", "run_context"], true)?;
-    step("acme is granted /data (read-only): reading works", &["tool", "call", "--tenant", "acme", "read_file", r#"{"path":"/data/welcome.txt"}"#], true)?;
-    step("acme's /data is read-only: writing is denied", &["tool", "call", "--tenant", "acme", "write_file", r#"{"path":"/data/new.txt","content":"hi"}"#], false)?;
-    step("globex is granted its own /data read-write: writing works", &["tool", "call", "--tenant", "globex", "write_file", r#"{"path":"/data/notes.txt","content":"written by globex"}"#], true)?;
-    step("globex cannot see acme's files, even by path", &["tool", "call", "--tenant", "globex", "read_file", r#"{"path":"/data/welcome.txt"}"#], false)?;
-    step("Escaping the preopen with .. fails", &["tool", "call", "--tenant", "acme", "read_file", r#"{"path":"/data/../globex/secret.txt"}"#], false)?;
-    step("No tenant is granted the network to this host: denied", &["tool", "call", "--tenant", "acme", "http_get", r#"{"url":"http://127.0.0.1:9/"}"#], false)?;
-    println!("\nDemo finished: every allowed call ran and every denied one was refused inside the sandbox.");
+    step(
+        "Plugins as tenant acme sees them",
+        &["plugins", "list", "--tenant", "acme"],
+        true,
+    )?;
+    step(
+        "Pure computation works for everyone",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "globex",
+            "calculate",
+            r#"{"expression":"(2+3)*4^2/sqrt(16)"}"#,
+        ],
+        true,
+    )?;
+    step(
+        "The tool learns the caller from the host, not its arguments",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "--session",
+            "chat-1",
+            "run_context",
+        ],
+        true,
+    )?;
+    step(
+        "acme is granted /data (read-only): reading works",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "read_file",
+            r#"{"path":"/data/welcome.txt"}"#,
+        ],
+        true,
+    )?;
+    step(
+        "acme's /data is read-only: writing is denied",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "write_file",
+            r#"{"path":"/data/new.txt","content":"hi"}"#,
+        ],
+        false,
+    )?;
+    step(
+        "globex is granted its own /data read-write: writing works",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "globex",
+            "write_file",
+            r#"{"path":"/data/notes.txt","content":"written by globex"}"#,
+        ],
+        true,
+    )?;
+    step(
+        "globex cannot see acme's files, even by path",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "globex",
+            "read_file",
+            r#"{"path":"/data/welcome.txt"}"#,
+        ],
+        false,
+    )?;
+    step(
+        "Escaping the preopen with .. fails",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "read_file",
+            r#"{"path":"/data/../globex/secret.txt"}"#,
+        ],
+        false,
+    )?;
+    step(
+        "No tenant is granted the network to this host: denied",
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "http_get",
+            r#"{"url":"http://127.0.0.1:9/"}"#,
+        ],
+        false,
+    )?;
+    println!(
+        "\nDemo finished: every allowed call ran and every denied one was refused inside the sandbox."
+    );
     Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
 }
 
 fn test() -> Result<(), String> {
     ensure_wasm_target()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()

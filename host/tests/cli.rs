@@ -1,0 +1,248 @@
+//! The `loom` binary: exit codes, JSON output and error messages.
+
+use loom_tests::{TestEnv, components};
+use std::process::{Command, Output};
+
+fn loom(env: &TestEnv, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(args)
+        .arg("--config")
+        .arg(env.path().join("loom.toml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run loom")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn setup() -> TestEnv {
+    let env = TestEnv::new();
+    env.add_plugin(components::TOOL_CALCULATOR, "calculator", None);
+    env.add_plugin(
+        components::TOOL_FILES,
+        "files",
+        Some("version = \"0.1.0\"\n[capabilities]\nfiles = [{ path = \"/data\", write = true }]\n"),
+    );
+    env.mkdir("data");
+    std::fs::write(env.path().join("data/hello.txt"), "hi there").unwrap();
+    env.config("[tenants.acme.grants]\nfiles = [{ host = \"data\", guest = \"/data\" }]\n[tenants.globex]\n");
+    env
+}
+
+#[test]
+fn tool_call_prints_output_and_exits_zero() {
+    let env = setup();
+    let out = loom(
+        &env,
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "calculate",
+            r#"{"expression":"1+2"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "3.0");
+    let out = loom(
+        &env,
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "read_file",
+            r#"{"path":"/data/hello.txt"}"#,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["output"]["content"], "hi there");
+}
+
+#[test]
+fn denial_and_tool_errors_exit_one() {
+    let env = setup();
+    let out = loom(
+        &env,
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "acme",
+            "write_file",
+            r#"{"path":"/data/x","content":"y"}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = loom(
+        &env,
+        &[
+            "tool",
+            "call",
+            "--tenant",
+            "globex",
+            "read_file",
+            r#"{"path":"/data/hello.txt"}"#,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error"]["kind"], "tool");
+}
+
+#[test]
+fn usage_errors_exit_two_with_a_reason() {
+    let env = setup();
+    let out = loom(
+        &env,
+        &["tool", "call", "--tenant", "nobody", "calculate", "{}"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("acme, globex"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = loom(
+        &env,
+        &["tool", "call", "--tenant", "acme", "calculate", "not json"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(
+        env.path().join("loom.toml"),
+        "[tenants.acme.limits]\ncpu_msec = 5\n",
+    )
+    .unwrap();
+    let out = loom(&env, &["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cpu_msec"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn plugins_list_shows_tools_and_grants() {
+    let env = setup();
+    let out = loom(&env, &["plugins", "list", "--tenant", "acme", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "files")
+        .unwrap();
+    assert_eq!(files["kind"], "tool");
+    assert_eq!(files["version"], "0.1.0");
+    assert_eq!(files["tools"].as_array().unwrap().len(), 3);
+    assert_eq!(files["requested"]["files"][0]["path"], "/data");
+    assert_eq!(files["granted"]["files"][0][1], "/data");
+    assert_eq!(
+        files["granted"]["files"][0][2], false,
+        "read-only: the tenant did not grant write"
+    );
+    let human = loom(&env, &["plugins", "list"]);
+    assert!(
+        text(&human.stdout).contains("write_file (destructive)"),
+        "{}",
+        text(&human.stdout)
+    );
+}
+
+#[test]
+fn plugins_list_reports_load_errors_and_exits_one() {
+    let env = setup();
+    std::fs::write(
+        env.plugins().join("broken.wasm"),
+        b"\0asm\x0d\0\x01\0garbage",
+    )
+    .unwrap();
+    let out = loom(&env, &["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("broken [global] FAILED TO LOAD"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("calculate"),
+        "other plugins still listed: {stdout}"
+    );
+}
+
+#[test]
+fn inspect_describes_and_explains_rejection() {
+    let env = setup();
+    let out = loom(
+        &env,
+        &["plugins", "inspect", components::TOOL_CALCULATOR, "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["accepted"], true);
+    assert_eq!(report["world"], "loom:plugin/tool-plugin@0.1.0");
+    assert!(
+        report["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "loom:plugin/tool@0.1.0")
+    );
+    assert!(
+        report["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "loom:plugin/context@0.1.0")
+    );
+    assert_eq!(report["tools"][0]["name"], "run_context");
+
+    let out = loom(
+        &env,
+        &["plugins", "inspect", components::FIXTURE_BAD_IMPORT],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("REJECTED") && stdout.contains("evil:backdoor/api"),
+        "{stdout}"
+    );
+
+    let core = env.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = loom(
+        &env,
+        &["plugins", "inspect", core.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["rejection"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
+        "{report}"
+    );
+}
