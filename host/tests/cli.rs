@@ -197,7 +197,7 @@ fn inspect_describes_and_explains_rejection() {
     let env = setup();
     let out = loom(
         &env,
-        &["plugins", "inspect", components::TOOL_CALCULATOR, "--json"],
+        &["plugins", "inspect", components::TOOL_RUN_CONTEXT, "--json"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

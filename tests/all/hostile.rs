@@ -123,6 +123,21 @@ async fn unbounded_recursion_is_a_stack_overflow() {
         other => panic!("expected a stack overflow trap, got {other:?}"),
     }
     assert_still_healthy(&host, "acme", "globex").await;
+    let err = host
+        .call_tool(scope("acme", None), "recurse_shadow", "{}")
+        .await
+        .unwrap_err();
+    match &err {
+        CallError::Trap { reason, .. } => {
+            assert!(reason.contains("out of bounds memory access"), "{reason}");
+            assert!(
+                reason.contains("stack"),
+                "the message suggests the likely cause: {reason}"
+            );
+        }
+        other => panic!("expected an out-of-bounds trap, got {other:?}"),
+    }
+    assert_still_healthy(&host, "acme", "globex").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -810,6 +810,11 @@ fn classify_trap(
         Some(wasmtime::Trap::OutOfFuel) | Some(wasmtime::Trap::Interrupt) => {
             "it was interrupted".to_owned()
         }
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            "out of bounds memory access (often the guest's own \
+             stack in linear memory overflowing: unbounded recursion?)"
+                .to_owned()
+        }
         Some(trap) => format!("trap: {trap}"),
         None => format!("{error:#}"),
     };
