@@ -288,3 +288,37 @@ fn exports_of_another_loom_version_are_named() {
         Err(LoadError::NotAPlugin(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_are_detected_and_unsupported_versions_refused() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(components::FIXTURE_FUTURE_VERSION, "future", None);
+    env.add_plugin(components::FIXTURE_ARCHITECTURE_STUB, "stub-arch", None);
+    let host = env.host(TWO_TENANTS).await;
+    let catalog = host.catalog();
+    let find = |name: &str| catalog.entries.iter().find(|e| e.name() == name).unwrap();
+    let future = find("future")
+        .status
+        .as_ref()
+        .err()
+        .expect("refused")
+        .clone();
+    assert!(
+        future.contains("loom:plugin/tool@0.2.0") && future.contains("0.1.x"),
+        "{future}"
+    );
+    let arch = find("stub-arch").status.as_ref().expect("loaded");
+    assert_eq!(arch.kind, PluginKind::Architecture);
+    assert!(arch.tool.is_none());
+    assert!(
+        arch.shape
+            .imports
+            .iter()
+            .all(|i| !i.starts_with("wasi:http"))
+    );
+    assert_eq!(
+        find("calculator").status.as_ref().unwrap().kind,
+        PluginKind::Tool
+    );
+}
