@@ -245,3 +245,43 @@ async fn granted_socket_address_connects() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_goes_to_the_checked_address_and_speaks_tls() {
+    // A plain-HTTP server behind an https:// URL: the connection must reach
+    // the granted address and fail in the TLS handshake, not be denied.
+    let (port, hits) = http_server().await;
+    let env = TestEnv::new();
+    env.add_plugin(
+        components::TOOL_HTTP_FETCH,
+        "http-fetch",
+        Some(&format!("[capabilities]\nhttp = [\"127.0.0.1:{port}\"]\n")),
+    );
+    let host = env
+        .host(&format!(
+            "[tenants.acme.grants]\nhttp = [\"127.0.0.1:{port}\"]\n"
+        ))
+        .await;
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "http_get",
+            &format!(r#"{{"url":"https://127.0.0.1:{port}/"}}"#),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        CallError::Tool {
+            failure: ToolFailure::Failed(message),
+            ..
+        } => {
+            assert!(message.to_lowercase().contains("tls"), "{message}")
+        }
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the TLS client connected to the granted address"
+    );
+}

@@ -87,10 +87,8 @@ fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Host)>) -> Value {
         })
         .unwrap_or_default();
     let granted = tenant.and_then(|(tenant, host)| {
-        let catalog = host.catalog();
-        let name = plugin.tool.as_ref()?.tools.first()?.name.clone();
-        let binding = catalog.tool(tenant, &name)?;
-        Some(serde_json::to_value(&*binding.grants).unwrap_or(Value::Null))
+        let grants = host.catalog().grants(tenant, &plugin.path)?;
+        Some(serde_json::to_value(&*grants).unwrap_or(Value::Null))
     });
     json!({
         "name": &*plugin.name,

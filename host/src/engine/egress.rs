@@ -5,8 +5,9 @@
 //! granted pattern; then the name is resolved and every address is checked,
 //! so that a granted name cannot be pointed at loopback, a private network or
 //! a cloud metadata service (DNS rebinding). Such addresses pass only when the
-//! grant says `allow_private = true` or names the IP literally. For plain HTTP
-//! the connection is pinned to the checked address.
+//! grant says `allow_private = true` or names the IP literally. The connection
+//! is then made to the checked address itself (TLS still verifies the name),
+//! so the name cannot be re-resolved to somewhere else in between.
 
 use crate::tenancy::grants::HostPattern;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -76,7 +77,7 @@ pub struct EgressHooks {
 impl WasiHttpHooks for EgressHooks {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
@@ -94,7 +95,6 @@ impl WasiHttpHooks for EgressHooks {
         let allowed = self.allowed.clone();
         let denials = self.denials.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
             let uri = request.uri().clone();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
@@ -136,24 +136,104 @@ impl WasiHttpHooks for EgressHooks {
                 );
                 return Err(HttpError::DestinationIpProhibited);
             };
-            if !https {
-                // Pin the connection to the address just checked; the Host
-                // header already carries the original name.
-                let pinned = http::Uri::builder()
-                    .scheme(http::uri::Scheme::HTTP)
-                    .authority(target.to_string())
-                    .path_and_query(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-                    .build()
-                    .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-                *request.uri_mut() = pinned;
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            send_pinned(request, options, target, &host, https).await
         })
     }
+}
+
+/// Anything a connection can run over.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
+
+/// The TLS client configuration: webpki roots, built once.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+/// Send `request` over a connection to `target`, an address already checked
+/// against the policy; for HTTPS, verify the certificate against `host`.
+async fn send_pinned(
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    target: SocketAddr,
+    host: &str,
+    https: bool,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+> {
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(Duration::from_secs(30));
+    let first_byte_timeout = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(Duration::from_secs(60));
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let stream: Box<dyn Stream> = if https {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(HttpError::InvalidDnsNameError)?;
+        let tls = tokio::time::timeout(
+            connect_timeout,
+            tokio_rustls::TlsConnector::from(tls_config()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Tls)?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut sender, connection) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)?
+    .map_err(HttpError::from)?;
+    let connection = tokio::spawn(connection);
+    // Origin-form request target; the Host header carries the name.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)?
+        .map_err(HttpError::from)?;
+    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    let finished = async move {
+        match connection.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(HttpError::from(error)),
+            Err(_) => Err(HttpError::ConnectionTerminated),
+        }
+    };
+    Ok((response, Box::new(finished)))
 }
 
 /// The socket check of one call: only the granted TCP addresses.

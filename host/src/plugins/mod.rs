@@ -108,6 +108,16 @@ impl Catalog {
         self.tools.get(tenant)?.get(name)
     }
 
+    /// The capabilities plugin file `path` gets as tenant `tenant` sees it,
+    /// or `None` if the tenant does not see a loaded plugin there.
+    pub fn grants(&self, tenant: &TenantId, path: &Path) -> Option<Arc<EffectiveGrants>> {
+        self.tools
+            .get(tenant)?
+            .values()
+            .find(|binding| binding.plugin.path == path)
+            .map(|binding| binding.grants.clone())
+    }
+
     /// Every tool tenant `tenant` sees, sorted by name.
     pub fn tools(&self, tenant: &TenantId) -> Vec<&ToolBinding> {
         let mut tools: Vec<&ToolBinding> = self
