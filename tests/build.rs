@@ -11,7 +11,7 @@ use std::process::Command;
 /// Guest crate directories: (constant name, package name, directory).
 fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
     let mut found = Vec::new();
-    for group in ["plugins/tools", "tests/fixtures"] {
+    for group in ["plugins/tools", "plugins/architectures", "tests/fixtures"] {
         let Ok(entries) = std::fs::read_dir(root.join(group)) else {
             continue;
         };
@@ -38,10 +38,10 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
                 .to_string_lossy()
                 .to_uppercase()
                 .replace('-', "_");
-            let prefix = if group.starts_with("plugins") {
-                "TOOL"
-            } else {
-                "FIXTURE"
+            let prefix = match group {
+                "plugins/tools" => "TOOL",
+                "plugins/architectures" => "ARCH",
+                _ => "FIXTURE",
             };
             found.push((format!("{prefix}_{stem}"), package, dir));
         }

@@ -133,6 +133,7 @@ impl Host {
             plugin: binding.plugin.name.clone(),
             grants: &binding.grants,
             limits: &tenant.limits,
+            harness: None,
         };
         self.engine
             .call_tool(component, &request, tool, arguments)

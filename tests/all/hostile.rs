@@ -21,6 +21,7 @@ const TESTED: &[&str] = &[
     // Not hostile; tested in plugins.rs.
     "FIXTURE_FUTURE_VERSION",
     "FIXTURE_ARCHITECTURE_STUB",
+    "FIXTURE_SLOW",
 ];
 
 #[test]
@@ -312,7 +313,7 @@ async fn huge_output_and_logs_are_capped() {
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_BIG_OUTPUT, "big-output", None);
     let host = env
-        .host(&format!("{TWO_TENANTS}[tenants.acme.limits]\nmax_output_bytes = 65536\nmax_log_bytes = 8192\nmemory_mib = 64\n"))
+        .host(&format!("{TWO_TENANTS}[tenants.acme.limits]\nmax_output_bytes = 65536\nmax_log_bytes = 8192\nmemory_mib = 64\ncpu_ms = 20000\nwall_ms = 30000\n"))
         .await;
     let out = host
         .call_tool(scope("acme", None), "flood", r#"{"megabytes":8}"#)

@@ -16,14 +16,16 @@
 pub mod bindings;
 pub mod cache;
 pub mod egress;
+pub mod harness;
 pub mod state;
 
 use crate::config::{EngineConfig, Limits, PoolingMode};
 use crate::tenancy::grants::EffectiveGrants;
 use crate::tenancy::ids::{Scope, TenantId, UserId};
 use bindings::names;
-use bindings::tool_plugin::{ToolPlugin, ToolPluginPre};
+use bindings::{architecture_export, tool_export};
 use cache::{CacheOutcome, CompileCache};
+pub use harness::Harness;
 use state::{
     CappedPipe, CpuLimitExceeded, CpuMeter, HostState, LogCapture, LogLevel, LogLine, MemoryBudget,
 };
@@ -152,9 +154,31 @@ pub struct ComponentShape {
 
 /// A compiled, pre-linked tool component with its tool list.
 pub struct ToolComponent {
-    pre: ToolPluginPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
+    indices: tool_export::GuestIndices,
     /// The tools it offers.
     pub tools: Vec<ToolSpec>,
+}
+
+/// What an architecture component says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ArchitectureInfo {
+    /// Unique name, such as `react`.
+    pub name: String,
+    /// What the strategy does.
+    pub description: String,
+    /// Worker roles it declares: (name, description).
+    pub workers: Vec<(String, String)>,
+    /// JSON Schema of its configuration.
+    pub config_schema: serde_json::Value,
+}
+
+/// A compiled, pre-linked architecture component.
+pub struct ArchitectureComponent {
+    pre: wasmtime::component::InstancePre<HostState>,
+    indices: architecture_export::GuestIndices,
+    /// What it says about itself.
+    pub info: ArchitectureInfo,
 }
 
 /// A compiled component, ready to call.
@@ -167,6 +191,8 @@ pub struct LoadedComponent {
     pub cache: CacheOutcome,
     /// The callable tool component, for tool plugins.
     pub tool: Option<ToolComponent>,
+    /// The runnable architecture, for architecture plugins.
+    pub architecture: Option<ArchitectureComponent>,
 }
 
 /// The error a tool returned (not a sandbox fault).
@@ -300,6 +326,8 @@ pub struct CallRequest<'a> {
     pub grants: &'a EffectiveGrants,
     /// Limits of the call.
     pub limits: &'a Limits,
+    /// The agent run the call serves, for architecture components.
+    pub harness: Option<Arc<dyn Harness>>,
 }
 
 /// The shared engine: compiles, caches and runs components for every tenant.
@@ -409,8 +437,10 @@ impl SandboxEngine {
             .map_err(|e| EngineError::Link(e.to_string()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| EngineError::Link(e.to_string()))?;
-        ToolPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| EngineError::Link(e.to_string()))?;
+        bindings::host_world::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|e| EngineError::Link(e.to_string()))?;
         let cache = CompileCache::open(cache_dir, &engine)?;
         let ticker = EpochTicker::start(engine.clone(), tick);
         Ok(SandboxEngine {
@@ -534,17 +564,106 @@ impl SandboxEngine {
     ) -> Result<LoadedComponent, LoadError> {
         let (component, shape, sha256, cache) = self.compile(bytes)?;
         let kind = Self::classify(&shape)?;
-        // Only tools are callable so far; other kinds are detected and
-        // listed, and their worlds get host implementations in later work.
-        let tool = match kind {
-            PluginKind::Tool => Some(self.prepare_tool(&component, name, limits).await?),
-            PluginKind::Architecture | PluginKind::Memory | PluginKind::Policy => None,
+        // Memory and policy components are detected and listed; their
+        // worlds get host implementations in later work.
+        let (tool, architecture) = match kind {
+            PluginKind::Tool => (
+                Some(self.prepare_tool(&component, name, limits).await?),
+                None,
+            ),
+            PluginKind::Architecture => (
+                None,
+                Some(self.prepare_architecture(&component, name, limits).await?),
+            ),
+            PluginKind::Memory | PluginKind::Policy => (None, None),
         };
         Ok(LoadedComponent {
             sha256,
             shape,
             cache,
             tool,
+            architecture,
+        })
+    }
+
+    /// Pre-link `component`, failing with the import the host lacks.
+    fn pre_link(
+        &self,
+        component: &Component,
+    ) -> Result<wasmtime::component::InstancePre<HostState>, LoadError> {
+        self.linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))
+    }
+
+    /// A scope for calls made while loading (`list`, `describe`).
+    fn loader_request<'a>(
+        name: &str,
+        grants: &'a EffectiveGrants,
+        limits: &'a Limits,
+    ) -> Result<CallRequest<'a>, LoadError> {
+        let scope = Arc::new(Scope::new(
+            TenantId::new("loom-loader").map_err(|e| LoadError::BadTools(e.to_string()))?,
+            UserId::Anonymous,
+        ));
+        Ok(CallRequest {
+            scope,
+            plugin: Arc::from(name),
+            grants,
+            limits,
+            harness: None,
+        })
+    }
+
+    async fn prepare_architecture(
+        &self,
+        component: &Component,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<ArchitectureComponent, LoadError> {
+        let pre = self.pre_link(component)?;
+        let indices = architecture_export::GuestIndices::new(&pre)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let grants = EffectiveGrants::default();
+        let request = Self::loader_request(name, &grants, limits)?;
+        let (mut store, _pipes) = self
+            .store(&request)
+            .map_err(|e| LoadError::BadTools(e.to_string()))?;
+        let info = tokio::time::timeout(limits.wall, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let guest = indices.load(&mut store, &instance)?;
+            guest.call_describe(&mut store).await
+        })
+        .await
+        .map_err(|_| {
+            LoadError::BadTools(format!(
+                "`describe` took longer than {} ms",
+                limits.wall.as_millis()
+            ))
+        })?
+        .map_err(|e| LoadError::BadTools(format!("`describe` failed: {e:#}")))?;
+        let config_schema = serde_json::from_str(&info.config_schema).map_err(|e| {
+            LoadError::BadTools(format!("architecture config schema is not JSON: {e}"))
+        })?;
+        if info.name.is_empty() || info.name.len() > 64 {
+            return Err(LoadError::BadTools(format!(
+                "architecture name `{}` must be 1-64 characters",
+                info.name
+            )));
+        }
+        Ok(ArchitectureComponent {
+            pre,
+            indices,
+            info: ArchitectureInfo {
+                name: info.name,
+                description: info.description,
+                workers: info
+                    .workers
+                    .into_iter()
+                    .map(|w| (w.name, w.description))
+                    .collect(),
+                config_schema,
+            },
         })
     }
 
@@ -554,28 +673,18 @@ impl SandboxEngine {
         name: &str,
         limits: &Limits,
     ) -> Result<ToolComponent, LoadError> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = ToolPluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let scope = Arc::new(Scope::new(
-            TenantId::new("loom-loader").map_err(|e| LoadError::BadTools(e.to_string()))?,
-            UserId::Anonymous,
-        ));
+        let pre = self.pre_link(component)?;
+        let indices =
+            tool_export::GuestIndices::new(&pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let grants = EffectiveGrants::default();
-        let request = CallRequest {
-            scope,
-            plugin: Arc::from(name),
-            grants: &grants,
-            limits,
-        };
+        let request = Self::loader_request(name, &grants, limits)?;
         let (mut store, _pipes) = self
             .store(&request)
             .map_err(|e| LoadError::BadTools(e.to_string()))?;
         let listed = tokio::time::timeout(limits.wall, async {
             let instance = pre.instantiate_async(&mut store).await?;
-            instance.loom_plugin_tool().call_list(&mut store).await
+            let guest = indices.load(&mut store, &instance)?;
+            guest.call_list(&mut store).await
         })
         .await
         .map_err(|_| {
@@ -626,7 +735,11 @@ impl SandboxEngine {
                 idempotent: spec.idempotent,
             });
         }
-        Ok(ToolComponent { pre, tools })
+        Ok(ToolComponent {
+            pre,
+            indices,
+            tools,
+        })
     }
 
     /// A fresh store for one call, with its WASI context built from the grants.
@@ -688,6 +801,7 @@ impl SandboxEngine {
             scope: request.scope.clone(),
             plugin: request.plugin.clone(),
             logs: LogCapture::new(limits.max_log_bytes),
+            harness: request.harness.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -722,10 +836,8 @@ impl SandboxEngine {
         let arguments = arguments.to_owned();
         let outcome = tokio::time::timeout(limits.wall, async {
             let instance = component.pre.instantiate_async(&mut store).await?;
-            instance
-                .loom_plugin_tool()
-                .call_invoke(&mut store, name, &arguments)
-                .await
+            let guest = component.indices.load(&mut store, &instance)?;
+            guest.call_invoke(&mut store, name, &arguments).await
         })
         .await;
         let plugin = request.plugin.to_string();
@@ -747,7 +859,7 @@ impl SandboxEngine {
             }),
             Ok(Err(error)) => Err(classify_trap(error, state, &plugin, limits, stderr_head)),
             Ok(Ok(Err(failure))) => {
-                use bindings::tool_plugin::loom::plugin::types::ToolError as Wit;
+                use bindings::types::ToolError as Wit;
                 let failure = match failure {
                     Wit::UnknownTool(m) => ToolFailure::UnknownTool(m),
                     Wit::InvalidArguments(m) => ToolFailure::InvalidArguments(m),
@@ -782,6 +894,45 @@ impl SandboxEngine {
             output.elapsed = started.elapsed();
             output
         })
+    }
+}
+
+impl SandboxEngine {
+    /// Run an agent loop: instantiate `component` in a fresh sandbox whose
+    /// `harness` import is `request.harness`, and call its `run`.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`] when the architecture breaks a limit or crashes; its own
+    /// `run-error` is the inner `Err`.
+    pub async fn run_architecture(
+        &self,
+        component: &ArchitectureComponent,
+        request: &CallRequest<'_>,
+        input: architecture_export::RunInput,
+    ) -> Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>
+    {
+        let (mut store, [_stdout, stderr]) = self.store(request)?;
+        let limits = request.limits;
+        let outcome = tokio::time::timeout(limits.wall, async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            let guest = component.indices.load(&mut store, &instance)?;
+            guest.call_run(&mut store, &input).await
+        })
+        .await;
+        let plugin = request.plugin.to_string();
+        match outcome {
+            Err(_elapsed) => Err(CallError::Timeout {
+                plugin,
+                limit_ms: limits.wall.as_millis() as u64,
+            }),
+            Ok(Err(error)) => {
+                let (err_text, _) = stderr.take();
+                let head: String = err_text.chars().take(2000).collect();
+                Err(classify_trap(error, store.data(), &plugin, limits, head))
+            }
+            Ok(Ok(result)) => Ok(result),
+        }
     }
 }
 

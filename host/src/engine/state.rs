@@ -2,8 +2,9 @@
 //! plugin's effective grants, the memory budget, the CPU meter, the run
 //! context, and bounded log capture.
 
-use super::bindings::tool_plugin::loom::plugin::{context, types};
+use super::bindings::{context, types};
 use super::egress::EgressHooks;
+use super::harness::Harness;
 use crate::tenancy::ids::Scope;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
@@ -21,6 +22,7 @@ pub struct HostState {
     pub(crate) scope: Arc<Scope>,
     pub(crate) plugin: Arc<str>,
     pub(crate) logs: LogCapture,
+    pub(crate) harness: Option<Arc<dyn Harness>>,
 }
 
 impl WasiView for HostState {
@@ -45,7 +47,7 @@ impl WasiHttpView for HostState {
 impl types::Host for HostState {}
 
 impl context::Host for HostState {
-    fn current(&mut self) -> types::RunContext {
+    async fn current(&mut self) -> types::RunContext {
         let scope = &self.scope;
         types::RunContext {
             tenant: scope.tenant.to_string(),
@@ -56,7 +58,7 @@ impl context::Host for HostState {
         }
     }
 
-    fn log(&mut self, level: context::LogLevel, message: String) {
+    async fn log(&mut self, level: context::LogLevel, message: String) {
         let level = match level {
             context::LogLevel::Trace => LogLevel::Trace,
             context::LogLevel::Debug => LogLevel::Debug,

@@ -16,7 +16,8 @@ pub mod manifest;
 use crate::config::LoomConfig;
 use crate::engine::cache::CacheOutcome;
 use crate::engine::{
-    ComponentShape, LoadError, PluginKind, SandboxEngine, ToolComponent, ToolSpec,
+    ArchitectureComponent, ComponentShape, LoadError, PluginKind, SandboxEngine, ToolComponent,
+    ToolSpec,
 };
 use crate::tenancy::grants::{EffectiveGrants, Requests, ResolvedGrants};
 use crate::tenancy::ids::TenantId;
@@ -58,6 +59,8 @@ pub struct LoadedPlugin {
     pub cache: CacheOutcome,
     /// The callable tool component.
     pub tool: Option<ToolComponent>,
+    /// The runnable architecture.
+    pub architecture: Option<ArchitectureComponent>,
 }
 
 /// One plugin file and what became of it.
@@ -100,6 +103,8 @@ pub struct Catalog {
     pub entries: Vec<PluginEntry>,
     /// Tools by tenant, then by tool name.
     tools: HashMap<TenantId, HashMap<String, ToolBinding>>,
+    /// Architectures by tenant, then by name (from `describe`).
+    architectures: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
 }
 
 impl Catalog {
@@ -116,6 +121,22 @@ impl Catalog {
             .values()
             .find(|binding| binding.plugin.path == path)
             .map(|binding| binding.grants.clone())
+    }
+
+    /// The architecture `name` as tenant `tenant` sees it.
+    pub fn architecture(&self, tenant: &TenantId, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.architectures.get(tenant)?.get(name)
+    }
+
+    /// Names of the architectures tenant `tenant` sees, sorted.
+    pub fn architecture_names(&self, tenant: &TenantId) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .architectures
+            .get(tenant)
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// Every tool tenant `tenant` sees, sorted by name.
@@ -324,6 +345,7 @@ impl PluginRegistry {
             requests,
             cache: loaded.cache,
             tool: loaded.tool,
+            architecture: loaded.architecture,
         })
     }
 }
@@ -332,7 +354,19 @@ impl PluginRegistry {
 /// which replace global tools of the same name.
 fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
     let mut tools = HashMap::new();
+    let mut architectures = HashMap::new();
     for (tenant, tenant_config) in &config.tenants {
+        let mut archs: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        for pass in [Visibility::Global, Visibility::Tenant(tenant.clone())] {
+            for entry in entries.iter().filter(|e| e.visibility == pass) {
+                if let Ok(plugin) = &entry.status
+                    && let Some(arch) = &plugin.architecture
+                {
+                    archs.insert(arch.info.name.clone(), plugin.clone());
+                }
+            }
+        }
+        architectures.insert(tenant.clone(), archs);
         let mut index: HashMap<String, ToolBinding> = HashMap::new();
         let mut grants_cache: BTreeMap<String, Arc<EffectiveGrants>> = BTreeMap::new();
         for pass in [Visibility::Global, Visibility::Tenant(tenant.clone())] {
@@ -368,7 +402,11 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
         }
         tools.insert(tenant.clone(), index);
     }
-    Catalog { entries, tools }
+    Catalog {
+        entries,
+        tools,
+        architectures,
+    }
 }
 
 fn effective(grants: &ResolvedGrants, requests: Option<&Requests>) -> EffectiveGrants {
