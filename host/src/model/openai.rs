@@ -1,0 +1,350 @@
+//! OpenAI Chat Completions, and any server that speaks it (vLLM, Ollama,
+//! llama.cpp server, OpenRouter): tools with parallel calls, SSE streaming
+//! with usage, and `response_format: json_schema` for structured output.
+
+use super::http::{self, ClientError, ErrorBody};
+use super::sse::SseEvent;
+use super::{
+    BoxFuture, ChunkSink, FinishReason, Message, Model, ModelChunk, ModelError, ModelRequest,
+    ModelResponse, Role, ToolCall, Usage,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How to reach an OpenAI-style server.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// The model string this was made from (reported by [`Model::id`]).
+    pub id: String,
+    /// The model name sent to the server.
+    pub model: String,
+    /// Base URL including the version path, such as `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Bearer token; `None` sends no `Authorization` header.
+    pub api_key: Option<String>,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Headers added to every request.
+    pub extra_headers: Vec<(String, String)>,
+    /// Whether the server honours `response_format: json_schema`.
+    pub native_structured_output: bool,
+    /// The field the output-token cap goes in: `max_completion_tokens`
+    /// (OpenAI) or `max_tokens` (most compatible servers).
+    pub max_tokens_field: String,
+}
+
+/// A Chat Completions model.
+pub struct OpenAiModel {
+    config: OpenAiConfig,
+    endpoint: String,
+    client: reqwest::Client,
+}
+
+impl OpenAiModel {
+    /// A model talking to `config.base_url`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] when the base URL or an extra header is invalid.
+    pub fn new(config: OpenAiConfig) -> Result<Self, ClientError> {
+        let endpoint = format!("{}/chat/completions", http::base_url(&config.base_url)?);
+        let client = http::client(
+            config.timeout,
+            config.connect_timeout,
+            &config.extra_headers,
+        )?;
+        Ok(OpenAiModel {
+            config,
+            endpoint,
+            client,
+        })
+    }
+
+    /// The JSON body for `request`.
+    pub fn request_body(&self, request: &ModelRequest) -> Value {
+        let messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": messages,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+        });
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|tool| {
+                    json!({
+                        "type": "function",
+                        "function": {
+                            "name": tool.name,
+                            "description": tool.description,
+                            "parameters": tool.parameters,
+                        }
+                    })
+                })
+                .collect();
+        }
+        if let Some(temperature) = request.temperature {
+            body["temperature"] = json!(temperature);
+        }
+        if let Some(cap) = request.max_output_tokens {
+            body[self.config.max_tokens_field.as_str()] = json!(cap);
+        }
+        if let (Some(schema), true) = (&request.output_schema, self.config.native_structured_output)
+        {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": { "name": "output", "schema": schema, "strict": false },
+            });
+        }
+        body
+    }
+}
+
+fn wire_message(message: &Message) -> Value {
+    match message.role {
+        Role::System => json!({ "role": "system", "content": message.content }),
+        Role::User => json!({ "role": "user", "content": message.content }),
+        Role::Tool => json!({
+            "role": "tool",
+            "tool_call_id": message.tool_call_id.clone().unwrap_or_default(),
+            "content": message.content,
+        }),
+        Role::Assistant => {
+            let mut wire = json!({
+                "role": "assistant",
+                "content": if message.content.is_empty() && !message.tool_calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(message.content.clone())
+                },
+            });
+            if !message.tool_calls.is_empty() {
+                wire["tool_calls"] = message
+                    .tool_calls
+                    .iter()
+                    .map(|call| {
+                        json!({
+                            "id": call.id,
+                            "type": "function",
+                            "function": { "name": call.name, "arguments": call.arguments },
+                        })
+                    })
+                    .collect();
+            }
+            wire
+        }
+    }
+}
+
+/// A response being assembled from stream chunks.
+#[derive(Default)]
+struct Assembly {
+    text: String,
+    refusal: String,
+    /// Tool calls by the server's `index`.
+    calls: BTreeMap<u64, ToolCall>,
+    usage: Usage,
+    finish: Option<String>,
+}
+
+impl Assembly {
+    /// Take in one `data:` payload; `true` at `[DONE]`.
+    fn chunk(&mut self, data: &str, sink: Option<ChunkSink<'_>>) -> Result<bool, ModelError> {
+        if data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let chunk: Value = serde_json::from_str(data).map_err(|e| ModelError::Transient {
+            message: format!("openai: unreadable stream chunk ({e}): {data}"),
+        })?;
+        if let Some(error) = chunk.get("error") {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error in stream")
+                .to_owned();
+            return Err(ModelError::Transient {
+                message: format!("openai: {message}"),
+            });
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            let count = |path: &[&str]| {
+                path.iter()
+                    .try_fold(usage, |v, key| v.get(key))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            self.usage = Usage {
+                input_tokens: count(&["prompt_tokens"]),
+                output_tokens: count(&["completion_tokens"]),
+                cached_tokens: count(&["prompt_tokens_details", "cached_tokens"]),
+            };
+        }
+        let Some(choice) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first())
+        else {
+            return Ok(false);
+        };
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish = Some(reason.to_owned());
+        }
+        let Some(delta) = choice.get("delta") else {
+            return Ok(false);
+        };
+        if let Some(text) = delta.get("content").and_then(Value::as_str)
+            && !text.is_empty()
+        {
+            self.text.push_str(text);
+            if let Some(sink) = sink {
+                sink(ModelChunk::Text {
+                    delta: text.to_owned(),
+                });
+            }
+        }
+        if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
+            self.refusal.push_str(refusal);
+        }
+        for piece in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = piece.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let position = self
+                .calls
+                .keys()
+                .position(|k| *k == index)
+                .unwrap_or(self.calls.len());
+            let call = self.calls.entry(index).or_insert_with(|| ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+            let id = piece
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty());
+            let function = piece.get("function");
+            let name = function
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty());
+            let arguments = function
+                .and_then(|f| f.get("arguments"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if let Some(id) = id {
+                call.id = id.to_owned();
+            }
+            if let Some(name) = name {
+                call.name.push_str(name);
+            }
+            call.arguments.push_str(arguments);
+            if let Some(sink) = sink {
+                sink(ModelChunk::ToolCall {
+                    index: position as u32,
+                    id: id.map(str::to_owned),
+                    name: name.map(str::to_owned),
+                    arguments_delta: arguments.to_owned(),
+                });
+            }
+        }
+        Ok(false)
+    }
+
+    fn finish(self) -> Result<ModelResponse, ModelError> {
+        if !self.refusal.is_empty() {
+            return Err(ModelError::ContentFilter {
+                message: format!("openai refused: {}", self.refusal),
+            });
+        }
+        let finish_reason = match self.finish.as_deref() {
+            Some("content_filter") => {
+                return Err(ModelError::ContentFilter {
+                    message: "openai stopped the answer with finish_reason content_filter".into(),
+                });
+            }
+            Some("length") => FinishReason::Length,
+            Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+            Some(_) if !self.calls.is_empty() => FinishReason::ToolCalls,
+            Some(_) => FinishReason::Stop,
+            None => {
+                return Err(ModelError::Transient {
+                    message: "openai: the stream ended before a finish_reason".into(),
+                });
+            }
+        };
+        let mut tool_calls: Vec<ToolCall> = self.calls.into_values().collect();
+        for (position, call) in tool_calls.iter_mut().enumerate() {
+            if call.id.is_empty() {
+                call.id = format!("call_{position}");
+            }
+            if call.arguments.trim().is_empty() {
+                call.arguments = "{}".into();
+            }
+        }
+        Ok(ModelResponse {
+            message: Message {
+                tool_calls,
+                ..Message::assistant(self.text)
+            },
+            usage: self.usage,
+            finish_reason,
+        })
+    }
+}
+
+fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> ModelError {
+    let body = ErrorBody::parse(body);
+    let filtered = body.code == "content_filter"
+        || body.code == "content_policy_violation"
+        || body.kind == "content_filter";
+    http::status_error("openai", status, headers, &body, filtered)
+}
+
+impl Model for OpenAiModel {
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    fn native_structured_output(&self) -> bool {
+        self.config.native_structured_output
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &'a ModelRequest,
+        sink: Option<ChunkSink<'a>>,
+    ) -> BoxFuture<'a, Result<ModelResponse, ModelError>> {
+        Box::pin(async move {
+            let mut builder = self
+                .client
+                .post(&self.endpoint)
+                .json(&self.request_body(request));
+            if let Some(key) = &self.config.api_key {
+                builder = builder.bearer_auth(key);
+            }
+            let mut assembly = Assembly::default();
+            let mut done = false;
+            http::send_streaming("openai", builder, classify, |event: SseEvent| {
+                if !done {
+                    done = assembly.chunk(&event.data, sink)?;
+                }
+                Ok(())
+            })
+            .await?;
+            assembly.finish()
+        })
+    }
+}
