@@ -158,6 +158,40 @@ impl Default for EngineConfig {
     }
 }
 
+/// `[agent]`: the agent `loom run` builds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// The system prompt.
+    pub instructions: String,
+    /// The model string, such as `openai:gpt-4.1-mini` or `scripted:script.json`.
+    pub model: Option<String>,
+    /// The architecture, by the name its component declares.
+    pub architecture: String,
+    /// The tools the agent may use; every tool of the tenant when absent.
+    pub tools: Option<Vec<String>>,
+    /// Cap on model turns per run.
+    pub max_turns: u32,
+    /// Retries with feedback when an answer fails the output schema.
+    pub output_retries: u32,
+    /// Wall-clock limit of a whole run, in milliseconds.
+    pub run_timeout_ms: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            instructions: "You are a helpful assistant. Use the tools when they help.".into(),
+            model: None,
+            architecture: "react".into(),
+            tools: None,
+            max_turns: 10,
+            output_retries: 2,
+            run_timeout_ms: 300_000,
+        }
+    }
+}
+
 /// One tenant as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
@@ -188,6 +222,14 @@ pub struct LoomConfig {
     pub limits: Limits,
     /// Tenants by id.
     pub tenants: BTreeMap<TenantId, TenantConfig>,
+    /// The agent `loom run` builds.
+    pub agent: AgentSettings,
+    /// Model provider settings.
+    pub models: crate::model::settings::ModelSettings,
+    /// Retry policy of hosted models.
+    pub retry: crate::model::settings::RetrySettings,
+    /// Price overrides by model string.
+    pub pricing: BTreeMap<String, crate::model::pricing::Price>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +249,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    agent: AgentSettings,
+    #[serde(default)]
+    models: crate::model::settings::ModelSettings,
+    #[serde(default)]
+    retry: crate::model::settings::RetrySettings,
+    #[serde(default)]
+    pricing: BTreeMap<String, crate::model::pricing::Price>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -322,6 +372,10 @@ impl LoomConfig {
             limits,
             tenants,
             base_dir,
+            agent: raw.agent,
+            models: raw.models,
+            retry: raw.retry,
+            pricing: raw.pricing,
         })
     }
 
@@ -338,6 +392,10 @@ impl LoomConfig {
             engine: EngineConfig::default(),
             limits: Limits::default(),
             tenants: BTreeMap::new(),
+            agent: AgentSettings::default(),
+            models: Default::default(),
+            retry: Default::default(),
+            pricing: BTreeMap::new(),
         }
     }
 

@@ -26,10 +26,13 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod model;
 pub mod plugins;
+pub mod store;
 pub mod tenancy;
 
 pub use config::LoomConfig;

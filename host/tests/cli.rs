@@ -246,3 +246,82 @@ fn inspect_describes_and_explains_rejection() {
         "{report}"
     );
 }
+
+fn agent_setup() -> TestEnv {
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    env.add_plugin(components::TOOL_CALCULATOR, "calculator", None);
+    std::fs::write(
+        env.path().join("script.yaml"),
+        "turns:\n  - text: \"\"\n    tool_calls:\n      - name: calculate\n        arguments: { expression: \"6*7\" }\n  - text: \"The answer is {last_tool_result}\"\n",
+    )
+    .unwrap();
+    env.config("[agent]\nmodel = \"scripted:script.yaml\"\n[tenants.acme]\n");
+    env
+}
+
+#[test]
+fn run_streams_progress_and_prints_the_answer() {
+    let env = agent_setup();
+    let out = loom(
+        &env,
+        &["run", "--user", "alice", "--session", "s1", "what is 6*7?"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("The answer is 42.0"),
+        "{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("-> calculate"), "{stderr}");
+    assert!(stderr.contains("<- calculate ok: 42.0"), "{stderr}");
+    assert!(stderr.contains("2 turn(s)"), "{stderr}");
+    // The session is stored and continued.
+    let out = loom(
+        &env,
+        &[
+            "run",
+            "--user",
+            "alice",
+            "--session",
+            "s1",
+            "again",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["type"], "started");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "completed");
+    assert_eq!(last["result"]["output"], "The answer is 42.0");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "tool_result" && e["ok"] == true)
+    );
+}
+
+#[test]
+fn run_without_a_model_explains_how_to_set_one() {
+    let env = agent_setup();
+    env.config("[tenants.acme]\n");
+    let out = loom(&env, &["run", "hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("openai:gpt-4.1-mini"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = loom(&env, &["run", "--model", "nonsense:x", "hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Valid examples"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -2,8 +2,10 @@
 //! One binary, a module per topic; every hostile fixture has a test in
 //! `hostile` (checked by `every_fixture_has_a_test`).
 
+mod agent;
 mod capabilities;
 mod context;
 mod hostile;
 mod plugins;
+mod providers;
 mod support;

@@ -1,0 +1,341 @@
+//! Agents: an architecture component running a loop over a model and the
+//! tenant's tools, for one user at a time.
+//!
+//! ```no_run
+//! # async fn demo(host: std::sync::Arc<loom_host::Host>) -> Result<(), Box<dyn std::error::Error>> {
+//! use loom_host::agent::{Agent, RunRequest};
+//! use loom_host::model::offline::EchoModel;
+//! use loom_host::tenancy::ids::{Scope, TenantId, UserId};
+//!
+//! let agent = Agent::builder("You are helpful.")
+//!     .host(host)
+//!     .model(std::sync::Arc::new(EchoModel))
+//!     .architecture("react")
+//!     .build()?;
+//! let scope = Scope::new(TenantId::new("acme")?, UserId::named("alice")?);
+//! let result = agent.run(RunRequest::new(scope, "hello")).await?;
+//! println!("{} ({} turns, ${:.4})", result.output, result.turns, result.cost_usd);
+//! # Ok(()) }
+//! ```
+//!
+//! The architecture runs in its own sandbox and reaches the world only
+//! through the `harness` import, implemented by [`run::RunState`]: model
+//! calls (usage and cost charged), tool calls (only the agent's tools, all
+//! calls of a turn in parallel, results in call order, denials and errors as
+//! results), and progress events.
+
+mod run;
+
+pub use run::RunEvent;
+
+use crate::engine::CallError;
+use crate::host::Host;
+use crate::model::pricing::PriceTable;
+use crate::model::{Message, Model, ModelError, Usage};
+use crate::store::{SessionStore, StoreError};
+use crate::tenancy::ids::{RunId, Scope, SessionId};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Why an agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No model was given.
+    #[error(
+        "an agent needs a model: call .model(..) with one, for example \
+         `loom_host::model::spec::from_spec(\"openai:gpt-4.1-mini\", ..)`, \
+         \"anthropic:claude-sonnet-4-5\", \"compat:<name>\", \"echo\" or \"scripted:path/to/script.json\""
+    )]
+    MissingModel,
+    /// No host was given.
+    #[error("an agent needs a host: call .host(Arc<Host>) with a started loom_host::Host")]
+    MissingHost,
+    /// A setting is out of range.
+    #[error("invalid agent setting `{key}`: {message}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The answer did not match the output schema after every retry.
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[error("the answer does not match the output schema after {attempts} attempts: {errors}")]
+pub struct OutputValidationError {
+    /// The last answer, as the model wrote it.
+    pub raw: String,
+    /// What is wrong with it.
+    pub errors: String,
+    /// How many answers were tried.
+    pub attempts: u32,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The tenant or the architecture does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The architecture component broke a limit or crashed.
+    #[error(transparent)]
+    Sandbox(#[from] CallError),
+    /// The architecture gave up; the text says why.
+    #[error("the architecture failed: {0}")]
+    Architecture(String),
+    /// The model failed in a way the architecture did not recover from.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Structured output never validated.
+    #[error(transparent)]
+    OutputValidation(#[from] OutputValidationError),
+    /// Session storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output schema itself is invalid.
+    #[error("invalid output schema: {0}")]
+    InvalidSchema(String),
+}
+
+/// One request to run the agent.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Who the run is for; `scope.session` continues a conversation.
+    pub scope: Scope,
+    /// The user's prompt.
+    pub prompt: String,
+    /// JSON Schema the answer must match.
+    pub output_schema: Option<serde_json::Value>,
+    /// Architecture to use instead of the agent's.
+    pub architecture: Option<String>,
+}
+
+impl RunRequest {
+    /// A request for `prompt` in `scope`.
+    pub fn new(scope: Scope, prompt: impl Into<String>) -> Self {
+        RunRequest {
+            scope,
+            prompt: prompt.into(),
+            output_schema: None,
+            architecture: None,
+        }
+    }
+
+    /// Require the answer to match `schema` (JSON Schema).
+    pub fn output_schema(mut self, schema: serde_json::Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    /// Require the answer to deserialize as `T`; the schema is generated from `T`.
+    pub fn output_type<T: schemars::JsonSchema>(self) -> Self {
+        let schema = schemars::SchemaGenerator::new(schemars::generate::SchemaSettings::draft07())
+            .into_root_schema_for::<T>()
+            .to_value();
+        self.output_schema(schema)
+    }
+
+    /// Run with architecture `name` instead of the agent's default.
+    pub fn architecture(mut self, name: impl Into<String>) -> Self {
+        self.architecture = Some(name.into());
+        self
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// The final answer.
+    pub output: String,
+    /// The answer parsed as JSON when an output schema was given (validated).
+    pub parsed: Option<serde_json::Value>,
+    /// Model turns used (every model call, structured-output retries included).
+    pub turns: u32,
+    /// Tokens used, sub-agents included.
+    pub usage: Usage,
+    /// Cost in US dollars, sub-agents included.
+    pub cost_usd: f64,
+    /// This run's id.
+    pub run_id: RunId,
+    /// The session, when the run belongs to one.
+    pub session_id: Option<SessionId>,
+    /// Whether the run stopped before a final answer.
+    pub interrupted: bool,
+    /// Why it stopped early (`max_turns`, ...).
+    pub interruption_reason: Option<String>,
+    /// When the run started.
+    pub started_at: SystemTime,
+    /// When it finished.
+    pub finished_at: SystemTime,
+}
+
+impl RunResult {
+    /// The parsed answer as `T`.
+    ///
+    /// # Errors
+    ///
+    /// The deserialization error when the answer does not fit `T`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.output)
+    }
+}
+
+/// Everything an agent is, shared by its runs.
+pub(crate) struct AgentInner {
+    pub(crate) host: Arc<Host>,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) instructions: String,
+    pub(crate) tools: Option<Vec<String>>,
+    pub(crate) architecture: String,
+    pub(crate) max_turns: u32,
+    pub(crate) output_retries: u32,
+    pub(crate) run_timeout: Duration,
+    pub(crate) prices: PriceTable,
+    pub(crate) sessions: Option<Arc<SessionStore>>,
+}
+
+/// A configured agent; cheap to clone and share between tasks and users.
+#[derive(Clone)]
+pub struct Agent {
+    pub(crate) inner: Arc<AgentInner>,
+}
+
+/// Builds an [`Agent`]; see [`Agent::builder`].
+pub struct AgentBuilder {
+    instructions: String,
+    host: Option<Arc<Host>>,
+    model: Option<Arc<dyn Model>>,
+    tools: Option<Vec<String>>,
+    architecture: String,
+    max_turns: u32,
+    output_retries: u32,
+    run_timeout: Duration,
+    prices: PriceTable,
+    sessions: Option<Arc<SessionStore>>,
+}
+
+impl Agent {
+    /// Start building an agent with `instructions` (its system prompt).
+    pub fn builder(instructions: impl Into<String>) -> AgentBuilder {
+        AgentBuilder {
+            instructions: instructions.into(),
+            host: None,
+            model: None,
+            tools: None,
+            architecture: "react".into(),
+            max_turns: 10,
+            output_retries: 2,
+            run_timeout: Duration::from_secs(300),
+            prices: PriceTable::default(),
+            sessions: None,
+        }
+    }
+
+    /// Run to completion.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError`]: unknown tenant or architecture, a sandbox fault, or
+    /// structured output that never validated.
+    pub async fn run(&self, request: RunRequest) -> Result<RunResult, AgentError> {
+        run::execute(self.inner.clone(), request, None, 0).await
+    }
+
+    /// Run and stream events as they happen. Dropping the stream cancels the
+    /// run, in-flight tool calls included.
+    pub fn stream(&self, request: RunRequest) -> run::RunStream {
+        run::RunStream::start(self.inner.clone(), request)
+    }
+}
+
+impl AgentBuilder {
+    /// The host whose plugins, grants and limits the agent uses (required).
+    pub fn host(mut self, host: Arc<Host>) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// The model (required).
+    pub fn model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The tools the agent may use, by name; default: every tool of the tenant.
+    pub fn tools<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tools: I) -> Self {
+        self.tools = Some(tools.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The architecture, by the name its component declares (default `react`).
+    pub fn architecture(mut self, name: impl Into<String>) -> Self {
+        self.architecture = name.into();
+        self
+    }
+
+    /// Cap on model turns per run (default 10).
+    pub fn max_turns(mut self, turns: u32) -> Self {
+        self.max_turns = turns;
+        self
+    }
+
+    /// How many times an answer that fails the output schema is retried with
+    /// feedback (default 2).
+    pub fn output_retries(mut self, retries: u32) -> Self {
+        self.output_retries = retries;
+        self
+    }
+
+    /// Wall-clock limit of a whole run (default 300 s).
+    pub fn run_timeout(mut self, timeout: Duration) -> Self {
+        self.run_timeout = timeout;
+        self
+    }
+
+    /// Prices for cost accounting (default: the built-in table).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// Where sessions are kept; without it, session ids are ignored.
+    pub fn sessions(mut self, sessions: Arc<SessionStore>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// Build the agent.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the model or host is missing or a setting is invalid.
+    pub fn build(self) -> Result<Agent, ConfigError> {
+        let model = self.model.ok_or(ConfigError::MissingModel)?;
+        let host = self.host.ok_or(ConfigError::MissingHost)?;
+        if self.max_turns == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_turns",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(Agent {
+            inner: Arc::new(AgentInner {
+                host,
+                model,
+                instructions: self.instructions,
+                tools: self.tools,
+                architecture: self.architecture,
+                max_turns: self.max_turns,
+                output_retries: self.output_retries,
+                run_timeout: self.run_timeout,
+                prices: self.prices,
+                sessions: self.sessions,
+            }),
+        })
+    }
+}
+
+/// Messages of a session as the model layer sees them.
+pub type History = Vec<Message>;

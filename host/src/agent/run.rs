@@ -1,0 +1,657 @@
+//! One run: the harness the architecture calls into, the structured-output
+//! loop around it, sessions, and streaming.
+
+use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
+use crate::config::Limits;
+use crate::engine::bindings::architecture_export as arch;
+use crate::engine::bindings::harness as wit;
+use crate::engine::bindings::types as wt;
+use crate::engine::{CallError, CallRequest, Harness, ToolFailure};
+use crate::model::{
+    BoxFuture, FinishReason, Message, ModelChunk, ModelRequest, Role, ToolCall, ToolDefinition,
+    Usage,
+};
+use crate::plugins::ToolBinding;
+use crate::tenancy::grants::EffectiveGrants;
+use crate::tenancy::ids::{RunId, Scope};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// How deep `delegate` may nest sub-agents.
+const MAX_DELEGATION_DEPTH: u32 = 4;
+
+/// Something that happened during a run, in order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run began.
+    Started {
+        /// The run.
+        run_id: String,
+        /// The session, if any.
+        session_id: Option<String>,
+        /// The architecture running it.
+        architecture: String,
+    },
+    /// Streamed model output.
+    ModelChunk {
+        /// New text.
+        delta: String,
+    },
+    /// A tool call is starting.
+    ToolCall {
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        name: String,
+        /// Its arguments (JSON text).
+        arguments: String,
+    },
+    /// A tool call finished.
+    ToolResult {
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        name: String,
+        /// Whether it succeeded.
+        ok: bool,
+        /// Output JSON, or `DENIED: ...` / `ERROR: ...`.
+        output: String,
+    },
+    /// An event the architecture emitted.
+    Custom {
+        /// Its kind.
+        kind: String,
+        /// Its data (JSON text).
+        data: String,
+    },
+    /// The run finished.
+    Completed {
+        /// The result.
+        result: Box<RunResult>,
+    },
+    /// The run failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The host side of one architecture invocation.
+pub(crate) struct RunState {
+    agent: Arc<AgentInner>,
+    scope: Arc<Scope>,
+    tools: Vec<ToolBinding>,
+    output_schema: Option<serde_json::Value>,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    usage: Mutex<Usage>,
+    cost: Mutex<f64>,
+    turns: AtomicU32,
+    depth: u32,
+}
+
+impl RunState {
+    fn send(&self, event: RunEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    fn charge(&self, usage: Usage, cost: f64) {
+        if let Ok(mut total) = self.usage.lock() {
+            total.add(usage);
+        }
+        if let Ok(mut total) = self.cost.lock() {
+            *total += cost;
+        }
+    }
+
+    fn totals(&self) -> (Usage, f64) {
+        (
+            self.usage.lock().map(|u| *u).unwrap_or_default(),
+            self.cost.lock().map(|c| *c).unwrap_or_default(),
+        )
+    }
+}
+
+fn to_model_message(message: wt::Message) -> Message {
+    Message {
+        role: match message.role {
+            wt::Role::System => Role::System,
+            wt::Role::User => Role::User,
+            wt::Role::Assistant => Role::Assistant,
+            wt::Role::Tool => Role::Tool,
+        },
+        content: message.content,
+        name: message.name,
+        tool_call_id: message.tool_call_id,
+        tool_calls: message
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+    }
+}
+
+fn to_wit_message(message: &Message) -> wt::Message {
+    wt::Message {
+        role: match message.role {
+            Role::System => wt::Role::System,
+            Role::User => wt::Role::User,
+            Role::Assistant => wt::Role::Assistant,
+            Role::Tool => wt::Role::Tool,
+        },
+        content: message.content.clone(),
+        name: message.name.clone(),
+        tool_call_id: message.tool_call_id.clone(),
+        tool_calls: message
+            .tool_calls
+            .iter()
+            .map(|c| wt::ToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn wit_usage(usage: Usage) -> wt::Usage {
+    wt::Usage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_tokens: usage.cached_tokens,
+    }
+}
+
+/// A tokio task that is aborted when this handle is dropped, so cancelling a
+/// run cancels the tool calls it started.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn failure_text(failure: &ToolFailure) -> String {
+    match failure {
+        ToolFailure::Denied(m) => format!("DENIED: {m}"),
+        ToolFailure::UnknownTool(m) => format!("ERROR: unknown tool {m}"),
+        ToolFailure::InvalidArguments(m) => format!("ERROR: invalid arguments: {m}"),
+        ToolFailure::Failed(m) => format!("ERROR: {m}"),
+    }
+}
+
+impl Harness for RunState {
+    fn complete(
+        &self,
+        request: wit::CompletionRequest,
+    ) -> BoxFuture<'_, Result<wit::Completion, wit::HarnessError>> {
+        Box::pin(async move {
+            let model = &self.agent.model;
+            let mut messages: Vec<Message> =
+                request.messages.into_iter().map(to_model_message).collect();
+            let mut tools = Vec::with_capacity(request.tools.len());
+            for spec in request.tools {
+                let parameters = serde_json::from_str(&spec.parameters).map_err(|e| {
+                    wit::HarnessError::InvalidRequest(format!(
+                        "tool `{}` has parameters that are not JSON: {e}",
+                        spec.name
+                    ))
+                })?;
+                tools.push(ToolDefinition {
+                    name: spec.name,
+                    description: spec.description,
+                    parameters,
+                });
+            }
+            let explicit = match request.output_schema {
+                Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                    wit::HarnessError::InvalidRequest(format!("output schema is not JSON: {e}"))
+                })?),
+                None => None,
+            };
+            let output_schema = explicit.or_else(|| self.output_schema.clone());
+            let native = model.native_structured_output();
+            if let (Some(schema), false) = (&output_schema, native) {
+                messages.push(Message::system(format!(
+                    "When you give your final answer, reply with only a JSON value (no prose, no code fence) \
+                     that matches this JSON Schema:\n{schema}"
+                )));
+            }
+            let model_request = ModelRequest {
+                messages,
+                tools,
+                temperature: request.temperature,
+                max_output_tokens: request.max_output_tokens,
+                output_schema: if native { output_schema } else { None },
+            };
+            let sink = |chunk: ModelChunk| {
+                if let ModelChunk::Text { delta } = chunk {
+                    self.send(RunEvent::ModelChunk { delta });
+                }
+            };
+            let streaming = self.events.is_some();
+            let response = model
+                .complete(&model_request, if streaming { Some(&sink) } else { None })
+                .await
+                .map_err(|e| wit::HarnessError::ModelFailed(e.to_string()))?;
+            let cost = self.agent.prices.cost(model.id(), &response.usage);
+            self.charge(response.usage, cost);
+            self.turns.fetch_add(1, Ordering::Relaxed);
+            Ok(wit::Completion {
+                message: to_wit_message(&response.message),
+                usage: wit_usage(response.usage),
+                cost_usd: cost,
+                finish_reason: match response.finish_reason {
+                    FinishReason::Stop => wit::FinishReason::Stop,
+                    FinishReason::ToolCalls => wit::FinishReason::ToolCalls,
+                    FinishReason::Length => wit::FinishReason::Length,
+                    FinishReason::ContentFilter => wit::FinishReason::ContentFilter,
+                },
+            })
+        })
+    }
+
+    fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(calls.len());
+            for call in calls {
+                self.send(RunEvent::ToolCall {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                });
+                let Some(binding) = self.tools.iter().find(|b| b.spec.name == call.name) else {
+                    pending.push((call, None));
+                    continue;
+                };
+                let host = self.agent.host.clone();
+                let scope = (*self.scope).clone();
+                let name = binding.spec.name.clone();
+                let arguments = call.arguments.clone();
+                let task =
+                    tokio::spawn(async move { host.call_tool(scope, &name, &arguments).await });
+                pending.push((call, Some(AbortOnDrop(task))));
+            }
+            let mut results = Vec::with_capacity(pending.len());
+            for (call, task) in pending {
+                let outcome: Result<String, wt::ToolError> = match task {
+                    None => Err(wt::ToolError::Denied(format!(
+                        "tool `{}` is not available to this agent",
+                        call.name
+                    ))),
+                    Some(mut task) => match (&mut task.0).await {
+                        Err(join) => Err(wt::ToolError::Failed(format!(
+                            "the tool call was lost: {join}"
+                        ))),
+                        Ok(Ok(output)) => Ok(output.output),
+                        Ok(Err(CallError::Tool { failure, .. })) => Err(match failure {
+                            ToolFailure::Denied(m) => wt::ToolError::Denied(m),
+                            ToolFailure::UnknownTool(m) => wt::ToolError::UnknownTool(m),
+                            ToolFailure::InvalidArguments(m) => wt::ToolError::InvalidArguments(m),
+                            ToolFailure::Failed(m) => wt::ToolError::Failed(m),
+                        }),
+                        Ok(Err(other)) => Err(wt::ToolError::Failed(other.to_string())),
+                    },
+                };
+                let (ok, output) = match &outcome {
+                    Ok(text) => (true, text.clone()),
+                    Err(wt::ToolError::Denied(m)) => {
+                        (false, failure_text(&ToolFailure::Denied(m.clone())))
+                    }
+                    Err(wt::ToolError::UnknownTool(m)) => {
+                        (false, failure_text(&ToolFailure::UnknownTool(m.clone())))
+                    }
+                    Err(wt::ToolError::InvalidArguments(m)) => (
+                        false,
+                        failure_text(&ToolFailure::InvalidArguments(m.clone())),
+                    ),
+                    Err(wt::ToolError::Failed(m)) => {
+                        (false, failure_text(&ToolFailure::Failed(m.clone())))
+                    }
+                };
+                self.send(RunEvent::ToolResult {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    ok,
+                    output,
+                });
+                results.push(wt::ToolResult {
+                    call_id: call.id,
+                    name: call.name,
+                    outcome,
+                });
+            }
+            results
+        })
+    }
+
+    fn tools(&self) -> Vec<wt::ToolSpec> {
+        self.tools
+            .iter()
+            .map(|b| wt::ToolSpec {
+                name: b.spec.name.clone(),
+                description: b.spec.description.clone(),
+                parameters: b.spec.parameters.to_string(),
+                destructive: b.spec.destructive,
+                idempotent: b.spec.idempotent,
+            })
+            .collect()
+    }
+
+    fn delegate(
+        &self,
+        agent: wit::AgentRef,
+        input: String,
+    ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
+        Box::pin(async move {
+            if self.depth + 1 > MAX_DELEGATION_DEPTH {
+                return Err(wit::HarnessError::InvalidRequest(format!(
+                    "sub-agents may nest at most {MAX_DELEGATION_DEPTH} deep"
+                )));
+            }
+            let allowed: Vec<String> = self.tools.iter().map(|b| b.spec.name.clone()).collect();
+            let tools = if agent.tools.is_empty() {
+                allowed
+            } else {
+                agent
+                    .tools
+                    .into_iter()
+                    .filter(|t| allowed.contains(t))
+                    .collect()
+            };
+            let child = Arc::new(AgentInner {
+                host: self.agent.host.clone(),
+                model: self.agent.model.clone(),
+                instructions: agent.instructions,
+                tools: Some(tools),
+                architecture: agent.architecture.clone(),
+                max_turns: self.agent.max_turns,
+                output_retries: 0,
+                run_timeout: self.agent.run_timeout,
+                prices: self.agent.prices.clone(),
+                sessions: None,
+            });
+            let mut scope = (*self.scope).clone();
+            scope.run = RunId::generate();
+            scope.session = None;
+            let request = RunRequest::new(scope, input);
+            let result = Box::pin(execute(child, request, self.events.clone(), self.depth + 1))
+                .await
+                .map_err(|e| match e {
+                    AgentError::NotFound(m) => wit::HarnessError::UnknownAgent(m),
+                    other => wit::HarnessError::ModelFailed(other.to_string()),
+                })?;
+            // The sub-agent's spend is charged to this run.
+            self.charge(result.usage, result.cost_usd);
+            Ok(wit::RunOutput {
+                output: result.output,
+                turns: result.turns,
+                usage: wit_usage(result.usage),
+                cost_usd: result.cost_usd,
+                interrupted: result.interruption_reason,
+            })
+        })
+    }
+
+    fn emit(&self, event: wit::Event) {
+        self.send(RunEvent::Custom {
+            kind: event.kind,
+            data: event.data,
+        });
+    }
+
+    fn recall(&self, _query: String, _limit: u32) -> BoxFuture<'_, Vec<wit::Recollection>> {
+        // No memory backend is configured for agents yet: nothing to recall.
+        Box::pin(async { Vec::new() })
+    }
+
+    fn remember(&self, _text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
+        Box::pin(async {
+            Err(wit::HarnessError::InvalidRequest(
+                "no memory backend is configured for this agent".into(),
+            ))
+        })
+    }
+}
+
+/// Check `output` against `schema`; `Ok(parsed)` or the validation errors.
+fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Value, String> {
+    let trimmed = output.trim();
+    let text = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|t| t.strip_suffix("```"))
+        .map(str::trim)
+        .unwrap_or(trimmed);
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| format!("the schema is invalid: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .take(8)
+        .map(|e| format!("{} at `{}`", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Run `request` on the agent; `depth` counts delegation levels.
+pub(crate) async fn execute(
+    agent: Arc<AgentInner>,
+    request: RunRequest,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    depth: u32,
+) -> Result<RunResult, AgentError> {
+    let started_at = SystemTime::now();
+    let host = agent.host.clone();
+    let scope = Arc::new(request.scope);
+    let tenant = host
+        .config()
+        .tenant(&scope.tenant)
+        .map_err(|e| AgentError::NotFound(e.to_string()))?;
+    let catalog = host.catalog();
+    let arch_name = request
+        .architecture
+        .clone()
+        .unwrap_or_else(|| agent.architecture.clone());
+    let plugin = catalog
+        .architecture(&scope.tenant, &arch_name)
+        .cloned()
+        .ok_or_else(|| {
+            let known = catalog.architecture_names(&scope.tenant);
+            AgentError::NotFound(format!(
+                "no architecture `{arch_name}` is available to tenant `{}`; available: {}",
+                scope.tenant,
+                if known.is_empty() {
+                    "(none: add an architecture component to a plugin directory)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?;
+    let tools: Vec<ToolBinding> = match &agent.tools {
+        None => catalog.tools(&scope.tenant).into_iter().cloned().collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|name| catalog.tool(&scope.tenant, name).cloned())
+            .collect(),
+    };
+    drop(catalog);
+    if let Some(schema) = &request.output_schema {
+        jsonschema::validator_for(schema).map_err(|e| AgentError::InvalidSchema(e.to_string()))?;
+    }
+    let session_key = match (&agent.sessions, &scope.session) {
+        (Some(store), Some(session)) => Some((store.clone(), session.clone())),
+        _ => None,
+    };
+    let mut history = match &session_key {
+        Some((store, session)) => store.load(&scope.tenant, &scope.user, session)?,
+        None => Vec::new(),
+    };
+    if let Some(events) = &events {
+        let _ = events.send(RunEvent::Started {
+            run_id: scope.run.to_string(),
+            session_id: scope.session.as_ref().map(|s| s.to_string()),
+            architecture: arch_name.clone(),
+        });
+    }
+    let state = Arc::new(RunState {
+        agent: agent.clone(),
+        scope: scope.clone(),
+        tools,
+        output_schema: request.output_schema.clone(),
+        events: events.clone(),
+        usage: Mutex::new(Usage::default()),
+        cost: Mutex::new(0.0),
+        turns: AtomicU32::new(0),
+        depth,
+    });
+    let Some(component) = plugin.architecture.as_ref() else {
+        return Err(AgentError::NotFound(format!(
+            "plugin `{}` is not an architecture",
+            plugin.name
+        )));
+    };
+    let limits = Limits {
+        wall: agent.run_timeout,
+        ..tenant.limits
+    };
+    let grants = EffectiveGrants::default();
+    let mut prompt = request.prompt.clone();
+    let mut attempts = 0;
+    let (output, parsed, interrupted) = loop {
+        attempts += 1;
+        let input = arch::RunInput {
+            instructions: agent.instructions.clone(),
+            history: history.iter().map(to_wit_message).collect(),
+            prompt: prompt.clone(),
+            config: "{}".into(),
+            max_turns: agent.max_turns,
+        };
+        let call = CallRequest {
+            scope: scope.clone(),
+            plugin: plugin.name.clone(),
+            grants: &grants,
+            limits: &limits,
+            harness: Some(state.clone() as Arc<dyn Harness>),
+        };
+        let output = match host
+            .engine()
+            .run_architecture(component, &call, input)
+            .await?
+        {
+            Ok(output) => output,
+            Err(arch::RunError::InvalidConfig(m)) => {
+                return Err(AgentError::Architecture(format!("invalid config: {m}")));
+            }
+            Err(arch::RunError::Harness(m)) | Err(arch::RunError::Failed(m)) => {
+                return Err(AgentError::Architecture(m));
+            }
+        };
+        history.extend(output.new_messages.into_iter().map(to_model_message));
+        let Some(schema) = &request.output_schema else {
+            break (output.output, None, output.interrupted);
+        };
+        if output.interrupted.is_some() {
+            break (output.output, None, output.interrupted);
+        }
+        match validate(schema, &output.output) {
+            Ok(value) => break (output.output, Some(value), None),
+            Err(errors) if attempts > agent.output_retries => {
+                return Err(OutputValidationError {
+                    raw: output.output,
+                    errors,
+                    attempts,
+                }
+                .into());
+            }
+            Err(errors) => {
+                tracing::debug!(%errors, attempt = attempts, "answer failed the output schema; retrying with feedback");
+                prompt = format!(
+                    "Your previous answer does not match the required JSON Schema: {errors}. \
+                     Reply again with only a JSON value matching the schema."
+                );
+            }
+        }
+    };
+    if let Some((store, session)) = &session_key {
+        store.save(&scope.tenant, &scope.user, session, &history)?;
+    }
+    let (usage, cost_usd) = state.totals();
+    let result = RunResult {
+        output,
+        parsed,
+        turns: state.turns.load(Ordering::Relaxed),
+        usage,
+        cost_usd,
+        run_id: scope.run.clone(),
+        session_id: scope.session.clone(),
+        interrupted: interrupted.is_some(),
+        interruption_reason: interrupted,
+        started_at,
+        finished_at: SystemTime::now(),
+    };
+    Ok(result)
+}
+
+/// A run in progress, as a stream of [`RunEvent`]s ending with `Completed`
+/// or `Error`. Dropping it cancels the run and its in-flight tool calls.
+pub struct RunStream {
+    events: mpsc::UnboundedReceiver<RunEvent>,
+    task: Option<AbortOnDrop<()>>,
+}
+
+impl RunStream {
+    pub(crate) fn start(agent: Arc<AgentInner>, request: RunRequest) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let end = match execute(agent, request, Some(tx.clone()), 0).await {
+                Ok(result) => RunEvent::Completed {
+                    result: Box::new(result),
+                },
+                Err(error) => RunEvent::Error {
+                    message: error.to_string(),
+                },
+            };
+            let _ = tx.send(end);
+        });
+        RunStream {
+            events: rx,
+            task: Some(AbortOnDrop(task)),
+        }
+    }
+
+    /// The next event, or `None` after the last one.
+    pub async fn next(&mut self) -> Option<RunEvent> {
+        let event = self.events.recv().await;
+        if event.is_none() {
+            self.task = None;
+        }
+        event
+    }
+}
+
+impl futures_util::Stream for RunStream {
+    type Item = RunEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RunEvent>> {
+        self.events.poll_recv(cx)
+    }
+}

@@ -1,0 +1,184 @@
+//! `loom run`: run the configured agent for one prompt, showing progress live.
+
+use anyhow::{Context, bail};
+use loom_host::agent::{Agent, RunEvent, RunRequest};
+use loom_host::model::pricing::PriceTable;
+use loom_host::model::spec::from_spec;
+use loom_host::store::SessionStore;
+use loom_host::tenancy::ids::{Scope, SessionId, TenantId, UserId};
+use loom_host::{Host, LoomConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// What `loom run` was asked.
+pub struct RunArgs {
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    pub arch: Option<String>,
+    pub model: Option<String>,
+    pub schema: Option<PathBuf>,
+    pub json: bool,
+    pub prompt: String,
+}
+
+/// Run the agent and print its progress and answer.
+pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let tenant = match args.tenant {
+        Some(t) => TenantId::new(t).context("--tenant")?,
+        None if config.tenants.len() == 1 => config
+            .tenants
+            .keys()
+            .next()
+            .cloned()
+            .context("one tenant")?,
+        None => {
+            let known: Vec<&str> = config.tenants.keys().map(TenantId::as_str).collect();
+            bail!(
+                "pass --tenant; configured tenants: {}",
+                if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    };
+    config.tenant(&tenant)?;
+    let user = match args.user {
+        Some(name) => UserId::named(name).context("--user")?,
+        None => UserId::Anonymous,
+    };
+    let mut scope = Scope::new(tenant, user);
+    if let Some(session) = args.session {
+        scope = scope.with_session(SessionId::new(session).context("--session")?);
+    }
+    let spec = args.model.or_else(|| config.agent.model.clone()).context(
+        "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
+         anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",
+    )?;
+    let model = from_spec(
+        &spec,
+        &config.models,
+        &loom_host::model::spec::retry_policy(&config.retry),
+        &config.base_dir,
+    )?;
+    let schema = match &args.schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --schema {}", path.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .with_context(|| format!("--schema {} is not JSON", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let sessions = Arc::new(SessionStore::open(&config.data_dir.join("loom.redb"))?);
+    let settings = config.agent.clone();
+    let prices = PriceTable::new(config.pricing.clone());
+    let host = Arc::new(Host::start(config).await?);
+    let mut builder = Agent::builder(settings.instructions)
+        .host(host)
+        .model(model)
+        .architecture(args.arch.unwrap_or(settings.architecture))
+        .max_turns(settings.max_turns)
+        .output_retries(settings.output_retries)
+        .run_timeout(std::time::Duration::from_millis(settings.run_timeout_ms))
+        .prices(prices)
+        .sessions(sessions);
+    if let Some(tools) = settings.tools {
+        builder = builder.tools(tools);
+    }
+    let agent = builder.build()?;
+    let mut request = RunRequest::new(scope, args.prompt);
+    if let Some(schema) = schema {
+        request = request.output_schema(schema);
+    }
+    let mut stream = agent.stream(request);
+    let mut stdout = std::io::stdout();
+    let mut streamed_text = false;
+    while let Some(event) = stream.next().await {
+        if args.json {
+            println!("{}", serde_json::to_string(&event)?);
+            if let RunEvent::Error { .. } = event {
+                return Ok(ExitCode::from(1));
+            }
+            continue;
+        }
+        match event {
+            RunEvent::Started {
+                run_id,
+                session_id,
+                architecture,
+            } => {
+                eprintln!(
+                    "run {run_id} ({architecture}{})",
+                    session_id
+                        .map(|s| format!(", session {s}"))
+                        .unwrap_or_default()
+                );
+            }
+            RunEvent::ModelChunk { delta } => {
+                streamed_text = true;
+                let _ = write!(stdout, "{delta}");
+                let _ = stdout.flush();
+            }
+            RunEvent::ToolCall {
+                name, arguments, ..
+            } => {
+                if streamed_text {
+                    println!();
+                    streamed_text = false;
+                }
+                eprintln!("-> {name} {arguments}");
+            }
+            RunEvent::ToolResult {
+                name, ok, output, ..
+            } => {
+                let shown: String = output.chars().take(200).collect();
+                let more = if output.len() > shown.len() {
+                    "..."
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "<- {name} {}: {shown}{more}",
+                    if ok { "ok" } else { "failed" }
+                );
+            }
+            RunEvent::Custom { kind, data } => eprintln!("[{kind}] {data}"),
+            RunEvent::Completed { result } => {
+                if streamed_text {
+                    println!();
+                }
+                println!("\n{}", result.output);
+                eprintln!(
+                    "\n{} turn(s); tokens: {} in ({} cached), {} out; cost ${:.6}{}",
+                    result.turns,
+                    result.usage.input_tokens,
+                    result.usage.cached_tokens,
+                    result.usage.output_tokens,
+                    result.cost_usd,
+                    result
+                        .interruption_reason
+                        .as_ref()
+                        .map(|r| format!("; interrupted: {r}"))
+                        .unwrap_or_default()
+                );
+                return Ok(if result.interrupted {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            RunEvent::Error { message } => {
+                eprintln!("loom: the run failed: {message}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
