@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod allocator;
 pub mod config;
 pub mod engine;
 pub mod host;

@@ -8,7 +8,11 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Allocator;
+
 fn main() -> ExitCode {
+    loom_host::allocator::tune();
     let args = cli::Cli::parse();
     cli::init_tracing(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

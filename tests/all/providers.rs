@@ -6,6 +6,7 @@
 use loom_host::agent::{Agent, RunRequest};
 use loom_host::model::anthropic::{AnthropicConfig, AnthropicModel};
 use loom_host::model::openai::{OpenAiConfig, OpenAiModel};
+use loom_host::model::pricing::{Price, PriceTable};
 use loom_host::model::retry::{RetryPolicy, RetryingModel};
 use loom_host::model::spec::{ModelSettings, from_spec};
 use loom_host::model::{
@@ -13,7 +14,7 @@ use loom_host::model::{
 };
 use loom_tests::{TestEnv, components, scope};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -899,6 +900,14 @@ async fn react_runs_over_the_openai_wire_format() {
     let agent = Agent::builder("You are a calculator.")
         .host(host)
         .model(openai(&server, RetryPolicy::disabled()))
+        .prices(PriceTable::new(BTreeMap::from([(
+            "openai:gpt-test".to_owned(),
+            Price {
+                input: 2.0,
+                cached_input: None,
+                output: 8.0,
+            },
+        )])))
         .build()
         .unwrap();
     let result = agent
@@ -911,6 +920,13 @@ async fn react_runs_over_the_openai_wire_format() {
     assert_eq!(result.output, "It is 42.");
     assert_eq!(result.turns, 2);
     assert_eq!(result.usage.input_tokens, 112);
+    assert_eq!(result.usage.output_tokens, 13);
+    let expected_cost = (112.0 * 2.0 + 13.0 * 8.0) / 1_000_000.0;
+    assert!(
+        (result.cost_usd - expected_cost).abs() < 1e-12,
+        "cost of every call summed: {} vs {expected_cost}",
+        result.cost_usd
+    );
     let second = &server.requests()[1].body;
     let messages = second["messages"].as_array().unwrap();
     let tool_message = messages.iter().find(|m| m["role"] == "tool").unwrap();

@@ -94,6 +94,7 @@ fn demo() -> Result<(), String> {
     for plugin in PLUGINS {
         build.args(["-p", &format!("loom-tool-{plugin}")]);
     }
+    build.args(["-p", "loom-arch-react"]);
     run(&mut build)?;
     run(cargo().args(["build", "-p", "loom-host", "--bin", "loom"]))?;
 
@@ -116,7 +117,15 @@ fn demo() -> Result<(), String> {
             copy(&manifest, &plugins.join(format!("{plugin}.toml")))?;
         }
     }
+    copy(
+        &target
+            .join(WASM_TARGET)
+            .join("release")
+            .join("loom_arch_react.wasm"),
+        &plugins.join("react.wasm"),
+    )?;
     copy(&example.join("loom.toml"), &demo.join("loom.toml"))?;
+    copy(&example.join("script.json"), &demo.join("script.json"))?;
     std::fs::write(
         demo.join("data/acme/welcome.txt"),
         "Hello from acme's granted directory.\n",
@@ -256,6 +265,55 @@ fn demo() -> Result<(), String> {
             r#"{"url":"http://127.0.0.1:9/"}"#,
         ],
         false,
+    )?;
+    println!(
+        "\nAn agent run: the ReAct architecture runs as a sandboxed component over a scripted model;"
+    );
+    println!(
+        "the tool calls of a turn run in parallel, each in its own sandbox with the caller's grants."
+    );
+    let question = "What is (2+3)*4^2/sqrt(16)? And what does the welcome note say?";
+    step(
+        "alice of acme asks (acme is granted its data directory)",
+        &[
+            "run",
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "--session",
+            "demo",
+            question,
+        ],
+        true,
+    )?;
+    step(
+        "bob of globex asks the same in a session also named demo (his own: nothing of alice's is visible; globex has no welcome.txt, and the tool error is a result the model sees)",
+        &[
+            "run",
+            "--tenant",
+            "globex",
+            "--user",
+            "bob",
+            "--session",
+            "demo",
+            question,
+        ],
+        true,
+    )?;
+    step(
+        "alice continues her session (its turns are rehydrated from redb)",
+        &[
+            "run",
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "--session",
+            "demo",
+            "Thanks! Once more?",
+        ],
+        true,
     )?;
     println!(
         "\nDemo finished: every allowed call ran and every denied one was refused inside the sandbox."

@@ -35,6 +35,8 @@ pub enum RunEvent {
         session_id: Option<String>,
         /// The architecture running it.
         architecture: String,
+        /// Messages of earlier runs rehydrated from the session.
+        history_messages: usize,
     },
     /// Streamed model output.
     ModelChunk {
@@ -507,6 +509,7 @@ pub(crate) async fn execute(
             run_id: scope.run.to_string(),
             session_id: scope.session.as_ref().map(|s| s.to_string()),
             architecture: arch_name.clone(),
+            history_messages: history.len(),
         });
     }
     let state = Arc::new(RunState {

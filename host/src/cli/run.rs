@@ -100,6 +100,9 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     let mut stream = agent.stream(request);
     let mut stdout = std::io::stdout();
     let mut streamed_text = false;
+    // The text streamed since the last tool call: the answer, if the
+    // architecture returns what the model said.
+    let mut latest_text = String::new();
     while let Some(event) = stream.next().await {
         if args.json {
             println!("{}", serde_json::to_string(&event)?);
@@ -113,16 +116,18 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                 run_id,
                 session_id,
                 architecture,
+                history_messages,
             } => {
-                eprintln!(
-                    "run {run_id} ({architecture}{})",
-                    session_id
-                        .map(|s| format!(", session {s}"))
-                        .unwrap_or_default()
-                );
+                let session = match (session_id, history_messages) {
+                    (None, _) => String::new(),
+                    (Some(s), 0) => format!(", new session {s}"),
+                    (Some(s), n) => format!(", session {s} continued: {n} earlier messages"),
+                };
+                eprintln!("run {run_id} ({architecture}{session})");
             }
             RunEvent::ModelChunk { delta } => {
                 streamed_text = true;
+                latest_text.push_str(&delta);
                 let _ = write!(stdout, "{delta}");
                 let _ = stdout.flush();
             }
@@ -133,6 +138,7 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                     println!();
                     streamed_text = false;
                 }
+                latest_text.clear();
                 eprintln!("-> {name} {arguments}");
             }
             RunEvent::ToolResult {
@@ -154,7 +160,9 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                 if streamed_text {
                     println!();
                 }
-                println!("\n{}", result.output);
+                if result.output.trim() != latest_text.trim() {
+                    println!("\n{}", result.output);
+                }
                 eprintln!(
                     "\n{} turn(s); tokens: {} in ({} cached), {} out; cost ${:.6}{}",
                     result.turns,

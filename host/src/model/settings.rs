@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
+    /// The API key itself. Taken before `api_key_env`; prefer the
+    /// environment, which keeps keys out of files.
+    pub api_key: Option<String>,
     /// Environment variable holding the API key (default `OPENAI_API_KEY` /
     /// `ANTHROPIC_API_KEY`).
     pub api_key_env: Option<String>,
@@ -31,6 +34,9 @@ pub struct CompatSettings {
     pub base_url: String,
     /// The model name the server expects.
     pub model: String,
+    /// The API key itself, if the server needs one (taken before
+    /// `api_key_env`).
+    pub api_key: Option<String>,
     /// Environment variable holding the API key, if the server needs one.
     pub api_key_env: Option<String>,
     /// Whether the server honours `response_format: json_schema` (default false).

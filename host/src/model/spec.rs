@@ -94,7 +94,10 @@ pub fn from_spec(
                         .base_url
                         .clone()
                         .unwrap_or_else(|| "https://api.openai.com/v1".into()),
-                    api_key: api_key(s.api_key_env.as_deref(), "OPENAI_API_KEY"),
+                    api_key: s
+                        .api_key
+                        .clone()
+                        .or_else(|| api_key(s.api_key_env.as_deref(), "OPENAI_API_KEY")),
                     timeout: millis(s.timeout_ms, 120_000),
                     connect_timeout: millis(s.connect_timeout_ms, 10_000),
                     extra_headers: s.headers.clone().into_iter().collect(),
@@ -114,7 +117,10 @@ pub fn from_spec(
                         .base_url
                         .clone()
                         .unwrap_or_else(|| "https://api.anthropic.com".into()),
-                    api_key: api_key(s.api_key_env.as_deref(), "ANTHROPIC_API_KEY"),
+                    api_key: s
+                        .api_key
+                        .clone()
+                        .or_else(|| api_key(s.api_key_env.as_deref(), "ANTHROPIC_API_KEY")),
                     timeout: millis(s.timeout_ms, 120_000),
                     connect_timeout: millis(s.connect_timeout_ms, 10_000),
                     extra_headers: s.headers.clone().into_iter().collect(),
@@ -140,10 +146,11 @@ pub fn from_spec(
                     id: spec.to_owned(),
                     model: s.model.clone(),
                     base_url: s.base_url.clone(),
-                    api_key: s
-                        .api_key_env
-                        .as_deref()
-                        .and_then(|env| api_key(Some(env), env)),
+                    api_key: s.api_key.clone().or_else(|| {
+                        s.api_key_env
+                            .as_deref()
+                            .and_then(|env| api_key(Some(env), env))
+                    }),
                     timeout: millis(s.timeout_ms, 120_000),
                     connect_timeout: Duration::from_secs(10),
                     extra_headers: s.headers.clone().into_iter().collect(),
