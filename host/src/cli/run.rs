@@ -14,13 +14,21 @@ use std::sync::Arc;
 
 /// What `loom run` was asked.
 pub struct RunArgs {
+    /// `--tenant`: required unless exactly one tenant is configured.
     pub tenant: Option<String>,
+    /// `--user`: anonymous when absent.
     pub user: Option<String>,
+    /// `--session`: the session to continue or start.
     pub session: Option<String>,
+    /// `--arch`: overrides `[agent] architecture`.
     pub arch: Option<String>,
+    /// `--model`: overrides `[agent] model`.
     pub model: Option<String>,
+    /// `--schema`: a JSON Schema file the answer must match.
     pub schema: Option<PathBuf>,
+    /// `--json`: print the events as JSON lines.
     pub json: bool,
+    /// The prompt.
     pub prompt: String,
 }
 
