@@ -99,7 +99,7 @@ fn main() {
 }
 
 /// Passes measured after the first, per shape.
-const STEADY_PASSES: usize = 5;
+const STEADY_PASSES: usize = 15;
 
 /// The outcome of one pass.
 struct Report {

@@ -183,6 +183,28 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The outcome of one tool call of a turn.
+type CallOutcome = Result<crate::engine::ToolOutput, CallError>;
+
+/// A tool call under way: its own task when it runs beside others, or a
+/// future polled by the run itself when it is the turn's only call.
+enum PendingCall {
+    /// Spawned; aborted if the run is dropped first.
+    Spawned(AbortOnDrop<CallOutcome>),
+    /// Awaited in place.
+    Inline(std::pin::Pin<Box<dyn std::future::Future<Output = CallOutcome> + Send>>),
+}
+
+impl PendingCall {
+    /// Wait for the outcome; `Err` only when a spawned task was lost.
+    async fn finish(self) -> Result<CallOutcome, tokio::task::JoinError> {
+        match self {
+            PendingCall::Spawned(mut task) => (&mut task.0).await,
+            PendingCall::Inline(work) => Ok(work.await),
+        }
+    }
+}
+
 fn failure_text(failure: &ToolFailure) -> String {
     match failure {
         ToolFailure::Denied(m) => format!("DENIED: {m}"),
@@ -265,13 +287,18 @@ impl Harness for RunState {
 
     fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
         Box::pin(async move {
+            // Several calls run as tasks, in parallel on every worker; a lone
+            // call runs inline. Either way dropping the run drops the call.
+            let parallel = calls.len() > 1;
             let mut pending = Vec::with_capacity(calls.len());
             for call in calls {
-                self.send(RunEvent::ToolCall {
-                    call_id: call.id.clone(),
-                    name: call.name.clone(),
-                    arguments: call.arguments.clone(),
-                });
+                if self.events.is_some() {
+                    self.send(RunEvent::ToolCall {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    });
+                }
                 let Some(binding) = self.tools.iter().find(|b| b.spec.name == call.name) else {
                     pending.push((call, None));
                     continue;
@@ -280,9 +307,13 @@ impl Harness for RunState {
                 let scope = (*self.scope).clone();
                 let name = binding.spec.name.clone();
                 let arguments = call.arguments.clone();
-                let task =
-                    tokio::spawn(async move { host.call_tool(scope, &name, &arguments).await });
-                pending.push((call, Some(AbortOnDrop(task))));
+                let work = async move { host.call_tool(scope, &name, &arguments).await };
+                let task = if parallel {
+                    PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
+                } else {
+                    PendingCall::Inline(Box::pin(work))
+                };
+                pending.push((call, Some(task)));
             }
             let mut results = Vec::with_capacity(pending.len());
             for (call, task) in pending {
@@ -291,7 +322,7 @@ impl Harness for RunState {
                         "tool `{}` is not available to this agent",
                         call.name
                     ))),
-                    Some(mut task) => match (&mut task.0).await {
+                    Some(task) => match task.finish().await {
                         Err(join) => Err(wt::ToolError::Failed(format!(
                             "the tool call was lost: {join}"
                         ))),
@@ -305,28 +336,30 @@ impl Harness for RunState {
                         Ok(Err(other)) => Err(wt::ToolError::Failed(other.to_string())),
                     },
                 };
-                let (ok, output) = match &outcome {
-                    Ok(text) => (true, text.clone()),
-                    Err(wt::ToolError::Denied(m)) => {
-                        (false, failure_text(&ToolFailure::Denied(m.clone())))
-                    }
-                    Err(wt::ToolError::UnknownTool(m)) => {
-                        (false, failure_text(&ToolFailure::UnknownTool(m.clone())))
-                    }
-                    Err(wt::ToolError::InvalidArguments(m)) => (
-                        false,
-                        failure_text(&ToolFailure::InvalidArguments(m.clone())),
-                    ),
-                    Err(wt::ToolError::Failed(m)) => {
-                        (false, failure_text(&ToolFailure::Failed(m.clone())))
-                    }
-                };
-                self.send(RunEvent::ToolResult {
-                    call_id: call.id.clone(),
-                    name: call.name.clone(),
-                    ok,
-                    output,
-                });
+                if self.events.is_some() {
+                    let (ok, output) = match &outcome {
+                        Ok(text) => (true, text.clone()),
+                        Err(wt::ToolError::Denied(m)) => {
+                            (false, failure_text(&ToolFailure::Denied(m.clone())))
+                        }
+                        Err(wt::ToolError::UnknownTool(m)) => {
+                            (false, failure_text(&ToolFailure::UnknownTool(m.clone())))
+                        }
+                        Err(wt::ToolError::InvalidArguments(m)) => (
+                            false,
+                            failure_text(&ToolFailure::InvalidArguments(m.clone())),
+                        ),
+                        Err(wt::ToolError::Failed(m)) => {
+                            (false, failure_text(&ToolFailure::Failed(m.clone())))
+                        }
+                    };
+                    self.send(RunEvent::ToolResult {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        ok,
+                        output,
+                    });
+                }
                 results.push(wt::ToolResult {
                     call_id: call.id,
                     name: call.name,
