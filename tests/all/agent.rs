@@ -27,6 +27,7 @@ fn turn(text: &str, calls: &[(&str, serde_json::Value)]) -> ScriptedTurn {
             input_tokens: 100,
             output_tokens: 10,
             cached_tokens: 0,
+            cache_write_tokens: 0,
         }),
     }
 }

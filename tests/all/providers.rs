@@ -696,6 +696,7 @@ async fn anthropic_streams_text_tool_use_and_cache_usage() {
         "cache reads and writes are input"
     );
     assert_eq!(response.usage.cached_tokens, 90);
+    assert_eq!(response.usage.cache_write_tokens, 5);
     assert_eq!(response.usage.output_tokens, 42);
     assert_eq!(streamed_text(&chunks), "Let me compute.");
 
@@ -905,6 +906,7 @@ async fn react_runs_over_the_openai_wire_format() {
             Price {
                 input: 2.0,
                 cached_input: None,
+                cache_write: None,
                 output: 8.0,
             },
         )])))

@@ -248,12 +248,12 @@ impl Assembly {
             "message_start" => {
                 let usage = data.pointer("/message/usage").cloned().unwrap_or_default();
                 let cache_read = number(&usage, "cache_read_input_tokens");
+                let cache_write = number(&usage, "cache_creation_input_tokens");
                 self.usage = Usage {
-                    input_tokens: number(&usage, "input_tokens")
-                        + cache_read
-                        + number(&usage, "cache_creation_input_tokens"),
+                    input_tokens: number(&usage, "input_tokens") + cache_read + cache_write,
                     output_tokens: number(&usage, "output_tokens"),
                     cached_tokens: cache_read,
+                    cache_write_tokens: cache_write,
                 };
             }
             "content_block_start" => {

@@ -45,6 +45,7 @@ impl Model for EchoModel {
                     input_tokens: estimate_tokens(request),
                     output_tokens: (text.len() as u64).div_ceil(4),
                     cached_tokens: 0,
+                    cache_write_tokens: 0,
                 },
                 message: Message::assistant(text),
                 finish_reason: FinishReason::Stop,
@@ -235,6 +236,7 @@ impl Model for ScriptedModel {
                 input_tokens: estimate_tokens(request),
                 output_tokens: (text.len() as u64).div_ceil(4) + 8 * tool_calls.len() as u64,
                 cached_tokens: 0,
+                cache_write_tokens: 0,
             });
             let finish_reason = if tool_calls.is_empty() {
                 FinishReason::Stop

@@ -182,6 +182,7 @@ impl Assembly {
                 input_tokens: count(&["prompt_tokens"]),
                 output_tokens: count(&["completion_tokens"]),
                 cached_tokens: count(&["prompt_tokens_details", "cached_tokens"]),
+                cache_write_tokens: 0,
             };
         }
         let Some(choice) = chunk

@@ -11,9 +11,13 @@ use std::collections::BTreeMap;
 pub struct Price {
     /// Per million input tokens not served from cache.
     pub input: f64,
-    /// Per million cached input tokens.
+    /// Per million cached input tokens (default: `input`).
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Per million input tokens written to the prompt cache (default:
+    /// `input`; Anthropic charges 1.25 × input).
+    #[serde(default)]
+    pub cache_write: Option<f64>,
     /// Per million output tokens.
     pub output: f64,
 }
@@ -22,9 +26,11 @@ impl Price {
     /// The cost of `usage` at this price.
     pub fn cost(&self, usage: &Usage) -> f64 {
         let cached = usage.cached_tokens.min(usage.input_tokens);
-        let fresh = usage.input_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+        let fresh = usage.input_tokens - cached - written;
         (fresh as f64 * self.input
             + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + written as f64 * self.cache_write.unwrap_or(self.input)
             + usage.output_tokens as f64 * self.output)
             / 1_000_000.0
     }
@@ -68,6 +74,7 @@ impl PriceTable {
             return Some(Price {
                 input: 0.0,
                 cached_input: None,
+                cache_write: None,
                 output: 0.0,
             });
         }
@@ -78,9 +85,12 @@ impl PriceTable {
         BUILT_IN
             .iter()
             .find(|(name, ..)| *name == bare)
-            .map(|&(_, input, cached, output)| Price {
+            .map(|&(name, input, cached, output)| Price {
                 input,
                 cached_input: Some(cached),
+                // Anthropic bills 5-minute cache writes at 1.25 × input;
+                // OpenAI caches without a write charge.
+                cache_write: name.starts_with("claude").then_some(input * 1.25),
                 output,
             })
     }
@@ -112,6 +122,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 1_000_000,
             cached_tokens: 500_000,
+            cache_write_tokens: 0,
         };
         let cost = table.cost("openai:gpt-4.1-mini", &usage);
         assert!(
@@ -125,11 +136,26 @@ mod tests {
             Price {
                 input: 1.0,
                 cached_input: None,
+                cache_write: None,
                 output: 2.0,
             },
         );
         let table = PriceTable::new(overrides);
         assert!((table.cost("compat:local", &usage) - 3.0).abs() < 1e-9);
         assert!(table.price("openai:unknown-model").is_none());
+    }
+
+    #[test]
+    fn anthropic_cache_writes_cost_more_than_input() {
+        let table = PriceTable::default();
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 0,
+            cached_tokens: 200_000,
+            cache_write_tokens: 300_000,
+        };
+        let cost = table.cost("anthropic:claude-sonnet-4-5", &usage);
+        let expected = 0.5 * 3.00 + 0.2 * 0.30 + 0.3 * 3.75;
+        assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
     }
 }
