@@ -471,6 +471,138 @@ async fn openai_assembles_parallel_tool_calls_split_across_chunks() {
 }
 
 #[tokio::test]
+async fn tool_calls_that_all_claim_index_zero_stay_separate() {
+    // Ollama sends every parallel call with index 0 (or none): a new id
+    // starts a new call.
+    let piece = |index: Option<u64>, id: &str, name: &str, args: &str| {
+        let mut piece =
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}});
+        if let Some(index) = index {
+            piece["index"] = json!(index);
+        }
+        openai_delta(json!({"tool_calls": [piece]}), None)
+    };
+    let body = openai_stream(&[
+        piece(Some(0), "call_1", "read_file", r#"{"path":"a"}"#),
+        piece(Some(0), "call_2", "read_file", r#"{"path":"b"}"#),
+        piece(None, "call_3", "calculate", r#"{"expression":"1"}"#),
+        openai_delta(json!({}), Some("tool_calls")),
+    ]);
+    let server = WireServer::start(vec![Reply::sse(&body, 50)]).await;
+    let model = openai(&server, RetryPolicy::disabled());
+    let response = model
+        .complete(
+            &ModelRequest {
+                messages: vec![Message::user("go")],
+                ..ModelRequest::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let calls: Vec<(&str, &str, &str)> = response
+        .message
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call_1", "read_file", r#"{"path":"a"}"#),
+            ("call_2", "read_file", r#"{"path":"b"}"#),
+            ("call_3", "calculate", r#"{"expression":"1"}"#),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn openai_wraps_non_object_schemas_and_unwraps_the_answer() {
+    let server = WireServer::start(vec![openai_text_reply(r#"{"value":[1,2,3]}"#)]).await;
+    let model = openai(&server, RetryPolicy::disabled());
+    let schema = json!({"type": "array", "items": {"type": "integer"}});
+    let response = model
+        .complete(
+            &ModelRequest {
+                messages: vec![Message::user("three numbers")],
+                output_schema: Some(schema.clone()),
+                ..ModelRequest::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.message.content, "[1,2,3]");
+    let sent = &server.requests()[0].body;
+    let wire_schema = &sent["response_format"]["json_schema"]["schema"];
+    assert_eq!(
+        wire_schema["type"], "object",
+        "OpenAI only takes object schemas"
+    );
+    assert_eq!(wire_schema["properties"]["value"], schema);
+}
+
+#[tokio::test]
+async fn anthropic_request_obeys_the_messages_rules() {
+    let server = WireServer::start(vec![anthropic_text_reply("ok")]).await;
+    let model = anthropic(&server, RetryPolicy::disabled());
+    let mut messages = history();
+    // A blank assistant text (stored from an earlier turn) and a user
+    // prompt right after the tool results.
+    messages[2].content = "\n ".into();
+    messages.push(Message::user("and now?"));
+    model
+        .complete(
+            &ModelRequest {
+                messages,
+                ..ModelRequest::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let sent = &server.requests()[0].body;
+    let turns = sent["messages"].as_array().unwrap();
+    let assistant = turns[1]["content"].as_array().unwrap();
+    assert!(
+        assistant.iter().all(|b| b["type"] != "text"),
+        "blank text blocks are refused by the API: {assistant:?}"
+    );
+    let last = turns[2]["content"].as_array().unwrap();
+    let kinds: Vec<&str> = last.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["tool_result", "tool_result", "text"],
+        "tool results open the turn"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_tool_call_is_reported_as_length() {
+    let body = anthropic_stream(&[
+        json!({"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "calculate", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"expre"}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 16}}),
+        json!({"type": "message_stop"}),
+    ]);
+    let server = WireServer::start(vec![Reply::sse(&body, 64)]).await;
+    let model = anthropic(&server, RetryPolicy::disabled());
+    let response = model
+        .complete(
+            &ModelRequest {
+                messages: vec![Message::user("go")],
+                tools: vec![calculator_tool()],
+                ..ModelRequest::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.finish_reason, FinishReason::Length);
+}
+
+#[tokio::test]
 async fn openai_sends_json_schema_for_structured_output() {
     let server = WireServer::start(vec![openai_text_reply(r#"{"answer":42}"#)]).await;
     let model = openai(&server, RetryPolicy::disabled());

@@ -5,6 +5,7 @@
 
 use super::http::{self, ClientError, ErrorBody};
 use super::sse::SseEvent;
+use super::structured::{object_schema, unwrap_answer};
 use super::{
     BoxFuture, ChunkSink, FinishReason, Message, Model, ModelChunk, ModelError, ModelRequest,
     ModelResponse, Role, ToolCall, Usage,
@@ -30,7 +31,7 @@ pub struct AnthropicConfig {
     pub base_url: String,
     /// Sent as `x-api-key`.
     pub api_key: Option<String>,
-    /// Whole-request timeout.
+    /// Longest wait for the next bytes of a response.
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -134,20 +135,6 @@ impl AnthropicModel {
     }
 }
 
-/// Tool inputs must be objects; a schema for anything else is wrapped in
-/// `{"value": ...}` (and unwrapped again in the answer).
-fn object_schema(schema: &Value) -> Value {
-    if is_object_schema(schema) {
-        schema.clone()
-    } else {
-        json!({ "type": "object", "properties": { "value": schema }, "required": ["value"] })
-    }
-}
-
-fn is_object_schema(schema: &Value) -> bool {
-    schema.get("type").and_then(Value::as_str) == Some("object")
-}
-
 /// Messages in the API's shape: system messages left out (they go in
 /// `system`), tool results as `tool_result` blocks in a user turn, and
 /// consecutive turns of the same role merged, since roles must alternate.
@@ -188,7 +175,11 @@ fn wire_messages(messages: &[Message]) -> Vec<Value> {
             continue;
         }
         match turns.last_mut() {
-            Some((last, content)) if *last == role => content.extend(blocks),
+            Some((last, content)) if *last == role => {
+                content.extend(blocks);
+                // A user turn must open with its tool results.
+                content.sort_by_key(|block| block["type"] != "tool_result");
+            }
             _ => turns.push((role, blocks)),
         }
     }
@@ -198,8 +189,10 @@ fn wire_messages(messages: &[Message]) -> Vec<Value> {
         .collect()
 }
 
+/// A text block, or none for blank text (the API refuses text blocks that
+/// are empty or only whitespace).
 fn text_block(text: &str) -> Vec<Value> {
-    if text.is_empty() {
+    if text.trim().is_empty() {
         Vec::new()
     } else {
         vec![json!({ "type": "text", "text": text })]
@@ -390,7 +383,7 @@ impl Assembly {
                     message: "anthropic refused to answer (stop_reason refusal)".into(),
                 });
             }
-            Some("max_tokens") => FinishReason::Length,
+            Some("max_tokens" | "model_context_window_exceeded") => FinishReason::Length,
             Some("tool_use") => FinishReason::ToolCalls,
             _ => FinishReason::Stop,
         };
@@ -406,17 +399,17 @@ impl Assembly {
         {
             // The structured answer is the `respond` input; a wrapped
             // non-object schema is unwrapped.
-            text = match schema.filter(|s| !is_object_schema(s)) {
-                Some(_) => serde_json::from_str::<Value>(&answer)
-                    .ok()
-                    .and_then(|v| v.get("value").cloned())
-                    .map(|v| v.to_string())
-                    .unwrap_or(answer),
+            text = match schema {
+                Some(schema) => unwrap_answer(schema, answer),
                 None => answer,
             };
-            finish_reason = FinishReason::Stop;
+            if finish_reason != FinishReason::Length {
+                finish_reason = FinishReason::Stop;
+            }
         }
-        if !calls.is_empty() {
+        // A cut-off answer stays `Length`, even with (possibly truncated)
+        // tool calls in it.
+        if !calls.is_empty() && finish_reason != FinishReason::Length {
             finish_reason = FinishReason::ToolCalls;
         }
         Ok(ModelResponse {

@@ -58,7 +58,8 @@ pub(crate) fn base_url(url: &str) -> Result<String, ClientError> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-/// A client with the given timeouts and default headers.
+/// A client with the given timeouts (`timeout` is the longest wait for the
+/// next bytes of a response) and default headers.
 pub(crate) fn client(
     timeout: Duration,
     connect_timeout: Duration,
@@ -77,7 +78,9 @@ pub(crate) fn client(
     }
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config())
-        .timeout(timeout)
+        // An idle timeout, not a total one: a long answer may stream for
+        // minutes, as long as bytes keep coming.
+        .read_timeout(timeout)
         .connect_timeout(connect_timeout)
         .default_headers(default_headers)
         .user_agent(concat!("loom/", env!("CARGO_PKG_VERSION")))
@@ -122,11 +125,11 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     let value = text("retry-after")?;
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return Duration::try_from_secs_f64(seconds).ok();
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -249,6 +252,14 @@ mod tests {
         let wait = retry_after(&headers).unwrap();
         assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30));
         headers.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("1e30"));
+        assert_eq!(
+            retry_after(&headers),
+            None,
+            "too large is ignored, not a panic"
+        );
+        headers.insert("retry-after", HeaderValue::from_static("-3"));
         assert_eq!(retry_after(&headers), None);
     }
 

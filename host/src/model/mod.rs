@@ -97,3 +97,4 @@ pub mod retry;
 pub mod settings;
 pub mod spec;
 pub mod sse;
+pub mod structured;

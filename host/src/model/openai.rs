@@ -4,6 +4,7 @@
 
 use super::http::{self, ClientError, ErrorBody};
 use super::sse::SseEvent;
+use super::structured::{object_schema, unwrap_answer};
 use super::{
     BoxFuture, ChunkSink, FinishReason, Message, Model, ModelChunk, ModelError, ModelRequest,
     ModelResponse, Role, ToolCall, Usage,
@@ -23,7 +24,7 @@ pub struct OpenAiConfig {
     pub base_url: String,
     /// Bearer token; `None` sends no `Authorization` header.
     pub api_key: Option<String>,
-    /// Whole-request timeout.
+    /// Longest wait for the next bytes of a response.
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -98,7 +99,7 @@ impl OpenAiModel {
         {
             body["response_format"] = json!({
                 "type": "json_schema",
-                "json_schema": { "name": "output", "schema": schema, "strict": false },
+                "json_schema": { "name": "output", "schema": object_schema(schema), "strict": false },
             });
         }
         body
@@ -146,8 +147,10 @@ fn wire_message(message: &Message) -> Value {
 struct Assembly {
     text: String,
     refusal: String,
-    /// Tool calls by the server's `index`.
-    calls: BTreeMap<u64, ToolCall>,
+    /// Tool calls in arrival order.
+    calls: Vec<ToolCall>,
+    /// Which call each server `index` currently feeds.
+    slots: BTreeMap<u64, usize>,
     usage: Usage,
     finish: Option<String>,
 }
@@ -155,8 +158,12 @@ struct Assembly {
 impl Assembly {
     /// Take in one `data:` payload; `true` at `[DONE]`.
     fn chunk(&mut self, data: &str, sink: Option<ChunkSink<'_>>) -> Result<bool, ModelError> {
-        if data.trim() == "[DONE]" {
+        let data = data.trim();
+        if data == "[DONE]" {
             return Ok(true);
+        }
+        if data.is_empty() {
+            return Ok(false);
         }
         let chunk: Value = serde_json::from_str(data).map_err(|e| ModelError::Transient {
             message: format!("openai: unreadable stream chunk ({e}): {data}"),
@@ -217,35 +224,30 @@ impl Assembly {
             .into_iter()
             .flatten()
         {
-            let index = piece.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let position = self
-                .calls
-                .keys()
-                .position(|k| *k == index)
-                .unwrap_or(self.calls.len());
-            let call = self.calls.entry(index).or_insert_with(|| ToolCall {
-                id: String::new(),
-                name: String::new(),
-                arguments: String::new(),
-            });
+            let index = piece.get("index").and_then(Value::as_u64);
             let id = piece
                 .get("id")
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty());
+            let position = self.slot(index, id);
+            let call = &mut self.calls[position];
             let function = piece.get("function");
             let name = function
                 .and_then(|f| f.get("name"))
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty());
-            let arguments = function
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            // Some proxies send the arguments as an object, not as text.
+            let arguments = match function.and_then(|f| f.get("arguments")) {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            let arguments = arguments.as_str();
             if let Some(id) = id {
                 call.id = id.to_owned();
             }
             if let Some(name) = name {
-                call.name.push_str(name);
+                call.name = name.to_owned();
             }
             call.arguments.push_str(arguments);
             if let Some(sink) = sink {
@@ -260,7 +262,34 @@ impl Assembly {
         Ok(false)
     }
 
-    fn finish(self) -> Result<ModelResponse, ModelError> {
+    /// The call a tool-call piece belongs to. Pieces are keyed by `index`,
+    /// but some servers (Ollama) send every call with index 0 or none: a
+    /// piece carrying a new id starts a new call.
+    fn slot(&mut self, index: Option<u64>, id: Option<&str>) -> usize {
+        let current = match index {
+            Some(index) => self.slots.get(&index).copied(),
+            None => self.calls.len().checked_sub(1),
+        };
+        let continues = |slot: usize| match (id, self.calls.get(slot)) {
+            (Some(id), Some(call)) => call.id.is_empty() || call.id == id,
+            _ => true,
+        };
+        if let Some(slot) = current.filter(|slot| continues(*slot)) {
+            return slot;
+        }
+        self.calls.push(ToolCall {
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+        });
+        let slot = self.calls.len() - 1;
+        if let Some(index) = index {
+            self.slots.insert(index, slot);
+        }
+        slot
+    }
+
+    fn finish(self, schema: Option<&Value>) -> Result<ModelResponse, ModelError> {
         if !self.refusal.is_empty() {
             return Err(ModelError::ContentFilter {
                 message: format!("openai refused: {}", self.refusal),
@@ -282,7 +311,7 @@ impl Assembly {
                 });
             }
         };
-        let mut tool_calls: Vec<ToolCall> = self.calls.into_values().collect();
+        let mut tool_calls = self.calls;
         for (position, call) in tool_calls.iter_mut().enumerate() {
             if call.id.is_empty() {
                 call.id = format!("call_{position}");
@@ -291,10 +320,14 @@ impl Assembly {
                 call.arguments = "{}".into();
             }
         }
+        let text = match schema {
+            Some(schema) if tool_calls.is_empty() => unwrap_answer(schema, self.text),
+            _ => self.text,
+        };
         Ok(ModelResponse {
             message: Message {
                 tool_calls,
-                ..Message::assistant(self.text)
+                ..Message::assistant(text)
             },
             usage: self.usage,
             finish_reason,
@@ -345,7 +378,11 @@ impl Model for OpenAiModel {
                 Ok(())
             })
             .await?;
-            assembly.finish()
+            let native_schema = request
+                .output_schema
+                .as_ref()
+                .filter(|_| self.config.native_structured_output);
+            assembly.finish(native_schema)
         })
     }
 }

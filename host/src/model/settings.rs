@@ -16,7 +16,8 @@ pub struct ProviderSettings {
     pub api_key_env: Option<String>,
     /// Base URL, for proxies and gateways.
     pub base_url: Option<String>,
-    /// Request timeout in milliseconds (default 120000).
+    /// Longest wait for the next bytes of a response, in milliseconds
+    /// (default 120000); a long answer may stream for longer.
     pub timeout_ms: Option<u64>,
     /// Connect timeout in milliseconds (default 10000).
     pub connect_timeout_ms: Option<u64>,
@@ -42,7 +43,8 @@ pub struct CompatSettings {
     /// Whether the server honours `response_format: json_schema` (default false).
     #[serde(default)]
     pub native_structured_output: bool,
-    /// Request timeout in milliseconds (default 120000).
+    /// Longest wait for the next bytes of a response, in milliseconds
+    /// (default 120000); a long answer may stream for longer.
     pub timeout_ms: Option<u64>,
     /// Extra headers sent with every request.
     #[serde(default)]
