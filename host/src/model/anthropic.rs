@@ -429,7 +429,9 @@ fn classify(
     body: &str,
 ) -> ModelError {
     let body = ErrorBody::parse(body);
-    if body.kind == "overloaded_error" || status.as_u16() == 529 {
+    let overloaded = body.kind == "overloaded_error" || status.as_u16() == 529;
+    // Overloaded and saying when to come back: a rate limit (below).
+    if overloaded && http::retry_after(headers).is_none() {
         return ModelError::Transient {
             message: format!(
                 "anthropic is overloaded (HTTP {}): {}",

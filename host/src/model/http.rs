@@ -145,7 +145,8 @@ pub(crate) struct ErrorBody {
     pub message: String,
     /// The `type` field, such as `rate_limit_error`.
     pub kind: String,
-    /// The `code` field, such as `insufficient_quota`.
+    /// The `code` field, such as `insufficient_quota` (or Anthropic's
+    /// `details.error_code`).
     pub code: String,
 }
 
@@ -169,7 +170,14 @@ impl ErrorBody {
                 message
             },
             kind: field("type"),
-            code: field("code"),
+            code: match field("code") {
+                code if code.is_empty() => error
+                    .and_then(|e| e.pointer("/details/error_code"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                code => code,
+            },
         }
     }
 }
@@ -191,9 +199,21 @@ pub(crate) fn status_error(
     match status.as_u16() {
         401 | 403 => ModelError::Authentication { message },
         _ if content_filter => ModelError::ContentFilter { message },
-        // A 429 for an exhausted quota will not clear by waiting.
-        429 if body.code == "insufficient_quota" => ModelError::InvalidRequest { message },
+        // A 429 for an exhausted quota or spend limit will not clear by
+        // waiting.
+        429 if matches!(
+            body.code.as_str(),
+            "insufficient_quota" | "enforced_spend_limit_reached"
+        ) =>
+        {
+            ModelError::InvalidRequest { message }
+        }
         429 => ModelError::RateLimited {
+            retry_after: retry_after(headers),
+            message,
+        },
+        // An overloaded server that says when to come back is a rate limit.
+        503 | 529 if retry_after(headers).is_some() => ModelError::RateLimited {
             retry_after: retry_after(headers),
             message,
         },
@@ -293,5 +313,33 @@ mod tests {
             ),
             ModelError::InvalidRequest { .. }
         ));
+        let spend = ErrorBody::parse(
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"s","details":{"error_code":"enforced_spend_limit_reached"}}}"#,
+        );
+        assert!(matches!(
+            status_error(
+                "p",
+                reqwest::StatusCode::TOO_MANY_REQUESTS,
+                &headers,
+                &spend,
+                false
+            ),
+            ModelError::InvalidRequest { .. }
+        ));
+        let mut later = HeaderMap::new();
+        later.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(
+            status_error(
+                "p",
+                reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                &later,
+                &body,
+                false
+            ),
+            ModelError::RateLimited {
+                retry_after: Some(Duration::from_secs(3)),
+                message: "p answered HTTP 503: nope".into(),
+            }
+        );
     }
 }
