@@ -836,7 +836,12 @@ async fn anthropic_streams_text_tool_use_and_cache_usage() {
     assert_eq!(sent.path, "/v1/messages");
     assert_eq!(sent.header("x-api-key"), Some("ak-test"));
     assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(sent.body["system"], "Be brief.");
+    assert_eq!(sent.body["system"][0]["text"], "Be brief.");
+    // Prompt caching: breakpoints after the tools, the system prompt and
+    // the conversation so far.
+    let ephemeral = json!({"type": "ephemeral"});
+    assert_eq!(sent.body["system"][0]["cache_control"], ephemeral);
+    assert_eq!(sent.body["tools"][0]["cache_control"], ephemeral);
     assert_eq!(sent.body["max_tokens"], 4096);
     assert_eq!(sent.body["tools"][0]["input_schema"]["type"], "object");
     let messages = sent.body["messages"].as_array().unwrap();
@@ -854,6 +859,8 @@ async fn anthropic_streams_text_tool_use_and_cache_usage() {
     assert_eq!(messages[2]["content"][0]["type"], "tool_result");
     assert_eq!(messages[2]["content"][0]["tool_use_id"], "call_a");
     assert_eq!(messages[2]["content"][1]["is_error"], true);
+    assert_eq!(messages[2]["content"][1]["cache_control"], ephemeral);
+    assert!(messages[1]["content"][0].get("cache_control").is_none());
 }
 
 #[tokio::test]

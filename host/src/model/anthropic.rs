@@ -39,6 +39,11 @@ pub struct AnthropicConfig {
     pub extra_headers: Vec<(String, String)>,
     /// `max_tokens` when the request sets no cap (the API requires one).
     pub default_max_tokens: u32,
+    /// Mark the tools, the system prompt and the conversation so far as
+    /// cacheable (`cache_control: ephemeral`), so an agent loop pays the
+    /// cache-read price for the prefix it resends every turn. Prompts below
+    /// the model's minimum cacheable length are simply not cached.
+    pub prompt_caching: bool,
 }
 
 impl Default for AnthropicConfig {
@@ -52,6 +57,7 @@ impl Default for AnthropicConfig {
             connect_timeout: Duration::from_secs(10),
             extra_headers: Vec::new(),
             default_max_tokens: 4096,
+            prompt_caching: true,
         }
     }
 }
@@ -98,7 +104,20 @@ impl AnthropicModel {
             "stream": true,
         });
         if !system.is_empty() {
-            body["system"] = json!(system.join("\n\n"));
+            let mut block = json!({ "type": "text", "text": system.join("\n\n") });
+            if self.config.prompt_caching {
+                block["cache_control"] = json!({ "type": "ephemeral" });
+            }
+            body["system"] = json!([block]);
+        }
+        if self.config.prompt_caching
+            && let Some(last) = body["messages"]
+                .as_array_mut()
+                .and_then(|turns| turns.last_mut())
+                .and_then(|turn| turn["content"].as_array_mut())
+                .and_then(|blocks| blocks.last_mut())
+        {
+            last["cache_control"] = json!({ "type": "ephemeral" });
         }
         if let Some(temperature) = request.temperature {
             body["temperature"] = json!(temperature);
@@ -127,6 +146,11 @@ impl AnthropicModel {
             } else {
                 json!({ "type": "any" })
             };
+        }
+        if self.config.prompt_caching
+            && let Some(last) = tools.last_mut()
+        {
+            last["cache_control"] = json!({ "type": "ephemeral" });
         }
         if !tools.is_empty() {
             body["tools"] = Value::Array(tools);

@@ -24,6 +24,9 @@ pub struct ProviderSettings {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Anthropic only: mark tools, system prompt and conversation as
+    /// cacheable (default true). OpenAI caches prompts without being asked.
+    pub prompt_caching: Option<bool>,
 }
 
 /// An OpenAI-compatible server (`[models.compat.<name>]`): vLLM, Ollama,

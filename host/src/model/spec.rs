@@ -124,6 +124,7 @@ pub fn from_spec(
                     timeout: millis(s.timeout_ms, 120_000),
                     connect_timeout: millis(s.connect_timeout_ms, 10_000),
                     extra_headers: s.headers.clone().into_iter().collect(),
+                    prompt_caching: s.prompt_caching.unwrap_or(true),
                     ..AnthropicConfig::default()
                 })
                 .map_err(|e| err(e.to_string()))?,
