@@ -317,41 +317,24 @@ impl Harness for RunState {
             }
             let mut results = Vec::with_capacity(pending.len());
             for (call, task) in pending {
-                let outcome: Result<String, wt::ToolError> = match task {
-                    None => Err(wt::ToolError::Denied(format!(
+                let outcome: Result<String, ToolFailure> = match task {
+                    None => Err(ToolFailure::Denied(format!(
                         "tool `{}` is not available to this agent",
                         call.name
                     ))),
                     Some(task) => match task.finish().await {
-                        Err(join) => Err(wt::ToolError::Failed(format!(
+                        Err(join) => Err(ToolFailure::Failed(format!(
                             "the tool call was lost: {join}"
                         ))),
                         Ok(Ok(output)) => Ok(output.output),
-                        Ok(Err(CallError::Tool { failure, .. })) => Err(match failure {
-                            ToolFailure::Denied(m) => wt::ToolError::Denied(m),
-                            ToolFailure::UnknownTool(m) => wt::ToolError::UnknownTool(m),
-                            ToolFailure::InvalidArguments(m) => wt::ToolError::InvalidArguments(m),
-                            ToolFailure::Failed(m) => wt::ToolError::Failed(m),
-                        }),
-                        Ok(Err(other)) => Err(wt::ToolError::Failed(other.to_string())),
+                        Ok(Err(CallError::Tool { failure, .. })) => Err(failure),
+                        Ok(Err(other)) => Err(ToolFailure::Failed(other.to_string())),
                     },
                 };
                 if self.events.is_some() {
                     let (ok, output) = match &outcome {
                         Ok(text) => (true, text.clone()),
-                        Err(wt::ToolError::Denied(m)) => {
-                            (false, failure_text(&ToolFailure::Denied(m.clone())))
-                        }
-                        Err(wt::ToolError::UnknownTool(m)) => {
-                            (false, failure_text(&ToolFailure::UnknownTool(m.clone())))
-                        }
-                        Err(wt::ToolError::InvalidArguments(m)) => (
-                            false,
-                            failure_text(&ToolFailure::InvalidArguments(m.clone())),
-                        ),
-                        Err(wt::ToolError::Failed(m)) => {
-                            (false, failure_text(&ToolFailure::Failed(m.clone())))
-                        }
+                        Err(failure) => (false, failure_text(failure)),
                     };
                     self.send(RunEvent::ToolResult {
                         call_id: call.id.clone(),
@@ -363,7 +346,7 @@ impl Harness for RunState {
                 results.push(wt::ToolResult {
                     call_id: call.id,
                     name: call.name,
-                    outcome,
+                    outcome: outcome.map_err(wt::ToolError::from),
                 });
             }
             results

@@ -213,6 +213,30 @@ pub enum ToolFailure {
     Failed(String),
 }
 
+impl From<bindings::types::ToolError> for ToolFailure {
+    fn from(error: bindings::types::ToolError) -> Self {
+        use bindings::types::ToolError as Wit;
+        match error {
+            Wit::UnknownTool(m) => ToolFailure::UnknownTool(m),
+            Wit::InvalidArguments(m) => ToolFailure::InvalidArguments(m),
+            Wit::Denied(m) => ToolFailure::Denied(m),
+            Wit::Failed(m) => ToolFailure::Failed(m),
+        }
+    }
+}
+
+impl From<ToolFailure> for bindings::types::ToolError {
+    fn from(failure: ToolFailure) -> Self {
+        use bindings::types::ToolError as Wit;
+        match failure {
+            ToolFailure::UnknownTool(m) => Wit::UnknownTool(m),
+            ToolFailure::InvalidArguments(m) => Wit::InvalidArguments(m),
+            ToolFailure::Denied(m) => Wit::Denied(m),
+            ToolFailure::Failed(m) => Wit::Failed(m),
+        }
+    }
+}
+
 /// Why a call produced no output.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -864,19 +888,10 @@ impl SandboxEngine {
                 limit_ms: limits.wall.as_millis() as u64,
             }),
             Ok(Err(error)) => Err(classify_trap(error, state, &plugin, limits, stderr_head)),
-            Ok(Ok(Err(failure))) => {
-                use bindings::types::ToolError as Wit;
-                let failure = match failure {
-                    Wit::UnknownTool(m) => ToolFailure::UnknownTool(m),
-                    Wit::InvalidArguments(m) => ToolFailure::InvalidArguments(m),
-                    Wit::Denied(m) => ToolFailure::Denied(m),
-                    Wit::Failed(m) => ToolFailure::Failed(m),
-                };
-                Err(CallError::Tool {
-                    tool: name.to_owned(),
-                    failure,
-                })
-            }
+            Ok(Ok(Err(failure))) => Err(CallError::Tool {
+                tool: name.to_owned(),
+                failure: failure.into(),
+            }),
             Ok(Ok(Ok(output))) => finish_output(output, limits.max_output_bytes, &plugin).map(
                 |(output, truncated_from)| ToolOutput {
                     output,
