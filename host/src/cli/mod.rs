@@ -28,32 +28,10 @@ enum Command {
     /// Run the agent configured in [agent] for one prompt, showing model
     /// output and tool calls live, then the answer, usage and cost.
     Run {
-        /// The prompt.
-        prompt: String,
         #[command(flatten)]
         config: ConfigArg,
-        /// The tenant; may be omitted when only one is configured.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// The user; anonymous when omitted.
-        #[arg(long)]
-        user: Option<String>,
-        /// Continue (or start) this session.
-        #[arg(long)]
-        session: Option<String>,
-        /// Architecture to use instead of [agent] architecture.
-        #[arg(long)]
-        arch: Option<String>,
-        /// Model string instead of [agent] model (openai:<model>,
-        /// anthropic:<model>, compat:<name>, echo, scripted:<file>).
-        #[arg(long)]
-        model: Option<String>,
-        /// JSON Schema file the answer must match.
-        #[arg(long)]
-        schema: Option<PathBuf>,
-        /// Print events as JSON lines.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: run::RunArgs,
     },
     /// List and inspect plugins.
     #[command(subcommand)]
@@ -171,29 +149,7 @@ pub fn init_tracing(verbose: u8) {
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            prompt,
-            config,
-            tenant,
-            user,
-            session,
-            arch,
-            model,
-            schema,
-            json,
-        } => {
-            let args = run::RunArgs {
-                tenant,
-                user,
-                session,
-                arch,
-                model,
-                schema,
-                json,
-                prompt,
-            };
-            run::run(config.load()?, args).await
-        }
+        Command::Run { config, args } => run::run(config.load()?, args).await,
         Command::Plugins(PluginsCommand::List {
             config,
             tenant,

@@ -13,23 +13,32 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// What `loom run` was asked.
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// `--tenant`: required unless exactly one tenant is configured.
-    pub tenant: Option<String>,
-    /// `--user`: anonymous when absent.
-    pub user: Option<String>,
-    /// `--session`: the session to continue or start.
-    pub session: Option<String>,
-    /// `--arch`: overrides `[agent] architecture`.
-    pub arch: Option<String>,
-    /// `--model`: overrides `[agent] model`.
-    pub model: Option<String>,
-    /// `--schema`: a JSON Schema file the answer must match.
-    pub schema: Option<PathBuf>,
-    /// `--json`: print the events as JSON lines.
-    pub json: bool,
     /// The prompt.
     pub prompt: String,
+    /// The tenant; may be omitted when only one is configured.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The user; anonymous when omitted.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Continue (or start) this session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Architecture to use instead of [agent] architecture.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Model string instead of [agent] model (openai:<model>,
+    /// anthropic:<model>, compat:<name>, echo, scripted:<file>).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// JSON Schema file the answer must match.
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Run the agent and print its progress and answer.
