@@ -32,6 +32,17 @@ fn turn(text: &str, calls: &[(&str, serde_json::Value)]) -> ScriptedTurn {
     }
 }
 
+/// What `store` holds for user `user` of tenant acme in `session`.
+fn stored(store: &SessionStore, user: &str, session: &SessionId) -> Vec<loom_host::model::Message> {
+    store
+        .load(
+            &"acme".parse().unwrap(),
+            &loom_host::tenancy::ids::UserId::named(user).unwrap(),
+            session,
+        )
+        .unwrap()
+}
+
 fn model(turns: Vec<ScriptedTurn>) -> Arc<dyn Model> {
     Arc::new(ScriptedModel::new(turns))
 }
@@ -245,13 +256,7 @@ async fn sessions_continue_per_user_and_survive_a_restart() {
             ))
             .await
             .unwrap();
-        let alice = store
-            .load(
-                &"acme".parse().unwrap(),
-                &loom_host::tenancy::ids::UserId::named("alice").unwrap(),
-                &session,
-            )
-            .unwrap();
+        let alice = stored(&store, "alice", &session);
         let texts: Vec<&str> = alice.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(
             texts,
@@ -271,13 +276,7 @@ async fn sessions_continue_per_user_and_survive_a_restart() {
             ))
             .await
             .unwrap();
-        let bob = store
-            .load(
-                &"acme".parse().unwrap(),
-                &loom_host::tenancy::ids::UserId::named("bob").unwrap(),
-                &session,
-            )
-            .unwrap();
+        let bob = stored(&store, "bob", &session);
         assert_eq!(
             bob.len(),
             3,
@@ -304,13 +303,7 @@ async fn sessions_continue_per_user_and_survive_a_restart() {
         ))
         .await
         .unwrap();
-    let alice = store
-        .load(
-            &"acme".parse().unwrap(),
-            &loom_host::tenancy::ids::UserId::named("alice").unwrap(),
-            &session,
-        )
-        .unwrap();
+    let alice = stored(&store, "alice", &session);
     assert_eq!(alice.len(), 7);
 }
 

@@ -197,6 +197,14 @@ async fn serve(
     }
 }
 
+/// A request with one user message.
+fn ask(prompt: &str) -> ModelRequest {
+    ModelRequest {
+        messages: vec![Message::user(prompt)],
+        ..ModelRequest::default()
+    }
+}
+
 /// Fast retries, no jitter, so tests measure the policy and not luck.
 fn fast_retries() -> RetryPolicy {
     RetryPolicy {
@@ -490,16 +498,7 @@ async fn tool_calls_that_all_claim_index_zero_stay_separate() {
     ]);
     let server = WireServer::start(vec![Reply::sse(&body, 50)]).await;
     let model = openai(&server, RetryPolicy::disabled());
-    let response = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("go")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let response = model.complete(&ask("go"), None).await.unwrap();
     let calls: Vec<(&str, &str, &str)> = response
         .message
         .tool_calls
@@ -524,9 +523,8 @@ async fn openai_wraps_non_object_schemas_and_unwraps_the_answer() {
     let response = model
         .complete(
             &ModelRequest {
-                messages: vec![Message::user("three numbers")],
                 output_schema: Some(schema.clone()),
-                ..ModelRequest::default()
+                ..ask("three numbers")
             },
             None,
         )
@@ -591,9 +589,8 @@ async fn a_truncated_tool_call_is_reported_as_length() {
     let response = model
         .complete(
             &ModelRequest {
-                messages: vec![Message::user("go")],
                 tools: vec![calculator_tool()],
-                ..ModelRequest::default()
+                ..ask("go")
             },
             None,
         )
@@ -609,9 +606,8 @@ async fn openai_sends_json_schema_for_structured_output() {
     assert!(model.native_structured_output());
     let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}});
     let request = ModelRequest {
-        messages: vec![Message::user("answer")],
         output_schema: Some(schema.clone()),
-        ..ModelRequest::default()
+        ..ask("answer")
     };
     let response = model.complete(&request, None).await.unwrap();
     assert_eq!(response.message.content, r#"{"answer":42}"#);
@@ -632,16 +628,7 @@ async fn rate_limit_waits_at_least_retry_after_then_succeeds() {
     ])
     .await;
     let model = openai(&server, fast_retries());
-    let response = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("hi")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let response = model.complete(&ask("hi"), None).await.unwrap();
     assert_eq!(response.message.content, "after the wait");
     let requests = server.requests();
     assert_eq!(requests.len(), 2);
@@ -667,16 +654,7 @@ async fn server_error_is_retried_then_succeeds() {
     ])
     .await;
     let model = openai(&server, fast_retries());
-    let response = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("hi")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let response = model.complete(&ask("hi"), None).await.unwrap();
     assert_eq!(response.message.content, "third time");
     assert_eq!(server.requests().len(), 3);
 }
@@ -692,16 +670,7 @@ async fn retries_give_up_after_max_attempts() {
     ])
     .await;
     let model = openai(&server, fast_retries());
-    let error = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("hi")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
+    let error = model.complete(&ask("hi"), None).await.unwrap_err();
     assert!(matches!(error, ModelError::Transient { .. }), "{error:?}");
     assert!(error.to_string().contains("502"), "{error}");
     assert_eq!(server.requests().len(), 3, "max_attempts = 3");
@@ -725,10 +694,7 @@ async fn authentication_and_bad_requests_are_never_retried() {
     ])
     .await;
     let model = openai(&server, fast_retries());
-    let request = ModelRequest {
-        messages: vec![Message::user("hi")],
-        ..ModelRequest::default()
-    };
+    let request = ask("hi");
     let first = model.complete(&request, None).await.unwrap_err();
     assert!(
         matches!(first, ModelError::Authentication { .. }),
@@ -759,10 +725,7 @@ async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
     broken.break_after = Some(1);
     let server = WireServer::start(vec![broken, openai_text_reply("must not be fetched")]).await;
     let model = openai(&server, fast_retries());
-    let request = ModelRequest {
-        messages: vec![Message::user("hi")],
-        ..ModelRequest::default()
-    };
+    let request = ask("hi");
     let (result, chunks) = complete_streaming(&model, &request).await;
     let error = result.unwrap_err();
     assert!(matches!(error, ModelError::Transient { .. }), "{error:?}");
@@ -776,10 +739,7 @@ async fn a_stream_broken_before_its_first_chunk_is_retried() {
     broken.break_after = Some(0);
     let server = WireServer::start(vec![broken, openai_text_reply("recovered")]).await;
     let model = openai(&server, fast_retries());
-    let request = ModelRequest {
-        messages: vec![Message::user("hi")],
-        ..ModelRequest::default()
-    };
+    let request = ask("hi");
     let (result, chunks) = complete_streaming(&model, &request).await;
     assert_eq!(result.unwrap().message.content, "recovered");
     assert_eq!(streamed_text(&chunks), "recovered");
@@ -879,9 +839,8 @@ async fn anthropic_structured_output_uses_a_forced_respond_tool() {
     assert!(model.native_structured_output());
     let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]});
     let request = ModelRequest {
-        messages: vec![Message::user("answer")],
         output_schema: Some(schema.clone()),
-        ..ModelRequest::default()
+        ..ask("answer")
     };
     let response = model.complete(&request, None).await.unwrap();
     assert_eq!(response.finish_reason, FinishReason::Stop);
@@ -921,16 +880,7 @@ async fn anthropic_overload_and_rate_limits_are_retried() {
             ..fast_retries()
         },
     );
-    let response = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("hi")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let response = model.complete(&ask("hi"), None).await.unwrap();
     assert_eq!(response.message.content, "fine now");
     assert_eq!(response.usage.output_tokens, 4);
     assert_eq!(server.requests().len(), 4);
@@ -944,16 +894,7 @@ async fn anthropic_bad_key_is_an_authentication_error() {
     )])
     .await;
     let model = anthropic(&server, fast_retries());
-    let error = model
-        .complete(
-            &ModelRequest {
-                messages: vec![Message::user("hi")],
-                ..ModelRequest::default()
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
+    let error = model.complete(&ask("hi"), None).await.unwrap_err();
     assert!(
         matches!(error, ModelError::Authentication { .. }),
         "{error:?}"
@@ -982,9 +923,8 @@ async fn compat_models_come_from_config_and_use_max_tokens() {
     let response = model
         .complete(
             &ModelRequest {
-                messages: vec![Message::user("hi")],
                 max_output_tokens: Some(64),
-                ..ModelRequest::default()
+                ..ask("hi")
             },
             None,
         )

@@ -273,46 +273,32 @@ fn demo() -> Result<(), String> {
         "the tool calls of a turn run in parallel, each in its own sandbox with the caller's grants."
     );
     let question = "What is (2+3)*4^2/sqrt(16)? And what does the welcome note say?";
-    step(
-        "alice of acme asks (acme is granted its data directory)",
-        &[
+    // `loom run` for `user` of `tenant` in the session named "demo".
+    let agent_run = |tenant: &'static str, user: &'static str, prompt: &'static str| {
+        [
             "run",
             "--tenant",
-            "acme",
+            tenant,
             "--user",
-            "alice",
+            user,
             "--session",
             "demo",
-            question,
-        ],
+            prompt,
+        ]
+    };
+    step(
+        "alice of acme asks (acme is granted its data directory)",
+        &agent_run("acme", "alice", question),
         true,
     )?;
     step(
         "bob of globex asks the same in a session also named demo (his own: nothing of alice's is visible; globex has no welcome.txt, and the tool error is a result the model sees)",
-        &[
-            "run",
-            "--tenant",
-            "globex",
-            "--user",
-            "bob",
-            "--session",
-            "demo",
-            question,
-        ],
+        &agent_run("globex", "bob", question),
         true,
     )?;
     step(
         "alice continues her session (its turns are rehydrated from redb)",
-        &[
-            "run",
-            "--tenant",
-            "acme",
-            "--user",
-            "alice",
-            "--session",
-            "demo",
-            "Thanks! Once more?",
-        ],
+        &agent_run("acme", "alice", "Thanks! Once more?"),
         true,
     )?;
     println!(

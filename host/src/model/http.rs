@@ -196,6 +196,7 @@ pub(crate) fn status_error(
         status.as_u16(),
         body.message
     );
+    let wait = retry_after(headers);
     match status.as_u16() {
         401 | 403 => ModelError::Authentication { message },
         _ if content_filter => ModelError::ContentFilter { message },
@@ -209,12 +210,12 @@ pub(crate) fn status_error(
             ModelError::InvalidRequest { message }
         }
         429 => ModelError::RateLimited {
-            retry_after: retry_after(headers),
+            retry_after: wait,
             message,
         },
         // An overloaded server that says when to come back is a rate limit.
-        503 | 529 if retry_after(headers).is_some() => ModelError::RateLimited {
-            retry_after: retry_after(headers),
+        503 | 529 if wait.is_some() => ModelError::RateLimited {
+            retry_after: wait,
             message,
         },
         408 | 409 | 425 | 500..=599 => ModelError::Transient { message },
