@@ -55,6 +55,15 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Bytes of log lines (and stdout/stderr) kept per call.
     pub max_log_bytes: usize,
+    /// Host resources (open files, streams, sockets, HTTP fields, ...) a
+    /// call may hold at once.
+    pub max_resources: usize,
+    /// Files and directories a call may hold open at once.
+    pub max_open_files: usize,
+    /// Bytes the tenant's read-write grants may hold together.
+    pub disk_bytes: u64,
+    /// Largest file a guest may write, in bytes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -65,6 +74,10 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             max_output_bytes: 1 << 20,
             max_log_bytes: 64 << 10,
+            max_resources: 1024,
+            max_open_files: 256,
+            disk_bytes: 256 << 20,
+            max_file_bytes: 64 << 20,
         }
     }
 }
@@ -78,6 +91,10 @@ struct RawLimits {
     memory_mib: Option<u64>,
     max_output_bytes: Option<usize>,
     max_log_bytes: Option<usize>,
+    max_resources: Option<usize>,
+    max_open_files: Option<usize>,
+    disk_mib: Option<u64>,
+    max_file_mib: Option<u64>,
 }
 
 impl RawLimits {
@@ -114,6 +131,25 @@ impl RawLimits {
         }
         if let Some(v) = self.max_log_bytes {
             limits.max_log_bytes = v;
+        }
+        if let Some(v) = self.max_resources {
+            // Below 16 a guest cannot even open its preopens and stdio.
+            if !(16..=1_000_000).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.max_resources"),
+                    message: "must be between 16 and 1000000".into(),
+                });
+            }
+            limits.max_resources = v;
+        }
+        if let Some(v) = self.max_open_files {
+            limits.max_open_files = positive("max_open_files", v as u64)? as usize;
+        }
+        if let Some(v) = self.disk_mib {
+            limits.disk_bytes = v.saturating_mul(1 << 20);
+        }
+        if let Some(v) = self.max_file_mib {
+            limits.max_file_bytes = positive("max_file_mib", v)?.saturating_mul(1 << 20);
         }
         Ok(limits)
     }

@@ -1,9 +1,10 @@
 //! [`Host`]: the facade that ties configuration, engine and plugins together.
 
 use crate::config::{ConfigError, LoomConfig};
-use crate::engine::{CallError, CallRequest, EngineError, SandboxEngine, ToolOutput};
-use crate::plugins::{Catalog, PluginRegistry, ScanReport};
-use crate::tenancy::ids::Scope;
+use crate::engine::{CallError, CallRequest, DiskLedger, EngineError, SandboxEngine, ToolOutput};
+use crate::plugins::{Catalog, PluginRegistry, ScanReport, ToolBinding};
+use crate::tenancy::ids::{Scope, TenantId};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why the host could not start.
@@ -23,6 +24,8 @@ pub struct Host {
     config: Arc<LoomConfig>,
     engine: Arc<SandboxEngine>,
     registry: Arc<PluginRegistry>,
+    /// Each tenant's disk ledger over its read-write grants.
+    disks: HashMap<TenantId, Arc<DiskLedger>>,
     reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -54,10 +57,30 @@ impl Host {
                 }
             })
         });
+        let disks = config
+            .tenants
+            .iter()
+            .map(|(id, tenant)| {
+                let roots = tenant
+                    .grants
+                    .files
+                    .iter()
+                    .filter(|(_, _, write)| *write)
+                    .map(|(host, _, _)| host.clone())
+                    .collect();
+                let ledger = DiskLedger::new(
+                    roots,
+                    tenant.limits.disk_bytes,
+                    tenant.limits.max_file_bytes,
+                );
+                (id.clone(), Arc::new(ledger))
+            })
+            .collect();
         Ok(Host {
             config,
             engine,
             registry,
+            disks,
             reloader,
         })
     }
@@ -95,8 +118,7 @@ impl Host {
         tool: &str,
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
-        let tenant = self
-            .config
+        self.config
             .tenant(&scope.tenant)
             .map_err(|e| CallError::UnknownTenant {
                 tenant: scope.tenant.to_string(),
@@ -121,22 +143,48 @@ impl Host {
         };
         let binding = binding.clone();
         drop(catalog);
+        self.call_bound_tool(scope, &binding, arguments).await
+    }
+
+    /// Call the tool of `binding` (resolved earlier, for example when a run
+    /// started) for `scope`: a reload since then does not change which
+    /// component runs or what it may touch.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: unknown tenant, the tool's own error, a broken limit, or
+    /// a crash.
+    pub async fn call_bound_tool(
+        &self,
+        scope: Scope,
+        binding: &ToolBinding,
+        arguments: &str,
+    ) -> Result<ToolOutput, CallError> {
+        let tenant = self
+            .config
+            .tenant(&scope.tenant)
+            .map_err(|e| CallError::UnknownTenant {
+                tenant: scope.tenant.to_string(),
+                reason: e.to_string(),
+            })?;
         let Some(component) = binding.plugin.tool.as_ref() else {
             return Err(CallError::UnknownTool {
-                tool: tool.to_owned(),
+                tool: binding.spec.name.clone(),
                 tenant: scope.tenant.to_string(),
                 available: String::new(),
             });
         };
+        let disk = self.disks.get(&scope.tenant).cloned();
         let request = CallRequest {
             scope: Arc::new(scope),
             plugin: binding.plugin.name.clone(),
             grants: &binding.grants,
             limits: &tenant.limits,
             harness: None,
+            disk,
         };
         self.engine
-            .call_tool(component, &request, tool, arguments)
+            .call_tool(component, &request, &binding.spec.name, arguments)
             .await
     }
 }

@@ -19,14 +19,18 @@
 //! ```
 //!
 //! The architecture runs in its own sandbox and reaches the world only
-//! through the `harness` import, implemented by [`run::RunState`]: model
-//! calls (usage and cost charged), tool calls (only the agent's tools, all
-//! calls of a turn in parallel, results in call order, denials and errors as
-//! results), and progress events.
+//! through the `harness` import, whose every call passes one import gate
+//! (`gate.rs`: the caps of [`GateLimits`]) before the run does the work:
+//! model calls (usage and cost charged), tool calls (only the tools bound
+//! when the run started, all calls of a turn in parallel, results in call
+//! order, denials and errors as results), delegation, and progress events.
+//! Its clocks and randomness come through the gate too.
 
+mod gate;
 mod run;
 
-pub use run::RunEvent;
+pub use gate::{GateLimits, OutputRefusal};
+pub use run::{RunEvent, RunStream};
 
 use crate::engine::CallError;
 use crate::host::Host;
@@ -172,13 +176,18 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// The parsed answer as `T`.
+    /// The parsed answer as `T`: the value structured-output validation
+    /// accepted (a fenced answer included) when there was a schema, else the
+    /// output read as JSON.
     ///
     /// # Errors
     ///
     /// The deserialization error when the answer does not fit `T`.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(&self.output)
+        match &self.parsed {
+            Some(value) => T::deserialize(value),
+            None => serde_json::from_str(&self.output),
+        }
     }
 }
 
@@ -245,7 +254,7 @@ impl Agent {
 
     /// Run and stream events as they happen. Dropping the stream cancels the
     /// run, in-flight tool calls included.
-    pub fn stream(&self, request: RunRequest) -> run::RunStream {
+    pub fn stream(&self, request: RunRequest) -> RunStream {
         run::RunStream::start(self.inner.clone(), request)
     }
 }

@@ -1,6 +1,8 @@
-//! One run: the harness the architecture calls into, the structured-output
-//! loop around it, sessions, and streaming.
+//! One run: the work behind the import gate (model calls, tool calls,
+//! delegation), the structured-output loop around the architecture, sessions,
+//! and streaming.
 
+use super::gate::{Gate, GateLimits};
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
 use crate::config::Limits;
 use crate::engine::bindings::architecture_export as arch;
@@ -96,7 +98,8 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
-    fn send(&self, event: RunEvent) {
+    /// Send `event` to the run's listener, if any.
+    pub(super) fn send(&self, event: RunEvent) {
         if let Some(events) = &self.events {
             let _ = events.send(event);
         }
@@ -214,8 +217,10 @@ fn failure_text(failure: &ToolFailure) -> String {
     }
 }
 
-impl Harness for RunState {
-    fn complete(
+/// The work behind each import; [`Gate`] checks every request first.
+impl RunState {
+    /// One model completion, charged to the run.
+    pub(super) fn complete(
         &self,
         request: wit::CompletionRequest,
     ) -> BoxFuture<'_, Result<wit::Completion, wit::HarnessError>> {
@@ -285,7 +290,13 @@ impl Harness for RunState {
         })
     }
 
-    fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
+    /// Run the turn's tool calls, in parallel, results in call order. Tools
+    /// are the ones bound when the run started: a reload mid-run changes
+    /// nothing.
+    pub(super) fn call_tools(
+        &self,
+        calls: Vec<wt::ToolCall>,
+    ) -> BoxFuture<'_, Vec<wt::ToolResult>> {
         Box::pin(async move {
             // Several calls run as tasks, in parallel on every worker; a lone
             // call runs inline. Either way dropping the run drops the call.
@@ -305,9 +316,9 @@ impl Harness for RunState {
                 };
                 let host = self.agent.host.clone();
                 let scope = (*self.scope).clone();
-                let name = binding.spec.name.clone();
+                let binding = binding.clone();
                 let arguments = call.arguments.clone();
-                let work = async move { host.call_tool(scope, &name, &arguments).await };
+                let work = async move { host.call_bound_tool(scope, &binding, &arguments).await };
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                 } else {
@@ -353,7 +364,8 @@ impl Harness for RunState {
         })
     }
 
-    fn tools(&self) -> Vec<wt::ToolSpec> {
+    /// The tools bound to the run.
+    pub(super) fn tools(&self) -> Vec<wt::ToolSpec> {
         self.tools
             .iter()
             .map(|b| wt::ToolSpec {
@@ -366,7 +378,8 @@ impl Harness for RunState {
             .collect()
     }
 
-    fn delegate(
+    /// Run a sub-agent for the same user; its spend is charged here.
+    pub(super) fn delegate(
         &self,
         agent: wit::AgentRef,
         input: String,
@@ -421,19 +434,18 @@ impl Harness for RunState {
         })
     }
 
-    fn emit(&self, event: wit::Event) {
-        self.send(RunEvent::Custom {
-            kind: event.kind,
-            data: event.data,
-        });
-    }
-
-    fn recall(&self, _query: String, _limit: u32) -> BoxFuture<'_, Vec<wit::Recollection>> {
+    /// Memories of the run's user.
+    pub(super) fn recall(
+        &self,
+        _query: String,
+        _limit: u32,
+    ) -> BoxFuture<'_, Vec<wit::Recollection>> {
         // No memory backend is configured for agents yet: nothing to recall.
         Box::pin(async { Vec::new() })
     }
 
-    fn remember(&self, _text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
+    /// Store a memory of the run's user.
+    pub(super) fn remember(&self, _text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
         Box::pin(async {
             Err(wit::HarnessError::InvalidRequest(
                 "no memory backend is configured for this agent".into(),
@@ -549,6 +561,13 @@ pub(crate) async fn execute(
         wall: agent.run_timeout,
         ..tenant.limits
     };
+    let gate = Arc::new(Gate::new(
+        state.clone(),
+        GateLimits {
+            max_output_bytes: tenant.limits.max_output_bytes,
+            ..GateLimits::default()
+        },
+    ));
     let grants = EffectiveGrants::default();
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
@@ -566,7 +585,8 @@ pub(crate) async fn execute(
             plugin: plugin.name.clone(),
             grants: &grants,
             limits: &limits,
-            harness: Some(state.clone() as Arc<dyn Harness>),
+            harness: Some(gate.clone() as Arc<dyn Harness>),
+            disk: None,
         };
         let output = match host
             .engine()
@@ -581,6 +601,8 @@ pub(crate) async fn execute(
                 return Err(AgentError::Architecture(m));
             }
         };
+        gate.check_output(&output)
+            .map_err(|refusal| AgentError::Architecture(refusal.to_string()))?;
         history.extend(output.new_messages.into_iter().map(to_model_message));
         let Some(schema) = &request.output_schema else {
             break (output.output, None, output.interrupted);

@@ -219,7 +219,7 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            match engine.load(&bytes, &name, &config.limits).await {
+            match engine.load(bytes.clone(), &name, &config.limits).await {
                 Ok(loaded) => {
                     if let Some(tool) = &loaded.tool {
                         report["tools"] = serde_json::to_value(&tool.tools)?;

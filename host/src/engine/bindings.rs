@@ -21,7 +21,11 @@ pub mod host_world {
         ",
         path: "../wit/plugin@0.1.0",
         world: "loom:host/host",
-        imports: { default: async },
+        imports: {
+            // The import gate may stop an architecture that floods events.
+            "loom:plugin/harness.emit": async | trappable,
+            default: async,
+        },
         exports: { default: async },
     });
 }
@@ -42,4 +46,30 @@ pub mod names {
     pub const MEMORY: &str = "loom:plugin/memory@0.1.0";
     /// Exported by policy components.
     pub const POLICY: &str = "loom:plugin/policy@0.1.0";
+}
+
+impl From<types::ToolError> for super::ToolFailure {
+    fn from(error: types::ToolError) -> Self {
+        use super::ToolFailure;
+        use types::ToolError as Wit;
+        match error {
+            Wit::UnknownTool(m) => ToolFailure::UnknownTool(m),
+            Wit::InvalidArguments(m) => ToolFailure::InvalidArguments(m),
+            Wit::Denied(m) => ToolFailure::Denied(m),
+            Wit::Failed(m) => ToolFailure::Failed(m),
+        }
+    }
+}
+
+impl From<super::ToolFailure> for types::ToolError {
+    fn from(failure: super::ToolFailure) -> Self {
+        use super::ToolFailure;
+        use types::ToolError as Wit;
+        match failure {
+            ToolFailure::UnknownTool(m) => Wit::UnknownTool(m),
+            ToolFailure::InvalidArguments(m) => Wit::InvalidArguments(m),
+            ToolFailure::Denied(m) => Wit::Denied(m),
+            ToolFailure::Failed(m) => Wit::Failed(m),
+        }
+    }
 }

@@ -1,16 +1,12 @@
-//! The `harness` import: what an architecture component may ask of the host
-//! during an agent run. The engine only routes calls; the agent layer
-//! implements [`Harness`] (model calls, permission-gated tool calls, events).
-//! Outside a run (for example a tool component importing `harness`) every
-//! function answers with a refusal.
+//! [`Harness`]: what an architecture component may ask of the host during an
+//! agent run. The engine only routes the `harness` import to it
+//! (`imports.rs`); the agent layer implements it, behind its one import gate.
 
 use super::bindings::harness::{
-    self as wit, AgentRef, Completion, CompletionRequest, Event, HarnessError, Recollection,
-    RunOutput,
+    AgentRef, Completion, CompletionRequest, Event, HarnessError, Recollection, RunOutput,
 };
-use super::bindings::types::{ToolCall, ToolError, ToolResult, ToolSpec};
-use super::state::HostState;
-use crate::model::BoxFuture;
+use super::bindings::types::{ToolCall, ToolResult, ToolSpec};
+use futures_util::future::BoxFuture;
 
 /// The host side of one agent run, as the architecture sees it.
 pub trait Harness: Send + Sync {
@@ -29,71 +25,49 @@ pub trait Harness: Send + Sync {
         agent: AgentRef,
         input: String,
     ) -> BoxFuture<'_, Result<RunOutput, HarnessError>>;
-    /// A progress event.
-    fn emit(&self, event: Event);
+    /// A progress event. `Err` stops the architecture (it trapped at the
+    /// import): it broke a limit of the run, such as the event budget.
+    fn emit(&self, event: Event) -> Result<(), HarnessStop>;
     /// Memories of the current user.
     fn recall(&self, query: String, limit: u32) -> BoxFuture<'_, Vec<Recollection>>;
     /// Store a memory of the current user.
     fn remember(&self, text: String) -> BoxFuture<'_, Result<(), HarnessError>>;
+    /// The wall-clock time the architecture's `wasi:clocks/wall-clock` reads,
+    /// as time since the Unix epoch.
+    fn wall_clock(&self) -> std::time::Duration;
+    /// The nanoseconds the architecture's `wasi:clocks/monotonic-clock` reads.
+    fn monotonic_clock(&self) -> u64;
+    /// Fill `bytes` for the architecture's `wasi:random` imports.
+    fn random_bytes(&self, bytes: &mut [u8]);
 }
 
-const OUTSIDE_RUN: &str =
-    "the harness is only available to architecture components during an agent run";
+/// Why the host stopped an architecture at one of its imports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HarnessStop(pub String);
 
-impl wit::Host for HostState {
-    async fn complete(&mut self, request: CompletionRequest) -> Result<Completion, HarnessError> {
-        match self.harness.clone() {
-            Some(h) => h.complete(request).await,
-            None => Err(HarnessError::InvalidRequest(OUTSIDE_RUN.into())),
-        }
+/// The architecture's wall clock, read through its run's [`Harness`].
+pub(crate) struct HarnessWallClock(pub(crate) std::sync::Arc<dyn Harness>);
+
+impl wasmtime_wasi::HostWallClock for HarnessWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
     }
 
-    async fn call_tools(&mut self, calls: Vec<ToolCall>) -> Vec<ToolResult> {
-        match self.harness.clone() {
-            Some(h) => h.call_tools(calls).await,
-            None => calls
-                .into_iter()
-                .map(|call| ToolResult {
-                    call_id: call.id,
-                    name: call.name,
-                    outcome: Err(ToolError::Denied(OUTSIDE_RUN.into())),
-                })
-                .collect(),
-        }
+    fn now(&self) -> std::time::Duration {
+        self.0.wall_clock()
+    }
+}
+
+/// The architecture's monotonic clock, read through its run's [`Harness`].
+pub(crate) struct HarnessMonotonicClock(pub(crate) std::sync::Arc<dyn Harness>);
+
+impl wasmtime_wasi::HostMonotonicClock for HarnessMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
     }
 
-    async fn tools(&mut self) -> Vec<ToolSpec> {
-        self.harness.as_ref().map(|h| h.tools()).unwrap_or_default()
-    }
-
-    async fn delegate(
-        &mut self,
-        agent: AgentRef,
-        input: String,
-    ) -> Result<RunOutput, HarnessError> {
-        match self.harness.clone() {
-            Some(h) => h.delegate(agent, input).await,
-            None => Err(HarnessError::InvalidRequest(OUTSIDE_RUN.into())),
-        }
-    }
-
-    async fn emit(&mut self, event: Event) {
-        if let Some(h) = &self.harness {
-            h.emit(event);
-        }
-    }
-
-    async fn recall(&mut self, query: String, limit: u32) -> Vec<Recollection> {
-        match self.harness.clone() {
-            Some(h) => h.recall(query, limit).await,
-            None => Vec::new(),
-        }
-    }
-
-    async fn remember(&mut self, text: String) -> Result<(), HarnessError> {
-        match self.harness.clone() {
-            Some(h) => h.remember(text).await,
-            None => Err(HarnessError::InvalidRequest(OUTSIDE_RUN.into())),
-        }
+    fn now(&self) -> u64 {
+        self.0.monotonic_clock()
     }
 }

@@ -1,9 +1,10 @@
 //! What a `Store` carries during one call: the WASI context built from the
-//! plugin's effective grants, the memory budget, the CPU meter, the run
-//! context, and bounded log capture.
+//! plugin's effective grants, the memory budget, the call's meter, the run
+//! context, and bounded, escaped log capture.
 
-use super::bindings::{context, types};
+use super::accounting::CallMeter;
 use super::egress::EgressHooks;
+use super::guards::FsGuard;
 use super::harness::Harness;
 use crate::tenancy::ids::Scope;
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,13 @@ pub struct HostState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: EgressHooks,
     pub(crate) memory: MemoryBudget,
-    pub(crate) cpu: CpuMeter,
+    pub(crate) meter: Arc<CallMeter>,
+    pub(crate) fs: FsGuard,
     pub(crate) scope: Arc<Scope>,
     pub(crate) plugin: Arc<str>,
     pub(crate) logs: LogCapture,
+    /// The guest's stdout and stderr.
+    pub(crate) stdio: [CappedPipe; 2],
     pub(crate) harness: Option<Arc<dyn Harness>>,
 }
 
@@ -41,32 +45,6 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-impl types::Host for HostState {}
-
-impl context::Host for HostState {
-    async fn current(&mut self) -> types::RunContext {
-        let scope = &self.scope;
-        types::RunContext {
-            tenant: scope.tenant.to_string(),
-            user_id: scope.user.name().map(str::to_owned),
-            session_id: scope.session.as_ref().map(|s| s.to_string()),
-            run_id: Some(scope.run.to_string()),
-            metadata: scope.metadata.clone(),
-        }
-    }
-
-    async fn log(&mut self, level: context::LogLevel, message: String) {
-        let level = match level {
-            context::LogLevel::Trace => LogLevel::Trace,
-            context::LogLevel::Debug => LogLevel::Debug,
-            context::LogLevel::Info => LogLevel::Info,
-            context::LogLevel::Warn => LogLevel::Warn,
-            context::LogLevel::Error => LogLevel::Error,
-        };
-        self.logs.push(&self.plugin, &self.scope, level, message);
     }
 }
 
@@ -117,16 +95,13 @@ impl LogCapture {
         }
     }
 
-    pub(crate) fn push(
-        &mut self,
-        plugin: &str,
-        scope: &Scope,
-        level: LogLevel,
-        mut message: String,
-    ) {
+    pub(crate) fn push(&mut self, plugin: &str, scope: &Scope, level: LogLevel, message: String) {
         if self.truncated {
             return;
         }
+        // Guest text is data: newlines and control sequences are escaped so
+        // it can neither forge a host log line nor drive the terminal.
+        let mut message = super::boundary::escape_text(&message, usize::MAX);
         let room = self.max.saturating_sub(self.used);
         if message.len() > room {
             let mut cut = room;
@@ -163,22 +138,33 @@ impl LogCapture {
     }
 }
 
-/// One memory budget across every memory and table of an instance.
+/// One memory budget across every memory and table of an instance and the
+/// host memory held for it (from the call's meter).
 pub(crate) struct MemoryBudget {
-    pub(crate) limit: usize,
-    pub(crate) used: usize,
+    meter: Arc<CallMeter>,
+    used: usize,
     /// The total an instance asked for when it hit the limit.
     pub(crate) exceeded: Option<usize>,
 }
 
 impl MemoryBudget {
+    pub(crate) fn new(meter: Arc<CallMeter>) -> Self {
+        MemoryBudget {
+            meter,
+            used: 0,
+            exceeded: None,
+        }
+    }
+
     fn grow(&mut self, current: usize, desired: usize) -> bool {
-        let total = self.used - current.min(self.used) + desired;
-        if total > self.limit {
+        let linear = self.used - current.min(self.used) + desired;
+        let total = linear.saturating_add(self.meter.host_bytes());
+        if total > self.meter.memory_limit() {
             self.exceeded = Some(total);
             false
         } else {
-            self.used = total;
+            self.used = linear;
+            self.meter.set_guest_bytes(linear);
             true
         }
     }
@@ -222,12 +208,6 @@ impl wasmtime::ResourceLimiter for MemoryBudget {
     }
 }
 
-/// CPU time of one call, counted in epoch ticks spent executing guest code.
-pub(crate) struct CpuMeter {
-    pub(crate) ticks: u64,
-    pub(crate) max_ticks: u64,
-}
-
 /// The error a call traps with when it spends its CPU budget.
 #[derive(Debug)]
 pub(crate) struct CpuLimitExceeded;
@@ -239,6 +219,19 @@ impl std::fmt::Display for CpuLimitExceeded {
 }
 
 impl std::error::Error for CpuLimitExceeded {}
+
+/// The error a call traps with when linear memory plus the host memory held
+/// for it pass its memory budget.
+#[derive(Debug)]
+pub(crate) struct HostMemoryExceeded;
+
+impl std::fmt::Display for HostMemoryExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory limit exceeded (guest and host memory together)")
+    }
+}
+
+impl std::error::Error for HostMemoryExceeded {}
 
 /// An in-memory stdout/stderr that keeps at most `capacity` bytes and
 /// silently drops the rest, so a chatty guest is cut rather than killed.
@@ -253,6 +246,15 @@ impl CappedPipe {
         CappedPipe {
             inner: Arc::new(Mutex::new((Vec::new(), false))),
             capacity,
+        }
+    }
+
+    /// The captured text so far and whether anything was dropped, leaving it
+    /// in place.
+    pub(crate) fn peek(&self) -> (String, bool) {
+        match self.inner.lock() {
+            Ok(guard) => (String::from_utf8_lossy(&guard.0).into_owned(), guard.1),
+            Err(_) => (String::new(), false),
         }
     }
 

@@ -10,12 +10,10 @@ pub use types::{
     Usage,
 };
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 /// A boxed future, for object-safe async trait methods.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// Where streamed chunks go as they arrive.
 pub type ChunkSink<'a> = &'a (dyn Fn(ModelChunk) + Send + Sync);

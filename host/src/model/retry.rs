@@ -116,9 +116,11 @@ impl Model for RetryingModel {
                         sink(chunk);
                     }
                 };
+                // Always listen, even when the caller does not: a retry after
+                // the first chunk would bill and run the answer twice.
                 let result = self
                     .inner
-                    .complete(request, sink.map(|_| &forward as ChunkSink<'_>))
+                    .complete(request, Some(&forward as ChunkSink<'_>))
                     .await;
                 let error = match result {
                     Ok(response) => return Ok(response),

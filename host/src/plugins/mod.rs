@@ -326,7 +326,7 @@ impl PluginRegistry {
             .into();
         let loaded = self
             .engine
-            .load(&bytes, &name, &self.config.limits)
+            .load(bytes, &name, &self.config.limits)
             .await
             .map_err(|e: LoadError| e.to_string())?;
         let kind = SandboxEngine::classify(&loaded.shape).map_err(|e| e.to_string())?;

@@ -1,0 +1,350 @@
+//! The import gate: the one door through which an architecture component
+//! reaches the host during a run.
+//!
+//! Every `harness` import — model calls, tool calls, delegation, events,
+//! memory, and the clocks and randomness the architecture's WASI imports read
+//! — arrives at [`Gate`], which checks what the guest asks for against the
+//! run's caps, then hands the work to the run ([`super::run::RunState`]).
+//! The architecture's answer leaves through [`Gate::check_output`]. Budgets,
+//! permissions, audit, the journal and telemetry hook in here and nowhere
+//! else.
+
+use super::run::{RunEvent, RunState};
+use crate::engine::bindings::architecture_export as arch;
+use crate::engine::bindings::harness as wit;
+use crate::engine::bindings::types as wt;
+use crate::engine::boundary::{check_json, escape_text};
+use crate::engine::harness::{Harness, HarnessStop};
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What one run may ask of the host. The defaults are generous for real
+/// loops and small against a flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateLimits {
+    /// Messages in one model request.
+    pub max_request_messages: usize,
+    /// Bytes of message text, tool specs and schema in one model request.
+    pub max_request_bytes: usize,
+    /// Tool calls in one `call-tools`.
+    pub max_calls_per_turn: usize,
+    /// Bytes of one tool call's arguments.
+    pub max_argument_bytes: usize,
+    /// Sub-agents one run may start.
+    pub max_delegations: u32,
+    /// Events one run may emit.
+    pub max_events: u32,
+    /// Bytes of one event's data.
+    pub max_event_bytes: usize,
+    /// Bytes of the final output.
+    pub max_output_bytes: usize,
+    /// Messages an architecture may add to the session in one run.
+    pub max_new_messages: usize,
+    /// Bytes of those messages together.
+    pub max_new_message_bytes: usize,
+    /// Bytes of one memory text or recall query.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for GateLimits {
+    fn default() -> Self {
+        GateLimits {
+            max_request_messages: 4096,
+            max_request_bytes: 8 << 20,
+            max_calls_per_turn: 64,
+            max_argument_bytes: 1 << 20,
+            max_delegations: 32,
+            max_events: 10_000,
+            max_event_bytes: 64 << 10,
+            max_output_bytes: 1 << 20,
+            max_new_messages: 4096,
+            max_new_message_bytes: 8 << 20,
+            max_memory_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Why an architecture's answer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputRefusal {
+    /// The output is larger than allowed.
+    #[error(
+        "the architecture's output is {size} bytes; at most {max} are accepted \
+         (the tenant's limits.max_output_bytes)"
+    )]
+    OutputTooLarge {
+        /// Its size.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// It added too many messages, or too many bytes of them, to the session.
+    #[error(
+        "the architecture returned {count} new messages of {bytes} bytes; at most {max_count} \
+         messages and {max_bytes} bytes are accepted per run"
+    )]
+    TooManyMessages {
+        /// Messages returned.
+        count: usize,
+        /// Their bytes.
+        bytes: usize,
+        /// The message cap.
+        max_count: usize,
+        /// The byte cap.
+        max_bytes: usize,
+    },
+}
+
+/// The gate of one run.
+pub(crate) struct Gate {
+    run: Arc<RunState>,
+    limits: GateLimits,
+    events: AtomicU32,
+    delegations: AtomicU32,
+    monotonic_origin: Instant,
+    monotonic_base: AtomicU64,
+    random: std::sync::Mutex<Box<dyn wasmtime_wasi::Rng + Send>>,
+}
+
+impl Gate {
+    /// A gate in front of `run`.
+    pub(crate) fn new(run: Arc<RunState>, limits: GateLimits) -> Self {
+        Gate {
+            run,
+            limits,
+            events: AtomicU32::new(0),
+            delegations: AtomicU32::new(0),
+            monotonic_origin: Instant::now(),
+            monotonic_base: AtomicU64::new(0),
+            random: std::sync::Mutex::new(wasmtime_wasi::thread_rng()),
+        }
+    }
+
+    /// Check the architecture's answer before the host uses it.
+    ///
+    /// # Errors
+    ///
+    /// [`OutputRefusal`] naming the cap it breaks.
+    pub(crate) fn check_output(&self, output: &arch::RunOutput) -> Result<(), OutputRefusal> {
+        if output.output.len() > self.limits.max_output_bytes {
+            return Err(OutputRefusal::OutputTooLarge {
+                size: output.output.len(),
+                max: self.limits.max_output_bytes,
+            });
+        }
+        let bytes: usize = output.new_messages.iter().map(message_bytes).sum();
+        if output.new_messages.len() > self.limits.max_new_messages
+            || bytes > self.limits.max_new_message_bytes
+        {
+            return Err(OutputRefusal::TooManyMessages {
+                count: output.new_messages.len(),
+                bytes,
+                max_count: self.limits.max_new_messages,
+                max_bytes: self.limits.max_new_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_request(&self, request: &wit::CompletionRequest) -> Result<(), String> {
+        if request.messages.len() > self.limits.max_request_messages {
+            return Err(format!(
+                "the request has {} messages; at most {} are accepted",
+                request.messages.len(),
+                self.limits.max_request_messages
+            ));
+        }
+        let bytes: usize = request.messages.iter().map(message_bytes).sum::<usize>()
+            + request
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + t.parameters.len())
+                .sum::<usize>()
+            + request.output_schema.as_ref().map_or(0, String::len);
+        if bytes > self.limits.max_request_bytes {
+            return Err(format!(
+                "the request is {bytes} bytes; at most {} are accepted",
+                self.limits.max_request_bytes
+            ));
+        }
+        for spec in &request.tools {
+            check_json(&spec.parameters, self.limits.max_request_bytes)
+                .map_err(|r| format!("tool `{}` parameters were refused: {r}", spec.name))?;
+        }
+        if let Some(schema) = &request.output_schema {
+            check_json(schema, self.limits.max_request_bytes)
+                .map_err(|r| format!("the output schema was refused: {r}"))?;
+        }
+        for message in &request.messages {
+            for call in &message.tool_calls {
+                check_json(&call.arguments, self.limits.max_argument_bytes).map_err(|r| {
+                    format!("the arguments of tool call `{}` were refused: {r}", call.id)
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message_bytes(message: &wt::Message) -> usize {
+    message.content.len()
+        + message
+            .tool_calls
+            .iter()
+            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+            .sum::<usize>()
+}
+
+impl Harness for Gate {
+    fn complete(
+        &self,
+        request: wit::CompletionRequest,
+    ) -> BoxFuture<'_, Result<wit::Completion, wit::HarnessError>> {
+        Box::pin(async move {
+            self.check_request(&request)
+                .map_err(wit::HarnessError::InvalidRequest)?;
+            self.run.complete(request).await
+        })
+    }
+
+    fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
+        Box::pin(async move {
+            // Refused calls get their result here; the rest run together,
+            // and every result goes back in call order.
+            let mut results: Vec<Option<wt::ToolResult>> = Vec::with_capacity(calls.len());
+            let mut admitted = Vec::new();
+            for (index, call) in calls.into_iter().enumerate() {
+                let refusal = if index >= self.limits.max_calls_per_turn {
+                    Some(wt::ToolError::Denied(format!(
+                        "at most {} tool calls run per turn",
+                        self.limits.max_calls_per_turn
+                    )))
+                } else {
+                    check_json(&call.arguments, self.limits.max_argument_bytes)
+                        .err()
+                        .map(|r| {
+                            wt::ToolError::InvalidArguments(format!(
+                                "the arguments were refused: {r}"
+                            ))
+                        })
+                };
+                match refusal {
+                    Some(error) => results.push(Some(wt::ToolResult {
+                        call_id: call.id,
+                        name: call.name,
+                        outcome: Err(error),
+                    })),
+                    None => {
+                        results.push(None);
+                        admitted.push(call);
+                    }
+                }
+            }
+            let mut ran = self.run.call_tools(admitted).await.into_iter();
+            results
+                .into_iter()
+                .filter_map(|slot| slot.or_else(|| ran.next()))
+                .collect()
+        })
+    }
+
+    fn tools(&self) -> Vec<wt::ToolSpec> {
+        self.run.tools()
+    }
+
+    fn delegate(
+        &self,
+        agent: wit::AgentRef,
+        input: String,
+    ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
+        Box::pin(async move {
+            let started = self.delegations.fetch_add(1, Ordering::Relaxed);
+            if started >= self.limits.max_delegations {
+                return Err(wit::HarnessError::InvalidRequest(format!(
+                    "a run may start at most {} sub-agents",
+                    self.limits.max_delegations
+                )));
+            }
+            if input.len() > self.limits.max_request_bytes {
+                return Err(wit::HarnessError::InvalidRequest(format!(
+                    "the sub-agent's input is {} bytes; at most {} are accepted",
+                    input.len(),
+                    self.limits.max_request_bytes
+                )));
+            }
+            self.run.delegate(agent, input).await
+        })
+    }
+
+    fn emit(&self, event: wit::Event) -> Result<(), HarnessStop> {
+        let emitted = self.events.fetch_add(1, Ordering::Relaxed);
+        if emitted >= self.limits.max_events {
+            return Err(HarnessStop(format!(
+                "it emitted more than {} events in one run",
+                self.limits.max_events
+            )));
+        }
+        if event.kind.is_empty() || event.kind.len() > 64 {
+            return Err(HarnessStop(format!(
+                "it emitted an event whose kind `{}` is not 1-64 bytes",
+                escape_text(&event.kind, 80)
+            )));
+        }
+        if let Err(refusal) = check_json(&event.data, self.limits.max_event_bytes) {
+            return Err(HarnessStop(format!(
+                "it emitted a `{}` event whose data was refused: {refusal}",
+                escape_text(&event.kind, 64)
+            )));
+        }
+        self.run.send(RunEvent::Custom {
+            kind: escape_text(&event.kind, 64),
+            data: event.data,
+        });
+        Ok(())
+    }
+
+    fn recall(&self, query: String, limit: u32) -> BoxFuture<'_, Vec<wit::Recollection>> {
+        Box::pin(async move {
+            if query.len() > self.limits.max_memory_bytes {
+                return Vec::new();
+            }
+            self.run.recall(query, limit.min(100)).await
+        })
+    }
+
+    fn remember(&self, text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
+        Box::pin(async move {
+            if text.len() > self.limits.max_memory_bytes {
+                return Err(wit::HarnessError::InvalidRequest(format!(
+                    "a memory may be at most {} bytes",
+                    self.limits.max_memory_bytes
+                )));
+            }
+            self.run.remember(text).await
+        })
+    }
+
+    fn wall_clock(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+
+    fn monotonic_clock(&self) -> u64 {
+        let elapsed = u64::try_from(self.monotonic_origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Never goes backwards, even across a future resume.
+        self.monotonic_base
+            .fetch_max(elapsed, Ordering::Relaxed)
+            .max(elapsed)
+    }
+
+    fn random_bytes(&self, bytes: &mut [u8]) {
+        let mut rng = match self.random.lock() {
+            Ok(rng) => rng,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        rng.fill_bytes(bytes);
+    }
+}

@@ -1,0 +1,151 @@
+//! Calling into components: a tool's `invoke` and an architecture's `run`,
+//! each in a fresh sandbox, and the checks on what they hand back.
+
+use super::SandboxEngine;
+use super::bindings::architecture_export;
+use super::boundary::{self, check_json};
+use super::error::{CallError, ToolFailure};
+use super::load::{ArchitectureComponent, ToolComponent};
+use super::sandbox::{CallRequest, conclude, under_limits};
+use super::state::LogLevel;
+use super::types::ToolOutput;
+use std::time::Instant;
+
+/// Longest error message a tool may return; the rest is cut with a marker.
+pub const MAX_TOOL_ERROR_BYTES: usize = 16 << 10;
+
+impl SandboxEngine {
+    /// Call tool `name` of `component` with JSON `arguments` in a fresh sandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: the tool's own error, or the limit it broke, or its crash.
+    pub async fn call_tool(
+        &self,
+        component: &ToolComponent,
+        request: &CallRequest<'_>,
+        name: &str,
+        arguments: &str,
+    ) -> Result<ToolOutput, CallError> {
+        let started = Instant::now();
+        let limits = request.limits;
+        check_json(arguments, limits.max_output_bytes).map_err(|refusal| CallError::Tool {
+            tool: name.to_owned(),
+            failure: ToolFailure::InvalidArguments(format!(
+                "the arguments were refused: {refusal}"
+            )),
+        })?;
+        let mut store = self.store(request)?;
+        let meter = store.data().meter.clone();
+        let arguments = arguments.to_owned();
+        let ended = under_limits(&meter, limits.wall, async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            let guest = component.indices.load(&mut store, &instance)?;
+            guest.call_invoke(&mut store, name, &arguments).await
+        })
+        .await;
+        let state = store.data_mut();
+        let plugin = state.plugin.clone();
+        let scope = state.scope.clone();
+        let (out_text, _) = state.stdio[0].take();
+        if !out_text.is_empty() {
+            state.logs.push(&plugin, &scope, LogLevel::Stdout, out_text);
+        }
+        let result = match conclude(ended, state, limits) {
+            Err(error) => Err(error),
+            Ok(Err(failure)) => Err(CallError::Tool {
+                tool: name.to_owned(),
+                failure: cap_failure(failure.into()),
+            }),
+            Ok(Ok(output)) => finish_output(output, limits.max_output_bytes, &plugin),
+        };
+        let (err_text, _) = state.stdio[1].take();
+        if !err_text.is_empty() {
+            state.logs.push(&plugin, &scope, LogLevel::Stderr, err_text);
+        }
+        let logs = std::mem::take(&mut state.logs.lines);
+        let denials = state
+            .hooks
+            .denials
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        result.map(|(output, truncated_from)| ToolOutput {
+            output,
+            truncated_from,
+            logs,
+            denials,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Run an agent loop: instantiate `component` in a fresh sandbox whose
+    /// `harness` import is `request.harness`, and call its `run`.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`] when the architecture breaks a limit or crashes; its own
+    /// `run-error` is the inner `Err`.
+    pub async fn run_architecture(
+        &self,
+        component: &ArchitectureComponent,
+        request: &CallRequest<'_>,
+        input: architecture_export::RunInput,
+    ) -> Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>
+    {
+        let mut store = self.store(request)?;
+        let meter = store.data().meter.clone();
+        let ended = under_limits(&meter, request.limits.wall, async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            let guest = component.indices.load(&mut store, &instance)?;
+            guest.call_run(&mut store, &input).await
+        })
+        .await;
+        conclude(ended, store.data(), request.limits)
+    }
+}
+
+/// A tool's error with its message cut to [`MAX_TOOL_ERROR_BYTES`].
+fn cap_failure(failure: ToolFailure) -> ToolFailure {
+    let cap = |mut message: String| {
+        if let Some(original) = boundary::cut_to(&mut message, MAX_TOOL_ERROR_BYTES) {
+            message.push_str(&format!(
+                "\n[error truncated by Loom: kept {} of {original} bytes]",
+                message.len()
+            ));
+        }
+        message
+    };
+    match failure {
+        ToolFailure::UnknownTool(m) => ToolFailure::UnknownTool(cap(m)),
+        ToolFailure::InvalidArguments(m) => ToolFailure::InvalidArguments(cap(m)),
+        ToolFailure::Denied(m) => ToolFailure::Denied(cap(m)),
+        ToolFailure::Failed(m) => ToolFailure::Failed(cap(m)),
+    }
+}
+
+/// Check the guest's JSON output, or cut it to `max` bytes as a JSON string
+/// with a marker.
+fn finish_output(
+    mut output: String,
+    max: usize,
+    plugin: &str,
+) -> Result<(String, Option<usize>), CallError> {
+    if output.len() <= max {
+        check_json(&output, max).map_err(|refusal| CallError::InvalidOutput {
+            plugin: plugin.to_owned(),
+            reason: refusal.to_string(),
+        })?;
+        return Ok((output, None));
+    }
+    let original = boundary::cut_to(&mut output, max).unwrap_or(max);
+    let kept = output.len();
+    output.push_str(&format!(
+        "\n[output truncated by Loom: kept {kept} of {original} bytes]"
+    ));
+    let json = serde_json::to_string(&output).map_err(|e| CallError::InvalidOutput {
+        plugin: plugin.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok((json, Some(original)))
+}

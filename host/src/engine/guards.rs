@@ -1,0 +1,521 @@
+//! The host's own versions of the WASI functions that let a guest consume
+//! disk, descriptors, host CPU or trust: they wrap wasmtime-wasi's
+//! implementation and are linked over it (linker shadowing).
+//!
+//! * **Disk**: `write`, `set-size`, `write-via-stream` and
+//!   `append-via-stream` charge a file's growth to the tenant's
+//!   [`DiskLedger`] before the bytes reach the disk, and refuse a file larger
+//!   than `max_file_mib` (`file-too-large`) or a tenant over `disk_mib`
+//!   (`insufficient-space`). `unlink-file-at` gives the bytes back.
+//! * **Descriptors**: `open-at` refuses with `quota` once the call holds
+//!   `max_open_files` descriptors, before the process runs out and other
+//!   tenants' calls fail.
+//! * **Links**: `symlink-at` and `link-at` are refused (`not-permitted`):
+//!   a symlink the guest leaves behind could point a host-side reader into
+//!   another tenant's directory, and a hard link could join a read-only
+//!   grant to a writable one.
+//! * **Random bytes**: one `get-random-bytes` or `get-insecure-random-bytes`
+//!   request may ask for at most [`MAX_RANDOM_BYTES`]; more stops the call
+//!   with [`ResourceLimitExceeded`] instead of making the host fill a
+//!   gigabyte buffer synchronously.
+
+use super::disk::{DiskLedger, DiskRefusal};
+use super::state::HostState;
+use std::sync::Arc;
+use wasmtime::component::{Linker, Resource};
+use wasmtime::{Result, StoreContextMut};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+};
+use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, StreamError};
+
+/// The `wasi:filesystem/types` instance wasmtime-wasi links (the newest 0.2
+/// patch release; guests importing older 0.2 releases match it).
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Most bytes one random-bytes request may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The `wasi:random` instances wasmtime-wasi links.
+const RANDOM: &str = "wasi:random/random@0.2.12";
+const INSECURE_RANDOM: &str = "wasi:random/insecure@0.2.12";
+
+/// A guest asked for more of a capped host resource than a call may have.
+/// Raised as a trap; the engine reports it as `CallError::ResourceLimit`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("asked for more than {limit} {resource}")]
+pub(crate) struct ResourceLimitExceeded {
+    /// What it asked for too much of.
+    pub(crate) resource: &'static str,
+    /// The cap.
+    pub(crate) limit: u64,
+}
+
+/// What one call may still open and write.
+pub(crate) struct FsGuard {
+    /// The tenant's disk ledger; `None` when it has no writable grant.
+    pub(crate) ledger: Option<Arc<DiskLedger>>,
+    /// Table indices of descriptors this call opened (some may be closed).
+    open: Vec<u32>,
+    max_open: usize,
+}
+
+impl FsGuard {
+    /// A guard for one call.
+    pub(crate) fn new(ledger: Option<Arc<DiskLedger>>, max_open: usize) -> Self {
+        FsGuard {
+            ledger,
+            open: Vec::new(),
+            max_open,
+        }
+    }
+}
+
+/// Turn wasmtime-wasi's result into what the guest receives (or a trap).
+fn to_guest<T>(result: FsResult<T>) -> Result<Result<T, ErrorCode>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => error.downcast().map(Err),
+    }
+}
+
+fn refusal_code(refusal: DiskRefusal) -> ErrorCode {
+    match refusal {
+        DiskRefusal::Quota { .. } => ErrorCode::InsufficientSpace,
+        DiskRefusal::FileTooLarge { .. } => ErrorCode::FileTooLarge,
+    }
+}
+
+fn refusal_errno(refusal: DiskRefusal) -> i32 {
+    match refusal {
+        DiskRefusal::Quota { .. } => libc::ENOSPC,
+        DiskRefusal::FileTooLarge { .. } => libc::EFBIG,
+    }
+}
+
+fn borrow(fd: &Resource<Descriptor>) -> Resource<Descriptor> {
+    Resource::new_borrow(fd.rep())
+}
+
+/// Note a refusal in the call's log, so the operator sees why.
+fn log_refusal(state: &mut HostState, what: &str) {
+    let (plugin, scope) = (state.plugin.clone(), state.scope.clone());
+    state.logs.push(
+        &plugin,
+        &scope,
+        super::state::LogLevel::Warn,
+        format!("loom refused: {what}"),
+    );
+}
+
+/// The size of the open file `fd`, or `None` for a directory or on error.
+async fn file_size(state: &mut HostState, fd: &Resource<Descriptor>) -> Option<u64> {
+    let stat = HostDescriptor::stat(&mut state.filesystem(), borrow(fd))
+        .await
+        .ok()?;
+    Some(stat.size)
+}
+
+/// Reserve `bytes` in `ledger`, measuring off the async workers when needed.
+async fn reserve(ledger: &Arc<DiskLedger>, bytes: u64) -> Result<(), DiskRefusal> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    if ledger.unmeasured() || ledger.try_reserve(bytes).is_err() && ledger.may_remeasure() {
+        let ledger = ledger.clone();
+        return tokio::task::spawn_blocking(move || ledger.reserve(bytes))
+            .await
+            .unwrap_or(Err(DiskRefusal::Quota { quota: 0, used: 0 }));
+    }
+    Ok(())
+}
+
+/// Check and reserve the growth of a file from `size` to `end` bytes.
+async fn charge_growth(state: &mut HostState, size: u64, end: u64) -> Result<u64, ErrorCode> {
+    let Some(ledger) = state.fs.ledger.clone() else {
+        return Ok(0);
+    };
+    let checked = match ledger.check_file_size(end) {
+        Ok(()) => reserve(&ledger, end.saturating_sub(size)).await,
+        Err(refusal) => Err(refusal),
+    };
+    match checked {
+        Ok(()) => Ok(end.saturating_sub(size)),
+        Err(refusal) => {
+            log_refusal(state, &refusal.to_string());
+            Err(refusal_code(refusal))
+        }
+    }
+}
+
+fn release(state: &HostState, bytes: u64) {
+    if let Some(ledger) = &state.fs.ledger {
+        ledger.release(bytes);
+    }
+}
+
+/// Link the guarded functions over wasmtime-wasi's.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FILESYSTEM_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.write",
+        |mut store: StoreContextMut<'_, HostState>,
+         (fd, buffer, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let len = buffer.len() as u64;
+                let mut reserved = 0;
+                if state.fs.ledger.is_some() {
+                    let size = file_size(state, &fd).await.unwrap_or(0);
+                    match charge_growth(state, size, offset.saturating_add(len)).await {
+                        Ok(bytes) => reserved = bytes,
+                        Err(code) => return Ok((Err(code),)),
+                    }
+                }
+                let written = to_guest(
+                    HostDescriptor::write(&mut state.filesystem(), fd, buffer, offset).await,
+                )?;
+                match &written {
+                    Err(_) => release(state, reserved),
+                    Ok(n) if *n < len => release(state, reserved.min(len - n)),
+                    Ok(_) => {}
+                }
+                Ok((written,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.set-size",
+        |mut store: StoreContextMut<'_, HostState>, (fd, size): (Resource<Descriptor>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let mut reserved = 0;
+                let mut freed = 0;
+                if state.fs.ledger.is_some() {
+                    let current = file_size(state, &fd).await.unwrap_or(0);
+                    freed = current.saturating_sub(size);
+                    match charge_growth(state, current, size).await {
+                        Ok(bytes) => reserved = bytes,
+                        Err(code) => return Ok((Err(code),)),
+                    }
+                }
+                let done =
+                    to_guest(HostDescriptor::set_size(&mut state.filesystem(), fd, size).await)?;
+                match &done {
+                    Ok(()) => release(state, freed),
+                    Err(_) => release(state, reserved),
+                }
+                Ok((done,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<'_, HostState>, (fd, offset): (Resource<Descriptor>, u64)| {
+            Box::new(async move { open_stream(store.data_mut(), fd, Some(offset)).await })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<'_, HostState>, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move { open_stream(store.data_mut(), fd, None).await })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.unlink-file-at",
+        |mut store: StoreContextMut<'_, HostState>, (fd, path): (Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let size = if state.fs.ledger.is_some() {
+                    HostDescriptor::stat_at(
+                        &mut state.filesystem(),
+                        borrow(&fd),
+                        PathFlags::empty(),
+                        path.clone(),
+                    )
+                    .await
+                    .ok()
+                    .filter(|s| {
+                        s.type_ == wasmtime_wasi::p2::bindings::filesystem::types::DescriptorType::RegularFile
+                            && s.link_count <= 1
+                    })
+                    .map(|s| s.size)
+                } else {
+                    None
+                };
+                let done =
+                    to_guest(HostDescriptor::unlink_file_at(&mut state.filesystem(), fd, path).await)?;
+                if let (Ok(()), Some(size)) = (&done, size) {
+                    release(state, size);
+                }
+                Ok((done,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, HostState>,
+         (fd, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if state.fs.open.len() >= state.fs.max_open {
+                    // Forget descriptors the guest has closed since.
+                    let table = &state.table;
+                    state
+                        .fs
+                        .open
+                        .retain(|rep| table.get(&Resource::<Descriptor>::new_borrow(*rep)).is_ok());
+                    if state.fs.open.len() >= state.fs.max_open {
+                        let max = state.fs.max_open;
+                        log_refusal(
+                            state,
+                            &format!(
+                                "a call may hold at most {max} open files (limits.max_open_files)"
+                            ),
+                        );
+                        return Ok((Err(ErrorCode::Quota),));
+                    }
+                }
+                let opened = to_guest(
+                    HostDescriptor::open_at(
+                        &mut state.filesystem(),
+                        fd,
+                        path_flags,
+                        path,
+                        open_flags,
+                        flags,
+                    )
+                    .await,
+                )?;
+                if let Ok(descriptor) = &opened {
+                    state.fs.open.push(descriptor.rep());
+                }
+                Ok((opened,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.symlink-at",
+        |mut store: StoreContextMut<'_, HostState>,
+         (_fd, _target, _link): (Resource<Descriptor>, String, String)| {
+            Box::new(async move {
+                log_refusal(
+                    store.data_mut(),
+                    "symbolic links cannot be created in a sandbox (they could point outside the grant)",
+                );
+                Ok((Err::<(), _>(ErrorCode::NotPermitted),))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.link-at",
+        |mut store: StoreContextMut<'_, HostState>,
+         _: (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            Box::new(async move {
+                log_refusal(
+                    store.data_mut(),
+                    "hard links cannot be created in a sandbox",
+                );
+                Ok((Err::<(), _>(ErrorCode::NotPermitted),))
+            })
+        },
+    )?;
+    let mut random = linker.instance(RANDOM)?;
+    random.func_wrap_async(
+        "get-random-bytes",
+        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
+            Box::new(async move { Ok((random_bytes(store.data_mut(), len, true)?,)) })
+        },
+    )?;
+    random.func_wrap_async(
+        "get-random-u64",
+        |mut store: StoreContextMut<'_, HostState>, ()| {
+            Box::new(async move { Ok((random_u64(store.data_mut(), true)?,)) })
+        },
+    )?;
+    let mut insecure = linker.instance(INSECURE_RANDOM)?;
+    insecure.func_wrap_async(
+        "get-insecure-random-bytes",
+        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
+            Box::new(async move { Ok((random_bytes(store.data_mut(), len, false)?,)) })
+        },
+    )?;
+    insecure.func_wrap_async(
+        "get-insecure-random-u64",
+        |mut store: StoreContextMut<'_, HostState>, ()| {
+            Box::new(async move { Ok((random_u64(store.data_mut(), false)?,)) })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `len` random bytes: from the run's harness for an architecture (so the
+/// run can record them), else from the WASI context.
+fn random_bytes(state: &mut HostState, len: u64, secure: bool) -> Result<Vec<u8>> {
+    check_random(len)?;
+    if let Some(harness) = &state.harness {
+        let mut bytes = vec![0; len as usize];
+        harness.random_bytes(&mut bytes);
+        return Ok(bytes);
+    }
+    if secure {
+        use wasmtime_wasi::p2::bindings::random::random::Host;
+        state.wasi.random().get_random_bytes(len)
+    } else {
+        use wasmtime_wasi::p2::bindings::random::insecure::Host;
+        state.wasi.random().get_insecure_random_bytes(len)
+    }
+}
+
+fn random_u64(state: &mut HostState, secure: bool) -> Result<u64> {
+    if let Some(harness) = &state.harness {
+        let mut bytes = [0; 8];
+        harness.random_bytes(&mut bytes);
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    if secure {
+        use wasmtime_wasi::p2::bindings::random::random::Host;
+        state.wasi.random().get_random_u64()
+    } else {
+        use wasmtime_wasi::p2::bindings::random::insecure::Host;
+        state.wasi.random().get_insecure_random_u64()
+    }
+}
+
+fn check_random(len: u64) -> Result<()> {
+    if len > MAX_RANDOM_BYTES {
+        return Err(ResourceLimitExceeded {
+            resource: "random bytes in one request",
+            limit: MAX_RANDOM_BYTES,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Open a write or append stream and wrap it so its writes are charged.
+async fn open_stream(
+    state: &mut HostState,
+    fd: Resource<Descriptor>,
+    offset: Option<u64>,
+) -> Result<(Result<Resource<DynOutputStream>, ErrorCode>,)> {
+    let size = if state.fs.ledger.is_some() {
+        file_size(state, &fd).await.unwrap_or(0)
+    } else {
+        0
+    };
+    if let Some(ledger) = &state.fs.ledger
+        && ledger.unmeasured()
+    {
+        let ledger = ledger.clone();
+        let _ = tokio::task::spawn_blocking(move || ledger.measure()).await;
+    }
+    let opened = match offset {
+        Some(offset) => HostDescriptor::write_via_stream(&mut state.filesystem(), fd, offset),
+        None => HostDescriptor::append_via_stream(&mut state.filesystem(), fd),
+    };
+    let stream = match to_guest(opened)? {
+        Ok(stream) => stream,
+        Err(code) => return Ok((Err(code),)),
+    };
+    if let Some(ledger) = state.fs.ledger.clone() {
+        let slot = state.table.get_mut(&stream)?;
+        let inner = std::mem::replace(slot, Box::new(ClosedStream));
+        *slot = Box::new(ChargedStream {
+            inner,
+            ledger,
+            size,
+            position: offset,
+        });
+    }
+    Ok((Ok(stream),))
+}
+
+/// A file output stream whose writes are charged to the tenant's ledger.
+struct ChargedStream {
+    inner: DynOutputStream,
+    ledger: Arc<DiskLedger>,
+    /// The file's size as this stream knows it.
+    size: u64,
+    /// Where the next write lands; `None` for an append stream.
+    position: Option<u64>,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ChargedStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for ChargedStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        let len = bytes.len() as u64;
+        let start = self.position.unwrap_or(self.size);
+        let end = start.saturating_add(len);
+        let growth = end.saturating_sub(self.size);
+        let charged = self
+            .ledger
+            .check_file_size(end)
+            .and_then(|()| self.ledger.try_reserve(growth));
+        if let Err(refusal) = charged {
+            return Err(StreamError::LastOperationFailed(
+                std::io::Error::from_raw_os_error(refusal_errno(refusal)).into(),
+            ));
+        }
+        self.inner.write(bytes)?;
+        self.size = self.size.max(end);
+        if let Some(position) = &mut self.position {
+            *position = end;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+/// Stands in for a stream while it is being wrapped; never observed.
+struct ClosedStream;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ClosedStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for ClosedStream {
+    fn write(&mut self, _: bytes::Bytes) -> Result<(), StreamError> {
+        Err(StreamError::Closed)
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Err(StreamError::Closed)
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Err(StreamError::Closed)
+    }
+}
