@@ -272,6 +272,9 @@ pub struct LoomConfig {
     pub retry: crate::model::settings::RetrySettings,
     /// Price overrides by model string.
     pub pricing: BTreeMap<String, crate::model::pricing::Price>,
+    /// Whether the first-party components embedded in the host are served
+    /// (below every plugin directory, which overrides them by name).
+    pub builtin_plugins: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +302,12 @@ struct RawConfig {
     retry: crate::model::settings::RetrySettings,
     #[serde(default)]
     pricing: BTreeMap<String, crate::model::pricing::Price>,
+    #[serde(default = "default_true")]
+    builtin_plugins: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_data_dir() -> PathBuf {
@@ -405,6 +414,17 @@ impl LoomConfig {
                 },
             );
         }
+        if tenants.is_empty() {
+            // A configuration without tenants serves one, `default`.
+            tenants.insert(
+                TenantId::default_tenant(),
+                TenantConfig {
+                    plugin_dirs: Vec::new(),
+                    limits,
+                    grants: ResolvedGrants::default(),
+                },
+            );
+        }
         let data_dir = resolve(&raw.data_dir);
         Ok(LoomConfig {
             cache_dir: raw
@@ -424,7 +444,32 @@ impl LoomConfig {
             models: raw.models,
             retry: raw.retry,
             pricing: raw.pricing,
+            builtin_plugins: raw.builtin_plugins,
         })
+    }
+
+    /// Loom's configuration when there is no `loom.toml`: one tenant,
+    /// `default`, with nothing granted; data under the user's data directory
+    /// (`$LOOM_DATA_DIR`, else for example `~/.local/share/loom`) and one
+    /// global plugin directory in it, `<data_dir>/plugins`; the first-party
+    /// components are built in.
+    pub fn builtin() -> Self {
+        let data_dir = std::env::var_os("LOOM_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| dirs::data_dir().map(|d| d.join("loom")))
+            .unwrap_or_else(|| std::env::temp_dir().join("loom"));
+        let mut config = Self::minimal(&data_dir);
+        config.plugin_dirs = vec![data_dir.join("plugins")];
+        config.reload_interval = Some(Duration::from_millis(default_reload_ms()));
+        config.tenants.insert(
+            TenantId::default_tenant(),
+            TenantConfig {
+                plugin_dirs: Vec::new(),
+                limits: Limits::default(),
+                grants: ResolvedGrants::default(),
+            },
+        );
+        config
     }
 
     /// A configuration with no tenants and no plugin directories, data under
@@ -444,6 +489,7 @@ impl LoomConfig {
             models: Default::default(),
             retry: Default::default(),
             pricing: BTreeMap::new(),
+            builtin_plugins: true,
         }
     }
 
@@ -546,7 +592,7 @@ fn resolve_grants(
                 )
             })?,
         };
-        env.push((name.clone(), value));
+        env.push((name.clone(), crate::secret::Secret::from(value)));
     }
     let mut http = Vec::new();
     for grant in &grants.http {

@@ -2,7 +2,7 @@
 
 use crate::config::{ConfigError, LoomConfig};
 use crate::engine::{CallError, CallRequest, DiskLedger, EngineError, SandboxEngine, ToolOutput};
-use crate::plugins::{Catalog, PluginRegistry, ScanReport, ToolBinding};
+use crate::plugins::{Catalog, PluginRegistry, ScanReport, ToolBinding, Visibility};
 use crate::tenancy::ids::{Scope, TenantId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +27,14 @@ pub struct Host {
     /// Each tenant's disk ledger over its read-write grants.
     disks: HashMap<TenantId, Arc<DiskLedger>>,
     reloader: Option<tokio::task::JoinHandle<()>>,
+    initial_scan: tokio::task::JoinHandle<()>,
 }
 
 impl Host {
-    /// Create the engine, load every plugin directory, and start hot reload
-    /// if `reload_interval` is set. Must be called inside a tokio runtime.
+    /// Create the engine, load the global plugin directories, start loading
+    /// each tenant's own directories in the background (a tenant's calls
+    /// wait for its own directories only), and start hot reload if
+    /// `reload_interval` is set. Must be called inside a tokio runtime.
     ///
     /// # Errors
     ///
@@ -41,7 +44,13 @@ impl Host {
         let config = Arc::new(config);
         let engine = Arc::new(SandboxEngine::new(&config.engine, &config.cache_dir)?);
         let registry = Arc::new(PluginRegistry::new(engine.clone(), config.clone()));
-        registry.scan().await;
+        registry.scan_group(&Visibility::Global).await;
+        let initial_scan = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                registry.scan().await;
+            }
+        });
         let reloader = config.reload_interval.map(|interval| {
             let weak = Arc::downgrade(&registry);
             tokio::spawn(async move {
@@ -82,6 +91,7 @@ impl Host {
             registry,
             disks,
             reloader,
+            initial_scan,
         })
     }
 
@@ -95,8 +105,17 @@ impl Host {
         &self.engine
     }
 
-    /// The current plugin catalog.
-    pub fn catalog(&self) -> Arc<Catalog> {
+    /// The plugin catalog once every directory has loaded at least once.
+    pub async fn catalog(&self) -> Arc<Catalog> {
+        self.registry.ready(None).await;
+        self.registry.catalog()
+    }
+
+    /// The plugin catalog once the global directories and `tenant`'s own
+    /// have loaded at least once: what that tenant's calls use. Another
+    /// tenant's slow plugins never hold it up.
+    pub async fn catalog_for(&self, tenant: &TenantId) -> Arc<Catalog> {
+        self.registry.ready(Some(tenant)).await;
         self.registry.catalog()
     }
 
@@ -124,7 +143,7 @@ impl Host {
                 tenant: scope.tenant.to_string(),
                 reason: e.to_string(),
             })?;
-        let catalog = self.registry.catalog();
+        let catalog = self.catalog_for(&scope.tenant).await;
         let Some(binding) = catalog.tool(&scope.tenant, tool) else {
             let available: Vec<String> = catalog
                 .tools(&scope.tenant)
@@ -167,7 +186,7 @@ impl Host {
                 tenant: scope.tenant.to_string(),
                 reason: e.to_string(),
             })?;
-        let Some(component) = binding.plugin.tool.as_ref() else {
+        let Some(component) = binding.plugin.tool() else {
             return Err(CallError::UnknownTool {
                 tool: binding.spec.name.clone(),
                 tenant: scope.tenant.to_string(),
@@ -194,5 +213,6 @@ impl Drop for Host {
         if let Some(task) = self.reloader.take() {
             task.abort();
         }
+        self.initial_scan.abort();
     }
 }

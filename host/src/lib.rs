@@ -33,8 +33,10 @@ pub mod engine;
 pub mod host;
 pub mod model;
 pub mod plugins;
+pub mod secret;
 pub mod store;
 pub mod tenancy;
+pub mod tls;
 
 pub use config::LoomConfig;
 pub use host::Host;

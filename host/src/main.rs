@@ -13,6 +13,7 @@ static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Alloca
 
 fn main() -> ExitCode {
     loom_host::allocator::tune();
+    restore_sigpipe();
     let args = cli::Cli::parse();
     cli::init_tracing(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -33,3 +34,22 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Die quietly on a closed stdout (`loom plugins inspect x.wasm | head`), as
+/// command-line tools do, instead of panicking on the failed write: Rust
+/// ignores SIGPIPE by default.
+#[cfg(unix)]
+#[allow(
+    unsafe_code,
+    reason = "restoring the default SIGPIPE action is a single libc call"
+)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread is spawned;
+    // SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_sigpipe() {}

@@ -325,3 +325,91 @@ fn run_without_a_model_explains_how_to_set_one() {
         text(&out.stderr)
     );
 }
+
+/// `loom` in `dir` with no configuration at all: no loom.toml, no
+/// `--config`, data under `data` (standing in for the user's data directory).
+fn loom_bare(dir: &std::path::Path, data: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LOOM_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("LOOM_DATA_DIR", data)
+        .output()
+        .expect("run loom")
+}
+
+#[test]
+fn runs_out_of_the_box_with_no_config() {
+    let empty = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = loom_bare(
+        empty.path(),
+        data.path(),
+        &["run", "--model", "echo", "hello"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("hello"), "{}", text(&out.stdout));
+    // The built-in tools answer for the built-in tenant.
+    let out = loom_bare(
+        empty.path(),
+        data.path(),
+        &["tool", "call", "calculate", r#"{"expression":"6*7"}"#],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "42.0");
+    // Nothing was written into the current directory.
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    let out = loom_bare(
+        empty.path(),
+        data.path(),
+        &["plugins", "inspect", components::TOOL_RUN_CONTEXT],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    let out = loom_bare(empty.path(), data.path(), &["plugins", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    for name in ["react", "calculator", "files", "http-fetch", "run-context"] {
+        assert!(listed.contains(name), "{name} in {listed}");
+    }
+}
+
+#[test]
+fn init_writes_a_config_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = loom_bare(dir.path(), data.path(), &["init"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(dir.path().join("loom.toml")).unwrap();
+    assert!(written.contains("[tenants.default.grants]"));
+    let again = loom_bare(dir.path(), data.path(), &["init"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    // The written file is the one `loom` now uses.
+    let out = loom_bare(dir.path(), data.path(), &["run", "--model", "echo", "hi"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.path().join(".loom").is_dir(), "data_dir from the file");
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let env = setup();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["plugins", "inspect", components::TOOL_FILES])
+        .arg("--config")
+        .arg(env.path().join("loom.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before loom writes, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -18,6 +18,11 @@ const TESTED: &[&str] = &[
     "FIXTURE_BIG_OUTPUT",
     "FIXTURE_PANIC",
     "FIXTURE_BAD_IMPORT",
+    // Host-side resource floods; tested in floods.rs.
+    "FIXTURE_FLOOD",
+    // Tested in hostile_arch.rs and plugins.rs.
+    "FIXTURE_HOSTILE_ARCH",
+    "FIXTURE_SLOW_LIST",
     // Not hostile; tested in plugins.rs.
     "FIXTURE_FUTURE_VERSION",
     "FIXTURE_ARCHITECTURE_STUB",
@@ -365,13 +370,13 @@ async fn unknown_import_is_rejected_at_load_with_its_name() {
     install_good_tools(&env);
     env.add_plugin(components::FIXTURE_BAD_IMPORT, "bad-import", None);
     let host = env.host(TWO_TENANTS).await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let entry = catalog
         .entries
         .iter()
         .find(|e| e.name() == "bad-import")
         .expect("listed");
-    let error = entry.status.as_ref().err().expect("rejected");
+    let error = entry.status.as_ref().err().expect("rejected").to_string();
     assert!(error.contains("evil:backdoor/api"), "{error}");
     let err = host
         .call_tool(scope("acme", None), "steal", "{}")
@@ -396,7 +401,7 @@ async fn corrupt_and_core_module_files_are_skipped_with_reasons() {
     let core = wat_core_module();
     std::fs::write(env.plugins().join("core.wasm"), core).unwrap();
     let host = env.host(TWO_TENANTS).await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let reason = |name: &str| {
         catalog
             .entries
@@ -406,7 +411,7 @@ async fn corrupt_and_core_module_files_are_skipped_with_reasons() {
             .status
             .as_ref()
             .err()
-            .cloned()
+            .map(ToString::to_string)
             .unwrap_or_else(|| panic!("{name} should be rejected"))
     };
     assert!(

@@ -2,10 +2,17 @@
 //! One binary, a module per topic; every hostile fixture has a test in
 //! `hostile` (checked by `every_fixture_has_a_test`).
 
+// Loom's allocator, so host memory a guest makes the host hold is counted
+// (as in the `loom` binary).
+#[global_allocator]
+static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Allocator;
+
 mod agent;
 mod capabilities;
 mod context;
+mod floods;
 mod hostile;
+mod hostile_arch;
 mod plugins;
 mod providers;
 mod support;

@@ -22,7 +22,7 @@ async fn plugins_are_listed_with_kind_tools_and_grants() {
     let host = env
         .host(&format!("{TWO_TENANTS}[tenants.acme.grants]\nfiles = [{{ host = \"data\", guest = \"/data\", write = true }}]\n"))
         .await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let files = catalog
         .entries
         .iter()
@@ -32,8 +32,7 @@ async fn plugins_are_listed_with_kind_tools_and_grants() {
     assert_eq!(plugin.kind, PluginKind::Tool);
     assert_eq!(plugin.version.as_deref(), Some("1.2.3"));
     let tools: Vec<&str> = plugin
-        .tool
-        .as_ref()
+        .tool()
         .unwrap()
         .tools
         .iter()
@@ -41,8 +40,7 @@ async fn plugins_are_listed_with_kind_tools_and_grants() {
         .collect();
     assert_eq!(tools, ["read_file", "list_dir", "write_file"]);
     let write = plugin
-        .tool
-        .as_ref()
+        .tool()
         .unwrap()
         .tools
         .iter()
@@ -83,7 +81,7 @@ async fn tenant_directories_are_private_and_shadow_global_tools() {
     let host = env
         .host("[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.globex]\n")
         .await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let acme = TenantId::new("acme").unwrap();
     let globex = TenantId::new("globex").unwrap();
     assert!(catalog.tool(&acme, "read_file").is_some());
@@ -218,13 +216,13 @@ async fn bad_manifest_skips_the_plugin_with_its_reason() {
         Some("[capabilities]\nfiles = [\"relative\"]\nbogus = 1\n"),
     );
     let host = env.host(TWO_TENANTS).await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let entry = catalog
         .entries
         .iter()
         .find(|e| e.name() == "files")
         .unwrap();
-    let error = entry.status.as_ref().err().expect("rejected");
+    let error = entry.status.as_ref().err().expect("rejected").to_string();
     assert!(
         error.contains("files.toml") && error.contains("bogus"),
         "{error}"
@@ -296,21 +294,21 @@ async fn kinds_are_detected_and_unsupported_versions_refused() {
     env.add_plugin(components::FIXTURE_FUTURE_VERSION, "future", None);
     env.add_plugin(components::FIXTURE_ARCHITECTURE_STUB, "stub-arch", None);
     let host = env.host(TWO_TENANTS).await;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let find = |name: &str| catalog.entries.iter().find(|e| e.name() == name).unwrap();
     let future = find("future")
         .status
         .as_ref()
         .err()
         .expect("refused")
-        .clone();
+        .to_string();
     assert!(
         future.contains("loom:plugin/tool@0.2.0") && future.contains("0.1.x"),
         "{future}"
     );
     let arch = find("stub-arch").status.as_ref().expect("loaded");
     assert_eq!(arch.kind, PluginKind::Architecture);
-    assert!(arch.tool.is_none());
+    assert!(arch.tool().is_none());
     assert!(
         arch.shape
             .imports
@@ -321,4 +319,97 @@ async fn kinds_are_detected_and_unsupported_versions_refused() {
         find("calculator").status.as_ref().unwrap().kind,
         PluginKind::Tool
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_plugin_named_like_a_global_one_gets_only_its_own_grants() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    // The global `files` plugin asks for /data; a tenant plugin that calls
+    // itself `files` too asks for nothing.
+    env.add_plugin(
+        components::TOOL_FILES,
+        "files",
+        Some("name = \"files\"\n[capabilities]\nfiles = [{ path = \"/data\" }]\n"),
+    );
+    env.install(
+        &env.path().join("tenants/acme"),
+        components::FIXTURE_ESCAPE,
+        "impostor",
+        Some("name = \"files\"\n"),
+    );
+    let data = env.mkdir("data/acme");
+    std::fs::write(data.join("a.txt"), "acme data").unwrap();
+    let host = env
+        .host(
+            "[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.acme.grants]\n\
+             files = [{ host = \"data/acme\", guest = \"/data\" }]\n[tenants.globex]\n",
+        )
+        .await;
+    // The global plugin reads the grant...
+    let out = host
+        .call_tool(
+            scope("acme", None),
+            "read_file",
+            r#"{"path":"/data/a.txt"}"#,
+        )
+        .await
+        .unwrap();
+    assert!(out.output.contains("acme data"));
+    // ...the same-named tenant plugin does not inherit it.
+    let probe = host
+        .call_tool(scope("acme", None), "probe", r#"{"paths":["/data/a.txt"]}"#)
+        .await
+        .unwrap();
+    assert!(!probe.output.contains("acme data"), "{}", probe.output);
+    let catalog = host.catalog().await;
+    let acme = TenantId::new("acme").unwrap();
+    let impostor = catalog.tool(&acme, "probe").unwrap();
+    assert!(impostor.grants.files.is_empty(), "{:?}", impostor.grants);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_slow_plugin_never_delays_another_tenant() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    // acme's own plugin never finishes describing itself.
+    env.install(
+        &env.path().join("tenants/acme"),
+        components::FIXTURE_SLOW_LIST,
+        "slow-list",
+        None,
+    );
+    let started = std::time::Instant::now();
+    let host = env
+        .host("[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.globex]\n")
+        .await;
+    let out = host
+        .call_tool(
+            scope("globex", None),
+            "calculate",
+            r#"{"expression":"1+1"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output, "2.0");
+    let globex_served = started.elapsed();
+    // acme's calls wait for acme's directory, which fails with a reason.
+    let err = host
+        .call_tool(scope("acme", None), "never", "{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::UnknownTool { .. }), "{err:?}");
+    let acme_served = started.elapsed();
+    assert!(
+        globex_served < acme_served,
+        "globex ({globex_served:?}) was not held up by acme's loader ({acme_served:?})"
+    );
+    let catalog = host.catalog().await;
+    let entry = catalog
+        .entries
+        .iter()
+        .find(|e| e.name() == "slow-list")
+        .unwrap();
+    let reason = entry.status.as_ref().err().unwrap().to_string();
+    assert!(reason.contains("`list` failed"), "{reason}");
 }

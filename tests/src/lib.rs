@@ -89,14 +89,15 @@ impl TestEnv {
     }
 
     /// Write `loom.toml` with the global plugin directory, the shared compile
-    /// cache, hot reload off, and `extra` appended; return it parsed.
+    /// cache, hot reload off, the built-in components off (each test installs
+    /// what it uses), and `extra` appended; return it parsed.
     ///
     /// # Panics
     ///
     /// If the file cannot be written or does not parse.
     pub fn config(&self, extra: &str) -> LoomConfig {
         let text = format!(
-            "data_dir = \"data\"\ncache_dir = {:?}\nplugin_dirs = [\"plugins\"]\nreload_interval_ms = 0\n{extra}",
+            "data_dir = \"data\"\ncache_dir = {:?}\nplugin_dirs = [\"plugins\"]\nreload_interval_ms = 0\nbuiltin_plugins = false\n{extra}",
             shared_cache_dir().display().to_string()
         );
         let path = self.path().join("loom.toml");

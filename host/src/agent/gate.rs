@@ -32,7 +32,7 @@ pub struct GateLimits {
     pub max_calls_per_turn: usize,
     /// Bytes of one tool call's arguments.
     pub max_argument_bytes: usize,
-    /// Sub-agents one run may start.
+    /// Sub-agents one top-level run may start, its sub-agents' included.
     pub max_delegations: u32,
     /// Events one run may emit.
     pub max_events: u32,
@@ -102,7 +102,8 @@ pub(crate) struct Gate {
     run: Arc<RunState>,
     limits: GateLimits,
     events: AtomicU32,
-    delegations: AtomicU32,
+    /// Sub-agents started by the run's whole tree.
+    delegations: Arc<AtomicU32>,
     monotonic_origin: Instant,
     monotonic_base: AtomicU64,
     random: std::sync::Mutex<Box<dyn wasmtime_wasi::Rng + Send>>,
@@ -110,12 +111,12 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// A gate in front of `run`.
-    pub(crate) fn new(run: Arc<RunState>, limits: GateLimits) -> Self {
+    pub(crate) fn new(run: Arc<RunState>, delegations: Arc<AtomicU32>, limits: GateLimits) -> Self {
         Gate {
             run,
             limits,
             events: AtomicU32::new(0),
-            delegations: AtomicU32::new(0),
+            delegations,
             monotonic_origin: Instant::now(),
             monotonic_base: AtomicU64::new(0),
             random: std::sync::Mutex::new(wasmtime_wasi::thread_rng()),
@@ -263,7 +264,7 @@ impl Harness for Gate {
             let started = self.delegations.fetch_add(1, Ordering::Relaxed);
             if started >= self.limits.max_delegations {
                 return Err(wit::HarnessError::InvalidRequest(format!(
-                    "a run may start at most {} sub-agents",
+                    "a run and its sub-agents may start at most {} sub-agents",
                     self.limits.max_delegations
                 )));
             }

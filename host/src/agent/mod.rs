@@ -249,7 +249,7 @@ impl Agent {
     /// [`AgentError`]: unknown tenant or architecture, a sandbox fault, or
     /// structured output that never validated.
     pub async fn run(&self, request: RunRequest) -> Result<RunResult, AgentError> {
-        run::execute(self.inner.clone(), request, None, 0).await
+        run::execute(self.inner.clone(), request, None, run::Lineage::root()).await
     }
 
     /// Run and stream events as they happen. Dropping the stream cancels the

@@ -94,7 +94,26 @@ pub(crate) struct RunState {
     usage: Mutex<Usage>,
     cost: Mutex<f64>,
     turns: AtomicU32,
-    depth: u32,
+    lineage: Lineage,
+}
+
+/// Where a run sits in its tree of sub-agents.
+#[derive(Clone)]
+pub(crate) struct Lineage {
+    /// Delegation levels above this run (0 for a top-level run).
+    pub(crate) depth: u32,
+    /// Sub-agents started by the whole tree so far.
+    pub(crate) delegations: Arc<AtomicU32>,
+}
+
+impl Lineage {
+    /// A top-level run.
+    pub(crate) fn root() -> Self {
+        Lineage {
+            depth: 0,
+            delegations: Arc::new(AtomicU32::new(0)),
+        }
+    }
 }
 
 impl RunState {
@@ -385,7 +404,7 @@ impl RunState {
         input: String,
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
-            if self.depth + 1 > MAX_DELEGATION_DEPTH {
+            if self.lineage.depth + 1 > MAX_DELEGATION_DEPTH {
                 return Err(wit::HarnessError::InvalidRequest(format!(
                     "sub-agents may nest at most {MAX_DELEGATION_DEPTH} deep"
                 )));
@@ -416,7 +435,11 @@ impl RunState {
             scope.run = RunId::generate();
             scope.session = None;
             let request = RunRequest::new(scope, input);
-            let result = Box::pin(execute(child, request, self.events.clone(), self.depth + 1))
+            let lineage = Lineage {
+                depth: self.lineage.depth + 1,
+                delegations: self.lineage.delegations.clone(),
+            };
+            let result = Box::pin(execute(child, request, self.events.clone(), lineage))
                 .await
                 .map_err(|e| match e {
                     AgentError::NotFound(m) => wit::HarnessError::UnknownAgent(m),
@@ -479,12 +502,12 @@ fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Valu
     }
 }
 
-/// Run `request` on the agent; `depth` counts delegation levels.
+/// Run `request` on the agent; `lineage` places it in its tree of sub-agents.
 pub(crate) async fn execute(
     agent: Arc<AgentInner>,
     request: RunRequest,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
-    depth: u32,
+    lineage: Lineage,
 ) -> Result<RunResult, AgentError> {
     let started_at = SystemTime::now();
     let host = agent.host.clone();
@@ -493,7 +516,7 @@ pub(crate) async fn execute(
         .config()
         .tenant(&scope.tenant)
         .map_err(|e| AgentError::NotFound(e.to_string()))?;
-    let catalog = host.catalog();
+    let catalog = host.catalog_for(&scope.tenant).await;
     let arch_name = request
         .architecture
         .clone()
@@ -549,9 +572,9 @@ pub(crate) async fn execute(
         usage: Mutex::new(Usage::default()),
         cost: Mutex::new(0.0),
         turns: AtomicU32::new(0),
-        depth,
+        lineage: lineage.clone(),
     });
-    let Some(component) = plugin.architecture.as_ref() else {
+    let Some(component) = plugin.architecture() else {
         return Err(AgentError::NotFound(format!(
             "plugin `{}` is not an architecture",
             plugin.name
@@ -563,6 +586,7 @@ pub(crate) async fn execute(
     };
     let gate = Arc::new(Gate::new(
         state.clone(),
+        lineage.delegations.clone(),
         GateLimits {
             max_output_bytes: tenant.limits.max_output_bytes,
             ..GateLimits::default()
@@ -660,7 +684,7 @@ impl RunStream {
     pub(crate) fn start(agent: Arc<AgentInner>, request: RunRequest) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let end = match execute(agent, request, Some(tx.clone()), 0).await {
+            let end = match execute(agent, request, Some(tx.clone()), Lineage::root()).await {
                 Ok(result) => RunEvent::Completed {
                     result: Box::new(result),
                 },

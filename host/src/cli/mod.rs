@@ -1,13 +1,15 @@
 //! Argument parsing and the `loom` subcommands.
 
+mod init;
 mod plugins;
 mod run;
+mod scope;
 mod tool;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loom_host::LoomConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Loom: a multi-tenant harness for LLM agents whose tools, architectures,
@@ -39,6 +41,15 @@ enum Command {
     /// Call tools directly, through the full sandbox.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Write a commented loom.toml that names every section.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "loom.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,61 +84,52 @@ enum ToolCommand {
     /// Invoke a tool as a tenant's user would, with the tenant's grants and
     /// limits. Exits 1 if the tool fails, is denied, or breaks a limit.
     Call {
-        /// The tenant the call runs for.
-        #[arg(long)]
-        tenant: String,
-        /// The user the call runs for; anonymous when omitted.
-        #[arg(long)]
-        user: Option<String>,
-        /// The session the call belongs to.
-        #[arg(long)]
-        session: Option<String>,
-        /// The tool's name.
-        tool: String,
-        /// The arguments as a JSON object.
-        #[arg(default_value = "{}")]
-        arguments: String,
+        #[command(flatten)]
+        args: tool::CallArgs,
         #[command(flatten)]
         config: ConfigArg,
-        /// Print a JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
 /// `--config`, shared by subcommands.
 #[derive(Debug, Args)]
 struct ConfigArg {
-    /// Path of loom.toml.
-    #[arg(long, short = 'c', default_value = "loom.toml", env = "LOOM_CONFIG")]
-    config: PathBuf,
+    /// Path of loom.toml. Default: ./loom.toml when it exists, else Loom's
+    /// built-in configuration (one tenant `default`, data and plugins under
+    /// the user's data directory, the first-party components built in).
+    #[arg(long, short = 'c', env = "LOOM_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 impl ConfigArg {
-    /// Load the configuration, with hot reload off (one-shot commands).
+    /// The configuration, with hot reload off (one-shot commands): the file
+    /// named by `--config` (which must exist), else `./loom.toml` if there
+    /// is one, else the built-in defaults.
     fn load(&self) -> anyhow::Result<LoomConfig> {
-        let mut config = LoomConfig::load(&self.config).with_context(|| {
-            if self.config.exists() {
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None => {
+                let local = PathBuf::from("loom.toml");
+                if !local.exists() {
+                    let mut config = LoomConfig::builtin();
+                    config.reload_interval = None;
+                    return Ok(config);
+                }
+                local
+            }
+        };
+        let mut config = LoomConfig::load(&path).with_context(|| {
+            if path.exists() {
                 String::from("the configuration is invalid")
             } else {
                 format!(
-                    "no config at {}; pass --config PATH or create one (see the README's loom.toml reference)",
-                    self.config.display()
+                    "no config at {}; fix the path, or run `loom init` to write one",
+                    path.display()
                 )
             }
         })?;
         config.reload_interval = None;
         Ok(config)
-    }
-
-    /// The configuration if the file exists, else a minimal one with its data
-    /// in `./.loom`.
-    fn load_or_default(&self) -> anyhow::Result<LoomConfig> {
-        if self.config.exists() {
-            self.load()
-        } else {
-            Ok(LoomConfig::minimal(Path::new(".loom")))
-        }
     }
 }
 
@@ -156,26 +158,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => plugins::list(config.load()?, tenant.as_deref(), json).await,
         Command::Plugins(PluginsCommand::Inspect { file, config, json }) => {
-            plugins::inspect(config.load_or_default()?, &file, json).await
+            plugins::inspect(config.load()?, &file, json).await
         }
-        Command::Tool(ToolCommand::Call {
-            tenant,
-            user,
-            session,
-            tool,
-            arguments,
-            config,
-            json,
-        }) => {
-            let request = tool::CallArgs {
-                tenant,
-                user,
-                session,
-                tool,
-                arguments,
-                json,
-            };
-            tool::call(config.load()?, request).await
-        }
+        Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
+        Command::Init { path, force } => init::init(&path, force),
     }
 }

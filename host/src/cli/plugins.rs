@@ -4,7 +4,7 @@ use anyhow::Context;
 use loom_host::engine::SandboxEngine;
 use loom_host::engine::cache::sha256_hex;
 use loom_host::plugins::manifest::Manifest;
-use loom_host::plugins::{PluginEntry, Visibility};
+use loom_host::plugins::{Catalog, PluginEntry, Visibility};
 use loom_host::tenancy::ids::TenantId;
 use loom_host::{Host, LoomConfig};
 use serde_json::{Value, json};
@@ -26,11 +26,11 @@ pub async fn list(
         None => None,
     };
     let host = Host::start(config).await?;
-    let catalog = host.catalog();
+    let catalog = host.catalog().await;
     let entries = catalog.visible(tenant.as_ref());
     let rows: Vec<Value> = entries
         .iter()
-        .map(|entry| describe(entry, tenant.as_ref().map(|t| (t, &host))))
+        .map(|entry| describe(entry, tenant.as_ref().map(|t| (t, &*catalog))))
         .collect();
     let any_failed = entries.iter().any(|e| e.status.is_err());
     if as_json {
@@ -60,8 +60,9 @@ pub async fn list(
     })
 }
 
-fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Host)>) -> Value {
+fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Catalog)>) -> Value {
     let scope = match &entry.visibility {
+        Visibility::Builtin => "built-in".to_owned(),
         Visibility::Global => "global".to_owned(),
         Visibility::Tenant(t) => format!("tenant:{t}"),
     };
@@ -71,14 +72,13 @@ fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Host)>) -> Value {
                 "name": entry.name(),
                 "path": entry.path,
                 "scope": scope,
-                "error": error,
+                "error": error.to_string(),
             });
         }
         Ok(plugin) => plugin,
     };
     let tools: Vec<Value> = plugin
-        .tool
-        .as_ref()
+        .tool()
         .map(|t| {
             t.tools
                 .iter()
@@ -86,8 +86,8 @@ fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Host)>) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    let granted = tenant.and_then(|(tenant, host)| {
-        let grants = host.catalog().grants(tenant, &plugin.path)?;
+    let granted = tenant.and_then(|(tenant, catalog)| {
+        let grants = catalog.grants(tenant, &plugin.path)?;
         Some(serde_json::to_value(&*grants).unwrap_or(Value::Null))
     });
     json!({

@@ -1,11 +1,10 @@
 //! `loom run`: run the configured agent for one prompt, showing progress live.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use loom_host::agent::{Agent, RunEvent, RunRequest};
 use loom_host::model::pricing::PriceTable;
 use loom_host::model::spec::from_spec;
 use loom_host::store::SessionStore;
-use loom_host::tenancy::ids::{Scope, SessionId, TenantId, UserId};
 use loom_host::{Host, LoomConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,15 +16,8 @@ use std::sync::Arc;
 pub struct RunArgs {
     /// The prompt.
     pub prompt: String,
-    /// The tenant; may be omitted when only one is configured.
-    #[arg(long)]
-    pub tenant: Option<String>,
-    /// The user; anonymous when omitted.
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Continue (or start) this session.
-    #[arg(long)]
-    pub session: Option<String>,
+    #[command(flatten)]
+    pub scope: super::scope::ScopeArgs,
     /// Architecture to use instead of [agent] architecture.
     #[arg(long)]
     pub arch: Option<String>,
@@ -43,35 +35,7 @@ pub struct RunArgs {
 
 /// Run the agent and print its progress and answer.
 pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let tenant = match args.tenant {
-        Some(t) => TenantId::new(t).context("--tenant")?,
-        None if config.tenants.len() == 1 => config
-            .tenants
-            .keys()
-            .next()
-            .cloned()
-            .context("one tenant")?,
-        None => {
-            let known: Vec<&str> = config.tenants.keys().map(TenantId::as_str).collect();
-            bail!(
-                "pass --tenant; configured tenants: {}",
-                if known.is_empty() {
-                    "(none)".into()
-                } else {
-                    known.join(", ")
-                }
-            );
-        }
-    };
-    config.tenant(&tenant)?;
-    let user = match args.user {
-        Some(name) => UserId::named(name).context("--user")?,
-        None => UserId::Anonymous,
-    };
-    let mut scope = Scope::new(tenant, user);
-    if let Some(session) = args.session {
-        scope = scope.with_session(SessionId::new(session).context("--session")?);
-    }
+    let scope = args.scope.scope(&config)?;
     let spec = args.model.or_else(|| config.agent.model.clone()).context(
         "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
          anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",

@@ -1,38 +1,32 @@
 //! `loom tool call`.
 
-use anyhow::Context;
-use loom_host::tenancy::ids::{Scope, SessionId, TenantId, UserId};
 use loom_host::{Host, LoomConfig};
 use std::process::ExitCode;
 
 /// What `loom tool call` was asked.
+#[derive(Debug, clap::Args)]
 pub struct CallArgs {
-    pub tenant: String,
-    pub user: Option<String>,
-    pub session: Option<String>,
+    #[command(flatten)]
+    pub scope: super::scope::ScopeArgs,
+    /// The tool's name.
     pub tool: String,
+    /// The arguments as a JSON object.
+    #[arg(default_value = "{}")]
     pub arguments: String,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
 /// Invoke one tool and print the outcome.
 pub async fn call(config: LoomConfig, args: CallArgs) -> anyhow::Result<ExitCode> {
-    let tenant = TenantId::new(args.tenant).context("--tenant")?;
-    let user = match args.user {
-        Some(name) => UserId::named(name).context("--user")?,
-        None => UserId::Anonymous,
-    };
-    let mut scope = Scope::new(tenant, user);
-    if let Some(session) = args.session {
-        scope = scope.with_session(SessionId::new(session).context("--session")?);
-    }
+    let scope = args.scope.scope(&config)?;
     if serde_json::from_str::<serde_json::Value>(&args.arguments).is_err() {
         anyhow::bail!(
             "the arguments `{}` are not JSON; pass an object such as '{{\"expression\": \"1+2\"}}'",
             args.arguments
         );
     }
-    config.tenant(&scope.tenant)?;
     let host = Host::start(config).await?;
     let result = host.call_tool(scope, &args.tool, &args.arguments).await;
     match result {

@@ -51,11 +51,20 @@ impl SandboxEngine {
         if !out_text.is_empty() {
             state.logs.push(&plugin, &scope, LogLevel::Stdout, out_text);
         }
+        let refusals = state.fs.refusals.take();
+        for refusal in &refusals {
+            state.logs.push(
+                &plugin,
+                &scope,
+                LogLevel::Warn,
+                format!("loom refused: {refusal}"),
+            );
+        }
         let result = match conclude(ended, state, limits) {
             Err(error) => Err(error),
             Ok(Err(failure)) => Err(CallError::Tool {
                 tool: name.to_owned(),
-                failure: cap_failure(failure.into()),
+                failure: with_refusals(cap_failure(failure.into()), &refusals),
             }),
             Ok(Ok(output)) => finish_output(output, limits.max_output_bytes, &plugin),
         };
@@ -102,6 +111,21 @@ impl SandboxEngine {
         })
         .await;
         conclude(ended, store.data(), request.limits)
+    }
+}
+
+/// A tool's error with the host's refusals of the call appended: the guest
+/// may have reported a refused write as a bare I/O error.
+fn with_refusals(failure: ToolFailure, refusals: &[String]) -> ToolFailure {
+    if refusals.is_empty() {
+        return failure;
+    }
+    let note = format!(" [loom refused: {}]", refusals.join("; "));
+    match failure {
+        ToolFailure::UnknownTool(m) => ToolFailure::UnknownTool(m + &note),
+        ToolFailure::InvalidArguments(m) => ToolFailure::InvalidArguments(m + &note),
+        ToolFailure::Denied(m) => ToolFailure::Denied(m + &note),
+        ToolFailure::Failed(m) => ToolFailure::Failed(m + &note),
     }
 }
 

@@ -145,23 +145,6 @@ impl WasiHttpHooks for EgressHooks {
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
 
-/// The TLS client configuration: webpki roots, built once.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            Arc::new(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        })
-        .clone()
-}
-
 /// Send `request` over a connection to `target`, an address already checked
 /// against the policy; for HTTPS, verify the certificate against `host`.
 async fn send_pinned(
@@ -194,7 +177,7 @@ async fn send_pinned(
             .map_err(HttpError::InvalidDnsNameError)?;
         let tls = tokio::time::timeout(
             connect_timeout,
-            tokio_rustls::TlsConnector::from(tls_config()).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(crate::tls::client_config()).connect(name, tcp),
         )
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?

@@ -59,6 +59,35 @@ pub(crate) struct FsGuard {
     /// Table indices of descriptors this call opened (some may be closed).
     open: Vec<u32>,
     max_open: usize,
+    /// Why the host refused something during this call, for the call's
+    /// result (a guest may turn a refusal into a vague error of its own).
+    pub(crate) refusals: Refusals,
+}
+
+/// The refusals of one call, shared with the streams it opened.
+#[derive(Clone, Default)]
+pub(crate) struct Refusals(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Refusals {
+    /// Most refusals kept per call; repeats of the same reason are not kept.
+    const MAX: usize = 8;
+
+    fn note(&self, reason: String) {
+        if let Ok(mut notes) = self.0.lock()
+            && notes.len() < Self::MAX
+            && !notes.contains(&reason)
+        {
+            notes.push(reason);
+        }
+    }
+
+    /// The refusals noted so far, cleared.
+    pub(crate) fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut notes| std::mem::take(&mut *notes))
+            .unwrap_or_default()
+    }
 }
 
 impl FsGuard {
@@ -68,6 +97,7 @@ impl FsGuard {
             ledger,
             open: Vec::new(),
             max_open,
+            refusals: Refusals::default(),
         }
     }
 }
@@ -98,15 +128,9 @@ fn borrow(fd: &Resource<Descriptor>) -> Resource<Descriptor> {
     Resource::new_borrow(fd.rep())
 }
 
-/// Note a refusal in the call's log, so the operator sees why.
+/// Note a refusal for the call's result, so the operator sees why.
 fn log_refusal(state: &mut HostState, what: &str) {
-    let (plugin, scope) = (state.plugin.clone(), state.scope.clone());
-    state.logs.push(
-        &plugin,
-        &scope,
-        super::state::LogLevel::Warn,
-        format!("loom refused: {what}"),
-    );
+    state.fs.refusals.note(what.to_owned());
 }
 
 /// The size of the open file `fd`, or `None` for a directory or on error.
@@ -419,8 +443,12 @@ async fn open_stream(
     } else {
         0
     };
+    // Streams charge without blocking, so learn the usage now: on first use,
+    // and again when the tenant is close to its quota (files may have been
+    // removed since), at most once per re-measure interval.
     if let Some(ledger) = &state.fs.ledger
-        && ledger.unmeasured()
+        && (ledger.unmeasured()
+            || ledger.may_remeasure() && ledger.used() >= ledger.quota() / 10 * 9)
     {
         let ledger = ledger.clone();
         let _ = tokio::task::spawn_blocking(move || ledger.measure()).await;
@@ -441,6 +469,7 @@ async fn open_stream(
             ledger,
             size,
             position: offset,
+            refusals: state.fs.refusals.clone(),
         });
     }
     Ok((Ok(stream),))
@@ -454,6 +483,7 @@ struct ChargedStream {
     size: u64,
     /// Where the next write lands; `None` for an append stream.
     position: Option<u64>,
+    refusals: Refusals,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -475,6 +505,7 @@ impl OutputStream for ChargedStream {
             .check_file_size(end)
             .and_then(|()| self.ledger.try_reserve(growth));
         if let Err(refusal) = charged {
+            self.refusals.note(refusal.to_string());
             return Err(StreamError::LastOperationFailed(
                 std::io::Error::from_raw_os_error(refusal_errno(refusal)).into(),
             ));

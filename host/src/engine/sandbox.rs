@@ -76,7 +76,12 @@ impl SandboxEngine {
                 })?;
         }
         if !grants.env.is_empty() {
-            wasi.envs(&grants.env);
+            let env: Vec<(&str, &str)> = grants
+                .env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.expose()))
+                .collect();
+            wasi.envs(&env);
         }
         let stdout = CappedPipe::new(limits.max_log_bytes);
         let stderr = CappedPipe::new(limits.max_log_bytes);

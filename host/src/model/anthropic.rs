@@ -30,7 +30,7 @@ pub struct AnthropicConfig {
     /// Base URL without the version path, such as `https://api.anthropic.com`.
     pub base_url: String,
     /// Sent as `x-api-key`.
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::secret::Secret>,
     /// Longest wait for the next bytes of a response.
     pub timeout: Duration,
     /// Connect timeout.
@@ -488,7 +488,7 @@ impl Model for AnthropicModel {
                 .header("anthropic-version", API_VERSION)
                 .json(&self.request_body(request));
             if let Some(key) = &self.config.api_key {
-                builder = builder.header("x-api-key", key);
+                builder = builder.header("x-api-key", key.expose());
             }
             let mut assembly = Assembly {
                 wants_structure: request.output_schema.is_some(),

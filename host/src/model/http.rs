@@ -32,19 +32,6 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
 }
 
-/// The TLS configuration every provider client uses: rustls with its one
-/// compiled-in provider (ring) and the webpki roots, HTTP/2 and HTTP/1.1 offered by ALPN.
-fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config
-}
-
 /// Check `base_url` and strip its trailing slash.
 pub(crate) fn base_url(url: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidBaseUrl {
@@ -77,7 +64,7 @@ pub(crate) fn client(
         default_headers.insert(header_name, header_value);
     }
     Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config())
+        .tls_backend_preconfigured(crate::tls::client_config_h2())
         // An idle timeout, not a total one: a long answer may stream for
         // minutes, as long as bytes keep coming.
         .read_timeout(timeout)

@@ -23,7 +23,7 @@ pub struct OpenAiConfig {
     /// Base URL including the version path, such as `https://api.openai.com/v1`.
     pub base_url: String,
     /// Bearer token; `None` sends no `Authorization` header.
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::secret::Secret>,
     /// Longest wait for the next bytes of a response.
     pub timeout: Duration,
     /// Connect timeout.
@@ -367,7 +367,7 @@ impl Model for OpenAiModel {
                 .post(&self.endpoint)
                 .json(&self.request_body(request));
             if let Some(key) = &self.config.api_key {
-                builder = builder.bearer_auth(key);
+                builder = builder.bearer_auth(key.expose());
             }
             let mut assembly = Assembly::default();
             let mut done = false;

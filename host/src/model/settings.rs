@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub struct ProviderSettings {
     /// The API key itself. Taken before `api_key_env`; prefer the
     /// environment, which keeps keys out of files.
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::secret::Secret>,
     /// Environment variable holding the API key (default `OPENAI_API_KEY` /
     /// `ANTHROPIC_API_KEY`).
     pub api_key_env: Option<String>,
@@ -40,7 +40,7 @@ pub struct CompatSettings {
     pub model: String,
     /// The API key itself, if the server needs one (taken before
     /// `api_key_env`).
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::secret::Secret>,
     /// Environment variable holding the API key, if the server needs one.
     pub api_key_env: Option<String>,
     /// Whether the server honours `response_format: json_schema` (default false).

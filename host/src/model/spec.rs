@@ -39,10 +39,11 @@ pub struct SpecError {
     pub message: String,
 }
 
-fn api_key(env: Option<&str>, default: &str) -> Option<String> {
+fn api_key(env: Option<&str>, default: &str) -> Option<crate::secret::Secret> {
     std::env::var(env.unwrap_or(default))
         .ok()
         .filter(|k| !k.is_empty())
+        .map(crate::secret::Secret::from)
 }
 
 fn millis(ms: Option<u64>, default: u64) -> Duration {

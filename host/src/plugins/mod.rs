@@ -5,12 +5,20 @@
 //! tenant; a tenant's own directories only to that tenant, and its plugins
 //! shadow global tools of the same name for that tenant alone.
 //!
+//! The directories fall into groups: the global one and one per tenant. Each
+//! group is scanned on its own, concurrently with the others, and publishes
+//! as soon as it is loaded: a tenant whose plugin is slow to compile or to
+//! describe itself delays nobody else. Calls for a tenant wait only for the
+//! global group and that tenant's group to have loaded once
+//! ([`PluginRegistry::ready`]).
+//!
 //! Each scan builds a new immutable [`Catalog`] and swaps it in. Unchanged
 //! files (same size, mtime and manifest) are reused without recompiling. A
 //! call holds an `Arc` to the plugin it started on, so calls in flight finish
 //! on the old version while new calls see the new one. A file that fails to
 //! load is reported with its reason and skipped; it never stops the host.
 
+pub mod builtin;
 pub mod manifest;
 
 use crate::config::LoomConfig;
@@ -21,16 +29,57 @@ use crate::engine::{
 };
 use crate::tenancy::grants::{EffectiveGrants, Requests, ResolvedGrants};
 use crate::tenancy::ids::TenantId;
-use manifest::Manifest;
-use std::collections::{BTreeMap, HashMap};
+use manifest::{Manifest, ManifestError};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
+
+/// Why a plugin file was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum PluginError {
+    /// Its manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[serde(serialize_with = "as_display")] ManifestError),
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The component was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// What a loaded plugin offers, by kind.
+pub enum PluginPayload {
+    /// A tool component, ready to call.
+    Tool(ToolComponent),
+    /// An architecture component, ready to run.
+    Architecture(ArchitectureComponent),
+    /// A memory component (listed; no host runs it yet).
+    Memory,
+    /// A policy component (listed; no host runs it yet).
+    Policy,
+}
 
 /// Where a plugin was found.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
+    /// Embedded in the host: every tenant sees it, any directory overrides it.
+    Builtin,
     /// A global plugin directory: every tenant sees it.
     Global,
     /// A tenant's own directory: only that tenant sees it.
@@ -57,10 +106,26 @@ pub struct LoadedPlugin {
     pub requests: Option<Requests>,
     /// Whether compilation came from the cache.
     pub cache: CacheOutcome,
-    /// The callable tool component.
-    pub tool: Option<ToolComponent>,
-    /// The runnable architecture.
-    pub architecture: Option<ArchitectureComponent>,
+    /// What it offers.
+    pub payload: PluginPayload,
+}
+
+impl LoadedPlugin {
+    /// The tool component, for tool plugins.
+    pub fn tool(&self) -> Option<&ToolComponent> {
+        match &self.payload {
+            PluginPayload::Tool(tool) => Some(tool),
+            _ => None,
+        }
+    }
+
+    /// The architecture component, for architecture plugins.
+    pub fn architecture(&self) -> Option<&ArchitectureComponent> {
+        match &self.payload {
+            PluginPayload::Architecture(arch) => Some(arch),
+            _ => None,
+        }
+    }
 }
 
 /// One plugin file and what became of it.
@@ -71,7 +136,7 @@ pub struct PluginEntry {
     /// The component file.
     pub path: PathBuf,
     /// The loaded plugin, or why it did not load.
-    pub status: Result<Arc<LoadedPlugin>, String>,
+    pub status: Result<Arc<LoadedPlugin>, PluginError>,
     fingerprint: Fingerprint,
 }
 
@@ -155,7 +220,7 @@ impl Catalog {
         self.entries
             .iter()
             .filter(|e| match (&e.visibility, tenant) {
-                (_, None) | (Visibility::Global, Some(_)) => true,
+                (_, None) | (Visibility::Builtin | Visibility::Global, Some(_)) => true,
                 (Visibility::Tenant(owner), Some(t)) => owner == t,
             })
             .collect()
@@ -211,21 +276,46 @@ pub struct PluginRegistry {
     engine: Arc<SandboxEngine>,
     config: Arc<LoomConfig>,
     catalog: RwLock<Arc<Catalog>>,
-    scan_lock: tokio::sync::Mutex<()>,
+    /// The latest entries of each group.
+    groups: Mutex<BTreeMap<Visibility, Vec<PluginEntry>>>,
+    /// One scan at a time per group.
+    group_locks: BTreeMap<Visibility, tokio::sync::Mutex<()>>,
+    /// Groups that have loaded at least once.
+    ready: tokio::sync::watch::Sender<BTreeSet<Visibility>>,
+    /// Missing directories already warned about.
+    warned_missing: Mutex<HashSet<PathBuf>>,
 }
 
 impl PluginRegistry {
     /// A registry over `config`'s plugin directories; call [`Self::scan`] to load.
     pub fn new(engine: Arc<SandboxEngine>, config: Arc<LoomConfig>) -> Self {
+        let group_locks = Self::group_names(&config)
+            .into_iter()
+            .map(|group| (group, tokio::sync::Mutex::new(())))
+            .collect();
         PluginRegistry {
             engine,
             config,
             catalog: RwLock::new(Arc::new(Catalog::default())),
-            scan_lock: tokio::sync::Mutex::new(()),
+            groups: Mutex::new(BTreeMap::new()),
+            group_locks,
+            ready: tokio::sync::watch::channel(BTreeSet::new()).0,
+            warned_missing: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The current snapshot.
+    fn group_names(config: &LoomConfig) -> Vec<Visibility> {
+        config
+            .builtin_plugins
+            .then_some(Visibility::Builtin)
+            .into_iter()
+            .chain(std::iter::once(Visibility::Global))
+            .chain(config.tenants.keys().cloned().map(Visibility::Tenant))
+            .collect()
+    }
+
+    /// The current snapshot (groups still loading for the first time are
+    /// missing from it; see [`Self::ready`]).
     pub fn catalog(&self) -> Arc<Catalog> {
         match self.catalog.read() {
             Ok(guard) => guard.clone(),
@@ -233,47 +323,115 @@ impl PluginRegistry {
         }
     }
 
-    /// The `.wasm` files of every configured directory, with their visibility.
-    fn files(&self) -> Vec<(Visibility, PathBuf)> {
+    /// Wait until the built-in and global groups and `tenant`'s group (every
+    /// group when `None`) have loaded at least once.
+    pub async fn ready(&self, tenant: Option<&TenantId>) {
+        let mut needed = BTreeSet::from([Visibility::Global]);
+        if self.group_locks.contains_key(&Visibility::Builtin) {
+            needed.insert(Visibility::Builtin);
+        }
+        match tenant {
+            Some(tenant) => {
+                if self
+                    .group_locks
+                    .contains_key(&Visibility::Tenant(tenant.clone()))
+                {
+                    needed.insert(Visibility::Tenant(tenant.clone()));
+                }
+            }
+            None => needed.extend(self.group_locks.keys().cloned()),
+        }
+        let mut watch = self.ready.subscribe();
+        // The sender lives as long as `self`, so this only ends when ready.
+        let _ = watch.wait_for(|loaded| needed.is_subset(loaded)).await;
+    }
+
+    /// The directories of one group.
+    fn dirs(&self, group: &Visibility) -> Vec<PathBuf> {
+        match group {
+            Visibility::Builtin => Vec::new(),
+            Visibility::Global => self.config.plugin_dirs.clone(),
+            Visibility::Tenant(tenant) => self
+                .config
+                .tenants
+                .get(tenant)
+                .map(|t| t.plugin_dirs.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The `.wasm` files of one group's directories, sorted per directory.
+    fn files(&self, group: &Visibility) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        let mut push_dir = |visibility: Visibility, dir: &Path| {
-            let Ok(read) = std::fs::read_dir(dir) else {
-                return;
+        for dir in self.dirs(group) {
+            let read = match std::fs::read_dir(&dir) {
+                Ok(read) => read,
+                Err(error) => {
+                    let first = match self.warned_missing.lock() {
+                        Ok(mut warned) => warned.insert(dir.clone()),
+                        Err(_) => false,
+                    };
+                    if first {
+                        tracing::warn!(dir = %dir.display(), %error, "plugin directory cannot be read; create it or fix plugin_dirs");
+                    }
+                    continue;
+                }
             };
+            if let Ok(mut warned) = self.warned_missing.lock() {
+                warned.remove(&dir);
+            }
             let mut found: Vec<PathBuf> = read
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
                 .collect();
             found.sort();
-            files.extend(found.into_iter().map(|p| (visibility.clone(), p)));
-        };
-        for dir in &self.config.plugin_dirs {
-            push_dir(Visibility::Global, dir);
-        }
-        for (tenant, cfg) in &self.config.tenants {
-            for dir in &cfg.plugin_dirs {
-                push_dir(Visibility::Tenant(tenant.clone()), dir);
-            }
+            files.extend(found);
         }
         files
     }
 
-    /// Rescan every directory: load new and changed files, drop removed ones,
-    /// and swap in a new catalog.
+    /// Rescan every group concurrently: load new and changed files, drop
+    /// removed ones; each group's result is published as soon as it is done.
     pub async fn scan(&self) -> ScanReport {
-        let _guard = self.scan_lock.lock().await;
-        let previous = self.catalog();
+        let groups: Vec<Visibility> = self.group_locks.keys().cloned().collect();
+        let reports =
+            futures_util::future::join_all(groups.iter().map(|group| self.scan_group(group))).await;
+        let mut report = ScanReport::default();
+        for part in reports {
+            report.loaded.extend(part.loaded);
+            report.removed.extend(part.removed);
+            report.failed.extend(part.failed);
+        }
+        report
+    }
+
+    /// Rescan one group and publish a new catalog.
+    pub async fn scan_group(&self, group: &Visibility) -> ScanReport {
+        let Some(lock) = self.group_locks.get(group) else {
+            return ScanReport::default();
+        };
+        let _guard = lock.lock().await;
+        let previous: Vec<PluginEntry> = match self.groups.lock() {
+            Ok(groups) => groups.get(group).cloned().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let mut report = ScanReport::default();
         let mut entries = Vec::new();
-        for (visibility, path) in self.files() {
+        if *group == Visibility::Builtin {
+            if previous.is_empty() {
+                entries = self.load_builtin().await;
+            } else {
+                entries = previous.clone();
+            }
+        }
+        for path in self.files(group) {
             let Some(print) = fingerprint(&path) else {
                 continue;
             };
             if let Some(old) = previous
-                .entries
                 .iter()
-                .find(|e| e.path == path && e.visibility == visibility && e.fingerprint == print)
+                .find(|e| e.path == path && e.fingerprint == print)
             {
                 entries.push(old.clone());
                 continue;
@@ -286,53 +444,105 @@ impl PluginRegistry {
                 }
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "plugin skipped");
-                    report.failed.push((path.clone(), reason.clone()));
+                    report.failed.push((path.clone(), reason.to_string()));
                 }
             }
             entries.push(PluginEntry {
-                visibility,
+                visibility: group.clone(),
                 path,
                 status,
                 fingerprint: print,
             });
         }
-        for old in &previous.entries {
+        for old in &previous {
             if !entries.iter().any(|e| e.path == old.path) {
                 tracing::info!(path = %old.path.display(), "plugin removed");
                 report.removed.push(old.path.clone());
             }
         }
-        let catalog = Arc::new(build_catalog(entries, &self.config));
+        let all: Vec<PluginEntry> = match self.groups.lock() {
+            Ok(mut groups) => {
+                groups.insert(group.clone(), entries);
+                groups.values().flatten().cloned().collect()
+            }
+            Err(_) => entries,
+        };
+        let catalog = Arc::new(build_catalog(all, &self.config));
         match self.catalog.write() {
             Ok(mut guard) => *guard = catalog,
             Err(poisoned) => *poisoned.into_inner() = catalog,
         }
+        self.ready.send_modify(|loaded| {
+            loaded.insert(group.clone());
+        });
         report
     }
 
+    /// Load the embedded first-party components.
+    async fn load_builtin(&self) -> Vec<PluginEntry> {
+        let mut entries = Vec::new();
+        for (name, bytes) in builtin::COMPONENTS {
+            let path = builtin::path(name);
+            let status = self
+                .load_bytes(bytes.to_vec(), Arc::from(*name), &path, None)
+                .await
+                .map(Arc::new);
+            if let Err(reason) = &status {
+                tracing::warn!(plugin = name, %reason, "built-in plugin failed to load");
+            }
+            entries.push(PluginEntry {
+                visibility: Visibility::Builtin,
+                path,
+                status,
+                fingerprint: Fingerprint {
+                    len: bytes.len() as u64,
+                    modified: None,
+                    manifest: None,
+                },
+            });
+        }
+        entries
+    }
+
     /// Load one file with its manifest.
-    async fn load_file(&self, path: &Path) -> Result<LoadedPlugin, String> {
+    async fn load_file(&self, path: &Path) -> Result<LoadedPlugin, PluginError> {
         let manifest_path = path.with_extension("toml");
         let manifest = if manifest_path.is_file() {
-            Some(Manifest::load(&manifest_path).map_err(|e| e.to_string())?)
+            Some(Manifest::load(&manifest_path).map_err(PluginError::Manifest)?)
         } else {
             None
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let name: Arc<str> = manifest
             .as_ref()
             .and_then(|m| m.name.clone())
             .unwrap_or_else(|| stem(path))
             .into();
-        let loaded = self
-            .engine
-            .load(bytes, &name, &self.config.limits)
-            .await
-            .map_err(|e: LoadError| e.to_string())?;
-        let kind = SandboxEngine::classify(&loaded.shape).map_err(|e| e.to_string())?;
+        self.load_bytes(bytes, name, path, manifest).await
+    }
+
+    /// Load a component from its bytes.
+    async fn load_bytes(
+        &self,
+        bytes: Vec<u8>,
+        name: Arc<str>,
+        path: &Path,
+        manifest: Option<Manifest>,
+    ) -> Result<LoadedPlugin, PluginError> {
+        let loaded = self.engine.load(bytes, &name, &self.config.limits).await?;
+        let kind = SandboxEngine::classify(&loaded.shape)?;
         let (version, description, requests) = match manifest {
             Some(m) => (m.version, m.description, Some(m.capabilities)),
             None => (None, None, None),
+        };
+        let payload = match (loaded.tool, loaded.architecture, kind) {
+            (Some(tool), _, _) => PluginPayload::Tool(tool),
+            (_, Some(arch), _) => PluginPayload::Architecture(arch),
+            (_, _, PluginKind::Memory) => PluginPayload::Memory,
+            _ => PluginPayload::Policy,
         };
         Ok(LoadedPlugin {
             name,
@@ -344,8 +554,7 @@ impl PluginRegistry {
             shape: loaded.shape,
             requests,
             cache: loaded.cache,
-            tool: loaded.tool,
-            architecture: loaded.architecture,
+            payload,
         })
     }
 }
@@ -356,32 +565,54 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
     let mut tools = HashMap::new();
     let mut architectures = HashMap::new();
     for (tenant, tenant_config) in &config.tenants {
+        let passes = [
+            Visibility::Builtin,
+            Visibility::Global,
+            Visibility::Tenant(tenant.clone()),
+        ];
         let mut archs: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
-        for pass in [Visibility::Global, Visibility::Tenant(tenant.clone())] {
+        for pass in passes.clone() {
+            let mut seen_in_pass = HashSet::new();
             for entry in entries.iter().filter(|e| e.visibility == pass) {
                 if let Ok(plugin) = &entry.status
-                    && let Some(arch) = &plugin.architecture
+                    && let Some(arch) = plugin.architecture()
                 {
+                    if !seen_in_pass.insert(arch.info.name.clone()) {
+                        tracing::warn!(
+                            architecture = %arch.info.name, ignored = %entry.path.display(),
+                            "two plugins in the same directories declare the same architecture; keeping the first"
+                        );
+                        continue;
+                    }
                     archs.insert(arch.info.name.clone(), plugin.clone());
                 }
             }
         }
         architectures.insert(tenant.clone(), archs);
         let mut index: HashMap<String, ToolBinding> = HashMap::new();
-        let mut grants_cache: BTreeMap<String, Arc<EffectiveGrants>> = BTreeMap::new();
-        for pass in [Visibility::Global, Visibility::Tenant(tenant.clone())] {
+        // Keyed by the plugin's file: a tenant plugin named like a global
+        // one must not inherit the global plugin's capabilities.
+        let mut grants_cache: BTreeMap<PathBuf, Arc<EffectiveGrants>> = BTreeMap::new();
+        for pass in passes {
             for entry in entries.iter().filter(|e| e.visibility == pass) {
                 let Ok(plugin) = &entry.status else { continue };
-                let Some(tool) = &plugin.tool else { continue };
+                let Some(tool) = plugin.tool() else { continue };
                 let grants = grants_cache
-                    .entry(plugin.name.to_string())
+                    .entry(plugin.path.clone())
                     .or_insert_with(|| {
-                        Arc::new(effective(&tenant_config.grants, plugin.requests.as_ref()))
+                        Arc::new(if pass == Visibility::Builtin {
+                            builtin::grants(&plugin.name, &tenant_config.grants)
+                        } else {
+                            effective(&tenant_config.grants, plugin.requests.as_ref())
+                        })
                     })
                     .clone();
                 for spec in &tool.tools {
                     if let Some(existing) = index.get(&spec.name)
                         && pass == Visibility::Global
+                        && entries
+                            .iter()
+                            .any(|e| e.path == existing.plugin.path && e.visibility == pass)
                     {
                         tracing::warn!(
                             tool = %spec.name, kept = %existing.plugin.path.display(), ignored = %entry.path.display(),

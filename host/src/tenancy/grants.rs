@@ -286,7 +286,7 @@ pub struct EffectiveGrants {
     pub files: Vec<(PathBuf, String, bool)>,
     /// Environment variables with their values.
     #[serde(skip)]
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(String, crate::secret::Secret)>,
     /// Names of the granted environment variables (values are not shown).
     pub env_names: Vec<String>,
     /// HTTP destinations.
@@ -309,7 +309,7 @@ pub struct ResolvedGrants {
     /// Directories: host path (absolute), guest path, writable.
     pub files: Vec<(PathBuf, String, bool)>,
     /// Environment variables with their values.
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(String, crate::secret::Secret)>,
     /// HTTP destinations.
     pub http: Vec<HostPattern>,
     /// TCP addresses.
@@ -330,7 +330,7 @@ impl ResolvedGrants {
                 Some((host.clone(), guest.clone(), *write && request.write()))
             })
             .collect();
-        let env: Vec<(String, String)> = self
+        let env: Vec<(String, crate::secret::Secret)> = self
             .env
             .iter()
             .filter(|(name, _)| requests.env.iter().any(|r| r == name))

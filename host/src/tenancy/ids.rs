@@ -103,6 +103,13 @@ string_id!(
     TenantId,
     "tenant id"
 );
+impl TenantId {
+    /// `default`: the one tenant of a configuration that names none.
+    pub fn default_tenant() -> Self {
+        TenantId(String::from("default"))
+    }
+}
+
 string_id!(
     /// A conversation; runs with the same session id and user continue it.
     SessionId,

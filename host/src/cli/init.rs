@@ -1,0 +1,145 @@
+//! `loom init`: write a commented `loom.toml` that names every section.
+
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The configuration `loom init` writes: every section, with the built-in
+/// defaults spelled out. It parses as is (a test keeps it so).
+pub const TEMPLATE: &str = r#"# loom.toml — Loom's configuration. Every key is optional; the values shown
+# are the built-in defaults. Relative paths are relative to this file.
+
+# Where Loom keeps its data (sessions, the compile cache).
+data_dir = ".loom"
+# Where compiled components are cached (default: <data_dir>/cache).
+# cache_dir = ".loom/cache"
+# Plugin directories every tenant sees. Components here override the
+# first-party ones built into `loom` (react, calculator, files, http-fetch,
+# run-context) by tool or architecture name.
+plugin_dirs = ["plugins"]
+# How often plugin directories are rescanned, in milliseconds; 0 turns hot
+# reload off.
+reload_interval_ms = 500
+# Serve the first-party components built into `loom` (below every plugin
+# directory, which overrides them by name).
+builtin_plugins = true
+
+# The shared WebAssembly engine.
+[engine]
+max_instances = 1000          # instances alive at once, all tenants together
+max_memory_mib = 256          # largest linear memory of any instance
+epoch_tick_ms = 1             # granularity of CPU limits
+pooling = "auto"              # "auto", "on" or "off"
+memory_keep_resident_kib = 1024
+
+# Limits of every call into a component; a tenant may override any of them
+# under [tenants.<id>.limits].
+[limits]
+cpu_ms = 1000                 # CPU time: guest code and the host work it asks for
+wall_ms = 10000               # wall-clock time of one call
+memory_mib = 64               # linear memory, tables and host memory held for the guest
+max_output_bytes = 1048576    # tool output kept (the rest is cut with a marker)
+max_log_bytes = 65536         # log lines and stdout/stderr kept per call
+max_resources = 1024          # host resources (files, streams, sockets, HTTP fields) at once
+max_open_files = 256          # open files and directories at once
+disk_mib = 256                # bytes the tenant's writable grants may hold together
+max_file_mib = 64             # largest file a guest may write
+
+# One table per tenant. Without any, Loom serves one tenant named `default`.
+[tenants.default]
+# Plugin directories only this tenant sees; its plugins shadow global tools
+# of the same name for it alone.
+plugin_dirs = []
+
+# What this tenant's plugins may touch, intersected with what each plugin's
+# manifest (<plugin>.toml) requests. Nothing is granted unless listed.
+[tenants.default.grants]
+# files = [{ host = "data/default", guest = "/data", write = false }]
+# env = { GREETING = "hello", TOKEN = { from_host = "MY_TOKEN" } }
+# http = ["api.example.com", "*.example.org:8443"]
+# sockets = ["127.0.0.1:6379"]
+
+# [tenants.default.limits]
+# cpu_ms = 500
+
+# The agent `loom run` builds.
+[agent]
+instructions = "You are a helpful assistant. Use the tools when they help."
+# model = "openai:gpt-4.1-mini"   # or "anthropic:claude-sonnet-4-5", "compat:<name>",
+                                  # "echo", "scripted:path/to/script.json"
+architecture = "react"
+# tools = ["calculate", "read_file"]   # default: every tool of the tenant
+max_turns = 10
+output_retries = 2
+run_timeout_ms = 300000
+
+# Hosted model providers. Keys come from the environment by default
+# (OPENAI_API_KEY, ANTHROPIC_API_KEY); `api_key` in this file also works.
+[models.openai]
+# api_key_env = "OPENAI_API_KEY"
+# base_url = "https://api.openai.com/v1"
+# timeout_ms = 120000
+# connect_timeout_ms = 10000
+# headers = { "OpenAI-Organization" = "org-..." }
+
+[models.anthropic]
+# api_key_env = "ANTHROPIC_API_KEY"
+# base_url = "https://api.anthropic.com"
+# prompt_caching = true
+
+# Any OpenAI-compatible server, used as model "compat:<name>".
+# [models.compat.local]
+# base_url = "http://localhost:11434/v1"
+# model = "llama3.1"
+# native_structured_output = false
+
+# Retries of model calls (backoff with jitter; Retry-After honoured).
+[retry]
+max_attempts = 4
+initial_backoff_ms = 500
+max_backoff_ms = 30000
+
+# Price overrides in USD per million tokens, by model string.
+[pricing]
+# "openai:gpt-4.1-mini" = { input = 0.4, cached_input = 0.1, output = 1.6 }
+"#;
+
+/// Write [`TEMPLATE`] to `path`, refusing to overwrite unless `force`.
+pub fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
+    }
+    std::fs::write(path, TEMPLATE).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_and_names_every_section() {
+        let config = loom_host::LoomConfig::parse(TEMPLATE, Path::new("/base"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits, loom_host::config::Limits::default());
+        assert!(config.tenants.keys().any(|t| t.as_str() == "default"));
+        for section in [
+            "[engine]",
+            "[limits]",
+            "[tenants.default]",
+            "[tenants.default.grants]",
+            "[agent]",
+            "[models.openai]",
+            "[models.anthropic]",
+            "[models.compat.",
+            "[retry]",
+            "[pricing]",
+        ] {
+            assert!(TEMPLATE.contains(section), "{section}");
+        }
+    }
+}

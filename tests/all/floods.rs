@@ -1,0 +1,315 @@
+//! Floods of host-side resources: each is refused inside its own call with a
+//! clear, typed error, and another tenant's concurrent calls succeed.
+
+use crate::support::{TWO_TENANTS, assert_still_healthy, install_good_tools};
+use loom_host::engine::{CallError, ToolFailure};
+use loom_tests::{TestEnv, components, scope};
+use std::time::{Duration, Instant};
+
+const FLOOD_MANIFEST: &str =
+    "name = \"flood\"\n[capabilities]\nfiles = [{ path = \"/data\", write = true }]\n";
+
+/// A host with the flood fixture; acme has a read-write `/data` grant and
+/// `acme_limits` (TOML lines of `[tenants.acme.limits]`).
+async fn flood_host(env: &TestEnv, acme_limits: &str) -> loom_host::Host {
+    install_good_tools(env);
+    env.add_plugin(components::FIXTURE_FLOOD, "flood", Some(FLOOD_MANIFEST));
+    env.add_plugin(
+        components::TOOL_FILES,
+        "files",
+        Some("name = \"files\"\n[capabilities]\nfiles = [{ path = \"/data\" }]\n"),
+    );
+    env.mkdir("data/acme");
+    let globex = env.mkdir("data/globex");
+    std::fs::write(globex.join("g.txt"), "globex data").unwrap();
+    env.host(&format!(
+        "{TWO_TENANTS}[tenants.acme.grants]\nfiles = [{{ host = \"data/acme\", guest = \"/data\", write = true }}]\n\
+         [tenants.acme.limits]\n{acme_limits}\n\
+         [tenants.globex.grants]\nfiles = [{{ host = \"data/globex\", guest = \"/data\" }}]\n"
+    ))
+    .await
+}
+
+fn failed_message(error: &CallError) -> &str {
+    match error {
+        CallError::Tool {
+            failure: ToolFailure::Failed(message),
+            ..
+        } => message,
+        other => panic!("expected the tool's own failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_synchronous_request_is_refused_before_the_host_does_it() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "wall_ms = 5000").await;
+    let started = Instant::now();
+    let err = host
+        .call_tool(scope("acme", None), "random_request", r#"{"mib":1024}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::ResourceLimit { resource, limit: 1048576, .. } if resource.contains("random bytes")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("asked for more than 1048576 random bytes"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused, not timed out"
+    );
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_work_a_guest_asks_for_is_charged_to_its_cpu_budget() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "cpu_ms = 300\nwall_ms = 60000").await;
+    let started = Instant::now();
+    let err = host
+        .call_tool(scope("acme", None), "random_burn", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::CpuLimit { limit_ms: 300, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("host work"), "{err}");
+    // Stopped by the CPU budget, long before the wall clock.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_held_for_a_guest_counts_against_its_budget() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "memory_mib = 32\ncpu_ms = 20000\nwall_ms = 60000").await;
+    let err = host
+        .call_tool(scope("acme", None), "fields_flood", "{}")
+        .await
+        .unwrap_err();
+    match &err {
+        CallError::MemoryLimit {
+            limit, host_bytes, ..
+        } => {
+            assert_eq!(*limit, 32 << 20);
+            assert!(*host_bytes > 0, "host memory was counted: {err}");
+            assert!(err.to_string().contains("held by the host"), "{err}");
+        }
+        CallError::ResourceLimit { resource, .. } => {
+            assert!(resource.contains("live host resources"), "{err}");
+        }
+        other => panic!("expected a memory or resource limit, got {other:?}"),
+    }
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_descriptors_are_capped_per_call_with_a_clear_error() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "max_open_files = 64").await;
+    std::fs::write(env.path().join("data/acme/f"), "x").unwrap();
+    let err = host
+        .call_tool(scope("acme", None), "open_files", r#"{"path":"/data/f"}"#)
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(message.starts_with("open number 65 failed"), "{message}");
+    assert!(!message.contains("I/O error"), "not EIO: {message}");
+    assert!(
+        message.contains("[loom refused: a call may hold at most 64 open files"),
+        "{message}"
+    );
+    // The next call starts with a fresh allowance.
+    let again = host
+        .call_tool(scope("acme", None), "open_files", r#"{"path":"/data/f"}"#)
+        .await
+        .unwrap_err();
+    assert!(failed_message(&again).starts_with("open number 65 failed"));
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cannot_pass_the_maximum_size_even_sparse() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "max_file_mib = 4\ndisk_mib = 64\nwall_ms = 60000").await;
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "fill_disk",
+            r#"{"dir":"/data","files":1}"#,
+        )
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(
+        message.starts_with("refused after 4194304 bytes"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[loom refused: files may be at most 4194304 bytes"),
+        "{message}"
+    );
+    let size = std::fs::metadata(env.path().join("data/acme/fill-0"))
+        .unwrap()
+        .len();
+    assert_eq!(size, 4 << 20);
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "sparse_file",
+            r#"{"dir":"/data","gib":1024}"#,
+        )
+        .await
+        .unwrap_err();
+    assert!(failed_message(&err).contains("set_len refused"), "{err}");
+    let sparse = std::fs::metadata(env.path().join("data/acme/sparse")).unwrap();
+    assert_eq!(sparse.len(), 0, "the 1 TiB size was never set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "max_file_mib = 64\ndisk_mib = 8\nwall_ms = 60000").await;
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "fill_disk",
+            r#"{"dir":"/data","files":4}"#,
+        )
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(
+        message.starts_with("refused after 8388608 bytes"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[loom refused: the tenant's disk quota of 8388608 bytes is used up"),
+        "{message}"
+    );
+    let on_disk: u64 = std::fs::read_dir(env.path().join("data/acme"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 8 << 20, "{on_disk} bytes on disk");
+    // Free the space outside the sandbox: after the re-measure interval the
+    // ledger sees it and writes succeed again.
+    for entry in std::fs::read_dir(env.path().join("data/acme")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    tokio::time::sleep(loom_host::engine::disk::REMEASURE_INTERVAL).await;
+    let err = host
+        .call_tool(
+            scope("acme", None),
+            "fill_disk",
+            r#"{"dir":"/data","files":4}"#,
+        )
+        .await
+        .unwrap_err();
+    assert!(failed_message(&err).starts_with("refused after 8388608 bytes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_errors_are_capped_like_output() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "").await;
+    let err = host
+        .call_tool(scope("acme", None), "huge_error", r#"{"mib":16}"#)
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(message.len() < 20 << 10, "{} bytes", message.len());
+    assert!(message.contains("[error truncated by Loom: kept 16384 of 16777216 bytes]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_output_is_refused_with_the_reason() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "").await;
+    let err = host
+        .call_tool(scope("acme", None), "deep_json", r#"{"depth":100000}"#)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::InvalidOutput { .. }), "{err:?}");
+    assert!(err.to_string().contains("deeper than 64 levels"), "{err}");
+    let ok = host
+        .call_tool(scope("acme", None), "deep_json", r#"{"depth":10}"#)
+        .await
+        .unwrap();
+    assert_eq!(ok.output, format!("{}{}", "[".repeat(10), "]".repeat(10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_log_text_cannot_forge_lines_or_drive_the_terminal() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "").await;
+    let out = host
+        .call_tool(scope("acme", None), "forge_log", "{}")
+        .await
+        .unwrap();
+    assert!(!out.logs.is_empty());
+    for line in &out.logs {
+        assert!(
+            !line.message.chars().any(char::is_control),
+            "control characters reached the log: {:?}",
+            line.message
+        );
+    }
+    let text: Vec<&str> = out.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        text.iter()
+            .any(|m| m.contains("done\\n2026") && m.contains("\\u{1b}[2J")),
+        "{text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_floods_do_not_disturb_another_tenants_calls() {
+    let env = TestEnv::new();
+    let host = std::sync::Arc::new(
+        flood_host(
+            &env,
+            "cpu_ms = 2000\nwall_ms = 20000\nmemory_mib = 32\nmax_open_files = 128",
+        )
+        .await,
+    );
+    std::fs::write(env.path().join("data/acme/f"), "x").unwrap();
+    let floods = ["random_burn", "fields_flood", "open_files"].map(|tool| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            host.call_tool(
+                scope("acme", Some("mallory")),
+                tool,
+                r#"{"path":"/data/f"}"#,
+            )
+            .await
+        })
+    });
+    // While the floods run, globex reads its files and computes, many times.
+    for i in 0..40 {
+        let expression = format!(r#"{{"expression":"{i}+1"}}"#);
+        let (read, calc) = tokio::join!(
+            host.call_tool(
+                scope("globex", Some("bystander")),
+                "read_file",
+                r#"{"path":"/data/g.txt"}"#
+            ),
+            host.call_tool(scope("globex", Some("bystander")), "calculate", &expression),
+        );
+        assert!(read.expect("globex read").output.contains("globex data"));
+        assert_eq!(calc.expect("globex calc").output, format!("{}.0", i + 1));
+    }
+    for flood in floods {
+        assert!(flood.await.unwrap().is_err(), "every flood is refused");
+    }
+    assert_still_healthy(&host, "acme", "globex").await;
+}
