@@ -1,7 +1,11 @@
 //! [`Host`]: the facade that ties configuration, engine and plugins together.
 
-use crate::config::{ConfigError, LoomConfig};
-use crate::engine::{CallError, CallRequest, DiskLedger, EngineError, SandboxEngine, ToolOutput};
+use crate::config::{ConfigError, Limits, LoomConfig};
+use crate::engine::bindings::architecture_export;
+use crate::engine::{
+    ArchitectureComponent, CallError, CallRequest, ComponentShape, DiskLedger, EngineError,
+    Harness, LoadError, SandboxEngine, ToolOutput, ToolSpec,
+};
 use crate::plugins::{Catalog, PluginRegistry, ScanReport, ToolBinding, Visibility};
 use crate::tenancy::ids::{Scope, TenantId};
 use std::collections::HashMap;
@@ -98,11 +102,6 @@ impl Host {
     /// The configuration.
     pub fn config(&self) -> &LoomConfig {
         &self.config
-    }
-
-    /// The engine.
-    pub fn engine(&self) -> &SandboxEngine {
-        &self.engine
     }
 
     /// The plugin catalog once every directory has loaded at least once.
@@ -204,6 +203,78 @@ impl Host {
         };
         self.engine
             .call_tool(component, &request, &binding.spec.name, arguments)
+            .await
+    }
+}
+
+/// What [`Host::inspect`] found in a component file.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Its type, or why it does not compile.
+    pub shape: Result<ComponentShape, LoadError>,
+    /// Whether it loads (links, describes itself), with its tools if it is a
+    /// tool component.
+    pub loaded: Result<Option<Vec<ToolSpec>>, LoadError>,
+}
+
+impl Host {
+    /// Whether the engine allocates instances from its pool (else on demand).
+    pub fn pooling(&self) -> bool {
+        self.engine.pooling()
+    }
+
+    /// The limits of `tenant`'s calls.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] listing the configured tenants when `tenant` is unknown.
+    pub fn tenant_limits(&self, tenant: &TenantId) -> Result<Limits, ConfigError> {
+        self.config.tenant(tenant).map(|t| t.limits)
+    }
+
+    /// Compile and load `bytes` as Loom would, without adding it to any
+    /// catalog: for `loom plugins inspect`.
+    pub async fn inspect(&self, bytes: Vec<u8>, name: &str) -> Inspection {
+        let shape = self.engine.compile(&bytes).map(|(_, shape, _, _)| shape);
+        let loaded = match &shape {
+            Err(error) => Err(error.clone()),
+            Ok(_) => self
+                .engine
+                .load(bytes, name, &self.config.limits)
+                .await
+                .map(|loaded| loaded.tool.map(|tool| tool.tools)),
+        };
+        Inspection { shape, loaded }
+    }
+
+    /// Run architecture `component` (plugin `plugin`) for `scope` in a fresh
+    /// sandbox whose `harness` import is `harness`, under `limits`.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`] when the architecture breaks a limit or crashes; its own
+    /// `run-error` is the inner `Err`.
+    pub async fn run_architecture(
+        &self,
+        component: &ArchitectureComponent,
+        plugin: Arc<str>,
+        scope: Arc<Scope>,
+        limits: &Limits,
+        harness: Arc<dyn Harness>,
+        input: architecture_export::RunInput,
+    ) -> Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>
+    {
+        let grants = crate::tenancy::grants::EffectiveGrants::default();
+        let request = CallRequest {
+            scope,
+            plugin,
+            grants: &grants,
+            limits,
+            harness: Some(harness),
+            disk: None,
+        };
+        self.engine
+            .run_architecture(component, &request, input)
             .await
     }
 }

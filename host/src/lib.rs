@@ -38,5 +38,11 @@ pub mod store;
 pub mod tenancy;
 pub mod tls;
 
-pub use config::LoomConfig;
-pub use host::Host;
+pub use agent::{
+    Agent, AgentBuilder, AgentError, GateLimits, RunEvent, RunRequest, RunResult, RunStream,
+};
+pub use config::{Limits, LoomConfig};
+pub use engine::{CallError, ToolFailure, ToolOutput};
+pub use host::{Host, HostError, Inspection};
+pub use secret::Secret;
+pub use tenancy::ids::{RunId, Scope, SessionId, TenantId, UserId};

@@ -215,6 +215,10 @@ async fn reads_outside_preopens_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    unsafe_code,
+    reason = "setting a host variable the grant reads; nextest runs each test in its own process"
+)]
 async fn ungranted_env_is_invisible() {
     // SAFETY of the test: the variable is unique to this test process.
     unsafe { std::env::set_var("LOOM_TEST_HOST_SECRET", "host-secret-value") };

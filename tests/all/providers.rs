@@ -5,6 +5,7 @@
 
 use loom_host::agent::{Agent, RunRequest};
 use loom_host::model::anthropic::{AnthropicConfig, AnthropicModel};
+use loom_host::model::http::Connection;
 use loom_host::model::openai::{OpenAiConfig, OpenAiModel};
 use loom_host::model::pricing::{Price, PriceTable};
 use loom_host::model::retry::{RetryPolicy, RetryingModel};
@@ -217,13 +218,13 @@ fn fast_retries() -> RetryPolicy {
 
 fn openai(server: &WireServer, policy: RetryPolicy) -> Arc<dyn Model> {
     let model = OpenAiModel::new(OpenAiConfig {
-        id: "openai:gpt-test".into(),
-        model: "gpt-test".into(),
-        base_url: format!("{}/v1", server.base),
-        api_key: Some("sk-test".into()),
-        timeout: Duration::from_secs(20),
-        connect_timeout: Duration::from_secs(5),
-        extra_headers: vec![("x-team".into(), "loom".into())],
+        connection: Connection {
+            api_key: Some("sk-test".into()),
+            timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            extra_headers: vec![("x-team".into(), "loom".into())],
+            ..Connection::new("openai:gpt-test", "gpt-test", format!("{}/v1", server.base))
+        },
         native_structured_output: true,
         max_tokens_field: "max_completion_tokens".into(),
     })
@@ -233,10 +234,10 @@ fn openai(server: &WireServer, policy: RetryPolicy) -> Arc<dyn Model> {
 
 fn anthropic(server: &WireServer, policy: RetryPolicy) -> Arc<dyn Model> {
     let model = AnthropicModel::new(AnthropicConfig {
-        id: "anthropic:claude-test".into(),
-        model: "claude-test".into(),
-        base_url: server.base.clone(),
-        api_key: Some("ak-test".into()),
+        connection: Connection {
+            api_key: Some("ak-test".into()),
+            ..Connection::new("anthropic:claude-test", "claude-test", server.base.clone())
+        },
         ..AnthropicConfig::default()
     })
     .unwrap();

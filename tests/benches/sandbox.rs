@@ -131,7 +131,7 @@ fn latency_report() {
         pct(0.50).as_secs_f64() * 1e6,
         pct(0.99).as_secs_f64() * 1e6,
         samples[samples.len() - 1].as_secs_f64() * 1e6,
-        host.engine().pooling()
+        host.pooling()
     );
 }
 

@@ -14,7 +14,7 @@ use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
 use crate::engine::boundary::{check_json, escape_text};
-use crate::engine::harness::{Harness, HarnessStop};
+use crate::engine::{Harness, HarnessStop};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

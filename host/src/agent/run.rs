@@ -8,13 +8,12 @@ use crate::config::Limits;
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
-use crate::engine::{CallError, CallRequest, Harness, ToolFailure};
+use crate::engine::{CallError, Harness, ToolFailure};
 use crate::model::{
     BoxFuture, FinishReason, Message, ModelChunk, ModelRequest, Role, ToolCall, ToolDefinition,
     Usage,
 };
 use crate::plugins::ToolBinding;
-use crate::tenancy::grants::EffectiveGrants;
 use crate::tenancy::ids::{RunId, Scope};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -512,9 +511,8 @@ pub(crate) async fn execute(
     let started_at = SystemTime::now();
     let host = agent.host.clone();
     let scope = Arc::new(request.scope);
-    let tenant = host
-        .config()
-        .tenant(&scope.tenant)
+    let tenant_limits = host
+        .tenant_limits(&scope.tenant)
         .map_err(|e| AgentError::NotFound(e.to_string()))?;
     let catalog = host.catalog_for(&scope.tenant).await;
     let arch_name = request
@@ -582,17 +580,16 @@ pub(crate) async fn execute(
     };
     let limits = Limits {
         wall: agent.run_timeout,
-        ..tenant.limits
+        ..tenant_limits
     };
     let gate = Arc::new(Gate::new(
         state.clone(),
         lineage.delegations.clone(),
         GateLimits {
-            max_output_bytes: tenant.limits.max_output_bytes,
+            max_output_bytes: tenant_limits.max_output_bytes,
             ..GateLimits::default()
         },
     ));
-    let grants = EffectiveGrants::default();
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
     let (output, parsed, interrupted) = loop {
@@ -604,17 +601,15 @@ pub(crate) async fn execute(
             config: "{}".into(),
             max_turns: agent.max_turns,
         };
-        let call = CallRequest {
-            scope: scope.clone(),
-            plugin: plugin.name.clone(),
-            grants: &grants,
-            limits: &limits,
-            harness: Some(gate.clone() as Arc<dyn Harness>),
-            disk: None,
-        };
         let output = match host
-            .engine()
-            .run_architecture(component, &call, input)
+            .run_architecture(
+                component,
+                plugin.name.clone(),
+                scope.clone(),
+                &limits,
+                gate.clone() as Arc<dyn Harness>,
+                input,
+            )
             .await?
         {
             Ok(output) => output,

@@ -1,7 +1,6 @@
 //! `loom plugins list` and `loom plugins inspect`.
 
 use anyhow::Context;
-use loom_host::engine::SandboxEngine;
 use loom_host::engine::cache::sha256_hex;
 use loom_host::plugins::manifest::Manifest;
 use loom_host::plugins::{Catalog, PluginEntry, Visibility};
@@ -25,6 +24,7 @@ pub async fn list(
         }
         None => None,
     };
+    let plugin_dirs = config.plugin_dirs.clone();
     let host = Host::start(config).await?;
     let catalog = host.catalog().await;
     let entries = catalog.visible(tenant.as_ref());
@@ -36,9 +36,7 @@ pub async fn list(
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        let dirs: Vec<String> = host
-            .config()
-            .plugin_dirs
+        let dirs: Vec<String> = plugin_dirs
             .iter()
             .map(|d| d.display().to_string())
             .collect();
@@ -191,7 +189,7 @@ fn print_table(rows: &[Value], with_grants: bool) {
 /// `loom plugins inspect`.
 pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let engine = SandboxEngine::new(&config.engine, &config.cache_dir)?;
+    let host = Host::start(config).await?;
     let manifest_path = file.with_extension("toml");
     let manifest = if manifest_path.is_file() {
         Some(Manifest::load(&manifest_path))
@@ -208,23 +206,21 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
         "sha256": sha256_hex(&bytes),
         "manifest": manifest.as_ref().and_then(|m| m.as_ref().ok()),
     });
-    match engine.compile(&bytes) {
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let inspection = host.inspect(bytes, &name).await;
+    match inspection.shape {
         Err(error) => rejection = rejection.or(Some(error.to_string())),
-        Ok((_, shape, _, _)) => {
+        Ok(shape) => {
             report["world"] = json!(shape.world);
             report["kind"] = json!(shape.kind);
             report["exports"] = json!(shape.exports);
             report["imports"] = json!(shape.imports);
-            let name = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match engine.load(bytes.clone(), &name, &config.limits).await {
-                Ok(loaded) => {
-                    if let Some(tool) = &loaded.tool {
-                        report["tools"] = serde_json::to_value(&tool.tools)?;
-                    }
-                }
+            match inspection.loaded {
+                Ok(Some(tools)) => report["tools"] = serde_json::to_value(&tools)?,
+                Ok(None) => {}
                 Err(error) => rejection = rejection.or(Some(error.to_string())),
             }
         }
@@ -243,7 +239,7 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
         println!(
             "file:      {} ({} bytes, sha256 {})",
             file.display(),
-            bytes.len(),
+            report["bytes"],
             report["sha256"].as_str().unwrap_or("?")
         );
         println!(

@@ -24,28 +24,33 @@
 //! implements Loom's own imports, [`bindings`] holds the generated WIT
 //! bindings and their conversions.
 
-pub mod accounting;
+pub(crate) mod accounting;
 pub mod bindings;
 pub mod boundary;
 pub mod cache;
-pub mod call;
+mod call;
 pub mod disk;
 pub mod egress;
-pub mod error;
-pub mod guards;
-pub mod harness;
-pub mod imports;
-pub mod load;
-pub mod sandbox;
-pub mod setup;
-pub mod state;
-pub mod types;
+mod error;
+pub(crate) mod guards;
+mod harness;
+mod imports;
+mod load;
+mod sandbox;
+mod setup;
+mod state;
+mod types;
 
+pub use call::MAX_TOOL_ERROR_BYTES;
 pub use disk::{DiskLedger, DiskRefusal};
 pub use error::{CallError, EngineError, LoadError, ToolFailure};
-pub use harness::Harness;
-pub use load::{ArchitectureComponent, LoadedComponent, ToolComponent};
-pub use sandbox::CallRequest;
+pub use guards::MAX_RANDOM_BYTES;
+pub use harness::{Harness, HarnessStop};
+pub use load::{
+    ArchitectureComponent, LOADER_WALL, LoadedComponent, MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES,
+    MAX_TOOLS_PER_COMPONENT, ToolComponent,
+};
+pub use sandbox::{CallRequest, MAX_HTTP_FIELDS_BYTES};
 pub use setup::SandboxEngine;
 pub use state::{LogLevel, LogLine};
 pub use types::{

@@ -3,7 +3,7 @@
 //! `message_stop`, `error`), usage with prompt-cache tokens, and structured
 //! output through a forced `respond` tool.
 
-use super::http::{self, ClientError, ErrorBody};
+use super::http::{self, ClientError, Connection, ErrorBody};
 use super::sse::SseEvent;
 use super::structured::{object_schema, unwrap_answer};
 use super::{
@@ -12,7 +12,6 @@ use super::{
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// The API version sent in `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
@@ -23,20 +22,9 @@ pub const RESPOND_TOOL: &str = "respond";
 /// How to reach the Messages API.
 #[derive(Debug, Clone)]
 pub struct AnthropicConfig {
-    /// The model string this was made from (reported by [`Model::id`]).
-    pub id: String,
-    /// The model name sent to the API.
-    pub model: String,
-    /// Base URL without the version path, such as `https://api.anthropic.com`.
-    pub base_url: String,
-    /// Sent as `x-api-key`.
-    pub api_key: Option<crate::secret::Secret>,
-    /// Longest wait for the next bytes of a response.
-    pub timeout: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Headers added to every request (an `anthropic-beta` flag, say).
-    pub extra_headers: Vec<(String, String)>,
+    /// Where and as what to connect; the base URL is without the version
+    /// path, such as `https://api.anthropic.com`. The key goes in `x-api-key`.
+    pub connection: Connection,
     /// `max_tokens` when the request sets no cap (the API requires one).
     pub default_max_tokens: u32,
     /// Mark the tools, the system prompt and the conversation so far as
@@ -49,13 +37,7 @@ pub struct AnthropicConfig {
 impl Default for AnthropicConfig {
     fn default() -> Self {
         AnthropicConfig {
-            id: "anthropic".into(),
-            model: String::new(),
-            base_url: "https://api.anthropic.com".into(),
-            api_key: None,
-            timeout: Duration::from_secs(120),
-            connect_timeout: Duration::from_secs(10),
-            extra_headers: Vec::new(),
+            connection: Connection::new("anthropic", "", "https://api.anthropic.com"),
             default_max_tokens: 4096,
             prompt_caching: true,
         }
@@ -70,18 +52,13 @@ pub struct AnthropicModel {
 }
 
 impl AnthropicModel {
-    /// A model talking to `config.base_url`.
+    /// A model talking to `config.connection.base_url`.
     ///
     /// # Errors
     ///
     /// [`ClientError`] when the base URL or an extra header is invalid.
     pub fn new(config: AnthropicConfig) -> Result<Self, ClientError> {
-        let endpoint = format!("{}/v1/messages", http::base_url(&config.base_url)?);
-        let client = http::client(
-            config.timeout,
-            config.connect_timeout,
-            &config.extra_headers,
-        )?;
+        let (endpoint, client) = config.connection.open("/v1/messages")?;
         Ok(AnthropicModel {
             config,
             endpoint,
@@ -98,7 +75,7 @@ impl AnthropicModel {
             .map(|m| m.content.as_str())
             .collect();
         let mut body = json!({
-            "model": self.config.model,
+            "model": self.config.connection.model,
             "max_tokens": request.max_output_tokens.unwrap_or(self.config.default_max_tokens),
             "messages": wire_messages(&request.messages),
             "stream": true,
@@ -469,7 +446,7 @@ fn classify(
 
 impl Model for AnthropicModel {
     fn id(&self) -> &str {
-        &self.config.id
+        &self.config.connection.id
     }
 
     fn native_structured_output(&self) -> bool {
@@ -487,7 +464,7 @@ impl Model for AnthropicModel {
                 .post(&self.endpoint)
                 .header("anthropic-version", API_VERSION)
                 .json(&self.request_body(request));
-            if let Some(key) = &self.config.api_key {
+            if let Some(key) = &self.config.connection.api_key {
                 builder = builder.header("x-api-key", key.expose());
             }
             let mut assembly = Assembly {

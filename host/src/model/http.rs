@@ -32,6 +32,52 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
 }
 
+/// How to reach a hosted provider; shared by every provider's config.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The model string this was made from (reported by `Model::id`).
+    pub id: String,
+    /// The model name sent to the server.
+    pub model: String,
+    /// Base URL, such as `https://api.openai.com/v1` or `https://api.anthropic.com`.
+    pub base_url: String,
+    /// The API key; `None` sends none.
+    pub api_key: Option<crate::secret::Secret>,
+    /// Longest wait for the next bytes of a response.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Headers added to every request.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// A connection to `base_url` for `model` (reported as `id`), with no
+    /// key, a 120 s idle timeout and a 10 s connect timeout.
+    pub fn new(
+        id: impl Into<String>,
+        model: impl Into<String>,
+        base_url: impl Into<String>,
+    ) -> Self {
+        Connection {
+            id: id.into(),
+            model: model.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// The endpoint `path` under the base URL, and a client for it.
+    pub(crate) fn open(&self, path: &str) -> Result<(String, reqwest::Client), ClientError> {
+        let endpoint = format!("{}{path}", base_url(&self.base_url)?);
+        let client = client(self.timeout, self.connect_timeout, &self.extra_headers)?;
+        Ok((endpoint, client))
+    }
+}
+
 /// Check `base_url` and strip its trailing slash.
 pub(crate) fn base_url(url: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidBaseUrl {

@@ -2,7 +2,7 @@
 //! llama.cpp server, OpenRouter): tools with parallel calls, SSE streaming
 //! with usage, and `response_format: json_schema` for structured output.
 
-use super::http::{self, ClientError, ErrorBody};
+use super::http::{self, ClientError, Connection, ErrorBody};
 use super::sse::SseEvent;
 use super::structured::{object_schema, unwrap_answer};
 use super::{
@@ -11,25 +11,13 @@ use super::{
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// How to reach an OpenAI-style server.
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
-    /// The model string this was made from (reported by [`Model::id`]).
-    pub id: String,
-    /// The model name sent to the server.
-    pub model: String,
-    /// Base URL including the version path, such as `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// Bearer token; `None` sends no `Authorization` header.
-    pub api_key: Option<crate::secret::Secret>,
-    /// Longest wait for the next bytes of a response.
-    pub timeout: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Headers added to every request.
-    pub extra_headers: Vec<(String, String)>,
+    /// Where and as what to connect; the base URL includes the version
+    /// path, such as `https://api.openai.com/v1`.
+    pub connection: Connection,
     /// Whether the server honours `response_format: json_schema`.
     pub native_structured_output: bool,
     /// The field the output-token cap goes in: `max_completion_tokens`
@@ -45,18 +33,13 @@ pub struct OpenAiModel {
 }
 
 impl OpenAiModel {
-    /// A model talking to `config.base_url`.
+    /// A model talking to `config.connection.base_url`.
     ///
     /// # Errors
     ///
     /// [`ClientError`] when the base URL or an extra header is invalid.
     pub fn new(config: OpenAiConfig) -> Result<Self, ClientError> {
-        let endpoint = format!("{}/chat/completions", http::base_url(&config.base_url)?);
-        let client = http::client(
-            config.timeout,
-            config.connect_timeout,
-            &config.extra_headers,
-        )?;
+        let (endpoint, client) = config.connection.open("/chat/completions")?;
         Ok(OpenAiModel {
             config,
             endpoint,
@@ -68,7 +51,7 @@ impl OpenAiModel {
     pub fn request_body(&self, request: &ModelRequest) -> Value {
         let messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
         let mut body = json!({
-            "model": self.config.model,
+            "model": self.config.connection.model,
             "messages": messages,
             "stream": true,
             "stream_options": { "include_usage": true },
@@ -349,7 +332,7 @@ fn classify(
 
 impl Model for OpenAiModel {
     fn id(&self) -> &str {
-        &self.config.id
+        &self.config.connection.id
     }
 
     fn native_structured_output(&self) -> bool {
@@ -366,7 +349,7 @@ impl Model for OpenAiModel {
                 .client
                 .post(&self.endpoint)
                 .json(&self.request_body(request));
-            if let Some(key) = &self.config.api_key {
+            if let Some(key) = &self.config.connection.api_key {
                 builder = builder.bearer_auth(key.expose());
             }
             let mut assembly = Assembly::default();

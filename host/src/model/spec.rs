@@ -4,6 +4,7 @@
 
 use super::Model;
 use super::anthropic::{AnthropicConfig, AnthropicModel};
+use super::http::Connection;
 use super::offline::{EchoModel, ScriptedModel};
 use super::openai::{OpenAiConfig, OpenAiModel};
 use super::retry::{RetryPolicy, RetryingModel};
@@ -89,19 +90,21 @@ pub fn from_spec(
             let s = &settings.openai;
             Arc::new(
                 OpenAiModel::new(OpenAiConfig {
-                    id: spec.to_owned(),
-                    model: name.to_owned(),
-                    base_url: s
-                        .base_url
-                        .clone()
-                        .unwrap_or_else(|| "https://api.openai.com/v1".into()),
-                    api_key: s
-                        .api_key
-                        .clone()
-                        .or_else(|| api_key(s.api_key_env.as_deref(), "OPENAI_API_KEY")),
-                    timeout: millis(s.timeout_ms, 120_000),
-                    connect_timeout: millis(s.connect_timeout_ms, 10_000),
-                    extra_headers: s.headers.clone().into_iter().collect(),
+                    connection: Connection {
+                        id: spec.to_owned(),
+                        model: name.to_owned(),
+                        base_url: s
+                            .base_url
+                            .clone()
+                            .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                        api_key: s
+                            .api_key
+                            .clone()
+                            .or_else(|| api_key(s.api_key_env.as_deref(), "OPENAI_API_KEY")),
+                        timeout: millis(s.timeout_ms, 120_000),
+                        connect_timeout: millis(s.connect_timeout_ms, 10_000),
+                        extra_headers: s.headers.clone().into_iter().collect(),
+                    },
                     native_structured_output: true,
                     max_tokens_field: "max_completion_tokens".into(),
                 })
@@ -112,19 +115,21 @@ pub fn from_spec(
             let s = &settings.anthropic;
             Arc::new(
                 AnthropicModel::new(AnthropicConfig {
-                    id: spec.to_owned(),
-                    model: name.to_owned(),
-                    base_url: s
-                        .base_url
-                        .clone()
-                        .unwrap_or_else(|| "https://api.anthropic.com".into()),
-                    api_key: s
-                        .api_key
-                        .clone()
-                        .or_else(|| api_key(s.api_key_env.as_deref(), "ANTHROPIC_API_KEY")),
-                    timeout: millis(s.timeout_ms, 120_000),
-                    connect_timeout: millis(s.connect_timeout_ms, 10_000),
-                    extra_headers: s.headers.clone().into_iter().collect(),
+                    connection: Connection {
+                        id: spec.to_owned(),
+                        model: name.to_owned(),
+                        base_url: s
+                            .base_url
+                            .clone()
+                            .unwrap_or_else(|| "https://api.anthropic.com".into()),
+                        api_key: s
+                            .api_key
+                            .clone()
+                            .or_else(|| api_key(s.api_key_env.as_deref(), "ANTHROPIC_API_KEY")),
+                        timeout: millis(s.timeout_ms, 120_000),
+                        connect_timeout: millis(s.connect_timeout_ms, 10_000),
+                        extra_headers: s.headers.clone().into_iter().collect(),
+                    },
                     prompt_caching: s.prompt_caching.unwrap_or(true),
                     ..AnthropicConfig::default()
                 })
@@ -145,17 +150,19 @@ pub fn from_spec(
             })?;
             Arc::new(
                 OpenAiModel::new(OpenAiConfig {
-                    id: spec.to_owned(),
-                    model: s.model.clone(),
-                    base_url: s.base_url.clone(),
-                    api_key: s.api_key.clone().or_else(|| {
-                        s.api_key_env
-                            .as_deref()
-                            .and_then(|env| api_key(Some(env), env))
-                    }),
-                    timeout: millis(s.timeout_ms, 120_000),
-                    connect_timeout: Duration::from_secs(10),
-                    extra_headers: s.headers.clone().into_iter().collect(),
+                    connection: Connection {
+                        id: spec.to_owned(),
+                        model: s.model.clone(),
+                        base_url: s.base_url.clone(),
+                        api_key: s.api_key.clone().or_else(|| {
+                            s.api_key_env
+                                .as_deref()
+                                .and_then(|env| api_key(Some(env), env))
+                        }),
+                        timeout: millis(s.timeout_ms, 120_000),
+                        connect_timeout: Duration::from_secs(10),
+                        extra_headers: s.headers.clone().into_iter().collect(),
+                    },
                     native_structured_output: s.native_structured_output,
                     max_tokens_field: "max_tokens".into(),
                 })
