@@ -47,6 +47,28 @@ fn compile(c: &mut Criterion) {
     });
 }
 
+/// What the per-call accounting costs: one poll of a ready future, bare and
+/// metered (two thread-CPU clock reads and the allocator counter per poll).
+fn accounting(c: &mut Criterion) {
+    use loom_host::engine::accounting::{CallMeter, Metered};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let meter = CallMeter::new(Duration::from_secs(1), 64 << 20);
+    c.bench_function("accounting/bare_poll", |b| {
+        b.iter(|| {
+            let mut ready = std::pin::pin!(std::future::ready(1u8));
+            matches!(ready.as_mut().poll(&mut cx), Poll::Ready(1))
+        })
+    });
+    c.bench_function("accounting/metered_poll", |b| {
+        b.iter(|| {
+            let mut ready = std::pin::pin!(Metered::new(std::future::ready(1u8), &meter));
+            matches!(ready.as_mut().poll(&mut cx), Poll::Ready(Ok(1)))
+        })
+    });
+}
+
 fn host(rt: &tokio::runtime::Runtime, env: &TestEnv) -> Arc<Host> {
     env.add_plugin(components::TOOL_CALCULATOR, "calculator", None);
     env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
@@ -138,6 +160,7 @@ fn latency_report() {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     compile(&mut criterion);
+    accounting(&mut criterion);
     calls(&mut criterion);
     criterion.final_summary();
     if !std::env::args().any(|a| a == "--list" || a == "--test") {

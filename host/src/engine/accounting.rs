@@ -37,7 +37,7 @@ thread_local! {
 }
 
 /// CPU time consumed by the current thread, in nanoseconds.
-pub(crate) fn thread_cpu_ns() -> u64 {
+pub fn thread_cpu_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -55,7 +55,7 @@ pub(crate) fn thread_cpu_ns() -> u64 {
 
 /// Which budget a call broke outside guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Overrun {
+pub enum Overrun {
     /// CPU time (guest code and the host work it caused).
     Cpu,
     /// Linear memory plus host memory held for the guest.
@@ -64,7 +64,7 @@ pub(crate) enum Overrun {
 
 /// The costs of one call so far.
 #[derive(Debug)]
-pub(crate) struct CallMeter {
+pub struct CallMeter {
     cpu_limit_ns: u64,
     memory_limit: usize,
     /// Whether host allocations are counted (the process uses Loom's allocator).
@@ -83,7 +83,7 @@ pub(crate) struct CallMeter {
 
 impl CallMeter {
     /// A meter for a call with these budgets.
-    pub(crate) fn new(cpu_limit: std::time::Duration, memory_limit: usize) -> Self {
+    pub fn new(cpu_limit: std::time::Duration, memory_limit: usize) -> Self {
         CallMeter {
             cpu_limit_ns: u64::try_from(cpu_limit.as_nanos()).unwrap_or(u64::MAX),
             memory_limit,
@@ -149,12 +149,12 @@ impl CallMeter {
     }
 
     /// CPU time charged so far, including the poll under way.
-    pub(crate) fn cpu_ns(&self) -> u64 {
+    pub fn cpu_ns(&self) -> u64 {
         self.cpu_ns.load(Ordering::Relaxed) + self.in_poll().0
     }
 
     /// Host bytes held for the guest so far (never negative).
-    pub(crate) fn host_bytes(&self) -> usize {
+    pub fn host_bytes(&self) -> usize {
         if !self.count_bytes {
             return 0;
         }
@@ -178,7 +178,7 @@ impl CallMeter {
     }
 
     /// The first budget this call has broken, if any.
-    pub(crate) fn overrun(&self) -> Option<Overrun> {
+    pub fn overrun(&self) -> Option<Overrun> {
         if self.cpu_ns() > self.cpu_limit_ns {
             Some(Overrun::Cpu)
         } else if self.memory_bytes() > self.memory_limit {
@@ -192,7 +192,7 @@ impl CallMeter {
 pin_project_lite::pin_project! {
     /// A call's future, charged per poll and stopped at the first poll
     /// after which a budget is broken.
-    pub(crate) struct Metered<'m, F> {
+    pub struct Metered<'m, F> {
         #[pin]
         inner: F,
         meter: &'m CallMeter,
@@ -201,7 +201,7 @@ pin_project_lite::pin_project! {
 
 impl<'m, F> Metered<'m, F> {
     /// Charge every poll of `inner` to `meter`.
-    pub(crate) fn new(inner: F, meter: &'m CallMeter) -> Self {
+    pub fn new(inner: F, meter: &'m CallMeter) -> Self {
         Metered { inner, meter }
     }
 }

@@ -24,7 +24,7 @@
 //! implements Loom's own imports, [`bindings`] holds the generated WIT
 //! bindings and their conversions.
 
-pub(crate) mod accounting;
+pub mod accounting;
 pub mod bindings;
 pub mod boundary;
 pub mod cache;
