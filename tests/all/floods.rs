@@ -189,7 +189,7 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
         .unwrap_err();
     let message = failed_message(&err);
     assert!(
-        message.starts_with("refused after 8388608 bytes"),
+        message.starts_with("refused after 7340032 bytes"),
         "{message}"
     );
     assert!(
@@ -215,7 +215,7 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
         )
         .await
         .unwrap_err();
-    assert!(failed_message(&err).starts_with("refused after 8388608 bytes"));
+    assert!(failed_message(&err).starts_with("refused after 7340032 bytes"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,4 +312,50 @@ async fn one_tenants_floods_do_not_disturb_another_tenants_calls() {
         assert!(flood.await.unwrap().is_err(), "every flood is refused");
     }
     assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_busy_in_host_functions_do_not_hold_the_workers_others_need() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(components::FIXTURE_FLOOD, "flood", Some(FLOOD_MANIFEST));
+    env.add_plugin(components::FIXTURE_SPIN, "spin", None);
+    let host = std::sync::Arc::new(
+        env.host(&format!(
+            "{TWO_TENANTS}[tenants.acme.limits]\ncpu_ms = 3000\nwall_ms = 30000\n\
+             [tenants.globex.limits]\ncpu_ms = 60000\nwall_ms = 300\n"
+        ))
+        .await,
+    );
+    // Two acme calls, one per worker thread, spend their time asking the
+    // host for random bytes...
+    let floods = [0, 1].map(|_| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            host.call_tool(scope("acme", None), "random_burn", "{}")
+                .await
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while a globex call must still be stopped at its own wall limit.
+    let started = Instant::now();
+    let err = host
+        .call_tool(scope("globex", None), "spin", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Timeout { limit_ms: 300, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the sibling's wall limit held: {:?}",
+        started.elapsed()
+    );
+    for flood in floods {
+        assert!(matches!(
+            flood.await.unwrap(),
+            Err(CallError::CpuLimit { .. })
+        ));
+    }
 }

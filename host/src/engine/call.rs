@@ -47,7 +47,13 @@ impl SandboxEngine {
         let state = store.data_mut();
         let plugin = state.plugin.clone();
         let scope = state.scope.clone();
-        let (out_text, _) = state.stdio[0].take();
+        let (mut out_text, cut) = state.stdio[0].take();
+        if cut {
+            out_text.push_str(&format!(
+                "\n[stdout truncated by Loom at {} bytes]",
+                limits.max_log_bytes
+            ));
+        }
         if !out_text.is_empty() {
             state.logs.push(&plugin, &scope, LogLevel::Stdout, out_text);
         }
@@ -68,7 +74,13 @@ impl SandboxEngine {
             }),
             Ok(Ok(output)) => finish_output(output, limits.max_output_bytes, &plugin),
         };
-        let (err_text, _) = state.stdio[1].take();
+        let (mut err_text, cut) = state.stdio[1].take();
+        if cut {
+            err_text.push_str(&format!(
+                "\n[stderr truncated by Loom at {} bytes]",
+                limits.max_log_bytes
+            ));
+        }
         if !err_text.is_empty() {
             state.logs.push(&plugin, &scope, LogLevel::Stderr, err_text);
         }

@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The size of one disk block: every file and directory counts at least
+/// this much, and files count in whole blocks.
+pub const BLOCK_BYTES: u64 = 4096;
+
 /// The shortest time between two walks of a tenant's directories.
 pub const REMEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -175,8 +179,9 @@ impl DiskLedger {
     }
 }
 
-/// Total logical size of the regular files under `root`, symlinks not
-/// followed, at most [`MAX_WALK_ENTRIES`] entries.
+/// What the entries under `root` hold: files by their logical size (a
+/// sparse file counts in full) in whole blocks, every entry at least one
+/// block; symlinks not followed; at most [`MAX_WALK_ENTRIES`] entries.
 fn tree_size(root: &Path) -> u64 {
     let mut total = 0u64;
     let mut seen = 0usize;
@@ -194,9 +199,11 @@ fn tree_size(root: &Path) -> u64 {
                 continue;
             };
             if meta.is_dir() {
+                total = total.saturating_add(BLOCK_BYTES);
                 stack.push(entry.path());
-            } else if meta.is_file() {
-                total = total.saturating_add(meta.len());
+            } else {
+                let blocks = meta.len().div_ceil(BLOCK_BYTES).max(1);
+                total = total.saturating_add(blocks.saturating_mul(BLOCK_BYTES));
             }
         }
     }
@@ -211,20 +218,24 @@ mod tests {
     fn reservations_stop_at_the_quota_and_deletes_are_found() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("old"), vec![0u8; 600]).unwrap();
-        let ledger = DiskLedger::new(vec![dir.path().to_owned()], 1000, 800);
+        let ledger = DiskLedger::new(vec![dir.path().to_owned()], 10_000, 8000);
         assert!(ledger.unmeasured());
-        ledger.reserve(300).unwrap();
-        assert_eq!(ledger.used(), 900);
-        let err = ledger.reserve(200).unwrap_err();
+        ledger.reserve(3000).unwrap();
+        assert_eq!(
+            ledger.used(),
+            BLOCK_BYTES + 3000,
+            "600 bytes take one block"
+        );
+        let err = ledger.reserve(4000).unwrap_err();
         assert!(
-            matches!(err, DiskRefusal::Quota { quota: 1000, .. }),
+            matches!(err, DiskRefusal::Quota { quota: 10_000, .. }),
             "{err}"
         );
-        assert!(ledger.check_file_size(801).is_err());
-        ledger.release(300);
+        assert!(ledger.check_file_size(8001).is_err());
+        ledger.release(3000);
         // Removed behind the ledger's back: the next shortfall re-measures.
         std::fs::remove_file(dir.path().join("old")).unwrap();
         std::thread::sleep(REMEASURE_INTERVAL);
-        ledger.reserve(900).unwrap();
+        ledger.reserve(9000).unwrap();
     }
 }

@@ -6,7 +6,8 @@
 //!   `append-via-stream` charge a file's growth to the tenant's
 //!   [`DiskLedger`] before the bytes reach the disk, and refuse a file larger
 //!   than `max_file_mib` (`file-too-large`) or a tenant over `disk_mib`
-//!   (`insufficient-space`). `unlink-file-at` gives the bytes back.
+//!   (`insufficient-space`). Creating a file or directory costs one block
+//!   (empty files are not free); `unlink-file-at` gives the bytes back.
 //! * **Descriptors**: `open-at` refuses with `quota` once the call holds
 //!   `max_open_files` descriptors, before the process runs out and other
 //!   tenants' calls fail.
@@ -33,6 +34,10 @@ use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, Strea
 /// The `wasi:filesystem/types` instance wasmtime-wasi links (the newest 0.2
 /// patch release; guests importing older 0.2 releases match it).
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// What a new file or directory costs against the disk quota before any
+/// byte is written (one block): entries are not free.
+pub const ENTRY_BYTES: u64 = super::disk::BLOCK_BYTES;
 
 /// Most bytes one random-bytes request may ask for.
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
@@ -272,7 +277,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 let done =
                     to_guest(HostDescriptor::unlink_file_at(&mut state.filesystem(), fd, path).await)?;
                 if let (Ok(()), Some(size)) = (&done, size) {
-                    release(state, size);
+                    release(state, size.saturating_add(ENTRY_BYTES));
                 }
                 Ok((done,))
             })
@@ -308,6 +313,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         return Ok((Err(ErrorCode::Quota),));
                     }
                 }
+                // A new file costs an entry on disk even while empty: charge
+                // it, so a guest cannot fill the disk with empty files.
+                let mut entry_charge = 0;
+                if open_flags.contains(OpenFlags::CREATE) && state.fs.ledger.is_some() {
+                    let exists = HostDescriptor::stat_at(
+                        &mut state.filesystem(),
+                        borrow(&fd),
+                        PathFlags::empty(),
+                        path.clone(),
+                    )
+                    .await
+                    .is_ok();
+                    if !exists {
+                        match charge_growth(state, 0, ENTRY_BYTES).await {
+                            Ok(bytes) => entry_charge = bytes,
+                            Err(code) => return Ok((Err(code),)),
+                        }
+                    }
+                }
                 let opened = to_guest(
                     HostDescriptor::open_at(
                         &mut state.filesystem(),
@@ -319,10 +343,33 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                     )
                     .await,
                 )?;
-                if let Ok(descriptor) = &opened {
-                    state.fs.open.push(descriptor.rep());
+                match &opened {
+                    Ok(descriptor) => state.fs.open.push(descriptor.rep()),
+                    Err(_) => release(state, entry_charge),
                 }
                 Ok((opened,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.create-directory-at",
+        |mut store: StoreContextMut<'_, HostState>, (fd, path): (Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let mut charged = 0;
+                if state.fs.ledger.is_some() {
+                    match charge_growth(state, 0, ENTRY_BYTES).await {
+                        Ok(bytes) => charged = bytes,
+                        Err(code) => return Ok((Err(code),)),
+                    }
+                }
+                let done = to_guest(
+                    HostDescriptor::create_directory_at(&mut state.filesystem(), fd, path).await,
+                )?;
+                if done.is_err() {
+                    release(state, charged);
+                }
+                Ok((done,))
             })
         },
     )?;

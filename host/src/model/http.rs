@@ -195,7 +195,11 @@ impl ErrorBody {
                 .unwrap_or("")
                 .to_owned()
         };
-        let message = field("message");
+        let mut message = field("message");
+        if message.len() > 2000 {
+            message = message.chars().take(2000).collect();
+            message.push('…');
+        }
         ErrorBody {
             message: if message.is_empty() {
                 body.chars().take(500).collect()
@@ -256,6 +260,27 @@ pub(crate) fn status_error(
     }
 }
 
+/// Most bytes of an error response that are read.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// Most bytes of one streamed answer; a provider (or something posing as
+/// one) that sends more is cut off with an error.
+pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// Read at most [`MAX_ERROR_BODY_BYTES`] of an error response.
+async fn error_body(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(piece)) = stream.next().await {
+        let room = MAX_ERROR_BODY_BYTES - body.len();
+        body.extend_from_slice(&piece[..piece.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Send `request`; on success read the body as server-sent events, calling
 /// `on_event` for each in order. `on_event` stops the stream by returning an
 /// error. `classify` turns a non-success response into an error.
@@ -272,13 +297,22 @@ pub(crate) async fn send_streaming(
     let status = response.status();
     if !status.is_success() {
         let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
+        let body = error_body(response).await;
         return Err(classify(status, &headers, &body));
     }
     let mut parser = SseParser::new();
     let mut body = response.bytes_stream();
+    let mut received = 0usize;
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| transport_error(provider, &e))?;
+        received += piece.len();
+        if received > MAX_RESPONSE_BYTES {
+            return Err(ModelError::InvalidRequest {
+                message: format!(
+                    "{provider}: the answer passed {MAX_RESPONSE_BYTES} bytes; the stream was cut off"
+                ),
+            });
+        }
         for event in parser.push(&piece) {
             on_event(event)?;
         }
