@@ -13,7 +13,7 @@ use super::run::{RunEvent, RunState};
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
-use crate::engine::boundary::{check_json, escape_text};
+use crate::engine::boundary::{check_json, check_json_bounds, escape_text};
 use crate::engine::{Harness, HarnessStop};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -180,9 +180,9 @@ impl Gate {
         }
         for message in &request.messages {
             for call in &message.tool_calls {
-                check_json(&call.arguments, self.limits.max_argument_bytes).map_err(|r| {
-                    format!("the arguments of tool call `{}` were refused: {r}", call.id)
-                })?;
+                check_json_bounds(&call.arguments, self.limits.max_argument_bytes).map_err(
+                    |r| format!("the arguments of tool call `{}` were refused: {r}", call.id),
+                )?;
             }
         }
         Ok(())
@@ -206,7 +206,19 @@ impl Harness for Gate {
         Box::pin(async move {
             self.check_request(&request)
                 .map_err(wit::HarnessError::InvalidRequest)?;
-            self.run.complete(request).await
+            let completion = self.run.complete(request).await?;
+            // What the model produced goes to the guest: the same caps apply.
+            for call in &completion.message.tool_calls {
+                check_json_bounds(&call.arguments, self.limits.max_argument_bytes).map_err(
+                    |r| {
+                        wit::HarnessError::ModelFailed(format!(
+                            "the model's arguments for tool call `{}` were refused: {r}",
+                            escape_text(&call.id, 64)
+                        ))
+                    },
+                )?;
+            }
+            Ok(completion)
         })
     }
 
@@ -223,7 +235,7 @@ impl Harness for Gate {
                         self.limits.max_calls_per_turn
                     )))
                 } else {
-                    check_json(&call.arguments, self.limits.max_argument_bytes)
+                    check_json_bounds(&call.arguments, self.limits.max_argument_bytes)
                         .err()
                         .map(|r| {
                             wt::ToolError::InvalidArguments(format!(

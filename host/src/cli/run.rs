@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use loom_host::agent::{Agent, RunEvent, RunRequest};
+use loom_host::engine::boundary::{escape_text, terminal_safe};
 use loom_host::model::pricing::PriceTable;
 use loom_host::model::spec::from_spec;
 use loom_host::store::SessionStore;
@@ -109,7 +110,7 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
             RunEvent::ModelChunk { delta } => {
                 streamed_text = true;
                 latest_text.push_str(&delta);
-                let _ = write!(stdout, "{delta}");
+                let _ = write!(stdout, "{}", terminal_safe(&delta));
                 let _ = stdout.flush();
             }
             RunEvent::ToolCall {
@@ -120,29 +121,26 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                     streamed_text = false;
                 }
                 latest_text.clear();
-                eprintln!("-> {name} {arguments}");
+                eprintln!("-> {name} {}", escape_text(&arguments, 2000));
             }
             RunEvent::ToolResult {
                 name, ok, output, ..
             } => {
-                let shown: String = output.chars().take(200).collect();
-                let more = if output.len() > shown.len() {
-                    "..."
-                } else {
-                    ""
-                };
                 eprintln!(
-                    "<- {name} {}: {shown}{more}",
-                    if ok { "ok" } else { "failed" }
+                    "<- {name} {}: {}",
+                    if ok { "ok" } else { "failed" },
+                    escape_text(&output, 200)
                 );
             }
-            RunEvent::Custom { kind, data } => eprintln!("[{kind}] {data}"),
+            RunEvent::Custom { kind, data } => {
+                eprintln!("[{}] {}", escape_text(&kind, 64), escape_text(&data, 2000))
+            }
             RunEvent::Completed { result } => {
                 if streamed_text {
                     println!();
                 }
                 if result.output.trim() != latest_text.trim() {
-                    println!("\n{}", result.output);
+                    println!("\n{}", terminal_safe(&result.output));
                 }
                 eprintln!(
                     "\n{} turn(s); tokens: {} in ({} cached), {} out; cost ${:.6}{}",
@@ -164,7 +162,10 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                 });
             }
             RunEvent::Error { message } => {
-                eprintln!("loom: the run failed: {message}");
+                eprintln!(
+                    "loom: the run failed: {}",
+                    escape_text(&message, usize::MAX)
+                );
                 return Ok(ExitCode::from(1));
             }
         }

@@ -1,5 +1,6 @@
 //! `loom tool call`.
 
+use loom_host::engine::boundary::{escape_text, terminal_safe};
 use loom_host::{Host, LoomConfig};
 use std::process::ExitCode;
 
@@ -35,7 +36,10 @@ pub async fn call(config: LoomConfig, args: CallArgs) -> anyhow::Result<ExitCode
             if args.json {
                 let value = serde_json::json!({
                     "ok": true,
-                    "output": serde_json::from_str::<serde_json::Value>(&output.output).unwrap_or(serde_json::Value::Null),
+                    // Output is checked JSON; should it ever not parse, it is
+                    // shown as text rather than dropped.
+                    "output": serde_json::from_str::<serde_json::Value>(&output.output)
+                        .unwrap_or_else(|_| serde_json::Value::String(output.output.clone())),
                     "truncated_from": output.truncated_from,
                     "logs": output.logs,
                     "denials": output.denials,
@@ -47,13 +51,13 @@ pub async fn call(config: LoomConfig, args: CallArgs) -> anyhow::Result<ExitCode
                     eprintln!("[{:?}] {}", line.level, line.message.trim_end());
                 }
                 for denial in &output.denials {
-                    eprintln!("denied: {denial}");
+                    eprintln!("denied: {}", escape_text(denial, usize::MAX));
                 }
                 let pretty = serde_json::from_str::<serde_json::Value>(&output.output)
                     .ok()
                     .and_then(|v| serde_json::to_string_pretty(&v).ok())
                     .unwrap_or(output.output);
-                println!("{pretty}");
+                println!("{}", terminal_safe(&pretty));
             }
             Ok(if failed {
                 ExitCode::from(1)
@@ -68,7 +72,7 @@ pub async fn call(config: LoomConfig, args: CallArgs) -> anyhow::Result<ExitCode
                     serde_json::json!({ "ok": false, "error": error, "message": error.to_string() })
                 );
             } else {
-                eprintln!("loom: {error}");
+                eprintln!("loom: {}", escape_text(&error.to_string(), usize::MAX));
             }
             Ok(ExitCode::from(1))
         }

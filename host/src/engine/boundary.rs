@@ -64,6 +64,28 @@ pub fn check_json(text: &str, max_bytes: usize) -> Result<(), JsonRefusal> {
     Ok(())
 }
 
+/// Check only the size and nesting of `text`, not that it is JSON: for
+/// text a guest validates itself (tool arguments, which a model may leave
+/// empty or get wrong; the tool reports that to the model).
+///
+/// # Errors
+///
+/// [`JsonRefusal::TooLarge`] or [`JsonRefusal::TooDeep`].
+pub fn check_json_bounds(text: &str, max_bytes: usize) -> Result<(), JsonRefusal> {
+    if text.len() > max_bytes {
+        return Err(JsonRefusal::TooLarge {
+            size: text.len(),
+            max: max_bytes,
+        });
+    }
+    if nesting_depth(text.as_bytes()) > MAX_JSON_DEPTH {
+        return Err(JsonRefusal::TooDeep {
+            max: MAX_JSON_DEPTH,
+        });
+    }
+    Ok(())
+}
+
 /// The deepest nesting of `[` and `{` outside strings; a linear scan that
 /// needs no recursion, so it is safe on any input.
 fn nesting_depth(bytes: &[u8]) -> usize {
@@ -120,6 +142,26 @@ pub fn escape_text(text: &str, max_bytes: usize) -> String {
         }
     }
     out
+}
+
+/// `text` for a terminal that shows multi-line prose (a model's answer):
+/// newlines and tabs stay, every other dangerous character is escaped.
+pub fn terminal_safe(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| is_dangerous(c) && c != '\n' && c != '\t')
+    {
+        return text.to_owned();
+    }
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(|part| escape_text(part, usize::MAX))
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Cut `text` to at most `max_bytes` bytes on a character boundary.
@@ -181,6 +223,7 @@ mod tests {
             safe.contains("\\n") && safe.contains("\\u{1b}[2J"),
             "{safe}"
         );
+        assert_eq!(terminal_safe("a\n\tb\x1b[2J"), "a\n\tb\\u{1b}[2J");
         let long = escape_text(&"x".repeat(100), 10);
         assert!(long.starts_with("xxxxxxxxxx…[90 more bytes]"), "{long}");
     }

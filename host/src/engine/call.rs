@@ -3,7 +3,7 @@
 
 use super::SandboxEngine;
 use super::bindings::architecture_export;
-use super::boundary::{self, check_json};
+use super::boundary::{self, check_json, check_json_bounds};
 use super::error::{CallError, ToolFailure};
 use super::load::{ArchitectureComponent, ToolComponent};
 use super::sandbox::{CallRequest, conclude, under_limits};
@@ -29,11 +29,13 @@ impl SandboxEngine {
     ) -> Result<ToolOutput, CallError> {
         let started = Instant::now();
         let limits = request.limits;
-        check_json(arguments, limits.max_output_bytes).map_err(|refusal| CallError::Tool {
-            tool: name.to_owned(),
-            failure: ToolFailure::InvalidArguments(format!(
-                "the arguments were refused: {refusal}"
-            )),
+        check_json_bounds(arguments, limits.max_output_bytes).map_err(|refusal| {
+            CallError::Tool {
+                tool: name.to_owned(),
+                failure: ToolFailure::InvalidArguments(format!(
+                    "the arguments were refused: {refusal}"
+                )),
+            }
         })?;
         let mut store = self.store(request)?;
         let meter = store.data().meter.clone();
