@@ -219,6 +219,62 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positioned_writes_are_charged_too() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "max_file_mib = 64\ndisk_mib = 8\nwall_ms = 60000").await;
+    let err = host
+        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"p"}"#)
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(
+        message.starts_with("refused after 7340032 bytes"),
+        "{message}"
+    );
+    assert!(message.contains("insufficient-space"), "{message}");
+    // A second call, right after, is refused as well: no window opens.
+    let err = host
+        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"q"}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        failed_message(&err).starts_with("refused after 0 bytes"),
+        "{err}"
+    );
+    let on_disk: u64 = std::fs::read_dir(env.path().join("data/acme"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 8 << 20, "{on_disk} bytes on disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_file_still_open_frees_nothing_until_the_call_ends() {
+    let env = TestEnv::new();
+    let host = flood_host(&env, "max_file_mib = 64\ndisk_mib = 8\nwall_ms = 60000").await;
+    let out = host
+        .call_tool(
+            scope("acme", None),
+            "unlink_while_open",
+            r#"{"dir":"/data","rounds":4}"#,
+        )
+        .await
+        .unwrap();
+    let rounds: Vec<u64> = serde_json::from_str(&out.output).unwrap();
+    let total: u64 = rounds.iter().sum();
+    assert!(total <= 8 << 20, "{rounds:?}: {total} bytes held at once");
+    // Once the call is over its files are closed and the space is back.
+    let err = host
+        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"after"}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        failed_message(&err).starts_with("refused after 7340032 bytes"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_errors_are_capped_like_output() {
     let env = TestEnv::new();
     let host = flood_host(&env, "").await;

@@ -129,9 +129,10 @@ impl Gate {
     ///
     /// [`OutputRefusal`] naming the cap it breaks.
     pub(crate) fn check_output(&self, output: &arch::RunOutput) -> Result<(), OutputRefusal> {
-        if output.output.len() > self.limits.max_output_bytes {
+        let size = output.output.len() + output.interrupted.as_ref().map_or(0, String::len);
+        if size > self.limits.max_output_bytes {
             return Err(OutputRefusal::OutputTooLarge {
-                size: output.output.len(),
+                size,
                 max: self.limits.max_output_bytes,
             });
         }
@@ -191,6 +192,8 @@ impl Gate {
 
 fn message_bytes(message: &wt::Message) -> usize {
     message.content.len()
+        + message.name.as_ref().map_or(0, String::len)
+        + message.tool_call_id.as_ref().map_or(0, String::len)
         + message
             .tool_calls
             .iter()
@@ -280,12 +283,25 @@ impl Harness for Gate {
                     self.limits.max_delegations
                 )));
             }
-            if input.len() > self.limits.max_request_bytes {
+            let size = input.len()
+                + agent.instructions.len()
+                + agent.architecture.len()
+                + agent.tools.iter().map(String::len).sum::<usize>()
+                + agent.config.as_ref().map_or(0, String::len);
+            if size > self.limits.max_request_bytes || agent.tools.len() > 1024 {
                 return Err(wit::HarnessError::InvalidRequest(format!(
-                    "the sub-agent's input is {} bytes; at most {} are accepted",
-                    input.len(),
+                    "the sub-agent request is {size} bytes with {} tools; at most {} bytes and \
+                     1024 tools are accepted",
+                    agent.tools.len(),
                     self.limits.max_request_bytes
                 )));
+            }
+            if let Some(config) = &agent.config {
+                check_json(config, self.limits.max_request_bytes).map_err(|r| {
+                    wit::HarnessError::InvalidRequest(format!(
+                        "the sub-agent's config was refused: {r}"
+                    ))
+                })?;
             }
             self.run.delegate(agent, input).await
         })

@@ -84,10 +84,23 @@ pub struct CallMeter {
 impl CallMeter {
     /// A meter for a call with these budgets.
     pub fn new(cpu_limit: std::time::Duration, memory_limit: usize) -> Self {
+        Self::with_host_memory(cpu_limit, memory_limit, true)
+    }
+
+    /// A meter that counts host memory only when `count_host_memory` (and
+    /// the process uses Loom's allocator). An architecture's polls include
+    /// the agent layer's own work (model calls, events handed to listeners
+    /// on other threads), which its own caps bound; counting it would charge
+    /// the guest for memory freed elsewhere.
+    pub fn with_host_memory(
+        cpu_limit: std::time::Duration,
+        memory_limit: usize,
+        count_host_memory: bool,
+    ) -> Self {
         CallMeter {
             cpu_limit_ns: u64::try_from(cpu_limit.as_nanos()).unwrap_or(u64::MAX),
             memory_limit,
-            count_bytes: crate::allocator::is_active(),
+            count_bytes: count_host_memory && crate::allocator::is_active(),
             cpu_ns: AtomicU64::new(0),
             host_bytes: AtomicI64::new(0),
             guest_bytes: AtomicU64::new(0),
@@ -136,7 +149,14 @@ impl CallMeter {
         self.polling.store(false, Ordering::Relaxed);
         self.cpu_ns.fetch_add(cpu, Ordering::Relaxed);
         if self.count_bytes {
-            self.host_bytes.fetch_add(bytes, Ordering::Relaxed);
+            // Never below zero: memory freed in a poll that was allocated
+            // elsewhere (a read buffer filled on the blocking pool) must not
+            // become credit for later allocations.
+            let total = self
+                .host_bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(bytes);
+            self.host_bytes.store(total.max(0), Ordering::Relaxed);
         }
         // Everything this poll cost, inner calls included, is now charged:
         // an enclosing call must not count it again.

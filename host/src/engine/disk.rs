@@ -59,6 +59,9 @@ pub struct DiskLedger {
 #[derive(Debug, Default)]
 struct LedgerState {
     used: u64,
+    /// Bytes of removed files that calls may still hold open: invisible to
+    /// a walk, still on disk.
+    held: u64,
     measured_at: Option<Instant>,
 }
 
@@ -113,7 +116,7 @@ impl DiskLedger {
     pub fn measure(&self) {
         let measured = self.roots.iter().map(|r| tree_size(r)).sum::<u64>();
         let mut state = self.lock();
-        state.used = measured;
+        state.used = measured.saturating_add(state.held);
         state.measured_at = Some(Instant::now());
     }
 
@@ -142,7 +145,7 @@ impl DiskLedger {
     pub fn try_reserve(&self, bytes: u64) -> Result<(), DiskRefusal> {
         let mut state = self.lock();
         if state.used.saturating_add(bytes) <= self.quota {
-            state.used += bytes;
+            state.used = state.used.saturating_add(bytes);
             Ok(())
         } else {
             Err(DiskRefusal::Quota {
@@ -171,8 +174,21 @@ impl DiskLedger {
         }
     }
 
-    /// Give back `bytes` (a file shrank or was deleted, or a reserved write
-    /// did not happen).
+    /// A call removed a file of `bytes` it may still hold open: keep
+    /// counting them (a walk cannot see them) until [`Self::unhold`].
+    pub fn hold(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.held = state.held.saturating_add(bytes);
+    }
+
+    /// The call that removed `bytes` of files has ended: they are free.
+    pub fn unhold(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.held = state.held.saturating_sub(bytes);
+        state.used = state.used.saturating_sub(bytes);
+    }
+
+    /// Give back `bytes` (a reserved write did not happen).
     pub fn release(&self, bytes: u64) {
         let mut state = self.lock();
         state.used = state.used.saturating_sub(bytes);

@@ -61,9 +61,13 @@ pub(crate) struct ResourceLimitExceeded {
 pub(crate) struct FsGuard {
     /// The tenant's disk ledger; `None` when it has no writable grant.
     pub(crate) ledger: Option<Arc<DiskLedger>>,
-    /// Table indices of descriptors this call opened (some may be closed).
-    open: Vec<u32>,
+    /// Open files of this call: descriptors and the file streams made from
+    /// them (a stream keeps the file open after its descriptor is dropped).
+    /// Some may have been closed since.
+    open: Vec<OpenFile>,
     max_open: usize,
+    /// Bytes of files this call removed, credited when it ends.
+    held: u64,
     /// Why the host refused something during this call, for the call's
     /// result (a guest may turn a refusal into a vague error of its own).
     pub(crate) refusals: Refusals,
@@ -102,7 +106,67 @@ impl FsGuard {
             ledger,
             open: Vec::new(),
             max_open,
+            held: 0,
             refusals: Refusals::default(),
+        }
+    }
+
+    /// Note an open file (a descriptor or a stream), forgetting any closed
+    /// entry its table slot had.
+    fn opened(&mut self, file: OpenFile) {
+        self.open.retain(|held| held.rep() != file.rep());
+        self.open.push(file);
+    }
+
+    /// Whether the call may open one more file; forgets closed ones first.
+    fn may_open(&mut self, table: &wasmtime::component::ResourceTable) -> bool {
+        if self.open.len() < self.max_open {
+            return true;
+        }
+        self.open.retain(|held| held.is_live(table));
+        self.open.len() < self.max_open
+    }
+}
+
+impl Drop for FsGuard {
+    fn drop(&mut self) {
+        // The call is over and its files are closed: what it removed is free.
+        if let Some(ledger) = &self.ledger
+            && self.held > 0
+        {
+            ledger.unhold(self.held);
+        }
+    }
+}
+
+/// Something that keeps a file open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenFile {
+    Descriptor(u32),
+    Input(u32),
+    Output(u32),
+}
+
+impl OpenFile {
+    fn rep(self) -> u32 {
+        match self {
+            OpenFile::Descriptor(rep) | OpenFile::Input(rep) | OpenFile::Output(rep) => rep,
+        }
+    }
+
+    fn is_live(self, table: &wasmtime::component::ResourceTable) -> bool {
+        match self {
+            OpenFile::Descriptor(rep) => {
+                table.get(&Resource::<Descriptor>::new_borrow(rep)).is_ok()
+            }
+            OpenFile::Input(rep) => table
+                .get(&Resource::<wasmtime_wasi::p2::DynInputStream>::new_borrow(
+                    rep,
+                ))
+                .is_ok(),
+            OpenFile::Output(rep) => table
+                .get(&Resource::<DynOutputStream>::new_borrow(rep))
+                .is_ok(),
         }
     }
 }
@@ -151,13 +215,33 @@ async fn reserve(ledger: &Arc<DiskLedger>, bytes: u64) -> Result<(), DiskRefusal
     if bytes == 0 {
         return Ok(());
     }
-    if ledger.unmeasured() || ledger.try_reserve(bytes).is_err() && ledger.may_remeasure() {
+    let lost = |_| {
+        Err(DiskRefusal::Quota {
+            quota: ledger.quota(),
+            used: ledger.used(),
+        })
+    };
+    if ledger.unmeasured() {
         let ledger = ledger.clone();
         return tokio::task::spawn_blocking(move || ledger.reserve(bytes))
             .await
-            .unwrap_or(Err(DiskRefusal::Quota { quota: 0, used: 0 }));
+            .unwrap_or_else(lost);
     }
-    Ok(())
+    match ledger.try_reserve(bytes) {
+        Ok(()) => Ok(()),
+        // Files may have been removed since the last walk: look again
+        // (at most once per interval) before refusing.
+        Err(_) if ledger.may_remeasure() => {
+            let ledger = ledger.clone();
+            tokio::task::spawn_blocking(move || {
+                ledger.measure();
+                ledger.try_reserve(bytes)
+            })
+            .await
+            .unwrap_or_else(lost)
+        }
+        Err(refusal) => Err(refusal),
+    }
 }
 
 /// Check and reserve the growth of a file from `size` to `end` bytes.
@@ -220,11 +304,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         |mut store: StoreContextMut<'_, HostState>, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
+                // Shrinking gives nothing back here: a stream opened earlier
+                // may still believe the file is longer. The next walk of the
+                // directories credits it.
                 let mut reserved = 0;
-                let mut freed = 0;
                 if state.fs.ledger.is_some() {
                     let current = file_size(state, &fd).await.unwrap_or(0);
-                    freed = current.saturating_sub(size);
                     match charge_growth(state, current, size).await {
                         Ok(bytes) => reserved = bytes,
                         Err(code) => return Ok((Err(code),)),
@@ -232,9 +317,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 }
                 let done =
                     to_guest(HostDescriptor::set_size(&mut state.filesystem(), fd, size).await)?;
-                match &done {
-                    Ok(()) => release(state, freed),
-                    Err(_) => release(state, reserved),
+                if done.is_err() {
+                    release(state, reserved);
                 }
                 Ok((done,))
             })
@@ -250,6 +334,26 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         "[method]descriptor.append-via-stream",
         |mut store: StoreContextMut<'_, HostState>, (fd,): (Resource<Descriptor>,)| {
             Box::new(async move { open_stream(store.data_mut(), fd, None).await })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.read-via-stream",
+        |mut store: StoreContextMut<'_, HostState>, (fd, offset): (Resource<Descriptor>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(code) = admit_open(state) {
+                    return Ok((Err(code),));
+                }
+                let opened = to_guest(HostDescriptor::read_via_stream(
+                    &mut state.filesystem(),
+                    fd,
+                    offset,
+                ))?;
+                if let Ok(stream) = &opened {
+                    state.fs.opened(OpenFile::Input(stream.rep()));
+                }
+                Ok((opened,))
+            })
         },
     )?;
     types.func_wrap_async(
@@ -277,7 +381,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 let done =
                     to_guest(HostDescriptor::unlink_file_at(&mut state.filesystem(), fd, path).await)?;
                 if let (Ok(()), Some(size)) = (&done, size) {
-                    release(state, size.saturating_add(ENTRY_BYTES));
+                    // The call may still hold the file open, and its blocks
+                    // stay in use until it closes: credit them when the call
+                    // ends, and count them in any walk until then.
+                    let bytes = size.saturating_add(ENTRY_BYTES);
+                    if let Some(ledger) = &state.fs.ledger {
+                        ledger.hold(bytes);
+                    }
+                    state.fs.held = state.fs.held.saturating_add(bytes);
                 }
                 Ok((done,))
             })
@@ -295,23 +406,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
-                if state.fs.open.len() >= state.fs.max_open {
-                    // Forget descriptors the guest has closed since.
-                    let table = &state.table;
-                    state
-                        .fs
-                        .open
-                        .retain(|rep| table.get(&Resource::<Descriptor>::new_borrow(*rep)).is_ok());
-                    if state.fs.open.len() >= state.fs.max_open {
-                        let max = state.fs.max_open;
-                        log_refusal(
-                            state,
-                            &format!(
-                                "a call may hold at most {max} open files (limits.max_open_files)"
-                            ),
-                        );
-                        return Ok((Err(ErrorCode::Quota),));
-                    }
+                if let Err(code) = admit_open(state) {
+                    return Ok((Err(code),));
                 }
                 // A new file costs an entry on disk even while empty: charge
                 // it, so a guest cannot fill the disk with empty files.
@@ -344,7 +440,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                     .await,
                 )?;
                 match &opened {
-                    Ok(descriptor) => state.fs.open.push(descriptor.rep()),
+                    Ok(descriptor) => state.fs.opened(OpenFile::Descriptor(descriptor.rep())),
                     Err(_) => release(state, entry_charge),
                 }
                 Ok((opened,))
@@ -479,6 +575,19 @@ fn check_random(len: u64) -> Result<()> {
     Ok(())
 }
 
+/// Refuse another open file when the call holds `max_open_files`.
+fn admit_open(state: &mut HostState) -> Result<(), ErrorCode> {
+    if state.fs.may_open(&state.table) {
+        return Ok(());
+    }
+    let max = state.fs.max_open;
+    log_refusal(
+        state,
+        &format!("a call may hold at most {max} open files (limits.max_open_files)"),
+    );
+    Err(ErrorCode::Quota)
+}
+
 /// Open a write or append stream and wrap it so its writes are charged.
 async fn open_stream(
     state: &mut HostState,
@@ -500,6 +609,9 @@ async fn open_stream(
         let ledger = ledger.clone();
         let _ = tokio::task::spawn_blocking(move || ledger.measure()).await;
     }
+    if let Err(code) = admit_open(state) {
+        return Ok((Err(code),));
+    }
     let opened = match offset {
         Some(offset) => HostDescriptor::write_via_stream(&mut state.filesystem(), fd, offset),
         None => HostDescriptor::append_via_stream(&mut state.filesystem(), fd),
@@ -508,6 +620,7 @@ async fn open_stream(
         Ok(stream) => stream,
         Err(code) => return Ok((Err(code),)),
     };
+    state.fs.opened(OpenFile::Output(stream.rep()));
     if let Some(ledger) = state.fs.ledger.clone() {
         let slot = state.table.get_mut(&stream)?;
         let inner = std::mem::replace(slot, Box::new(ClosedStream));
@@ -557,7 +670,10 @@ impl OutputStream for ChargedStream {
                 std::io::Error::from_raw_os_error(refusal_errno(refusal)).into(),
             ));
         }
-        self.inner.write(bytes)?;
+        if let Err(error) = self.inner.write(bytes) {
+            self.ledger.release(growth);
+            return Err(error);
+        }
         self.size = self.size.max(end);
         if let Some(position) = &mut self.position {
             *position = end;

@@ -108,7 +108,11 @@ impl SandboxEngine {
         table.set_max_capacity(limits.max_resources);
         let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
         http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
-        let meter = Arc::new(CallMeter::new(limits.cpu, limits.memory_bytes));
+        let meter = Arc::new(CallMeter::with_host_memory(
+            limits.cpu,
+            limits.memory_bytes,
+            request.harness.is_none(),
+        ));
         let writable = grants.files.iter().any(|(_, _, write)| *write);
         let state = HostState {
             wasi: wasi.build(),

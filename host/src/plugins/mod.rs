@@ -460,18 +460,20 @@ impl PluginRegistry {
                 report.removed.push(old.path.clone());
             }
         }
-        let all: Vec<PluginEntry> = match self.groups.lock() {
-            Ok(mut groups) => {
-                groups.insert(group.clone(), entries);
-                groups.values().flatten().cloned().collect()
-            }
-            Err(_) => entries,
+        // Record, build and publish under one lock, so two groups finishing
+        // together cannot publish out of order.
+        let mut groups = match self.groups.lock() {
+            Ok(groups) => groups,
+            Err(poisoned) => poisoned.into_inner(),
         };
+        groups.insert(group.clone(), entries);
+        let all: Vec<PluginEntry> = groups.values().flatten().cloned().collect();
         let catalog = Arc::new(build_catalog(all, &self.config));
         match self.catalog.write() {
             Ok(mut guard) => *guard = catalog,
             Err(poisoned) => *poisoned.into_inner() = catalog,
         }
+        drop(groups);
         self.ready.send_modify(|loaded| {
             loaded.insert(group.clone());
         });
