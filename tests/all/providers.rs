@@ -735,6 +735,24 @@ async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
 }
 
 #[tokio::test]
+async fn without_a_listener_a_stream_broken_after_its_first_chunk_is_not_retried_either() {
+    let body = openai_stream(&[
+        openai_delta(json!({"content": "partial "}), None),
+        openai_delta(json!({"content": "answer"}), None),
+        openai_delta(json!({}), Some("stop")),
+    ]);
+    let mut broken = Reply::events(&body);
+    broken.break_after = Some(1);
+    let server = WireServer::start(vec![broken, openai_text_reply("must not be fetched")]).await;
+    let model = openai(&server, fast_retries());
+    // `Agent::run` calls the model with no sink: the answer was still
+    // streamed (and billed) up to the break, so it must not run again.
+    let error = model.complete(&ask("hi"), None).await.unwrap_err();
+    assert!(matches!(error, ModelError::Transient { .. }), "{error:?}");
+    assert_eq!(server.requests().len(), 1, "no second request");
+}
+
+#[tokio::test]
 async fn a_stream_broken_before_its_first_chunk_is_retried() {
     let mut broken = openai_text_reply("lost");
     broken.break_after = Some(0);

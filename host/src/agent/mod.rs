@@ -348,3 +348,30 @@ impl AgentBuilder {
 
 /// Messages of a session as the model layer sees them.
 pub type History = Vec<Message>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reads_the_value_validation_accepted() {
+        let result = RunResult {
+            output: "```json\n{\"answer\": 42}\n```".into(),
+            parsed: Some(serde_json::json!({"answer": 42})),
+            turns: 1,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            run_id: RunId::generate(),
+            session_id: None,
+            interrupted: false,
+            interruption_reason: None,
+            started_at: SystemTime::now(),
+            finished_at: SystemTime::now(),
+        };
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            answer: u32,
+        }
+        assert_eq!(result.parse::<Answer>().unwrap().answer, 42);
+    }
+}
