@@ -47,17 +47,7 @@ pub enum JsonRefusal {
 ///
 /// [`JsonRefusal`] naming the first rule it breaks.
 pub fn check_json(text: &str, max_bytes: usize) -> Result<(), JsonRefusal> {
-    if text.len() > max_bytes {
-        return Err(JsonRefusal::TooLarge {
-            size: text.len(),
-            max: max_bytes,
-        });
-    }
-    if nesting_depth(text.as_bytes()) > MAX_JSON_DEPTH {
-        return Err(JsonRefusal::TooDeep {
-            max: MAX_JSON_DEPTH,
-        });
-    }
+    check_json_bounds(text, max_bytes)?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| JsonRefusal::Invalid {
         reason: e.to_string(),
     })?;
