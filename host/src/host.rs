@@ -192,7 +192,12 @@ impl Host {
                 available: String::new(),
             });
         };
-        let disk = self.disks.get(&scope.tenant).cloned();
+        // Only calls that can write need the tenant's ledger.
+        let disk = if binding.grants.files.iter().any(|(_, _, write)| *write) {
+            self.disks.get(&scope.tenant).cloned()
+        } else {
+            None
+        };
         let request = CallRequest {
             scope: Arc::new(scope),
             plugin: binding.plugin.name.clone(),
@@ -201,9 +206,14 @@ impl Host {
             harness: None,
             disk,
         };
-        self.engine
-            .call_tool(component, &request, &binding.spec.name, arguments)
-            .await
+        // Boxed: the call's future is large, and callers hold many of them
+        // (one per concurrent run); keeping it inline made every run's
+        // future that much bigger.
+        Box::pin(
+            self.engine
+                .call_tool(component, &request, &binding.spec.name, arguments),
+        )
+        .await
     }
 }
 
@@ -273,9 +283,7 @@ impl Host {
             harness: Some(harness),
             disk: None,
         };
-        self.engine
-            .run_architecture(component, &request, input)
-            .await
+        Box::pin(self.engine.run_architecture(component, &request, input)).await
     }
 }
 

@@ -210,7 +210,11 @@ async fn reads_outside_preopens_fail() {
         .await
         .unwrap();
     assert!(!planted.output.contains("TOP-SECRET"), "{}", planted.output);
-    assert!(planted.output.contains("not-permitted"), "{}", planted.output);
+    assert!(
+        planted.output.contains("not-permitted"),
+        "{}",
+        planted.output
+    );
     // Nothing was left behind for a host-side reader to follow.
     assert!(std::fs::symlink_metadata(data.join("planted")).is_err());
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "TOP-SECRET");

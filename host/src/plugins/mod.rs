@@ -282,6 +282,8 @@ pub struct PluginRegistry {
     group_locks: BTreeMap<Visibility, tokio::sync::Mutex<()>>,
     /// Groups that have loaded at least once.
     ready: tokio::sync::watch::Sender<BTreeSet<Visibility>>,
+    /// Set once every group has loaded: the fast path of [`Self::ready`].
+    all_ready: std::sync::atomic::AtomicBool,
     /// Missing directories already warned about.
     warned_missing: Mutex<HashSet<PathBuf>>,
 }
@@ -300,6 +302,7 @@ impl PluginRegistry {
             groups: Mutex::new(BTreeMap::new()),
             group_locks,
             ready: tokio::sync::watch::channel(BTreeSet::new()).0,
+            all_ready: std::sync::atomic::AtomicBool::new(false),
             warned_missing: Mutex::new(HashSet::new()),
         }
     }
@@ -326,6 +329,9 @@ impl PluginRegistry {
     /// Wait until the built-in and global groups and `tenant`'s group (every
     /// group when `None`) have loaded at least once.
     pub async fn ready(&self, tenant: Option<&TenantId>) {
+        if self.all_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut needed = BTreeSet::from([Visibility::Global]);
         if self.group_locks.contains_key(&Visibility::Builtin) {
             needed.insert(Visibility::Builtin);
@@ -476,6 +482,10 @@ impl PluginRegistry {
         drop(groups);
         self.ready.send_modify(|loaded| {
             loaded.insert(group.clone());
+            if self.group_locks.keys().all(|g| loaded.contains(g)) {
+                self.all_ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
         });
         report
     }
