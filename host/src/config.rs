@@ -58,7 +58,8 @@ pub struct Limits {
     /// Host resources (open files, streams, sockets, HTTP fields, ...) a
     /// call may hold at once.
     pub max_resources: usize,
-    /// Files and directories a call may hold open at once.
+    /// Host descriptors a call may hold at once: open files and directories,
+    /// file streams, TCP sockets.
     pub max_open_files: usize,
     /// Bytes the tenant's read-write grants may hold together.
     pub disk_bytes: u64,

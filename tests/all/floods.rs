@@ -138,6 +138,37 @@ async fn open_descriptors_are_capped_per_call_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_count_as_open_descriptors() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(
+        components::FIXTURE_FLOOD,
+        "flood",
+        Some("name = \"flood\"\n[capabilities]\nsockets = [\"127.0.0.1:9\"]\n"),
+    );
+    let host = env
+        .host(&format!(
+            "{TWO_TENANTS}[tenants.acme.grants]\nsockets = [\"127.0.0.1:9\"]\n\
+             [tenants.acme.limits]\nmax_open_files = 32\n"
+        ))
+        .await;
+    let err = host
+        .call_tool(scope("acme", None), "socket_flood", "{}")
+        .await
+        .unwrap_err();
+    let message = failed_message(&err);
+    assert!(
+        message.starts_with("socket number 33 failed") && message.contains("new-socket-limit"),
+        "{message}"
+    );
+    assert!(
+        message.contains("at most 32 open files and sockets"),
+        "{message}"
+    );
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_cannot_pass_the_maximum_size_even_sparse() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_file_mib = 4\ndisk_mib = 64\nwall_ms = 60000").await;

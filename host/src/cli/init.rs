@@ -41,7 +41,7 @@ memory_mib = 64               # linear memory, tables and host memory held for t
 max_output_bytes = 1048576    # tool output kept (the rest is cut with a marker)
 max_log_bytes = 65536         # log lines and stdout/stderr kept per call
 max_resources = 1024          # host resources (files, streams, sockets, HTTP fields) at once
-max_open_files = 256          # open files and directories at once
+max_open_files = 256          # open files, directories and sockets at once
 disk_mib = 256                # bytes the tenant's writable grants may hold together
 max_file_mib = 64             # largest file a guest may write
 

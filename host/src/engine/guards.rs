@@ -8,9 +8,10 @@
 //!   than `max_file_mib` (`file-too-large`) or a tenant over `disk_mib`
 //!   (`insufficient-space`). Creating a file or directory costs one block
 //!   (empty files are not free); `unlink-file-at` gives the bytes back.
-//! * **Descriptors**: `open-at` refuses with `quota` once the call holds
-//!   `max_open_files` descriptors, before the process runs out and other
-//!   tenants' calls fail.
+//! * **Descriptors**: `open-at`, the file-stream constructors and
+//!   `create-tcp-socket` refuse (`quota`, `new-socket-limit`) once the call
+//!   holds `max_open_files` host descriptors, before the process runs out
+//!   and other tenants' calls fail.
 //! * **Links**: `symlink-at` and `link-at` are refused (`not-permitted`):
 //!   a symlink the guest leaves behind could point a host-side reader into
 //!   another tenant's directory, and a hard link could join a read-only
@@ -29,6 +30,9 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
 };
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    ErrorCode as SocketErrorCode, IpAddressFamily,
+};
 use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, StreamError};
 
 /// The `wasi:filesystem/types` instance wasmtime-wasi links (the newest 0.2
@@ -41,6 +45,9 @@ pub const ENTRY_BYTES: u64 = super::disk::BLOCK_BYTES;
 
 /// Most bytes one random-bytes request may ask for.
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The `wasi:sockets` instance that creates TCP sockets.
+const TCP_CREATE_SOCKET: &str = "wasi:sockets/tcp-create-socket@0.2.12";
 
 /// The `wasi:random` instances wasmtime-wasi links.
 const RANDOM: &str = "wasi:random/random@0.2.12";
@@ -139,18 +146,23 @@ impl Drop for FsGuard {
     }
 }
 
-/// Something that keeps a file open.
+/// Something that holds a host descriptor: an open file, a file stream, a
+/// socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpenFile {
     Descriptor(u32),
     Input(u32),
     Output(u32),
+    Socket(u32),
 }
 
 impl OpenFile {
     fn rep(self) -> u32 {
         match self {
-            OpenFile::Descriptor(rep) | OpenFile::Input(rep) | OpenFile::Output(rep) => rep,
+            OpenFile::Descriptor(rep)
+            | OpenFile::Input(rep)
+            | OpenFile::Output(rep)
+            | OpenFile::Socket(rep) => rep,
         }
     }
 
@@ -166,6 +178,9 @@ impl OpenFile {
                 .is_ok(),
             OpenFile::Output(rep) => table
                 .get(&Resource::<DynOutputStream>::new_borrow(rep))
+                .is_ok(),
+            OpenFile::Socket(rep) => table
+                .get(&Resource::<wasmtime_wasi::p2::TcpSocket>::new_borrow(rep))
                 .is_ok(),
         }
     }
@@ -501,6 +516,28 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
             })
         },
     )?;
+    let mut sockets = linker.instance(TCP_CREATE_SOCKET)?;
+    sockets.func_wrap_async(
+        "create-tcp-socket",
+        |mut store: StoreContextMut<'_, HostState>, (family,): (IpAddressFamily,)| {
+            Box::new(async move {
+                use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host;
+                use wasmtime_wasi::sockets::WasiSocketsView;
+                let state = store.data_mut();
+                if admit_open(state).is_err() {
+                    return Ok((Err(SocketErrorCode::NewSocketLimit),));
+                }
+                let created = match state.sockets().create_tcp_socket(family) {
+                    Ok(socket) => Ok(socket),
+                    Err(error) => Err(error.downcast()?),
+                };
+                if let Ok(socket) = &created {
+                    state.fs.opened(OpenFile::Socket(socket.rep()));
+                }
+                Ok((created,))
+            })
+        },
+    )?;
     let mut random = linker.instance(RANDOM)?;
     random.func_wrap_async(
         "get-random-bytes",
@@ -583,7 +620,7 @@ fn admit_open(state: &mut HostState) -> Result<(), ErrorCode> {
     let max = state.fs.max_open;
     log_refusal(
         state,
-        &format!("a call may hold at most {max} open files (limits.max_open_files)"),
+        &format!("a call may hold at most {max} open files and sockets (limits.max_open_files)"),
     );
     Err(ErrorCode::Quota)
 }
