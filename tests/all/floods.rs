@@ -169,6 +169,57 @@ async fn sockets_count_as_open_descriptors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_count_as_open_descriptors() {
+    // A server that accepts and never answers: connections stay open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    env.add_plugin(
+        components::FIXTURE_FLOOD,
+        "flood",
+        Some(&format!(
+            "name = \"flood\"\n[capabilities]\nhttp = [\"127.0.0.1:{port}\"]\n"
+        )),
+    );
+    let host = env
+        .host(&format!(
+            "{TWO_TENANTS}[tenants.acme.grants]\nhttp = [\"127.0.0.1:{port}\"]\n\
+             [tenants.acme.limits]\nmax_open_files = 8\n"
+        ))
+        .await;
+    let out = host
+        .call_tool(
+            scope("acme", None),
+            "http_flood",
+            &format!(r#"{{"port":{port},"count":12}}"#),
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<String> = serde_json::from_str(&out.output).unwrap();
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.contains("ConnectionLimitReached"))
+        .count();
+    assert_eq!(refused, 4, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| *o == "pending").count(), 8);
+    assert!(
+        out.denials
+            .iter()
+            .any(|d| d.contains("limits.max_open_files")),
+        "{:?}",
+        out.denials
+    );
+    assert_still_healthy(&host, "acme", "globex").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_cannot_pass_the_maximum_size_even_sparse() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_file_mib = 4\ndisk_mib = 64\nwall_ms = 60000").await;

@@ -72,6 +72,9 @@ pub struct EgressHooks {
     pub allowed: Arc<[HostPattern]>,
     /// Where refusals are recorded.
     pub denials: DenialLog,
+    /// One permit per HTTP connection the call may have open at once; each
+    /// connection holds a host descriptor until it closes.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl WasiHttpHooks for EgressHooks {
@@ -94,7 +97,17 @@ impl WasiHttpHooks for EgressHooks {
         drop(fut);
         let allowed = self.allowed.clone();
         let denials = self.denials.clone();
+        let connections = self.connections.clone();
         Box::new(async move {
+            let Ok(permit) = connections.try_acquire_owned() else {
+                record(
+                    &denials,
+                    "http request refused: the call has as many connections open as \
+                     limits.max_open_files allows"
+                        .to_owned(),
+                );
+                return Err(HttpError::ConnectionLimitReached);
+            };
             let uri = request.uri().clone();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
@@ -136,7 +149,7 @@ impl WasiHttpHooks for EgressHooks {
                 );
                 return Err(HttpError::DestinationIpProhibited);
             };
-            send_pinned(request, options, target, &host, https).await
+            send_pinned(request, options, target, &host, https, permit).await
         })
     }
 }
@@ -153,6 +166,7 @@ async fn send_pinned(
     target: SocketAddr,
     host: &str,
     https: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<
     (
         http::Response<WasiBody>,
@@ -193,7 +207,13 @@ async fn send_pinned(
     .await
     .map_err(|_| HttpError::ConnectionTimeout)?
     .map_err(HttpError::from)?;
-    let connection = tokio::spawn(connection);
+    // The permit lives as long as the connection: it is given back when the
+    // connection closes.
+    let connection = tokio::spawn(async move {
+        let outcome = connection.await;
+        drop(permit);
+        outcome
+    });
     // Origin-form request target; the Host header carries the name.
     let path = request
         .uri()

@@ -121,6 +121,7 @@ impl SandboxEngine {
             hooks: egress::EgressHooks {
                 allowed: grants.http.iter().cloned().collect(),
                 denials,
+                connections: Arc::new(tokio::sync::Semaphore::new(limits.max_open_files)),
             },
             memory: MemoryBudget::new(meter.clone()),
             meter,
