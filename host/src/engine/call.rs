@@ -59,7 +59,7 @@ impl SandboxEngine {
         if !out_text.is_empty() {
             state.logs.push(&plugin, &scope, LogLevel::Stdout, out_text);
         }
-        let refusals = state.fs.refusals.take();
+        let refusals = state.fs.take_refusals();
         for refusal in &refusals {
             state.logs.push(
                 &plugin,

@@ -73,8 +73,9 @@ pub struct EgressHooks {
     /// Where refusals are recorded.
     pub denials: DenialLog,
     /// One permit per HTTP connection the call may have open at once; each
-    /// connection holds a host descriptor until it closes.
-    pub connections: Arc<tokio::sync::Semaphore>,
+    /// connection holds a host descriptor until it closes. `None` when
+    /// nothing is granted (every request is refused anyway).
+    pub connections: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl WasiHttpHooks for EgressHooks {
@@ -99,15 +100,6 @@ impl WasiHttpHooks for EgressHooks {
         let denials = self.denials.clone();
         let connections = self.connections.clone();
         Box::new(async move {
-            let Ok(permit) = connections.try_acquire_owned() else {
-                record(
-                    &denials,
-                    "http request refused: the call has as many connections open as \
-                     limits.max_open_files allows"
-                        .to_owned(),
-                );
-                return Err(HttpError::ConnectionLimitReached);
-            };
             let uri = request.uri().clone();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
@@ -123,6 +115,15 @@ impl WasiHttpHooks for EgressHooks {
                     format!("http to {host}:{port} denied: not granted to this tenant"),
                 );
                 return Err(HttpError::HttpRequestDenied);
+            };
+            let Some(Ok(permit)) = connections.map(|c| c.try_acquire_owned()) else {
+                record(
+                    &denials,
+                    "http request refused: the call has as many connections open as \
+                     limits.max_open_files allows"
+                        .to_owned(),
+                );
+                return Err(HttpError::ConnectionLimitReached);
             };
             let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, port)],

@@ -77,7 +77,8 @@ pub(crate) struct FsGuard {
     held: u64,
     /// Why the host refused something during this call, for the call's
     /// result (a guest may turn a refusal into a vague error of its own).
-    pub(crate) refusals: Refusals,
+    /// Made on first use: most calls are refused nothing.
+    refusals: Option<Refusals>,
 }
 
 /// The refusals of one call, shared with the streams it opened.
@@ -114,8 +115,21 @@ impl FsGuard {
             open: Vec::new(),
             max_open,
             held: 0,
-            refusals: Refusals::default(),
+            refusals: None,
         }
+    }
+
+    /// The call's refusal list, made on first use.
+    fn refusals(&mut self) -> &Refusals {
+        self.refusals.get_or_insert_with(Refusals::default)
+    }
+
+    /// The refusals noted during the call, cleared.
+    pub(crate) fn take_refusals(&self) -> Vec<String> {
+        self.refusals
+            .as_ref()
+            .map(Refusals::take)
+            .unwrap_or_default()
     }
 
     /// Note an open file (a descriptor or a stream), forgetting any closed
@@ -214,7 +228,7 @@ fn borrow(fd: &Resource<Descriptor>) -> Resource<Descriptor> {
 
 /// Note a refusal for the call's result, so the operator sees why.
 fn log_refusal(state: &mut HostState, what: &str) {
-    state.fs.refusals.note(what.to_owned());
+    state.fs.refusals().note(what.to_owned());
 }
 
 /// The size of the open file `fd`, or `None` for a directory or on error.
@@ -666,7 +680,7 @@ async fn open_stream(
             ledger,
             size,
             position: offset,
-            refusals: state.fs.refusals.clone(),
+            refusals: state.fs.refusals().clone(),
         });
     }
     Ok((Ok(stream),))

@@ -121,7 +121,8 @@ impl SandboxEngine {
             hooks: egress::EgressHooks {
                 allowed: grants.http.iter().cloned().collect(),
                 denials,
-                connections: Arc::new(tokio::sync::Semaphore::new(limits.max_open_files)),
+                connections: (!grants.http.is_empty())
+                    .then(|| Arc::new(tokio::sync::Semaphore::new(limits.max_open_files))),
             },
             memory: MemoryBudget::new(meter.clone()),
             meter,
@@ -168,6 +169,10 @@ pub(crate) fn conclude<R>(
     state: &HostState,
     limits: &Limits,
 ) -> Result<R, CallError> {
+    let ended = match ended {
+        Ended::Returned(value) => return Ok(value),
+        other => other,
+    };
     let plugin = state.plugin.to_string();
     let memory_limit = || CallError::MemoryLimit {
         plugin: plugin.clone(),
