@@ -136,12 +136,7 @@ impl Host {
         tool: &str,
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
-        self.config
-            .tenant(&scope.tenant)
-            .map_err(|e| CallError::UnknownTenant {
-                tenant: scope.tenant.to_string(),
-                reason: e.to_string(),
-            })?;
+        let limits = self.call_limits(&scope)?;
         let catalog = self.catalog_for(&scope.tenant).await;
         let Some(binding) = catalog.tool(&scope.tenant, tool) else {
             let available: Vec<String> = catalog
@@ -161,7 +156,18 @@ impl Host {
         };
         let binding = binding.clone();
         drop(catalog);
-        self.call_bound_tool(scope, &binding, arguments).await
+        self.run_tool(scope, &binding, limits, arguments).await
+    }
+
+    /// The limits of a call for `scope`, or why its tenant is unknown.
+    fn call_limits(&self, scope: &Scope) -> Result<&Limits, CallError> {
+        self.config
+            .tenant(&scope.tenant)
+            .map(|tenant| &tenant.limits)
+            .map_err(|e| CallError::UnknownTenant {
+                tenant: scope.tenant.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// Call the tool of `binding` (resolved earlier, for example when a run
@@ -178,13 +184,18 @@ impl Host {
         binding: &ToolBinding,
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
-        let tenant = self
-            .config
-            .tenant(&scope.tenant)
-            .map_err(|e| CallError::UnknownTenant {
-                tenant: scope.tenant.to_string(),
-                reason: e.to_string(),
-            })?;
+        let limits = self.call_limits(&scope)?;
+        self.run_tool(scope, binding, limits, arguments).await
+    }
+
+    /// Run the tool of `binding` for `scope` under `limits`.
+    async fn run_tool(
+        &self,
+        scope: Scope,
+        binding: &ToolBinding,
+        limits: &Limits,
+        arguments: &str,
+    ) -> Result<ToolOutput, CallError> {
         let Some(component) = binding.plugin.tool() else {
             return Err(CallError::UnknownTool {
                 tool: binding.spec.name.clone(),
@@ -202,7 +213,7 @@ impl Host {
             scope: Arc::new(scope),
             plugin: binding.plugin.name.clone(),
             grants: &binding.grants,
-            limits: &tenant.limits,
+            limits,
             harness: None,
             disk,
         };

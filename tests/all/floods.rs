@@ -30,6 +30,14 @@ async fn flood_host(env: &TestEnv, acme_limits: &str) -> loom_host::Host {
     .await
 }
 
+/// Total size of the files directly in `dir`.
+fn bytes_in(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
 fn failed_message(error: &CallError) -> &str {
     match error {
         CallError::Tool {
@@ -278,10 +286,7 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
         message.contains("[loom refused: the tenant's disk quota of 8388608 bytes is used up"),
         "{message}"
     );
-    let on_disk: u64 = std::fs::read_dir(env.path().join("data/acme"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let on_disk = bytes_in(&env.path().join("data/acme"));
     assert!(on_disk <= 8 << 20, "{on_disk} bytes on disk");
     // Free the space outside the sandbox: after the re-measure interval the
     // ledger sees it and writes succeed again.
@@ -323,10 +328,7 @@ async fn positioned_writes_are_charged_too() {
         failed_message(&err).starts_with("refused after 0 bytes"),
         "{err}"
     );
-    let on_disk: u64 = std::fs::read_dir(env.path().join("data/acme"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let on_disk = bytes_in(&env.path().join("data/acme"));
     assert!(on_disk <= 8 << 20, "{on_disk} bytes on disk");
 }
 

@@ -170,8 +170,15 @@ impl CallMeter {
         if !self.count_bytes {
             return 0;
         }
-        let total = self.host_bytes.load(Ordering::Relaxed) + self.in_poll().1;
-        usize::try_from(total).unwrap_or(0)
+        self.host_bytes_with(self.in_poll().1)
+    }
+
+    /// Host bytes with `in_poll` bytes of the poll under way added.
+    fn host_bytes_with(&self, in_poll: i64) -> usize {
+        if !self.count_bytes {
+            return 0;
+        }
+        usize::try_from(self.host_bytes.load(Ordering::Relaxed) + in_poll).unwrap_or(0)
     }
 
     /// Record the instance's linear memory and tables (from the limiter).
@@ -191,9 +198,13 @@ impl CallMeter {
 
     /// The first budget this call has broken, if any.
     pub fn overrun(&self) -> Option<Overrun> {
-        if self.cpu_ns() > self.cpu_limit_ns {
+        // One reading of the poll under way serves both budgets.
+        let (cpu, bytes) = self.in_poll();
+        let memory = (self.guest_bytes.load(Ordering::Relaxed) as usize)
+            .saturating_add(self.host_bytes_with(bytes));
+        if self.cpu_ns.load(Ordering::Relaxed) + cpu > self.cpu_limit_ns {
             Some(Overrun::Cpu)
-        } else if self.memory_bytes() > self.memory_limit {
+        } else if memory > self.memory_limit {
             Some(Overrun::Memory)
         } else {
             None

@@ -16,6 +16,7 @@ use crate::tenancy::grants::EffectiveGrants;
 use crate::tenancy::ids::{Scope, TenantId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
 /// Most time a component's `list` or `describe` may take while loading.
@@ -60,6 +61,21 @@ pub struct LoadedComponent {
     pub architecture: Option<ArchitectureComponent>,
 }
 
+/// Check `bytes`, then compile them (or take them from `cache`): the
+/// component, its sha256 and where it came from. Blocking.
+fn compile_cached(
+    engine: &wasmtime::Engine,
+    cache: &cache::CompileCache,
+    bytes: &[u8],
+) -> Result<(Component, String, CacheOutcome), LoadError> {
+    SandboxEngine::precheck(bytes)?;
+    let sha256 = cache::sha256_hex(bytes);
+    let (component, outcome) = cache
+        .load_or_compile(engine, bytes, &sha256)
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    Ok((component, sha256, outcome))
+}
+
 impl SandboxEngine {
     /// Check the file's header and size before handing it to the compiler.
     fn precheck(bytes: &[u8]) -> Result<(), LoadError> {
@@ -84,12 +100,7 @@ impl SandboxEngine {
         &self,
         bytes: &[u8],
     ) -> Result<(Component, ComponentShape, String, CacheOutcome), LoadError> {
-        Self::precheck(bytes)?;
-        let sha256 = cache::sha256_hex(bytes);
-        let (component, outcome) = self
-            .cache()
-            .load_or_compile(&self.engine, bytes, &sha256)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (component, sha256, outcome) = compile_cached(&self.engine, self.cache(), bytes)?;
         let shape = self.shape(&component);
         Ok((component, shape, sha256, outcome))
     }
@@ -100,18 +111,12 @@ impl SandboxEngine {
         &self,
         bytes: Vec<u8>,
     ) -> Result<(Component, ComponentShape, String, CacheOutcome), LoadError> {
-        Self::precheck(&bytes)?;
         let engine = self.engine.clone();
         let cache = self.cache().clone();
-        let (component, sha256, outcome) = tokio::task::spawn_blocking(move || {
-            let sha256 = cache::sha256_hex(&bytes);
-            cache
-                .load_or_compile(&engine, &bytes, &sha256)
-                .map(|(component, outcome)| (component, sha256, outcome))
-        })
-        .await
-        .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
-        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (component, sha256, outcome) =
+            tokio::task::spawn_blocking(move || compile_cached(&engine, &cache, &bytes))
+                .await
+                .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))??;
         let shape = self.shape(&component);
         Ok((component, shape, sha256, outcome))
     }
@@ -204,33 +209,35 @@ impl SandboxEngine {
             .map_err(|e| LoadError::Link(format!("{e:#}")))
     }
 
-    /// A scope for calls made while loading (`list`, `describe`): no grants,
-    /// the configured limits with the wall clock capped at [`LOADER_WALL`].
-    fn loader_request<'a>(
+    /// A sandbox for calls made while loading (`list`, `describe`): no
+    /// grants, the configured limits with the wall clock capped at
+    /// [`LOADER_WALL`]. Returns the store and the limits it runs under.
+    fn loader_store(
+        &self,
         name: &str,
-        grants: &'a EffectiveGrants,
-        limits: &'a Limits,
-    ) -> Result<CallRequest<'a>, LoadError> {
+        limits: &Limits,
+    ) -> Result<(Store<HostState>, Limits), LoadError> {
+        let limits = Limits {
+            wall: limits.wall.min(LOADER_WALL),
+            ..*limits
+        };
         let scope = Arc::new(Scope::new(
             TenantId::new("loom-loader").map_err(|e| LoadError::BadTools(e.to_string()))?,
             UserId::Anonymous,
         ));
-        Ok(CallRequest {
+        let grants = EffectiveGrants::default();
+        let request = CallRequest {
             scope,
             plugin: Arc::from(name),
-            grants,
-            limits,
+            grants: &grants,
+            limits: &limits,
             harness: None,
             disk: None,
-        })
-    }
-
-    /// Loader limits: the configured ones with the wall clock capped.
-    fn loader_limits(limits: &Limits) -> Limits {
-        Limits {
-            wall: limits.wall.min(LOADER_WALL),
-            ..*limits
-        }
+        };
+        let store = self
+            .store(&request)
+            .map_err(|e| LoadError::BadTools(e.to_string()))?;
+        Ok((store, limits))
     }
 
     async fn prepare_architecture(
@@ -242,12 +249,7 @@ impl SandboxEngine {
         let pre = self.pre_link(component)?;
         let indices = architecture_export::GuestIndices::new(&pre)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let grants = EffectiveGrants::default();
-        let limits = Self::loader_limits(limits);
-        let request = Self::loader_request(name, &grants, &limits)?;
-        let mut store = self
-            .store(&request)
-            .map_err(|e| LoadError::BadTools(e.to_string()))?;
+        let (mut store, limits) = self.loader_store(name, limits)?;
         let meter = store.data().meter.clone();
         let ended = under_limits(&meter, limits.wall, async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -299,12 +301,7 @@ impl SandboxEngine {
         let pre = self.pre_link(component)?;
         let indices =
             tool_export::GuestIndices::new(&pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let grants = EffectiveGrants::default();
-        let limits = Self::loader_limits(limits);
-        let request = Self::loader_request(name, &grants, &limits)?;
-        let mut store = self
-            .store(&request)
-            .map_err(|e| LoadError::BadTools(e.to_string()))?;
+        let (mut store, limits) = self.loader_store(name, limits)?;
         let meter = store.data().meter.clone();
         let ended = under_limits(&meter, limits.wall, async {
             let instance = pre.instantiate_async(&mut store).await?;

@@ -47,6 +47,32 @@ fn api_key(env: Option<&str>, default: &str) -> Option<crate::secret::Secret> {
         .map(crate::secret::Secret::from)
 }
 
+/// The connection of a hosted provider (`[models.openai]`,
+/// `[models.anthropic]`) from its settings and defaults.
+fn hosted(
+    spec: &str,
+    model: &str,
+    settings: &super::settings::ProviderSettings,
+    default_base_url: &str,
+    default_key_env: &str,
+) -> Connection {
+    Connection {
+        id: spec.to_owned(),
+        model: model.to_owned(),
+        base_url: settings
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default_base_url.to_owned()),
+        api_key: settings
+            .api_key
+            .clone()
+            .or_else(|| api_key(settings.api_key_env.as_deref(), default_key_env)),
+        timeout: millis(settings.timeout_ms, 120_000),
+        connect_timeout: millis(settings.connect_timeout_ms, 10_000),
+        extra_headers: settings.headers.clone().into_iter().collect(),
+    }
+}
+
 fn millis(ms: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(ms.unwrap_or(default))
 }
@@ -90,21 +116,13 @@ pub fn from_spec(
             let s = &settings.openai;
             Arc::new(
                 OpenAiModel::new(OpenAiConfig {
-                    connection: Connection {
-                        id: spec.to_owned(),
-                        model: name.to_owned(),
-                        base_url: s
-                            .base_url
-                            .clone()
-                            .unwrap_or_else(|| "https://api.openai.com/v1".into()),
-                        api_key: s
-                            .api_key
-                            .clone()
-                            .or_else(|| api_key(s.api_key_env.as_deref(), "OPENAI_API_KEY")),
-                        timeout: millis(s.timeout_ms, 120_000),
-                        connect_timeout: millis(s.connect_timeout_ms, 10_000),
-                        extra_headers: s.headers.clone().into_iter().collect(),
-                    },
+                    connection: hosted(
+                        spec,
+                        name,
+                        s,
+                        "https://api.openai.com/v1",
+                        "OPENAI_API_KEY",
+                    ),
                     native_structured_output: true,
                     max_tokens_field: "max_completion_tokens".into(),
                 })
@@ -115,21 +133,13 @@ pub fn from_spec(
             let s = &settings.anthropic;
             Arc::new(
                 AnthropicModel::new(AnthropicConfig {
-                    connection: Connection {
-                        id: spec.to_owned(),
-                        model: name.to_owned(),
-                        base_url: s
-                            .base_url
-                            .clone()
-                            .unwrap_or_else(|| "https://api.anthropic.com".into()),
-                        api_key: s
-                            .api_key
-                            .clone()
-                            .or_else(|| api_key(s.api_key_env.as_deref(), "ANTHROPIC_API_KEY")),
-                        timeout: millis(s.timeout_ms, 120_000),
-                        connect_timeout: millis(s.connect_timeout_ms, 10_000),
-                        extra_headers: s.headers.clone().into_iter().collect(),
-                    },
+                    connection: hosted(
+                        spec,
+                        name,
+                        s,
+                        "https://api.anthropic.com",
+                        "ANTHROPIC_API_KEY",
+                    ),
                     prompt_caching: s.prompt_caching.unwrap_or(true),
                     ..AnthropicConfig::default()
                 })
