@@ -17,6 +17,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("files", "loom-tool-files"),
     ("http-fetch", "loom-tool-http-fetch"),
     ("run-context", "loom-tool-run-context"),
+    ("deny-args", "loom-policy-deny-args"),
 ];
 
 fn ensure_target() {

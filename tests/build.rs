@@ -11,7 +11,12 @@ use std::process::Command;
 /// Guest crate directories: (constant name, package name, directory).
 fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
     let mut found = Vec::new();
-    for group in ["plugins/tools", "plugins/architectures", "tests/fixtures"] {
+    for group in [
+        "plugins/tools",
+        "plugins/architectures",
+        "plugins/policies",
+        "tests/fixtures",
+    ] {
         let Ok(entries) = std::fs::read_dir(root.join(group)) else {
             continue;
         };
@@ -41,6 +46,7 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
             let prefix = match group {
                 "plugins/tools" => "TOOL",
                 "plugins/architectures" => "ARCH",
+                "plugins/policies" => "POLICY",
                 _ => "FIXTURE",
             };
             found.push((format!("{prefix}_{stem}"), package, dir));

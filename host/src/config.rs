@@ -6,6 +6,11 @@
 //! read, patterns parsed) into [`LoomConfig`]. Every error names the key and
 //! how to fix it. See the README's "loom.toml reference" for every key.
 
+use crate::governance::audit::{AuditKey, AuditSettings, FsyncPolicy};
+use crate::governance::budget::{BudgetCaps, TenantBudgets};
+use crate::governance::permissions::{PermissionRules, ToolPattern};
+use crate::governance::ratelimit::Rates;
+use crate::governance::{PolicyRef, TenantGovernance, default_policy_limits};
 use crate::tenancy::grants::{EnvValue, Grants, HostPattern, ResolvedGrants};
 use crate::tenancy::ids::TenantId;
 use serde::{Deserialize, Serialize};
@@ -244,10 +249,166 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// Capabilities granted to this tenant's plugins.
     pub grants: ResolvedGrants,
+    /// Budgets, rate limits, permissions, policies and approvals.
+    pub governance: TenantGovernance,
+}
+
+impl TenantConfig {
+    /// A tenant with `limits`, nothing granted and no governance settings.
+    pub fn new(limits: Limits) -> Self {
+        TenantConfig {
+            plugin_dirs: Vec::new(),
+            limits,
+            grants: ResolvedGrants::default(),
+            governance: TenantGovernance::default(),
+        }
+    }
+}
+
+/// `[tenants.T.permissions]` / `[tenants.T.users.U.permissions]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    mode: Option<crate::governance::permissions::Mode>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    file_edits: Vec<String>,
+}
+
+impl RawPermissions {
+    fn resolve(&self, key: &str) -> Result<PermissionRules, ConfigError> {
+        let patterns = |list: &[String], name: &str| {
+            list.iter()
+                .map(|p| ToolPattern::parse(p).map_err(|e| invalid(&format!("{key}.{name}"), &e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(PermissionRules {
+            mode: self.mode,
+            allow: patterns(&self.allow, "allow")?,
+            deny: patterns(&self.deny, "deny")?,
+            file_edits: patterns(&self.file_edits, "file_edits")?,
+        })
+    }
+}
+
+/// `[tenants.T.users.U]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    #[serde(default)]
+    budgets: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    permissions: Option<RawPermissions>,
+    #[serde(default)]
+    rate_limits: Option<Rates>,
+}
+
+/// `[[tenants.T.policies]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    plugin: String,
+    #[serde(default)]
+    config: Option<toml::Value>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_no_key: bool,
+    #[serde(default)]
+    fsync: RawFsync,
+    fsync_interval_ms: Option<u64>,
+    #[serde(default)]
+    redact: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawFsync {
+    #[default]
+    Always,
+    Interval,
+    Never,
+}
+
+/// The environment variable holding the audit key.
+pub const AUDIT_KEY_ENV: &str = "LOOM_AUDIT_KEY";
+
+impl RawAudit {
+    fn resolve(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<AuditSettings, ConfigError> {
+        let key = if let Some(file) = &self.key_file {
+            let path = resolve(file);
+            let text = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "audit.key_file",
+                    &format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let trimmed = text.trim_ascii().to_vec();
+            if trimmed.len() < 16 {
+                return Err(invalid(
+                    "audit.key_file",
+                    &format!(
+                        "{} holds {} bytes; an audit key needs at least 16",
+                        path.display(),
+                        trimmed.len()
+                    ),
+                ));
+            }
+            AuditKey::new(trimmed)
+        } else if let Some(value) = std::env::var_os(AUDIT_KEY_ENV) {
+            let bytes = value.into_encoded_bytes();
+            if bytes.len() < 16 {
+                return Err(invalid(
+                    "audit",
+                    &format!(
+                        "{AUDIT_KEY_ENV} holds {} bytes; an audit key needs at least 16",
+                        bytes.len()
+                    ),
+                ));
+            }
+            AuditKey::new(bytes)
+        } else if self.insecure_no_key {
+            tracing::warn!(
+                "the audit log is signed with an empty key (audit.insecure_no_key):                  it shows accidental damage, not tampering"
+            );
+            AuditKey::insecure_empty()
+        } else {
+            return Err(invalid(
+                "audit",
+                &format!(
+                    "the audit log is on but has no key: set {AUDIT_KEY_ENV}, or audit.key_file,                      or (for tests only) audit.insecure_no_key = true"
+                ),
+            ));
+        };
+        let fsync = match self.fsync {
+            RawFsync::Always => FsyncPolicy::Always,
+            RawFsync::Never => FsyncPolicy::Never,
+            RawFsync::Interval => FsyncPolicy::Interval(Duration::from_millis(
+                self.fsync_interval_ms.unwrap_or(1000).max(1),
+            )),
+        };
+        Ok(AuditSettings {
+            path: resolve(&self.path),
+            key,
+            fsync,
+            redact: self.redact.clone(),
+        })
+    }
 }
 
 /// A loaded, validated `loom.toml`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LoomConfig {
     /// The directory relative paths are resolved against (the file's directory).
     pub base_dir: PathBuf,
@@ -276,6 +437,8 @@ pub struct LoomConfig {
     /// Whether the first-party components embedded in the host are served
     /// (below every plugin directory, which overrides them by name).
     pub builtin_plugins: bool,
+    /// The audit log, when `[audit]` is configured.
+    pub audit: Option<AuditSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +468,8 @@ struct RawConfig {
     pricing: BTreeMap<String, crate::model::pricing::Price>,
     #[serde(default = "default_true")]
     builtin_plugins: bool,
+    #[serde(default)]
+    audit: Option<RawAudit>,
 }
 
 fn default_true() -> bool {
@@ -328,6 +493,112 @@ struct RawTenant {
     limits: RawLimits,
     #[serde(default)]
     grants: Grants,
+    #[serde(default)]
+    budgets: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    user_budgets: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
+    #[serde(default)]
+    permissions: RawPermissions,
+    #[serde(default)]
+    rate_limits: Rates,
+    #[serde(default)]
+    user_rate_limits: Rates,
+    #[serde(default)]
+    policies: Vec<RawPolicy>,
+    approval_url: Option<String>,
+    approval_timeout_ms: Option<u64>,
+}
+
+impl RawTenant {
+    fn governance(&self, key: &str, limits: &Limits) -> Result<TenantGovernance, ConfigError> {
+        let caps = |table: &BTreeMap<String, toml::Value>, name: &str| {
+            BudgetCaps::parse(table).map_err(|e| invalid(&format!("{key}.{name}"), &e.0))
+        };
+        let mut governance = TenantGovernance {
+            budgets: TenantBudgets {
+                tenant: caps(&self.budgets, "budgets")?,
+                each_user: caps(&self.user_budgets, "user_budgets")?,
+                users: BTreeMap::new(),
+            },
+            permissions: self.permissions.resolve(&format!("{key}.permissions"))?,
+            rates: self.rate_limits,
+            user_rates: self.user_rate_limits,
+            approval_url: self.approval_url.clone(),
+            ..TenantGovernance::default()
+        };
+        self.rate_limits
+            .validate()
+            .map_err(|e| invalid(&format!("{key}.rate_limits"), &e))?;
+        self.user_rate_limits
+            .validate()
+            .map_err(|e| invalid(&format!("{key}.user_rate_limits"), &e))?;
+        if let Some(ms) = self.approval_timeout_ms {
+            if ms == 0 {
+                return Err(invalid(
+                    &format!("{key}.approval_timeout_ms"),
+                    "must be greater than 0",
+                ));
+            }
+            governance.approval_timeout = Duration::from_millis(ms);
+        }
+        if let Some(url) = &self.approval_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                &format!("{key}.approval_url"),
+                &format!("`{url}` must be an http:// or https:// URL"),
+            ));
+        }
+        for (name, user) in &self.users {
+            let ukey = format!("{key}.users.{name}");
+            crate::tenancy::ids::UserId::named(name.clone())
+                .map_err(|e| invalid(&ukey, &e.to_string()))?;
+            if !user.budgets.is_empty() {
+                governance.budgets.users.insert(
+                    name.clone(),
+                    caps(&user.budgets, &format!("users.{name}.budgets"))?,
+                );
+            }
+            if let Some(permissions) = &user.permissions {
+                governance.user_permissions.insert(
+                    name.clone(),
+                    permissions.resolve(&format!("{ukey}.permissions"))?,
+                );
+            }
+            if let Some(rates) = &user.rate_limits {
+                rates
+                    .validate()
+                    .map_err(|e| invalid(&format!("{ukey}.rate_limits"), &e))?;
+                governance.user_rate_overrides.insert(name.clone(), *rates);
+            }
+        }
+        let base = default_policy_limits(limits);
+        for (i, policy) in self.policies.iter().enumerate() {
+            let pkey = format!("{key}.policies[{i}]");
+            if policy.plugin.is_empty() {
+                return Err(invalid(
+                    &format!("{pkey}.plugin"),
+                    "must name a policy plugin",
+                ));
+            }
+            let config = match &policy.config {
+                None => "{}".to_owned(),
+                Some(value @ toml::Value::Table(_)) => serde_json::to_string(value)
+                    .map_err(|e| invalid(&format!("{pkey}.config"), &e.to_string()))?,
+                Some(_) => {
+                    return Err(invalid(&format!("{pkey}.config"), "must be a table"));
+                }
+            };
+            governance.policies.push(PolicyRef {
+                plugin: policy.plugin.clone(),
+                config,
+                limits: policy.limits.apply(base, &format!("{pkey}.limits"))?,
+            });
+        }
+        Ok(governance)
+    }
 }
 
 impl LoomConfig {
@@ -406,26 +677,26 @@ impl LoomConfig {
             let tenant_limits = tenant.limits.apply(limits, &format!("{key}.limits"))?;
             check_memory(&tenant_limits, &engine, &format!("{key}.limits.memory_mib"))?;
             let grants = resolve_grants(&tenant.grants, &key, &resolve)?;
+            let governance = tenant.governance(&key, &tenant_limits)?;
             tenants.insert(
                 id,
                 TenantConfig {
                     plugin_dirs: tenant.plugin_dirs.iter().map(|p| resolve(p)).collect(),
                     limits: tenant_limits,
                     grants,
+                    governance,
                 },
             );
         }
         if tenants.is_empty() {
             // A configuration without tenants serves one, `default`.
-            tenants.insert(
-                TenantId::default_tenant(),
-                TenantConfig {
-                    plugin_dirs: Vec::new(),
-                    limits,
-                    grants: ResolvedGrants::default(),
-                },
-            );
+            tenants.insert(TenantId::default_tenant(), TenantConfig::new(limits));
         }
+        let audit = raw
+            .audit
+            .as_ref()
+            .map(|a| a.resolve(&resolve))
+            .transpose()?;
         let data_dir = resolve(&raw.data_dir);
         Ok(LoomConfig {
             cache_dir: raw
@@ -446,6 +717,7 @@ impl LoomConfig {
             retry: raw.retry,
             pricing: raw.pricing,
             builtin_plugins: raw.builtin_plugins,
+            audit,
         })
     }
 
@@ -464,11 +736,7 @@ impl LoomConfig {
         config.reload_interval = Some(Duration::from_millis(default_reload_ms()));
         config.tenants.insert(
             TenantId::default_tenant(),
-            TenantConfig {
-                plugin_dirs: Vec::new(),
-                limits: Limits::default(),
-                grants: ResolvedGrants::default(),
-            },
+            TenantConfig::new(Limits::default()),
         );
         config
     }
@@ -491,6 +759,7 @@ impl LoomConfig {
             retry: Default::default(),
             pricing: BTreeMap::new(),
             builtin_plugins: true,
+            audit: None,
         }
     }
 

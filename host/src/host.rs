@@ -1,12 +1,18 @@
 //! [`Host`]: the facade that ties configuration, engine and plugins together.
 
 use crate::config::{ConfigError, Limits, LoomConfig};
+use crate::engine::PolicyAnswer;
 use crate::engine::bindings::architecture_export;
+use crate::engine::bindings::types as wit_types;
 use crate::engine::{
     ArchitectureComponent, CallError, CallRequest, ComponentShape, DiskLedger, EngineError,
     Harness, LoadError, SandboxEngine, ToolOutput, ToolSpec,
 };
+use crate::governance::audit::AuditLog;
+use crate::governance::budget::BudgetLedger;
+use crate::governance::{Governance, GovernanceError, PolicyRef};
 use crate::plugins::{Catalog, PluginRegistry, ScanReport, ToolBinding, Visibility};
+use crate::store::{SessionStore, Store, StoreError};
 use crate::tenancy::ids::{Scope, TenantId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +26,12 @@ pub enum HostError {
     /// The engine could not be created.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log or an approval webhook could not be set up.
+    #[error(transparent)]
+    Governance(#[from] GovernanceError),
 }
 
 /// A running Loom host: one engine, the plugin catalog, and (when
@@ -30,6 +42,8 @@ pub struct Host {
     registry: Arc<PluginRegistry>,
     /// Each tenant's disk ledger over its read-write grants.
     disks: HashMap<TenantId, Arc<DiskLedger>>,
+    store: Arc<Store>,
+    governance: Arc<Governance>,
     reloader: Option<tokio::task::JoinHandle<()>>,
     initial_scan: tokio::task::JoinHandle<()>,
 }
@@ -42,12 +56,28 @@ impl Host {
     ///
     /// # Errors
     ///
-    /// [`HostError`] if the engine or its compile cache cannot be created.
-    /// Plugins that fail to load are reported in the catalog, not here.
+    /// [`HostError`] if the engine or its compile cache cannot be created,
+    /// the database (`<data_dir>/loom.redb`) or the audit log cannot be
+    /// opened, or an approval webhook is misconfigured. Plugins that fail to
+    /// load are reported in the catalog, not here.
     pub async fn start(config: LoomConfig) -> Result<Self, HostError> {
         let config = Arc::new(config);
+        let store = Store::open(&config.data_dir.join("loom.redb"))?;
+        let audit = config
+            .audit
+            .as_ref()
+            .map(|settings| AuditLog::open(settings).map(Arc::new))
+            .transpose()
+            .map_err(GovernanceError::from)?;
+        let governance = Arc::new(Governance::new(
+            BudgetLedger::new(Some(store.clone())),
+            audit,
+            config.tenants.iter().map(|(id, t)| (id, &t.governance)),
+        )?);
         let engine = Arc::new(SandboxEngine::new(&config.engine, &config.cache_dir)?);
-        let registry = Arc::new(PluginRegistry::new(engine.clone(), config.clone()));
+        let registry = Arc::new(
+            PluginRegistry::new(engine.clone(), config.clone()).with_audit(governance.clone()),
+        );
         registry.scan_group(&Visibility::Global).await;
         let initial_scan = tokio::spawn({
             let registry = registry.clone();
@@ -94,6 +124,8 @@ impl Host {
             engine,
             registry,
             disks,
+            store,
+            governance,
             reloader,
             initial_scan,
         })
@@ -102,6 +134,35 @@ impl Host {
     /// The configuration.
     pub fn config(&self) -> &LoomConfig {
         &self.config
+    }
+
+    /// The database under the data directory.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Sessions kept in the host's database.
+    pub fn sessions(&self) -> Arc<SessionStore> {
+        Arc::new(SessionStore::new(self.store.clone()))
+    }
+
+    /// Budgets, rate limits, approvals and the audit log.
+    pub fn governance(&self) -> &Arc<Governance> {
+        &self.governance
+    }
+
+    /// Wait until budget counters and audit entries recorded so far are
+    /// durable: call before a clean shutdown.
+    ///
+    /// # Errors
+    ///
+    /// The first write that failed.
+    pub async fn flush(&self) -> Result<(), HostError> {
+        self.governance.ledger().flush().await?;
+        if let Some(audit) = self.governance.audit() {
+            audit.flush().await.map_err(GovernanceError::from)?;
+        }
+        Ok(())
     }
 
     /// The plugin catalog once every directory has loaded at least once.
@@ -228,6 +289,17 @@ impl Host {
     }
 }
 
+/// How an architecture run ended, and what CPU time it used.
+#[derive(Debug)]
+pub struct ArchitectureRun {
+    /// [`CallError`] when the architecture broke a limit or crashed; its
+    /// own `run-error` is the inner `Err`.
+    pub outcome:
+        Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>,
+    /// CPU time it used, whatever the outcome.
+    pub cpu: std::time::Duration,
+}
+
 /// What [`Host::inspect`] found in a component file.
 #[derive(Debug)]
 pub struct Inspection {
@@ -270,11 +342,6 @@ impl Host {
 
     /// Run architecture `component` (plugin `plugin`) for `scope` in a fresh
     /// sandbox whose `harness` import is `harness`, under `limits`.
-    ///
-    /// # Errors
-    ///
-    /// [`CallError`] when the architecture breaks a limit or crashes; its own
-    /// `run-error` is the inner `Err`.
     pub async fn run_architecture(
         &self,
         component: &ArchitectureComponent,
@@ -283,8 +350,7 @@ impl Host {
         limits: &Limits,
         harness: Arc<dyn Harness>,
         input: architecture_export::RunInput,
-    ) -> Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>
-    {
+    ) -> ArchitectureRun {
         let grants = crate::tenancy::grants::EffectiveGrants::default();
         let request = CallRequest {
             scope,
@@ -294,7 +360,62 @@ impl Host {
             harness: Some(harness),
             disk: None,
         };
-        Box::pin(self.engine.run_architecture(component, &request, input)).await
+        let mut cpu = std::time::Duration::ZERO;
+        let outcome = Box::pin(
+            self.engine
+                .run_architecture(component, &request, input, &mut cpu),
+        )
+        .await;
+        ArchitectureRun { outcome, cpu }
+    }
+}
+
+impl Host {
+    /// Ask policy `policy` (as `scope`'s tenant sees it) about `call` to the
+    /// tool `spec` describes. Its configuration reaches it as the run
+    /// context's `loom.policy_config` metadata.
+    ///
+    /// # Errors
+    ///
+    /// A message when the policy does not exist for the tenant, is not a
+    /// policy, or broke a limit or crashed: the caller denies the call.
+    pub async fn check_policy(
+        &self,
+        scope: &Scope,
+        policy: &PolicyRef,
+        call: &wit_types::ToolCall,
+        spec: &wit_types::ToolSpec,
+    ) -> Result<PolicyAnswer, String> {
+        let catalog = self.catalog_for(&scope.tenant).await;
+        let Some(plugin) = catalog.policy(&scope.tenant, &policy.plugin).cloned() else {
+            return Err(format!(
+                "policy plugin `{}` is not available to tenant `{}`",
+                policy.plugin, scope.tenant
+            ));
+        };
+        drop(catalog);
+        let Some(component) = plugin.policy() else {
+            return Err(format!("plugin `{}` is not a policy", policy.plugin));
+        };
+        let mut scope = scope.clone();
+        scope
+            .metadata
+            .retain(|(key, _)| key != "loom.policy_config");
+        scope
+            .metadata
+            .push(("loom.policy_config".into(), policy.config.clone()));
+        let grants = crate::tenancy::grants::EffectiveGrants::default();
+        let request = CallRequest {
+            scope: Arc::new(scope),
+            plugin: plugin.name.clone(),
+            grants: &grants,
+            limits: &policy.limits,
+            harness: None,
+            disk: None,
+        };
+        Box::pin(self.engine.check_policy(component, &request, call, spec))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -30,6 +30,7 @@ pub mod agent;
 pub mod allocator;
 pub mod config;
 pub mod engine;
+pub mod governance;
 pub mod host;
 pub mod model;
 pub mod plugins;
@@ -43,6 +44,6 @@ pub use agent::{
 };
 pub use config::{Limits, LoomConfig};
 pub use engine::{CallError, ToolFailure, ToolOutput};
-pub use host::{Host, HostError, Inspection};
+pub use host::{ArchitectureRun, Host, HostError, Inspection};
 pub use secret::Secret;
 pub use tenancy::ids::{RunId, Scope, SessionId, TenantId, UserId};

@@ -60,7 +60,7 @@ async fn host(env: &TestEnv, extra: &str) -> Arc<Host> {
     env.mkdir("out");
     Arc::new(
         env.host(&format!(
-            "[tenants.acme.grants]\nfiles = [{{ host = \"out\", guest = \"/out\", write = true }}]\n[tenants.globex]\n{extra}"
+            "[tenants.acme.grants]\nfiles = [{{ host = \"out\", guest = \"/out\", write = true }}]\n[tenants.acme.permissions]\nmode = \"bypass\"\n[tenants.globex]\n{extra}"
         ))
         .await,
     )
@@ -230,12 +230,11 @@ async fn max_turns_interrupts_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_continue_per_user_and_survive_a_restart() {
     let env = TestEnv::new();
-    let db = env.path().join("data/loom.redb");
     let script = vec![turn("reply to {prompt}", &[])];
     let session = SessionId::new("chat-1").unwrap();
     {
         let host = host(&env, "").await;
-        let store = Arc::new(SessionStore::open(&db).unwrap());
+        let store = host.sessions();
         let agent = Agent::builder("Be brief.")
             .host(host)
             .model(model(script.clone()))
@@ -289,7 +288,7 @@ async fn sessions_continue_per_user_and_survive_a_restart() {
             .await
             .unwrap(),
     );
-    let store = Arc::new(SessionStore::open(&db).unwrap());
+    let store = host.sessions();
     let agent = Agent::builder("Be brief.")
         .host(host)
         .model(model(script))

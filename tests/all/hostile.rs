@@ -23,6 +23,9 @@ const TESTED: &[&str] = &[
     // Tested in hostile_arch.rs and plugins.rs.
     "FIXTURE_HOSTILE_ARCH",
     "FIXTURE_SLOW_LIST",
+    // Trapping, looping, hogging and oversized-answer policies; tested in
+    // governance.rs.
+    "FIXTURE_POLICY_VERDICT",
     // Not hostile; tested in plugins.rs.
     "FIXTURE_FUTURE_VERSION",
     "FIXTURE_ARCHITECTURE_STUB",

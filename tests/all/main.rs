@@ -11,6 +11,7 @@ mod agent;
 mod capabilities;
 mod context;
 mod floods;
+mod governance;
 mod hostile;
 mod hostile_arch;
 mod plugins;

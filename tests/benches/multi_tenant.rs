@@ -6,7 +6,17 @@
 //! Reports p50/p99 turn latency, throughput, peak RSS, and isolation
 //! violations (an answer carrying another user's or tenant's identity).
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3`
+//! Governance is on by default (`all`): each user's session is persisted in
+//! redb, budgets are checked and charged at every model and tool call
+//! (per-user daily tokens, per-run tool calls, a tenant monthly cost cap),
+//! the permission chain runs (mode and deny list), rate limits are checked,
+//! and every run writes its audit entries (run started/completed, two model
+//! calls, the tool call and its result) to a signed, chained log. Name a
+//! variant to measure what each feature costs: `bare` (none of it),
+//! `sessions`, `budgets` (sessions + budgets + permissions + rate limits),
+//! `all` (everything, the audit log included).
+//!
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all]`
 
 use loom_host::agent::{Agent, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
@@ -44,6 +54,13 @@ fn main() {
     } else {
         shapes
     };
+    let variant = std::env::args()
+        .skip(1)
+        .find(|a| ["bare", "sessions", "budgets", "all"].contains(&a.as_str()))
+        .unwrap_or_else(|| "all".into());
+    let sessions = variant != "bare";
+    let budgets = variant == "budgets" || variant == "all";
+    let audit = variant == "all";
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,9 +69,29 @@ fn main() {
     let env = TestEnv::new();
     env.add_plugin(components::ARCH_REACT, "react", None);
     env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
-    let tenants: String = (0..TENANTS).map(|t| format!("[tenants.t{t}]\n")).collect();
-    let host =
-        Arc::new(rt.block_on(env.host(&format!("[engine]\nmax_instances = 2000\n{tenants}"))));
+    let governance = |t: usize| {
+        if !budgets {
+            return String::new();
+        }
+        format!(
+            "[tenants.t{t}.budgets]\ncost_usd_per_month = 1000000.0\n\
+             [tenants.t{t}.user_budgets]\ntokens_per_day = 100000000\ntool_calls_per_run = 20\n\
+             [tenants.t{t}.permissions]\nmode = \"default\"\ndeny = [\"shell_*\"]\n\
+             [tenants.t{t}.user_rate_limits]\nruns_per_minute = 100000\nmodel_calls_per_minute = 100000\n"
+        )
+    };
+    let tenants: String = (0..TENANTS)
+        .map(|t| format!("[tenants.t{t}]\n{}", governance(t)))
+        .collect();
+    let audit_section = if audit {
+        std::fs::write(env.path().join("audit.key"), "bench-audit-key-0123456789").expect("key");
+        "[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nfsync = \"interval\"\nfsync_interval_ms = 1000\n"
+    } else {
+        ""
+    };
+    let host = Arc::new(rt.block_on(env.host(&format!(
+        "{audit_section}[engine]\nmax_instances = 2000\n{tenants}"
+    ))));
     let model = Arc::new(ScriptedModel::new(vec![
         ScriptedTurn {
             text: String::new(),
@@ -71,22 +108,25 @@ fn main() {
             usage: None,
         },
     ]));
-    let agent = Agent::builder("Report who you serve.")
-        .host(host)
-        .model(model)
-        .build()
-        .expect("agent");
+    let mut builder = Agent::builder("Report who you serve.")
+        .host(host.clone())
+        .model(model);
+    if sessions {
+        builder = builder.sessions(host.sessions());
+    }
+    let agent = builder.build().expect("agent");
     println!(
-        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool"
+        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; \
+         governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit})"
     );
     for (users, turns) in shapes {
         // The first pass also fills the instance pool, the allocator's
         // heaps and the page tables; the second is the steady state of a
         // server that has been up for a while. Both are reported.
-        let first = rt.block_on(load(&agent, users, turns));
+        let first = rt.block_on(load(&agent, users, turns, 0));
         println!("{users} users x {turns} turns (first pass): {first}");
         let mut steady: Vec<Report> = (0..STEADY_PASSES)
-            .map(|_| rt.block_on(load(&agent, users, turns)))
+            .map(|pass| rt.block_on(load(&agent, users, turns, pass + 1)))
             .collect();
         steady.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
         let median = &steady[steady.len() / 2];
@@ -133,8 +173,9 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Run `users` × `turns` through `agent`, all users starting together.
-async fn load(agent: &Agent, users: usize, turns: usize) -> Report {
+/// Run `users` × `turns` through `agent`, all users starting together;
+/// each user's turns share a session of this pass.
+async fn load(agent: &Agent, users: usize, turns: usize, pass: usize) -> Report {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(users);
     for u in 0..users {
@@ -145,8 +186,12 @@ async fn load(agent: &Agent, users: usize, turns: usize) -> Report {
             let mut out = Vec::with_capacity(turns);
             for _ in 0..turns {
                 let t0 = Instant::now();
+                let session = format!("{user}-p{pass}").parse().expect("session id");
                 let result = agent
-                    .run(RunRequest::new(scope(&tenant, Some(&user)), "who am I?"))
+                    .run(RunRequest::new(
+                        scope(&tenant, Some(&user)).with_session(session),
+                        "who am I?",
+                    ))
                     .await
                     .expect("run");
                 let seen: serde_json::Value =

@@ -126,6 +126,7 @@ fn demo() -> Result<(), String> {
     )?;
     copy(&example.join("loom.toml"), &demo.join("loom.toml"))?;
     copy(&example.join("script.json"), &demo.join("script.json"))?;
+    copy(&example.join("write.json"), &demo.join("write.json"))?;
     std::fs::write(
         demo.join("data/acme/welcome.txt"),
         "Hello from acme's granted directory.\n",
@@ -143,6 +144,7 @@ fn demo() -> Result<(), String> {
             .arg("--config")
             .arg(&config)
             .env("LOOM_DEMO_TOKEN", "token-from-the-host-env")
+            .env("LOOM_AUDIT_KEY", DEMO_AUDIT_KEY)
             .status()
             .map_err(|e| format!("cannot run {}: {e}", loom.display()))?;
         match (status.success(), expect_ok) {
@@ -301,11 +303,73 @@ fn demo() -> Result<(), String> {
         &agent_run("acme", "alice", "Thanks! Once more?"),
         true,
     )?;
+    println!("\nGovernance: budgets, permission modes and the audit log.");
+    step(
+        "alice's third run today: acme's user budget (runs_per_day = 2) stops it with budget:runs_per_day",
+        &agent_run("acme", "alice", "One more?"),
+        false,
+    )?;
+    step(
+        "bob of acme has his own budget and still runs",
+        &agent_run("acme", "bob", question),
+        true,
+    )?;
+    step(
+        "alice's use against every cap",
+        &["budget", "show", "--tenant", "acme", "--user", "alice"],
+        true,
+    )?;
+    step(
+        "globex is in plan mode: its agent's write_file call is denied and nothing is written",
+        &[
+            "run",
+            "--tenant",
+            "globex",
+            "--user",
+            "bob",
+            "--model",
+            "scripted:write.json",
+            "Save a note.",
+        ],
+        true,
+    )?;
+    if demo.join("data/globex/plan.txt").exists() {
+        return Err("plan mode let the agent write data/globex/plan.txt".into());
+    }
+    let audit_log = demo.join("audit.jsonl");
+    let audit_path = audit_log.display().to_string();
+    step(
+        "The audit log verifies: every entry signed and chained",
+        &["audit", "verify", &audit_path],
+        true,
+    )?;
+    step(
+        "The last entries, redacted as configured",
+        &["audit", "show", "--tenant", "globex"],
+        true,
+    )?;
+    let text = std::fs::read_to_string(&audit_log).map_err(|e| e.to_string())?;
+    let tampered = demo.join("audit-tampered.jsonl");
+    std::fs::write(&tampered, text.replacen("\"acme\"", "\"evil\"", 1))
+        .map_err(|e| e.to_string())?;
+    let head = format!("{audit_path}.head");
+    copy(
+        Path::new(&head),
+        Path::new(&format!("{}.head", tampered.display())),
+    )?;
+    step(
+        "One edited byte in a copy of the log: verify names the line",
+        &["audit", "verify", &tampered.display().to_string()],
+        false,
+    )?;
     println!(
         "\nDemo finished: every allowed call ran and every denied one was refused inside the sandbox."
     );
     Ok(())
 }
+
+/// The audit key of the demo (a real deployment keeps its key secret).
+const DEMO_AUDIT_KEY: &str = "loom-demo-audit-key-not-secret";
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::copy(from, to)

@@ -27,12 +27,14 @@
 //! Its clocks and randomness come through the gate too.
 
 mod gate;
+mod governor;
 mod run;
 
 pub use gate::{GateLimits, OutputRefusal};
 pub use run::{RunEvent, RunStream};
 
 use crate::engine::CallError;
+use crate::governance::approval::Approver;
 use crate::host::Host;
 use crate::model::pricing::PriceTable;
 use crate::model::{Message, Model, ModelError, Usage};
@@ -101,6 +103,9 @@ pub enum AgentError {
     /// The output schema itself is invalid.
     #[error("invalid output schema: {0}")]
     InvalidSchema(String),
+    /// A rate limit rejected the run; retry after the time it names.
+    #[error(transparent)]
+    RateLimited(#[from] crate::governance::ratelimit::RateLimited),
 }
 
 /// One request to run the agent.
@@ -203,6 +208,7 @@ pub(crate) struct AgentInner {
     pub(crate) run_timeout: Duration,
     pub(crate) prices: PriceTable,
     pub(crate) sessions: Option<Arc<SessionStore>>,
+    pub(crate) approver: Option<Arc<dyn Approver>>,
 }
 
 /// A configured agent; cheap to clone and share between tasks and users.
@@ -223,6 +229,7 @@ pub struct AgentBuilder {
     run_timeout: Duration,
     prices: PriceTable,
     sessions: Option<Arc<SessionStore>>,
+    approver: Option<Arc<dyn Approver>>,
 }
 
 impl Agent {
@@ -239,6 +246,7 @@ impl Agent {
             run_timeout: Duration::from_secs(300),
             prices: PriceTable::default(),
             sessions: None,
+            approver: None,
         }
     }
 
@@ -315,6 +323,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Who answers tool calls the permission chain says to ask about
+    /// (default: the tenant's `approval_url` webhook, else nobody, which
+    /// denies them).
+    pub fn approver(mut self, approver: Arc<dyn Approver>) -> Self {
+        self.approver = Some(approver);
+        self
+    }
+
     /// Build the agent.
     ///
     /// # Errors
@@ -341,6 +357,7 @@ impl AgentBuilder {
                 run_timeout: self.run_timeout,
                 prices: self.prices,
                 sessions: self.sessions,
+                approver: self.approver,
             }),
         })
     }

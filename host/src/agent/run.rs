@@ -3,6 +3,7 @@
 //! and streaming.
 
 use super::gate::{Gate, GateLimits};
+use super::governor::{Governor, Inherited};
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
 use crate::config::Limits;
 use crate::engine::bindings::architecture_export as arch;
@@ -64,6 +65,37 @@ pub enum RunEvent {
         /// Output JSON, or `DENIED: ...` / `ERROR: ...`.
         output: String,
     },
+    /// A budget crossed its warning fraction.
+    BudgetWarning {
+        /// The budget's key, such as `tokens_per_day`.
+        key: String,
+        /// `tenant` or `user`.
+        level: String,
+        /// Used so far.
+        used: f64,
+        /// The cap.
+        limit: f64,
+    },
+    /// A budget or rate limit stopped the run; `Completed` follows.
+    BudgetExceeded {
+        /// `budget:<key>` or `rate_limit:<key>`.
+        reason: String,
+        /// Level, use and limit (JSON text).
+        detail: String,
+    },
+    /// A tool call was denied, or needs approval.
+    Permission {
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        name: String,
+        /// `deny` or `ask`.
+        decision: String,
+        /// Who decided (deny list, permission mode, policy, approver).
+        by: String,
+        /// Why.
+        reason: String,
+    },
     /// An event the architecture emitted.
     Custom {
         /// Its kind.
@@ -94,6 +126,7 @@ pub(crate) struct RunState {
     cost: Mutex<f64>,
     turns: AtomicU32,
     lineage: Lineage,
+    pub(super) governor: Arc<Governor>,
 }
 
 /// Where a run sits in its tree of sub-agents.
@@ -103,6 +136,8 @@ pub(crate) struct Lineage {
     pub(crate) depth: u32,
     /// Sub-agents started by the whole tree so far.
     pub(crate) delegations: Arc<AtomicU32>,
+    /// The budget and approvals a sub-agent shares with its parent.
+    pub(crate) inherited: Option<Inherited>,
 }
 
 impl Lineage {
@@ -111,6 +146,7 @@ impl Lineage {
         Lineage {
             depth: 0,
             delegations: Arc::new(AtomicU32::new(0)),
+            inherited: None,
         }
     }
 }
@@ -204,8 +240,15 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// The outcome of one tool call of a turn.
-type CallOutcome = Result<crate::engine::ToolOutput, CallError>;
+/// The outcome of one tool call of a turn, with the call as it ran (the
+/// approver may have edited its arguments).
+type CallOutcome = (wt::ToolCall, Result<crate::engine::ToolOutput, CallError>);
+
+/// The id and tool of a call, kept in call order for the results.
+struct CallMeta {
+    id: String,
+    name: String,
+}
 
 /// A tool call under way: its own task when it runs beside others, or a
 /// future polled by the run itself when it is the turn's only call.
@@ -243,6 +286,7 @@ impl RunState {
         request: wit::CompletionRequest,
     ) -> BoxFuture<'_, Result<wit::Completion, wit::HarnessError>> {
         Box::pin(async move {
+            let reservation = self.governor.before_model(&request).await?;
             let model = &self.agent.model;
             let mut messages: Vec<Message> =
                 request.messages.into_iter().map(to_model_message).collect();
@@ -292,6 +336,8 @@ impl RunState {
                 .await
                 .map_err(|e| wit::HarnessError::ModelFailed(e.to_string()))?;
             let cost = self.agent.prices.cost(model.id(), &response.usage);
+            self.governor
+                .after_model(reservation, &response.usage, cost);
             self.charge(response.usage, cost);
             self.turns.fetch_add(1, Ordering::Relaxed);
             Ok(wit::Completion {
@@ -328,21 +374,53 @@ impl RunState {
                         arguments: call.arguments.clone(),
                     });
                 }
+                let call_meta = CallMeta {
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                };
                 let Some(binding) = self.tools.iter().find(|b| b.spec.name == call.name) else {
-                    pending.push((call, None));
+                    self.governor
+                        .refused_tool(&call, "the tool is not available to this agent");
+                    pending.push((call_meta, None));
                     continue;
                 };
                 let host = self.agent.host.clone();
                 let scope = (*self.scope).clone();
                 let binding = binding.clone();
-                let arguments = call.arguments.clone();
-                let work = async move { host.call_bound_tool(scope, &binding, &arguments).await };
+                let governor = self.governor.clone();
+                let work = async move {
+                    // The permission chain and the budget, then the call.
+                    let (call, reservation) = match governor.admit_tool(call, &binding).await {
+                        Ok(admitted) => admitted,
+                        Err((call, refusal)) => {
+                            let reason = ToolFailure::from(refusal.clone());
+                            governor.refused_tool(&call, &failure_text(&reason));
+                            return (
+                                call,
+                                Err(CallError::Tool {
+                                    tool: binding.spec.name.clone(),
+                                    failure: reason,
+                                }),
+                            );
+                        }
+                    };
+                    let outcome = host.call_bound_tool(scope, &binding, &call.arguments).await;
+                    let (summary, cpu) = match &outcome {
+                        Ok(output) => (Ok(output.output.clone()), output.cpu),
+                        Err(CallError::Tool { failure, .. }) => {
+                            (Err(failure_text(failure)), Default::default())
+                        }
+                        Err(other) => (Err(other.to_string()), Default::default()),
+                    };
+                    governor.after_tool(reservation, &call, &summary, cpu);
+                    (call, outcome)
+                };
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                 } else {
                     PendingCall::Inline(Box::pin(work))
                 };
-                pending.push((call, Some(task)));
+                pending.push((call_meta, Some(task)));
             }
             let mut results = Vec::with_capacity(pending.len());
             for (call, task) in pending {
@@ -355,9 +433,9 @@ impl RunState {
                         Err(join) => Err(ToolFailure::Failed(format!(
                             "the tool call was lost: {join}"
                         ))),
-                        Ok(Ok(output)) => Ok(output.output),
-                        Ok(Err(CallError::Tool { failure, .. })) => Err(failure),
-                        Ok(Err(other)) => Err(ToolFailure::Failed(other.to_string())),
+                        Ok((_, Ok(output))) => Ok(output.output),
+                        Ok((_, Err(CallError::Tool { failure, .. }))) => Err(failure),
+                        Ok((_, Err(other))) => Err(ToolFailure::Failed(other.to_string())),
                     },
                 };
                 if self.events.is_some() {
@@ -403,6 +481,7 @@ impl RunState {
         input: String,
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
+            self.governor.before_delegate()?;
             if self.lineage.depth + 1 > MAX_DELEGATION_DEPTH {
                 return Err(wit::HarnessError::InvalidRequest(format!(
                     "sub-agents may nest at most {MAX_DELEGATION_DEPTH} deep"
@@ -429,6 +508,7 @@ impl RunState {
                 run_timeout: self.agent.run_timeout,
                 prices: self.agent.prices.clone(),
                 sessions: None,
+                approver: self.agent.approver.clone(),
             });
             let mut scope = (*self.scope).clone();
             scope.run = RunId::generate();
@@ -437,6 +517,7 @@ impl RunState {
             let lineage = Lineage {
                 depth: self.lineage.depth + 1,
                 delegations: self.lineage.delegations.clone(),
+                inherited: Some(self.governor.inherit()),
             };
             let result = Box::pin(execute(child, request, self.events.clone(), lineage))
                 .await
@@ -549,6 +630,47 @@ pub(crate) async fn execute(
         (Some(store), Some(session)) => Some((store.clone(), session.clone())),
         _ => None,
     };
+    let settings = Arc::new(
+        host.config()
+            .tenant(&scope.tenant)
+            .map(|t| t.governance.clone())
+            .map_err(|e| AgentError::NotFound(e.to_string()))?,
+    );
+    let root = lineage.inherited.is_none();
+    let governor = Arc::new(Governor::new(
+        &agent,
+        scope.clone(),
+        settings,
+        events.clone(),
+        lineage.inherited.clone(),
+    ));
+    governor.audit_started(&request.prompt, &arch_name);
+    if root {
+        let refused = match governor.start_run().await {
+            Err(limited) => {
+                governor.audit_refused(&limited.to_string());
+                return Err(AgentError::RateLimited(limited));
+            }
+            Ok(refused) => refused,
+        };
+        if let Some(reason) = refused {
+            let result = RunResult {
+                output: String::new(),
+                parsed: None,
+                turns: 0,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                run_id: scope.run.clone(),
+                session_id: scope.session.clone(),
+                interrupted: true,
+                interruption_reason: Some(reason),
+                started_at,
+                finished_at: SystemTime::now(),
+            };
+            governor.audit_completed(&result);
+            return Ok(result);
+        }
+    }
     let mut history = match &session_key {
         Some((store, session)) => store.load(&scope.tenant, &scope.user, session)?,
         None => Vec::new(),
@@ -571,6 +693,7 @@ pub(crate) async fn execute(
         cost: Mutex::new(0.0),
         turns: AtomicU32::new(0),
         lineage: lineage.clone(),
+        governor: governor.clone(),
     });
     let Some(component) = plugin.architecture() else {
         return Err(AgentError::NotFound(format!(
@@ -592,6 +715,7 @@ pub(crate) async fn execute(
     ));
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
+    let mut cpu = std::time::Duration::ZERO;
     let (output, parsed, interrupted) = loop {
         attempts += 1;
         let input = arch::RunInput {
@@ -601,7 +725,7 @@ pub(crate) async fn execute(
             config: "{}".into(),
             max_turns: agent.max_turns,
         };
-        let output = match host
+        let ran = host
             .run_architecture(
                 component,
                 plugin.name.clone(),
@@ -610,13 +734,19 @@ pub(crate) async fn execute(
                 gate.clone() as Arc<dyn Harness>,
                 input,
             )
-            .await?
-        {
+            .await;
+        cpu += ran.cpu;
+        let output = match ran.outcome? {
             Ok(output) => output,
             Err(arch::RunError::InvalidConfig(m)) => {
                 return Err(AgentError::Architecture(format!("invalid config: {m}")));
             }
             Err(arch::RunError::Harness(m)) | Err(arch::RunError::Failed(m)) => {
+                // A budget or rate limit stopped the run: the architecture
+                // giving up on it is the expected end, an interruption.
+                if governor.stopped().is_some() {
+                    break (String::new(), None, None);
+                }
                 return Err(AgentError::Architecture(m));
             }
         };
@@ -626,7 +756,7 @@ pub(crate) async fn execute(
         let Some(schema) = &request.output_schema else {
             break (output.output, None, output.interrupted);
         };
-        if output.interrupted.is_some() {
+        if output.interrupted.is_some() || governor.stopped().is_some() {
             break (output.output, None, output.interrupted);
         }
         match validate(schema, &output.output) {
@@ -648,8 +778,17 @@ pub(crate) async fn execute(
             }
         }
     };
+    governor.finish(cpu, root.then(|| started_at.elapsed().unwrap_or_default()));
+    // A stopped run is interrupted, whatever the architecture made of it.
+    let interrupted = governor.stopped().or(interrupted);
     if let Some((store, session)) = &session_key {
-        store.save(&scope.tenant, &scope.user, session, &history)?;
+        store
+            .save(&scope.tenant, &scope.user, session, &history)
+            .await?;
+    } else if governor.capped()
+        && let Err(error) = host.governance().ledger().flush().await
+    {
+        tracing::error!(%error, "budget counters could not be saved");
     }
     let (usage, cost_usd) = state.totals();
     let result = RunResult {
@@ -665,6 +804,7 @@ pub(crate) async fn execute(
         started_at,
         finished_at: SystemTime::now(),
     };
+    governor.audit_completed(&result);
     Ok(result)
 }
 

@@ -1,5 +1,6 @@
 //! Argument parsing and the `loom` subcommands.
 
+mod govern;
 mod init;
 mod plugins;
 mod run;
@@ -41,6 +42,12 @@ enum Command {
     /// Call tools directly, through the full sandbox.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Show budget use against every cap.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+    /// Verify and read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write a commented loom.toml that names every section.
     Init {
         /// Where to write it.
@@ -74,6 +81,63 @@ enum PluginsCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BudgetCommand {
+    /// Print what the tenant (and with --user, the user) has used against
+    /// each configured cap: rolling day, calendar month, lifetime.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The tenant; may be omitted when only one is configured.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Also the caps of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every entry's signature, numbering and chain. Exits 0 with
+    /// the entry count, or 1 naming the first bad line (an edit, deletion,
+    /// insertion, reordering or truncation).
+    Verify {
+        /// The audit log (JSONL).
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// File holding the key (default: LOOM_AUDIT_KEY, else [audit] key_file).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print audit entries, oldest first, with the fields [audit] redact
+    /// names hidden.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The audit log (default: [audit] path).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries since this time: RFC 3339 (2026-11-28T18:00:00Z) or
+        /// an age (90s, 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON lines.
         #[arg(long)]
         json: bool,
     },
@@ -161,6 +225,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugins::inspect(config.load()?, &file, json).await
         }
         Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
+        Command::Budget(BudgetCommand::Show {
+            config,
+            tenant,
+            user,
+            json,
+        }) => govern::budget_show(&config.load()?, tenant.as_deref(), user.as_deref(), json),
+        Command::Audit(AuditCommand::Verify {
+            file,
+            config,
+            key_file,
+        }) => govern::audit_verify(&config.load()?, &file, key_file.as_deref()),
+        Command::Audit(AuditCommand::Show {
+            config,
+            file,
+            tenant,
+            user,
+            since,
+            json,
+        }) => govern::audit_show(
+            &config.load()?,
+            govern::ShowArgs {
+                file: file.as_deref(),
+                tenant: tenant.as_deref(),
+                user: user.as_deref(),
+                since: since.as_deref(),
+                json,
+            },
+        ),
         Command::Init { path, force } => init::init(&path, force),
     }
 }

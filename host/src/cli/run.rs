@@ -5,9 +5,8 @@ use loom_host::agent::{Agent, RunEvent, RunRequest};
 use loom_host::engine::boundary::{escape_text, terminal_safe};
 use loom_host::model::pricing::PriceTable;
 use loom_host::model::spec::from_spec;
-use loom_host::store::SessionStore;
 use loom_host::{Host, LoomConfig};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,12 +57,12 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let sessions = Arc::new(SessionStore::open(&config.data_dir.join("loom.redb"))?);
     let settings = config.agent.clone();
     let prices = PriceTable::new(config.pricing.clone());
     let host = Arc::new(Host::start(config).await?);
+    let sessions = host.sessions();
     let mut builder = Agent::builder(settings.instructions)
-        .host(host)
+        .host(host.clone())
         .model(model)
         .architecture(args.arch.unwrap_or(settings.architecture))
         .max_turns(settings.max_turns)
@@ -74,19 +73,32 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     if let Some(tools) = settings.tools {
         builder = builder.tools(tools);
     }
+    if std::io::stdin().is_terminal() && !args.json {
+        builder = builder.approver(Arc::new(super::govern::TerminalApprover::new()));
+    }
     let agent = builder.build()?;
     let mut request = RunRequest::new(scope, args.prompt);
     if let Some(schema) = schema {
         request = request.output_schema(schema);
     }
     let mut stream = agent.stream(request);
+    let code = show(&mut stream, args.json).await;
+    // Budget counters and audit entries are durable before loom exits.
+    if let Err(error) = host.flush().await {
+        eprintln!("loom: {error}");
+    }
+    code
+}
+
+/// Print the run's events as they come; the exit code.
+async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
     let mut streamed_text = false;
     // The text streamed since the last tool call: the answer, if the
     // architecture returns what the model said.
     let mut latest_text = String::new();
     while let Some(event) = stream.next().await {
-        if args.json {
+        if json {
             println!("{}", serde_json::to_string(&event)?);
             if let RunEvent::Error { .. } = event {
                 return Ok(ExitCode::from(1));
@@ -131,6 +143,26 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
                     if ok { "ok" } else { "failed" },
                     escape_text(&output, 200)
                 );
+            }
+            RunEvent::BudgetWarning {
+                key,
+                level,
+                used,
+                limit,
+            } => eprintln!("! budget warning: {level} has used {used} of {key} = {limit}"),
+            RunEvent::BudgetExceeded { reason, detail } => {
+                eprintln!("! {reason}: {}", escape_text(&detail, 500))
+            }
+            RunEvent::Permission {
+                name,
+                decision,
+                by,
+                reason,
+                ..
+            } => {
+                if decision == "deny" {
+                    eprintln!("x {name} denied by {by}: {}", escape_text(&reason, 500));
+                }
             }
             RunEvent::Custom { kind, data } => {
                 eprintln!("[{}] {}", escape_text(&kind, 64), escape_text(&data, 2000))

@@ -2,10 +2,10 @@
 //! each in a fresh sandbox, and the checks on what they hand back.
 
 use super::SandboxEngine;
-use super::bindings::architecture_export;
+use super::bindings::{architecture_export, policy_export, types as wit_types};
 use super::boundary::{self, check_json, check_json_bounds};
 use super::error::{CallError, ToolFailure};
-use super::load::{ArchitectureComponent, ToolComponent};
+use super::load::{ArchitectureComponent, PolicyComponent, ToolComponent};
 use super::sandbox::{CallRequest, conclude, under_limits};
 use super::state::LogLevel;
 use super::types::ToolOutput;
@@ -93,17 +93,20 @@ impl SandboxEngine {
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
+        let cpu = std::time::Duration::from_nanos(meter.cpu_ns());
         result.map(|(output, truncated_from)| ToolOutput {
             output,
             truncated_from,
             logs,
             denials,
             elapsed: started.elapsed(),
+            cpu,
         })
     }
 
     /// Run an agent loop: instantiate `component` in a fresh sandbox whose
-    /// `harness` import is `request.harness`, and call its `run`.
+    /// `harness` import is `request.harness`, and call its `run`. `cpu` is
+    /// set to the CPU time the architecture used, whatever the outcome.
     ///
     /// # Errors
     ///
@@ -114,6 +117,7 @@ impl SandboxEngine {
         component: &ArchitectureComponent,
         request: &CallRequest<'_>,
         input: architecture_export::RunInput,
+        cpu: &mut std::time::Duration,
     ) -> Result<Result<architecture_export::RunOutput, architecture_export::RunError>, CallError>
     {
         let mut store = self.store(request)?;
@@ -124,7 +128,59 @@ impl SandboxEngine {
             guest.call_run(&mut store, &input).await
         })
         .await;
+        *cpu = std::time::Duration::from_nanos(meter.cpu_ns());
         conclude(ended, store.data(), request.limits)
+    }
+}
+
+/// Longest reason a policy may give; the rest is cut with a marker.
+pub const MAX_POLICY_REASON_BYTES: usize = 4 << 10;
+
+/// A policy component's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyAnswer {
+    /// No objection.
+    Allow,
+    /// Do not run the call.
+    Deny(String),
+    /// Ask the approver.
+    Ask(String),
+}
+
+impl SandboxEngine {
+    /// Ask policy `component` about `call` to the tool `spec` describes, in a
+    /// fresh sandbox with no grants.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`] when the policy breaks a limit or crashes; the caller
+    /// treats that as a denial.
+    pub async fn check_policy(
+        &self,
+        component: &PolicyComponent,
+        request: &CallRequest<'_>,
+        call: &wit_types::ToolCall,
+        spec: &wit_types::ToolSpec,
+    ) -> Result<PolicyAnswer, CallError> {
+        let mut store = self.store(request)?;
+        let meter = store.data().meter.clone();
+        let ended = under_limits(&meter, request.limits.wall, async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            let guest = component.indices.load(&mut store, &instance)?;
+            guest.call_check(&mut store, call, spec).await
+        })
+        .await;
+        let cap = |mut reason: String| {
+            if let Some(original) = boundary::cut_to(&mut reason, MAX_POLICY_REASON_BYTES) {
+                reason.push_str(&format!(" [cut by Loom from {original} bytes]"));
+            }
+            boundary::escape_text(&reason, usize::MAX)
+        };
+        Ok(match conclude(ended, store.data(), request.limits)? {
+            policy_export::Decision::Allow => PolicyAnswer::Allow,
+            policy_export::Decision::Deny(reason) => PolicyAnswer::Deny(cap(reason)),
+            policy_export::Decision::Ask(reason) => PolicyAnswer::Ask(cap(reason)),
+        })
     }
 }
 

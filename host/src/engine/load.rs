@@ -4,7 +4,7 @@
 //! limits.
 
 use super::SandboxEngine;
-use super::bindings::{architecture_export, names, tool_export};
+use super::bindings::{architecture_export, names, policy_export, tool_export};
 use super::boundary::check_json;
 use super::cache::{self, CacheOutcome};
 use super::error::LoadError;
@@ -47,6 +47,12 @@ pub struct ArchitectureComponent {
     pub info: ArchitectureInfo,
 }
 
+/// A compiled, pre-linked policy component.
+pub struct PolicyComponent {
+    pub(super) pre: InstancePre<HostState>,
+    pub(super) indices: policy_export::GuestIndices,
+}
+
 /// A compiled component, ready to call.
 pub struct LoadedComponent {
     /// Hex sha256 of the component's bytes.
@@ -59,6 +65,8 @@ pub struct LoadedComponent {
     pub tool: Option<ToolComponent>,
     /// The runnable architecture, for architecture plugins.
     pub architecture: Option<ArchitectureComponent>,
+    /// The callable policy, for policy plugins.
+    pub policy: Option<PolicyComponent>,
 }
 
 /// Check `bytes`, then compile them (or take them from `cache`): the
@@ -180,26 +188,33 @@ impl SandboxEngine {
     ) -> Result<LoadedComponent, LoadError> {
         let (component, shape, sha256, cache) = self.compile_off_workers(bytes).await?;
         let kind = Self::classify(&shape)?;
-        // Memory and policy components are detected and listed; their
-        // worlds get host implementations in later work.
-        let (tool, architecture) = match kind {
-            PluginKind::Tool => (
-                Some(self.prepare_tool(&component, name, limits).await?),
-                None,
-            ),
-            PluginKind::Architecture => (
-                None,
-                Some(self.prepare_architecture(&component, name, limits).await?),
-            ),
-            PluginKind::Memory | PluginKind::Policy => (None, None),
-        };
+        // Memory components are detected and listed; their world gets a
+        // host implementation in later work.
+        let (mut tool, mut architecture, mut policy) = (None, None, None);
+        match kind {
+            PluginKind::Tool => tool = Some(self.prepare_tool(&component, name, limits).await?),
+            PluginKind::Architecture => {
+                architecture = Some(self.prepare_architecture(&component, name, limits).await?);
+            }
+            PluginKind::Policy => policy = Some(self.prepare_policy(&component)?),
+            PluginKind::Memory => {}
+        }
         Ok(LoadedComponent {
             sha256,
             shape,
             cache,
             tool,
             architecture,
+            policy,
         })
+    }
+
+    /// Pre-link a policy component; it has nothing to describe.
+    fn prepare_policy(&self, component: &Component) -> Result<PolicyComponent, LoadError> {
+        let pre = self.pre_link(component)?;
+        let indices = policy_export::GuestIndices::new(&pre)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(PolicyComponent { pre, indices })
     }
 
     /// Pre-link `component`, failing with the import the host lacks.

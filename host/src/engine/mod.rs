@@ -41,14 +41,14 @@ mod setup;
 mod state;
 mod types;
 
-pub use call::MAX_TOOL_ERROR_BYTES;
+pub use call::{MAX_POLICY_REASON_BYTES, MAX_TOOL_ERROR_BYTES, PolicyAnswer};
 pub use disk::{DiskLedger, DiskRefusal};
 pub use error::{CallError, EngineError, LoadError, ToolFailure};
 pub use guards::MAX_RANDOM_BYTES;
 pub use harness::{Harness, HarnessStop};
 pub use load::{
     ArchitectureComponent, LOADER_WALL, LoadedComponent, MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES,
-    MAX_TOOLS_PER_COMPONENT, ToolComponent,
+    MAX_TOOLS_PER_COMPONENT, PolicyComponent, ToolComponent,
 };
 pub use sandbox::{CallRequest, MAX_HTTP_FIELDS_BYTES};
 pub use setup::SandboxEngine;

@@ -86,4 +86,6 @@ pub struct ToolOutput {
     pub denials: Vec<String>,
     /// Wall time of the call, instantiation included.
     pub elapsed: Duration,
+    /// CPU time the call used, host work on its behalf included.
+    pub cpu: Duration,
 }

@@ -12,6 +12,14 @@ pub fn path(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("(built in)/{name}.wasm"))
 }
 
+/// The tools of embedded component `name` that edit files.
+pub fn file_edit_tools(name: &str) -> Vec<String> {
+    match name {
+        "files" => vec!["write_file".into()],
+        _ => Vec::new(),
+    }
+}
+
 /// What embedded component `name` may touch for a tenant granting `grants`:
 /// `files` gets the tenant's directories, `http-fetch` its HTTP
 /// destinations, the others nothing. No environment, no raw sockets.

@@ -13,6 +13,10 @@
 //! sockets = ["127.0.0.1:9000"]
 //! ```
 //!
+//! A top-level `file_edit_tools = ["write_note"]` (before `[capabilities]`)
+//! tags tools that edit files: the `accept-edits` permission mode runs them
+//! without asking.
+//!
 //! What a plugin gets is the part of these requests its tenant granted; a
 //! plugin without a manifest gets no capabilities at all.
 
@@ -33,6 +37,10 @@ pub struct Manifest {
     /// Requested capabilities.
     #[serde(default)]
     pub capabilities: Requests,
+    /// Its tools that edit files: the `accept-edits` permission mode runs
+    /// them without asking.
+    #[serde(default)]
+    pub file_edit_tools: Vec<String>,
 }
 
 /// Why a manifest was rejected.

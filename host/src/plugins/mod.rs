@@ -24,9 +24,10 @@ pub mod manifest;
 use crate::config::LoomConfig;
 use crate::engine::cache::CacheOutcome;
 use crate::engine::{
-    ArchitectureComponent, ComponentShape, LoadError, PluginKind, SandboxEngine, ToolComponent,
-    ToolSpec,
+    ArchitectureComponent, ComponentShape, LoadError, PluginKind, PolicyComponent, SandboxEngine,
+    ToolComponent, ToolSpec,
 };
+use crate::governance::Governance;
 use crate::tenancy::grants::{EffectiveGrants, Requests, ResolvedGrants};
 use crate::tenancy::ids::TenantId;
 use manifest::{Manifest, ManifestError};
@@ -70,8 +71,8 @@ pub enum PluginPayload {
     Architecture(ArchitectureComponent),
     /// A memory component (listed; no host runs it yet).
     Memory,
-    /// A policy component (listed; no host runs it yet).
-    Policy,
+    /// A policy component, ready to ask.
+    Policy(PolicyComponent),
 }
 
 /// Where a plugin was found.
@@ -104,6 +105,9 @@ pub struct LoadedPlugin {
     pub shape: ComponentShape,
     /// What its manifest requests (`None`: no manifest, so nothing).
     pub requests: Option<Requests>,
+    /// Its tools that edit files (manifest `file_edit_tools`): the ones the
+    /// `accept-edits` permission mode runs without asking.
+    pub file_edit_tools: Vec<String>,
     /// Whether compilation came from the cache.
     pub cache: CacheOutcome,
     /// What it offers.
@@ -123,6 +127,14 @@ impl LoadedPlugin {
     pub fn architecture(&self) -> Option<&ArchitectureComponent> {
         match &self.payload {
             PluginPayload::Architecture(arch) => Some(arch),
+            _ => None,
+        }
+    }
+
+    /// The policy component, for policy plugins.
+    pub fn policy(&self) -> Option<&PolicyComponent> {
+        match &self.payload {
+            PluginPayload::Policy(policy) => Some(policy),
             _ => None,
         }
     }
@@ -159,6 +171,8 @@ pub struct ToolBinding {
     pub spec: ToolSpec,
     /// Capabilities for this tenant: its grants intersected with the manifest.
     pub grants: Arc<EffectiveGrants>,
+    /// Whether its plugin tags it as a file edit.
+    pub file_edit: bool,
 }
 
 /// An immutable snapshot of every plugin directory.
@@ -170,6 +184,8 @@ pub struct Catalog {
     tools: HashMap<TenantId, HashMap<String, ToolBinding>>,
     /// Architectures by tenant, then by name (from `describe`).
     architectures: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
+    /// Policy components by tenant, then by plugin name.
+    policies: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
 }
 
 impl Catalog {
@@ -191,6 +207,11 @@ impl Catalog {
     /// The architecture `name` as tenant `tenant` sees it.
     pub fn architecture(&self, tenant: &TenantId, name: &str) -> Option<&Arc<LoadedPlugin>> {
         self.architectures.get(tenant)?.get(name)
+    }
+
+    /// The policy plugin `name` as tenant `tenant` sees it.
+    pub fn policy(&self, tenant: &TenantId, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.policies.get(tenant)?.get(name)
     }
 
     /// Names of the architectures tenant `tenant` sees, sorted.
@@ -286,6 +307,8 @@ pub struct PluginRegistry {
     all_ready: std::sync::atomic::AtomicBool,
     /// Missing directories already warned about.
     warned_missing: Mutex<HashSet<PathBuf>>,
+    /// Where plugin loads are audited, if anywhere.
+    governance: Option<Arc<Governance>>,
 }
 
 impl PluginRegistry {
@@ -304,6 +327,24 @@ impl PluginRegistry {
             ready: tokio::sync::watch::channel(BTreeSet::new()).0,
             all_ready: std::sync::atomic::AtomicBool::new(false),
             warned_missing: Mutex::new(HashSet::new()),
+            governance: None,
+        }
+    }
+
+    /// Record every plugin loaded, reloaded, rejected or removed in
+    /// `governance`'s audit log.
+    pub fn with_audit(mut self, governance: Arc<Governance>) -> Self {
+        self.governance = Some(governance);
+        self
+    }
+
+    fn audit(&self, group: &Visibility, action: &'static str, data: serde_json::Value) {
+        if let Some(governance) = &self.governance {
+            let tenant = match group {
+                Visibility::Tenant(tenant) => tenant.as_str(),
+                Visibility::Builtin | Visibility::Global => "*",
+            };
+            governance.record_event(tenant, action, "system", data);
         }
     }
 
@@ -443,13 +484,24 @@ impl PluginRegistry {
                 continue;
             }
             let status = self.load_file(&path).await.map(Arc::new);
+            let reloaded = previous.iter().any(|e| e.path == path);
             match &status {
                 Ok(plugin) => {
                     tracing::info!(path = %path.display(), plugin = %plugin.name, kind = %plugin.kind, "plugin loaded");
+                    self.audit(
+                        group,
+                        if reloaded { "plugin_reloaded" } else { "plugin_loaded" },
+                        serde_json::json!({"path": path.display().to_string(), "plugin": &*plugin.name, "kind": plugin.kind, "sha256": plugin.sha256}),
+                    );
                     report.loaded.push(path.clone());
                 }
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "plugin skipped");
+                    self.audit(
+                        group,
+                        "plugin_rejected",
+                        serde_json::json!({"path": path.display().to_string(), "reason": reason.to_string()}),
+                    );
                     report.failed.push((path.clone(), reason.to_string()));
                 }
             }
@@ -463,6 +515,11 @@ impl PluginRegistry {
         for old in &previous {
             if !entries.iter().any(|e| e.path == old.path) {
                 tracing::info!(path = %old.path.display(), "plugin removed");
+                self.audit(
+                    group,
+                    "plugin_removed",
+                    serde_json::json!({"path": old.path.display().to_string()}),
+                );
                 report.removed.push(old.path.clone());
             }
         }
@@ -546,15 +603,25 @@ impl PluginRegistry {
     ) -> Result<LoadedPlugin, PluginError> {
         let loaded = self.engine.load(bytes, &name, &self.config.limits).await?;
         let kind = SandboxEngine::classify(&loaded.shape)?;
-        let (version, description, requests) = match manifest {
-            Some(m) => (m.version, m.description, Some(m.capabilities)),
-            None => (None, None, None),
+        let (version, description, requests, file_edit_tools) = match manifest {
+            Some(m) => (
+                m.version,
+                m.description,
+                Some(m.capabilities),
+                m.file_edit_tools,
+            ),
+            None => (None, None, None, builtin::file_edit_tools(&name)),
         };
-        let payload = match (loaded.tool, loaded.architecture, kind) {
-            (Some(tool), _, _) => PluginPayload::Tool(tool),
-            (_, Some(arch), _) => PluginPayload::Architecture(arch),
-            (_, _, PluginKind::Memory) => PluginPayload::Memory,
-            _ => PluginPayload::Policy,
+        let payload = match (loaded.tool, loaded.architecture, loaded.policy, kind) {
+            (Some(tool), _, _, _) => PluginPayload::Tool(tool),
+            (_, Some(arch), _, _) => PluginPayload::Architecture(arch),
+            (_, _, Some(policy), _) => PluginPayload::Policy(policy),
+            (_, _, _, PluginKind::Memory) => PluginPayload::Memory,
+            (_, _, _, other) => {
+                return Err(PluginError::Load(LoadError::NotAPlugin(format!(
+                    "a {other} component that did not load"
+                ))));
+            }
         };
         Ok(LoadedPlugin {
             name,
@@ -565,6 +632,7 @@ impl PluginRegistry {
             sha256: loaded.sha256,
             shape: loaded.shape,
             requests,
+            file_edit_tools,
             cache: loaded.cache,
             payload,
         })
@@ -576,6 +644,7 @@ impl PluginRegistry {
 fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
     let mut tools = HashMap::new();
     let mut architectures = HashMap::new();
+    let mut policies = HashMap::new();
     for (tenant, tenant_config) in &config.tenants {
         let passes = [
             Visibility::Builtin,
@@ -601,6 +670,18 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
             }
         }
         architectures.insert(tenant.clone(), archs);
+        // Policies by plugin name; a later layer overrides an earlier one.
+        let mut tenant_policies: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        for pass in passes.clone() {
+            for entry in entries.iter().filter(|e| e.visibility == pass) {
+                if let Ok(plugin) = &entry.status
+                    && plugin.policy().is_some()
+                {
+                    tenant_policies.insert(plugin.name.to_string(), plugin.clone());
+                }
+            }
+        }
+        policies.insert(tenant.clone(), tenant_policies);
         let mut index: HashMap<String, ToolBinding> = HashMap::new();
         // Keyed by the plugin's file: a tenant plugin named like a global
         // one must not inherit the global plugin's capabilities.
@@ -638,6 +719,7 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
                             plugin: plugin.clone(),
                             spec: spec.clone(),
                             grants: grants.clone(),
+                            file_edit: plugin.file_edit_tools.contains(&spec.name),
                         },
                     );
                 }
@@ -649,6 +731,7 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
         entries,
         tools,
         architectures,
+        policies,
     }
 }
 

@@ -1,22 +1,32 @@
-//! Durable state in one redb file under the data directory.
+//! Durable state in one redb file under the data directory, written by one
+//! group-committing writer.
 //!
-//! Today it holds sessions: the messages of a conversation, keyed by tenant,
-//! user and session id, so a session id reused by another user (or tenant)
-//! finds nothing of it. Keys are built from typed ids only.
+//! Every write goes through [`Store`]'s writer thread, which gathers the
+//! writes queued while the previous commit ran and commits them together in
+//! one durable transaction: a thousand concurrent runs cost one fsync, not a
+//! thousand, and a caller that awaits its write knows it is on disk. Reads
+//! open their own read transaction and never wait for the writer.
+//!
+//! The file holds sessions ([`SessionStore`]) and budget counters
+//! (`governance::budget`). Keys are built from typed ids only.
 
-use crate::model::Message;
-use crate::tenancy::ids::{SessionId, TenantId, UserId};
-use redb::{ReadableDatabase, TableDefinition};
+mod sessions;
+
+pub use sessions::SessionStore;
+
 use std::path::Path;
-
-/// (tenant, user — empty for the anonymous user, session) → JSON messages.
-const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("sessions");
+use std::sync::Arc;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// Why stored state could not be read or written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database file could not be opened.
-    #[error("cannot open the database {path}: {message}")]
+    #[error(
+        "cannot open the database {path}: {message} (another loom process may hold it; \
+         stop it or point data_dir elsewhere)"
+    )]
     Open {
         /// The file.
         path: String,
@@ -27,128 +37,175 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Io(String),
     /// Stored data could not be decoded.
-    #[error("stored session is corrupt: {0}")]
+    #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The writer thread is gone (the store is shutting down).
+    #[error("the database writer has stopped")]
+    Closed,
 }
 
-fn io(error: impl std::fmt::Display) -> StoreError {
+/// Convert any redb error into [`StoreError::Io`].
+pub(crate) fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-/// The session store.
-pub struct SessionStore {
-    db: redb::Database,
+/// One write: applied inside the writer's transaction. It may be applied
+/// twice (alone, after a batch it shared failed), so it must be repeatable.
+pub(crate) type WriteOp =
+    Box<dyn Fn(&redb::WriteTransaction) -> Result<(), StoreError> + Send + 'static>;
+
+/// A queued write and who waits for it.
+struct Job {
+    op: Option<WriteOp>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-fn user_key(user: &UserId) -> &str {
-    // Named users are never empty, so "" cannot collide with one.
-    user.name().unwrap_or("")
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 8192;
+
+/// The redb file and its writer.
+pub struct Store {
+    db: Arc<redb::Database>,
+    queue: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl SessionStore {
-    /// Open (creating if needed) the database at `path`.
+impl Store {
+    /// Open (creating if needed) the database at `path` and start its writer.
     ///
     /// # Errors
     ///
     /// [`StoreError::Open`] naming the file.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        }
-        let db = redb::Database::create(path).map_err(|e| StoreError::Open {
+    pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+        let open_error = |message: String| StoreError::Open {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(SessionStore { db })
-    }
-
-    /// The messages of a session; empty when it does not exist.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the database fails or the record is corrupt.
-    pub fn load(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        session: &SessionId,
-    ) -> Result<Vec<Message>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = match txn.open_table(SESSIONS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
+            message,
         };
-        let key = (tenant.as_str(), user_key(user), session.as_str());
-        match table.get(key).map_err(io)? {
-            None => Ok(Vec::new()),
-            Some(value) => serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+        }
+        let db = Arc::new(redb::Database::create(path).map_err(|e| open_error(e.to_string()))?);
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("loom-store-writer".into())
+            .spawn({
+                let db = db.clone();
+                move || write_loop(&db, &jobs)
+            })
+            .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(Store {
+            db,
+            queue: Some(queue),
+            writer: Some(writer),
+        }))
+    }
+
+    /// The database, for read transactions.
+    pub(crate) fn db(&self) -> &redb::Database {
+        &self.db
+    }
+
+    fn enqueue(&self, op: Option<WriteOp>, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
+        let job = Job { op, done };
+        if let Some(queue) = &self.queue
+            && let Err(mpsc::SendError(job)) = queue.send(job)
+            && let Some(done) = job.done
+        {
+            let _ = done.send(Err(StoreError::Closed));
         }
     }
 
-    /// Replace the messages of a session, atomically.
+    /// Queue `op`; resolves once it is durably committed.
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.enqueue(Some(op), Some(done));
+        committed.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queue `op` without waiting for it; a failure is logged.
+    pub(crate) fn write_detached(&self, op: WriteOp) {
+        self.enqueue(Some(op), None);
+    }
+
+    /// Resolves once every write queued before this call is committed.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the write fails; the previous state is kept.
-    pub fn save(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        session: &SessionId,
-        messages: &[Message],
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(messages).map_err(io)?;
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut table = txn.open_table(SESSIONS).map_err(io)?;
-            table
-                .insert(
-                    (tenant.as_str(), user_key(user), session.as_str()),
-                    bytes.as_slice(),
-                )
-                .map_err(io)?;
-        }
-        txn.commit().map_err(io)
+    /// [`StoreError::Closed`] when the writer has stopped.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.enqueue(None, Some(done));
+        committed.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_are_per_user_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("loom.redb");
-        let tenant = TenantId::new("acme").unwrap();
-        let alice = UserId::named("alice").unwrap();
-        let bob = UserId::named("bob").unwrap();
-        let session = SessionId::new("s1").unwrap();
-        {
-            let store = SessionStore::open(&path).unwrap();
-            assert!(store.load(&tenant, &alice, &session).unwrap().is_empty());
-            store
-                .save(&tenant, &alice, &session, &[Message::user("hi")])
-                .unwrap();
-            assert!(store.load(&tenant, &bob, &session).unwrap().is_empty());
-            assert!(
-                store
-                    .load(&tenant, &UserId::Anonymous, &session)
-                    .unwrap()
-                    .is_empty()
-            );
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what is queued and stop.
+        self.queue = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
-        let store = SessionStore::open(&path).unwrap();
-        assert_eq!(
-            store.load(&tenant, &alice, &session).unwrap(),
-            vec![Message::user("hi")]
-        );
-        let other = TenantId::new("globex").unwrap();
-        assert!(store.load(&other, &alice, &session).unwrap().is_empty());
     }
+}
+
+/// The writer thread: commit whatever is queued, in batches, until the
+/// queue closes.
+fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, batch);
+    }
+}
+
+/// Commit `batch` in one transaction; if that fails, commit each write
+/// alone so one bad write does not fail the others.
+fn commit_batch(db: &redb::Database, batch: Vec<Job>) {
+    let ops: Vec<&WriteOp> = batch.iter().filter_map(|j| j.op.as_ref()).collect();
+    let outcome = if ops.is_empty() {
+        Ok(())
+    } else {
+        commit(db, &ops)
+    };
+    match outcome {
+        Ok(()) => {
+            for job in batch {
+                if let Some(done) = job.done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, writes = ops.len(), "a batched commit failed; committing its writes one by one");
+            for job in batch {
+                let result = match &job.op {
+                    Some(op) => commit(db, &[op]),
+                    None => Ok(()),
+                };
+                if let Err(error) = &result {
+                    tracing::error!(%error, "a database write failed");
+                }
+                if let Some(done) = job.done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn commit(db: &redb::Database, ops: &[&WriteOp]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    for op in ops {
+        if let Err(error) = op(&txn) {
+            let _ = txn.abort();
+            return Err(error);
+        }
+    }
+    txn.commit().map_err(io)
 }

@@ -14,6 +14,8 @@ use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Meta, Pat, Path, ReturnType, 
 struct ToolOptions {
     name: Option<LitStr>,
     description: Option<LitStr>,
+    /// Whether the tool changes the world; a tool that does not say is
+    /// destructive.
     destructive: bool,
     idempotent: bool,
 }
@@ -21,34 +23,84 @@ struct ToolOptions {
 impl Parse for ToolOptions {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut options = ToolOptions::default();
+        // `destructive` and `read_only` as given, with the option that set it.
+        let mut destructive: Option<(bool, &'static str)> = None;
+        let mut idempotent = None;
+        let mut set_destructive = |meta: &Meta, option: &'static str, value: bool| match destructive
+        {
+            Some((_, earlier)) => Err(syn::Error::new_spanned(
+                meta,
+                if earlier == option {
+                    format!("`{option}` is given twice")
+                } else {
+                    format!("give either `{earlier}` or `{option}`, not both")
+                },
+            )),
+            None => {
+                destructive = Some((value, option));
+                Ok(())
+            }
+        };
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated(input)?;
-        for meta in metas {
-            match &meta {
-                Meta::Path(path) if path.is_ident("destructive") => options.destructive = true,
-                Meta::Path(path) if path.is_ident("idempotent") => options.idempotent = true,
+        for meta in &metas {
+            match meta {
+                Meta::Path(path) if path.is_ident("destructive") => {
+                    set_destructive(meta, "destructive", true)?;
+                }
+                Meta::Path(path) if path.is_ident("read_only") => {
+                    set_destructive(meta, "read_only", false)?;
+                }
+                Meta::Path(path) if path.is_ident("idempotent") => {
+                    set_once(&mut idempotent, meta, "idempotent", true)?;
+                }
                 Meta::NameValue(nv) if nv.path.is_ident("name") => {
-                    options.name = Some(string_literal(&nv.value)?);
+                    set_once(&mut options.name, meta, "name", string_literal(&nv.value)?)?;
                 }
                 Meta::NameValue(nv) if nv.path.is_ident("description") => {
-                    options.description = Some(string_literal(&nv.value)?);
+                    let description = string_literal(&nv.value)?;
+                    set_once(&mut options.description, meta, "description", description)?;
                 }
                 Meta::NameValue(nv) if nv.path.is_ident("destructive") => {
-                    options.destructive = bool_literal(&nv.value)?;
+                    set_destructive(meta, "destructive", bool_literal(&nv.value)?)?;
+                }
+                Meta::NameValue(nv) if nv.path.is_ident("read_only") => {
+                    set_destructive(meta, "read_only", !bool_literal(&nv.value)?)?;
                 }
                 Meta::NameValue(nv) if nv.path.is_ident("idempotent") => {
-                    options.idempotent = bool_literal(&nv.value)?;
+                    set_once(
+                        &mut idempotent,
+                        meta,
+                        "idempotent",
+                        bool_literal(&nv.value)?,
+                    )?;
                 }
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,
                         "unknown #[tool] option; expected `name = \"..\"`, \
-                         `description = \"..\"`, `destructive` or `idempotent`",
+                         `description = \"..\"`, `read_only`, `destructive = false`, \
+                         `destructive` or `idempotent`",
                     ));
                 }
             }
         }
+        // A tool that does not say counts as destructive.
+        options.destructive = destructive.is_none_or(|(value, _)| value);
+        options.idempotent = idempotent.unwrap_or(false);
         Ok(options)
     }
+}
+
+/// Store `value` in `slot`, or fail when the option was already given.
+fn set_once<T>(slot: &mut Option<T>, meta: &Meta, option: &str, value: T) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new_spanned(
+            meta,
+            format!("`{option}` is given twice"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 fn string_literal(expr: &Expr) -> syn::Result<LitStr> {
@@ -101,10 +153,29 @@ fn doc_summary(attrs: &[syn::Attribute]) -> Option<String> {
 /// function returns any `serde::Serialize` value, or `Result<T, E>` where
 /// `E: Into<loom_sdk::ToolError>`.
 ///
-/// Options: `name = "..."` (default: the function's name), `description =
-/// "..."` (default: the first paragraph of the doc comment; one of the two is
-/// required), `destructive` (the tool changes the world), `idempotent`.
+/// Options:
+///
+/// * `name = "..."`: the tool's name (default: the function's name);
+/// * `description = "..."`: what the model reads (default: the first
+///   paragraph of the doc comment; one of the two is required);
+/// * `read_only` (or `destructive = false`): the tool does not change the
+///   world (it reads, computes, or fetches with GET). **A tool that does not
+///   say counts as destructive**: permission modes may ask before it runs, so
+///   mark every tool that only reads. `destructive` (or `destructive = true`,
+///   `read_only = false`) states the default explicitly; give either
+///   `destructive` or `read_only`, not both;
+/// * `idempotent` (or `idempotent = true`): repeating a call with the same
+///   arguments has no further effect.
+///
 /// A parameter may carry `#[arg(description = "...")]`.
+///
+/// ```ignore
+/// #[loom_sdk::tool(description = "Look a word up in the dictionary", read_only, idempotent)]
+/// fn define(word: String) -> String { /* ... */ }
+///
+/// #[loom_sdk::tool(description = "Delete a file")] // destructive: the default
+/// fn delete(path: String) -> Result<(), loom_sdk::ToolError> { /* ... */ }
+/// ```
 #[proc_macro_attribute]
 pub fn tool(attr: TokenStream, item: TokenStream) -> TokenStream {
     let options = syn::parse_macro_input!(attr as ToolOptions);

@@ -1,4 +1,6 @@
-//! Write Loom tools in Rust.
+//! Write Loom plugins in Rust: tools and permission policies.
+//!
+//! # Tools
 //!
 //! A Loom tool is a WebAssembly component that exports the
 //! `loom:plugin/tool@0.1.0` interface. With this crate a tool is a plain Rust
@@ -7,24 +9,38 @@
 //! [`export_tools!`] turns one or more such functions into the component's
 //! exports.
 //!
+//! A tool counts as destructive (it changes the world, so permission modes
+//! may ask before it runs) unless it says otherwise with `read_only` (or
+//! `destructive = false`).
+//!
 //! ```no_run
 //! use loom_sdk::{tool, ToolError};
 //!
 //! /// Adds two numbers.
-//! #[tool(description = "Add two numbers and return the sum")]
+//! #[tool(description = "Add two numbers and return the sum", read_only, idempotent)]
 //! fn add(a: f64, b: f64) -> Result<f64, ToolError> {
 //!     Ok(a + b)
 //! }
 //!
 //! /// Greets the user the run belongs to; the user comes from the run context,
 //! /// never from the arguments.
-//! #[tool(description = "Greet the current user")]
+//! #[tool(description = "Greet the current user", read_only)]
 //! fn greet() -> String {
 //!     let ctx = loom_sdk::context();
 //!     format!("hello, {}", ctx.user_id.unwrap_or_else(|| "anonymous".into()))
 //! }
 //!
-//! loom_sdk::export_tools!(add, greet);
+//! /// Appends a line to a file: it changes the world, so it keeps the
+//! /// default and counts as destructive.
+//! #[tool(description = "Append a line to a file")]
+//! fn append(path: String, line: String) -> Result<(), ToolError> {
+//!     use std::io::Write;
+//!     let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+//!     writeln!(file, "{line}")?;
+//!     Ok(())
+//! }
+//!
+//! loom_sdk::export_tools!(add, greet, append);
 //! ```
 //!
 //! Build with `cargo build --target wasm32-wasip2 --release` and drop the
@@ -33,6 +49,62 @@
 //! work only as far as the tenant granted them: a tool uses `std::fs`,
 //! `std::env` and `wasi:http` as usual and gets a typed error where access is
 //! denied.
+//!
+//! # Policies
+//!
+//! A policy component exports `loom:plugin/policy@0.1.0`: the host asks it
+//! about every tool call before the call runs, and it answers
+//! [`Decision::Allow`], [`Decision::Deny`] (the reason is shown to the model)
+//! or [`Decision::Ask`] (the reason is shown to the tenant's approver). A
+//! policy that traps, times out or answers badly counts as a denial.
+//!
+//! With this crate a policy is a plain function taking the call
+//! ([`ToolCall`]: `id`, `name`, and `arguments` as JSON text, parsed with
+//! [`ToolCall::arguments_json`] or [`ToolCall::parse_arguments`]) and the
+//! called tool's [`ToolSpec`] (`name`, `destructive`, `idempotent`, ...). It
+//! returns a [`Decision`], or a `Result<Decision, E>` whose error becomes a
+//! denial (see [`IntoDecision`]). [`export_policy!`] exports it; a type
+//! implementing [`Policy`] works too.
+//!
+//! Each policy's configuration reaches it as JSON text in the run context
+//! metadata under [`POLICY_CONFIG_KEY`] (`loom.policy_config`);
+//! [`policy_config`] reads and parses it into any `Deserialize` type, taking
+//! a missing key as `{}`.
+//!
+//! ```no_run
+//! use loom_sdk::{Decision, PolicyConfigError, ToolCall, ToolSpec};
+//! use serde::Deserialize;
+//!
+//! /// The configuration, from `loom.policy_config`.
+//! #[derive(Deserialize, Default)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Config {
+//!     /// Tools that may never run.
+//!     forbidden: Vec<String>,
+//!     /// Ask before destructive tools run.
+//!     ask_destructive: bool,
+//! }
+//!
+//! fn check(call: &ToolCall, spec: &ToolSpec) -> Result<Decision, PolicyConfigError> {
+//!     // A configuration that does not parse denies the call (fail closed).
+//!     let config: Config = loom_sdk::policy_config()?;
+//!     if config.forbidden.contains(&call.name) {
+//!         return Ok(Decision::deny(format!("`{}` is forbidden here", call.name)));
+//!     }
+//!     let arguments = call.arguments_json().unwrap_or_default();
+//!     if arguments.get("force") == Some(&serde_json::Value::Bool(true)) {
+//!         return Ok(Decision::ask("the model wants to force it"));
+//!     }
+//!     if spec.destructive && config.ask_destructive {
+//!         return Ok(Decision::ask(format!("`{}` changes the world", spec.name)));
+//!     }
+//!     Ok(Decision::Allow)
+//! }
+//!
+//! loom_sdk::export_policy!(check);
+//! ```
+//!
+//! A component exports either tools or a policy, not both.
 
 #![warn(missing_docs)]
 
@@ -51,9 +123,37 @@ pub mod bindings {
     });
 }
 
+/// Generated bindings of the `loom:plugin@0.1.0` policy world.
+///
+/// They share the types and the `context` import of [`bindings`], so a
+/// [`ToolSpec`] or [`RunContext`] is the same type in tools and policies.
+/// Most authors never need these directly: [`export_policy!`], [`Decision`]
+/// and [`policy_config`] cover the common ground.
+#[allow(missing_docs, reason = "generated code")]
+pub mod policy_bindings {
+    wit_bindgen::generate!({
+        world: "policy-plugin",
+        path: "../../wit/plugin@0.1.0",
+        with: {
+            "loom:plugin/types@0.1.0": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.0": crate::bindings::loom::plugin::context,
+        },
+        additional_derives: [PartialEq, Eq],
+        pub_export_macro: true,
+        export_macro_name: "__export_policy_plugin",
+        default_bindings_module: "::loom_sdk::policy_bindings",
+    });
+}
+
+mod policy;
+
 pub use bindings::loom::plugin::context::LogLevel;
-pub use bindings::loom::plugin::types::{RunContext, ToolError, ToolSpec};
+pub use bindings::loom::plugin::types::{RunContext, ToolCall, ToolError, ToolSpec};
 pub use loom_sdk_macros::{export_tools, tool};
+pub use policy::{
+    IntoDecision, POLICY_CONFIG_KEY, Policy, PolicyConfigError, policy_config, policy_config_in,
+};
+pub use policy_bindings::exports::loom::plugin::policy::Decision;
 
 /// The tenant, user, session and run the current call serves.
 ///

@@ -10,6 +10,7 @@ use loom_sdk::{ToolError, tool};
 /// Evaluate an arithmetic expression.
 #[tool(
     description = "Evaluate an arithmetic expression such as `(2 + 3) * 4 ^ 2 / sqrt(16)` and return the number",
+    read_only,
     idempotent
 )]
 fn calculate(

@@ -27,6 +27,7 @@ struct FileContent {
 /// Read a UTF-8 text file.
 #[tool(
     description = "Read a text file inside a granted directory and return its content",
+    read_only,
     idempotent
 )]
 fn read_file(
@@ -60,6 +61,7 @@ struct Entry {
 /// List a directory.
 #[tool(
     description = "List the entries of a directory inside a granted directory",
+    read_only,
     idempotent
 )]
 fn list_dir(

@@ -26,6 +26,7 @@ struct Response {
 /// Fetch a URL.
 #[tool(
     description = "HTTP GET a URL on a host granted to this tenant and return status and body",
+    read_only,
     idempotent
 )]
 fn http_get(

@@ -19,6 +19,7 @@ struct ContextView {
 /// Return the run context.
 #[tool(
     description = "Return the tenant, user, session and run this call serves",
+    read_only,
     idempotent
 )]
 fn run_context() -> ContextView {

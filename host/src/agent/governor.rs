@@ -1,0 +1,593 @@
+//! The governor of one run: budgets, rate limits, the permission chain,
+//! approvals and audit entries for everything the import gate lets through.
+//!
+//! The gate asks the governor before every model call, tool call and
+//! delegation, and tells it what each cost afterwards. Budgets are reserved
+//! before and settled after; a reached cap stops the run (the architecture
+//! gets `budget-exceeded`, the result is interrupted with `budget:<key>`).
+//! A tool call passes the chain: deny lists, mode, policy components in
+//! order, approval. Sub-agents share their parent's spending, stop flag and
+//! remembered approvals.
+
+use super::AgentInner;
+use super::run::RunEvent;
+use crate::engine::PolicyAnswer;
+use crate::engine::bindings::harness as wit;
+use crate::engine::bindings::types as wt;
+use crate::governance::approval::{self, ApprovalDecision, ApprovalRequest, Approver};
+use crate::governance::budget::{Amounts, Exceeded, Metric, Reservation, RunBudget, Warning};
+use crate::governance::permissions::{Decider, EffectiveRules, ToolTraits, Verdict};
+use crate::governance::ratelimit::{RateKind, RateLimited, Rates};
+use crate::governance::{Governance, PolicyRef, TenantGovernance};
+use crate::host::Host;
+use crate::model::Usage;
+use crate::plugins::ToolBinding;
+use crate::tenancy::ids::Scope;
+use serde_json::json;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What a run and its sub-agents share.
+#[derive(Default)]
+pub(crate) struct TreeState {
+    /// Why the tree was stopped, once it is.
+    stopped: Mutex<Option<String>>,
+    /// Approvals remembered for the rest of the run, by tool.
+    remembered: Mutex<HashMap<String, bool>>,
+}
+
+/// Everything a run's governor needs that its sub-agents inherit.
+#[derive(Clone)]
+pub(crate) struct Inherited {
+    pub(crate) budget: RunBudget,
+    pub(crate) tree: Arc<TreeState>,
+}
+
+/// The governor of one run.
+pub(crate) struct Governor {
+    host: Arc<Host>,
+    scope: Arc<Scope>,
+    settings: Arc<TenantGovernance>,
+    rules: EffectiveRules,
+    user_rates: Rates,
+    budget: RunBudget,
+    tree: Arc<TreeState>,
+    approver: Option<Arc<dyn Approver>>,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    max_wait: Duration,
+    model: String,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A short digest of a tool's output for the audit log.
+fn digest(text: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
+}
+
+impl Governor {
+    /// The governor of `agent`'s run of `scope`; `inherited` for a sub-agent.
+    pub(crate) fn new(
+        agent: &AgentInner,
+        scope: Arc<Scope>,
+        settings: Arc<TenantGovernance>,
+        events: Option<mpsc::UnboundedSender<RunEvent>>,
+        inherited: Option<Inherited>,
+    ) -> Self {
+        let host = agent.host.clone();
+        let (budget, tree) = match inherited {
+            Some(Inherited { budget, tree }) => (budget, tree),
+            None => (
+                RunBudget::new(scope.tenant.clone(), scope.user.clone(), &settings.budgets),
+                Arc::new(TreeState::default()),
+            ),
+        };
+        let approver = agent
+            .approver
+            .clone()
+            .or_else(|| host.governance().webhook(&scope.tenant));
+        Governor {
+            rules: settings.rules_for(&scope.user),
+            user_rates: settings.rates_for(&scope.user),
+            host,
+            scope,
+            settings,
+            budget,
+            tree,
+            approver,
+            events,
+            max_wait: agent.run_timeout,
+            model: agent.model.id().to_owned(),
+        }
+    }
+
+    /// What a sub-agent of this run inherits.
+    pub(crate) fn inherit(&self) -> Inherited {
+        Inherited {
+            budget: self.budget.clone(),
+            tree: self.tree.clone(),
+        }
+    }
+
+    fn governance(&self) -> &Governance {
+        self.host.governance()
+    }
+
+    fn send(&self, event: RunEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    fn audit(&self, action: &'static str, actor: &str, data: serde_json::Value) {
+        self.governance().record(&self.scope, action, actor, data);
+    }
+
+    /// Why the run was stopped, if it was.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        lock(&self.tree.stopped).clone()
+    }
+
+    /// Stop the run tree for `reason`, once; `detail` goes to the event
+    /// and the audit log.
+    fn stop(&self, reason: String, detail: serde_json::Value) {
+        let mut stopped = lock(&self.tree.stopped);
+        if stopped.is_some() {
+            return;
+        }
+        *stopped = Some(reason.clone());
+        drop(stopped);
+        self.send(RunEvent::BudgetExceeded {
+            reason: reason.clone(),
+            detail: detail.to_string(),
+        });
+        self.audit(
+            "budget_exceeded",
+            "system",
+            json!({"reason": reason, "detail": detail}),
+        );
+    }
+
+    fn exceeded(&self, exceeded: &Exceeded) -> String {
+        self.stop(
+            exceeded.reason(),
+            json!({
+                "level": exceeded.level,
+                "used": exceeded.used,
+                "limit": exceeded.limit,
+                "message": exceeded.to_string(),
+            }),
+        );
+        exceeded.to_string()
+    }
+
+    fn rate_limited(&self, limited: &RateLimited) -> String {
+        self.stop(
+            format!("rate_limit:{}", limited.kind.key()),
+            json!({
+                "level": limited.level,
+                "rate_per_minute": limited.rate,
+                "retry_after_ms": limited.retry_after_ms,
+            }),
+        );
+        limited.to_string()
+    }
+
+    fn warn(&self, warnings: Vec<Warning>) {
+        for warning in warnings {
+            let key = warning.cap.key();
+            self.send(RunEvent::BudgetWarning {
+                key: key.clone(),
+                level: warning.level.to_string(),
+                used: warning.used,
+                limit: warning.limit,
+            });
+            self.audit(
+                "budget_warning",
+                "system",
+                json!({"budget": key, "level": warning.level, "used": warning.used, "limit": warning.limit}),
+            );
+        }
+    }
+
+    /// Before a top-level run starts: its rate limit and `runs` budget.
+    ///
+    /// # Errors
+    ///
+    /// The rate limit that rejects (for an error) or the budget reason (for
+    /// an interrupted run).
+    pub(crate) async fn start_run(&self) -> Result<Option<String>, RateLimited> {
+        self.host
+            .governance()
+            .rates()
+            .acquire(
+                &self.scope.tenant,
+                &self.scope.user,
+                RateKind::Runs,
+                &self.settings.rates,
+                &self.user_rates,
+                self.max_wait,
+            )
+            .await?;
+        match self
+            .governance()
+            .ledger()
+            .reserve(&self.budget, Amounts::one(Metric::Runs))
+        {
+            Ok(reservation) => {
+                let warnings = self
+                    .governance()
+                    .ledger()
+                    .settle(reservation, Amounts::one(Metric::Runs));
+                self.warn(warnings);
+                Ok(None)
+            }
+            Err(exceeded) => {
+                self.exceeded(&exceeded);
+                Ok(self.stopped())
+            }
+        }
+    }
+
+    /// Before a model call: the rate limit, then the budget.
+    pub(crate) async fn before_model(
+        &self,
+        request: &wit::CompletionRequest,
+    ) -> Result<Reservation, wit::HarnessError> {
+        if let Some(reason) = self.stopped() {
+            return Err(wit::HarnessError::BudgetExceeded(reason));
+        }
+        if let Err(limited) = self
+            .governance()
+            .rates()
+            .acquire(
+                &self.scope.tenant,
+                &self.scope.user,
+                RateKind::ModelCalls,
+                &self.settings.rates,
+                &self.user_rates,
+                self.max_wait,
+            )
+            .await
+        {
+            return Err(wit::HarnessError::BudgetExceeded(
+                self.rate_limited(&limited),
+            ));
+        }
+        // Reserve an estimate (four bytes a token) so racing runs see it.
+        let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        let input = (bytes / 4) as f64;
+        let output = f64::from(request.max_output_tokens.unwrap_or(0));
+        let mut want = Amounts::one(Metric::ModelCalls);
+        want.set(Metric::InputTokens, input)
+            .set(Metric::OutputTokens, output)
+            .set(Metric::Tokens, input + output);
+        self.governance()
+            .ledger()
+            .reserve(&self.budget, want)
+            .map_err(|exceeded| wit::HarnessError::BudgetExceeded(self.exceeded(&exceeded)))
+    }
+
+    /// After a model call: charge what it used.
+    pub(crate) fn after_model(&self, reservation: Reservation, usage: &Usage, cost: f64) {
+        let mut actual = Amounts::one(Metric::ModelCalls);
+        actual
+            .set(Metric::InputTokens, usage.input_tokens as f64)
+            .set(Metric::OutputTokens, usage.output_tokens as f64)
+            .set(Metric::CostUsd, cost);
+        let warnings = self.governance().ledger().settle(reservation, actual);
+        self.audit(
+            "model_call",
+            "model",
+            json!({
+                "model": self.model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "cost_usd": cost,
+            }),
+        );
+        self.warn(warnings);
+    }
+
+    /// Before a delegation: a stopped or exhausted run starts no sub-agent.
+    pub(crate) fn before_delegate(&self) -> Result<(), wit::HarnessError> {
+        if let Some(reason) = self.stopped() {
+            return Err(wit::HarnessError::BudgetExceeded(reason));
+        }
+        self.governance()
+            .ledger()
+            .reserve(&self.budget, Amounts::default())
+            .map(drop)
+            .map_err(|exceeded| wit::HarnessError::BudgetExceeded(self.exceeded(&exceeded)))
+    }
+
+    /// The permission chain and the budget for one tool call: the call to
+    /// run (its arguments perhaps edited by the approver) and its
+    /// reservation, or why it is refused.
+    pub(crate) async fn admit_tool(
+        &self,
+        mut call: wt::ToolCall,
+        binding: &ToolBinding,
+    ) -> Result<(wt::ToolCall, Reservation), (wt::ToolCall, wt::ToolError)> {
+        if let Some(reason) = self.stopped() {
+            return Err((call, wt::ToolError::Denied(reason)));
+        }
+        let (verdict, decider) = self.permission(&call, binding).await;
+        let outcome = match verdict {
+            Verdict::Allow => Ok(decider),
+            Verdict::Deny(reason) => Err((reason, decider)),
+            Verdict::Ask(reason) => self.approve(&mut call, binding, reason).await,
+        };
+        let decided_by = match &outcome {
+            Ok(d) | Err((_, d)) => d.clone(),
+        };
+        self.audit(
+            "tool_call",
+            "model",
+            json!({
+                "tool": call.name,
+                "call_id": call.id,
+                "arguments": call.arguments,
+                "destructive": binding.spec.destructive,
+                "decision": if outcome.is_ok() { "allow" } else { "deny" },
+                "decided_by": decided_by.to_string(),
+            }),
+        );
+        if let Err((reason, by)) = outcome {
+            self.send(RunEvent::Permission {
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                decision: "deny".into(),
+                by: by.to_string(),
+                reason: reason.clone(),
+            });
+            return Err((call, wt::ToolError::Denied(reason)));
+        }
+        match self
+            .governance()
+            .ledger()
+            .reserve(&self.budget, Amounts::one(Metric::ToolCalls))
+        {
+            Ok(reservation) => Ok((call, reservation)),
+            Err(exceeded) => {
+                let message = self.exceeded(&exceeded);
+                Err((call, wt::ToolError::Denied(message)))
+            }
+        }
+    }
+
+    /// Deny lists and mode, then the policies in order. A policy may deny
+    /// or ask; its `allow` never overrides an earlier `ask`.
+    async fn permission(&self, call: &wt::ToolCall, binding: &ToolBinding) -> (Verdict, Decider) {
+        let (mut verdict, mut decider) = self.rules.decide(ToolTraits {
+            name: &call.name,
+            destructive: binding.spec.destructive,
+            file_edit: binding.file_edit,
+        });
+        if matches!(verdict, Verdict::Deny(_)) || self.settings.policies.is_empty() {
+            return (verdict, decider);
+        }
+        let spec = wt::ToolSpec {
+            name: binding.spec.name.clone(),
+            description: binding.spec.description.clone(),
+            parameters: binding.spec.parameters.to_string(),
+            destructive: binding.spec.destructive,
+            idempotent: binding.spec.idempotent,
+        };
+        for policy in &self.settings.policies {
+            match self.ask_policy(policy, call, &spec).await {
+                PolicyAnswer::Allow => {}
+                PolicyAnswer::Deny(reason) => {
+                    return (
+                        Verdict::Deny(format!(
+                            "policy `{}` denied the call: {reason}",
+                            policy.plugin
+                        )),
+                        Decider::Policy(policy.plugin.clone()),
+                    );
+                }
+                PolicyAnswer::Ask(reason) => {
+                    if !matches!(verdict, Verdict::Ask(_)) {
+                        verdict =
+                            Verdict::Ask(format!("policy `{}` asks: {reason}", policy.plugin));
+                        decider = Decider::Policy(policy.plugin.clone());
+                    }
+                }
+            }
+        }
+        (verdict, decider)
+    }
+
+    /// One policy's answer; a policy that fails denies.
+    async fn ask_policy(
+        &self,
+        policy: &PolicyRef,
+        call: &wt::ToolCall,
+        spec: &wt::ToolSpec,
+    ) -> PolicyAnswer {
+        match self
+            .host
+            .check_policy(&self.scope, policy, call, spec)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => {
+                PolicyAnswer::Deny(format!("the policy failed, so the call is denied: {error}"))
+            }
+        }
+    }
+
+    /// Resolve an `ask`: a remembered answer, else the approver.
+    async fn approve(
+        &self,
+        call: &mut wt::ToolCall,
+        binding: &ToolBinding,
+        reason: String,
+    ) -> Result<Decider, (String, Decider)> {
+        if let Some(allowed) = lock(&self.tree.remembered).get(&call.name).copied() {
+            return if allowed {
+                Ok(Decider::Remembered)
+            } else {
+                Err((
+                    format!(
+                        "calls of `{}` were denied for the rest of this run",
+                        call.name
+                    ),
+                    Decider::Remembered,
+                ))
+            };
+        }
+        self.send(RunEvent::Permission {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            decision: "ask".into(),
+            by: "permission chain".into(),
+            reason: reason.clone(),
+        });
+        let request = ApprovalRequest {
+            tenant: self.scope.tenant.to_string(),
+            user: self.scope.user.name().map(str::to_owned),
+            run_id: self.scope.run.to_string(),
+            tool: call.name.clone(),
+            call_id: call.id.clone(),
+            arguments: serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null),
+            destructive: binding.spec.destructive,
+            reason,
+        };
+        let (decision, approver) = approval::ask(
+            self.approver.as_deref(),
+            &request,
+            self.settings.approval_timeout,
+        )
+        .await;
+        let by = Decider::Approver(approver.clone());
+        self.audit(
+            "approval",
+            &format!("approver:{approver}"),
+            json!({"tool": call.name, "call_id": call.id, "decision": decision}),
+        );
+        match decision {
+            ApprovalDecision::Allow => Ok(by),
+            ApprovalDecision::AllowAlways => {
+                lock(&self.tree.remembered).insert(call.name.clone(), true);
+                Ok(by)
+            }
+            ApprovalDecision::Deny { reason } => Err((
+                reason
+                    .unwrap_or_else(|| format!("the approver denied the call to `{}`", call.name)),
+                by,
+            )),
+            ApprovalDecision::DenyAlways { reason } => {
+                lock(&self.tree.remembered).insert(call.name.clone(), false);
+                Err((
+                    reason.unwrap_or_else(|| {
+                        format!("the approver denied the call to `{}`", call.name)
+                    }),
+                    by,
+                ))
+            }
+            ApprovalDecision::Edit { arguments } => {
+                if !arguments.is_object() {
+                    return Err((
+                        "the approver's edited arguments are not a JSON object, so the call is denied"
+                            .into(),
+                        by,
+                    ));
+                }
+                call.arguments = arguments.to_string();
+                Ok(by)
+            }
+        }
+    }
+
+    /// After a tool call: charge its CPU time and record the result.
+    pub(crate) fn after_tool(
+        &self,
+        reservation: Reservation,
+        call: &wt::ToolCall,
+        outcome: &Result<String, String>,
+        cpu: Duration,
+    ) {
+        let mut actual = Amounts::one(Metric::ToolCalls);
+        actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
+        let warnings = self.governance().ledger().settle(reservation, actual);
+        let data = match outcome {
+            Ok(output) => {
+                json!({"tool": call.name, "call_id": call.id, "ok": true, "output_sha256": digest(output), "output_bytes": output.len()})
+            }
+            Err(error) => {
+                json!({"tool": call.name, "call_id": call.id, "ok": false, "error": error})
+            }
+        };
+        self.audit("tool_result", "system", data);
+        self.warn(warnings);
+    }
+
+    /// Record a refused tool call's result.
+    pub(crate) fn refused_tool(&self, call: &wt::ToolCall, reason: &str) {
+        self.audit(
+            "tool_result",
+            "system",
+            json!({"tool": call.name, "call_id": call.id, "ok": false, "denied": true, "error": reason}),
+        );
+    }
+
+    /// Charge what the architecture itself used at the end of the run
+    /// (CPU; wall time for a top-level run).
+    pub(crate) fn finish(&self, cpu: Duration, wall: Option<Duration>) {
+        let mut actual = Amounts::default();
+        actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
+        if let Some(wall) = wall {
+            actual.set(Metric::WallMs, wall.as_secs_f64() * 1000.0);
+        }
+        let warnings = self.governance().ledger().charge(&self.budget, actual);
+        self.warn(warnings);
+    }
+
+    /// Whether the tenant or user has any cap (the ledger then flushes at
+    /// the end of each run).
+    pub(crate) fn capped(&self) -> bool {
+        !self.budget.unlimited()
+    }
+
+    /// Record the start of the run.
+    pub(crate) fn audit_started(&self, prompt: &str, architecture: &str) {
+        let mut shown = prompt.to_owned();
+        crate::engine::boundary::cut_to(&mut shown, 500);
+        self.audit(
+            "run_started",
+            "user",
+            json!({"prompt": shown, "architecture": architecture, "model": self.model, "parent": serde_json::Value::Null}),
+        );
+    }
+
+    /// Record a run refused before it started.
+    pub(crate) fn audit_refused(&self, reason: &str) {
+        self.audit("run_refused", "system", json!({"reason": reason}));
+    }
+
+    /// Record the end of the run.
+    pub(crate) fn audit_completed(&self, result: &super::RunResult) {
+        self.audit(
+            "run_completed",
+            "system",
+            json!({
+                "turns": result.turns,
+                "interrupted": result.interrupted,
+                "reason": result.interruption_reason,
+                "input_tokens": result.usage.input_tokens,
+                "output_tokens": result.usage.output_tokens,
+                "cost_usd": result.cost_usd,
+            }),
+        );
+    }
+}

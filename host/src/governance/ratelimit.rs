@@ -1,0 +1,294 @@
+//! Rate limits: token buckets per tenant and per user for runs and model
+//! calls, refilled continuously.
+//!
+//! A bucket holds at most its per-minute rate (the burst) and refills at
+//! rate/60 tokens per second. When a bucket is empty, the configured
+//! [`OnLimit`] either waits for the next token or rejects with the time
+//! until one is due.
+
+use crate::tenancy::ids::{TenantId, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What is rate-limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKind {
+    /// Agent runs started.
+    Runs,
+    /// Model calls.
+    ModelCalls,
+}
+
+impl RateKind {
+    /// The configuration key: `runs_per_minute`, `model_calls_per_minute`.
+    pub fn key(self) -> &'static str {
+        match self {
+            RateKind::Runs => "runs_per_minute",
+            RateKind::ModelCalls => "model_calls_per_minute",
+        }
+    }
+}
+
+/// What happens when a bucket is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// Wait until a token is due (bounded by the run's time limit).
+    #[default]
+    Wait,
+    /// Fail at once with the time until a token is due.
+    Reject,
+}
+
+/// Rates of one level, per minute; `None` for unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rates {
+    /// Runs started per minute.
+    pub runs_per_minute: Option<f64>,
+    /// Model calls per minute.
+    pub model_calls_per_minute: Option<f64>,
+    /// Waiting or rejecting; `None` inherits (default `wait`).
+    pub on_limit: Option<OnLimit>,
+}
+
+impl Rates {
+    fn rate(&self, kind: RateKind) -> Option<f64> {
+        match kind {
+            RateKind::Runs => self.runs_per_minute,
+            RateKind::ModelCalls => self.model_calls_per_minute,
+        }
+    }
+
+    /// Check the values.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the key when a rate is not positive and finite.
+    pub fn validate(&self) -> Result<(), String> {
+        for kind in [RateKind::Runs, RateKind::ModelCalls] {
+            if let Some(rate) = self.rate(kind)
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(format!("`{}` must be a number above 0", kind.key()));
+            }
+        }
+        Ok(())
+    }
+
+    /// These rates with `overrides` replacing the keys it sets.
+    pub fn overridden_by(&self, overrides: &Rates) -> Rates {
+        Rates {
+            runs_per_minute: overrides.runs_per_minute.or(self.runs_per_minute),
+            model_calls_per_minute: overrides
+                .model_calls_per_minute
+                .or(self.model_calls_per_minute),
+            on_limit: overrides.on_limit.or(self.on_limit),
+        }
+    }
+}
+
+/// A bucket was empty and the limit rejects.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[error(
+    "rate limit {key} of the {level} reached ({rate}/min); retry after {retry_after_ms} ms",
+    key = kind.key()
+)]
+pub struct RateLimited {
+    /// What was limited.
+    pub kind: RateKind,
+    /// `tenant` or `user`.
+    pub level: &'static str,
+    /// The configured rate.
+    pub rate: f64,
+    /// When a token is due.
+    pub retry_after_ms: u64,
+}
+
+impl RateLimited {
+    /// How long until a token is due.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_millis(self.retry_after_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Most buckets kept; idle full ones are dropped past it.
+const MAX_BUCKETS: usize = 200_000;
+
+/// A bucket's owner: the tenant (`None`) or one of its users.
+type BucketKey = (TenantId, Option<UserId>, RateKind);
+
+/// Every tenant's and user's buckets.
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Take one `kind` token from the tenant's bucket and the user's, under
+    /// `tenant_rates` and `user_rates`.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when a bucket is empty and its `on_limit` is
+    /// `reject`, or waiting would outlast `max_wait`.
+    pub async fn acquire(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        kind: RateKind,
+        tenant_rates: &Rates,
+        user_rates: &Rates,
+        max_wait: Duration,
+    ) -> Result<(), RateLimited> {
+        let on_limit = user_rates
+            .on_limit
+            .or(tenant_rates.on_limit)
+            .unwrap_or_default();
+        let tenant_rate = tenant_rates.rate(kind);
+        let user_rate = user_rates.rate(kind);
+        if tenant_rate.is_none() && user_rate.is_none() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + max_wait;
+        loop {
+            match self.try_take(tenant, user, kind, tenant_rate, user_rate) {
+                Ok(()) => return Ok(()),
+                Err(limited) => {
+                    let wake = Instant::now() + limited.retry_after();
+                    if on_limit == OnLimit::Reject || wake > deadline {
+                        return Err(limited);
+                    }
+                    tokio::time::sleep(limited.retry_after()).await;
+                }
+            }
+        }
+    }
+
+    /// Take a token from both buckets, or from neither.
+    fn try_take(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        kind: RateKind,
+        tenant_rate: Option<f64>,
+        user_rate: Option<f64>,
+    ) -> Result<(), RateLimited> {
+        let now = Instant::now();
+        let mut buckets = match self.buckets.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if buckets.len() > MAX_BUCKETS {
+            buckets.retain(|_, b| now.duration_since(b.updated) < Duration::from_secs(120));
+        }
+        let levels = [
+            (None, tenant_rate, "tenant"),
+            (Some(user.clone()), user_rate, "user"),
+        ];
+        // Refill, then check both before taking from either.
+        for (who, rate, level) in &levels {
+            let Some(rate) = rate else { continue };
+            let bucket = buckets
+                .entry((tenant.clone(), who.clone(), kind))
+                .or_insert(Bucket {
+                    tokens: *rate,
+                    updated: now,
+                });
+            let per_second = rate / 60.0;
+            let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * per_second).min(rate.max(1.0));
+            bucket.updated = now;
+            if bucket.tokens < 1.0 {
+                let wait = (1.0 - bucket.tokens) / per_second;
+                return Err(RateLimited {
+                    kind,
+                    level,
+                    rate: *rate,
+                    retry_after_ms: (wait * 1000.0).ceil() as u64,
+                });
+            }
+        }
+        for (who, rate, _) in &levels {
+            if rate.is_some()
+                && let Some(bucket) = buckets.get_mut(&(tenant.clone(), who.clone(), kind))
+            {
+                bucket.tokens -= 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_user_bucket_rejects_with_retry_after_and_spares_other_users() {
+        let limiter = RateLimiter::default();
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let bob = UserId::named("bob").unwrap();
+        let user_rates = Rates {
+            runs_per_minute: Some(2.0),
+            on_limit: Some(OnLimit::Reject),
+            ..Rates::default()
+        };
+        let none = Rates::default();
+        let take = |user| {
+            limiter.acquire(
+                &tenant,
+                user,
+                RateKind::Runs,
+                &none,
+                &user_rates,
+                Duration::ZERO,
+            )
+        };
+        take(&alice).await.unwrap();
+        take(&alice).await.unwrap();
+        let limited = take(&alice).await.unwrap_err();
+        assert_eq!(limited.level, "user");
+        assert!(limited.retry_after_ms > 0 && limited.retry_after_ms <= 30_000);
+        take(&bob).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn waiting_takes_the_next_token() {
+        let limiter = RateLimiter::default();
+        let tenant = TenantId::new("acme").unwrap();
+        let rates = Rates {
+            model_calls_per_minute: Some(600.0), // one per 100 ms
+            ..Rates::default()
+        };
+        let user = UserId::Anonymous;
+        for _ in 0..600 {
+            limiter
+                .try_take(&tenant, &user, RateKind::ModelCalls, Some(600.0), None)
+                .unwrap();
+        }
+        let started = Instant::now();
+        limiter
+            .acquire(
+                &tenant,
+                &user,
+                RateKind::ModelCalls,
+                &rates,
+                &Rates::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}
