@@ -9,6 +9,7 @@ fn loom(env: &TestEnv, args: &[&str]) -> Output {
         .arg("--config")
         .arg(env.path().join("loom.toml"))
         .env_remove("RUST_LOG")
+        .env_remove("LOOM_AUDIT_KEY")
         .output()
         .expect("run loom")
 }
@@ -412,4 +413,129 @@ fn a_closed_stdout_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// An agent setup with a per-user budget of one run a day and an audit log.
+fn governed_setup() -> TestEnv {
+    let env = agent_setup();
+    std::fs::write(
+        env.path().join("audit.key"),
+        "cli-test-audit-key-0123456789",
+    )
+    .unwrap();
+    env.config(
+        "[agent]\nmodel = \"scripted:script.yaml\"\n\
+         [audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\n\
+         [tenants.acme.user_budgets]\nruns_per_day = 1\n",
+    );
+    env
+}
+
+#[test]
+fn a_budget_stops_the_offender_with_exit_one_and_show_reports_it() {
+    let env = governed_setup();
+    let out = loom(&env, &["run", "--user", "alice", "what is 6*7?"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = loom(&env, &["run", "--user", "alice", "again?"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("interrupted: budget:runs_per_day"),
+        "{stderr}"
+    );
+    // Another user of the tenant still runs.
+    let out = loom(&env, &["run", "--user", "bob", "what is 6*7?"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = loom(&env, &["budget", "show", "--user", "alice", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["caps"][0]["key"], "runs_per_day");
+    assert_eq!(shown["caps"][0]["used"], 1.0);
+    assert_eq!(shown["caps"][0]["limit"], 1.0);
+}
+
+#[test]
+fn audit_verify_names_the_line_of_every_kind_of_tampering() {
+    let env = governed_setup();
+    for user in ["alice", "bob", "carol"] {
+        let out = loom(&env, &["run", "--user", user, "what is 6*7?"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let log = env.path().join("audit.jsonl");
+    let log_arg = log.display().to_string();
+    let out = loom(&env, &["audit", "verify", &log_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let count: usize = text(&out.stdout)
+        .split("ok, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert_eq!(lines.len(), count);
+    let head = std::fs::read(format!("{log_arg}.head")).unwrap();
+    let tampered = |name: &str, lines: Vec<String>| {
+        let path = env.path().join(format!("{name}.jsonl"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        std::fs::write(format!("{}.head", path.display()), &head).unwrap();
+        let out = loom(&env, &["audit", "verify", &path.display().to_string()]);
+        assert_eq!(out.status.code(), Some(1), "{name} was not detected");
+        text(&out.stderr)
+    };
+    let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // An edit: line 5 names another actor.
+    let mut edited = owned(&lines);
+    edited[4] = edited[4].replacen("\"actor\":\"", "\"actor\":\"x", 1);
+    assert_ne!(edited[4], lines[4]);
+    assert!(tampered("edited", edited).contains("line 5"));
+    // A deletion of line 4: found at the line after it.
+    let mut deleted = owned(&lines);
+    deleted.remove(3);
+    assert!(tampered("deleted", deleted).contains("line 4"));
+    // An insertion: a copy of line 2 before line 6.
+    let mut inserted = owned(&lines);
+    inserted.insert(5, lines[1].to_owned());
+    assert!(tampered("inserted", inserted).contains("line 6"));
+    // A reordering of lines 7 and 8.
+    let mut swapped = owned(&lines);
+    swapped.swap(6, 7);
+    assert!(tampered("swapped", swapped).contains("line 7"));
+    // A truncation: the last three entries are gone.
+    let truncated = owned(&lines[..lines.len() - 3]);
+    let stderr = tampered("truncated", truncated);
+    assert!(
+        stderr.contains(&format!("line {}", lines.len() - 2)),
+        "{stderr}"
+    );
+    // The untouched log still verifies, and `show` filters by user.
+    let out = loom(&env, &["audit", "show", "--user", "bob", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!shown.is_empty() && shown.iter().all(|e| e["user"] == "bob"));
+}
+
+#[test]
+fn audit_without_a_key_refuses_to_start() {
+    let env = agent_setup();
+    std::fs::write(
+        env.path().join("loom.toml"),
+        "[audit]\npath = \"audit.jsonl\"\n[agent]\nmodel = \"scripted:script.yaml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["run", "hi", "--config"])
+        .arg(env.path().join("loom.toml"))
+        .env_remove("LOOM_AUDIT_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
+    assert!(
+        text(&out.stderr).contains("LOOM_AUDIT_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -50,6 +50,10 @@ max_file_mib = 64             # largest file a guest may write
 # Plugin directories only this tenant sees; its plugins shadow global tools
 # of the same name for it alone.
 plugin_dirs = []
+# Where approvals are posted when no terminal answers (`loom run` asks on
+# the terminal when stdin is one). No approver denies.
+# approval_url = "https://approvals.example.com/loom"
+# approval_timeout_ms = 60000
 
 # What this tenant's plugins may touch, intersected with what each plugin's
 # manifest (<plugin>.toml) requests. Nothing is granted unless listed.
@@ -61,6 +65,56 @@ plugin_dirs = []
 
 # [tenants.default.limits]
 # cpu_ms = 500
+
+# Budgets: <metric>_per_run, _per_day (rolling 24 h), _per_month (calendar,
+# UTC) or _lifetime, with <metric> one of input_tokens, output_tokens,
+# tokens, cost_usd, model_calls, tool_calls, runs, cpu_ms, wall_ms.
+# [tenants.default.budgets] caps the sum of all the tenant's users.
+[tenants.default.budgets]
+# cost_usd_per_month = 50.0
+# warn_fraction = 0.8         # emit budget_warning at this share of a cap
+# [tenants.default.user_budgets] caps each user.
+[tenants.default.user_budgets]
+# tokens_per_day = 200000
+# tool_calls_per_run = 20
+# One user's overrides of user_budgets, permissions and rate limits:
+# [tenants.default.users.alice.budgets]
+# tokens_per_day = 500000
+# [tenants.default.users.alice.permissions]
+# mode = "accept-edits"
+
+# Token buckets per minute, for the tenant as a whole and for each user.
+[tenants.default.rate_limits]
+# runs_per_minute = 600
+# model_calls_per_minute = 3000
+# on_limit = "wait"           # or "reject" (the caller gets retry-after)
+[tenants.default.user_rate_limits]
+# runs_per_minute = 20
+
+# Destructive tool calls (tools say whether they are; unsaid is destructive):
+# mode "default" asks the approver, "accept-edits" runs file edits and asks
+# for the rest, "plan" denies them, "bypass" runs everything. Deny lists
+# always apply; allow lists pre-approve (except in plan mode).
+[tenants.default.permissions]
+mode = "default"
+# allow = ["write_file"]
+# deny = ["shell_*"]
+# file_edits = ["write_note"]  # count these as file edits too
+
+# Policy components (the `policy` world), asked in order after the mode.
+# [[tenants.default.policies]]
+# plugin = "deny-args"
+# config = { paths = ["/etc/**", "**/.ssh/**"], hosts = ["*.internal"] }
+# limits = { cpu_ms = 100 }
+
+# The audit log: append-only JSONL, every entry HMAC-SHA256-signed with the
+# key in $LOOM_AUDIT_KEY (or key_file) and chained to the one before.
+# Loom refuses to start with an audit log and no key.
+# [audit]
+# path = "audit.jsonl"
+# key_file = "audit.key"
+# fsync = "always"            # "always", "interval" (fsync_interval_ms) or "never"
+# redact = ["arguments", "prompt"]   # hidden by `loom audit show`
 
 # The agent `loom run` builds.
 [agent]
@@ -132,6 +186,12 @@ mod tests {
             "[limits]",
             "[tenants.default]",
             "[tenants.default.grants]",
+            "[tenants.default.budgets]",
+            "[tenants.default.user_budgets]",
+            "[tenants.default.rate_limits]",
+            "[tenants.default.permissions]",
+            "[[tenants.default.policies]]",
+            "[audit]",
             "[agent]",
             "[models.openai]",
             "[models.anthropic]",
