@@ -643,3 +643,103 @@ async fn audit_needs_a_key_unless_told_otherwise() {
     .unwrap();
     assert!(LoomConfig::load(&path).is_ok());
 }
+
+/// A loopback approval webhook: records each request body and answers
+/// `status` with `body`, or never answers when `hang`.
+async fn webhook(
+    status: u16,
+    body: &'static str,
+    hang: bool,
+) -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/approve", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let request = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break buf[end + 4..end + 4 + length].to_vec();
+                        }
+                    }
+                };
+                record
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&request).unwrap());
+                if hang {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_approver_decides_and_fails_closed() {
+    for (status, body, hang, written) in [
+        (200, r#"{"decision": "allow"}"#, false, true),
+        (
+            200,
+            r#"{"decision": "deny", "reason": "not today"}"#,
+            false,
+            false,
+        ),
+        (500, r#"{"decision": "allow"}"#, false, false),
+        (200, r#"{"decision": "maybe"}"#, false, false),
+        (200, r#"{"decision": "allow"}"#, true, false),
+    ] {
+        let env = TestEnv::new();
+        let (url, seen) = webhook(status, body, hang).await;
+        let host = governed(
+            &env,
+            &format!("[tenants.acme]\napproval_url = \"{url}\"\napproval_timeout_ms = 500\n"),
+        )
+        .await;
+        let result = agent(
+            &host,
+            calls("write_file", json!({"path": "/data/w.txt", "content": "x"})),
+        )
+        .run(RunRequest::new(scope("acme", Some("alice")), "go"))
+        .await
+        .unwrap();
+        assert_eq!(
+            env.path().join("data-acme/w.txt").exists(),
+            written,
+            "{status} {body} hang={hang}: {}",
+            result.output
+        );
+        let requests = seen.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0]["tool"], "write_file");
+        assert_eq!(requests[0]["user"], "alice");
+        assert_eq!(requests[0]["arguments"]["path"], "/data/w.txt");
+    }
+}
