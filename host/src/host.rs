@@ -217,7 +217,9 @@ impl Host {
         };
         let binding = binding.clone();
         drop(catalog);
-        self.run_tool(scope, &binding, limits, arguments).await
+        let mut cpu = std::time::Duration::ZERO;
+        self.run_tool(scope, &binding, limits, arguments, &mut cpu)
+            .await
     }
 
     /// The limits of a call for `scope`, or why its tenant is unknown.
@@ -246,7 +248,28 @@ impl Host {
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
         let limits = self.call_limits(&scope)?;
-        self.run_tool(scope, binding, limits, arguments).await
+        let mut cpu = std::time::Duration::ZERO;
+        self.run_tool(scope, binding, limits, arguments, &mut cpu)
+            .await
+    }
+
+    /// [`Self::call_bound_tool`], with the CPU time the call used whatever
+    /// its outcome: what budgets charge.
+    pub async fn call_bound_tool_metered(
+        &self,
+        scope: Scope,
+        binding: &ToolBinding,
+        arguments: &str,
+    ) -> ToolRun {
+        let mut cpu = std::time::Duration::ZERO;
+        let outcome = match self.call_limits(&scope) {
+            Ok(limits) => {
+                self.run_tool(scope, binding, limits, arguments, &mut cpu)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        ToolRun { outcome, cpu }
     }
 
     /// Run the tool of `binding` for `scope` under `limits`.
@@ -256,6 +279,7 @@ impl Host {
         binding: &ToolBinding,
         limits: &Limits,
         arguments: &str,
+        cpu: &mut std::time::Duration,
     ) -> Result<ToolOutput, CallError> {
         let Some(component) = binding.plugin.tool() else {
             return Err(CallError::UnknownTool {
@@ -281,12 +305,24 @@ impl Host {
         // Boxed: the call's future is large, and callers hold many of them
         // (one per concurrent run); keeping it inline made every run's
         // future that much bigger.
-        Box::pin(
-            self.engine
-                .call_tool(component, &request, &binding.spec.name, arguments),
-        )
+        Box::pin(self.engine.call_tool_metered(
+            component,
+            &request,
+            &binding.spec.name,
+            arguments,
+            cpu,
+        ))
         .await
     }
+}
+
+/// How a tool call ended, and what CPU time it used.
+#[derive(Debug)]
+pub struct ToolRun {
+    /// The tool's output, or why there is none.
+    pub outcome: Result<ToolOutput, CallError>,
+    /// CPU time it used, whatever the outcome.
+    pub cpu: std::time::Duration,
 }
 
 /// How an architecture run ended, and what CPU time it used.

@@ -44,6 +44,6 @@ pub use agent::{
 };
 pub use config::{Limits, LoomConfig};
 pub use engine::{CallError, ToolFailure, ToolOutput};
-pub use host::{ArchitectureRun, Host, HostError, Inspection};
+pub use host::{ArchitectureRun, Host, HostError, Inspection, ToolRun};
 pub use secret::Secret;
 pub use tenancy::ids::{RunId, Scope, SessionId, TenantId, UserId};

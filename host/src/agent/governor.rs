@@ -35,8 +35,9 @@ use tokio::sync::mpsc;
 pub(crate) struct TreeState {
     /// Why the tree was stopped, once it is.
     stopped: Mutex<Option<String>>,
-    /// Approvals remembered for the rest of the run, by tool.
-    remembered: Mutex<HashMap<String, bool>>,
+    /// Approvals remembered for the rest of the run: (tool, who asked) →
+    /// allowed; a denial is kept under (tool, "") and covers every asker.
+    remembered: Mutex<HashMap<(String, String), bool>>,
 }
 
 /// Everything a run's governor needs that its sub-agents inherit.
@@ -59,7 +60,11 @@ pub(crate) struct Governor {
     events: Option<mpsc::UnboundedSender<RunEvent>>,
     max_wait: Duration,
     model: String,
+    prices: crate::model::pricing::PriceTable,
 }
+
+/// Output tokens reserved for a model call that names no cap of its own.
+const DEFAULT_OUTPUT_RESERVE: u32 = 4096;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
@@ -106,6 +111,7 @@ impl Governor {
             events,
             max_wait: agent.run_timeout,
             model: agent.model.id().to_owned(),
+            prices: agent.prices.clone(),
         }
     }
 
@@ -237,10 +243,11 @@ impl Governor {
         }
     }
 
-    /// Before a model call: the rate limit, then the budget.
+    /// Before a model call: the rate limit, then the budget. The call's
+    /// output-token cap is cut to what the token budgets leave.
     pub(crate) async fn before_model(
         &self,
-        request: &wit::CompletionRequest,
+        request: &mut wit::CompletionRequest,
     ) -> Result<Reservation, wit::HarnessError> {
         if let Some(reason) = self.stopped() {
             return Err(wit::HarnessError::BudgetExceeded(reason));
@@ -262,18 +269,64 @@ impl Governor {
                 self.rate_limited(&limited),
             ));
         }
-        // Reserve an estimate (four bytes a token) so racing runs see it.
-        let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
-        let input = (bytes / 4) as f64;
-        let output = f64::from(request.max_output_tokens.unwrap_or(0));
+        // Reserve an estimate so racing runs see it: four bytes a token in,
+        // the call's own output cap (or a default) out, and their price.
+        let bytes: usize = request
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let input = (bytes / 4) as u64;
+        let output = request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+        let estimate = Usage {
+            input_tokens: input,
+            output_tokens: u64::from(output),
+            ..Usage::default()
+        };
+        let cost = self
+            .prices
+            .price(&self.model)
+            .map_or(0.0, |price| price.cost(&estimate));
         let mut want = Amounts::one(Metric::ModelCalls);
-        want.set(Metric::InputTokens, input)
-            .set(Metric::OutputTokens, output)
-            .set(Metric::Tokens, input + output);
-        self.governance()
+        want.set(Metric::InputTokens, input as f64)
+            .set(Metric::OutputTokens, f64::from(output))
+            .set(Metric::Tokens, input as f64 + f64::from(output))
+            .set(Metric::CostUsd, cost);
+        let reservation = self
+            .governance()
             .ledger()
             .reserve(&self.budget, want)
-            .map_err(|exceeded| wit::HarnessError::BudgetExceeded(self.exceeded(&exceeded)))
+            .map_err(|exceeded| wit::HarnessError::BudgetExceeded(self.exceeded(&exceeded)))?;
+        // The model may produce only what the token caps have room for.
+        let granted = reservation.amounts();
+        let room = granted
+            .get(Metric::OutputTokens)
+            .min(granted.get(Metric::Tokens) - input as f64)
+            .floor();
+        if room < f64::from(output) {
+            request.max_output_tokens = Some(room.max(1.0) as u32);
+        }
+        Ok(reservation)
+    }
+
+    /// A model call failed: it still counts as a model call.
+    pub(crate) fn model_failed(&self, reservation: Reservation, error: &str) {
+        let warnings = self
+            .governance()
+            .ledger()
+            .settle(reservation, Amounts::one(Metric::ModelCalls));
+        self.audit(
+            "model_call",
+            "model",
+            json!({"model": self.model, "failed": error}),
+        );
+        self.warn(warnings);
     }
 
     /// After a model call: charge what it used.
@@ -321,27 +374,42 @@ impl Governor {
         if let Some(reason) = self.stopped() {
             return Err((call, wt::ToolError::Denied(reason)));
         }
+        // A denial remembered for the rest of the run holds whatever the
+        // chain would say now.
+        if lock(&self.tree.remembered).get(&(call.name.clone(), String::new())) == Some(&false) {
+            let reason = format!(
+                "calls of `{}` were denied for the rest of this run",
+                call.name
+            );
+            self.audit_decision(&call, binding, false, &Decider::Remembered);
+            return Err((call, wt::ToolError::Denied(reason)));
+        }
         let (verdict, decider) = self.permission(&call, binding).await;
         let outcome = match verdict {
             Verdict::Allow => Ok(decider),
             Verdict::Deny(reason) => Err((reason, decider)),
-            Verdict::Ask(reason) => self.approve(&mut call, binding, reason).await,
+            Verdict::Ask(reason) => {
+                let asked_by = decider.to_string();
+                let original = call.arguments.clone();
+                match self.approve(&mut call, binding, reason, asked_by).await {
+                    // Edited arguments pass the deny lists and policies again.
+                    Ok(by) if call.arguments != original => {
+                        match self.permission(&call, binding).await {
+                            (Verdict::Deny(reason), decider) => Err((
+                                format!("the approver's edited arguments were refused: {reason}"),
+                                decider,
+                            )),
+                            _ => Ok(by),
+                        }
+                    }
+                    other => other,
+                }
+            }
         };
         let decided_by = match &outcome {
             Ok(d) | Err((_, d)) => d.clone(),
         };
-        self.audit(
-            "tool_call",
-            "model",
-            json!({
-                "tool": call.name,
-                "call_id": call.id,
-                "arguments": call.arguments,
-                "destructive": binding.spec.destructive,
-                "decision": if outcome.is_ok() { "allow" } else { "deny" },
-                "decided_by": decided_by.to_string(),
-            }),
-        );
+        self.audit_decision(&call, binding, outcome.is_ok(), &decided_by);
         if let Err((reason, by)) = outcome {
             self.send(RunEvent::Permission {
                 call_id: call.id.clone(),
@@ -363,6 +431,27 @@ impl Governor {
                 Err((call, wt::ToolError::Denied(message)))
             }
         }
+    }
+
+    fn audit_decision(
+        &self,
+        call: &wt::ToolCall,
+        binding: &ToolBinding,
+        allowed: bool,
+        by: &Decider,
+    ) {
+        self.audit(
+            "tool_call",
+            "model",
+            json!({
+                "tool": call.name,
+                "call_id": call.id,
+                "arguments": call.arguments,
+                "destructive": binding.spec.destructive,
+                "decision": if allowed { "allow" } else { "deny" },
+                "decided_by": by.to_string(),
+            }),
+        );
     }
 
     /// Deny lists and mode, then the policies in order. A policy may deny
@@ -427,24 +516,19 @@ impl Governor {
     }
 
     /// Resolve an `ask`: a remembered answer, else the approver.
+    ///
+    /// An `allow_always` answers later asks of the same tool from the same
+    /// source (the mode, or one policy); a `deny_always` every later call of
+    /// the tool.
     async fn approve(
         &self,
         call: &mut wt::ToolCall,
         binding: &ToolBinding,
         reason: String,
+        asked_by: String,
     ) -> Result<Decider, (String, Decider)> {
-        if let Some(allowed) = lock(&self.tree.remembered).get(&call.name).copied() {
-            return if allowed {
-                Ok(Decider::Remembered)
-            } else {
-                Err((
-                    format!(
-                        "calls of `{}` were denied for the rest of this run",
-                        call.name
-                    ),
-                    Decider::Remembered,
-                ))
-            };
+        if lock(&self.tree.remembered).get(&(call.name.clone(), asked_by.clone())) == Some(&true) {
+            return Ok(Decider::Remembered);
         }
         self.send(RunEvent::Permission {
             call_id: call.id.clone(),
@@ -478,7 +562,7 @@ impl Governor {
         match decision {
             ApprovalDecision::Allow => Ok(by),
             ApprovalDecision::AllowAlways => {
-                lock(&self.tree.remembered).insert(call.name.clone(), true);
+                lock(&self.tree.remembered).insert((call.name.clone(), asked_by), true);
                 Ok(by)
             }
             ApprovalDecision::Deny { reason } => Err((
@@ -487,7 +571,7 @@ impl Governor {
                 by,
             )),
             ApprovalDecision::DenyAlways { reason } => {
-                lock(&self.tree.remembered).insert(call.name.clone(), false);
+                lock(&self.tree.remembered).insert((call.name.clone(), String::new()), false);
                 Err((
                     reason.unwrap_or_else(|| {
                         format!("the approver denied the call to `{}`", call.name)
@@ -568,6 +652,11 @@ impl Governor {
             "user",
             json!({"prompt": shown, "architecture": architecture, "model": self.model, "parent": serde_json::Value::Null}),
         );
+    }
+
+    /// Record a run that failed.
+    pub(crate) fn audit_failed(&self, error: &str) {
+        self.audit("run_failed", "system", json!({"error": error}));
     }
 
     /// Record a run refused before it started.

@@ -286,7 +286,8 @@ impl RunState {
         request: wit::CompletionRequest,
     ) -> BoxFuture<'_, Result<wit::Completion, wit::HarnessError>> {
         Box::pin(async move {
-            let reservation = self.governor.before_model(&request).await?;
+            let mut request = request;
+            let reservation = self.governor.before_model(&mut request).await?;
             let model = &self.agent.model;
             let mut messages: Vec<Message> =
                 request.messages.into_iter().map(to_model_message).collect();
@@ -331,10 +332,17 @@ impl RunState {
                 }
             };
             let streaming = self.events.is_some();
-            let response = model
+            let response = match model
                 .complete(&model_request, if streaming { Some(&sink) } else { None })
                 .await
-                .map_err(|e| wit::HarnessError::ModelFailed(e.to_string()))?;
+            {
+                Ok(response) => response,
+                Err(error) => {
+                    let message = error.to_string();
+                    self.governor.model_failed(reservation, &message);
+                    return Err(wit::HarnessError::ModelFailed(message));
+                }
+            };
             let cost = self.agent.prices.cost(model.id(), &response.usage);
             self.governor
                 .after_model(reservation, &response.usage, cost);
@@ -404,16 +412,16 @@ impl RunState {
                             );
                         }
                     };
-                    let outcome = host.call_bound_tool(scope, &binding, &call.arguments).await;
-                    let (summary, cpu) = match &outcome {
-                        Ok(output) => (Ok(output.output.clone()), output.cpu),
-                        Err(CallError::Tool { failure, .. }) => {
-                            (Err(failure_text(failure)), Default::default())
-                        }
-                        Err(other) => (Err(other.to_string()), Default::default()),
+                    let ran = host
+                        .call_bound_tool_metered(scope, &binding, &call.arguments)
+                        .await;
+                    let summary = match &ran.outcome {
+                        Ok(output) => Ok(output.output.clone()),
+                        Err(CallError::Tool { failure, .. }) => Err(failure_text(failure)),
+                        Err(other) => Err(other.to_string()),
                     };
-                    governor.after_tool(reservation, &call, &summary, cpu);
-                    (call, outcome)
+                    governor.after_tool(reservation, &call, &summary, ran.cpu);
+                    (call, ran.outcome)
                 };
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
@@ -582,6 +590,10 @@ fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Valu
     }
 }
 
+/// How the architecture's attempts ended: (output, parsed output, why it
+/// was interrupted), or why the run failed.
+type Attempt = Result<(String, Option<serde_json::Value>, Option<String>), AgentError>;
+
 /// Run `request` on the agent; `lineage` places it in its tree of sub-agents.
 pub(crate) async fn execute(
     agent: Arc<AgentInner>,
@@ -716,69 +728,89 @@ pub(crate) async fn execute(
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
     let mut cpu = std::time::Duration::ZERO;
-    let (output, parsed, interrupted) = loop {
-        attempts += 1;
-        let input = arch::RunInput {
-            instructions: agent.instructions.clone(),
-            history: history.iter().map(to_wit_message).collect(),
-            prompt: prompt.clone(),
-            config: "{}".into(),
-            max_turns: agent.max_turns,
-        };
-        let ran = host
-            .run_architecture(
-                component,
-                plugin.name.clone(),
-                scope.clone(),
-                &limits,
-                gate.clone() as Arc<dyn Harness>,
-                input,
-            )
-            .await;
-        cpu += ran.cpu;
-        let output = match ran.outcome? {
-            Ok(output) => output,
-            Err(arch::RunError::InvalidConfig(m)) => {
-                return Err(AgentError::Architecture(format!("invalid config: {m}")));
-            }
-            Err(arch::RunError::Harness(m)) | Err(arch::RunError::Failed(m)) => {
-                // A budget or rate limit stopped the run: the architecture
-                // giving up on it is the expected end, an interruption.
-                if governor.stopped().is_some() {
-                    break (String::new(), None, None);
+    // Every way out of the loop passes the accounting below: a failed run
+    // still pays for its CPU and wall time and is audited.
+    let attempt: Attempt = async {
+        loop {
+            attempts += 1;
+            let input = arch::RunInput {
+                instructions: agent.instructions.clone(),
+                history: history.iter().map(to_wit_message).collect(),
+                prompt: prompt.clone(),
+                config: "{}".into(),
+                max_turns: agent.max_turns,
+            };
+            let ran = host
+                .run_architecture(
+                    component,
+                    plugin.name.clone(),
+                    scope.clone(),
+                    &limits,
+                    gate.clone() as Arc<dyn Harness>,
+                    input,
+                )
+                .await;
+            cpu += ran.cpu;
+            let output = match ran.outcome? {
+                Ok(output) => output,
+                Err(arch::RunError::InvalidConfig(m)) => {
+                    return Err(AgentError::Architecture(format!("invalid config: {m}")));
                 }
-                return Err(AgentError::Architecture(m));
+                Err(arch::RunError::Harness(m)) | Err(arch::RunError::Failed(m)) => {
+                    // A budget or rate limit stopped the run: the architecture
+                    // giving up on it is the expected end, an interruption.
+                    if governor.stopped().is_some() {
+                        break Ok((String::new(), None, None));
+                    }
+                    return Err(AgentError::Architecture(m));
+                }
+            };
+            gate.check_output(&output)
+                .map_err(|refusal| AgentError::Architecture(refusal.to_string()))?;
+            history.extend(output.new_messages.into_iter().map(to_model_message));
+            let Some(schema) = &request.output_schema else {
+                break Ok((output.output, None, output.interrupted));
+            };
+            if output.interrupted.is_some() || governor.stopped().is_some() {
+                break Ok((output.output, None, output.interrupted));
             }
-        };
-        gate.check_output(&output)
-            .map_err(|refusal| AgentError::Architecture(refusal.to_string()))?;
-        history.extend(output.new_messages.into_iter().map(to_model_message));
-        let Some(schema) = &request.output_schema else {
-            break (output.output, None, output.interrupted);
-        };
-        if output.interrupted.is_some() || governor.stopped().is_some() {
-            break (output.output, None, output.interrupted);
+            match validate(schema, &output.output) {
+                Ok(value) => break Ok((output.output, Some(value), None)),
+                Err(errors) if attempts > agent.output_retries => {
+                    return Err(OutputValidationError {
+                        raw: output.output,
+                        errors,
+                        attempts,
+                    }
+                    .into());
+                }
+                Err(errors) => {
+                    tracing::debug!(%errors, attempt = attempts, "answer failed the output schema; retrying with feedback");
+                    prompt = format!(
+                        "Your previous answer does not match the required JSON Schema: {errors}. \
+                         Reply again with only a JSON value matching the schema."
+                    );
+                }
+            }
         }
-        match validate(schema, &output.output) {
-            Ok(value) => break (output.output, Some(value), None),
-            Err(errors) if attempts > agent.output_retries => {
-                return Err(OutputValidationError {
-                    raw: output.output,
-                    errors,
-                    attempts,
-                }
-                .into());
+    }
+    .await;
+    governor.finish(cpu, root.then(|| started_at.elapsed().unwrap_or_default()));
+    let (output, parsed, interrupted) = match attempt {
+        Ok(outcome) => outcome,
+        // A stopped run that then failed (the architecture trapped on the
+        // budget error, say) ends interrupted like any stopped run.
+        Err(_) if governor.stopped().is_some() => (String::new(), None, None),
+        Err(error) => {
+            governor.audit_failed(&error.to_string());
+            if governor.capped()
+                && let Err(store_error) = host.governance().ledger().flush().await
+            {
+                tracing::error!(%store_error, "budget counters could not be saved");
             }
-            Err(errors) => {
-                tracing::debug!(%errors, attempt = attempts, "answer failed the output schema; retrying with feedback");
-                prompt = format!(
-                    "Your previous answer does not match the required JSON Schema: {errors}. \
-                     Reply again with only a JSON value matching the schema."
-                );
-            }
+            return Err(error);
         }
     };
-    governor.finish(cpu, root.then(|| started_at.elapsed().unwrap_or_default()));
     // A stopped run is interrupted, whatever the architecture made of it.
     let interrupted = governor.stopped().or(interrupted);
     if let Some((store, session)) = &session_key {

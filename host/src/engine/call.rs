@@ -27,6 +27,25 @@ impl SandboxEngine {
         name: &str,
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
+        let mut cpu = std::time::Duration::ZERO;
+        self.call_tool_metered(component, request, name, arguments, &mut cpu)
+            .await
+    }
+
+    /// [`Self::call_tool`], setting `cpu` to the CPU time the call used
+    /// whatever its outcome (a failed call is charged too).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::call_tool`].
+    pub async fn call_tool_metered(
+        &self,
+        component: &ToolComponent,
+        request: &CallRequest<'_>,
+        name: &str,
+        arguments: &str,
+        cpu: &mut std::time::Duration,
+    ) -> Result<ToolOutput, CallError> {
         let started = Instant::now();
         let limits = request.limits;
         check_json_bounds(arguments, limits.max_output_bytes).map_err(|refusal| {
@@ -93,7 +112,8 @@ impl SandboxEngine {
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
-        let cpu = std::time::Duration::from_nanos(meter.cpu_ns());
+        *cpu = std::time::Duration::from_nanos(meter.cpu_ns());
+        let cpu = *cpu;
         result.map(|(output, truncated_from)| ToolOutput {
             output,
             truncated_from,

@@ -495,16 +495,31 @@ impl Subject {
 
 /// Spending of one run and its sub-agents, for the per-run caps and the
 /// once-per-run warnings.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunSpend {
     inner: Mutex<RunSpendInner>,
 }
 
-#[derive(Debug, Default)]
+impl Default for RunSpend {
+    fn default() -> Self {
+        RunSpend {
+            inner: Mutex::new(RunSpendInner {
+                used: Amounts::default(),
+                reserved: Amounts::default(),
+                warned: HashSet::new(),
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct RunSpendInner {
     used: Amounts,
     reserved: Amounts,
     warned: HashSet<(Level, Metric, Window)>,
+    /// When the run tree started: its wall time so far.
+    started: Instant,
 }
 
 impl RunSpend {
@@ -593,6 +608,14 @@ pub struct Reservation {
     settled: bool,
 }
 
+impl Reservation {
+    /// What was reserved: the request, with quantities cut to the room the
+    /// caps leave.
+    pub fn amounts(&self) -> Amounts {
+        self.amounts
+    }
+}
+
 impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
@@ -656,12 +679,16 @@ impl BudgetLedger {
     ///
     /// [`Exceeded`] naming the first cap (run, then user, then tenant) that
     /// is reached: what is used and reserved is at or over its limit.
+    ///
+    /// A quantity (tokens, cost, CPU, wall time) is granted only as far as
+    /// every cap has room: the reservation's [`Reservation::amounts`] may
+    /// be less than `want`.
     pub fn reserve(&self, budget: &RunBudget, want: Amounts) -> Result<Reservation, Exceeded> {
-        self.inner.reserve(budget, want)?;
+        let granted = self.inner.reserve(budget, want)?;
         Ok(Reservation {
             ledger: self.inner.clone(),
             budget: budget.clone(),
-            amounts: want,
+            amounts: granted,
             settled: false,
         })
     }
@@ -812,8 +839,9 @@ impl LedgerInner {
         Ok(counters)
     }
 
-    fn reserve(&self, budget: &RunBudget, want: Amounts) -> Result<(), Exceeded> {
+    fn reserve(&self, budget: &RunBudget, want: Amounts) -> Result<Amounts, Exceeded> {
         let now = self.clock();
+        let mut granted = want;
         let mut state = self.lock();
         // Per-run caps first: they are the run's own.
         {
@@ -823,7 +851,12 @@ impl LedgerInner {
                 (Level::Tenant, &*budget.tenant_caps),
             ] {
                 for cap in caps.caps.iter().filter(|c| c.window == Window::Run) {
-                    let used = spend.used.get(cap.metric) + spend.reserved.get(cap.metric);
+                    let used = if cap.metric == Metric::WallMs {
+                        spend.started.elapsed().as_secs_f64() * 1000.0
+                    } else {
+                        spend.used.get(cap.metric) + spend.reserved.get(cap.metric)
+                    };
+                    grant_within(cap, used, &mut granted);
                     if blocks(cap, used, &want) {
                         return Err(Exceeded {
                             cap: *cap,
@@ -859,6 +892,7 @@ impl LedgerInner {
             for cap in caps.caps.iter().filter(|c| c.window != Window::Run) {
                 let used =
                     counters.used(cap.window, cap.metric, now) + counters.reserved.get(cap.metric);
+                grant_within(cap, used, &mut granted);
                 if blocks(cap, used, &want) {
                     return Err(Exceeded {
                         cap: *cap,
@@ -871,11 +905,11 @@ impl LedgerInner {
         }
         for (subject, _, _) in &subjects {
             if let Ok(counters) = self.counters(&mut state, subject, now) {
-                counters.reserved.add(&want);
+                counters.reserved.add(&granted);
             }
         }
-        budget.spend.lock().reserved.add(&want);
-        Ok(())
+        budget.spend.lock().reserved.add(&granted);
+        Ok(granted)
     }
 
     fn release(&self, budget: &RunBudget, amounts: &Amounts) {
@@ -903,6 +937,8 @@ impl LedgerInner {
             actual.set(Metric::Tokens, total);
         }
         let mut warnings = Vec::new();
+        // Lock order, everywhere: the ledger, then the run's spending.
+        let mut state = self.lock();
         let mut spend = budget.spend.lock();
         spend.reserved.sub(reserved);
         spend.used.add(&actual);
@@ -922,7 +958,6 @@ impl LedgerInner {
                 );
             }
         }
-        let mut state = self.lock();
         for (subject, level, caps) in budget.subjects() {
             let counters = match self.counters(&mut state, &subject, now) {
                 Ok(counters) => counters,
@@ -946,8 +981,8 @@ impl LedgerInner {
             }
             state.dirty.insert(subject);
         }
-        drop(state);
         drop(spend);
+        drop(state);
         self.queue_persist();
         warnings
     }
@@ -962,19 +997,36 @@ impl LedgerInner {
             return;
         }
         let ledger = Arc::downgrade(self);
+        let on_failure = Arc::downgrade(self);
         // Taken once, on the writer thread, so a retried job writes the
-        // same rows.
-        let snapshot: Mutex<Option<Vec<(Subject, Counters)>>> = Mutex::new(None);
-        store.write_detached(Box::new(move |txn| {
-            let mut taken = match snapshot.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if taken.is_none() {
-                *taken = Some(ledger.upgrade().map(|l| l.take_dirty()).unwrap_or_default());
-            }
-            write_rows(txn, taken.as_deref().unwrap_or_default())
-        }));
+        // same rows; kept to mark them dirty again if the write fails.
+        let snapshot: Arc<Mutex<Option<Rows>>> = Arc::new(Mutex::new(None));
+        let taken_rows = snapshot.clone();
+        store.write_then(
+            Box::new(move |txn| {
+                let mut taken = match snapshot.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if taken.is_none() {
+                    *taken = Some(ledger.upgrade().map(|l| l.take_dirty()).unwrap_or_default());
+                }
+                write_rows(txn, taken.as_deref().unwrap_or_default())
+            }),
+            Box::new(move |result| {
+                if let Err(error) = result {
+                    tracing::error!(%error, "budget counters could not be saved; they will be written with the next change");
+                    let rows = match taken_rows.lock() {
+                        Ok(mut guard) => guard.take(),
+                        Err(poisoned) => poisoned.into_inner().take(),
+                    };
+                    if let (Some(ledger), Some(rows)) = (on_failure.upgrade(), rows) {
+                        let mut state = ledger.lock();
+                        state.dirty.extend(rows.into_iter().map(|(subject, _)| subject));
+                    }
+                }
+            }),
+        );
     }
 
     /// The dirty counters, marked clean; a later change queues a new job.
@@ -991,6 +1043,9 @@ impl LedgerInner {
             .collect()
     }
 }
+
+/// Counters to write, by subject.
+type Rows = Vec<(Subject, Counters)>;
 
 /// Write `rows` (each subject's current hour, month and lifetime) and drop
 /// hour buckets that left the rolling day.
@@ -1065,6 +1120,19 @@ fn blocks(cap: &Cap, used: f64, want: &Amounts) -> bool {
             more > 0.0 && used + more > cap.limit
         }
         _ => used >= cap.limit,
+    }
+}
+
+/// Cut a quantity in `granted` to the room `cap` leaves after `used`.
+fn grant_within(cap: &Cap, used: f64, granted: &mut Amounts) {
+    if !matches!(
+        cap.metric,
+        Metric::ModelCalls | Metric::ToolCalls | Metric::Runs
+    ) {
+        let room = (cap.limit - used).max(0.0);
+        if granted.get(cap.metric) > room {
+            granted.set(cap.metric, room);
+        }
     }
 }
 

@@ -159,13 +159,18 @@ impl RateLimiter {
         if tenant_rate.is_none() && user_rate.is_none() {
             return Ok(());
         }
-        let deadline = Instant::now() + max_wait;
+        let deadline = Instant::now().checked_add(max_wait);
         loop {
             match self.try_take(tenant, user, kind, tenant_rate, user_rate) {
                 Ok(()) => return Ok(()),
                 Err(limited) => {
-                    let wake = Instant::now() + limited.retry_after();
-                    if on_limit == OnLimit::Reject || wake > deadline {
+                    let wake = Instant::now().checked_add(limited.retry_after());
+                    let too_late = match (wake, deadline) {
+                        (Some(wake), Some(deadline)) => wake > deadline,
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                    };
+                    if on_limit == OnLimit::Reject || too_late {
                         return Err(limited);
                     }
                     tokio::time::sleep(limited.retry_after()).await;

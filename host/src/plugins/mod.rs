@@ -610,7 +610,7 @@ impl PluginRegistry {
                 Some(m.capabilities),
                 m.file_edit_tools,
             ),
-            None => (None, None, None, builtin::file_edit_tools(&name)),
+            None => (None, None, None, Vec::new()),
         };
         let payload = match (loaded.tool, loaded.architecture, loaded.policy, kind) {
             (Some(tool), _, _, _) => PluginPayload::Tool(tool),
@@ -670,9 +670,11 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
             }
         }
         architectures.insert(tenant.clone(), archs);
-        // Policies by plugin name; a later layer overrides an earlier one.
+        // Policies by plugin name, from the operator's layers only (a global
+        // one overrides a built-in one): a tenant's own directory must not
+        // replace the policy the operator configured over it.
         let mut tenant_policies: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
-        for pass in passes.clone() {
+        for pass in [Visibility::Builtin, Visibility::Global] {
             for entry in entries.iter().filter(|e| e.visibility == pass) {
                 if let Ok(plugin) = &entry.status
                     && plugin.policy().is_some()
@@ -719,7 +721,16 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
                             plugin: plugin.clone(),
                             spec: spec.clone(),
                             grants: grants.clone(),
-                            file_edit: plugin.file_edit_tools.contains(&spec.name),
+                            // A tag lifts an approval, so only the operator's
+                            // layers may set it: a tenant's own plugin could
+                            // tag anything.
+                            file_edit: match pass {
+                                Visibility::Builtin => {
+                                    builtin::file_edit_tools(&plugin.name).contains(&spec.name)
+                                }
+                                Visibility::Global => plugin.file_edit_tools.contains(&spec.name),
+                                Visibility::Tenant(_) => false,
+                            },
                         },
                     );
                 }

@@ -54,10 +54,32 @@ pub(crate) fn io(error: impl std::fmt::Display) -> StoreError {
 pub(crate) type WriteOp =
     Box<dyn Fn(&redb::WriteTransaction) -> Result<(), StoreError> + Send + 'static>;
 
+/// Called on the writer thread with the outcome of a write.
+pub(crate) type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
+
+/// Who learns how a write went.
+enum Done {
+    /// A task awaiting it.
+    Waiter(oneshot::Sender<Result<(), StoreError>>),
+    /// A callback, run on the writer thread.
+    Callback(WriteDone),
+}
+
+impl Done {
+    fn send(self, result: Result<(), StoreError>) {
+        match self {
+            Done::Waiter(sender) => {
+                let _ = sender.send(result);
+            }
+            Done::Callback(callback) => callback(result),
+        }
+    }
+}
+
 /// A queued write and who waits for it.
 struct Job {
     op: Option<WriteOp>,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    done: Option<Done>,
 }
 
 /// Most writes committed in one transaction.
@@ -68,6 +90,12 @@ pub struct Store {
     db: Arc<redb::Database>,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -105,36 +133,37 @@ impl Store {
         &self.db
     }
 
-    fn enqueue(&self, op: Option<WriteOp>, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
+    fn enqueue(&self, op: Option<WriteOp>, done: Option<Done>) {
         let job = Job { op, done };
         if let Some(queue) = &self.queue
             && let Err(mpsc::SendError(job)) = queue.send(job)
             && let Some(done) = job.done
         {
-            let _ = done.send(Err(StoreError::Closed));
+            done.send(Err(StoreError::Closed));
         }
     }
 
     /// Queue `op`; resolves once it is durably committed.
     pub(crate) async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
-        self.enqueue(Some(op), Some(done));
+        self.enqueue(Some(op), Some(Done::Waiter(done)));
         committed.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Queue `op` without waiting for it; a failure is logged.
-    pub(crate) fn write_detached(&self, op: WriteOp) {
-        self.enqueue(Some(op), None);
+    /// Queue `op`; `done` runs on the writer thread with its outcome.
+    pub(crate) fn write_then(&self, op: WriteOp, done: WriteDone) {
+        self.enqueue(Some(op), Some(Done::Callback(done)));
     }
 
     /// Resolves once every write queued before this call is committed.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Closed`] when the writer has stopped.
+    /// [`StoreError::Closed`] when the writer has stopped, or the error of
+    /// a write committed in the same batch that failed.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
-        self.enqueue(None, Some(done));
+        self.enqueue(None, Some(Done::Waiter(done)));
         committed.await.unwrap_or(Err(StoreError::Closed))
     }
 }
@@ -143,7 +172,11 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Closing the queue lets the writer commit what is queued and stop.
         self.queue = None;
-        if let Some(writer) = self.writer.take() {
+        if let Some(writer) = self.writer.take()
+            // The last handle may be dropped by a job on the writer itself,
+            // which then finishes the queue and stops on its own.
+            && writer.thread().id() != std::thread::current().id()
+        {
             let _ = writer.join();
         }
     }
@@ -177,22 +210,26 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>) {
         Ok(()) => {
             for job in batch {
                 if let Some(done) = job.done {
-                    let _ = done.send(Ok(()));
+                    done.send(Ok(()));
                 }
             }
         }
         Err(error) => {
             tracing::warn!(%error, writes = ops.len(), "a batched commit failed; committing its writes one by one");
+            // A sync waiting in this batch learns of any write before it
+            // that failed.
+            let mut failed: Option<StoreError> = None;
             for job in batch {
                 let result = match &job.op {
                     Some(op) => commit(db, &[op]),
-                    None => Ok(()),
+                    None => failed.clone().map_or(Ok(()), Err),
                 };
-                if let Err(error) = &result {
+                if let (Err(error), Some(_)) = (&result, &job.op) {
                     tracing::error!(%error, "a database write failed");
+                    failed = Some(error.clone());
                 }
                 if let Some(done) = job.done {
-                    let _ = done.send(result);
+                    done.send(result);
                 }
             }
         }
