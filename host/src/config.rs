@@ -249,8 +249,9 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// Capabilities granted to this tenant's plugins.
     pub grants: ResolvedGrants,
-    /// Budgets, rate limits, permissions, policies and approvals.
-    pub governance: TenantGovernance,
+    /// Budgets, rate limits, permissions, policies and approvals (shared
+    /// with every run of the tenant).
+    pub governance: std::sync::Arc<TenantGovernance>,
 }
 
 impl TenantConfig {
@@ -260,7 +261,7 @@ impl TenantConfig {
             plugin_dirs: Vec::new(),
             limits,
             grants: ResolvedGrants::default(),
-            governance: TenantGovernance::default(),
+            governance: std::sync::Arc::new(TenantGovernance::default()),
         }
     }
 }
@@ -439,6 +440,8 @@ pub struct LoomConfig {
     pub builtin_plugins: bool,
     /// The audit log, when `[audit]` is configured.
     pub audit: Option<AuditSettings>,
+    /// When the database's commits reach stable storage.
+    pub store_sync: crate::store::StoreSync,
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,6 +473,17 @@ struct RawConfig {
     builtin_plugins: bool,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(default)]
+    store: RawStore,
+}
+
+/// `[store]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    fsync: RawFsync,
+    fsync_interval_ms: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -684,7 +698,7 @@ impl LoomConfig {
                     plugin_dirs: tenant.plugin_dirs.iter().map(|p| resolve(p)).collect(),
                     limits: tenant_limits,
                     grants,
-                    governance,
+                    governance: std::sync::Arc::new(governance),
                 },
             );
         }
@@ -718,6 +732,18 @@ impl LoomConfig {
             pricing: raw.pricing,
             builtin_plugins: raw.builtin_plugins,
             audit,
+            store_sync: match raw.store.fsync {
+                RawFsync::Always => crate::store::StoreSync::Always,
+                RawFsync::Interval => crate::store::StoreSync::Interval(
+                    raw.store.fsync_interval_ms.unwrap_or(100).max(1),
+                ),
+                RawFsync::Never => {
+                    return Err(invalid(
+                        "store.fsync",
+                        "must be \"always\" or \"interval\" (the database is always made durable eventually)",
+                    ));
+                }
+            },
         })
     }
 
@@ -760,6 +786,7 @@ impl LoomConfig {
             pricing: BTreeMap::new(),
             builtin_plugins: true,
             audit: None,
+            store_sync: crate::store::StoreSync::Always,
         }
     }
 

@@ -62,7 +62,7 @@ impl Host {
     /// load are reported in the catalog, not here.
     pub async fn start(config: LoomConfig) -> Result<Self, HostError> {
         let config = Arc::new(config);
-        let store = Store::open(&config.data_dir.join("loom.redb"))?;
+        let store = Store::open_with(&config.data_dir.join("loom.redb"), config.store_sync)?;
         let audit = config
             .audit
             .as_ref()
@@ -72,12 +72,11 @@ impl Host {
         let governance = Arc::new(Governance::new(
             BudgetLedger::new(Some(store.clone())),
             audit,
-            config.tenants.iter().map(|(id, t)| (id, &t.governance)),
+            config.tenants.iter().map(|(id, t)| (id, &*t.governance)),
         )?);
         let engine = Arc::new(SandboxEngine::new(&config.engine, &config.cache_dir)?);
-        let registry = Arc::new(
-            PluginRegistry::new(engine.clone(), config.clone()).with_audit(governance.clone()),
-        );
+        let registry =
+            Arc::new(PluginRegistry::new(engine.clone(), config.clone()).with_audit(&governance));
         registry.scan_group(&Visibility::Global).await;
         let initial_scan = tokio::spawn({
             let registry = registry.clone();
@@ -457,6 +456,9 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // Counters changed since the last write reach the store's queue,
+        // which its writer drains before it stops.
+        self.governance.ledger().persist_now();
         if let Some(task) = self.reloader.take() {
             task.abort();
         }

@@ -743,3 +743,104 @@ async fn the_webhook_approver_decides_and_fails_closed() {
         assert_eq!(requests[0]["arguments"]["path"], "/data/w.txt");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_arguments_pass_the_policies_again_and_remembered_denials_hold() {
+    let env = TestEnv::new();
+    env.add_plugin(components::POLICY_DENY_ARGS, "deny-args", None);
+    let host = governed(
+        &env,
+        "[[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/secret*\"] }\n",
+    )
+    .await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let with = |decision: ApprovalDecision| {
+        let asked = asked.clone();
+        Agent::builder("Be brief.")
+            .host(host.clone())
+            .model(model(vec![
+                turn(
+                    "",
+                    &[("write_file", json!({"path": "/data/a.txt", "content": "x"}))],
+                    1,
+                ),
+                turn(
+                    "",
+                    &[("write_file", json!({"path": "/data/b.txt", "content": "x"}))],
+                    1,
+                ),
+                turn("done", &[], 1),
+            ]))
+            .approver(FnApprover::new(move |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                let decision = decision.clone();
+                async move { Ok(decision) }
+            }))
+            .build()
+            .unwrap()
+    };
+    // The approver's edit points at a path the policy denies: refused.
+    with(ApprovalDecision::Edit {
+        arguments: json!({"path": "/data/secret.txt", "content": "x"}),
+    })
+    .run(RunRequest::new(scope("acme", Some("alice")), "go"))
+    .await
+    .unwrap();
+    assert!(!env.path().join("data-acme/secret.txt").exists());
+    let entries = audit_entries(&env);
+    assert!(entries.iter().any(|e| e.action == "tool_call"
+        && e.data["decision"] == "deny"
+        && e.data["decided_by"] == "policy deny-args"));
+    // deny_always: asked once, neither call runs.
+    asked.store(0, Ordering::SeqCst);
+    with(ApprovalDecision::DenyAlways { reason: None })
+        .run(RunRequest::new(scope("acme", Some("alice")), "go"))
+        .await
+        .unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert!(!env.path().join("data-acme/a.txt").exists());
+    assert!(!env.path().join("data-acme/b.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_directory_cannot_replace_a_configured_policy() {
+    let env = TestEnv::new();
+    env.add_plugin(components::POLICY_DENY_ARGS, "deny-args", None);
+    // acme's own directory offers its own "deny-args".
+    let own = env.mkdir("tenants/acme");
+    env.install(&own, components::FIXTURE_POLICY_VERDICT, "deny-args", None);
+    let host = governed(
+        &env,
+        "[tenants.acme.permissions]\nmode = \"accept-edits\"\n\
+         [[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/x*\"] }\n",
+    )
+    .await;
+    let config = std::fs::read_to_string(env.path().join("loom.toml")).unwrap();
+    std::fs::write(
+        env.path().join("loom.toml"),
+        config.replace(
+            "[tenants.acme.grants]",
+            "[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.acme.grants]",
+        ),
+    )
+    .unwrap();
+    drop(host);
+    let host = Arc::new(
+        Host::start(LoomConfig::load(&env.path().join("loom.toml")).unwrap())
+            .await
+            .unwrap(),
+    );
+    let out = agent(
+        &host,
+        calls("write_file", json!({"path": "/data/x.txt", "content": "x"})),
+    )
+    .run(RunRequest::new(scope("acme", Some("alice")), "go"))
+    .await
+    .unwrap()
+    .output;
+    assert!(
+        out.contains("deny-args"),
+        "the operator's policy answered: {out}"
+    );
+    assert!(!env.path().join("data-acme/x.txt").exists());
+}

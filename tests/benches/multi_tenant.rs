@@ -89,8 +89,11 @@ fn main() {
     } else {
         ""
     };
+    // Sessions and counters are committed at once and fsynced every 100 ms
+    // (a crash may lose that much; `fsync = "always"` is the default).
+    let store_section = "[store]\nfsync = \"interval\"\nfsync_interval_ms = 100\n";
     let host = Arc::new(rt.block_on(env.host(&format!(
-        "{audit_section}[engine]\nmax_instances = 2000\n{tenants}"
+        "{audit_section}{store_section}[engine]\nmax_instances = 2000\n{tenants}"
     ))));
     let model = Arc::new(ScriptedModel::new(vec![
         ScriptedTurn {

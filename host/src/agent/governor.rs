@@ -137,6 +137,11 @@ impl Governor {
         self.governance().record(&self.scope, action, actor, data);
     }
 
+    /// Whether audit entries are kept: the hot paths build none without.
+    fn auditing(&self) -> bool {
+        self.governance().audit().is_some()
+    }
+
     /// Why the run was stopped, if it was.
     pub(crate) fn stopped(&self) -> Option<String> {
         lock(&self.tree.stopped).clone()
@@ -337,17 +342,19 @@ impl Governor {
             .set(Metric::OutputTokens, usage.output_tokens as f64)
             .set(Metric::CostUsd, cost);
         let warnings = self.governance().ledger().settle(reservation, actual);
-        self.audit(
-            "model_call",
-            "model",
-            json!({
-                "model": self.model,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "cost_usd": cost,
-            }),
-        );
+        if self.auditing() {
+            self.audit(
+                "model_call",
+                "model",
+                json!({
+                    "model": self.model,
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                    "cost_usd": cost,
+                }),
+            );
+        }
         self.warn(warnings);
     }
 
@@ -440,6 +447,9 @@ impl Governor {
         allowed: bool,
         by: &Decider,
     ) {
+        if !self.auditing() {
+            return;
+        }
         self.audit(
             "tool_call",
             "model",
@@ -604,6 +614,10 @@ impl Governor {
         let mut actual = Amounts::one(Metric::ToolCalls);
         actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
         let warnings = self.governance().ledger().settle(reservation, actual);
+        if !self.auditing() {
+            self.warn(warnings);
+            return;
+        }
         let data = match outcome {
             Ok(output) => {
                 json!({"tool": call.name, "call_id": call.id, "ok": true, "output_sha256": digest(output), "output_bytes": output.len()})
@@ -637,14 +651,11 @@ impl Governor {
         self.warn(warnings);
     }
 
-    /// Whether the tenant or user has any cap (the ledger then flushes at
-    /// the end of each run).
-    pub(crate) fn capped(&self) -> bool {
-        !self.budget.unlimited()
-    }
-
     /// Record the start of the run.
     pub(crate) fn audit_started(&self, prompt: &str, architecture: &str) {
+        if !self.auditing() {
+            return;
+        }
         let mut shown = prompt.to_owned();
         crate::engine::boundary::cut_to(&mut shown, 500);
         self.audit(
@@ -666,6 +677,9 @@ impl Governor {
 
     /// Record the end of the run.
     pub(crate) fn audit_completed(&self, result: &super::RunResult) {
+        if !self.auditing() {
+            return;
+        }
         self.audit(
             "run_completed",
             "system",

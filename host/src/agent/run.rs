@@ -642,12 +642,11 @@ pub(crate) async fn execute(
         (Some(store), Some(session)) => Some((store.clone(), session.clone())),
         _ => None,
     };
-    let settings = Arc::new(
-        host.config()
-            .tenant(&scope.tenant)
-            .map(|t| t.governance.clone())
-            .map_err(|e| AgentError::NotFound(e.to_string()))?,
-    );
+    let settings = host
+        .config()
+        .tenant(&scope.tenant)
+        .map(|t| t.governance.clone())
+        .map_err(|e| AgentError::NotFound(e.to_string()))?;
     let root = lineage.inherited.is_none();
     let governor = Arc::new(Governor::new(
         &agent,
@@ -803,11 +802,6 @@ pub(crate) async fn execute(
         Err(_) if governor.stopped().is_some() => (String::new(), None, None),
         Err(error) => {
             governor.audit_failed(&error.to_string());
-            if governor.capped()
-                && let Err(store_error) = host.governance().ledger().flush().await
-            {
-                tracing::error!(%store_error, "budget counters could not be saved");
-            }
             return Err(error);
         }
     };
@@ -817,10 +811,6 @@ pub(crate) async fn execute(
         store
             .save(&scope.tenant, &scope.user, session, &history)
             .await?;
-    } else if governor.capped()
-        && let Err(error) = host.governance().ledger().flush().await
-    {
-        tracing::error!(%error, "budget counters could not be saved");
     }
     let (usage, cost_usd) = state.totals();
     let result = RunResult {

@@ -602,7 +602,8 @@ impl RunBudget {
 /// [`BudgetLedger::settle`] (or drop it to release the reservation).
 #[must_use = "settle the reservation with what the work cost"]
 pub struct Reservation {
-    ledger: Arc<LedgerInner>,
+    /// `None` for a run no cap applies to: nothing to count.
+    ledger: Option<Arc<LedgerInner>>,
     budget: RunBudget,
     amounts: Amounts,
     settled: bool,
@@ -627,8 +628,10 @@ impl std::fmt::Debug for Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.settled {
-            self.ledger.release(&self.budget, &self.amounts);
+        if !self.settled
+            && let Some(ledger) = &self.ledger
+        {
+            ledger.release(&self.budget, &self.amounts);
         }
     }
 }
@@ -641,7 +644,8 @@ pub struct BudgetLedger {
 struct LedgerInner {
     store: Option<Arc<Store>>,
     state: Mutex<LedgerState>,
-    /// A persist job is queued and has not taken its snapshot yet.
+    /// A persist job is scheduled or queued and has not taken its
+    /// snapshot yet.
     persist_queued: AtomicBool,
     /// Test hook: a fixed "now".
     fixed_now: Option<SystemTime>,
@@ -656,6 +660,9 @@ struct LedgerState {
 /// Counters idle this long, with nothing reserved or unsaved, may be
 /// dropped from memory (they are reloaded from the store when needed).
 const IDLE_EVICTION: Duration = Duration::from_secs(600);
+
+/// How long changed counters may wait before they are written.
+const PERSIST_DELAY: Duration = Duration::from_millis(100);
 
 /// Subjects kept in memory before idle ones are dropped.
 const MAX_SUBJECTS: usize = 100_000;
@@ -684,9 +691,18 @@ impl BudgetLedger {
     /// every cap has room: the reservation's [`Reservation::amounts`] may
     /// be less than `want`.
     pub fn reserve(&self, budget: &RunBudget, want: Amounts) -> Result<Reservation, Exceeded> {
+        // No cap, nothing to check or keep: the fast path of most tenants.
+        if budget.unlimited() {
+            return Ok(Reservation {
+                ledger: None,
+                budget: budget.clone(),
+                amounts: want,
+                settled: false,
+            });
+        }
         let granted = self.inner.reserve(budget, want)?;
         Ok(Reservation {
-            ledger: self.inner.clone(),
+            ledger: Some(self.inner.clone()),
             budget: budget.clone(),
             amounts: granted,
             settled: false,
@@ -697,6 +713,9 @@ impl BudgetLedger {
     /// crossed their warning fraction for the first time in this run.
     pub fn settle(&self, mut reservation: Reservation, actual: Amounts) -> Vec<Warning> {
         reservation.settled = true;
+        if reservation.ledger.is_none() {
+            return Vec::new();
+        }
         self.inner
             .settle(&reservation.budget, &reservation.amounts, &actual)
     }
@@ -704,6 +723,9 @@ impl BudgetLedger {
     /// Charge `actual` without a reservation (work that already happened,
     /// such as a run's wall time).
     pub fn charge(&self, budget: &RunBudget, actual: Amounts) -> Vec<Warning> {
+        if budget.unlimited() {
+            return Vec::new();
+        }
         self.inner.settle(budget, &Amounts::default(), &actual)
     }
 
@@ -757,6 +779,28 @@ impl BudgetLedger {
         Ok(report)
     }
 
+    /// Queue a write of every changed counter now, without waiting (for a
+    /// host being dropped).
+    pub fn persist_now(&self) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        // The snapshot is taken now: the ledger may be gone by the time the
+        // writer runs the job.
+        let rows = self.inner.take_dirty();
+        if rows.is_empty() {
+            return;
+        }
+        store.write_then(
+            Box::new(move |txn| write_rows(txn, &rows)),
+            Box::new(|result| {
+                if let Err(error) = result {
+                    tracing::error!(%error, "budget counters could not be saved at shutdown");
+                }
+            }),
+        );
+    }
+
     /// Write every changed counter now; resolves once durable.
     ///
     /// # Errors
@@ -766,7 +810,7 @@ impl BudgetLedger {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        self.inner.queue_persist();
+        self.inner.write_dirty();
         store.sync().await
     }
 }
@@ -990,12 +1034,30 @@ impl LedgerInner {
     /// Queue one job that writes every dirty counter, unless one is queued
     /// and has not taken its snapshot yet (it will include these changes).
     fn queue_persist(self: &Arc<Self>) {
+        if self.store.is_none() || self.persist_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Changes are written at most every PERSIST_DELAY: under load,
+        // thousands of charges become one row write per subject.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let ledger = Arc::downgrade(self);
+                runtime.spawn(async move {
+                    tokio::time::sleep(PERSIST_DELAY).await;
+                    if let Some(ledger) = ledger.upgrade() {
+                        ledger.write_dirty();
+                    }
+                });
+            }
+            Err(_) => self.write_dirty(),
+        }
+    }
+
+    /// Queue a job that writes every dirty counter.
+    fn write_dirty(self: &Arc<Self>) {
         let Some(store) = &self.store else {
             return;
         };
-        if self.persist_queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let ledger = Arc::downgrade(self);
         let on_failure = Arc::downgrade(self);
         // Taken once, on the writer thread, so a retried job writes the

@@ -307,8 +307,9 @@ pub struct PluginRegistry {
     all_ready: std::sync::atomic::AtomicBool,
     /// Missing directories already warned about.
     warned_missing: Mutex<HashSet<PathBuf>>,
-    /// Where plugin loads are audited, if anywhere.
-    governance: Option<Arc<Governance>>,
+    /// Where plugin loads are audited, if anywhere. Weak: a scan still
+    /// running after the host is dropped must not keep its database open.
+    governance: Option<std::sync::Weak<Governance>>,
 }
 
 impl PluginRegistry {
@@ -333,13 +334,13 @@ impl PluginRegistry {
 
     /// Record every plugin loaded, reloaded, rejected or removed in
     /// `governance`'s audit log.
-    pub fn with_audit(mut self, governance: Arc<Governance>) -> Self {
-        self.governance = Some(governance);
+    pub fn with_audit(mut self, governance: &Arc<Governance>) -> Self {
+        self.governance = Some(Arc::downgrade(governance));
         self
     }
 
     fn audit(&self, group: &Visibility, action: &'static str, data: serde_json::Value) {
-        if let Some(governance) = &self.governance {
+        if let Some(governance) = self.governance.as_ref().and_then(std::sync::Weak::upgrade) {
             let tenant = match group {
                 Visibility::Tenant(tenant) => tenant.as_str(),
                 Visibility::Builtin | Visibility::Global => "*",

@@ -85,6 +85,18 @@ struct Job {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 8192;
 
+/// When commits are forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreSync {
+    /// Every commit is durable before its writers hear back (the default).
+    #[default]
+    Always,
+    /// Commits are visible at once and made durable at least this often
+    /// (milliseconds): a crash may lose that much; a clean shutdown
+    /// loses nothing.
+    Interval(u64),
+}
+
 /// The redb file and its writer.
 pub struct Store {
     db: Arc<redb::Database>,
@@ -105,6 +117,15 @@ impl Store {
     ///
     /// [`StoreError::Open`] naming the file.
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(path, StoreSync::Always)
+    }
+
+    /// [`Self::open`] with the given durability.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] naming the file.
+    pub fn open_with(path: &Path, sync: StoreSync) -> Result<Arc<Self>, StoreError> {
         let open_error = |message: String| StoreError::Open {
             path: path.display().to_string(),
             message,
@@ -118,7 +139,7 @@ impl Store {
             .name("loom-store-writer".into())
             .spawn({
                 let db = db.clone();
-                move || write_loop(&db, &jobs)
+                move || write_loop(&db, &jobs, sync)
             })
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(Store {
@@ -184,8 +205,40 @@ impl Drop for Store {
 
 /// The writer thread: commit whatever is queued, in batches, until the
 /// queue closes.
-fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) {
+    let interval = match sync {
+        StoreSync::Always => None,
+        StoreSync::Interval(ms) => Some(std::time::Duration::from_millis(ms.max(1))),
+    };
+    let mut last_durable = std::time::Instant::now();
+    let mut pending = false;
+    loop {
+        let first = match interval {
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Some(every) => {
+                let wait = every.saturating_sub(last_durable.elapsed());
+                match jobs.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if pending {
+                            make_durable(db);
+                            pending = false;
+                        }
+                        last_durable = std::time::Instant::now();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        if pending {
+                            make_durable(db);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -193,18 +246,46 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(db, batch);
+        // An explicit sync, or the interval running out, makes this commit
+        // durable; otherwise it is only visible.
+        let durable = match interval {
+            None => true,
+            Some(every) => batch.iter().any(|j| j.op.is_none()) || last_durable.elapsed() >= every,
+        };
+        commit_batch(db, batch, durable, interval.is_some());
+        if durable {
+            last_durable = std::time::Instant::now();
+            pending = false;
+        } else {
+            pending = true;
+        }
     }
 }
 
-/// Commit `batch` in one transaction; if that fails, commit each write
-/// alone so one bad write does not fail the others.
-fn commit_batch(db: &redb::Database, batch: Vec<Job>) {
+/// An empty durable commit: every visible commit before it reaches disk.
+fn make_durable(db: &redb::Database) {
+    let result = db
+        .begin_write()
+        .map_err(io)
+        .and_then(|txn| txn.commit().map_err(io));
+    if let Err(error) = result {
+        tracing::error!(%error, "the database could not be synced");
+    }
+}
+
+/// Commit `batch` in one transaction, durably when `durable`; if that
+/// fails, commit each write alone so one bad write does not fail the
+/// others. `deferred`: earlier commits may not be durable yet.
+fn commit_batch(db: &redb::Database, batch: Vec<Job>, durable: bool, deferred: bool) {
     let ops: Vec<&WriteOp> = batch.iter().filter_map(|j| j.op.as_ref()).collect();
     let outcome = if ops.is_empty() {
+        // With deferred durability, a sync makes the earlier commits durable.
+        if durable && deferred {
+            make_durable(db);
+        }
         Ok(())
     } else {
-        commit(db, &ops)
+        commit(db, &ops, durable)
     };
     match outcome {
         Ok(()) => {
@@ -221,7 +302,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>) {
             let mut failed: Option<StoreError> = None;
             for job in batch {
                 let result = match &job.op {
-                    Some(op) => commit(db, &[op]),
+                    Some(op) => commit(db, &[op], durable),
                     None => failed.clone().map_or(Ok(()), Err),
                 };
                 if let (Err(error), Some(_)) = (&result, &job.op) {
@@ -236,8 +317,11 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>) {
     }
 }
 
-fn commit(db: &redb::Database, ops: &[&WriteOp]) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(io)?;
+fn commit(db: &redb::Database, ops: &[&WriteOp], durable: bool) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(io)?;
+    if !durable {
+        txn.set_durability(redb::Durability::None).map_err(io)?;
+    }
     for op in ops {
         if let Err(error) = op(&txn) {
             let _ = txn.abort();

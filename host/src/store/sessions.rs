@@ -139,4 +139,27 @@ mod tests {
         let other = TenantId::new("globex").unwrap();
         assert!(store.load(&other, &alice, &session).unwrap().is_empty());
     }
+
+    #[tokio::test]
+    async fn deferred_durability_still_keeps_what_a_sync_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.redb");
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        {
+            let store = SessionStore::new(
+                Store::open_with(&path, crate::store::StoreSync::Interval(60_000)).unwrap(),
+            );
+            store
+                .save(&tenant, &alice, &session, &[Message::user("hi")])
+                .await
+                .unwrap();
+            // Visible at once, before any fsync.
+            assert_eq!(store.load(&tenant, &alice, &session).unwrap().len(), 1);
+            store.store().sync().await.unwrap();
+        }
+        let store = SessionStore::open(&path).unwrap();
+        assert_eq!(store.load(&tenant, &alice, &session).unwrap().len(), 1);
+    }
 }
