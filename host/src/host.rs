@@ -43,6 +43,7 @@ pub struct Host {
     /// Each tenant's disk ledger over its read-write grants.
     disks: HashMap<TenantId, Arc<DiskLedger>>,
     store: Arc<Store>,
+    sessions: Arc<SessionStore>,
     governance: Arc<Governance>,
     reloader: Option<tokio::task::JoinHandle<()>>,
     initial_scan: tokio::task::JoinHandle<()>,
@@ -123,6 +124,7 @@ impl Host {
             engine,
             registry,
             disks,
+            sessions: Arc::new(SessionStore::new(store.clone())),
             store,
             governance,
             reloader,
@@ -142,7 +144,7 @@ impl Host {
 
     /// Sessions kept in the host's database.
     pub fn sessions(&self) -> Arc<SessionStore> {
-        Arc::new(SessionStore::new(self.store.clone()))
+        self.sessions.clone()
     }
 
     /// Budgets, rate limits, approvals and the audit log.

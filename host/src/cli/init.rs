@@ -24,6 +24,13 @@ reload_interval_ms = 500
 # directory, which overrides them by name).
 builtin_plugins = true
 
+# <data_dir>/loom.redb holds sessions and budget counters. "always" makes
+# each group commit durable before its writers hear back; "interval" commits
+# at once and fsyncs every fsync_interval_ms (a crash may lose that much).
+[store]
+fsync = "always"
+# fsync_interval_ms = 100
+
 # The shared WebAssembly engine.
 [engine]
 max_instances = 1000          # instances alive at once, all tenants together
@@ -182,6 +189,7 @@ mod tests {
         assert_eq!(config.limits, loom_host::config::Limits::default());
         assert!(config.tenants.keys().any(|t| t.as_str() == "default"));
         for section in [
+            "[store]",
             "[engine]",
             "[limits]",
             "[tenants.default]",

@@ -100,6 +100,7 @@ pub enum StoreSync {
 /// The redb file and its writer.
 pub struct Store {
     db: Arc<redb::Database>,
+    sync: StoreSync,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -144,9 +145,15 @@ impl Store {
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(Store {
             db,
+            sync,
             queue: Some(queue),
             writer: Some(writer),
         }))
+    }
+
+    /// Whether commits are made durable on a timer rather than at once.
+    pub fn deferred(&self) -> bool {
+        matches!(self.sync, StoreSync::Interval(_))
     }
 
     /// The database, for read transactions.

@@ -1,13 +1,69 @@
 //! Sessions: the messages of a conversation, keyed by tenant, user and
 //! session id, so a session id reused by another user (or tenant) finds
 //! nothing of it.
+//!
+//! Recently used sessions are also kept in memory (up to
+//! [`CACHE_BYTES`] of them), written through to the database: a user's next
+//! turn reads its history without a read transaction or JSON decoding. One
+//! process owns the database file, so the cache cannot go stale.
 
 use super::{Store, StoreError, io};
 use crate::model::Message;
 use crate::tenancy::ids::{SessionId, TenantId, UserId};
 use redb::{ReadableDatabase, TableDefinition};
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Bytes of sessions (as stored JSON) kept in memory.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// A session's key: (tenant, user, session).
+type Key = (String, String, String);
+
+/// Sessions recently loaded or saved, oldest first in `order`.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Key, (Arc<Vec<Message>>, usize, u64)>,
+    order: VecDeque<(Key, u64)>,
+    bytes: usize,
+    stamp: u64,
+}
+
+impl Cache {
+    fn insert(&mut self, key: Key, messages: Arc<Vec<Message>>, bytes: usize) {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        if let Some((_, old, _)) = self.entries.insert(key.clone(), (messages, bytes, stamp)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        self.order.push_back((key, stamp));
+        while self.bytes > CACHE_BYTES {
+            let Some((oldest, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&oldest).is_some_and(|e| e.2 == stamp)
+                && let Some((_, size, _)) = self.entries.remove(&oldest)
+            {
+                self.bytes -= size;
+            }
+        }
+        // Superseded stamps pile up in `order` when one session is saved
+        // again and again; drop them once they outnumber the entries.
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, stamp)| entries.get(key).is_some_and(|e| e.2 == *stamp));
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some((_, size, _)) = self.entries.remove(key) {
+            self.bytes -= size;
+        }
+    }
+}
 
 /// (tenant, user — empty for the anonymous user, session) → JSON messages.
 const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("sessions");
@@ -16,6 +72,15 @@ const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::ne
 #[derive(Clone)]
 pub struct SessionStore {
     store: Arc<Store>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+fn key(tenant: &TenantId, user: &UserId, session: &SessionId) -> Key {
+    (
+        tenant.as_str().to_owned(),
+        user_key(user).to_owned(),
+        session.as_str().to_owned(),
+    )
 }
 
 fn user_key(user: &UserId) -> &str {
@@ -30,14 +95,22 @@ impl SessionStore {
     ///
     /// [`StoreError::Open`] naming the file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(SessionStore {
-            store: Store::open(path)?,
-        })
+        Ok(Self::new(Store::open(path)?))
     }
 
     /// Sessions kept in `store`.
     pub fn new(store: Arc<Store>) -> Self {
-        SessionStore { store }
+        SessionStore {
+            store,
+            cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        match self.cache.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// The database the sessions live in.
@@ -56,22 +129,38 @@ impl SessionStore {
         user: &UserId,
         session: &SessionId,
     ) -> Result<Vec<Message>, StoreError> {
+        let key = key(tenant, user, session);
+        if let Some((messages, _, _)) = self.cache().entries.get(&key) {
+            return Ok(messages.as_ref().clone());
+        }
         let txn = self.store.db().begin_read().map_err(io)?;
         let table = match txn.open_table(SESSIONS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(io(e)),
         };
-        let key = (tenant.as_str(), user_key(user), session.as_str());
-        match table.get(key).map_err(io)? {
+        let found = table
+            .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+            .map_err(io)?;
+        match found {
             None => Ok(Vec::new()),
-            Some(value) => serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            Some(value) => {
+                let bytes = value.value().len();
+                let messages: Vec<Message> = serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                // Only if absent: a save racing this load is newer.
+                let mut cache = self.cache();
+                if !cache.entries.contains_key(&key) {
+                    cache.insert(key, Arc::new(messages.clone()), bytes);
+                }
+                Ok(messages)
+            }
         }
     }
 
     /// Replace the messages of a session, atomically; resolves once the
-    /// write is durable.
+    /// write is durable (with `[store] fsync = "interval"`, once it is
+    /// queued: the next load sees it at once, the disk within the interval).
     ///
     /// # Errors
     ///
@@ -84,23 +173,44 @@ impl SessionStore {
         messages: &[Message],
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(messages).map_err(io)?;
-        let key = (
-            tenant.as_str().to_owned(),
-            user_key(user).to_owned(),
-            session.as_str().to_owned(),
-        );
-        self.store
-            .write(Box::new(move |txn| {
-                let mut table = txn.open_table(SESSIONS).map_err(io)?;
-                table
-                    .insert(
-                        (key.0.as_str(), key.1.as_str(), key.2.as_str()),
-                        bytes.as_slice(),
-                    )
-                    .map_err(io)?;
-                Ok(())
-            }))
-            .await
+        let key = key(tenant, user, session);
+        // The cache answers the next load at once; a failed write takes
+        // the session out of it again, so memory never claims more than
+        // the database holds for long.
+        self.cache()
+            .insert(key.clone(), Arc::new(messages.to_vec()), bytes.len());
+        let row = key.clone();
+        let op: super::WriteOp = Box::new(move |txn| {
+            let mut table = txn.open_table(SESSIONS).map_err(io)?;
+            table
+                .insert(
+                    (row.0.as_str(), row.1.as_str(), row.2.as_str()),
+                    bytes.as_slice(),
+                )
+                .map_err(io)?;
+            Ok(())
+        });
+        if self.store.deferred() {
+            // Durability is deferred anyway: do not wait for the commit.
+            let cache = self.cache.clone();
+            self.store.write_then(
+                op,
+                Box::new(move |result| {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "a session could not be saved");
+                        if let Ok(mut cache) = cache.lock() {
+                            cache.remove(&key);
+                        }
+                    }
+                }),
+            );
+            return Ok(());
+        }
+        let result = self.store.write(op).await;
+        if result.is_err() {
+            self.cache().remove(&key);
+        }
+        result
     }
 }
 
