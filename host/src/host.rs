@@ -458,9 +458,12 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // Counters changed since the last write reach the store's queue,
-        // which its writer drains before it stops.
+        // Counters changed since the last write are written, and every
+        // commit made durable, while the ledger is still alive.
         self.governance.ledger().persist_now();
+        if let Err(error) = self.store.sync_blocking(std::time::Duration::from_secs(10)) {
+            tracing::error!(%error, "the database could not be synced at shutdown");
+        }
         if let Some(task) = self.reloader.take() {
             task.abort();
         }

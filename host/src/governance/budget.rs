@@ -571,7 +571,8 @@ impl RunBudget {
         &self.spend
     }
 
-    /// Whether no cap applies (the ledger still counts).
+    /// Whether no cap applies: the ledger then neither checks nor counts the
+    /// run (a cap added later starts from what runs spend after it).
     pub fn unlimited(&self) -> bool {
         self.tenant_caps.is_empty() && self.user_caps.is_empty()
     }
@@ -660,6 +661,19 @@ struct LedgerState {
 /// Counters idle this long, with nothing reserved or unsaved, may be
 /// dropped from memory (they are reloaded from the store when needed).
 const IDLE_EVICTION: Duration = Duration::from_secs(600);
+
+/// Writes the dirty counters when dropped: after the persist delay, or
+/// when the task holding it is cancelled (a runtime shutting down), so the
+/// `persist_queued` flag can never stay set with nothing queued.
+struct PersistGuard(std::sync::Weak<LedgerInner>);
+
+impl Drop for PersistGuard {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.0.upgrade() {
+            ledger.write_dirty();
+        }
+    }
+}
 
 /// How long changed counters may wait before they are written.
 const PERSIST_DELAY: Duration = Duration::from_millis(100);
@@ -779,26 +793,11 @@ impl BudgetLedger {
         Ok(report)
     }
 
-    /// Queue a write of every changed counter now, without waiting (for a
-    /// host being dropped).
+    /// Queue a write of every changed counter now, without waiting; the
+    /// caller keeps the ledger alive until the store has written it (a host
+    /// being dropped waits with [`Store::sync_blocking`]).
     pub fn persist_now(&self) {
-        let Some(store) = &self.inner.store else {
-            return;
-        };
-        // The snapshot is taken now: the ledger may be gone by the time the
-        // writer runs the job.
-        let rows = self.inner.take_dirty();
-        if rows.is_empty() {
-            return;
-        }
-        store.write_then(
-            Box::new(move |txn| write_rows(txn, &rows)),
-            Box::new(|result| {
-                if let Err(error) = result {
-                    tracing::error!(%error, "budget counters could not be saved at shutdown");
-                }
-            }),
-        );
+        self.inner.write_dirty();
     }
 
     /// Write every changed counter now; resolves once durable.
@@ -1041,12 +1040,10 @@ impl LedgerInner {
         // thousands of charges become one row write per subject.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let ledger = Arc::downgrade(self);
+                let guard = PersistGuard(Arc::downgrade(self));
                 runtime.spawn(async move {
                     tokio::time::sleep(PERSIST_DELAY).await;
-                    if let Some(ledger) = ledger.upgrade() {
-                        ledger.write_dirty();
-                    }
+                    drop(guard);
                 });
             }
             Err(_) => self.write_dirty(),
@@ -1082,9 +1079,16 @@ impl LedgerInner {
                         Ok(mut guard) => guard.take(),
                         Err(poisoned) => poisoned.into_inner().take(),
                     };
-                    if let (Some(ledger), Some(rows)) = (on_failure.upgrade(), rows) {
-                        let mut state = ledger.lock();
-                        state.dirty.extend(rows.into_iter().map(|(subject, _)| subject));
+                    if let Some(ledger) = on_failure.upgrade() {
+                        match rows {
+                            Some(rows) => {
+                                let mut state = ledger.lock();
+                                state.dirty.extend(rows.into_iter().map(|(subject, _)| subject));
+                            }
+                            // The job never ran: nothing was taken, so
+                            // only the flag needs clearing.
+                            None => ledger.persist_queued.store(false, Ordering::Release),
+                        }
                     }
                 }
             }),

@@ -61,6 +61,8 @@ pub(crate) type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'sta
 enum Done {
     /// A task awaiting it.
     Waiter(oneshot::Sender<Result<(), StoreError>>),
+    /// A thread blocked on it.
+    Blocking(mpsc::Sender<Result<(), StoreError>>),
     /// A callback, run on the writer thread.
     Callback(WriteDone),
 }
@@ -69,6 +71,9 @@ impl Done {
     fn send(self, result: Result<(), StoreError>) {
         match self {
             Done::Waiter(sender) => {
+                let _ = sender.send(result);
+            }
+            Done::Blocking(sender) => {
                 let _ = sender.send(result);
             }
             Done::Callback(callback) => callback(result),
@@ -100,7 +105,6 @@ pub enum StoreSync {
 /// The redb file and its writer.
 pub struct Store {
     db: Arc<redb::Database>,
-    sync: StoreSync,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -145,15 +149,9 @@ impl Store {
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(Store {
             db,
-            sync,
             queue: Some(queue),
             writer: Some(writer),
         }))
-    }
-
-    /// Whether commits are made durable on a timer rather than at once.
-    pub fn deferred(&self) -> bool {
-        matches!(self.sync, StoreSync::Interval(_))
     }
 
     /// The database, for read transactions.
@@ -171,13 +169,6 @@ impl Store {
         }
     }
 
-    /// Queue `op`; resolves once it is durably committed.
-    pub(crate) async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        let (done, committed) = oneshot::channel();
-        self.enqueue(Some(op), Some(Done::Waiter(done)));
-        committed.await.unwrap_or(Err(StoreError::Closed))
-    }
-
     /// Queue `op`; `done` runs on the writer thread with its outcome.
     pub(crate) fn write_then(&self, op: WriteOp, done: WriteDone) {
         self.enqueue(Some(op), Some(Done::Callback(done)));
@@ -193,6 +184,29 @@ impl Store {
         let (done, committed) = oneshot::channel();
         self.enqueue(None, Some(Done::Waiter(done)));
         committed.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl Store {
+    /// [`Self::sync`] for a thread that cannot await (a host being
+    /// dropped); waits at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::sync`], or [`StoreError::Closed`] after `timeout`.
+    pub fn sync_blocking(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.thread().id() == std::thread::current().id())
+        {
+            return Ok(());
+        }
+        let (done, committed) = mpsc::channel();
+        self.enqueue(None, Some(Done::Blocking(done)));
+        committed
+            .recv_timeout(timeout)
+            .unwrap_or(Err(StoreError::Closed))
     }
 }
 
@@ -218,7 +232,10 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
         StoreSync::Interval(ms) => Some(std::time::Duration::from_millis(ms.max(1))),
     };
     let mut last_durable = std::time::Instant::now();
+    // Commits made visible but not yet durable.
     let mut pending = false;
+    // A write that failed since the last sync: the next sync reports it.
+    let mut failed: Option<StoreError> = None;
     loop {
         let first = match interval {
             None => match jobs.recv() {
@@ -230,8 +247,7 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
                 match jobs.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if pending {
-                            make_durable(db);
+                        if !pending || make_durable(db).is_ok() {
                             pending = false;
                         }
                         last_durable = std::time::Instant::now();
@@ -239,7 +255,7 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         if pending {
-                            make_durable(db);
+                            let _ = make_durable(db);
                         }
                         return;
                     }
@@ -259,8 +275,8 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
             None => true,
             Some(every) => batch.iter().any(|j| j.op.is_none()) || last_durable.elapsed() >= every,
         };
-        commit_batch(db, batch, durable, interval.is_some());
-        if durable {
+        let reached = commit_batch(db, batch, durable, pending, &mut failed);
+        if durable && reached {
             last_durable = std::time::Instant::now();
             pending = false;
         } else {
@@ -270,27 +286,37 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
 }
 
 /// An empty durable commit: every visible commit before it reaches disk.
-fn make_durable(db: &redb::Database) {
+fn make_durable(db: &redb::Database) -> Result<(), StoreError> {
     let result = db
         .begin_write()
         .map_err(io)
         .and_then(|txn| txn.commit().map_err(io));
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::error!(%error, "the database could not be synced");
     }
+    result
 }
 
 /// Commit `batch` in one transaction, durably when `durable`; if that
 /// fails, commit each write alone so one bad write does not fail the
-/// others. `deferred`: earlier commits may not be durable yet.
-fn commit_batch(db: &redb::Database, batch: Vec<Job>, durable: bool, deferred: bool) {
+/// others. `pending`: earlier commits are not durable yet. `failed` holds a
+/// write that failed since the last sync, which the next sync reports.
+/// Returns whether everything committed.
+fn commit_batch(
+    db: &redb::Database,
+    batch: Vec<Job>,
+    durable: bool,
+    pending: bool,
+    failed: &mut Option<StoreError>,
+) -> bool {
     let ops: Vec<&WriteOp> = batch.iter().filter_map(|j| j.op.as_ref()).collect();
     let outcome = if ops.is_empty() {
-        // With deferred durability, a sync makes the earlier commits durable.
-        if durable && deferred {
-            make_durable(db);
+        // A sync alone: it makes earlier visible commits durable.
+        if durable && pending {
+            make_durable(db)
+        } else {
+            Ok(())
         }
-        Ok(())
     } else {
         commit(db, &ops, durable)
     };
@@ -298,28 +324,45 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, durable: bool, deferred: b
         Ok(()) => {
             for job in batch {
                 if let Some(done) = job.done {
-                    done.send(Ok(()));
+                    let result = match (&job.op, failed.take()) {
+                        (None, Some(error)) => Err(error),
+                        (Some(_), earlier) => {
+                            *failed = earlier;
+                            Ok(())
+                        }
+                        (None, None) => Ok(()),
+                    };
+                    done.send(result);
                 }
             }
+            true
+        }
+        Err(error) if ops.is_empty() => {
+            for job in batch {
+                if let Some(done) = job.done {
+                    done.send(Err(error.clone()));
+                }
+            }
+            false
         }
         Err(error) => {
             tracing::warn!(%error, writes = ops.len(), "a batched commit failed; committing its writes one by one");
-            // A sync waiting in this batch learns of any write before it
-            // that failed.
-            let mut failed: Option<StoreError> = None;
+            let mut all = true;
             for job in batch {
                 let result = match &job.op {
                     Some(op) => commit(db, &[op], durable),
-                    None => failed.clone().map_or(Ok(()), Err),
+                    None => failed.take().map_or(Ok(()), Err),
                 };
                 if let (Err(error), Some(_)) = (&result, &job.op) {
                     tracing::error!(%error, "a database write failed");
-                    failed = Some(error.clone());
+                    *failed = Some(error.clone());
+                    all = false;
                 }
                 if let Some(done) = job.done {
                     done.send(result);
                 }
             }
+            all
         }
     }
 }

@@ -2,10 +2,13 @@
 //! session id, so a session id reused by another user (or tenant) finds
 //! nothing of it.
 //!
-//! Recently used sessions are also kept in memory (up to
-//! [`CACHE_BYTES`] of them), written through to the database: a user's next
-//! turn reads its history without a read transaction or JSON decoding. One
-//! process owns the database file, so the cache cannot go stale.
+//! Recently saved sessions are also kept in memory (up to [`CACHE_BYTES`]
+//! of them): a user's next turn reads its history without a read
+//! transaction or JSON decoding. The cache is filled only by the writer
+//! thread, in commit order, after a save committed, and a failed save
+//! removes its session; a load that misses reads the database and caches
+//! nothing. So the cache never holds a version the database does not, nor
+//! an older one than it. One process owns the database file.
 
 use super::{Store, StoreError, io};
 use crate::model::Message;
@@ -144,23 +147,14 @@ impl SessionStore {
             .map_err(io)?;
         match found {
             None => Ok(Vec::new()),
-            Some(value) => {
-                let bytes = value.value().len();
-                let messages: Vec<Message> = serde_json::from_slice(value.value())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                // Only if absent: a save racing this load is newer.
-                let mut cache = self.cache();
-                if !cache.entries.contains_key(&key) {
-                    cache.insert(key, Arc::new(messages.clone()), bytes);
-                }
-                Ok(messages)
-            }
+            Some(value) => serde_json::from_slice(value.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
         }
     }
 
     /// Replace the messages of a session, atomically; resolves once the
-    /// write is durable (with `[store] fsync = "interval"`, once it is
-    /// queued: the next load sees it at once, the disk within the interval).
+    /// write is committed: durable, or with `[store] fsync = "interval"`
+    /// visible at once and durable within the interval.
     ///
     /// # Errors
     ///
@@ -174,12 +168,8 @@ impl SessionStore {
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(messages).map_err(io)?;
         let key = key(tenant, user, session);
-        // The cache answers the next load at once; a failed write takes
-        // the session out of it again, so memory never claims more than
-        // the database holds for long.
-        self.cache()
-            .insert(key.clone(), Arc::new(messages.to_vec()), bytes.len());
         let row = key.clone();
+        let size = bytes.len();
         let op: super::WriteOp = Box::new(move |txn| {
             let mut table = txn.open_table(SESSIONS).map_err(io)?;
             table
@@ -190,27 +180,23 @@ impl SessionStore {
                 .map_err(io)?;
             Ok(())
         });
-        if self.store.deferred() {
-            // Durability is deferred anyway: do not wait for the commit.
-            let cache = self.cache.clone();
-            self.store.write_then(
-                op,
-                Box::new(move |result| {
-                    if let Err(error) = result {
-                        tracing::error!(%error, "a session could not be saved");
-                        if let Ok(mut cache) = cache.lock() {
-                            cache.remove(&key);
-                        }
+        // The writer runs this after the commit, in commit order.
+        let cache = self.cache.clone();
+        let saved = Arc::new(messages.to_vec());
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.store.write_then(
+            op,
+            Box::new(move |result| {
+                if let Ok(mut cache) = cache.lock() {
+                    match &result {
+                        Ok(()) => cache.insert(key, saved, size),
+                        Err(_) => cache.remove(&key),
                     }
-                }),
-            );
-            return Ok(());
-        }
-        let result = self.store.write(op).await;
-        if result.is_err() {
-            self.cache().remove(&key);
-        }
-        result
+                }
+                let _ = done.send(result);
+            }),
+        );
+        committed.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
@@ -265,7 +251,7 @@ mod tests {
                 .save(&tenant, &alice, &session, &[Message::user("hi")])
                 .await
                 .unwrap();
-            // Visible at once, before any fsync.
+            // Visible at once, before any fsync; the sync makes it durable.
             assert_eq!(store.load(&tenant, &alice, &session).unwrap().len(), 1);
             store.store().sync().await.unwrap();
         }
