@@ -197,7 +197,7 @@ async fn fifty_racing_runs_of_one_user_spend_at_most_the_cap() {
     }
     let ran = audit_entries(&env)
         .iter()
-        .filter(|e| e.action == "tool_result" && e.data["ok"] == true)
+        .filter(|e| e.action == "tool_call" && e.data["ok"] == true)
         .count();
     // Exactly the cap: no race overspent it, and reservations released by
     // refused runs did not leave it short.

@@ -30,6 +30,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// A tool call the chain let through, with its budget reservation.
+pub(crate) struct Admitted {
+    /// The call as it will run (the approver may have edited it).
+    pub(crate) call: wt::ToolCall,
+    reservation: Reservation,
+    decided_by: Decider,
+    destructive: bool,
+}
+
 /// What a run and its sub-agents share.
 #[derive(Default)]
 pub(crate) struct TreeState {
@@ -377,8 +386,9 @@ impl Governor {
         &self,
         mut call: wt::ToolCall,
         binding: &ToolBinding,
-    ) -> Result<(wt::ToolCall, Reservation), (wt::ToolCall, wt::ToolError)> {
+    ) -> Result<Admitted, (wt::ToolCall, wt::ToolError)> {
         if let Some(reason) = self.stopped() {
+            self.audit_denied(&call, binding, &Decider::Budget, &reason);
             return Err((call, wt::ToolError::Denied(reason)));
         }
         // A denial remembered for the rest of the run holds whatever the
@@ -388,7 +398,7 @@ impl Governor {
                 "calls of `{}` were denied for the rest of this run",
                 call.name
             );
-            self.audit_decision(&call, binding, false, &Decider::Remembered);
+            self.audit_denied(&call, binding, &Decider::Remembered, &reason);
             return Err((call, wt::ToolError::Denied(reason)));
         }
         let (verdict, decider) = self.permission(&call, binding).await;
@@ -413,40 +423,41 @@ impl Governor {
                 }
             }
         };
-        let decided_by = match &outcome {
-            Ok(d) | Err((_, d)) => d.clone(),
+        let decided_by = match outcome {
+            Ok(by) => by,
+            Err((reason, by)) => {
+                self.audit_denied(&call, binding, &by, &reason);
+                self.send(RunEvent::Permission {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    decision: "deny".into(),
+                    by: by.to_string(),
+                    reason: reason.clone(),
+                });
+                return Err((call, wt::ToolError::Denied(reason)));
+            }
         };
-        self.audit_decision(&call, binding, outcome.is_ok(), &decided_by);
-        if let Err((reason, by)) = outcome {
-            self.send(RunEvent::Permission {
-                call_id: call.id.clone(),
-                name: call.name.clone(),
-                decision: "deny".into(),
-                by: by.to_string(),
-                reason: reason.clone(),
-            });
-            return Err((call, wt::ToolError::Denied(reason)));
-        }
         match self
             .governance()
             .ledger()
             .reserve(&self.budget, Amounts::one(Metric::ToolCalls))
         {
-            Ok(reservation) => Ok((call, reservation)),
+            Ok(reservation) => Ok(Admitted {
+                call,
+                reservation,
+                decided_by,
+                destructive: binding.spec.destructive,
+            }),
             Err(exceeded) => {
                 let message = self.exceeded(&exceeded);
+                self.audit_denied(&call, binding, &Decider::Budget, &message);
                 Err((call, wt::ToolError::Denied(message)))
             }
         }
     }
 
-    fn audit_decision(
-        &self,
-        call: &wt::ToolCall,
-        binding: &ToolBinding,
-        allowed: bool,
-        by: &Decider,
-    ) {
+    /// One audit entry for a refused call: who refused it and why.
+    fn audit_denied(&self, call: &wt::ToolCall, binding: &ToolBinding, by: &Decider, reason: &str) {
         if !self.auditing() {
             return;
         }
@@ -458,8 +469,10 @@ impl Governor {
                 "call_id": call.id,
                 "arguments": call.arguments,
                 "destructive": binding.spec.destructive,
-                "decision": if allowed { "allow" } else { "deny" },
+                "decision": "deny",
                 "decided_by": by.to_string(),
+                "ok": false,
+                "error": reason,
             }),
         );
     }
@@ -603,39 +616,55 @@ impl Governor {
         }
     }
 
-    /// After a tool call: charge its CPU time and record the result.
+    /// After a tool call: charge its CPU time, and record the call, the
+    /// decision that let it run and a digest of its result in one entry.
     pub(crate) fn after_tool(
         &self,
-        reservation: Reservation,
-        call: &wt::ToolCall,
-        outcome: &Result<String, String>,
+        admitted: Admitted,
+        outcome: &Result<&str, String>,
         cpu: Duration,
-    ) {
+    ) -> wt::ToolCall {
+        let Admitted {
+            call,
+            reservation,
+            decided_by,
+            destructive,
+        } = admitted;
         let mut actual = Amounts::one(Metric::ToolCalls);
         actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
         let warnings = self.governance().ledger().settle(reservation, actual);
-        if !self.auditing() {
-            self.warn(warnings);
-            return;
+        if self.auditing() {
+            let mut data = json!({
+                "tool": call.name,
+                "call_id": call.id,
+                "arguments": call.arguments,
+                "destructive": destructive,
+                "decision": "allow",
+                "decided_by": decided_by.to_string(),
+                "ok": outcome.is_ok(),
+            });
+            match outcome {
+                Ok(output) => {
+                    data["output_sha256"] = json!(digest(output));
+                    data["output_bytes"] = json!(output.len());
+                }
+                Err(error) => data["error"] = json!(error),
+            }
+            self.audit("tool_call", "model", data);
         }
-        let data = match outcome {
-            Ok(output) => {
-                json!({"tool": call.name, "call_id": call.id, "ok": true, "output_sha256": digest(output), "output_bytes": output.len()})
-            }
-            Err(error) => {
-                json!({"tool": call.name, "call_id": call.id, "ok": false, "error": error})
-            }
-        };
-        self.audit("tool_result", "system", data);
         self.warn(warnings);
+        call
     }
 
-    /// Record a refused tool call's result.
+    /// Record a call to a tool the run does not have.
     pub(crate) fn refused_tool(&self, call: &wt::ToolCall, reason: &str) {
+        if !self.auditing() {
+            return;
+        }
         self.audit(
-            "tool_result",
-            "system",
-            json!({"tool": call.name, "call_id": call.id, "ok": false, "denied": true, "error": reason}),
+            "tool_call",
+            "model",
+            json!({"tool": call.name, "call_id": call.id, "arguments": call.arguments, "decision": "deny", "decided_by": "catalog", "ok": false, "error": reason}),
         );
     }
 

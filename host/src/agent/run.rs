@@ -398,29 +398,27 @@ impl RunState {
                 let governor = self.governor.clone();
                 let work = async move {
                     // The permission chain and the budget, then the call.
-                    let (call, reservation) = match governor.admit_tool(call, &binding).await {
+                    let admitted = match governor.admit_tool(call, &binding).await {
                         Ok(admitted) => admitted,
                         Err((call, refusal)) => {
-                            let reason = ToolFailure::from(refusal.clone());
-                            governor.refused_tool(&call, &failure_text(&reason));
                             return (
                                 call,
                                 Err(CallError::Tool {
                                     tool: binding.spec.name.clone(),
-                                    failure: reason,
+                                    failure: ToolFailure::from(refusal),
                                 }),
                             );
                         }
                     };
                     let ran = host
-                        .call_bound_tool_metered(scope, &binding, &call.arguments)
+                        .call_bound_tool_metered(scope, &binding, &admitted.call.arguments)
                         .await;
                     let summary = match &ran.outcome {
-                        Ok(output) => Ok(output.output.clone()),
+                        Ok(output) => Ok(output.output.as_str()),
                         Err(CallError::Tool { failure, .. }) => Err(failure_text(failure)),
                         Err(other) => Err(other.to_string()),
                     };
-                    governor.after_tool(reservation, &call, &summary, ran.cpu);
+                    let call = governor.after_tool(admitted, &summary, ran.cpu);
                     (call, ran.outcome)
                 };
                 let task = if parallel {
