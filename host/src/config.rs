@@ -345,28 +345,29 @@ enum RawFsync {
 /// The environment variable holding the audit key.
 pub const AUDIT_KEY_ENV: &str = "LOOM_AUDIT_KEY";
 
+/// Read an audit key file: its bytes, surrounding whitespace trimmed.
+///
+/// # Errors
+///
+/// A message naming the file when it cannot be read or holds fewer than
+/// 16 bytes.
+pub fn read_audit_key(path: &Path) -> Result<AuditKey, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = text.trim_ascii().to_vec();
+    if trimmed.len() < 16 {
+        return Err(format!(
+            "{} holds {} bytes; an audit key needs at least 16",
+            path.display(),
+            trimmed.len()
+        ));
+    }
+    Ok(AuditKey::new(trimmed))
+}
+
 impl RawAudit {
     fn resolve(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<AuditSettings, ConfigError> {
         let key = if let Some(file) = &self.key_file {
-            let path = resolve(file);
-            let text = std::fs::read(&path).map_err(|e| {
-                invalid(
-                    "audit.key_file",
-                    &format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let trimmed = text.trim_ascii().to_vec();
-            if trimmed.len() < 16 {
-                return Err(invalid(
-                    "audit.key_file",
-                    &format!(
-                        "{} holds {} bytes; an audit key needs at least 16",
-                        path.display(),
-                        trimmed.len()
-                    ),
-                ));
-            }
-            AuditKey::new(trimmed)
+            read_audit_key(&resolve(file)).map_err(|e| invalid("audit.key_file", &e))?
         } else if let Some(value) = std::env::var_os(AUDIT_KEY_ENV) {
             let bytes = value.into_encoded_bytes();
             if bytes.len() < 16 {

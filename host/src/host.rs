@@ -248,10 +248,9 @@ impl Host {
         binding: &ToolBinding,
         arguments: &str,
     ) -> Result<ToolOutput, CallError> {
-        let limits = self.call_limits(&scope)?;
-        let mut cpu = std::time::Duration::ZERO;
-        self.run_tool(scope, binding, limits, arguments, &mut cpu)
+        self.call_bound_tool_metered(scope, binding, arguments)
             .await
+            .outcome
     }
 
     /// [`Self::call_bound_tool`], with the CPU time the call used whatever

@@ -2,7 +2,7 @@
 //! and real tool components.
 
 use loom_host::agent::{Agent, AgentError, RunEvent, RunRequest};
-use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
+use loom_host::model::offline::{ScriptedModel, ScriptedTurn};
 use loom_host::model::{Model, Usage};
 use loom_host::store::SessionStore;
 use loom_host::tenancy::ids::SessionId;
@@ -13,23 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn turn(text: &str, calls: &[(&str, serde_json::Value)]) -> ScriptedTurn {
-    ScriptedTurn {
-        text: text.into(),
-        tool_calls: calls
-            .iter()
-            .map(|(name, arguments)| ScriptedToolCall {
-                id: None,
-                name: (*name).into(),
-                arguments: arguments.clone(),
-            })
-            .collect(),
-        usage: Some(Usage {
+    crate::support::scripted_turn(
+        text,
+        calls,
+        Usage {
             input_tokens: 100,
             output_tokens: 10,
             cached_tokens: 0,
             cache_write_tokens: 0,
-        }),
-    }
+        },
+    )
 }
 
 /// What `store` holds for user `user` of tenant acme in `session`.

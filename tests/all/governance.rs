@@ -5,7 +5,7 @@
 use loom_host::agent::{Agent, AgentError, RunEvent, RunRequest};
 use loom_host::governance::approval::{ApprovalDecision, ApprovalError, FnApprover};
 use loom_host::governance::audit::{self, AuditKey, AuditQuery};
-use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
+use loom_host::model::offline::{ScriptedModel, ScriptedTurn};
 use loom_host::model::{Model, Usage};
 use loom_host::{Host, LoomConfig};
 use loom_tests::{TestEnv, components, scope};
@@ -17,23 +17,16 @@ use std::time::Duration;
 const KEY: &str = "0123456789abcdef-test-audit-key";
 
 fn turn(text: &str, calls: &[(&str, serde_json::Value)], tokens: u64) -> ScriptedTurn {
-    ScriptedTurn {
-        text: text.into(),
-        tool_calls: calls
-            .iter()
-            .map(|(name, arguments)| ScriptedToolCall {
-                id: None,
-                name: (*name).into(),
-                arguments: arguments.clone(),
-            })
-            .collect(),
-        usage: Some(Usage {
+    crate::support::scripted_turn(
+        text,
+        calls,
+        Usage {
             input_tokens: tokens,
             output_tokens: 0,
             cached_tokens: 0,
             cache_write_tokens: 0,
-        }),
-    }
+        },
+    )
 }
 
 fn model(turns: Vec<ScriptedTurn>) -> Arc<dyn Model> {

@@ -70,3 +70,26 @@ pub async fn tcp_sink() -> (u16, Arc<AtomicUsize>) {
     });
     (port, seen)
 }
+
+/// A scripted model reply: `text`, then `calls` (tool name, arguments),
+/// reporting `usage`.
+pub fn scripted_turn(
+    text: &str,
+    calls: &[(&str, serde_json::Value)],
+    usage: loom_host::model::Usage,
+) -> loom_host::model::offline::ScriptedTurn {
+    loom_host::model::offline::ScriptedTurn {
+        text: text.into(),
+        tool_calls: calls
+            .iter()
+            .map(
+                |(name, arguments)| loom_host::model::offline::ScriptedToolCall {
+                    id: None,
+                    name: (*name).into(),
+                    arguments: arguments.clone(),
+                },
+            )
+            .collect(),
+        usage: Some(usage),
+    }
+}

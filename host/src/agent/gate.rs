@@ -5,9 +5,10 @@
 //! memory, and the clocks and randomness the architecture's WASI imports read
 //! — arrives at [`Gate`], which checks what the guest asks for against the
 //! run's caps, then hands the work to the run ([`super::run::RunState`]).
-//! The architecture's answer leaves through [`Gate::check_output`]. Budgets,
-//! permissions, audit, the journal and telemetry hook in here and nowhere
-//! else.
+//! The architecture's answer leaves through [`Gate::check_output`]. Behind
+//! the gate, the run's governor (`governor.rs`) checks budgets, rate limits
+//! and the permission chain and writes the audit log for every model call,
+//! tool call and delegation.
 
 use super::run::{RunEvent, RunState};
 use crate::engine::bindings::architecture_export as arch;

@@ -458,23 +458,47 @@ impl Governor {
 
     /// One audit entry for a refused call: who refused it and why.
     fn audit_denied(&self, call: &wt::ToolCall, binding: &ToolBinding, by: &Decider, reason: &str) {
+        self.audit_tool_call(
+            call,
+            Some(binding.spec.destructive),
+            false,
+            &by.to_string(),
+            Err(reason),
+        );
+    }
+
+    /// The one audit entry of a tool call: what was called, whether it was
+    /// allowed and by whom, and its result's digest or the error.
+    fn audit_tool_call(
+        &self,
+        call: &wt::ToolCall,
+        destructive: Option<bool>,
+        allowed: bool,
+        decided_by: &str,
+        outcome: Result<&str, &str>,
+    ) {
         if !self.auditing() {
             return;
         }
-        self.audit(
-            "tool_call",
-            "model",
-            json!({
-                "tool": call.name,
-                "call_id": call.id,
-                "arguments": call.arguments,
-                "destructive": binding.spec.destructive,
-                "decision": "deny",
-                "decided_by": by.to_string(),
-                "ok": false,
-                "error": reason,
-            }),
-        );
+        let mut data = json!({
+            "tool": call.name,
+            "call_id": call.id,
+            "arguments": call.arguments,
+            "decision": if allowed { "allow" } else { "deny" },
+            "decided_by": decided_by,
+            "ok": outcome.is_ok(),
+        });
+        if let Some(destructive) = destructive {
+            data["destructive"] = json!(destructive);
+        }
+        match outcome {
+            Ok(output) => {
+                data["output_sha256"] = json!(digest(output));
+                data["output_bytes"] = json!(output.len());
+            }
+            Err(error) => data["error"] = json!(error),
+        }
+        self.audit("tool_call", "model", data);
     }
 
     /// Deny lists and mode, then the policies in order. A policy may deny
@@ -634,23 +658,13 @@ impl Governor {
         actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
         let warnings = self.governance().ledger().settle(reservation, actual);
         if self.auditing() {
-            let mut data = json!({
-                "tool": call.name,
-                "call_id": call.id,
-                "arguments": call.arguments,
-                "destructive": destructive,
-                "decision": "allow",
-                "decided_by": decided_by.to_string(),
-                "ok": outcome.is_ok(),
-            });
-            match outcome {
-                Ok(output) => {
-                    data["output_sha256"] = json!(digest(output));
-                    data["output_bytes"] = json!(output.len());
-                }
-                Err(error) => data["error"] = json!(error),
-            }
-            self.audit("tool_call", "model", data);
+            self.audit_tool_call(
+                &call,
+                Some(destructive),
+                true,
+                &decided_by.to_string(),
+                outcome.as_ref().map(|o| *o).map_err(String::as_str),
+            );
         }
         self.warn(warnings);
         call
@@ -658,14 +672,7 @@ impl Governor {
 
     /// Record a call to a tool the run does not have.
     pub(crate) fn refused_tool(&self, call: &wt::ToolCall, reason: &str) {
-        if !self.auditing() {
-            return;
-        }
-        self.audit(
-            "tool_call",
-            "model",
-            json!({"tool": call.name, "call_id": call.id, "arguments": call.arguments, "decision": "deny", "decided_by": "catalog", "ok": false, "error": reason}),
-        );
+        self.audit_tool_call(call, None, false, "catalog", Err(reason));
     }
 
     /// Charge what the architecture itself used at the end of the run

@@ -602,8 +602,11 @@ pub(crate) async fn execute(
     let started_at = SystemTime::now();
     let host = agent.host.clone();
     let scope = Arc::new(request.scope);
-    let tenant_limits = host
-        .tenant_limits(&scope.tenant)
+    // One lookup serves the limits and the governance settings.
+    let (tenant_limits, settings) = host
+        .config()
+        .tenant(&scope.tenant)
+        .map(|t| (t.limits, t.governance.clone()))
         .map_err(|e| AgentError::NotFound(e.to_string()))?;
     let catalog = host.catalog_for(&scope.tenant).await;
     let arch_name = request
@@ -640,11 +643,6 @@ pub(crate) async fn execute(
         (Some(store), Some(session)) => Some((store.clone(), session.clone())),
         _ => None,
     };
-    let settings = host
-        .config()
-        .tenant(&scope.tenant)
-        .map(|t| t.governance.clone())
-        .map_err(|e| AgentError::NotFound(e.to_string()))?;
     let root = lineage.inherited.is_none();
     let governor = Arc::new(Governor::new(
         &agent,

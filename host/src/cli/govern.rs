@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use loom_host::LoomConfig;
-use loom_host::config::AUDIT_KEY_ENV;
+use loom_host::config::{AUDIT_KEY_ENV, read_audit_key};
 use loom_host::engine::boundary::escape_text;
 use loom_host::governance::approval::{ApprovalDecision, ApprovalError, ApprovalRequest, Approver};
 use loom_host::governance::audit::{self, AuditKey, AuditQuery};
@@ -106,9 +106,7 @@ fn trim_number(value: f64) -> String {
 /// configuration's `[audit]` key.
 fn audit_key(key_file: Option<&Path>, config: &LoomConfig) -> anyhow::Result<AuditKey> {
     if let Some(path) = key_file {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read --key-file {}", path.display()))?;
-        return Ok(AuditKey::new(bytes.trim_ascii().to_vec()));
+        return read_audit_key(path).map_err(|e| anyhow::anyhow!("--key-file: {e}"));
     }
     if let Some(value) = std::env::var_os(AUDIT_KEY_ENV) {
         return Ok(AuditKey::new(value.into_encoded_bytes()));

@@ -86,6 +86,12 @@ impl Metric {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether it counts events (model calls, tool calls, runs) rather than
+    /// a quantity (tokens, cost, CPU, wall time).
+    fn is_count(self) -> bool {
+        matches!(self, Metric::ModelCalls | Metric::ToolCalls | Metric::Runs)
+    }
 }
 
 /// Over what span a cap counts.
@@ -899,15 +905,7 @@ impl LedgerInner {
                     } else {
                         spend.used.get(cap.metric) + spend.reserved.get(cap.metric)
                     };
-                    grant_within(cap, used, &mut granted);
-                    if blocks(cap, used, &want) {
-                        return Err(Exceeded {
-                            cap: *cap,
-                            level,
-                            used,
-                            limit: cap.limit,
-                        });
-                    }
+                    check_cap(cap, &level, used, &want, &mut granted)?;
                 }
             }
         }
@@ -935,15 +933,7 @@ impl LedgerInner {
             for cap in caps.caps.iter().filter(|c| c.window != Window::Run) {
                 let used =
                     counters.used(cap.window, cap.metric, now) + counters.reserved.get(cap.metric);
-                grant_within(cap, used, &mut granted);
-                if blocks(cap, used, &want) {
-                    return Err(Exceeded {
-                        cap: *cap,
-                        level: level.clone(),
-                        used,
-                        limit: cap.limit,
-                    });
-                }
+                check_cap(cap, level, used, &want, &mut granted)?;
             }
         }
         for (subject, _, _) in &subjects {
@@ -1180,21 +1170,38 @@ fn evict_idle(state: &mut LedgerState) {
 /// refuses everything once reached: the run cannot go on without spending
 /// more of it.
 fn blocks(cap: &Cap, used: f64, want: &Amounts) -> bool {
-    match cap.metric {
-        Metric::ModelCalls | Metric::ToolCalls | Metric::Runs => {
-            let more = want.get(cap.metric);
-            more > 0.0 && used + more > cap.limit
-        }
-        _ => used >= cap.limit,
+    if cap.metric.is_count() {
+        let more = want.get(cap.metric);
+        more > 0.0 && used + more > cap.limit
+    } else {
+        used >= cap.limit
     }
+}
+
+/// Check `want` against `cap` of `level` with `used` (spent and reserved)
+/// so far, cutting `granted` to the room it leaves.
+fn check_cap(
+    cap: &Cap,
+    level: &Level,
+    used: f64,
+    want: &Amounts,
+    granted: &mut Amounts,
+) -> Result<(), Exceeded> {
+    grant_within(cap, used, granted);
+    if blocks(cap, used, want) {
+        return Err(Exceeded {
+            cap: *cap,
+            level: level.clone(),
+            used,
+            limit: cap.limit,
+        });
+    }
+    Ok(())
 }
 
 /// Cut a quantity in `granted` to the room `cap` leaves after `used`.
 fn grant_within(cap: &Cap, used: f64, granted: &mut Amounts) {
-    if !matches!(
-        cap.metric,
-        Metric::ModelCalls | Metric::ToolCalls | Metric::Runs
-    ) {
+    if !cap.metric.is_count() {
         let room = (cap.limit - used).max(0.0);
         if granted.get(cap.metric) > room {
             granted.set(cap.metric, room);

@@ -188,6 +188,14 @@ impl Store {
 }
 
 impl Store {
+    /// Whether the caller is the writer thread itself (which must never
+    /// wait for itself).
+    fn on_writer_thread(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|w| w.thread().id() == std::thread::current().id())
+    }
+
     /// [`Self::sync`] for a thread that cannot await (a host being
     /// dropped); waits at most `timeout`.
     ///
@@ -214,10 +222,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Closing the queue lets the writer commit what is queued and stop.
         self.queue = None;
-        if let Some(writer) = self.writer.take()
-            // The last handle may be dropped by a job on the writer itself,
-            // which then finishes the queue and stops on its own.
-            && writer.thread().id() != std::thread::current().id()
+        // The last handle may be dropped by a job on the writer itself,
+        // which then finishes the queue and stops on its own.
+        if !self.on_writer_thread()
+            && let Some(writer) = self.writer.take()
         {
             let _ = writer.join();
         }
