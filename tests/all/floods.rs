@@ -38,6 +38,13 @@ fn bytes_in(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Call `tool` as an anonymous user of acme, expecting an error.
+async fn acme_fails(host: &loom_host::Host, tool: &str, arguments: &str) -> CallError {
+    host.call_tool(scope("acme", None), tool, arguments)
+        .await
+        .expect_err("the call should fail")
+}
+
 fn failed_message(error: &CallError) -> &str {
     match error {
         CallError::Tool {
@@ -53,10 +60,7 @@ async fn a_huge_synchronous_request_is_refused_before_the_host_does_it() {
     let env = TestEnv::new();
     let host = flood_host(&env, "wall_ms = 5000").await;
     let started = Instant::now();
-    let err = host
-        .call_tool(scope("acme", None), "random_request", r#"{"mib":1024}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "random_request", r#"{"mib":1024}"#).await;
     assert!(
         matches!(&err, CallError::ResourceLimit { resource, limit: 1048576, .. } if resource.contains("random bytes")),
         "{err:?}"
@@ -78,10 +82,7 @@ async fn host_work_a_guest_asks_for_is_charged_to_its_cpu_budget() {
     let env = TestEnv::new();
     let host = flood_host(&env, "cpu_ms = 300\nwall_ms = 60000").await;
     let started = Instant::now();
-    let err = host
-        .call_tool(scope("acme", None), "random_burn", "{}")
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "random_burn", "{}").await;
     assert!(
         matches!(err, CallError::CpuLimit { limit_ms: 300, .. }),
         "{err:?}"
@@ -100,10 +101,7 @@ async fn host_work_a_guest_asks_for_is_charged_to_its_cpu_budget() {
 async fn host_memory_held_for_a_guest_counts_against_its_budget() {
     let env = TestEnv::new();
     let host = flood_host(&env, "memory_mib = 32\ncpu_ms = 20000\nwall_ms = 60000").await;
-    let err = host
-        .call_tool(scope("acme", None), "fields_flood", "{}")
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "fields_flood", "{}").await;
     match &err {
         CallError::MemoryLimit {
             limit, host_bytes, ..
@@ -125,10 +123,7 @@ async fn open_descriptors_are_capped_per_call_with_a_clear_error() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_open_files = 64").await;
     std::fs::write(env.path().join("data/acme/f"), "x").unwrap();
-    let err = host
-        .call_tool(scope("acme", None), "open_files", r#"{"path":"/data/f"}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "open_files", r#"{"path":"/data/f"}"#).await;
     let message = failed_message(&err);
     assert!(message.starts_with("open number 65 failed"), "{message}");
     assert!(!message.contains("I/O error"), "not EIO: {message}");
@@ -137,10 +132,7 @@ async fn open_descriptors_are_capped_per_call_with_a_clear_error() {
         "{message}"
     );
     // The next call starts with a fresh allowance.
-    let again = host
-        .call_tool(scope("acme", None), "open_files", r#"{"path":"/data/f"}"#)
-        .await
-        .unwrap_err();
+    let again = acme_fails(&host, "open_files", r#"{"path":"/data/f"}"#).await;
     assert!(failed_message(&again).starts_with("open number 65 failed"));
     assert_still_healthy(&host, "acme", "globex").await;
 }
@@ -160,10 +152,7 @@ async fn sockets_count_as_open_descriptors() {
              [tenants.acme.limits]\nmax_open_files = 32\n"
         ))
         .await;
-    let err = host
-        .call_tool(scope("acme", None), "socket_flood", "{}")
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "socket_flood", "{}").await;
     let message = failed_message(&err);
     assert!(
         message.starts_with("socket number 33 failed") && message.contains("new-socket-limit"),
@@ -231,14 +220,7 @@ async fn http_connections_count_as_open_descriptors() {
 async fn files_cannot_pass_the_maximum_size_even_sparse() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_file_mib = 4\ndisk_mib = 64\nwall_ms = 60000").await;
-    let err = host
-        .call_tool(
-            scope("acme", None),
-            "fill_disk",
-            r#"{"dir":"/data","files":1}"#,
-        )
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "fill_disk", r#"{"dir":"/data","files":1}"#).await;
     let message = failed_message(&err);
     assert!(
         message.starts_with("refused after 4194304 bytes"),
@@ -252,14 +234,7 @@ async fn files_cannot_pass_the_maximum_size_even_sparse() {
         .unwrap()
         .len();
     assert_eq!(size, 4 << 20);
-    let err = host
-        .call_tool(
-            scope("acme", None),
-            "sparse_file",
-            r#"{"dir":"/data","gib":1024}"#,
-        )
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "sparse_file", r#"{"dir":"/data","gib":1024}"#).await;
     assert!(failed_message(&err).contains("set_len refused"), "{err}");
     let sparse = std::fs::metadata(env.path().join("data/acme/sparse")).unwrap();
     assert_eq!(sparse.len(), 0, "the 1 TiB size was never set");
@@ -269,14 +244,7 @@ async fn files_cannot_pass_the_maximum_size_even_sparse() {
 async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_file_mib = 64\ndisk_mib = 8\nwall_ms = 60000").await;
-    let err = host
-        .call_tool(
-            scope("acme", None),
-            "fill_disk",
-            r#"{"dir":"/data","files":4}"#,
-        )
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "fill_disk", r#"{"dir":"/data","files":4}"#).await;
     let message = failed_message(&err);
     assert!(
         message.starts_with("refused after 7340032 bytes"),
@@ -294,14 +262,7 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
     tokio::time::sleep(loom_host::engine::disk::REMEASURE_INTERVAL).await;
-    let err = host
-        .call_tool(
-            scope("acme", None),
-            "fill_disk",
-            r#"{"dir":"/data","files":4}"#,
-        )
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "fill_disk", r#"{"dir":"/data","files":4}"#).await;
     assert!(failed_message(&err).starts_with("refused after 7340032 bytes"));
 }
 
@@ -309,10 +270,7 @@ async fn a_tenant_cannot_pass_its_disk_quota_and_deleting_frees_it() {
 async fn positioned_writes_are_charged_too() {
     let env = TestEnv::new();
     let host = flood_host(&env, "max_file_mib = 64\ndisk_mib = 8\nwall_ms = 60000").await;
-    let err = host
-        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"p"}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "pwrite_fill", r#"{"name":"p"}"#).await;
     let message = failed_message(&err);
     assert!(
         message.starts_with("refused after 7340032 bytes"),
@@ -320,10 +278,7 @@ async fn positioned_writes_are_charged_too() {
     );
     assert!(message.contains("insufficient-space"), "{message}");
     // A second call, right after, is refused as well: no window opens.
-    let err = host
-        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"q"}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "pwrite_fill", r#"{"name":"q"}"#).await;
     assert!(
         failed_message(&err).starts_with("refused after 0 bytes"),
         "{err}"
@@ -348,10 +303,7 @@ async fn removing_a_file_still_open_frees_nothing_until_the_call_ends() {
     let total: u64 = rounds.iter().sum();
     assert!(total <= 8 << 20, "{rounds:?}: {total} bytes held at once");
     // Once the call is over its files are closed and the space is back.
-    let err = host
-        .call_tool(scope("acme", None), "pwrite_fill", r#"{"name":"after"}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "pwrite_fill", r#"{"name":"after"}"#).await;
     assert!(
         failed_message(&err).starts_with("refused after 7340032 bytes"),
         "{err}"
@@ -362,10 +314,7 @@ async fn removing_a_file_still_open_frees_nothing_until_the_call_ends() {
 async fn tool_errors_are_capped_like_output() {
     let env = TestEnv::new();
     let host = flood_host(&env, "").await;
-    let err = host
-        .call_tool(scope("acme", None), "huge_error", r#"{"mib":16}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "huge_error", r#"{"mib":16}"#).await;
     let message = failed_message(&err);
     assert!(message.len() < 20 << 10, "{} bytes", message.len());
     assert!(message.contains("[error truncated by Loom: kept 16384 of 16777216 bytes]"));
@@ -375,10 +324,7 @@ async fn tool_errors_are_capped_like_output() {
 async fn deeply_nested_output_is_refused_with_the_reason() {
     let env = TestEnv::new();
     let host = flood_host(&env, "").await;
-    let err = host
-        .call_tool(scope("acme", None), "deep_json", r#"{"depth":100000}"#)
-        .await
-        .unwrap_err();
+    let err = acme_fails(&host, "deep_json", r#"{"depth":100000}"#).await;
     assert!(matches!(err, CallError::InvalidOutput { .. }), "{err:?}");
     assert!(err.to_string().contains("deeper than 64 levels"), "{err}");
     let ok = host
