@@ -715,8 +715,9 @@ async fn authentication_and_bad_requests_are_never_retried() {
     assert_eq!(server.requests().len(), 3, "one request each, no retries");
 }
 
-#[tokio::test]
-async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
+/// A server whose stream breaks after its first chunk, then would answer
+/// a retry (which must never come).
+async fn broken_stream_server() -> WireServer {
     let body = openai_stream(&[
         openai_delta(json!({"content": "partial "}), None),
         openai_delta(json!({"content": "answer"}), None),
@@ -724,7 +725,12 @@ async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
     ]);
     let mut broken = Reply::events(&body);
     broken.break_after = Some(1);
-    let server = WireServer::start(vec![broken, openai_text_reply("must not be fetched")]).await;
+    WireServer::start(vec![broken, openai_text_reply("must not be fetched")]).await
+}
+
+#[tokio::test]
+async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
+    let server = broken_stream_server().await;
     let model = openai(&server, fast_retries());
     let request = ask("hi");
     let (result, chunks) = complete_streaming(&model, &request).await;
@@ -736,14 +742,7 @@ async fn a_stream_broken_after_its_first_chunk_is_not_retried() {
 
 #[tokio::test]
 async fn without_a_listener_a_stream_broken_after_its_first_chunk_is_not_retried_either() {
-    let body = openai_stream(&[
-        openai_delta(json!({"content": "partial "}), None),
-        openai_delta(json!({"content": "answer"}), None),
-        openai_delta(json!({}), Some("stop")),
-    ]);
-    let mut broken = Reply::events(&body);
-    broken.break_after = Some(1);
-    let server = WireServer::start(vec![broken, openai_text_reply("must not be fetched")]).await;
+    let server = broken_stream_server().await;
     let model = openai(&server, fast_retries());
     // `Agent::run` calls the model with no sink: the answer was still
     // streamed (and billed) up to the break, so it must not run again.
