@@ -381,6 +381,9 @@ async fn approvals_allow_deny_edit_remember_and_fail_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Policies that must answer get a generous CPU limit: under a loaded test
+// run, CPU accounting charges preemption to the call holding the thread, and
+// the 100 ms default can be spent before a policy runs a line.
 async fn policies_run_in_order_and_a_broken_policy_denies() {
     let env = TestEnv::new();
     env.add_plugin(components::FIXTURE_POLICY_VERDICT, "verdict", None);
@@ -388,9 +391,9 @@ async fn policies_run_in_order_and_a_broken_policy_denies() {
     let host = governed(
         &env,
         "[tenants.acme.permissions]\nmode = \"bypass\"\n\
-         [[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/etc/**\"] }\n\
-         [[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"deny-if-arg\", key = \"expression\", value = \"6*6\", reason = \"second\" }\n\
-         [[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"deny-if-arg\", key = \"expression\", value = \"6*6\", reason = \"third\" }\n\
+         [[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/etc/**\"] }\nlimits = { cpu_ms = 2000 }\n\
+         [[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"deny-if-arg\", key = \"expression\", value = \"6*6\", reason = \"second\" }\nlimits = { cpu_ms = 2000 }\n\
+         [[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"deny-if-arg\", key = \"expression\", value = \"6*6\", reason = \"third\" }\nlimits = { cpu_ms = 2000 }\n\
          [[tenants.globex.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"trap\" }\n\
          [tenants.globex.permissions]\nmode = \"bypass\"\n",
     )
@@ -459,7 +462,7 @@ async fn looping_and_hogging_policies_deny_and_ask_still_reaches_the_approver() 
     env.add_plugin(components::FIXTURE_POLICY_VERDICT, "verdict", None);
     let host = governed(
         &env,
-        "[[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"allow\" }\n\
+        "[[tenants.acme.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"allow\" }\nlimits = { cpu_ms = 2000 }\n\
          [[tenants.globex.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"loop\" }\nlimits = { cpu_ms = 50 }\n\
          [[tenants.initech.policies]]\nplugin = \"verdict\"\nconfig = { verdict = \"hog\" }\nlimits = { memory_mib = 16 }\n",
     )
@@ -743,7 +746,7 @@ async fn edited_arguments_pass_the_policies_again_and_remembered_denials_hold() 
     env.add_plugin(components::POLICY_DENY_ARGS, "deny-args", None);
     let host = governed(
         &env,
-        "[[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/secret*\"] }\n",
+        "[[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/secret*\"] }\nlimits = { cpu_ms = 2000 }\n",
     )
     .await;
     let asked = Arc::new(AtomicUsize::new(0));
@@ -805,7 +808,7 @@ async fn a_tenant_directory_cannot_replace_a_configured_policy() {
     let host = governed(
         &env,
         "[tenants.acme.permissions]\nmode = \"accept-edits\"\n\
-         [[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/x*\"] }\n",
+         [[tenants.acme.policies]]\nplugin = \"deny-args\"\nconfig = { paths = [\"/data/x*\"] }\nlimits = { cpu_ms = 2000 }\n",
     )
     .await;
     let config = std::fs::read_to_string(env.path().join("loom.toml")).unwrap();
