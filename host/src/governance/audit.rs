@@ -65,6 +65,13 @@ const TOO_DEEP: &str = "[nested too deeply]";
 const MAX_PARSE_DEPTH: usize = 128;
 /// How long dropping the last [`AuditLog`] handle waits for the writer.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the writer lets entries gather after writing a batch that did
+/// not fill up. While it waits, queuing an entry is a lock-free push with
+/// no wake-up, so under load a run's entries cost no system calls on the
+/// caller's thread and the writer wakes at most this often; a flush may
+/// wait this much longer.
+const LINGER: Duration = Duration::from_millis(5);
 /// Chunk size for reading the end of a log backwards.
 const TAIL_CHUNK: u64 = 64 * 1024;
 /// What [`read_entries`] puts in place of a redacted field.
@@ -726,7 +733,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let full = batch.len() >= MAX_BATCH;
             self.process(&mut batch);
+            if !full {
+                std::thread::sleep(LINGER);
+            }
         }
         self.shutdown();
     }

@@ -546,8 +546,9 @@ impl RunSpend {
 /// own spending (shared with its sub-agents).
 #[derive(Debug, Clone)]
 pub struct RunBudget {
-    tenant: TenantId,
-    user: UserId,
+    /// Whose counters the run charges: the tenant's total, then the user's.
+    /// Built once per run so the hot paths clone no ids.
+    subjects: Arc<[Subject; 2]>,
     tenant_caps: Arc<BudgetCaps>,
     user_caps: Arc<BudgetCaps>,
     warn_fraction: f64,
@@ -563,8 +564,16 @@ impl RunBudget {
             .or(budgets.tenant.warn_fraction)
             .unwrap_or(0.8);
         RunBudget {
-            tenant,
-            user,
+            subjects: Arc::new([
+                Subject {
+                    tenant: tenant.clone(),
+                    user: None,
+                },
+                Subject {
+                    tenant,
+                    user: Some(user),
+                },
+            ]),
             tenant_caps: Arc::new(budgets.tenant.clone()),
             user_caps: Arc::new(user_caps),
             warn_fraction,
@@ -583,24 +592,10 @@ impl RunBudget {
         self.tenant_caps.is_empty() && self.user_caps.is_empty()
     }
 
-    fn subjects(&self) -> [(Subject, Level, &BudgetCaps); 2] {
+    fn subjects(&self) -> [(&Subject, Level, &BudgetCaps); 2] {
         [
-            (
-                Subject {
-                    tenant: self.tenant.clone(),
-                    user: None,
-                },
-                Level::Tenant,
-                &self.tenant_caps,
-            ),
-            (
-                Subject {
-                    tenant: self.tenant.clone(),
-                    user: Some(self.user.clone()),
-                },
-                Level::User,
-                &self.user_caps,
-            ),
+            (&self.subjects[0], Level::Tenant, &self.tenant_caps),
+            (&self.subjects[1], Level::User, &self.user_caps),
         ]
     }
 }
@@ -682,7 +677,7 @@ impl Drop for PersistGuard {
 }
 
 /// How long changed counters may wait before they are written.
-const PERSIST_DELAY: Duration = Duration::from_millis(100);
+const PERSIST_DELAY: Duration = Duration::from_secs(1);
 
 /// Subjects kept in memory before idle ones are dropped.
 const MAX_SUBJECTS: usize = 100_000;
@@ -949,7 +944,7 @@ impl LedgerInner {
         let now = self.clock();
         let mut state = self.lock();
         for (subject, _, _) in budget.subjects() {
-            if let Ok(counters) = self.counters(&mut state, &subject, now) {
+            if let Ok(counters) = self.counters(&mut state, subject, now) {
                 counters.reserved.sub(amounts);
             }
         }
@@ -992,7 +987,7 @@ impl LedgerInner {
             }
         }
         for (subject, level, caps) in budget.subjects() {
-            let counters = match self.counters(&mut state, &subject, now) {
+            let counters = match self.counters(&mut state, subject, now) {
                 Ok(counters) => counters,
                 Err(error) => {
                     tracing::error!(%error, "budget counters cannot be read; this charge is lost");
@@ -1012,7 +1007,9 @@ impl LedgerInner {
                     budget.warn_fraction,
                 );
             }
-            state.dirty.insert(subject);
+            if !state.dirty.contains(subject) {
+                state.dirty.insert(subject.clone());
+            }
         }
         drop(spend);
         drop(state);

@@ -90,6 +90,13 @@ struct Job {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 8192;
 
+/// How long the writer lets writes gather after committing a batch that
+/// did not fill up. While it waits, queuing a write is a lock-free push
+/// with no wake-up, so under load many writers share one commit and the
+/// writer wakes at most this often; a lone write waits no longer than
+/// before, a write right after a commit at most this much longer.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// When commits are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreSync {
@@ -283,12 +290,16 @@ fn write_loop(db: &redb::Database, jobs: &mpsc::Receiver<Job>, sync: StoreSync) 
             None => true,
             Some(every) => batch.iter().any(|j| j.op.is_none()) || last_durable.elapsed() >= every,
         };
+        let full = batch.len() >= MAX_BATCH;
         let reached = commit_batch(db, batch, durable, pending, &mut failed);
         if durable && reached {
             last_durable = std::time::Instant::now();
             pending = false;
         } else {
             pending = true;
+        }
+        if !full {
+            std::thread::sleep(LINGER);
         }
     }
 }
