@@ -44,6 +44,7 @@ pub struct Host {
     disks: HashMap<TenantId, Arc<DiskLedger>>,
     store: Arc<Store>,
     sessions: Arc<SessionStore>,
+    memory: crate::memory::Memory,
     governance: Arc<Governance>,
     reloader: Option<tokio::task::JoinHandle<()>>,
     initial_scan: tokio::task::JoinHandle<()>,
@@ -119,12 +120,18 @@ impl Host {
                 (id.clone(), Arc::new(ledger))
             })
             .collect();
+        let sessions = Arc::new(SessionStore::new(store.clone()));
         Ok(Host {
             config,
             engine,
             registry,
             disks,
-            sessions: Arc::new(SessionStore::new(store.clone())),
+            memory: crate::memory::Memory::new(
+                store.clone(),
+                sessions.clone(),
+                crate::memory::MemoryLimits::default(),
+            ),
+            sessions,
             store,
             governance,
             reloader,
@@ -145,6 +152,12 @@ impl Host {
     /// Sessions kept in the host's database.
     pub fn sessions(&self) -> Arc<SessionStore> {
         self.sessions.clone()
+    }
+
+    /// The built-in memory (episodes, facts, working blocks), in the
+    /// host's database; forgetting a user also deletes their sessions.
+    pub fn memory(&self) -> crate::memory::Memory {
+        self.memory.clone()
     }
 
     /// Budgets, rate limits, approvals and the audit log.

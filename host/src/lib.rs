@@ -32,6 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod governance;
 pub mod host;
+pub mod memory;
 pub mod model;
 pub mod plugins;
 pub mod secret;
@@ -40,7 +41,8 @@ pub mod tenancy;
 pub mod tls;
 
 pub use agent::{
-    Agent, AgentBuilder, AgentError, GateLimits, RunEvent, RunRequest, RunResult, RunStream,
+    Agent, AgentBuilder, AgentError, GateLimits, MemoryOptions, RunEvent, RunRequest, RunResult,
+    RunStream,
 };
 pub use config::{Limits, LoomConfig};
 pub use engine::{CallError, ToolFailure, ToolOutput};

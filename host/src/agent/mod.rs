@@ -209,6 +209,30 @@ pub(crate) struct AgentInner {
     pub(crate) prices: PriceTable,
     pub(crate) sessions: Option<Arc<SessionStore>>,
     pub(crate) approver: Option<Arc<dyn Approver>>,
+    pub(crate) memory: Option<(crate::memory::Memory, MemoryOptions)>,
+}
+
+/// How an agent uses memory (see [`AgentBuilder::memory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Tokens (estimated at four characters each) of facts and episodes
+    /// recalled into the prompt; working blocks always go in. 0 recalls
+    /// nothing.
+    pub recall_tokens: usize,
+    /// Store an episode per completed run.
+    pub episodes: bool,
+    /// Keep each run's tool calls and results on its episode (capped).
+    pub transcripts: bool,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions {
+            recall_tokens: 800,
+            episodes: true,
+            transcripts: false,
+        }
+    }
 }
 
 /// A configured agent; cheap to clone and share between tasks and users.
@@ -230,6 +254,7 @@ pub struct AgentBuilder {
     prices: PriceTable,
     sessions: Option<Arc<SessionStore>>,
     approver: Option<Arc<dyn Approver>>,
+    memory: Option<(crate::memory::Memory, MemoryOptions)>,
 }
 
 impl Agent {
@@ -247,6 +272,7 @@ impl Agent {
             prices: PriceTable::default(),
             sessions: None,
             approver: None,
+            memory: None,
         }
     }
 
@@ -317,6 +343,15 @@ impl AgentBuilder {
         self
     }
 
+    /// Give the agent memory: each run's prompt gets the user's working
+    /// blocks and the facts and episodes relevant to it, each completed run
+    /// is stored as an episode, and the harness's `recall` and `remember`
+    /// work (on the run's user only).
+    pub fn memory(mut self, memory: crate::memory::Memory, options: MemoryOptions) -> Self {
+        self.memory = Some((memory, options));
+        self
+    }
+
     /// Where sessions are kept; without it, session ids are ignored.
     pub fn sessions(mut self, sessions: Arc<SessionStore>) -> Self {
         self.sessions = Some(sessions);
@@ -358,6 +393,7 @@ impl AgentBuilder {
                 prices: self.prices,
                 sessions: self.sessions,
                 approver: self.approver,
+                memory: self.memory,
             }),
         })
     }

@@ -515,6 +515,17 @@ impl RunState {
                 prices: self.agent.prices.clone(),
                 sessions: None,
                 approver: self.agent.approver.clone(),
+                // The same user's memory, to recall; the parent's episode
+                // records the run, so the sub-agent stores none.
+                memory: self.agent.memory.clone().map(|(memory, options)| {
+                    (
+                        memory,
+                        super::MemoryOptions {
+                            episodes: false,
+                            ..options
+                        },
+                    )
+                }),
             });
             let mut scope = (*self.scope).clone();
             scope.run = RunId::generate();
@@ -546,19 +557,54 @@ impl RunState {
     /// Memories of the run's user.
     pub(super) fn recall(
         &self,
-        _query: String,
-        _limit: u32,
+        query: String,
+        limit: u32,
     ) -> BoxFuture<'_, Vec<wit::Recollection>> {
-        // No memory backend is configured for agents yet: nothing to recall.
-        Box::pin(async { Vec::new() })
+        Box::pin(async move {
+            let Some((memory, _)) = &self.agent.memory else {
+                return Vec::new();
+            };
+            match memory.recall(&self.scope.tenant, &self.scope.user, &query, limit as usize) {
+                Ok(items) => items
+                    .into_iter()
+                    .map(|item| wit::Recollection {
+                        text: item.text,
+                        score: item.score,
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "recall failed");
+                    Vec::new()
+                }
+            }
+        })
     }
 
-    /// Store a memory of the run's user.
-    pub(super) fn remember(&self, _text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
-        Box::pin(async {
-            Err(wit::HarnessError::InvalidRequest(
-                "no memory backend is configured for this agent".into(),
-            ))
+    /// Store a note for the run's user.
+    pub(super) fn remember(&self, text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
+        Box::pin(async move {
+            let Some((memory, _)) = &self.agent.memory else {
+                return Err(wit::HarnessError::InvalidRequest(
+                    "no memory is configured for this agent".into(),
+                ));
+            };
+            let note = crate::memory::NewEpisode {
+                session: self.scope.session.as_ref().map(|s| s.to_string()),
+                run: Some(self.scope.run.to_string()),
+                input: text,
+                output: String::new(),
+                transcript: None,
+            };
+            memory
+                .remember(
+                    &self.scope.tenant,
+                    &self.scope.user,
+                    crate::memory::EpisodeKind::Note,
+                    note,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|error| wit::HarnessError::InvalidRequest(format!("remember: {error}")))
         })
     }
 }
@@ -720,6 +766,26 @@ pub(crate) async fn execute(
             ..GateLimits::default()
         },
     ));
+    let instructions = match &agent.memory {
+        Some((memory, options)) => {
+            match memory.prompt_context(
+                &scope.tenant,
+                &scope.user,
+                &request.prompt,
+                options.recall_tokens,
+                scope.session.as_ref().map(|s| s.as_str()),
+            ) {
+                Ok(Some(context)) => format!("{}\n\n{context}", agent.instructions),
+                Ok(None) => agent.instructions.clone(),
+                Err(error) => {
+                    // Memory failing never fails the run.
+                    tracing::warn!(%error, "memory could not be recalled into the prompt");
+                    agent.instructions.clone()
+                }
+            }
+        }
+        _ => agent.instructions.clone(),
+    };
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
     let mut cpu = std::time::Duration::ZERO;
@@ -729,7 +795,7 @@ pub(crate) async fn execute(
         loop {
             attempts += 1;
             let input = arch::RunInput {
-                instructions: agent.instructions.clone(),
+                instructions: instructions.clone(),
                 history: history.iter().map(to_wit_message).collect(),
                 prompt: prompt.clone(),
                 config: "{}".into(),
@@ -809,6 +875,36 @@ pub(crate) async fn execute(
             .await?;
     }
     let (usage, cost_usd) = state.totals();
+    if let Some((memory, options)) = &agent.memory
+        && options.episodes
+        && interrupted.is_none()
+    {
+        let transcript = options.transcripts.then(|| {
+            history
+                .iter()
+                .filter(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some())
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        let episode = crate::memory::NewEpisode {
+            session: scope.session.as_ref().map(|s| s.to_string()),
+            run: Some(scope.run.to_string()),
+            input: request.prompt.clone(),
+            output: output.clone(),
+            transcript,
+        };
+        if let Err(error) = memory
+            .remember(
+                &scope.tenant,
+                &scope.user,
+                crate::memory::EpisodeKind::Run,
+                episode,
+            )
+            .await
+        {
+            tracing::warn!(%error, "the run's episode could not be stored");
+        }
+    }
     let result = RunResult {
         output,
         parsed,

@@ -2,6 +2,7 @@
 
 mod govern;
 mod init;
+mod memory;
 mod plugins;
 mod run;
 mod scope;
@@ -48,6 +49,10 @@ enum Command {
     /// Verify and read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A user's memory: facts (bi-temporal), episodes, working blocks;
+    /// forget and export.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
     /// Write a commented loom.toml that names every section.
     Init {
         /// Where to write it.
@@ -225,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugins::inspect(config.load()?, &file, json).await
         }
         Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
+        Command::Memory(command) => memory::run(command).await,
         Command::Budget(BudgetCommand::Show {
             config,
             tenant,

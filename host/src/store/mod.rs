@@ -7,10 +7,11 @@
 //! thousand, and a caller that awaits its write knows it is on disk. Reads
 //! open their own read transaction and never wait for the writer.
 //!
-//! The file holds sessions ([`SessionStore`]) and budget counters
-//! (`governance::budget`). Keys are built from typed ids only.
+//! The file holds sessions ([`SessionStore`]), budget counters
+//! (`governance::budget`) and memory (`crate::memory`). Keys are built from
+//! typed ids only.
 
-mod sessions;
+pub(crate) mod sessions;
 
 pub use sessions::SessionStore;
 
@@ -179,6 +180,61 @@ impl Store {
     /// Queue `op`; `done` runs on the writer thread with its outcome.
     pub(crate) fn write_then(&self, op: WriteOp, done: WriteDone) {
         self.enqueue(Some(op), Some(Done::Callback(done)));
+    }
+
+    /// Apply `op` in the writer's transaction and resolve with its value
+    /// once that transaction is committed. `op` may run twice (alone, after
+    /// a batch it shared failed): it must read what it changes from the
+    /// transaction, not from outside it.
+    ///
+    /// # Errors
+    ///
+    /// The error `op` returned, or the commit's.
+    pub(crate) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&redb::WriteTransaction) -> Result<T, StoreError> + Send + Sync + 'static,
+    {
+        self.write_with(op, || {}).await
+    }
+
+    /// [`Self::write`], running `after_commit` on the writer thread right
+    /// after a successful commit, before any later write commits (to drop
+    /// cached copies of what the write deleted, in commit order).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::write`].
+    pub(crate) async fn write_with<T, F, A>(&self, op: F, after_commit: A) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&redb::WriteTransaction) -> Result<T, StoreError> + Send + Sync + 'static,
+        A: FnOnce() + Send + 'static,
+    {
+        let value: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
+        let slot = value.clone();
+        let (done, committed) = oneshot::channel();
+        self.write_then(
+            Box::new(move |txn| {
+                let result = op(txn)?;
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(result);
+                }
+                Ok(())
+            }),
+            Box::new(move |result| {
+                if result.is_ok() {
+                    after_commit();
+                }
+                let _ = done.send(result);
+            }),
+        );
+        committed.await.unwrap_or(Err(StoreError::Closed))?;
+        let taken = match value.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        taken.ok_or_else(|| StoreError::Io("a committed write left no result".into()))
     }
 
     /// Resolves once every write queued before this call is committed.

@@ -69,7 +69,8 @@ impl Cache {
 }
 
 /// (tenant, user — empty for the anonymous user, session) → JSON messages.
-const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("sessions");
+pub(crate) const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("sessions");
 
 /// The session store.
 #[derive(Clone)]
@@ -86,7 +87,7 @@ fn key(tenant: &TenantId, user: &UserId, session: &SessionId) -> Key {
     )
 }
 
-fn user_key(user: &UserId) -> &str {
+pub(crate) fn user_key(user: &UserId) -> &str {
     // Named users are never empty, so "" cannot collide with one.
     user.name().unwrap_or("")
 }
@@ -197,6 +198,87 @@ impl SessionStore {
             }),
         );
         committed.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// Session ids are `[A-Za-z0-9._:@-]`: every one sorts below `~`.
+const PAST_EVERY_SESSION: &str = "~";
+
+/// Delete every session of (tenant, user) in `txn`; returns how many.
+pub(crate) fn delete_user(
+    txn: &redb::WriteTransaction,
+    tenant: &str,
+    user: &str,
+) -> Result<u64, StoreError> {
+    let mut table = txn.open_table(SESSIONS).map_err(io)?;
+    let mut removed = 0u64;
+    table
+        .retain_in(
+            (tenant, user, "")..(tenant, user, PAST_EVERY_SESSION),
+            |_, _| {
+                removed += 1;
+                false
+            },
+        )
+        .map_err(io)?;
+    Ok(removed)
+}
+
+impl SessionStore {
+    /// Every session of (tenant, user): id and messages.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the database fails or a record is corrupt.
+    pub fn user_sessions(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<(String, Vec<Message>)>, StoreError> {
+        let txn = self.store.db().begin_read().map_err(io)?;
+        let table = match txn.open_table(SESSIONS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let (tenant, user) = (tenant.as_str(), user_key(user));
+        let mut out = Vec::new();
+        for entry in table
+            .range((tenant, user, "")..(tenant, user, PAST_EVERY_SESSION))
+            .map_err(io)?
+        {
+            let (key, value) = entry.map_err(io)?;
+            let messages = serde_json::from_slice(value.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((key.value().2.to_owned(), messages));
+        }
+        Ok(out)
+    }
+
+    /// A closure that drops every cached session of (tenant, user): run it
+    /// on the writer thread right after the commit that deleted them.
+    pub(crate) fn uncache_user(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> impl FnOnce() + Send + use<> {
+        let cache = self.cache.clone();
+        let (tenant, user) = (tenant.as_str().to_owned(), user_key(user).to_owned());
+        move || {
+            let mut cache = match cache.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let doomed: Vec<Key> = cache
+                .entries
+                .keys()
+                .filter(|(t, u, _)| *t == tenant && *u == user)
+                .cloned()
+                .collect();
+            for key in doomed {
+                cache.remove(&key);
+            }
+        }
     }
 }
 

@@ -1,0 +1,314 @@
+//! `loom memory …`: a user's facts, episodes and working blocks; forget
+//! and export (GDPR).
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use loom_host::LoomConfig;
+use loom_host::governance::audit::{AuditLog, AuditRecord};
+use loom_host::memory::{Fact, FactQuery, Memory, MemoryLimits, NewFact, Timestamp};
+use loom_host::store::{SessionStore, Store};
+use loom_host::tenancy::ids::{TenantId, UserId};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Whose memory.
+#[derive(Debug, Args)]
+pub(super) struct Whose {
+    #[command(flatten)]
+    config: super::ConfigArg,
+    /// The tenant; may be omitted when only one is configured.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The user.
+    #[arg(long)]
+    user: String,
+}
+
+/// `loom memory` subcommands.
+#[derive(Debug, Subcommand)]
+pub(super) enum MemoryCommand {
+    /// List a user's facts (what Loom believes now, or at --known-at), or
+    /// add one with `facts add`.
+    Facts(Box<FactsCommand>),
+    /// Counts, the newest episode and the working blocks of a user.
+    Show {
+        #[command(flatten)]
+        whose: Whose,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete everything memory holds of a user: episodes, every fact
+    /// version, working blocks and sessions. Prints the counts per kind and
+    /// records the forget in the audit log.
+    Forget {
+        #[command(flatten)]
+        whose: Whose,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print everything memory holds of a user as JSON.
+    Export {
+        #[command(flatten)]
+        whose: Whose,
+    },
+}
+
+/// `loom memory facts [add]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct FactsCommand {
+    #[command(subcommand)]
+    add: Option<FactsAction>,
+    #[command(flatten)]
+    config: super::ConfigArg,
+    /// The tenant; may be omitted when only one is configured.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The user whose facts to list.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only facts true at this time in the world (RFC 3339 or a date).
+    #[arg(long)]
+    valid_at: Option<String>,
+    /// What Loom believed at this time (default: now).
+    #[arg(long)]
+    known_at: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `facts add`.
+#[derive(Debug, Subcommand)]
+pub(super) enum FactsAction {
+    /// Record a fact; an open fact of the user with the same subject and
+    /// predicate and another object is closed where this one starts.
+    Add {
+        #[command(flatten)]
+        whose: Whose,
+        /// What the fact is about.
+        #[arg(long)]
+        subject: String,
+        /// The relation, in any spelling (`lives_in`, `livesIn`, `lives-in`).
+        #[arg(long)]
+        predicate: String,
+        /// The value.
+        #[arg(long)]
+        object: String,
+        /// From when it holds (RFC 3339 or a date; default now).
+        #[arg(long)]
+        valid_from: Option<String>,
+        /// Until when it holds (default: open).
+        #[arg(long)]
+        valid_until: Option<String>,
+        /// How sure, 0 to 1.
+        #[arg(long, default_value_t = 1.0)]
+        confidence: f32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn time_arg(flag: &str, value: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+    value
+        .map(|v| Timestamp::parse(v).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+        .transpose()
+}
+
+fn open(whose: &Whose) -> anyhow::Result<(Memory, TenantId, UserId, LoomConfig)> {
+    let config = &whose.config.load()?;
+    let scope = super::scope::ScopeArgs {
+        tenant: whose.tenant.clone(),
+        user: None,
+        session: None,
+    }
+    .scope(config)?;
+    let user = UserId::named(whose.user.clone()).context("--user")?;
+    let store = Store::open_with(&config.data_dir.join("loom.redb"), config.store_sync)?;
+    let sessions = Arc::new(SessionStore::new(store.clone()));
+    Ok((
+        Memory::new(store, sessions, MemoryLimits::default()),
+        scope.tenant,
+        user,
+        config.clone(),
+    ))
+}
+
+fn print_facts(facts: &[Fact]) {
+    if facts.is_empty() {
+        println!("(no facts)");
+        return;
+    }
+    for fact in facts {
+        let window = match fact.valid_until {
+            Some(until) => format!("valid {} .. {}", fact.valid_from, until),
+            None => format!("valid {} ..", fact.valid_from),
+        };
+        let belief = match fact.expired_at {
+            Some(at) => format!(
+                "recorded {}, no longer believed since {at}",
+                fact.recorded_at
+            ),
+            None => format!("recorded {}", fact.recorded_at),
+        };
+        println!(
+            "{}  {} {} {}  ({window}; {belief})",
+            fact.id, fact.subject, fact.predicate, fact.object
+        );
+    }
+}
+
+/// `loom memory facts [add]`.
+async fn facts_command(command: FactsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FactsCommand {
+            add:
+                Some(FactsAction::Add {
+                    whose,
+                    subject,
+                    predicate,
+                    object,
+                    valid_from,
+                    valid_until,
+                    confidence,
+                    json,
+                }),
+            ..
+        } => {
+            let (memory, tenant, user, _) = open(&whose)?;
+            let fact = NewFact {
+                subject,
+                predicate,
+                object,
+                confidence,
+                sources: vec!["cli".into()],
+                valid_from: time_arg("--valid-from", valid_from.as_deref())?,
+                valid_until: time_arg("--valid-until", valid_until.as_deref())?,
+            };
+            let recorded = memory.add_fact(&tenant, &user, fact).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&recorded)?);
+            } else if recorded.created {
+                println!("recorded {}", recorded.fact.text());
+                print_facts(std::slice::from_ref(&recorded.fact));
+                for closed in &recorded.closed {
+                    println!("closed {}", closed.text());
+                }
+            } else {
+                println!(
+                    "already believed (nothing recorded): {}",
+                    recorded.fact.text()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FactsCommand {
+            add: None,
+            config,
+            tenant,
+            user,
+            valid_at,
+            known_at,
+            json,
+        } => {
+            let Some(user) = user else {
+                anyhow::bail!(
+                    "`loom memory facts` lists a user's facts: give --user U (and --tenant T), or use `loom memory facts add`"
+                );
+            };
+            let whose = Whose {
+                config,
+                tenant,
+                user,
+            };
+            let (memory, tenant, user, _) = open(&whose)?;
+            let query = FactQuery {
+                valid_at: time_arg("--valid-at", valid_at.as_deref())?,
+                known_at: time_arg("--known-at", known_at.as_deref())?,
+                ..FactQuery::default()
+            };
+            let facts = memory.facts(&tenant, &user, &query)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&facts)?);
+            } else {
+                print_facts(&facts);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Run a `loom memory` command.
+pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MemoryCommand::Facts(facts) => facts_command(*facts).await,
+        MemoryCommand::Show { whose, json } => {
+            let (memory, tenant, user, _) = open(&whose)?;
+            let summary = memory.summary(&tenant, &user)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("tenant {tenant}, user {user}");
+                println!("episodes: {}", summary.episodes);
+                println!(
+                    "facts believed now: {} ({} versions stored)",
+                    summary.facts_believed, summary.fact_versions
+                );
+                println!("sessions: {}", summary.sessions);
+                if let Some(at) = summary.last_seen {
+                    println!("last episode: {at}");
+                }
+                println!("working blocks: {}", summary.blocks.len());
+                for block in &summary.blocks {
+                    println!("{}", block.render());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MemoryCommand::Forget { whose, json } => {
+            let (memory, tenant, user, config) = open(&whose)?;
+            // Open the audit log first: a forget that cannot be recorded
+            // is not carried out.
+            let audit = config
+                .audit
+                .as_ref()
+                .map(AuditLog::open)
+                .transpose()
+                .context("cannot open the audit log to record the forget")?;
+            let report = memory.forget(&tenant, &user).await?;
+            if let Some(audit) = &audit {
+                audit.record(AuditRecord {
+                    tenant: tenant.as_str().to_owned(),
+                    user: user.name().map(str::to_owned),
+                    run: None,
+                    action: "memory_forgotten",
+                    actor: "cli".to_owned(),
+                    data: serde_json::to_value(report)?,
+                });
+                audit
+                    .flush()
+                    .await
+                    .context("the forget was done but its audit entry could not be written")?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("forgot user {user} of tenant {tenant}:");
+                println!("  episodes: {}", report.episodes);
+                println!("  facts: {}", report.facts);
+                println!("  blocks: {}", report.blocks);
+                println!("  sessions: {}", report.sessions);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MemoryCommand::Export { whose } => {
+            let (memory, tenant, user, _) = open(&whose)?;
+            let export = memory.export(&tenant, &user)?;
+            println!("{}", serde_json::to_string_pretty(&export)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
