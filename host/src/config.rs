@@ -524,6 +524,8 @@ struct RawTenant {
     policies: Vec<RawPolicy>,
     approval_url: Option<String>,
     approval_timeout_ms: Option<u64>,
+    #[serde(default)]
+    forget_budgets: bool,
 }
 
 impl RawTenant {
@@ -541,6 +543,7 @@ impl RawTenant {
             rates: self.rate_limits,
             user_rates: self.user_rate_limits,
             approval_url: self.approval_url.clone(),
+            forget_budgets: self.forget_budgets,
             ..TenantGovernance::default()
         };
         self.rate_limits

@@ -32,6 +32,9 @@ pub enum HostError {
     /// The audit log or an approval webhook could not be set up.
     #[error(transparent)]
     Governance(#[from] GovernanceError),
+    /// Memory failed.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 /// A running Loom host: one engine, the plugin catalog, and (when
@@ -158,6 +161,38 @@ impl Host {
     /// host's database; forgetting a user also deletes their sessions.
     pub fn memory(&self) -> crate::memory::Memory {
         self.memory.clone()
+    }
+
+    /// Delete everything held of `user` of `tenant`: episodes, facts,
+    /// working blocks, sessions and — when the tenant's `forget_budgets` is
+    /// on — budget counters; an audit entry `memory_forgotten` records it.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Config`] for an unknown tenant; a memory error (then
+    /// nothing was deleted).
+    pub async fn forget_user(
+        &self,
+        tenant: &TenantId,
+        user: &crate::tenancy::ids::UserId,
+        actor: &str,
+    ) -> Result<crate::memory::ForgetReport, HostError> {
+        let budgets = self.config.tenant(tenant)?.governance.forget_budgets;
+        if budgets {
+            self.governance.ledger().forget_user(tenant, user);
+        }
+        let report = self
+            .memory
+            .forget_with(tenant, user, crate::memory::ForgetOptions { budgets })
+            .await?;
+        let scope = crate::tenancy::ids::Scope::new(tenant.clone(), user.clone());
+        self.governance.record(
+            &scope,
+            "memory_forgotten",
+            actor,
+            serde_json::to_value(report).unwrap_or_default(),
+        );
+        Ok(report)
     }
 
     /// Budgets, rate limits, approvals and the audit log.

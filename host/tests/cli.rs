@@ -539,3 +539,113 @@ fn audit_without_a_key_refuses_to_start() {
         text(&out.stderr)
     );
 }
+
+/// `loom memory facts` as JSON: the objects listed.
+fn fact_objects(env: &TestEnv, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["memory", "facts", "--tenant", "acme", "--json"];
+    args.extend_from_slice(extra);
+    let out = loom(env, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let facts: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    facts
+        .iter()
+        .map(|f| f["object"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
+    let env = TestEnv::new();
+    env.config("[tenants.acme]\n");
+    let add = |user: &str, object: &str, from: &str| {
+        let out = loom(
+            &env,
+            &[
+                "memory",
+                "facts",
+                "add",
+                "--tenant",
+                "acme",
+                "--user",
+                user,
+                "--subject",
+                user,
+                "--predicate",
+                "livesIn",
+                "--object",
+                object,
+                "--valid-from",
+                from,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    add("alice", "Tokyo", "2020-01-01");
+    add("bob", "Tokyo", "2020-01-01");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before_move = loom_host::memory::Timestamp::now().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let moved = add("alice", "Paris", "2025-06-01");
+    assert!(moved.contains("closed alice lives_in Tokyo"), "{moved}");
+
+    let alice = |extra: &[&str]| {
+        let mut args = vec!["--user", "alice"];
+        args.extend_from_slice(extra);
+        fact_objects(&env, &args)
+    };
+    assert_eq!(alice(&["--valid-at", "2024-01-01"]), ["Tokyo"]);
+    assert_eq!(alice(&["--valid-at", "2026-01-01"]), ["Paris"]);
+    assert_eq!(
+        alice(&["--valid-at", "2026-01-01", "--known-at", &before_move]),
+        ["Tokyo"],
+        "before the move was recorded, Loom believed Tokyo"
+    );
+    // Bob's fact never changed.
+    assert_eq!(
+        fact_objects(&env, &["--user", "bob", "--valid-at", "2026-01-01"]),
+        ["Tokyo"]
+    );
+
+    // A bad time names the forms it takes.
+    let out = loom(
+        &env,
+        &[
+            "memory",
+            "facts",
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "--valid-at",
+            "soon",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = loom(
+        &env,
+        &["memory", "forget", "--tenant", "acme", "--user", "alice"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("facts: 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loom(
+        &env,
+        &["memory", "export", "--tenant", "acme", "--user", "alice"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let export: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for kind in ["episodes", "facts", "blocks", "sessions"] {
+        assert_eq!(export[kind], serde_json::json!([]), "{kind}");
+    }
+    assert_eq!(fact_objects(&env, &["--user", "bob"]), ["Tokyo"]);
+}

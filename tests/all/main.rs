@@ -14,6 +14,7 @@ mod floods;
 mod governance;
 mod hostile;
 mod hostile_arch;
+mod memory;
 mod plugins;
 mod providers;
 mod support;

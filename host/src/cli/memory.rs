@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use loom_host::LoomConfig;
 use loom_host::governance::audit::{AuditLog, AuditRecord};
-use loom_host::memory::{Fact, FactQuery, Memory, MemoryLimits, NewFact, Timestamp};
+use loom_host::memory::{Fact, FactQuery, ForgetOptions, Memory, MemoryLimits, NewFact, Timestamp};
 use loom_host::store::{SessionStore, Store};
 use loom_host::tenancy::ids::{TenantId, UserId};
 use std::process::ExitCode;
@@ -278,7 +278,10 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
                 .map(AuditLog::open)
                 .transpose()
                 .context("cannot open the audit log to record the forget")?;
-            let report = memory.forget(&tenant, &user).await?;
+            let budgets = config.tenant(&tenant)?.governance.forget_budgets;
+            let report = memory
+                .forget_with(&tenant, &user, ForgetOptions { budgets })
+                .await?;
             if let Some(audit) = &audit {
                 audit.record(AuditRecord {
                     tenant: tenant.as_str().to_owned(),
@@ -301,6 +304,7 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
                 println!("  facts: {}", report.facts);
                 println!("  blocks: {}", report.blocks);
                 println!("  sessions: {}", report.sessions);
+                println!("  budget rows: {}", report.budget_rows);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -28,7 +28,44 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Subject: `*` for the tenant's total, `u:<name>` for a user, `a` for the
 /// anonymous user. Window codes: `h` (hour bucket of the rolling day), `m`
 /// (calendar month, `yyyymm`), `l` (lifetime, bucket 0).
-const USAGE: TableDefinition<(&str, &str, &str, u64), &[u8]> = TableDefinition::new("budget_usage");
+pub(crate) const USAGE: TableDefinition<(&str, &str, &str, u64), &[u8]> =
+    TableDefinition::new("budget_usage");
+
+/// The subject part of a budget row's key for `user` (`u:<name>`, or `a`
+/// for the anonymous user); the tenant's total is `*`.
+pub(crate) fn user_row_key(user: &UserId) -> String {
+    subject_key(Some(user))
+}
+
+fn subject_key(user: Option<&UserId>) -> String {
+    match user {
+        None => "*".into(),
+        Some(UserId::Anonymous) => "a".into(),
+        Some(UserId::Named(name)) => format!("u:{}", name.as_str()),
+    }
+}
+
+/// Delete every budget row of (tenant, user) in `txn`; returns how many.
+pub(crate) fn delete_user_rows(
+    txn: &redb::WriteTransaction,
+    tenant: &str,
+    user: &UserId,
+) -> Result<u64, StoreError> {
+    let key = user_row_key(user);
+    let mut table = txn.open_table(USAGE).map_err(io)?;
+    let mut removed = 0u64;
+    // Row kinds are `h`, `m` and `l`: all sort below `~`.
+    table
+        .retain_in(
+            (tenant, key.as_str(), "", 0)..(tenant, key.as_str(), "~", 0),
+            |_, _| {
+                removed += 1;
+                false
+            },
+        )
+        .map_err(io)?;
+    Ok(removed)
+}
 
 /// What a budget counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -491,11 +528,7 @@ struct Subject {
 
 impl Subject {
     fn key(&self) -> String {
-        match &self.user {
-            None => "*".into(),
-            Some(UserId::Anonymous) => "a".into(),
-            Some(UserId::Named(name)) => format!("u:{}", name.as_str()),
-        }
+        subject_key(self.user.as_ref())
     }
 }
 
@@ -792,6 +825,19 @@ impl BudgetLedger {
             }
         }
         Ok(report)
+    }
+
+    /// Drop the in-memory counters of (tenant, user), saved or not: call it
+    /// before deleting the user's rows, so no pending write brings them
+    /// back. A run of the user that is still going charges fresh counters.
+    pub fn forget_user(&self, tenant: &TenantId, user: &UserId) {
+        let subject = Subject {
+            tenant: tenant.clone(),
+            user: Some(user.clone()),
+        };
+        let mut state = self.inner.lock();
+        state.counters.remove(&subject);
+        state.dirty.remove(&subject);
     }
 
     /// Queue a write of every changed counter now, without waiting; the

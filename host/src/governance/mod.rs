@@ -74,6 +74,9 @@ pub struct TenantGovernance {
     pub approval_url: Option<String>,
     /// How long an approver may take before the call is denied.
     pub approval_timeout: Duration,
+    /// Whether forgetting a user also deletes their budget counters
+    /// (`forget_budgets`; default false: a forget does not reset spend).
+    pub forget_budgets: bool,
 }
 
 impl Default for TenantGovernance {
@@ -86,6 +89,7 @@ impl Default for TenantGovernance {
             user_rates: Rates::default(),
             user_rate_overrides: BTreeMap::new(),
             policies: Vec::new(),
+            forget_budgets: false,
             approval_url: None,
             approval_timeout: Duration::from_secs(60),
         }

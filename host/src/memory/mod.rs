@@ -107,13 +107,23 @@ pub struct ForgetReport {
     pub blocks: u64,
     /// Sessions.
     pub sessions: u64,
+    /// Budget counter rows (only when the tenant's `forget_budgets` is on).
+    pub budget_rows: u64,
 }
 
 impl ForgetReport {
     /// Everything deleted.
     pub fn total(&self) -> u64 {
-        self.episodes + self.facts + self.blocks + self.sessions
+        self.episodes + self.facts + self.blocks + self.sessions + self.budget_rows
     }
+}
+
+/// What a forget deletes besides memory and sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForgetOptions {
+    /// Also the user's budget counters (drop the ledger's in-memory copy
+    /// first: [`crate::governance::budget::BudgetLedger::forget_user`]).
+    pub budgets: bool,
 }
 
 /// Everything memory holds of one user.
@@ -775,8 +785,24 @@ impl Memory {
         tenant: &TenantId,
         user: &UserId,
     ) -> Result<ForgetReport, MemoryError> {
+        self.forget_with(tenant, user, ForgetOptions::default())
+            .await
+    }
+
+    /// [`Self::forget`], deleting what `options` adds too.
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryError::Store`]; then nothing was deleted.
+    pub async fn forget_with(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        options: ForgetOptions,
+    ) -> Result<ForgetReport, MemoryError> {
         let (t, u) = keys(tenant, user);
         let (t, u) = (t.to_owned(), u.to_owned());
+        let user_id = user.clone();
         let memory = self.clone();
         let uncache = self.inner.sessions.uncache_user(tenant, user);
         let report = self
@@ -789,12 +815,108 @@ impl Memory {
                     *lock(&memory.inner.forgets)
                         .entry((t.clone(), u.clone()))
                         .or_default() += 1;
-                    forget_rows(txn, &t, &u)
+                    let mut report = forget_rows(txn, &t, &u)?;
+                    if options.budgets {
+                        report.budget_rows =
+                            crate::governance::budget::delete_user_rows(txn, &t, &user_id)?;
+                    }
+                    Ok(report)
                 },
                 uncache,
             )
             .await?;
         Ok(report)
+    }
+}
+
+impl Memory {
+    /// Every row of the database file that belongs to (tenant, user), in
+    /// any table, described as `table: key`. Empty after a complete
+    /// forget. Refuses a file holding a table this scan does not know, so
+    /// a table added later cannot escape it.
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryError::Invalid`] naming an unknown table;
+    /// [`MemoryError::Store`].
+    pub fn remaining(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<String>, MemoryError> {
+        use redb::ReadableTable;
+        let (t, u) = keys(tenant, user);
+        let budget_key = crate::governance::budget::user_row_key(user);
+        let txn = self.read()?;
+        let mut found = Vec::new();
+        if let Some(handle) = txn.list_multimap_tables().map_err(io)?.next() {
+            use redb::MultimapTableHandle;
+            return Err(MemoryError::Invalid(format!(
+                "the database holds a multimap table `{}` the forget scan does not know",
+                handle.name()
+            )));
+        }
+        for handle in txn.list_tables().map_err(io)? {
+            use redb::TableHandle;
+            let name = handle.name().to_owned();
+            match name.as_str() {
+                "sessions" | "memory_blocks" => {
+                    let definition = if name == "sessions" {
+                        session_rows::SESSIONS
+                    } else {
+                        blocks::BLOCKS
+                    };
+                    let table = txn.open_table(definition).map_err(io)?;
+                    for entry in table.iter().map_err(io)? {
+                        let (key, _) = entry.map_err(io)?;
+                        let key = key.value();
+                        if key.0 == t && key.1 == u {
+                            found.push(format!("{name}: {key:?}"));
+                        }
+                    }
+                }
+                "memory_facts" | "memory_episodes" => {
+                    let definition = if name == "memory_facts" {
+                        facts::FACTS
+                    } else {
+                        episodes::EPISODES
+                    };
+                    let table = txn.open_table(definition).map_err(io)?;
+                    for entry in table.iter().map_err(io)? {
+                        let (key, _) = entry.map_err(io)?;
+                        let key = key.value();
+                        if key.0 == t && key.1 == u {
+                            found.push(format!("{name}: {key:?}"));
+                        }
+                    }
+                }
+                "memory_fact_index" => {
+                    let table = txn.open_table(facts::FACT_INDEX).map_err(io)?;
+                    for entry in table.iter().map_err(io)? {
+                        let (key, _) = entry.map_err(io)?;
+                        let key = key.value();
+                        if key.0 == t && key.1 == u {
+                            found.push(format!("{name}: {key:?}"));
+                        }
+                    }
+                }
+                "budget_usage" => {
+                    let table = txn
+                        .open_table(crate::governance::budget::USAGE)
+                        .map_err(io)?;
+                    for entry in table.iter().map_err(io)? {
+                        let (key, _) = entry.map_err(io)?;
+                        let key = key.value();
+                        if key.0 == t && key.1 == budget_key {
+                            found.push(format!("{name}: {key:?}"));
+                        }
+                    }
+                }
+                other => {
+                    return Err(MemoryError::Invalid(format!(
+                        "the database holds a table `{other}` the forget scan does not know; \
+                         add it to Memory::remaining and to Memory::forget"
+                    )));
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
