@@ -531,3 +531,208 @@ async fn users_stay_isolated_under_concurrent_writes() {
         assert_eq!(facts.iter().filter(|f| f.valid_until.is_none()).count(), 1);
     }
 }
+
+/// A model that waits for `open` (when given) and then answers `answer`.
+struct Gated {
+    answer: String,
+    open: Option<Arc<tokio::sync::Notify>>,
+    calls: Mutex<usize>,
+}
+
+impl Model for Gated {
+    fn id(&self) -> &str {
+        "gated"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _request: &'a ModelRequest,
+        _sink: Option<ChunkSink<'a>>,
+    ) -> BoxFuture<'a, Result<ModelResponse, ModelError>> {
+        *self.calls.lock().unwrap() += 1;
+        Box::pin(async move {
+            if let Some(open) = &self.open {
+                open.notified().await;
+            }
+            Ok(ModelResponse {
+                message: Message::assistant(self.answer.clone()),
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    ..Usage::default()
+                },
+                finish_reason: FinishReason::Stop,
+            })
+        })
+    }
+}
+
+const EXTRACTED: &str = "Here you go:\n```json\n[{\"subject\":\"user\",\"predicate\":\"prefersTea\",\"object\":\"green\",\"confidence\":0.9},\n{\"subject\":\"user\",\"predicate\":\"lives_in\"";
+
+async fn extracting_agent(
+    env: &TestEnv,
+    budgets: &str,
+    extractor: Arc<Gated>,
+) -> (Agent, Arc<Host>) {
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    let host = Arc::new(
+        env.host(&format!(
+            "[tenants.acme]\n[tenants.acme.permissions]\nmode = \"bypass\"\n[tenants.acme.user_budgets]\n{budgets}\n"
+        ))
+        .await,
+    );
+    let agent = Agent::builder("You are helpful.")
+        .host(host.clone())
+        .model(Arc::new(Recording {
+            answer: "Noted.".into(),
+            seen: Mutex::new(Vec::new()),
+        }))
+        .memory(
+            host.memory(),
+            MemoryOptions {
+                extract: true,
+                ..MemoryOptions::default()
+            },
+        )
+        .extraction_model(extractor)
+        .build()
+        .unwrap();
+    (agent, host)
+}
+
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<loom_host::memory::MemoryEvent>,
+) -> loom_host::memory::MemoryEventKind {
+    tokio::time::timeout(std::time::Duration::from_secs(20), events.recv())
+        .await
+        .expect("a memory event within 20 s")
+        .expect("the event channel is open")
+        .kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extraction_stores_facts_in_the_background_and_charges_the_user() {
+    let env = TestEnv::new();
+    let extractor = Arc::new(Gated {
+        answer: EXTRACTED.into(),
+        open: None,
+        calls: Mutex::new(0),
+    });
+    let (agent, host) = extracting_agent(&env, "tokens_per_day = 100000", extractor).await;
+    let memory = host.memory();
+    let mut events = memory.subscribe();
+    agent
+        .run(RunRequest::new(
+            scope("acme", Some("alice")),
+            "I drink green tea every day",
+        ))
+        .await
+        .unwrap();
+    match next_event(&mut events).await {
+        loom_host::memory::MemoryEventKind::Extracted {
+            facts,
+            input_tokens,
+            ..
+        } => {
+            assert_eq!(facts, 1, "the cut-off second item is dropped");
+            assert_eq!(input_tokens, 10);
+        }
+        other => panic!("expected an extraction, got {other:?}"),
+    }
+    let alice = user("alice");
+    let facts = memory
+        .facts(&acme(), &alice, &FactQuery::default())
+        .unwrap();
+    assert_eq!(facts.len(), 1);
+    assert_eq!(facts[0].predicate, "prefers_tea");
+    let episode = &memory.episodes(&acme(), &alice).unwrap()[0];
+    assert_eq!(facts[0].sources, vec![episode.id.clone()]);
+    assert_eq!(facts[0].valid_from, episode.at);
+    // The run's call and the extraction's are both charged to alice.
+    let settings = host.config().tenant(&acme()).unwrap().governance.clone();
+    let usage = host
+        .governance()
+        .ledger()
+        .usage(&acme(), Some(&alice), &settings.budgets)
+        .unwrap();
+    let tokens = usage
+        .iter()
+        .find(|u| u.key == "tokens_per_day")
+        .expect("the tokens cap");
+    assert_eq!(tokens.used, 30.0, "{usage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_at_their_cap_gets_no_extraction_and_the_run_still_succeeds() {
+    let env = TestEnv::new();
+    let extractor = Arc::new(Gated {
+        answer: EXTRACTED.into(),
+        open: None,
+        calls: Mutex::new(0),
+    });
+    let (agent, host) = extracting_agent(&env, "tokens_per_day = 15", extractor.clone()).await;
+    let mut events = host.memory().subscribe();
+    let result = agent
+        .run(RunRequest::new(
+            scope("acme", Some("alice")),
+            "I drink green tea",
+        ))
+        .await
+        .unwrap();
+    assert!(!result.interrupted);
+    match next_event(&mut events).await {
+        loom_host::memory::MemoryEventKind::ExtractionSkipped { reason } => {
+            assert_eq!(reason, "budget:tokens_per_day");
+        }
+        other => panic!("expected a skip, got {other:?}"),
+    }
+    assert_eq!(*extractor.calls.lock().unwrap(), 0, "no call was made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_cancels_a_running_extraction_and_nothing_comes_back() {
+    let env = TestEnv::new();
+    let open = Arc::new(tokio::sync::Notify::new());
+    let extractor = Arc::new(Gated {
+        answer: EXTRACTED.into(),
+        open: Some(open.clone()),
+        calls: Mutex::new(0),
+    });
+    let (agent, host) = extracting_agent(&env, "tokens_per_day = 100000", extractor.clone()).await;
+    let memory = host.memory();
+    let mut events = memory.subscribe();
+    agent
+        .run(RunRequest::new(
+            scope("acme", Some("alice")),
+            "I drink green tea",
+        ))
+        .await
+        .unwrap();
+    // Wait until the extraction is inside its model call.
+    for _ in 0..200 {
+        if *extractor.calls.lock().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(*extractor.calls.lock().unwrap(), 1);
+    let alice = user("alice");
+    host.forget_user(&acme(), &alice, "test").await.unwrap();
+    open.notify_waiters();
+    match next_event(&mut events).await {
+        loom_host::memory::MemoryEventKind::Forgotten { report } => {
+            assert_eq!(report.episodes, 1);
+        }
+        other => panic!("expected the forget, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(memory.export(&acme(), &alice).unwrap().is_empty());
+    assert_eq!(
+        memory.remaining(&acme(), &alice).unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "no extraction event after the forget"
+    );
+}

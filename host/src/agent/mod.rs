@@ -26,6 +26,7 @@
 //! order, denials and errors as results), delegation, and progress events.
 //! Its clocks and randomness come through the gate too.
 
+mod extraction;
 mod gate;
 mod governor;
 mod run;
@@ -210,6 +211,7 @@ pub(crate) struct AgentInner {
     pub(crate) sessions: Option<Arc<SessionStore>>,
     pub(crate) approver: Option<Arc<dyn Approver>>,
     pub(crate) memory: Option<(crate::memory::Memory, MemoryOptions)>,
+    pub(crate) extraction_model: Option<Arc<dyn Model>>,
 }
 
 /// How an agent uses memory (see [`AgentBuilder::memory`]).
@@ -223,6 +225,11 @@ pub struct MemoryOptions {
     pub episodes: bool,
     /// Keep each run's tool calls and results on its episode (capped).
     pub transcripts: bool,
+    /// After each completed run, extract facts from its episode with one
+    /// model call in the background (the agent's model, or the one given
+    /// to [`AgentBuilder::extraction_model`]), charged to the user's
+    /// budgets. Off by default: it costs a model call per run.
+    pub extract: bool,
 }
 
 impl Default for MemoryOptions {
@@ -231,6 +238,7 @@ impl Default for MemoryOptions {
             recall_tokens: 800,
             episodes: true,
             transcripts: false,
+            extract: false,
         }
     }
 }
@@ -255,6 +263,7 @@ pub struct AgentBuilder {
     sessions: Option<Arc<SessionStore>>,
     approver: Option<Arc<dyn Approver>>,
     memory: Option<(crate::memory::Memory, MemoryOptions)>,
+    extraction_model: Option<Arc<dyn Model>>,
 }
 
 impl Agent {
@@ -273,6 +282,7 @@ impl Agent {
             sessions: None,
             approver: None,
             memory: None,
+            extraction_model: None,
         }
     }
 
@@ -352,6 +362,12 @@ impl AgentBuilder {
         self
     }
 
+    /// The model that extracts facts after runs (default: the agent's).
+    pub fn extraction_model(mut self, model: Arc<dyn Model>) -> Self {
+        self.extraction_model = Some(model);
+        self
+    }
+
     /// Where sessions are kept; without it, session ids are ignored.
     pub fn sessions(mut self, sessions: Arc<SessionStore>) -> Self {
         self.sessions = Some(sessions);
@@ -394,6 +410,7 @@ impl AgentBuilder {
                 sessions: self.sessions,
                 approver: self.approver,
                 memory: self.memory,
+                extraction_model: self.extraction_model,
             }),
         })
     }

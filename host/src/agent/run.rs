@@ -515,6 +515,7 @@ impl RunState {
                 prices: self.agent.prices.clone(),
                 sessions: None,
                 approver: self.agent.approver.clone(),
+                extraction_model: None,
                 // The same user's memory, to recall; the parent's episode
                 // records the run, so the sub-agent stores none.
                 memory: self.agent.memory.clone().map(|(memory, options)| {
@@ -893,7 +894,7 @@ pub(crate) async fn execute(
             output: output.clone(),
             transcript,
         };
-        if let Err(error) = memory
+        match memory
             .remember(
                 &scope.tenant,
                 &scope.user,
@@ -902,7 +903,11 @@ pub(crate) async fn execute(
             )
             .await
         {
-            tracing::warn!(%error, "the run's episode could not be stored");
+            Ok(episode) if options.extract => {
+                super::extraction::start(&agent, memory, &scope, episode);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "the run's episode could not be stored"),
         }
     }
     let result = RunResult {

@@ -13,6 +13,7 @@
 
 pub mod blocks;
 pub mod episodes;
+pub mod extract;
 pub mod facts;
 pub mod predicate;
 pub mod rank;
@@ -228,6 +229,66 @@ struct Inner {
     /// Forgets so far, by (tenant, user): a background write started
     /// before a forget (an extraction) must not land after it.
     forgets: Mutex<HashMap<(String, String), u64>>,
+    /// Extractions running or waiting, by (tenant, user): a forget
+    /// cancels them.
+    extractions: Mutex<HashMap<(String, String), Vec<tokio::task::AbortHandle>>>,
+    /// Extractions that may call their model at once.
+    extraction_slots: Arc<tokio::sync::Semaphore>,
+    /// Extraction and forget events, for whoever subscribes.
+    events: tokio::sync::broadcast::Sender<MemoryEvent>,
+}
+
+/// Extractions that may run at once, host-wide.
+pub const EXTRACTION_CONCURRENCY: usize = 2;
+
+/// Extractions that may wait; more are skipped (and said so).
+pub const MAX_PENDING_EXTRACTIONS: usize = 256;
+
+/// Something memory did in the background.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryEvent {
+    /// The tenant.
+    pub tenant: String,
+    /// The user (`None`: anonymous).
+    pub user: Option<String>,
+    /// The run it follows, if any.
+    pub run: Option<String>,
+    /// What happened.
+    pub kind: MemoryEventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum MemoryEventKind {
+    /// An extraction stored facts.
+    Extracted {
+        /// Facts recorded (new rows).
+        facts: usize,
+        /// Open facts they closed.
+        closed: usize,
+        /// What the extraction call used.
+        input_tokens: u64,
+        /// What the extraction call produced.
+        output_tokens: u64,
+        /// Its cost, charged to the user's budget.
+        cost_usd: f64,
+    },
+    /// An extraction failed (the run it follows is unaffected).
+    ExtractionFailed {
+        /// Why.
+        error: String,
+    },
+    /// An extraction was not run.
+    ExtractionSkipped {
+        /// Why: `budget:<key>`, `queue full`, `forgotten`.
+        reason: String,
+    },
+    /// The user was forgotten.
+    Forgotten {
+        /// What was deleted.
+        report: ForgetReport,
+    },
 }
 
 impl std::fmt::Debug for Memory {
@@ -252,6 +313,9 @@ impl Memory {
                 limits,
                 last_number: AtomicU64::new(0),
                 forgets: Mutex::new(HashMap::new()),
+                extractions: Mutex::new(HashMap::new()),
+                extraction_slots: Arc::new(tokio::sync::Semaphore::new(EXTRACTION_CONCURRENCY)),
+                events: tokio::sync::broadcast::channel(1024).0,
             }),
         }
     }
@@ -259,6 +323,67 @@ impl Memory {
     /// The limits in force.
     pub fn limits(&self) -> &MemoryLimits {
         &self.inner.limits
+    }
+
+    /// Extraction and forget events from now on (a slow subscriber misses
+    /// the oldest when 1,024 are waiting).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MemoryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Send `event` to subscribers, and to tracing.
+    pub(crate) fn emit(&self, event: MemoryEvent) {
+        tracing::info!(
+            target: "loom::memory",
+            tenant = %event.tenant,
+            user = event.user.as_deref().unwrap_or(""),
+            run = event.run.as_deref().unwrap_or(""),
+            event = ?event.kind,
+            "memory event"
+        );
+        let _ = self.inner.events.send(event);
+    }
+
+    /// The slots extractions wait for.
+    pub(crate) fn extraction_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inner.extraction_slots.clone()
+    }
+
+    /// Start `job` as an extraction of (tenant, user) that a forget
+    /// cancels; `false` (and nothing started) when too many wait.
+    pub(crate) fn spawn_extraction(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        job: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        let (t, u) = keys(tenant, user);
+        let mut extractions = lock(&self.inner.extractions);
+        extractions.retain(|_, handles| {
+            handles.retain(|h| !h.is_finished());
+            !handles.is_empty()
+        });
+        let pending: usize = extractions.values().map(Vec::len).sum();
+        if pending >= MAX_PENDING_EXTRACTIONS {
+            return false;
+        }
+        let handle = tokio::spawn(job).abort_handle();
+        extractions
+            .entry((t.to_owned(), u.to_owned()))
+            .or_default()
+            .push(handle);
+        true
+    }
+
+    /// Cancel the extractions of (tenant, user) that have not finished.
+    fn cancel_extractions(&self, tenant: &str, user: &str) {
+        if let Some(handles) =
+            lock(&self.inner.extractions).remove(&(tenant.to_owned(), user.to_owned()))
+        {
+            for handle in handles {
+                handle.abort();
+            }
+        }
     }
 
     fn next_number(&self) -> u64 {
@@ -801,6 +926,9 @@ impl Memory {
         options: ForgetOptions,
     ) -> Result<ForgetReport, MemoryError> {
         let (t, u) = keys(tenant, user);
+        // Running extractions are cancelled; one that already queued its
+        // write finds the generation moved and writes nothing.
+        self.cancel_extractions(t, u);
         let (t, u) = (t.to_owned(), u.to_owned());
         let user_id = user.clone();
         let memory = self.clone();
@@ -825,6 +953,12 @@ impl Memory {
                 uncache,
             )
             .await?;
+        self.emit(MemoryEvent {
+            tenant: tenant.as_str().to_owned(),
+            user: user.name().map(str::to_owned),
+            run: None,
+            kind: MemoryEventKind::Forgotten { report },
+        });
         Ok(report)
     }
 }
