@@ -736,3 +736,103 @@ async fn a_forget_cancels_a_running_extraction_and_nothing_comes_back() {
         "no extraction event after the forget"
     );
 }
+
+fn scripted(turns: Vec<loom_host::model::offline::ScriptedTurn>) -> Arc<dyn Model> {
+    Arc::new(loom_host::model::offline::ScriptedModel::new(turns))
+}
+
+fn call_turn(name: &str, arguments: serde_json::Value) -> loom_host::model::offline::ScriptedTurn {
+    crate::support::scripted_turn("", &[(name, arguments)], Usage::default())
+}
+
+fn answer_turn(text: &str) -> loom_host::model::offline::ScriptedTurn {
+    crate::support::scripted_turn(text, &[], Usage::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_tools_edit_the_run_users_blocks_and_are_governed() {
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    let host = Arc::new(
+        env.host(
+            "[tenants.acme]\n[tenants.acme.permissions]\nmode = \"default\"\nallow = [\"memory_block_*\"]\n\
+             [tenants.globex]\n[tenants.globex.permissions]\nmode = \"plan\"\n",
+        )
+        .await,
+    );
+    let options = MemoryOptions {
+        block_tools: true,
+        ..MemoryOptions::default()
+    };
+    let agent = |model| {
+        Agent::builder("You keep notes.")
+            .host(host.clone())
+            .model(model)
+            .memory(host.memory(), options.clone())
+            .build()
+            .unwrap()
+    };
+    let result = agent(scripted(vec![
+        call_turn(
+            "memory_block_append",
+            serde_json::json!({"name": "notes", "line": "likes tea"}),
+        ),
+        call_turn(
+            "memory_block_append",
+            serde_json::json!({"name": "notes", "line": "lives in Oslo"}),
+        ),
+        call_turn("memory_blocks", serde_json::json!({})),
+        answer_turn("{last_tool_result}"),
+    ]))
+    .run(RunRequest::new(
+        scope("acme", Some("alice")),
+        "remember this",
+    ))
+    .await
+    .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&result.output).unwrap();
+    assert_eq!(seen[0]["name"], "notes");
+    assert_eq!(seen[0]["content"], "likes tea\nlives in Oslo");
+    let memory = host.memory();
+    assert_eq!(
+        memory.blocks(&acme(), &user("alice")).unwrap()[0].content,
+        "likes tea\nlives in Oslo"
+    );
+    assert!(memory.blocks(&acme(), &user("bob")).unwrap().is_empty());
+
+    // A bad name is the model's error to fix, not a crash.
+    let result = agent(scripted(vec![
+        call_turn(
+            "memory_block_set",
+            serde_json::json!({"name": "Bad Name", "content": "x"}),
+        ),
+        answer_turn("{last_tool_result}"),
+    ]))
+    .run(RunRequest::new(scope("acme", Some("alice")), "set it"))
+    .await
+    .unwrap();
+    assert!(result.output.contains("block name"), "{}", result.output);
+
+    // Plan mode changes nothing: both edit tools are denied.
+    let result = agent(scripted(vec![
+        call_turn(
+            "memory_block_append",
+            serde_json::json!({"name": "notes", "line": "x"}),
+        ),
+        answer_turn("{last_tool_result}"),
+    ]))
+    .run(RunRequest::new(scope("globex", Some("alice")), "note it"))
+    .await
+    .unwrap();
+    assert!(
+        result.output.contains("DENIED") || result.output.contains("denied"),
+        "{}",
+        result.output
+    );
+    assert!(
+        memory
+            .blocks(&"globex".parse().unwrap(), &user("alice"))
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -21,7 +21,6 @@ use crate::governance::ratelimit::{RateKind, RateLimited, Rates};
 use crate::governance::{Governance, PolicyRef, TenantGovernance};
 use crate::host::Host;
 use crate::model::Usage;
-use crate::plugins::ToolBinding;
 use crate::tenancy::ids::Scope;
 use serde_json::json;
 use sha2::Digest;
@@ -79,6 +78,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// What the permission chain knows of a tool: its spec and whether it is
+/// tagged as a file edit. Tools of components and the host's own tools
+/// (memory blocks) are governed alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GovernedTool<'a> {
+    /// The tool's spec.
+    pub spec: &'a crate::engine::ToolSpec,
+    /// Whether its plugin tags it as a file edit.
+    pub file_edit: bool,
+}
+
+impl<'a> From<&'a crate::plugins::ToolBinding> for GovernedTool<'a> {
+    fn from(binding: &'a crate::plugins::ToolBinding) -> Self {
+        GovernedTool {
+            spec: &binding.spec,
+            file_edit: binding.file_edit,
+        }
     }
 }
 
@@ -385,7 +404,7 @@ impl Governor {
     pub(crate) async fn admit_tool(
         &self,
         mut call: wt::ToolCall,
-        binding: &ToolBinding,
+        binding: GovernedTool<'_>,
     ) -> Result<Admitted, (wt::ToolCall, wt::ToolError)> {
         if let Some(reason) = self.stopped() {
             self.audit_denied(&call, binding, &Decider::Budget, &reason);
@@ -457,7 +476,13 @@ impl Governor {
     }
 
     /// One audit entry for a refused call: who refused it and why.
-    fn audit_denied(&self, call: &wt::ToolCall, binding: &ToolBinding, by: &Decider, reason: &str) {
+    fn audit_denied(
+        &self,
+        call: &wt::ToolCall,
+        binding: GovernedTool<'_>,
+        by: &Decider,
+        reason: &str,
+    ) {
         self.audit_tool_call(
             call,
             Some(binding.spec.destructive),
@@ -503,7 +528,11 @@ impl Governor {
 
     /// Deny lists and mode, then the policies in order. A policy may deny
     /// or ask; its `allow` never overrides an earlier `ask`.
-    async fn permission(&self, call: &wt::ToolCall, binding: &ToolBinding) -> (Verdict, Decider) {
+    async fn permission(
+        &self,
+        call: &wt::ToolCall,
+        binding: GovernedTool<'_>,
+    ) -> (Verdict, Decider) {
         let (mut verdict, mut decider) = self.rules.decide(ToolTraits {
             name: &call.name,
             destructive: binding.spec.destructive,
@@ -570,7 +599,7 @@ impl Governor {
     async fn approve(
         &self,
         call: &mut wt::ToolCall,
-        binding: &ToolBinding,
+        binding: GovernedTool<'_>,
         reason: String,
         asked_by: String,
     ) -> Result<Decider, (String, Decider)> {

@@ -26,6 +26,7 @@
 //! order, denials and errors as results), delegation, and progress events.
 //! Its clocks and randomness come through the gate too.
 
+mod block_tools;
 mod extraction;
 mod gate;
 mod governor;
@@ -230,6 +231,9 @@ pub struct MemoryOptions {
     /// to [`AgentBuilder::extraction_model`]), charged to the user's
     /// budgets. Off by default: it costs a model call per run.
     pub extract: bool,
+    /// Offer the run the host's working-block tools (`memory_blocks`,
+    /// `memory_block_set`, `memory_block_append`), governed like any tool.
+    pub block_tools: bool,
 }
 
 impl Default for MemoryOptions {
@@ -239,6 +243,7 @@ impl Default for MemoryOptions {
             episodes: true,
             transcripts: false,
             extract: false,
+            block_tools: false,
         }
     }
 }

@@ -120,6 +120,8 @@ pub(crate) struct RunState {
     agent: Arc<AgentInner>,
     scope: Arc<Scope>,
     tools: Vec<ToolBinding>,
+    /// The host's own tools offered to the run (working blocks).
+    host_tools: Vec<crate::engine::ToolSpec>,
     output_schema: Option<serde_json::Value>,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
     usage: Mutex<Usage>,
@@ -386,6 +388,16 @@ impl RunState {
                     id: call.id.clone(),
                     name: call.name.clone(),
                 };
+                if let Some(spec) = self.host_tools.iter().find(|s| s.name == call.name) {
+                    let work = self.host_tool(call, spec.clone());
+                    let task = if parallel {
+                        PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
+                    } else {
+                        PendingCall::Inline(Box::pin(work))
+                    };
+                    pending.push((call_meta, Some(task)));
+                    continue;
+                }
                 let Some(binding) = self.tools.iter().find(|b| b.spec.name == call.name) else {
                     self.governor
                         .refused_tool(&call, "the tool is not available to this agent");
@@ -398,7 +410,7 @@ impl RunState {
                 let governor = self.governor.clone();
                 let work = async move {
                     // The permission chain and the budget, then the call.
-                    let admitted = match governor.admit_tool(call, &binding).await {
+                    let admitted = match governor.admit_tool(call, (&binding).into()).await {
                         Ok(admitted) => admitted,
                         Err((call, refusal)) => {
                             return (
@@ -466,16 +478,67 @@ impl RunState {
         })
     }
 
-    /// The tools bound to the run.
+    /// A call of one of the host's own tools, governed like any other.
+    fn host_tool(
+        &self,
+        call: wt::ToolCall,
+        spec: crate::engine::ToolSpec,
+    ) -> impl std::future::Future<Output = CallOutcome> + Send + 'static {
+        let governor = self.governor.clone();
+        let scope = self.scope.clone();
+        let memory = self.agent.memory.as_ref().map(|(memory, _)| memory.clone());
+        async move {
+            // Block edits are edits of the agent's own notes: `accept-edits`
+            // allows them, `default` asks (or an allow list such as
+            // `memory_block_*` lets them run), `plan` denies them.
+            let tool = super::governor::GovernedTool {
+                spec: &spec,
+                file_edit: spec.destructive,
+            };
+            let admitted = match governor.admit_tool(call, tool).await {
+                Ok(admitted) => admitted,
+                Err((call, refusal)) => {
+                    return (
+                        call,
+                        Err(CallError::Tool {
+                            tool: spec.name.clone(),
+                            failure: ToolFailure::from(refusal),
+                        }),
+                    );
+                }
+            };
+            let outcome = match &memory {
+                Some(memory) => {
+                    super::block_tools::call(memory, &scope, &spec.name, &admitted.call.arguments)
+                        .await
+                }
+                None => Err(ToolFailure::Denied("this agent has no memory".into())),
+            };
+            let summary = match &outcome {
+                Ok(output) => Ok(output.output.as_str()),
+                Err(failure) => Err(failure_text(failure)),
+            };
+            let call = governor.after_tool(admitted, &summary, std::time::Duration::ZERO);
+            let outcome = outcome.map_err(|failure| CallError::Tool {
+                tool: spec.name.clone(),
+                failure,
+            });
+            (call, outcome)
+        }
+    }
+
+    /// The tools bound to the run, the host's own last.
     pub(super) fn tools(&self) -> Vec<wt::ToolSpec> {
         self.tools
             .iter()
-            .map(|b| wt::ToolSpec {
-                name: b.spec.name.clone(),
-                description: b.spec.description.clone(),
-                parameters: b.spec.parameters.to_string(),
-                destructive: b.spec.destructive,
-                idempotent: b.spec.idempotent,
+            .map(|b| &b.spec)
+            .chain(&self.host_tools)
+            .map(|spec| wt::ToolSpec {
+                name: spec.name.clone(),
+                description: spec.description.clone(),
+                parameters: spec.parameters.to_string(),
+                destructive: spec.destructive,
+                idempotent: spec.idempotent,
             })
             .collect()
     }
@@ -737,10 +800,19 @@ pub(crate) async fn execute(
             history_messages: history.len(),
         });
     }
+    // The block tools, unless a component already offers a tool so named.
+    let host_tools = match &agent.memory {
+        Some((_, options)) if options.block_tools => super::block_tools::specs()
+            .into_iter()
+            .filter(|spec| !tools.iter().any(|b| b.spec.name == spec.name))
+            .collect(),
+        _ => Vec::new(),
+    };
     let state = Arc::new(RunState {
         agent: agent.clone(),
         scope: scope.clone(),
         tools,
+        host_tools,
         output_schema: request.output_schema.clone(),
         events: events.clone(),
         usage: Mutex::new(Usage::default()),
