@@ -224,6 +224,39 @@ pub struct AgentSettings {
     pub output_retries: u32,
     /// Wall-clock limit of a whole run, in milliseconds.
     pub run_timeout_ms: u64,
+    /// `[agent.memory]`: what the agent remembers of each user.
+    pub memory: AgentMemorySettings,
+}
+
+/// `[agent.memory]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentMemorySettings {
+    /// Remember runs and recall into the prompt at all.
+    pub enabled: bool,
+    /// Tokens of facts and episodes recalled into each prompt.
+    pub recall_tokens: usize,
+    /// Keep each run's tool calls on its episode.
+    pub transcripts: bool,
+    /// Extract facts after each run with a model call (costs a call per run).
+    pub extract: bool,
+    /// The model that extracts (default: the agent's).
+    pub extraction_model: Option<String>,
+    /// Offer the working-block tools.
+    pub block_tools: bool,
+}
+
+impl Default for AgentMemorySettings {
+    fn default() -> Self {
+        AgentMemorySettings {
+            enabled: true,
+            recall_tokens: 800,
+            transcripts: false,
+            extract: false,
+            extraction_model: None,
+            block_tools: false,
+        }
+    }
 }
 
 impl Default for AgentSettings {
@@ -236,6 +269,7 @@ impl Default for AgentSettings {
             max_turns: 10,
             output_retries: 2,
             run_timeout_ms: 300_000,
+            memory: AgentMemorySettings::default(),
         }
     }
 }

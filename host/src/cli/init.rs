@@ -61,6 +61,8 @@ plugin_dirs = []
 # the terminal when stdin is one). No approver denies.
 # approval_url = "https://approvals.example.com/loom"
 # approval_timeout_ms = 60000
+# `loom memory forget` keeps a user's budget counters unless this is true.
+# forget_budgets = false
 
 # What this tenant's plugins may touch, intersected with what each plugin's
 # manifest (<plugin>.toml) requests. Nothing is granted unless listed.
@@ -134,6 +136,15 @@ max_turns = 10
 output_retries = 2
 run_timeout_ms = 300000
 
+# What the agent remembers of each user (`loom memory` reads and forgets it).
+[agent.memory]
+enabled = true                # an episode per run; blocks, facts and episodes recalled into the prompt
+recall_tokens = 800           # room for recalled facts and episodes (blocks always go in)
+transcripts = false           # keep each run's tool calls on its episode
+extract = false               # a model call after each run turns it into facts (costs a call)
+# extraction_model = "openai:gpt-4.1-mini"   # default: the agent's model
+block_tools = false           # memory_blocks / memory_block_set / memory_block_append
+
 # Hosted model providers. Keys come from the environment by default
 # (OPENAI_API_KEY, ANTHROPIC_API_KEY); `api_key` in this file also works.
 [models.openai]
@@ -201,6 +212,7 @@ mod tests {
             "[[tenants.default.policies]]",
             "[audit]",
             "[agent]",
+            "[agent.memory]",
             "[models.openai]",
             "[models.anthropic]",
             "[models.compat.",

@@ -73,6 +73,29 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     if let Some(tools) = settings.tools {
         builder = builder.tools(tools);
     }
+    let memory = &settings.memory;
+    if memory.enabled {
+        builder = builder.memory(
+            host.memory(),
+            loom_host::MemoryOptions {
+                recall_tokens: memory.recall_tokens,
+                episodes: true,
+                transcripts: memory.transcripts,
+                extract: memory.extract,
+                block_tools: memory.block_tools,
+            },
+        );
+        if let Some(spec) = &memory.extraction_model {
+            let model = from_spec(
+                spec,
+                &host.config().models,
+                &loom_host::model::spec::retry_policy(&host.config().retry),
+                &host.config().base_dir,
+            )
+            .context("[agent.memory] extraction_model")?;
+            builder = builder.extraction_model(model);
+        }
+    }
     if std::io::stdin().is_terminal() && !args.json {
         builder = builder.approver(Arc::new(super::govern::TerminalApprover::new()));
     }
