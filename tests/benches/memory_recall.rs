@@ -595,7 +595,12 @@ fn main() {
         &mut spaced,
     );
 
-    // Reopen the same file, every commit fsynced.
+    // Reopen the same file, every commit fsynced. The writer drops a
+    // write's closure (which holds a `Memory`, so the store) just after
+    // answering it: wait for it to finish with them, or the last handle
+    // may be dropped on the writer thread, which then does not wait for
+    // the file to close, and reopening finds it still locked.
+    rt.block_on(store.sync()).expect("sync");
     drop(memory);
     let started = Instant::now();
     drop(store);
@@ -630,6 +635,7 @@ fn main() {
         ),
         &mut spaced,
     );
+    rt.block_on(store.sync()).expect("sync");
     drop(memory);
     drop(store);
     let (length, _) = file_size(&path);

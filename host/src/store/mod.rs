@@ -397,15 +397,19 @@ fn commit_batch(
     };
     match outcome {
         Ok(()) => {
-            for job in batch {
-                if let Some(done) = job.done {
-                    let result = match (&job.op, failed.take()) {
-                        (None, Some(error)) => Err(error),
-                        (Some(_), earlier) => {
+            for Job { op, done } in batch {
+                // The write (and what it holds, a last handle to this store
+                // perhaps) is dropped before its caller hears back.
+                let was_write = op.is_some();
+                drop(op);
+                if let Some(done) = done {
+                    let result = match (was_write, failed.take()) {
+                        (false, Some(error)) => Err(error),
+                        (true, earlier) => {
                             *failed = earlier;
                             Ok(())
                         }
-                        (None, None) => Ok(()),
+                        (false, None) => Ok(()),
                     };
                     done.send(result);
                 }
@@ -413,8 +417,9 @@ fn commit_batch(
             true
         }
         Err(error) if ops.is_empty() => {
-            for job in batch {
-                if let Some(done) = job.done {
+            for Job { op, done } in batch {
+                drop(op);
+                if let Some(done) = done {
                     done.send(Err(error.clone()));
                 }
             }
@@ -423,17 +428,18 @@ fn commit_batch(
         Err(error) => {
             tracing::warn!(%error, writes = ops.len(), "a batched commit failed; committing its writes one by one");
             let mut all = true;
-            for job in batch {
-                let result = match &job.op {
+            for Job { op, done } in batch {
+                let result = match &op {
                     Some(op) => commit(db, &[op], durable),
                     None => failed.take().map_or(Ok(()), Err),
                 };
-                if let (Err(error), Some(_)) = (&result, &job.op) {
+                if let (Err(error), Some(_)) = (&result, &op) {
                     tracing::error!(%error, "a database write failed");
                     *failed = Some(error.clone());
                     all = false;
                 }
-                if let Some(done) = job.done {
+                drop(op);
+                if let Some(done) = done {
                     done.send(result);
                 }
             }
