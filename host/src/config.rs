@@ -226,6 +226,8 @@ pub struct AgentSettings {
     pub run_timeout_ms: u64,
     /// `[agent.memory]`: what the agent remembers of each user.
     pub memory: AgentMemorySettings,
+    /// Offer the `retrieve` tool over the tenant's documents.
+    pub retrieval: bool,
 }
 
 /// `[agent.memory]`.
@@ -270,6 +272,7 @@ impl Default for AgentSettings {
             output_retries: 2,
             run_timeout_ms: 300_000,
             memory: AgentMemorySettings::default(),
+            retrieval: false,
         }
     }
 }
@@ -477,6 +480,8 @@ pub struct LoomConfig {
     pub audit: Option<AuditSettings>,
     /// When the database's commits reach stable storage.
     pub store_sync: crate::store::StoreSync,
+    /// `[retrieval]`: the document stores.
+    pub retrieval: crate::retrieval::RetrievalSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -510,6 +515,8 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    retrieval: crate::retrieval::RetrievalSettings,
 }
 
 /// `[store]` as written.
@@ -782,6 +789,7 @@ impl LoomConfig {
                     ));
                 }
             },
+            retrieval: raw.retrieval,
         })
     }
 
@@ -825,6 +833,7 @@ impl LoomConfig {
             builtin_plugins: true,
             audit: None,
             store_sync: crate::store::StoreSync::Always,
+            retrieval: crate::retrieval::RetrievalSettings::default(),
         }
     }
 

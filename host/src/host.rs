@@ -35,6 +35,9 @@ pub enum HostError {
     /// Memory failed.
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
+    /// The document stores could not be set up.
+    #[error(transparent)]
+    Retrieval(#[from] crate::retrieval::RetrievalError),
 }
 
 /// A running Loom host: one engine, the plugin catalog, and (when
@@ -48,6 +51,7 @@ pub struct Host {
     store: Arc<Store>,
     sessions: Arc<SessionStore>,
     memory: crate::memory::Memory,
+    docs: crate::retrieval::DocStore,
     governance: Arc<Governance>,
     reloader: Option<tokio::task::JoinHandle<()>>,
     initial_scan: tokio::task::JoinHandle<()>,
@@ -124,6 +128,10 @@ impl Host {
             })
             .collect();
         let sessions = Arc::new(SessionStore::new(store.clone()));
+        let docs = crate::retrieval::DocStore::new(
+            config.data_dir.join("docs"),
+            config.retrieval.clone(),
+        )?;
         Ok(Host {
             config,
             engine,
@@ -135,6 +143,7 @@ impl Host {
                 crate::memory::MemoryLimits::default(),
             ),
             sessions,
+            docs,
             store,
             governance,
             reloader,
@@ -161,6 +170,11 @@ impl Host {
     /// host's database; forgetting a user also deletes their sessions.
     pub fn memory(&self) -> crate::memory::Memory {
         self.memory.clone()
+    }
+
+    /// The tenants' document stores (retrieval).
+    pub fn docs(&self) -> crate::retrieval::DocStore {
+        self.docs.clone()
     }
 
     /// Delete everything held of `user` of `tenant`: episodes, facts,

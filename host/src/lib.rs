@@ -35,6 +35,7 @@ pub mod host;
 pub mod memory;
 pub mod model;
 pub mod plugins;
+pub mod retrieval;
 pub mod secret;
 pub mod store;
 pub mod tenancy;

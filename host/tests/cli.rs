@@ -649,3 +649,72 @@ fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     }
     assert_eq!(fact_objects(&env, &["--user", "bob"]), ["Tokyo"]);
 }
+
+#[test]
+fn docs_ingest_search_list_and_delete() {
+    let env = TestEnv::new();
+    env.config("[tenants.acme]\n[tenants.globex]\n");
+    std::fs::write(
+        env.path().join("guide.md"),
+        "# Guide\n\n## Install\nUse rustup to add the wasm32-wasip2 target.\n\n## Budgets\nCaps per user.\n",
+    )
+    .unwrap();
+    let out = loom(
+        &env,
+        &[
+            "docs",
+            "ingest",
+            "--tenant",
+            "acme",
+            env.path().join("guide.md").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("guide.md: 2 chunks"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loom(
+        &env,
+        &[
+            "docs",
+            "search",
+            "--tenant",
+            "acme",
+            "--json",
+            "rustup target",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits[0]["heading"], "Guide > Install");
+    let out = loom(&env, &["docs", "search", "--tenant", "globex", "rustup"]);
+    assert!(
+        text(&out.stdout).contains("(no matches)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loom(
+        &env,
+        &[
+            "docs", "search", "--tenant", "acme", "--mode", "vector", "rustup",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("[retrieval.embeddings]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = loom(&env, &["docs", "list", "--tenant", "acme"]);
+    assert!(
+        text(&out.stdout).contains("guide.md  2 chunks"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loom(&env, &["docs", "delete", "--tenant", "acme", "guide.md"]);
+    assert!(out.status.success());
+    let out = loom(&env, &["docs", "delete", "--tenant", "acme", "guide.md"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -17,4 +17,5 @@ mod hostile_arch;
 mod memory;
 mod plugins;
 mod providers;
+mod retrieval;
 mod support;

@@ -30,6 +30,7 @@ mod block_tools;
 mod extraction;
 mod gate;
 mod governor;
+mod retrieve_tool;
 mod run;
 
 pub use gate::{GateLimits, OutputRefusal};
@@ -213,6 +214,7 @@ pub(crate) struct AgentInner {
     pub(crate) approver: Option<Arc<dyn Approver>>,
     pub(crate) memory: Option<(crate::memory::Memory, MemoryOptions)>,
     pub(crate) extraction_model: Option<Arc<dyn Model>>,
+    pub(crate) retrieval: bool,
 }
 
 /// How an agent uses memory (see [`AgentBuilder::memory`]).
@@ -269,6 +271,7 @@ pub struct AgentBuilder {
     approver: Option<Arc<dyn Approver>>,
     memory: Option<(crate::memory::Memory, MemoryOptions)>,
     extraction_model: Option<Arc<dyn Model>>,
+    retrieval: bool,
 }
 
 impl Agent {
@@ -288,6 +291,7 @@ impl Agent {
             approver: None,
             memory: None,
             extraction_model: None,
+            retrieval: false,
         }
     }
 
@@ -367,6 +371,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Offer the host's `retrieve` tool: search the tenant's documents
+    /// (`loom docs ingest`), read-only and governed like any tool.
+    pub fn retrieval(mut self, on: bool) -> Self {
+        self.retrieval = on;
+        self
+    }
+
     /// The model that extracts facts after runs (default: the agent's).
     pub fn extraction_model(mut self, model: Arc<dyn Model>) -> Self {
         self.extraction_model = Some(model);
@@ -416,6 +427,7 @@ impl AgentBuilder {
                 approver: self.approver,
                 memory: self.memory,
                 extraction_model: self.extraction_model,
+                retrieval: self.retrieval,
             }),
         })
     }

@@ -120,7 +120,7 @@ pub(crate) struct RunState {
     agent: Arc<AgentInner>,
     scope: Arc<Scope>,
     tools: Vec<ToolBinding>,
-    /// The host's own tools offered to the run (working blocks).
+    /// The host's own tools offered to the run (working blocks, retrieval).
     host_tools: Vec<crate::engine::ToolSpec>,
     output_schema: Option<serde_json::Value>,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
@@ -487,6 +487,7 @@ impl RunState {
         let governor = self.governor.clone();
         let scope = self.scope.clone();
         let memory = self.agent.memory.as_ref().map(|(memory, _)| memory.clone());
+        let docs = self.agent.host.docs();
         async move {
             // Block edits are edits of the agent's own notes: `accept-edits`
             // allows them, `default` asks (or an allow list such as
@@ -507,12 +508,15 @@ impl RunState {
                     );
                 }
             };
-            let outcome = match &memory {
-                Some(memory) => {
+            let outcome = match (&memory, spec.name.as_str()) {
+                (_, super::retrieve_tool::NAME) => {
+                    super::retrieve_tool::call(&docs, &scope, &admitted.call.arguments).await
+                }
+                (Some(memory), _) => {
                     super::block_tools::call(memory, &scope, &spec.name, &admitted.call.arguments)
                         .await
                 }
-                None => Err(ToolFailure::Denied("this agent has no memory".into())),
+                (None, _) => Err(ToolFailure::Denied("this agent has no memory".into())),
             };
             let summary = match &outcome {
                 Ok(output) => Ok(output.output.as_str()),
@@ -579,6 +583,7 @@ impl RunState {
                 sessions: None,
                 approver: self.agent.approver.clone(),
                 extraction_model: None,
+                retrieval: self.agent.retrieval,
                 // The same user's memory, to recall; the parent's episode
                 // records the run, so the sub-agent stores none.
                 memory: self.agent.memory.clone().map(|(memory, options)| {
@@ -800,14 +805,16 @@ pub(crate) async fn execute(
             history_messages: history.len(),
         });
     }
-    // The block tools, unless a component already offers a tool so named.
-    let host_tools = match &agent.memory {
-        Some((_, options)) if options.block_tools => super::block_tools::specs()
-            .into_iter()
-            .filter(|spec| !tools.iter().any(|b| b.spec.name == spec.name))
-            .collect(),
+    // The host's own tools (working blocks, retrieval), unless a component
+    // already offers a tool so named.
+    let mut host_tools = match &agent.memory {
+        Some((_, options)) if options.block_tools => super::block_tools::specs(),
         _ => Vec::new(),
     };
+    if agent.retrieval {
+        host_tools.push(super::retrieve_tool::spec());
+    }
+    host_tools.retain(|spec| !tools.iter().any(|b| b.spec.name == spec.name));
     let state = Arc::new(RunState {
         agent: agent.clone(),
         scope: scope.clone(),

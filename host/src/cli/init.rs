@@ -125,6 +125,18 @@ mode = "default"
 # fsync = "always"            # "always", "interval" (fsync_interval_ms) or "never"
 # redact = ["arguments", "prompt"]   # hidden by `loom audit show`
 
+# Documents for retrieval (`loom docs ingest|search`), one index per tenant
+# under <data_dir>/docs. Without [retrieval.embeddings], search is BM25 only.
+[retrieval]
+max_document_bytes = 10485760
+max_index_bytes = 1073741824   # per tenant
+chunk_chars = 1200
+chunk_overlap = 150
+# [retrieval.embeddings]       # any OpenAI-compatible /embeddings endpoint
+# base_url = "https://api.openai.com/v1"
+# model = "text-embedding-3-small"
+# api_key_env = "OPENAI_API_KEY"
+
 # The agent `loom run` builds.
 [agent]
 instructions = "You are a helpful assistant. Use the tools when they help."
@@ -135,6 +147,7 @@ architecture = "react"
 max_turns = 10
 output_retries = 2
 run_timeout_ms = 300000
+retrieval = false             # offer the `retrieve` tool over the tenant's documents (`loom docs`)
 
 # What the agent remembers of each user (`loom memory` reads and forgets it).
 [agent.memory]
@@ -211,6 +224,7 @@ mod tests {
             "[tenants.default.permissions]",
             "[[tenants.default.policies]]",
             "[audit]",
+            "[retrieval]",
             "[agent]",
             "[agent.memory]",
             "[models.openai]",

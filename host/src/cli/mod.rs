@@ -1,5 +1,6 @@
 //! Argument parsing and the `loom` subcommands.
 
+mod docs;
 mod govern;
 mod init;
 mod memory;
@@ -53,6 +54,9 @@ enum Command {
     /// forget and export.
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
+    /// A tenant's documents for retrieval: ingest, search, list, delete.
+    #[command(subcommand)]
+    Docs(docs::DocsCommand),
     /// Write a commented loom.toml that names every section.
     Init {
         /// Where to write it.
@@ -231,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
         Command::Memory(command) => memory::run(command).await,
+        Command::Docs(command) => docs::run(command).await,
         Command::Budget(BudgetCommand::Show {
             config,
             tenant,

@@ -69,7 +69,8 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
         .output_retries(settings.output_retries)
         .run_timeout(std::time::Duration::from_millis(settings.run_timeout_ms))
         .prices(prices)
-        .sessions(sessions);
+        .sessions(sessions)
+        .retrieval(settings.retrieval);
     if let Some(tools) = settings.tools {
         builder = builder.tools(tools);
     }
