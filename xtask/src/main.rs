@@ -362,6 +362,143 @@ fn demo() -> Result<(), String> {
         &["audit", "verify", &tampered.display().to_string()],
         false,
     )?;
+    println!("\nMemory: facts that know when, and a complete forget.");
+    let fact = |user: &str, object: &str, from: &str| {
+        vec![
+            "memory".to_owned(),
+            "facts".to_owned(),
+            "add".to_owned(),
+            "--tenant".to_owned(),
+            "acme".to_owned(),
+            "--user".to_owned(),
+            user.to_owned(),
+            "--subject".to_owned(),
+            user.to_owned(),
+            "--predicate".to_owned(),
+            "livesIn".to_owned(),
+            "--object".to_owned(),
+            object.to_owned(),
+            "--valid-from".to_owned(),
+            from.to_owned(),
+        ]
+    };
+    let tokyo = fact("carol", "Tokyo", "2020-01-01");
+    let tokyo: Vec<&str> = tokyo.iter().map(String::as_str).collect();
+    step("carol lives in Tokyo since 2020", &tokyo, true)?;
+    // The moment between the two writes, for --known-at.
+    let before_move = {
+        let out = Command::new(&loom)
+            .args([
+                "memory", "facts", "--tenant", "acme", "--user", "carol", "--json",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .env("LOOM_DEMO_TOKEN", "token-from-the-host-env")
+            .env("LOOM_AUDIT_KEY", DEMO_AUDIT_KEY)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", loom.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let start = text
+            .find("\"recorded_at\": \"")
+            .ok_or_else(|| {
+                format!(
+                    "memory facts --json printed no recorded_at: {}{}",
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?
+            + "\"recorded_at\": \"".len();
+        text[start..]
+            .split('"')
+            .next()
+            .ok_or("memory facts --json printed no recorded_at")?
+            .to_owned()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let paris = fact("carol", "Paris", "2025-06-01");
+    let paris: Vec<&str> = paris.iter().map(String::as_str).collect();
+    step(
+        "carol moves to Paris in June 2025: the Tokyo fact is closed where Paris starts",
+        &paris,
+        true,
+    )?;
+    let dave = fact("dave", "Tokyo", "2021-01-01");
+    let dave: Vec<&str> = dave.iter().map(String::as_str).collect();
+    step("dave lives in Tokyo too", &dave, true)?;
+    for (title, extra) in [
+        (
+            "Where carol lived in 2024",
+            vec!["--valid-at", "2024-01-01"],
+        ),
+        (
+            "Where carol lives in 2026",
+            vec!["--valid-at", "2026-01-01"],
+        ),
+        (
+            "What Loom believed about 2026 before the move was recorded",
+            vec![
+                "--valid-at",
+                "2026-01-01",
+                "--known-at",
+                before_move.as_str(),
+            ],
+        ),
+    ] {
+        let mut args = vec!["memory", "facts", "--tenant", "acme", "--user", "carol"];
+        args.extend(extra);
+        step(title, &args, true)?;
+    }
+    step(
+        "dave's fact never changed",
+        &["memory", "facts", "--tenant", "acme", "--user", "dave"],
+        true,
+    )?;
+    step(
+        "Forget carol: counts per kind, and an audit entry",
+        &["memory", "forget", "--tenant", "acme", "--user", "carol"],
+        true,
+    )?;
+    step(
+        "Nothing of carol is left",
+        &["memory", "export", "--tenant", "acme", "--user", "carol"],
+        true,
+    )?;
+    println!("\nRetrieval: each tenant's own document store.");
+    let guide = demo.join("guide.md");
+    std::fs::write(
+        &guide,
+        "# Loom guide\n\n## Budgets\nA budget caps tokens, cost and tool calls per user per day.\n\n\
+         ## Forget\nloom memory forget deletes a user's episodes, facts, blocks and sessions.\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let guide_path = guide.display().to_string();
+    step(
+        "Ingest a markdown guide for acme",
+        &["docs", "ingest", "--tenant", "acme", &guide_path],
+        true,
+    )?;
+    step(
+        "acme searches it (BM25; hybrid with embeddings configured)",
+        &[
+            "docs",
+            "search",
+            "--tenant",
+            "acme",
+            "how do I delete a user's data?",
+        ],
+        true,
+    )?;
+    step(
+        "globex has no such document",
+        &[
+            "docs",
+            "search",
+            "--tenant",
+            "globex",
+            "delete a user's data",
+        ],
+        true,
+    )?;
     println!(
         "\nDemo finished: every allowed call ran and every denied one was refused inside the sandbox."
     );
