@@ -482,6 +482,8 @@ pub struct LoomConfig {
     pub store_sync: crate::store::StoreSync,
     /// `[retrieval]`: the document stores.
     pub retrieval: crate::retrieval::RetrievalSettings,
+    /// The database's page cache in bytes (`[store] cache_mib`).
+    pub store_cache_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -526,6 +528,7 @@ struct RawStore {
     #[serde(default)]
     fsync: RawFsync,
     fsync_interval_ms: Option<u64>,
+    cache_mib: Option<usize>,
 }
 
 fn default_true() -> bool {
@@ -790,6 +793,16 @@ impl LoomConfig {
                 }
             },
             retrieval: raw.retrieval,
+            store_cache_bytes: match raw.store.cache_mib {
+                None => crate::store::DEFAULT_CACHE_BYTES,
+                Some(mib @ 1..=65_536) => mib << 20,
+                Some(_) => {
+                    return Err(invalid(
+                        "store.cache_mib",
+                        "must be between 1 and 65536 (MiB)",
+                    ));
+                }
+            },
         })
     }
 
@@ -834,6 +847,7 @@ impl LoomConfig {
             audit: None,
             store_sync: crate::store::StoreSync::Always,
             retrieval: crate::retrieval::RetrievalSettings::default(),
+            store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 

@@ -71,7 +71,11 @@ impl Host {
     /// load are reported in the catalog, not here.
     pub async fn start(config: LoomConfig) -> Result<Self, HostError> {
         let config = Arc::new(config);
-        let store = Store::open_with(&config.data_dir.join("loom.redb"), config.store_sync)?;
+        let store = Store::open_with_cache(
+            &config.data_dir.join("loom.redb"),
+            config.store_sync,
+            config.store_cache_bytes,
+        )?;
         let audit = config
             .audit
             .as_ref()

@@ -30,6 +30,7 @@ builtin_plugins = true
 [store]
 fsync = "always"
 # fsync_interval_ms = 100
+cache_mib = 256               # the database's page cache
 
 # The shared WebAssembly engine.
 [engine]

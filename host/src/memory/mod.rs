@@ -1117,8 +1117,7 @@ fn rank_candidates(
     limit: usize,
     relevant_only: bool,
 ) -> Vec<Recalled> {
-    let texts: Vec<String> = candidates.iter().map(|c| c.text.clone()).collect();
-    let scores = rank::bm25(query, &texts);
+    let scores = rank::bm25(query, candidates.iter().map(|c| c.text.as_str()));
     let best = scores.iter().copied().fold(0.0_f64, f64::max);
     let mut ranked: Vec<(usize, f64, Recalled)> = candidates
         .into_iter()

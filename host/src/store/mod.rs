@@ -88,6 +88,9 @@ struct Job {
     done: Option<Done>,
 }
 
+/// The page cache of a store opened without a size (`[store] cache_mib`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 8192;
 
@@ -139,6 +142,20 @@ impl Store {
     ///
     /// [`StoreError::Open`] naming the file.
     pub fn open_with(path: &Path, sync: StoreSync) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_cache(path, sync, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open_with`], with a page cache of `cache_bytes` (redb's
+    /// own default is 1 GiB, which a big store fills).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] naming the file.
+    pub fn open_with_cache(
+        path: &Path,
+        sync: StoreSync,
+        cache_bytes: usize,
+    ) -> Result<Arc<Self>, StoreError> {
         let open_error = |message: String| StoreError::Open {
             path: path.display().to_string(),
             message,
@@ -146,7 +163,12 @@ impl Store {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
         }
-        let db = Arc::new(redb::Database::create(path).map_err(|e| open_error(e.to_string()))?);
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|e| open_error(e.to_string()))?,
+        );
         let (queue, jobs) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
             .name("loom-store-writer".into())
