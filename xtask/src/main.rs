@@ -398,16 +398,13 @@ fn demo() -> Result<(), String> {
             .output()
             .map_err(|e| format!("cannot run {}: {e}", loom.display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let start = text
-            .find("\"recorded_at\": \"")
-            .ok_or_else(|| {
-                format!(
-                    "memory facts --json printed no recorded_at: {}{}",
-                    text,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?
-            + "\"recorded_at\": \"".len();
+        let start = text.find("\"recorded_at\": \"").ok_or_else(|| {
+            format!(
+                "memory facts --json printed no recorded_at: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })? + "\"recorded_at\": \"".len();
         text[start..]
             .split('"')
             .next()
