@@ -836,3 +836,60 @@ async fn block_tools_edit_the_run_users_blocks_and_are_governed() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_and_older_news_keep_one_fact_per_moment() {
+    let env = TestEnv::new();
+    let host = host(&env, "").await;
+    let memory = host.memory();
+    let alice = user("alice");
+    let valid_at = |day: &str| FactQuery {
+        valid_at: Some(at(day)),
+        ..FactQuery::default()
+    };
+    // The same start twice: the second corrects the first.
+    memory
+        .add_fact(&acme(), &alice, lives_in("Paris", "2024-01-01"))
+        .await
+        .unwrap();
+    let london = memory
+        .add_fact(&acme(), &alice, lives_in("London", "2024-01-01"))
+        .await
+        .unwrap();
+    assert!(london.created && london.closed.is_empty());
+    assert_eq!(london.fact.valid_until, None);
+    assert_eq!(
+        objects(
+            &memory
+                .facts(&acme(), &alice, &valid_at("2025-01-01"))
+                .unwrap()
+        ),
+        ["London"]
+    );
+
+    // Older news inside a closed window trims it and ends where the next
+    // fact begins: never two facts for one moment.
+    let bob = user("bob");
+    for (city, from) in [
+        ("Tokyo", "2020-01-01"),
+        ("Paris", "2022-01-01"),
+        ("Berlin", "2021-01-01"),
+    ] {
+        memory
+            .add_fact(&acme(), &bob, lives_in(city, from))
+            .await
+            .unwrap();
+    }
+    for (day, city) in [
+        ("2020-06-01", "Tokyo"),
+        ("2021-06-01", "Berlin"),
+        ("2022-06-01", "Paris"),
+        ("2030-01-01", "Paris"),
+    ] {
+        assert_eq!(
+            objects(&memory.facts(&acme(), &bob, &valid_at(day)).unwrap()),
+            [city],
+            "{day}"
+        );
+    }
+}

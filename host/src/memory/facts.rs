@@ -68,8 +68,9 @@ pub enum Expiry {
     Superseded {
         /// The fact that closed it.
         by: String,
-        /// The version with `valid_until` set.
-        closed: String,
+        /// The version with its window cut where the new fact starts;
+        /// `None` when the new fact starts where it did (a correction).
+        closed: Option<String>,
     },
     /// Withdrawn by hand.
     Retracted,
@@ -293,30 +294,48 @@ pub(crate) fn record(
         });
     }
 
-    let number = next_id();
+    // A number no row of the user holds (the clock may have stepped back
+    // across a restart): never overwrite a stored fact.
+    let fresh = |facts: &redb::Table<(&str, &str, u64), &[u8]>| -> Result<u64, StoreError> {
+        loop {
+            let number = next_id();
+            if facts.get((tenant, user, number)).map_err(io)?.is_none() {
+                return Ok(number);
+            }
+        }
+    };
+    let number = fresh(&facts)?;
     let id = ids::fact_id(number);
     let mut closed = Vec::new();
+    // Where the believed versions with another object start: the new fact
+    // ends at the first one after its own start.
+    let mut later_starts = Vec::new();
     for (old_number, old) in current {
-        if old.valid_until.is_some() || match_key(&old.object) == object_key {
+        if match_key(&old.object) == object_key {
             continue;
         }
-        if old.valid_from >= valid_from {
-            // The open fact started later: the new one is older news and
-            // ends where the open one begins; the open one stays.
-            if valid_until.is_none_or(|until| until > old.valid_from) {
-                valid_until = Some(old.valid_from);
+        let overlaps_start =
+            old.valid_from <= valid_from && old.valid_until.is_none_or(|until| until > valid_from);
+        if !overlaps_start {
+            if old.valid_from > valid_from {
+                later_starts.push(old.valid_from);
             }
             continue;
         }
-        // Close the open fact at the new one's start: expire it as it
-        // stood and record the closed window as a new version.
-        let closed_number = next_id();
-        let closed_id = ids::fact_id(closed_number);
+        // The old version holds where the new fact starts: stop believing
+        // it as it stood, and, unless the new fact starts where it did (a
+        // correction of it), record it again ending there.
+        let kept = if old.valid_from < valid_from {
+            let closed_number = fresh(&facts)?;
+            Some((closed_number, ids::fact_id(closed_number)))
+        } else {
+            None
+        };
         let mut expired = old.clone();
         expired.expired_at = Some(now);
         expired.expired_by = Some(Expiry::Superseded {
             by: id.clone(),
-            closed: closed_id.clone(),
+            closed: kept.as_ref().map(|(_, id)| id.clone()),
         });
         facts
             .insert((tenant, user, old_number), encode(&expired)?.as_slice())
@@ -330,6 +349,9 @@ pub(crate) fn record(
                 old_number,
             ))
             .map_err(io)?;
+        let Some((closed_number, closed_id)) = kept else {
+            continue;
+        };
         let version = Fact {
             id: closed_id,
             valid_until: Some(valid_from),
@@ -355,6 +377,12 @@ pub(crate) fn record(
             )
             .map_err(io)?;
         closed.push(version);
+    }
+    // Older news ends where the next believed fact begins.
+    if let Some(next) = later_starts.into_iter().filter(|s| *s > valid_from).min()
+        && valid_until.is_none_or(|until| until > next)
+    {
+        valid_until = Some(next);
     }
 
     let fact = Fact {
