@@ -893,3 +893,93 @@ async fn corrections_and_older_news_keep_one_fact_per_moment() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_during_a_run_leaves_nothing_for_the_run_to_bring_back() {
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    let host = Arc::new(env.host("[tenants.acme]\n").await);
+    let open = Arc::new(tokio::sync::Notify::new());
+    let model = Arc::new(Gated {
+        answer: "Noted.".into(),
+        open: Some(open.clone()),
+        calls: Mutex::new(0),
+    });
+    let agent = Agent::builder("You are helpful.")
+        .host(host.clone())
+        .model(model.clone())
+        .sessions(host.sessions())
+        .memory(host.memory(), MemoryOptions::default())
+        .build()
+        .unwrap();
+    let alice = user("alice");
+    host.sessions()
+        .save(
+            &acme(),
+            &alice,
+            &"chat".parse().unwrap(),
+            &[Message::user("my secret")],
+        )
+        .await
+        .unwrap();
+    let run = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            agent
+                .run(RunRequest::new(
+                    scope("acme", Some("alice")).with_session("chat".parse::<SessionId>().unwrap()),
+                    "remember my secret",
+                ))
+                .await
+        })
+    };
+    for _ in 0..200 {
+        if *model.calls.lock().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    host.forget_user(&acme(), &alice, "test").await.unwrap();
+    open.notify_waiters();
+    run.await.unwrap().unwrap();
+    host.flush().await.unwrap();
+    assert_eq!(
+        host.memory().remaining(&acme(), &alice).unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(
+        host.sessions()
+            .load(&acme(), &alice, &"chat".parse().unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_share_no_memory() {
+    let env = TestEnv::new();
+    let (agent, model, memory, _host) = memory_agent(&env, "ok").await;
+    memory
+        .remember(
+            &acme(),
+            &UserId::Anonymous,
+            loom_host::memory::EpisodeKind::Note,
+            loom_host::memory::NewEpisode {
+                input: "an anonymous secret about tea".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent
+        .run(RunRequest::new(scope("acme", None), "tea?"))
+        .await
+        .unwrap();
+    let prompt = system_text(&model.seen.lock().unwrap()[0]);
+    assert!(!prompt.contains("secret"), "{prompt}");
+    assert_eq!(
+        memory.episodes(&acme(), &UserId::Anonymous).unwrap().len(),
+        1,
+        "no episode added"
+    );
+}

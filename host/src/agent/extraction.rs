@@ -22,7 +22,15 @@ use std::time::Duration;
 const EXTRACTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Start extracting facts from `episode` of the run in `scope`.
-pub(crate) fn start(agent: &Arc<AgentInner>, memory: &Memory, scope: &Scope, episode: Episode) {
+/// `generation` is the user's forget generation when the run started: a
+/// forget since then drops the facts.
+pub(crate) fn start(
+    agent: &Arc<AgentInner>,
+    memory: &Memory,
+    scope: &Scope,
+    episode: Episode,
+    generation: u64,
+) {
     let event = |kind| MemoryEvent {
         tenant: scope.tenant.as_str().to_owned(),
         user: scope.user.name().map(str::to_owned),
@@ -38,7 +46,6 @@ pub(crate) fn start(agent: &Arc<AgentInner>, memory: &Memory, scope: &Scope, epi
             return;
         }
     };
-    let generation = memory.forget_generation(&scope.tenant, &scope.user);
     let job = {
         let agent = agent.clone();
         let memory = memory.clone();

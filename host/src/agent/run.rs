@@ -633,6 +633,9 @@ impl RunState {
             let Some((memory, _)) = &self.agent.memory else {
                 return Vec::new();
             };
+            if matches!(self.scope.user, crate::tenancy::ids::UserId::Anonymous) {
+                return Vec::new();
+            }
             match memory.recall(&self.scope.tenant, &self.scope.user, &query, limit as usize) {
                 Ok(items) => items
                     .into_iter()
@@ -657,6 +660,11 @@ impl RunState {
                     "no memory is configured for this agent".into(),
                 ));
             };
+            if matches!(self.scope.user, crate::tenancy::ids::UserId::Anonymous) {
+                return Err(wit::HarnessError::InvalidRequest(
+                    "memory is kept for named users only; this run is anonymous".into(),
+                ));
+            }
             let note = crate::memory::NewEpisode {
                 session: self.scope.session.as_ref().map(|s| s.to_string()),
                 run: Some(self.scope.run.to_string()),
@@ -793,10 +801,21 @@ pub(crate) async fn execute(
             return Ok(result);
         }
     }
+    // Taken before anything of the user is read: if the user is forgotten
+    // while the run goes on, its session save, episode and extraction write
+    // nothing.
+    let forget_guard = host.memory().forget_guard(&scope.tenant, &scope.user);
     let mut history = match &session_key {
         Some((store, session)) => store.load(&scope.tenant, &scope.user, session)?,
         None => Vec::new(),
     };
+    let prior_messages = history.len();
+    // Anonymous callers share one key per tenant: memory is for named
+    // users only, so one anonymous caller never sees another's.
+    let memory = agent
+        .memory
+        .as_ref()
+        .filter(|_| !matches!(scope.user, crate::tenancy::ids::UserId::Anonymous));
     if let Some(events) = &events {
         let _ = events.send(RunEvent::Started {
             run_id: scope.run.to_string(),
@@ -807,7 +826,7 @@ pub(crate) async fn execute(
     }
     // The host's own tools (working blocks, retrieval), unless a component
     // already offers a tool so named.
-    let mut host_tools = match &agent.memory {
+    let mut host_tools = match memory {
         Some((_, options)) if options.block_tools => super::block_tools::specs(),
         _ => Vec::new(),
     };
@@ -846,7 +865,7 @@ pub(crate) async fn execute(
             ..GateLimits::default()
         },
     ));
-    let instructions = match &agent.memory {
+    let instructions = match memory {
         Some((memory, options)) => {
             match memory.prompt_context(
                 &scope.tenant,
@@ -950,17 +969,23 @@ pub(crate) async fn execute(
     // A stopped run is interrupted, whatever the architecture made of it.
     let interrupted = governor.stopped().or(interrupted);
     if let Some((store, session)) = &session_key {
+        let guard = forget_guard.clone();
         store
-            .save(&scope.tenant, &scope.user, session, &history)
+            .save_unless(&scope.tenant, &scope.user, session, &history, move || {
+                !guard.holds()
+            })
             .await?;
     }
     let (usage, cost_usd) = state.totals();
-    if let Some((memory, options)) = &agent.memory
+    if let Some((memory, options)) = memory
         && options.episodes
         && interrupted.is_none()
     {
+        // This run's tool calls and results only, not the session's.
         let transcript = options.transcripts.then(|| {
             history
+                .get(prior_messages..)
+                .unwrap_or_default()
                 .iter()
                 .filter(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some())
                 .cloned()
@@ -974,16 +999,23 @@ pub(crate) async fn execute(
             transcript,
         };
         match memory
-            .remember(
+            .remember_guarded(
                 &scope.tenant,
                 &scope.user,
                 crate::memory::EpisodeKind::Run,
                 episode,
+                forget_guard.clone(),
             )
             .await
         {
-            Ok(episode) if options.extract => {
-                super::extraction::start(&agent, memory, &scope, episode);
+            Ok(Some(episode)) if options.extract => {
+                super::extraction::start(
+                    &agent,
+                    memory,
+                    &scope,
+                    episode,
+                    forget_guard.generation(),
+                );
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "the run's episode could not be stored"),

@@ -238,6 +238,41 @@ struct Inner {
     events: tokio::sync::broadcast::Sender<MemoryEvent>,
 }
 
+/// Whether a user was forgotten since the guard was taken
+/// ([`Memory::forget_guard`]); check it inside the write that must not
+/// land after a forget (the forget bumps the generation on the writer
+/// thread, inside its own transaction).
+#[derive(Clone)]
+pub struct ForgetGuard {
+    inner: Arc<Inner>,
+    key: (String, String),
+    generation: u64,
+}
+
+impl std::fmt::Debug for ForgetGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForgetGuard")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ForgetGuard {
+    /// Whether the user has not been forgotten since.
+    pub fn holds(&self) -> bool {
+        lock(&self.inner.forgets)
+            .get(&self.key)
+            .copied()
+            .unwrap_or(0)
+            == self.generation
+    }
+
+    /// The generation it was taken at (for [`Memory::add_facts`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 /// Extractions that may run at once, host-wide.
 pub const EXTRACTION_CONCURRENCY: usize = 2;
 
@@ -424,6 +459,18 @@ impl Memory {
             .unwrap_or(0)
     }
 
+    /// A guard that holds while (tenant, user) is not forgotten after this
+    /// call: a run takes one when it starts, and its session save, episode
+    /// and extraction write nothing if the user was forgotten meanwhile.
+    pub fn forget_guard(&self, tenant: &TenantId, user: &UserId) -> ForgetGuard {
+        let (t, u) = keys(tenant, user);
+        ForgetGuard {
+            inner: self.inner.clone(),
+            key: (t.to_owned(), u.to_owned()),
+            generation: self.forget_generation(tenant, user),
+        }
+    }
+
     /// Record `facts` in one transaction, in order. With `generation`
     /// (from [`Self::forget_generation`]), nothing is written if the user
     /// was forgotten since: the result is then empty.
@@ -567,38 +614,78 @@ impl Memory {
         kind: EpisodeKind,
         episode: NewEpisode,
     ) -> Result<Episode, MemoryError> {
+        let guard = self.forget_guard(tenant, user);
+        self.remember_guarded(tenant, user, kind, episode, guard)
+            .await?
+            .ok_or_else(|| MemoryError::Invalid("the user was forgotten meanwhile".into()))
+    }
+
+    /// [`Self::remember`], writing nothing (`None`) when the user was
+    /// forgotten since `guard` was taken.
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryError::Store`].
+    pub async fn remember_guarded(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        kind: EpisodeKind,
+        episode: NewEpisode,
+        guard: ForgetGuard,
+    ) -> Result<Option<Episode>, MemoryError> {
         let limits = &self.inner.limits;
-        let number = self.next_number();
         let mut input = episode.input;
         let mut output = episode.output;
         cut(&mut input, limits.max_episode_text_bytes);
         cut(&mut output, limits.max_episode_text_bytes);
-        let episode = Episode {
-            id: ids::episode_id(number),
-            kind,
-            session: episode.session,
-            run: episode.run,
-            at: Timestamp::now(),
-            input,
-            output,
-            transcript: episode
-                .transcript
-                .map(|t| episodes::cap_transcript(t, limits.max_transcript_bytes)),
-        };
-        let bytes = serde_json::to_vec(&episode).map_err(io)?;
+        let at = Timestamp::now();
+        let transcript = episode
+            .transcript
+            .map(|t| episodes::cap_transcript(t, limits.max_transcript_bytes));
         let (t, u) = keys(tenant, user);
         let (t, u) = (t.to_owned(), u.to_owned());
-        self.inner
+        let memory = self.clone();
+        let (session, run) = (episode.session, episode.run);
+        let stored = self
+            .inner
             .store
             .write(move |txn| {
+                use redb::ReadableTable;
+                if !guard.holds() {
+                    return Ok(None);
+                }
                 let mut table = txn.open_table(episodes::EPISODES).map_err(io)?;
+                // A number no episode of the user holds (the clock may have
+                // stepped back across a restart).
+                let number = loop {
+                    let number = memory.next_number();
+                    if table
+                        .get((t.as_str(), u.as_str(), number))
+                        .map_err(io)?
+                        .is_none()
+                    {
+                        break number;
+                    }
+                };
+                let episode = Episode {
+                    id: ids::episode_id(number),
+                    kind,
+                    session: session.clone(),
+                    run: run.clone(),
+                    at,
+                    input: input.clone(),
+                    output: output.clone(),
+                    transcript: transcript.clone(),
+                };
+                let bytes = serde_json::to_vec(&episode).map_err(io)?;
                 table
                     .insert((t.as_str(), u.as_str(), number), bytes.as_slice())
                     .map_err(io)?;
-                Ok(())
+                Ok(Some(episode))
             })
             .await?;
-        Ok(episode)
+        Ok(stored)
     }
 
     /// The user's episodes, oldest first.

@@ -167,11 +167,39 @@ impl SessionStore {
         session: &SessionId,
         messages: &[Message],
     ) -> Result<(), StoreError> {
+        self.save_unless(tenant, user, session, messages, || false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::save`], unless `stale()` says so when the write runs (on the
+    /// writer thread, inside its transaction): then nothing is written or
+    /// cached and the result is `false`. A run passes "its user was
+    /// forgotten since it started".
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails; the previous state is kept.
+    pub async fn save_unless(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        session: &SessionId,
+        messages: &[Message],
+        stale: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(messages).map_err(io)?;
         let key = key(tenant, user, session);
         let row = key.clone();
         let size = bytes.len();
+        let skipped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let skipped_in_op = skipped.clone();
         let op: super::WriteOp = Box::new(move |txn| {
+            if stale() {
+                skipped_in_op.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            skipped_in_op.store(false, std::sync::atomic::Ordering::Relaxed);
             let mut table = txn.open_table(SESSIONS).map_err(io)?;
             table
                 .insert(
@@ -184,12 +212,14 @@ impl SessionStore {
         // The writer runs this after the commit, in commit order.
         let cache = self.cache.clone();
         let saved = Arc::new(messages.to_vec());
+        let skipped_after = skipped.clone();
         let (done, committed) = tokio::sync::oneshot::channel();
         self.store.write_then(
             op,
             Box::new(move |result| {
                 if let Ok(mut cache) = cache.lock() {
                     match &result {
+                        Ok(()) if skipped_after.load(std::sync::atomic::Ordering::Relaxed) => {}
                         Ok(()) => cache.insert(key, saved, size),
                         Err(_) => cache.remove(&key),
                     }
@@ -197,7 +227,8 @@ impl SessionStore {
                 let _ = done.send(result);
             }),
         );
-        committed.await.unwrap_or(Err(StoreError::Closed))
+        committed.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(!skipped.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
