@@ -199,9 +199,22 @@ impl Host {
         if budgets {
             self.governance.ledger().forget_user(tenant, user);
         }
+        // Again right after the commit, on the writer thread: a charge that
+        // raced the forget may have reloaded the old counters meanwhile.
+        let governance = self.governance.clone();
+        let (t, u) = (tenant.clone(), user.clone());
         let report = self
             .memory
-            .forget_with(tenant, user, crate::memory::ForgetOptions { budgets })
+            .forget_then(
+                tenant,
+                user,
+                crate::memory::ForgetOptions { budgets },
+                move || {
+                    if budgets {
+                        governance.ledger().forget_user(&t, &u);
+                    }
+                },
+            )
             .await?;
         let scope = crate::tenancy::ids::Scope::new(tenant.clone(), user.clone());
         self.governance.record(

@@ -78,7 +78,10 @@ fn agent(host: &Arc<Host>, model: Arc<dyn Model>) -> Agent {
         .unwrap()
 }
 
-fn audit_entries(env: &TestEnv) -> Vec<audit::AuditEntry> {
+/// Every audit entry so far: the writer is flushed first (it lets entries
+/// gather for a few milliseconds before writing them).
+async fn audit_entries(host: &Host, env: &TestEnv) -> Vec<audit::AuditEntry> {
+    host.flush().await.unwrap();
     audit::read_entries(&env.path().join("audit.jsonl"), &AuditQuery::default(), &[]).unwrap()
 }
 
@@ -188,7 +191,8 @@ async fn fifty_racing_runs_of_one_user_spend_at_most_the_cap() {
             );
         }
     }
-    let ran = audit_entries(&env)
+    let ran = audit_entries(&host, &env)
+        .await
         .iter()
         .filter(|e| e.action == "tool_call" && e.data["ok"] == true)
         .count();
@@ -261,7 +265,7 @@ async fn modes_and_lists_route_per_user() {
     let events = run("admin", calls("calculate", json!({"expression": "1"}))).await;
     assert_eq!(denied_by(&events).as_deref(), Some("deny list"));
     // The audit log says who decided.
-    let entries = audit_entries(&env);
+    let entries = audit_entries(&host, &env).await;
     assert!(entries.iter().any(|e| e.action == "tool_call"
         && e.user.as_deref() == Some("planner")
         && e.data["decision"] == "deny"
@@ -374,7 +378,7 @@ async fn approvals_allow_deny_edit_remember_and_fail_closed() {
     )
     .await;
     assert_eq!(read("a.txt"), None);
-    let entries = audit_entries(&env);
+    let entries = audit_entries(&host, &env).await;
     assert!(entries.iter().any(|e| e.action == "approval"
         && e.data["decision"]["decision"] == "deny"
         && e.actor == "approver:callback"));
@@ -582,7 +586,7 @@ async fn fifty_users_three_turns_never_cross_in_sessions_budgets_or_audit() {
             "user{u} is charged its own 3 tool calls"
         );
     }
-    let entries = audit_entries(&env);
+    let entries = audit_entries(&host, &env).await;
     for u in 0..50 {
         let user = format!("user{u}");
         let started: Vec<_> = entries
@@ -783,7 +787,7 @@ async fn edited_arguments_pass_the_policies_again_and_remembered_denials_hold() 
     .await
     .unwrap();
     assert!(!env.path().join("data-acme/secret.txt").exists());
-    let entries = audit_entries(&env);
+    let entries = audit_entries(&host, &env).await;
     assert!(entries.iter().any(|e| e.action == "tool_call"
         && e.data["decision"] == "deny"
         && e.data["decided_by"] == "policy deny-args"));

@@ -127,6 +127,8 @@ pub(crate) struct RunState {
     usage: Mutex<Usage>,
     cost: Mutex<f64>,
     turns: AtomicU32,
+    /// Notes stored through the harness's `remember` in this run.
+    notes: AtomicU32,
     lineage: Lineage,
     pub(super) governor: Arc<Governor>,
 }
@@ -636,16 +638,29 @@ impl RunState {
             if matches!(self.scope.user, crate::tenancy::ids::UserId::Anonymous) {
                 return Vec::new();
             }
-            match memory.recall(&self.scope.tenant, &self.scope.user, &query, limit as usize) {
-                Ok(items) => items
+            let (memory, tenant, user) = (
+                memory.clone(),
+                self.scope.tenant.clone(),
+                self.scope.user.clone(),
+            );
+            let found = tokio::task::spawn_blocking(move || {
+                memory.recall(&tenant, &user, &query, limit as usize)
+            })
+            .await;
+            match found {
+                Ok(Ok(items)) => items
                     .into_iter()
                     .map(|item| wit::Recollection {
                         text: item.text,
                         score: item.score,
                     })
                     .collect(),
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "recall failed");
+                    Vec::new()
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "recall was lost");
                     Vec::new()
                 }
             }
@@ -664,6 +679,11 @@ impl RunState {
                 return Err(wit::HarnessError::InvalidRequest(
                     "memory is kept for named users only; this run is anonymous".into(),
                 ));
+            }
+            if self.notes.fetch_add(1, Ordering::Relaxed) >= MAX_NOTES_PER_RUN {
+                return Err(wit::HarnessError::InvalidRequest(format!(
+                    "this run already stored {MAX_NOTES_PER_RUN} notes, the most one run may"
+                )));
             }
             let note = crate::memory::NewEpisode {
                 session: self.scope.session.as_ref().map(|s| s.to_string()),
@@ -844,6 +864,7 @@ pub(crate) async fn execute(
         usage: Mutex::new(Usage::default()),
         cost: Mutex::new(0.0),
         turns: AtomicU32::new(0),
+        notes: AtomicU32::new(0),
         lineage: lineage.clone(),
         governor: governor.clone(),
     });
@@ -867,23 +888,34 @@ pub(crate) async fn execute(
     ));
     let instructions = match memory {
         Some((memory, options)) => {
-            match memory.prompt_context(
-                &scope.tenant,
-                &scope.user,
-                &request.prompt,
+            // Reading and ranking the user's items is blocking work.
+            let (memory, tenant, user, prompt, budget, session) = (
+                memory.clone(),
+                scope.tenant.clone(),
+                scope.user.clone(),
+                request.prompt.clone(),
                 options.recall_tokens,
-                scope.session.as_ref().map(|s| s.as_str()),
-            ) {
-                Ok(Some(context)) => format!("{}\n\n{context}", agent.instructions),
-                Ok(None) => agent.instructions.clone(),
-                Err(error) => {
+                scope.session.as_ref().map(|s| s.as_str().to_owned()),
+            );
+            let context = tokio::task::spawn_blocking(move || {
+                memory.prompt_context(&tenant, &user, &prompt, budget, session.as_deref())
+            })
+            .await;
+            match context {
+                Ok(Ok(Some(context))) => format!("{}\n\n{context}", agent.instructions),
+                Ok(Ok(None)) => agent.instructions.clone(),
+                Ok(Err(error)) => {
                     // Memory failing never fails the run.
                     tracing::warn!(%error, "memory could not be recalled into the prompt");
                     agent.instructions.clone()
                 }
+                Err(error) => {
+                    tracing::warn!(%error, "memory recall was lost");
+                    agent.instructions.clone()
+                }
             }
         }
-        _ => agent.instructions.clone(),
+        None => agent.instructions.clone(),
     };
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
@@ -1037,6 +1069,9 @@ pub(crate) async fn execute(
     governor.audit_completed(&result);
     Ok(result)
 }
+
+/// Notes one run may store through the harness's `remember`.
+const MAX_NOTES_PER_RUN: u32 = 100;
 
 /// A run in progress, as a stream of [`RunEvent`]s ending with `Completed`
 /// or `Error`. Dropping it cancels the run and its in-flight tool calls.

@@ -1,6 +1,10 @@
 //! `loom docs …`: a tenant's document store for retrieval.
 
 use anyhow::Context;
+/// Print model- or user-written text without terminal control sequences.
+fn escape_text(text: &str) -> String {
+    loom_host::engine::boundary::escape_text(text, usize::MAX)
+}
 use clap::Subcommand;
 use loom_host::retrieval::{DocStore, DocumentKind, SearchMode};
 use std::path::PathBuf;
@@ -149,9 +153,10 @@ pub(super) async fn run(command: DocsCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("{} #{} ({})", hit.document, hit.chunk, hit.heading)
                     };
-                    println!("{:.3}  {place}", hit.score);
+                    // Documents are anyone's text: no terminal control sequences.
+                    println!("{:.3}  {}", hit.score, escape_text(&place));
                     for line in hit.text.lines().take(6) {
-                        println!("        {line}");
+                        println!("        {}", escape_text(line));
                     }
                 }
             }

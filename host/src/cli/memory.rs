@@ -2,6 +2,10 @@
 //! and export (GDPR).
 
 use anyhow::Context;
+/// Print model- or user-written text without terminal control sequences.
+fn escape_text(text: &str) -> String {
+    loom_host::engine::boundary::escape_text(text, usize::MAX)
+}
 use clap::{Args, Subcommand};
 use loom_host::LoomConfig;
 use loom_host::governance::audit::{AuditLog, AuditRecord};
@@ -154,9 +158,13 @@ fn print_facts(facts: &[Fact]) {
             ),
             None => format!("recorded {}", fact.recorded_at),
         };
+        // Facts may be model-written: no terminal control sequences.
         println!(
             "{}  {} {} {}  ({window}; {belief})",
-            fact.id, fact.subject, fact.predicate, fact.object
+            fact.id,
+            escape_text(&fact.subject),
+            escape_text(&fact.predicate),
+            escape_text(&fact.object)
         );
     }
 }
@@ -192,15 +200,15 @@ async fn facts_command(command: FactsCommand) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&recorded)?);
             } else if recorded.created {
-                println!("recorded {}", recorded.fact.text());
+                println!("recorded {}", escape_text(&recorded.fact.text()));
                 print_facts(std::slice::from_ref(&recorded.fact));
                 for closed in &recorded.closed {
-                    println!("closed {}", closed.text());
+                    println!("closed {}", escape_text(&closed.text()));
                 }
             } else {
                 println!(
                     "already believed (nothing recorded): {}",
-                    recorded.fact.text()
+                    escape_text(&recorded.fact.text())
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -263,7 +271,9 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
                 }
                 println!("working blocks: {}", summary.blocks.len());
                 for block in &summary.blocks {
-                    println!("{}", block.render());
+                    for line in block.render().lines() {
+                        println!("{}", escape_text(line));
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

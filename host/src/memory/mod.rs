@@ -201,6 +201,21 @@ pub(crate) mod ids {
     }
 }
 
+/// Bytes of each candidate's text that recall ranks by.
+const RANKED_BYTES: usize = 4 * 1024;
+
+/// The first `max` bytes of `text`, on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Cut `text` to at most `max` bytes on a character boundary.
 pub(crate) fn cut(text: &mut String, max: usize) {
     if text.len() > max {
@@ -1012,6 +1027,24 @@ impl Memory {
         user: &UserId,
         options: ForgetOptions,
     ) -> Result<ForgetReport, MemoryError> {
+        self.forget_then(tenant, user, options, || {}).await
+    }
+
+    /// [`Self::forget_with`], running `after_commit` on the store's writer
+    /// thread right after the forget commits, before any later write (to
+    /// drop in-memory copies, such as budget counters a racing charge
+    /// reloaded, that a later write could bring back).
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryError::Store`]; then nothing was deleted.
+    pub async fn forget_then(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        options: ForgetOptions,
+        after_commit: impl FnOnce() + Send + 'static,
+    ) -> Result<ForgetReport, MemoryError> {
         let (t, u) = keys(tenant, user);
         // Running extractions are cancelled; one that already queued its
         // write finds the generation moved and writes nothing.
@@ -1037,7 +1070,10 @@ impl Memory {
                     }
                     Ok(report)
                 },
-                uncache,
+                move || {
+                    uncache();
+                    after_commit();
+                },
             )
             .await?;
         self.emit(MemoryEvent {
@@ -1151,19 +1187,23 @@ fn forget_rows(
     {
         let mut facts_table = txn.open_table(facts::FACTS).map_err(io)?;
         let mut index = txn.open_table(facts::FACT_INDEX).map_err(io)?;
-        let all = facts::all(&facts_table, tenant, user)?;
-        for (number, fact) in all
-            .iter()
-            .filter_map(|f| ids::fact_number(&f.id).map(|n| (n, f)))
+        // Every index key of the user, found by its key range (not rebuilt
+        // from the fact rows, so a stray key cannot survive).
+        let mut doomed = Vec::new();
         {
+            use redb::ReadableTable;
+            for entry in index.range((tenant, user, "", "", 0)..).map_err(io)? {
+                let (key, _) = entry.map_err(io)?;
+                let key = key.value();
+                if key.0 != tenant || key.1 != user {
+                    break;
+                }
+                doomed.push((key.2.to_owned(), key.3.to_owned(), key.4));
+            }
+        }
+        for (subject, predicate, number) in &doomed {
             index
-                .remove((
-                    tenant,
-                    user,
-                    predicate::match_key(&fact.subject).as_str(),
-                    fact.predicate.as_str(),
-                    number,
-                ))
+                .remove((tenant, user, subject.as_str(), predicate.as_str(), *number))
                 .map_err(io)?;
         }
         facts_table
@@ -1204,7 +1244,12 @@ fn rank_candidates(
     limit: usize,
     relevant_only: bool,
 ) -> Vec<Recalled> {
-    let scores = rank::bm25(query, candidates.iter().map(|c| c.text.as_str()));
+    // Each candidate is ranked by its first RANKED_BYTES: a recall costs
+    // at most that much reading per candidate.
+    let scores = rank::bm25(
+        query,
+        candidates.iter().map(|c| prefix(&c.text, RANKED_BYTES)),
+    );
     let best = scores.iter().copied().fold(0.0_f64, f64::max);
     let mut ranked: Vec<(usize, f64, Recalled)> = candidates
         .into_iter()

@@ -1,6 +1,9 @@
 //! Lexical ranking (BM25) and packing into a token budget: recall needs
 //! no network and no model.
 
+/// Distinct query terms ranked by (a longer query is cut).
+pub const MAX_QUERY_TERMS: usize = 64;
+
 /// BM25's term-frequency saturation.
 const K1: f64 = 1.2;
 /// BM25's length normalisation.
@@ -53,6 +56,9 @@ pub fn bm25<'d>(query: &str, documents: impl IntoIterator<Item = &'d str>) -> Ve
     let mut terms = tokens(query);
     terms.sort();
     terms.dedup();
+    // A long query costs each document a pass per term: rank by its first
+    // terms only.
+    terms.truncate(MAX_QUERY_TERMS);
     // Per document: its length and how often each term occurs in it.
     let counted: Vec<(usize, Vec<u32>)> = documents
         .into_iter()

@@ -1,7 +1,7 @@
 //! Retrieval (RAG), apart from memory: a document store per tenant.
 //!
 //! Text and markdown are split into chunks ([`chunk`]) and indexed with
-//! tantivy (BM25) under `<data_dir>/docs/t_<tenant>/`. With
+//! tantivy (BM25) under `<data_dir>/docs/t_<hex of the tenant id>/`. With
 //! `[retrieval.embeddings]` configured, each chunk also gets a vector from an
 //! OpenAI-compatible endpoint ([`embed`]), and search can rank by cosine
 //! similarity or fuse both rankings (reciprocal rank fusion). A tenant's
@@ -259,8 +259,12 @@ impl DocStore {
         if let Some(index) = tenants.get(tenant) {
             return Ok(index.clone());
         }
-        // The prefix keeps ids such as `..` from naming another directory.
-        let dir = self.inner.root.join(format!("t_{}", tenant.as_str()));
+        // Hex: ids such as `..` name no other directory, and `Acme` and
+        // `acme` stay apart on case-insensitive file systems.
+        let dir = self
+            .inner
+            .root
+            .join(format!("t_{}", hex::encode(tenant.as_str())));
         std::fs::create_dir_all(&dir)
             .map_err(|e| RetrievalError::Index(format!("cannot create {}: {e}", dir.display())))?;
         let (schema, fields) = schema();
