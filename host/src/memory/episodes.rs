@@ -3,7 +3,7 @@
 
 use super::timestamp::Timestamp;
 use crate::model::Message;
-use crate::store::{StoreError, io};
+use crate::store::StoreError;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -78,15 +78,7 @@ pub(crate) fn all(
     tenant: &str,
     user: &str,
 ) -> Result<Vec<Episode>, StoreError> {
-    let mut out = Vec::new();
-    for entry in table
-        .range((tenant, user, 0)..=(tenant, user, u64::MAX))
-        .map_err(io)?
-    {
-        let (_, value) = entry.map_err(io)?;
-        out.push(decode(value.value())?);
-    }
-    Ok(out)
+    super::numbered_rows(table, tenant, user, "episode")
 }
 
 /// Cut a transcript to about `max_bytes` of JSON: each message's content

@@ -466,13 +466,5 @@ pub(crate) fn all(
     tenant: &str,
     user: &str,
 ) -> Result<Vec<Fact>, StoreError> {
-    let mut out = Vec::new();
-    for entry in table
-        .range((tenant, user, 0)..=(tenant, user, u64::MAX))
-        .map_err(io)?
-    {
-        let (_, value) = entry.map_err(io)?;
-        out.push(decode(value.value())?);
-    }
-    Ok(out)
+    super::numbered_rows(table, tenant, user, "fact")
 }

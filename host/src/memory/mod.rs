@@ -201,6 +201,28 @@ pub(crate) mod ids {
     }
 }
 
+/// Every row of (tenant, user) in a numbered table, oldest first, decoded;
+/// `what` names the kind in a corruption error.
+pub(crate) fn numbered_rows<T: serde::de::DeserializeOwned>(
+    table: &impl redb::ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
+    tenant: &str,
+    user: &str,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table
+        .range((tenant, user, 0)..=(tenant, user, u64::MAX))
+        .map_err(io)?
+    {
+        let (_, value) = entry.map_err(io)?;
+        out.push(
+            serde_json::from_slice(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("a memory {what}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Bytes of each candidate's text that recall ranks by.
 const RANKED_BYTES: usize = 4 * 1024;
 
