@@ -297,16 +297,19 @@ impl std::fmt::Debug for ForgetGuard {
 impl ForgetGuard {
     /// Whether the user has not been forgotten since.
     pub fn holds(&self) -> bool {
-        lock(&self.inner.forgets)
-            .get(&self.key)
-            .copied()
-            .unwrap_or(0)
-            == self.generation
+        self.inner.generation(&self.key) == self.generation
     }
 
     /// The generation it was taken at (for [`Memory::add_facts`]).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+}
+
+impl Inner {
+    /// Forgets of (tenant, user) so far.
+    fn generation(&self, key: &(String, String)) -> u64 {
+        lock(&self.forgets).get(key).copied().unwrap_or(0)
     }
 }
 
@@ -489,11 +492,7 @@ impl Memory {
     /// The number of forgets of (tenant, user) so far: pass it to
     /// [`Self::add_facts`] to drop facts learned before a later forget.
     pub fn forget_generation(&self, tenant: &TenantId, user: &UserId) -> u64 {
-        let (t, u) = keys(tenant, user);
-        lock(&self.inner.forgets)
-            .get(&(t.to_owned(), u.to_owned()))
-            .copied()
-            .unwrap_or(0)
+        self.forget_guard(tenant, user).generation()
     }
 
     /// A guard that holds while (tenant, user) is not forgotten after this
@@ -501,10 +500,11 @@ impl Memory {
     /// and extraction write nothing if the user was forgotten meanwhile.
     pub fn forget_guard(&self, tenant: &TenantId, user: &UserId) -> ForgetGuard {
         let (t, u) = keys(tenant, user);
+        let key = (t.to_owned(), u.to_owned());
         ForgetGuard {
+            generation: self.inner.generation(&key),
             inner: self.inner.clone(),
-            key: (t.to_owned(), u.to_owned()),
-            generation: self.forget_generation(tenant, user),
+            key,
         }
     }
 
@@ -533,14 +533,10 @@ impl Memory {
             .inner
             .store
             .write(move |txn| {
-                if let Some(generation) = generation {
-                    let now_generation = lock(&memory.inner.forgets)
-                        .get(&(t.clone(), u.clone()))
-                        .copied()
-                        .unwrap_or(0);
-                    if now_generation != generation {
-                        return Ok(Vec::new());
-                    }
+                if let Some(generation) = generation
+                    && memory.inner.generation(&(t.clone(), u.clone())) != generation
+                {
+                    return Ok(Vec::new());
                 }
                 let now = Timestamp::now();
                 let next = || memory.next_number();
