@@ -238,6 +238,60 @@ fn encode(fact: &Fact) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(fact).map_err(io)
 }
 
+type FactsTable<'t> = redb::Table<'t, (&'static str, &'static str, u64), &'static [u8]>;
+type IndexTable<'t> =
+    redb::Table<'t, (&'static str, &'static str, &'static str, &'static str, u64), ()>;
+
+/// Store `fact` as row `number` of (tenant, user), believed: in the index.
+fn believe(
+    facts: &mut FactsTable<'_>,
+    index: &mut IndexTable<'_>,
+    (tenant, user): (&str, &str),
+    number: u64,
+    fact: &Fact,
+) -> Result<(), StoreError> {
+    facts
+        .insert((tenant, user, number), encode(fact)?.as_slice())
+        .map_err(io)?;
+    index
+        .insert(
+            (
+                tenant,
+                user,
+                match_key(&fact.subject).as_str(),
+                fact.predicate.as_str(),
+                number,
+            ),
+            (),
+        )
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Store `expired` (a fact whose `expired_at` is set) as row `number` of
+/// (tenant, user), no longer believed: out of the index.
+fn stop_believing(
+    facts: &mut FactsTable<'_>,
+    index: &mut IndexTable<'_>,
+    (tenant, user): (&str, &str),
+    number: u64,
+    expired: &Fact,
+) -> Result<(), StoreError> {
+    facts
+        .insert((tenant, user, number), encode(expired)?.as_slice())
+        .map_err(io)?;
+    index
+        .remove((
+            tenant,
+            user,
+            match_key(&expired.subject).as_str(),
+            expired.predicate.as_str(),
+            number,
+        ))
+        .map_err(io)?;
+    Ok(())
+}
+
 /// Record `new` for (tenant, user) inside `txn`, closing what it
 /// supersedes. `now` is the knowledge time of this write.
 pub(crate) fn record(
@@ -337,18 +391,7 @@ pub(crate) fn record(
             by: id.clone(),
             closed: kept.as_ref().map(|(_, id)| id.clone()),
         });
-        facts
-            .insert((tenant, user, old_number), encode(&expired)?.as_slice())
-            .map_err(io)?;
-        index
-            .remove((
-                tenant,
-                user,
-                subject_key.as_str(),
-                old.predicate.as_str(),
-                old_number,
-            ))
-            .map_err(io)?;
+        stop_believing(&mut facts, &mut index, (tenant, user), old_number, &expired)?;
         let Some((closed_number, closed_id)) = kept else {
             continue;
         };
@@ -361,21 +404,13 @@ pub(crate) fn record(
             replaces: Some(old.id.clone()),
             ..old
         };
-        facts
-            .insert((tenant, user, closed_number), encode(&version)?.as_slice())
-            .map_err(io)?;
-        index
-            .insert(
-                (
-                    tenant,
-                    user,
-                    subject_key.as_str(),
-                    version.predicate.as_str(),
-                    closed_number,
-                ),
-                (),
-            )
-            .map_err(io)?;
+        believe(
+            &mut facts,
+            &mut index,
+            (tenant, user),
+            closed_number,
+            &version,
+        )?;
         closed.push(version);
     }
     // Older news ends where the next believed fact begins.
@@ -399,21 +434,7 @@ pub(crate) fn record(
         expired_by: None,
         replaces: None,
     };
-    facts
-        .insert((tenant, user, number), encode(&fact)?.as_slice())
-        .map_err(io)?;
-    index
-        .insert(
-            (
-                tenant,
-                user,
-                subject_key.as_str(),
-                fact.predicate.as_str(),
-                number,
-            ),
-            (),
-        )
-        .map_err(io)?;
+    believe(&mut facts, &mut index, (tenant, user), number, &fact)?;
     Ok(Recorded {
         fact,
         created: true,
@@ -444,19 +465,8 @@ pub(crate) fn retract(
     }
     fact.expired_at = Some(now);
     fact.expired_by = Some(Expiry::Retracted);
-    facts
-        .insert((tenant, user, number), encode(&fact)?.as_slice())
-        .map_err(io)?;
     let mut index = txn.open_table(FACT_INDEX).map_err(io)?;
-    index
-        .remove((
-            tenant,
-            user,
-            match_key(&fact.subject).as_str(),
-            fact.predicate.as_str(),
-            number,
-        ))
-        .map_err(io)?;
+    stop_believing(&mut facts, &mut index, (tenant, user), number, &fact)?;
     Ok(Some(fact))
 }
 
