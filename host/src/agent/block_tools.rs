@@ -7,7 +7,7 @@ use crate::engine::{ToolFailure, ToolOutput, ToolSpec};
 use crate::memory::{BlockEdit, Memory};
 use crate::tenancy::ids::Scope;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Reads the user's blocks.
 pub(crate) const READ: &str = "memory_blocks";
@@ -111,12 +111,5 @@ pub(crate) async fn call(
         }
         other => return Err(ToolFailure::UnknownTool(other.to_owned())),
     };
-    Ok(ToolOutput {
-        output: output.to_string(),
-        truncated_from: None,
-        logs: Vec::new(),
-        denials: Vec::new(),
-        elapsed: started.elapsed(),
-        cpu: Duration::ZERO,
-    })
+    Ok(ToolOutput::from_host(output.to_string(), started))
 }

@@ -6,7 +6,7 @@ use crate::engine::{ToolFailure, ToolOutput, ToolSpec};
 use crate::retrieval::{DocStore, MAX_RESULTS, RetrievalError, SearchMode};
 use crate::tenancy::ids::Scope;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The tool's name.
 pub(crate) const NAME: &str = "retrieve";
@@ -54,12 +54,5 @@ pub(crate) async fn call(
             RetrievalError::Invalid(m) => ToolFailure::InvalidArguments(m),
             other => ToolFailure::Failed(other.to_string()),
         })?;
-    Ok(ToolOutput {
-        output: json!(hits).to_string(),
-        truncated_from: None,
-        logs: Vec::new(),
-        denials: Vec::new(),
-        elapsed: started.elapsed(),
-        cpu: Duration::ZERO,
-    })
+    Ok(ToolOutput::from_host(json!(hits).to_string(), started))
 }

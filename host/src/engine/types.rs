@@ -89,3 +89,18 @@ pub struct ToolOutput {
     /// CPU time the call used, host work on its behalf included.
     pub cpu: Duration,
 }
+
+impl ToolOutput {
+    /// The output of a tool the host runs itself (no component, no
+    /// sandbox): no logs, no denials, no guest CPU; `elapsed` since `started`.
+    pub(crate) fn from_host(output: String, started: std::time::Instant) -> Self {
+        ToolOutput {
+            output,
+            truncated_from: None,
+            logs: Vec::new(),
+            denials: Vec::new(),
+            elapsed: started.elapsed(),
+            cpu: Duration::ZERO,
+        }
+    }
+}
