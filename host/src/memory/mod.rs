@@ -961,27 +961,20 @@ impl Memory {
     /// [`MemoryError::Store`].
     pub fn summary(&self, tenant: &TenantId, user: &UserId) -> Result<MemorySummary, MemoryError> {
         let episodes = self.episodes(tenant, user)?;
-        let facts = self.facts(
-            tenant,
-            user,
-            &FactQuery {
-                known_at: Some(Timestamp::from_millis(i64::MAX)),
-                ..FactQuery::default()
-            },
-        )?;
+        // Every version, read once: the believed ones are those not expired.
         let versions = {
             let (t, u) = keys(tenant, user);
             let txn = self.read()?;
             match open(&txn, facts::FACTS)? {
-                Some(table) => facts::all(&table, t, u)?.len(),
-                None => 0,
+                Some(table) => facts::all(&table, t, u)?,
+                None => Vec::new(),
             }
         };
         Ok(MemorySummary {
             last_seen: episodes.last().map(|e| e.at),
             episodes: episodes.len(),
-            facts_believed: facts.len(),
-            fact_versions: versions,
+            facts_believed: versions.iter().filter(|f| f.expired_at.is_none()).count(),
+            fact_versions: versions.len(),
             sessions: self.inner.sessions.user_sessions(tenant, user)?.len(),
             blocks: self.blocks(tenant, user)?,
         })
