@@ -901,10 +901,8 @@ impl LedgerInner {
             return Ok(counters);
         };
         let txn = store.db().begin_read().map_err(io)?;
-        let table = match txn.open_table(USAGE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(counters),
-            Err(e) => return Err(io(e)),
+        let Some(table) = crate::store::read_table(&txn, USAGE)? else {
+            return Ok(counters);
         };
         let tenant = subject.tenant.as_str();
         let key = subject.key();

@@ -26,7 +26,7 @@ pub use timestamp::Timestamp;
 
 use crate::model::Message;
 use crate::store::sessions::{self as session_rows, user_key};
-use crate::store::{SessionStore, Store, StoreError, io};
+use crate::store::{SessionStore, Store, StoreError, io, read_table};
 use crate::tenancy::ids::{TenantId, UserId};
 use redb::ReadableDatabase;
 use serde::Serialize;
@@ -586,7 +586,7 @@ impl Memory {
     ) -> Result<Vec<Fact>, MemoryError> {
         let (t, u) = keys(tenant, user);
         let txn = self.read()?;
-        let Some(table) = open(&txn, facts::FACTS)? else {
+        let Some(table) = read_table(&txn, facts::FACTS)? else {
             return Ok(Vec::new());
         };
         let found = if query.known_at.is_none() {
@@ -606,7 +606,7 @@ impl Memory {
         user: &str,
         limit: usize,
     ) -> Result<Vec<Fact>, MemoryError> {
-        let Some(index) = open(txn, facts::FACT_INDEX)? else {
+        let Some(index) = read_table(txn, facts::FACT_INDEX)? else {
             return Ok(Vec::new());
         };
         // Every index key of the user lies between these two: subject keys
@@ -729,7 +729,7 @@ impl Memory {
     pub fn episodes(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<Episode>, MemoryError> {
         let (t, u) = keys(tenant, user);
         let txn = self.read()?;
-        match open(&txn, episodes::EPISODES)? {
+        match read_table(&txn, episodes::EPISODES)? {
             Some(table) => Ok(episodes::all(&table, t, u)?),
             None => Ok(Vec::new()),
         }
@@ -743,7 +743,7 @@ impl Memory {
         user: &str,
         limit: usize,
     ) -> Result<Vec<Episode>, MemoryError> {
-        let Some(table) = open(txn, episodes::EPISODES)? else {
+        let Some(table) = read_table(txn, episodes::EPISODES)? else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
@@ -768,7 +768,7 @@ impl Memory {
     pub fn blocks(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<Block>, MemoryError> {
         let (t, u) = keys(tenant, user);
         let txn = self.read()?;
-        match open(&txn, blocks::BLOCKS)? {
+        match read_table(&txn, blocks::BLOCKS)? {
             Some(table) => Ok(blocks::all(&table, t, u)?),
             None => Ok(Vec::new()),
         }
@@ -857,7 +857,7 @@ impl Memory {
         let txn = self.read()?;
         let now = Timestamp::now();
         let mut out = Vec::new();
-        if let Some(table) = open(&txn, facts::FACTS)? {
+        if let Some(table) = read_table(&txn, facts::FACTS)? {
             for fact in self.believed(&txn, &table, t, u, limits.recall_fact_window)? {
                 if fact.valid_at(now) {
                     out.push(Recalled {
@@ -965,7 +965,7 @@ impl Memory {
         let versions = {
             let (t, u) = keys(tenant, user);
             let txn = self.read()?;
-            match open(&txn, facts::FACTS)? {
+            match read_table(&txn, facts::FACTS)? {
                 Some(table) => facts::all(&table, t, u)?,
                 None => Vec::new(),
             }
@@ -988,7 +988,7 @@ impl Memory {
     pub fn export(&self, tenant: &TenantId, user: &UserId) -> Result<MemoryExport, MemoryError> {
         let (t, u) = keys(tenant, user);
         let txn = self.read()?;
-        let facts = match open(&txn, facts::FACTS)? {
+        let facts = match read_table(&txn, facts::FACTS)? {
             Some(table) => facts::all(&table, t, u)?,
             None => Vec::new(),
         };
@@ -1304,17 +1304,5 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// Open a table for reading; `None` when it was never written.
-fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &redb::ReadTransaction,
-    table: redb::TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
-    match txn.open_table(table) {
-        Ok(table) => Ok(Some(table)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(io(e)),
     }
 }

@@ -50,6 +50,18 @@ pub(crate) fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
+/// Open `table` for reading; `None` when it was never written.
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// One write: applied inside the writer's transaction. It may be applied
 /// twice (alone, after a batch it shared failed), so it must be repeatable.
 pub(crate) type WriteOp =

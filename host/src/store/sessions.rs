@@ -138,10 +138,8 @@ impl SessionStore {
             return Ok(messages.as_ref().clone());
         }
         let txn = self.store.db().begin_read().map_err(io)?;
-        let table = match txn.open_table(SESSIONS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
+        let Some(table) = super::read_table(&txn, SESSIONS)? else {
+            return Ok(Vec::new());
         };
         let found = table
             .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
@@ -267,10 +265,8 @@ impl SessionStore {
         user: &UserId,
     ) -> Result<Vec<(String, Vec<Message>)>, StoreError> {
         let txn = self.store.db().begin_read().map_err(io)?;
-        let table = match txn.open_table(SESSIONS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
+        let Some(table) = super::read_table(&txn, SESSIONS)? else {
+            return Ok(Vec::new());
         };
         let (tenant, user) = (tenant.as_str(), user_key(user));
         let mut out = Vec::new();
