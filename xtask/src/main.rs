@@ -34,8 +34,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root. `cargo run` sets `CARGO_MANIFEST_DIR` for the
+/// process it starts, which is the clone being worked on; the path baked in
+/// at compile time is only a fallback, because cargo does not rebuild this
+/// binary when another clone shares the target directory (it hashes
+/// workspace paths relative to the workspace), and the baked path would then
+/// name that other clone.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
@@ -363,13 +372,13 @@ fn demo() -> Result<(), String> {
         false,
     )?;
     println!("\nMemory: facts that know when, and a complete forget.");
-    let fact = |user: &str, object: &str, from: &str| {
+    let fact_of = |tenant: &str, user: &str, object: &str, from: &str| {
         vec![
             "memory".to_owned(),
             "facts".to_owned(),
             "add".to_owned(),
             "--tenant".to_owned(),
-            "acme".to_owned(),
+            tenant.to_owned(),
             "--user".to_owned(),
             user.to_owned(),
             "--subject".to_owned(),
@@ -382,6 +391,7 @@ fn demo() -> Result<(), String> {
             from.to_owned(),
         ]
     };
+    let fact = |user: &str, object: &str, from: &str| fact_of("acme", user, object, from);
     let tokyo = fact("carol", "Tokyo", "2020-01-01");
     let tokyo: Vec<&str> = tokyo.iter().map(String::as_str).collect();
     step("carol lives in Tokyo since 2020", &tokyo, true)?;
@@ -458,6 +468,42 @@ fn demo() -> Result<(), String> {
     step(
         "Nothing of carol is left",
         &["memory", "export", "--tenant", "acme", "--user", "carol"],
+        true,
+    )?;
+    println!(
+        "\nMemory components: globex keeps its memory in `kv-memory`, a sandboxed component \
+         on the host's scoped key-value store. Same commands, same answers."
+    );
+    for (title, user, object, from) in [
+        (
+            "erin (globex) lives in Lisbon since 2019",
+            "erin",
+            "Lisbon",
+            "2019-01-01",
+        ),
+        ("erin moves to Porto in 2024", "erin", "Porto", "2024-03-01"),
+    ] {
+        let args = fact_of("globex", user, object, from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        step(title, &args, true)?;
+    }
+    step(
+        "Where erin lived in 2023, answered by the component",
+        &[
+            "memory",
+            "facts",
+            "--tenant",
+            "globex",
+            "--user",
+            "erin",
+            "--valid-at",
+            "2023-01-01",
+        ],
+        true,
+    )?;
+    step(
+        "Forget erin: the component forgets, then the host deletes every key it held",
+        &["memory", "forget", "--tenant", "globex", "--user", "erin"],
         true,
     )?;
     println!("\nRetrieval: each tenant's own document store.");
