@@ -1,6 +1,7 @@
-//! Builds the first-party components (the ReAct architecture and the four
-//! tools) for `wasm32-wasip2` from this workspace's source, in a target
-//! directory of their own, and writes `builtin.rs`, which embeds them in
+//! Builds the first-party components (the ReAct architecture, the four
+//! tools, the `deny-args` policy and the `kv-memory` memory component) for
+//! `wasm32-wasip2` from this workspace's source, in a target directory of
+//! their own, and writes `builtin.rs`, which embeds them in
 //! the host: `loom` serves them with no plugin directory at all.
 //!
 //! The target is installed with rustup when it is missing.
@@ -18,6 +19,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("http-fetch", "loom-tool-http-fetch"),
     ("run-context", "loom-tool-run-context"),
     ("deny-args", "loom-policy-deny-args"),
+    ("kv-memory", "loom-memory-kv"),
 ];
 
 fn ensure_target() {

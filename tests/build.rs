@@ -15,6 +15,7 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
         "plugins/tools",
         "plugins/architectures",
         "plugins/policies",
+        "plugins/memory",
         "tests/fixtures",
     ] {
         let Ok(entries) = std::fs::read_dir(root.join(group)) else {
@@ -47,6 +48,7 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
                 "plugins/tools" => "TOOL",
                 "plugins/architectures" => "ARCH",
                 "plugins/policies" => "POLICY",
+                "plugins/memory" => "MEMORY",
                 _ => "FIXTURE",
             };
             found.push((format!("{prefix}_{stem}"), package, dir));

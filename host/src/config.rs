@@ -289,6 +289,45 @@ pub struct TenantConfig {
     /// Budgets, rate limits, permissions, policies and approvals (shared
     /// with every run of the tenant).
     pub governance: std::sync::Arc<TenantGovernance>,
+    /// `[tenants.T.memory]`: which memory serves the tenant.
+    pub memory: TenantMemorySettings,
+}
+
+/// Default quota of component data per tenant (`kv_quota_mib`).
+pub const DEFAULT_KV_QUOTA_BYTES: u64 = 256 << 20;
+
+/// `[tenants.T.memory]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantMemorySettings {
+    /// A memory component (by plugin name) that holds the tenant's
+    /// episodes, notes and facts instead of the built-in memory. Working
+    /// blocks and sessions stay in the host.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// Most bytes of component data (keys and values) the tenant stores.
+    #[serde(default = "default_kv_quota_mib")]
+    pub kv_quota_mib: u64,
+}
+
+fn default_kv_quota_mib() -> u64 {
+    DEFAULT_KV_QUOTA_BYTES >> 20
+}
+
+impl Default for TenantMemorySettings {
+    fn default() -> Self {
+        TenantMemorySettings {
+            plugin: None,
+            kv_quota_mib: default_kv_quota_mib(),
+        }
+    }
+}
+
+impl TenantMemorySettings {
+    /// The quota in bytes.
+    pub fn kv_quota_bytes(&self) -> u64 {
+        self.kv_quota_mib.saturating_mul(1 << 20)
+    }
 }
 
 impl TenantConfig {
@@ -299,6 +338,7 @@ impl TenantConfig {
             limits,
             grants: ResolvedGrants::default(),
             governance: std::sync::Arc::new(TenantGovernance::default()),
+            memory: TenantMemorySettings::default(),
         }
     }
 }
@@ -570,6 +610,8 @@ struct RawTenant {
     approval_timeout_ms: Option<u64>,
     #[serde(default)]
     forget_budgets: bool,
+    #[serde(default)]
+    memory: TenantMemorySettings,
 }
 
 impl RawTenant {
@@ -747,6 +789,7 @@ impl LoomConfig {
                     limits: tenant_limits,
                     grants,
                     governance: std::sync::Arc::new(governance),
+                    memory: tenant.memory.clone(),
                 },
             );
         }

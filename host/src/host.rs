@@ -181,14 +181,57 @@ impl Host {
         self.docs.clone()
     }
 
+    /// The memory `tenant` uses: its memory component when
+    /// `[tenants.T.memory] plugin` names one (waiting for the tenant's
+    /// plugin directories), else the built-in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Config`] for an unknown tenant; a memory error naming
+    /// the plugin when it is not loaded or not a memory component.
+    pub async fn memory_for(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<crate::memory::TenantMemory, HostError> {
+        let settings = &self.config.tenant(tenant)?.memory;
+        let Some(name) = &settings.plugin else {
+            return Ok(crate::memory::TenantMemory::builtin_only(
+                self.memory.clone(),
+            ));
+        };
+        let catalog = self.catalog_for(tenant).await;
+        let plugin = catalog.memory(tenant, name).cloned().ok_or_else(|| {
+            crate::memory::MemoryError::Component {
+                plugin: name.clone(),
+                message: format!(
+                    "tenant `{tenant}` names it in [tenants.{tenant}.memory] plugin, but no \
+                     memory component of that name is loaded (see `loom plugins list`)"
+                ),
+            }
+        })?;
+        let component = crate::memory::ComponentMemory::new(
+            self.engine.clone(),
+            plugin,
+            self.tenant_limits(tenant)?,
+            settings.kv_quota_bytes(),
+            self.memory.clone(),
+        )?;
+        Ok(crate::memory::TenantMemory::with_component(
+            self.memory.clone(),
+            component,
+        ))
+    }
+
     /// Delete everything held of `user` of `tenant`: episodes, facts,
-    /// working blocks, sessions and — when the tenant's `forget_budgets` is
-    /// on — budget counters; an audit entry `memory_forgotten` records it.
+    /// working blocks, sessions, memory components' data (the component
+    /// is asked to forget, then the host deletes every key it held for the
+    /// user) and — when the tenant's `forget_budgets` is on — budget
+    /// counters; an audit entry `memory_forgotten` records it.
     ///
     /// # Errors
     ///
     /// [`HostError::Config`] for an unknown tenant; a memory error (then
-    /// nothing was deleted).
+    /// nothing of the built-in memory was deleted).
     pub async fn forget_user(
         &self,
         tenant: &TenantId,
@@ -196,6 +239,25 @@ impl Host {
         actor: &str,
     ) -> Result<crate::memory::ForgetReport, HostError> {
         let budgets = self.config.tenant(tenant)?.governance.forget_budgets;
+        // The component forgets first (it may keep more than kv, in
+        // principle); a failing or missing component does not stop the
+        // host from deleting the user's keys below.
+        let mut component_items = 0;
+        match self.memory_for(tenant).await {
+            Ok(memory) => {
+                if let Some(component) = memory.component() {
+                    match component.forget(tenant, user).await {
+                        Ok(count) => component_items = count,
+                        Err(error) => {
+                            tracing::warn!(%error, tenant = %tenant, "the memory component failed to forget; deleting its data directly");
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, tenant = %tenant, "the memory component is unavailable; deleting its data directly");
+            }
+        }
         if budgets {
             self.governance.ledger().forget_user(tenant, user);
         }
@@ -203,7 +265,7 @@ impl Host {
         // raced the forget may have reloaded the old counters meanwhile.
         let governance = self.governance.clone();
         let (t, u) = (tenant.clone(), user.clone());
-        let report = self
+        let mut report = self
             .memory
             .forget_then(
                 tenant,
@@ -216,6 +278,7 @@ impl Host {
                 },
             )
             .await?;
+        report.component_items = component_items;
         let scope = crate::tenancy::ids::Scope::new(tenant.clone(), user.clone());
         self.governance.record(
             &scope,

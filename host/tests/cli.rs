@@ -203,20 +203,20 @@ fn inspect_describes_and_explains_rejection() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["accepted"], true);
-    assert_eq!(report["world"], "loom:plugin/tool-plugin@0.1.0");
+    assert_eq!(report["world"], "loom:plugin/tool-plugin@0.1.1");
     assert!(
         report["exports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e == "loom:plugin/tool@0.1.0")
+            .any(|e| e == "loom:plugin/tool@0.1.1")
     );
     assert!(
         report["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e == "loom:plugin/context@0.1.0")
+            .any(|e| e == "loom:plugin/context@0.1.1")
     );
     assert_eq!(report["tools"][0]["name"], "run_context");
 
@@ -557,9 +557,23 @@ fn fact_objects(env: &TestEnv, extra: &[&str]) -> Vec<String> {
 fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     let env = TestEnv::new();
     env.config("[tenants.acme]\n");
+    memory_cli_flow(&env, "facts: 3");
+}
+
+#[test]
+fn the_memory_cli_works_the_same_on_a_memory_component_tenant() {
+    let env = TestEnv::new();
+    env.add_plugin(components::MEMORY_KV_MEMORY, "kv-memory", None);
+    env.config("[tenants.acme]\n[tenants.acme.memory]\nplugin = \"kv-memory\"\n");
+    memory_cli_flow(&env, "memory component `kv-memory`: 3 items");
+}
+
+/// Tokyo → Paris on the CLI, a bad time, forget (whose report contains
+/// `forgot`), and an empty export after it.
+fn memory_cli_flow(env: &TestEnv, forgot: &str) {
     let add = |user: &str, object: &str, from: &str| {
         let out = loom(
-            &env,
+            env,
             &[
                 "memory",
                 "facts",
@@ -592,7 +606,7 @@ fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     let alice = |extra: &[&str]| {
         let mut args = vec!["--user", "alice"];
         args.extend_from_slice(extra);
-        fact_objects(&env, &args)
+        fact_objects(env, &args)
     };
     assert_eq!(alice(&["--valid-at", "2024-01-01"]), ["Tokyo"]);
     assert_eq!(alice(&["--valid-at", "2026-01-01"]), ["Paris"]);
@@ -603,13 +617,13 @@ fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     );
     // Bob's fact never changed.
     assert_eq!(
-        fact_objects(&env, &["--user", "bob", "--valid-at", "2026-01-01"]),
+        fact_objects(env, &["--user", "bob", "--valid-at", "2026-01-01"]),
         ["Tokyo"]
     );
 
     // A bad time names the forms it takes.
     let out = loom(
-        &env,
+        env,
         &[
             "memory",
             "facts",
@@ -629,17 +643,13 @@ fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     );
 
     let out = loom(
-        &env,
+        env,
         &["memory", "forget", "--tenant", "acme", "--user", "alice"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("facts: 3"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains(forgot), "{}", text(&out.stdout));
     let out = loom(
-        &env,
+        env,
         &["memory", "export", "--tenant", "acme", "--user", "alice"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -647,7 +657,7 @@ fn memory_facts_answer_on_both_time_axes_and_forget_empties_the_export() {
     for kind in ["episodes", "facts", "blocks", "sessions"] {
         assert_eq!(export[kind], serde_json::json!([]), "{kind}");
     }
-    assert_eq!(fact_objects(&env, &["--user", "bob"]), ["Tokyo"]);
+    assert_eq!(fact_objects(env, &["--user", "bob"]), ["Tokyo"]);
 }
 
 #[test]

@@ -30,6 +30,8 @@ const TESTED: &[&str] = &[
     "FIXTURE_FUTURE_VERSION",
     "FIXTURE_ARCHITECTURE_STUB",
     "FIXTURE_SLOW",
+    // Built against loom:plugin@0.1.0; tested in memory_conformance.rs.
+    "FIXTURE_LEGACY_TOOL",
 ];
 
 #[test]

@@ -15,6 +15,7 @@ mod governance;
 mod hostile;
 mod hostile_arch;
 mod memory;
+mod memory_conformance;
 mod plugins;
 mod providers;
 mod retrieval;

@@ -12,7 +12,7 @@
 use super::AgentInner;
 use crate::governance::budget::{Amounts, Metric, RunBudget};
 use crate::memory::extract::{self, EXTRACTION_OUTPUT_TOKENS, MAX_FACTS_PER_EPISODE};
-use crate::memory::{Episode, Memory, MemoryEvent, MemoryEventKind};
+use crate::memory::{Episode, MemoryEvent, MemoryEventKind, TenantMemory};
 use crate::model::Usage;
 use crate::tenancy::ids::Scope;
 use std::sync::Arc;
@@ -26,11 +26,12 @@ const EXTRACTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// forget since then drops the facts.
 pub(crate) fn start(
     agent: &Arc<AgentInner>,
-    memory: &Memory,
+    tenant_memory: &TenantMemory,
     scope: &Scope,
     episode: Episode,
     generation: u64,
 ) {
+    let memory = tenant_memory.builtin();
     let event = |kind| MemoryEvent {
         tenant: scope.tenant.as_str().to_owned(),
         user: scope.user.name().map(str::to_owned),
@@ -49,6 +50,7 @@ pub(crate) fn start(
     let job = {
         let agent = agent.clone();
         let memory = memory.clone();
+        let tenant_memory = tenant_memory.clone();
         let scope = scope.clone();
         async move {
             let emit = |kind| {
@@ -143,7 +145,7 @@ pub(crate) fn start(
                 .into_iter()
                 .filter(|f| f.clone().validated(&limits).is_ok())
                 .collect();
-            match memory
+            match tenant_memory
                 .add_facts(&scope.tenant, &scope.user, facts, Some(generation))
                 .await
             {

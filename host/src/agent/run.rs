@@ -129,6 +129,9 @@ pub(crate) struct RunState {
     turns: AtomicU32,
     /// Notes stored through the harness's `remember` in this run.
     notes: AtomicU32,
+    /// The memory of the run's tenant (built-in or its component), when
+    /// the agent has memory and the user is named.
+    memory: Option<crate::memory::TenantMemory>,
     lineage: Lineage,
     pub(super) governor: Arc<Governor>,
 }
@@ -632,35 +635,23 @@ impl RunState {
         limit: u32,
     ) -> BoxFuture<'_, Vec<wit::Recollection>> {
         Box::pin(async move {
-            let Some((memory, _)) = &self.agent.memory else {
+            // Anonymous runs have no memory (see `execute`).
+            let Some(memory) = &self.memory else {
                 return Vec::new();
             };
-            if matches!(self.scope.user, crate::tenancy::ids::UserId::Anonymous) {
-                return Vec::new();
-            }
-            let (memory, tenant, user) = (
-                memory.clone(),
-                self.scope.tenant.clone(),
-                self.scope.user.clone(),
-            );
-            let found = tokio::task::spawn_blocking(move || {
-                memory.recall(&tenant, &user, &query, limit as usize)
-            })
-            .await;
-            match found {
-                Ok(Ok(items)) => items
+            match memory
+                .recall(&self.scope.tenant, &self.scope.user, &query, limit as usize)
+                .await
+            {
+                Ok(items) => items
                     .into_iter()
                     .map(|item| wit::Recollection {
                         text: item.text,
                         score: item.score,
                     })
                     .collect(),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "recall failed");
-                    Vec::new()
-                }
                 Err(error) => {
-                    tracing::warn!(%error, "recall was lost");
+                    tracing::warn!(%error, "recall failed");
                     Vec::new()
                 }
             }
@@ -670,16 +661,21 @@ impl RunState {
     /// Store a note for the run's user.
     pub(super) fn remember(&self, text: String) -> BoxFuture<'_, Result<(), wit::HarnessError>> {
         Box::pin(async move {
-            let Some((memory, _)) = &self.agent.memory else {
+            if self.agent.memory.is_none() {
                 return Err(wit::HarnessError::InvalidRequest(
                     "no memory is configured for this agent".into(),
                 ));
-            };
+            }
             if matches!(self.scope.user, crate::tenancy::ids::UserId::Anonymous) {
                 return Err(wit::HarnessError::InvalidRequest(
                     "memory is kept for named users only; this run is anonymous".into(),
                 ));
             }
+            let Some(memory) = &self.memory else {
+                return Err(wit::HarnessError::InvalidRequest(
+                    "the tenant's memory is unavailable (see the host log)".into(),
+                ));
+            };
             if self.notes.fetch_add(1, Ordering::Relaxed) >= MAX_NOTES_PER_RUN {
                 return Err(wit::HarnessError::InvalidRequest(format!(
                     "this run already stored {MAX_NOTES_PER_RUN} notes, the most one run may"
@@ -836,6 +832,23 @@ pub(crate) async fn execute(
         .memory
         .as_ref()
         .filter(|_| !matches!(scope.user, crate::tenancy::ids::UserId::Anonymous));
+    // The tenant's memory component, when it has one, holds episodes,
+    // notes and facts; memory failing never fails the run.
+    let tenant_memory = match memory {
+        None => None,
+        Some((builtin, _)) => match host.config().tenant(&scope.tenant) {
+            Ok(tenant) if tenant.memory.plugin.is_some() => {
+                match host.memory_for(&scope.tenant).await {
+                    Ok(memory) => Some(memory),
+                    Err(error) => {
+                        tracing::warn!(%error, "the tenant's memory is unavailable for this run");
+                        None
+                    }
+                }
+            }
+            _ => Some(crate::memory::TenantMemory::builtin_only(builtin.clone())),
+        },
+    };
     if let Some(events) = &events {
         let _ = events.send(RunEvent::Started {
             run_id: scope.run.to_string(),
@@ -865,6 +878,7 @@ pub(crate) async fn execute(
         cost: Mutex::new(0.0),
         turns: AtomicU32::new(0),
         notes: AtomicU32::new(0),
+        memory: tenant_memory.clone(),
         lineage: lineage.clone(),
         governor: governor.clone(),
     });
@@ -886,36 +900,28 @@ pub(crate) async fn execute(
             ..GateLimits::default()
         },
     ));
-    let instructions = match memory {
-        Some((memory, options)) => {
-            // Reading and ranking the user's items is blocking work.
-            let (memory, tenant, user, prompt, budget, session) = (
-                memory.clone(),
-                scope.tenant.clone(),
-                scope.user.clone(),
-                request.prompt.clone(),
-                options.recall_tokens,
-                scope.session.as_ref().map(|s| s.as_str().to_owned()),
-            );
-            let context = tokio::task::spawn_blocking(move || {
-                memory.prompt_context(&tenant, &user, &prompt, budget, session.as_deref())
-            })
-            .await;
+    let instructions = match (memory, &tenant_memory) {
+        (Some((_, options)), Some(tenant_memory)) => {
+            let context = tenant_memory
+                .prompt_context(
+                    &scope.tenant,
+                    &scope.user,
+                    &request.prompt,
+                    options.recall_tokens,
+                    scope.session.as_ref().map(|s| s.as_str()),
+                )
+                .await;
             match context {
-                Ok(Ok(Some(context))) => format!("{}\n\n{context}", agent.instructions),
-                Ok(Ok(None)) => agent.instructions.clone(),
-                Ok(Err(error)) => {
+                Ok(Some(context)) => format!("{}\n\n{context}", agent.instructions),
+                Ok(None) => agent.instructions.clone(),
+                Err(error) => {
                     // Memory failing never fails the run.
                     tracing::warn!(%error, "memory could not be recalled into the prompt");
                     agent.instructions.clone()
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "memory recall was lost");
-                    agent.instructions.clone()
-                }
             }
         }
-        None => agent.instructions.clone(),
+        _ => agent.instructions.clone(),
     };
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
@@ -1009,7 +1015,8 @@ pub(crate) async fn execute(
             .await?;
     }
     let (usage, cost_usd) = state.totals();
-    if let Some((memory, options)) = memory
+    if let Some((_, options)) = memory
+        && let Some(memory) = &tenant_memory
         && options.episodes
         && interrupted.is_none()
     {

@@ -9,7 +9,9 @@ fn escape_text(text: &str) -> String {
 use clap::{Args, Subcommand};
 use loom_host::LoomConfig;
 use loom_host::governance::audit::{AuditLog, AuditRecord};
-use loom_host::memory::{Fact, FactQuery, ForgetOptions, Memory, MemoryLimits, NewFact, Timestamp};
+use loom_host::memory::{
+    Fact, FactQuery, ForgetOptions, Memory, MemoryLimits, NewFact, TenantMemory, Timestamp,
+};
 use loom_host::store::{SessionStore, Store};
 use loom_host::tenancy::ids::{TenantId, UserId};
 use std::process::ExitCode;
@@ -122,23 +124,46 @@ fn time_arg(flag: &str, value: Option<&str>) -> anyhow::Result<Option<Timestamp>
         .transpose()
 }
 
-fn open(whose: &Whose) -> anyhow::Result<(Memory, TenantId, UserId, LoomConfig)> {
-    let config = &whose.config.load()?;
+/// What a memory command works on.
+struct Opened {
+    memory: TenantMemory,
+    tenant: TenantId,
+    user: UserId,
+    config: LoomConfig,
+    /// A running host, when the tenant's memory is a component (which
+    /// needs the engine and the plugin catalog).
+    host: Option<loom_host::host::Host>,
+}
+
+async fn open(whose: &Whose) -> anyhow::Result<Opened> {
+    let config = whose.config.load()?;
     let scope = super::scope::ScopeArgs {
         tenant: whose.tenant.clone(),
         user: None,
         session: None,
     }
-    .scope(config)?;
+    .scope(&config)?;
     let user = UserId::named(whose.user.clone()).context("--user")?;
+    if config.tenant(&scope.tenant)?.memory.plugin.is_some() {
+        let host = loom_host::host::Host::start(config.clone()).await?;
+        let memory = host.memory_for(&scope.tenant).await?;
+        return Ok(Opened {
+            memory,
+            tenant: scope.tenant,
+            user,
+            config,
+            host: Some(host),
+        });
+    }
     let store = Store::open_with(&config.data_dir.join("loom.redb"), config.store_sync)?;
     let sessions = Arc::new(SessionStore::new(store.clone()));
-    Ok((
-        Memory::new(store, sessions, MemoryLimits::default()),
-        scope.tenant,
+    Ok(Opened {
+        memory: TenantMemory::builtin_only(Memory::new(store, sessions, MemoryLimits::default())),
+        tenant: scope.tenant,
         user,
-        config.clone(),
-    ))
+        config,
+        host: None,
+    })
 }
 
 fn print_facts(facts: &[Fact]) {
@@ -186,7 +211,12 @@ async fn facts_command(command: FactsCommand) -> anyhow::Result<ExitCode> {
                 }),
             ..
         } => {
-            let (memory, tenant, user, _) = open(&whose)?;
+            let Opened {
+                memory,
+                tenant,
+                user,
+                ..
+            } = open(&whose).await?;
             let fact = NewFact {
                 subject,
                 predicate,
@@ -232,13 +262,18 @@ async fn facts_command(command: FactsCommand) -> anyhow::Result<ExitCode> {
                 tenant,
                 user,
             };
-            let (memory, tenant, user, _) = open(&whose)?;
+            let Opened {
+                memory,
+                tenant,
+                user,
+                ..
+            } = open(&whose).await?;
             let query = FactQuery {
                 valid_at: time_arg("--valid-at", valid_at.as_deref())?,
                 known_at: time_arg("--known-at", known_at.as_deref())?,
                 ..FactQuery::default()
             };
-            let facts = memory.facts(&tenant, &user, &query)?;
+            let facts = memory.facts(&tenant, &user, &query).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&facts)?);
             } else {
@@ -254,8 +289,13 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
     match command {
         MemoryCommand::Facts(facts) => facts_command(*facts).await,
         MemoryCommand::Show { whose, json } => {
-            let (memory, tenant, user, _) = open(&whose)?;
-            let summary = memory.summary(&tenant, &user)?;
+            let Opened {
+                memory,
+                tenant,
+                user,
+                ..
+            } = open(&whose).await?;
+            let summary = memory.summary(&tenant, &user).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -279,33 +319,53 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         MemoryCommand::Forget { whose, json } => {
-            let (memory, tenant, user, config) = open(&whose)?;
-            // Open the audit log first: a forget that cannot be recorded
-            // is not carried out.
-            let audit = config
-                .audit
-                .as_ref()
-                .map(AuditLog::open)
-                .transpose()
-                .context("cannot open the audit log to record the forget")?;
-            let budgets = config.tenant(&tenant)?.governance.forget_budgets;
-            let report = memory
-                .forget_with(&tenant, &user, ForgetOptions { budgets })
-                .await?;
-            if let Some(audit) = &audit {
-                audit.record(AuditRecord {
-                    tenant: tenant.as_str().to_owned(),
-                    user: user.name().map(str::to_owned),
-                    run: None,
-                    action: "memory_forgotten",
-                    actor: "cli".to_owned(),
-                    data: serde_json::to_value(report)?,
-                });
-                audit
-                    .flush()
-                    .await
-                    .context("the forget was done but its audit entry could not be written")?;
-            }
+            let Opened {
+                memory,
+                tenant,
+                user,
+                config,
+                host,
+            } = open(&whose).await?;
+            let report = match &host {
+                // The host asks the component to forget, deletes the rest
+                // and records the audit entry.
+                Some(host) => {
+                    let report = host.forget_user(&tenant, &user, "cli").await?;
+                    host.flush()
+                        .await
+                        .context("the forget was done but its audit entry could not be written")?;
+                    report
+                }
+                None => {
+                    // Open the audit log first: a forget that cannot be
+                    // recorded is not carried out.
+                    let audit = config
+                        .audit
+                        .as_ref()
+                        .map(AuditLog::open)
+                        .transpose()
+                        .context("cannot open the audit log to record the forget")?;
+                    let budgets = config.tenant(&tenant)?.governance.forget_budgets;
+                    let report = memory
+                        .builtin()
+                        .forget_with(&tenant, &user, ForgetOptions { budgets })
+                        .await?;
+                    if let Some(audit) = &audit {
+                        audit.record(AuditRecord {
+                            tenant: tenant.as_str().to_owned(),
+                            user: user.name().map(str::to_owned),
+                            run: None,
+                            action: "memory_forgotten",
+                            actor: "cli".to_owned(),
+                            data: serde_json::to_value(report)?,
+                        });
+                        audit.flush().await.context(
+                            "the forget was done but its audit entry could not be written",
+                        )?;
+                    }
+                    report
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -315,12 +375,30 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
                 println!("  blocks: {}", report.blocks);
                 println!("  sessions: {}", report.sessions);
                 println!("  budget rows: {}", report.budget_rows);
+                if let Some(host) = &host
+                    && let Ok(memory) = host.memory_for(&tenant).await
+                    && let Some(component) = memory.component()
+                {
+                    println!(
+                        "  memory component `{}`: {} items (its own count), {} keys",
+                        component.name(),
+                        report.component_items,
+                        report.plugin_kv
+                    );
+                } else if report.plugin_kv > 0 {
+                    println!("  memory component keys: {}", report.plugin_kv);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         MemoryCommand::Export { whose } => {
-            let (memory, tenant, user, _) = open(&whose)?;
-            let export = memory.export(&tenant, &user)?;
+            let Opened {
+                memory,
+                tenant,
+                user,
+                ..
+            } = open(&whose).await?;
+            let export = memory.export(&tenant, &user).await?;
             println!("{}", serde_json::to_string_pretty(&export)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -1,10 +1,16 @@
-//! Host bindings generated from `wit/plugin@0.1.0`.
+//! Host bindings generated from `wit/plugin@0.1.1`.
 //!
 //! One host world includes every Loom world the host serves, so every
 //! component is linked against the same imports (WASI, `wasi:http`,
-//! `loom:plugin/context`, `loom:plugin/harness`) and each export is loaded by
-//! its own `GuestIndices`. A tool component that calls `harness` gets a
-//! typed refusal: the harness answers only inside an agent run.
+//! `loom:plugin/context`, `loom:plugin/harness`, `loom:plugin/kv`) and each
+//! export is loaded by its own `GuestIndices`. A tool component that calls
+//! `harness` or `kv` gets a typed refusal: the harness answers only inside an
+//! agent run, the key-value store only to memory components.
+//!
+//! Components built against `loom:plugin@0.1.0` load unchanged: 0.1.1 only
+//! adds (the `facts` interface), and wasmtime resolves a `…@0.1.0` import
+//! or export to the `…@0.1.1` definition (semver-compatible lookup), with
+//! the types checked structurally.
 //! Generated types stay in this module and in the engine and agent modules;
 //! the rest of the host converts them into its own types.
 
@@ -15,12 +21,13 @@ pub mod host_world {
         inline: "
             package loom:host;
             world host {
-                include loom:plugin/tool-plugin@0.1.0;
-                include loom:plugin/architecture-plugin@0.1.0;
-                include loom:plugin/policy-plugin@0.1.0;
+                include loom:plugin/tool-plugin@0.1.1;
+                include loom:plugin/architecture-plugin@0.1.1;
+                include loom:plugin/policy-plugin@0.1.1;
+                include loom:plugin/memory-plugin@0.1.1;
             }
         ",
-        path: "../wit/plugin@0.1.0",
+        path: "../wit/plugin@0.1.1",
         world: "loom:host/host",
         imports: {
             // The import gate may stop an architecture that floods events.
@@ -32,22 +39,40 @@ pub mod host_world {
 }
 
 pub use host_world::exports::loom::plugin::architecture as architecture_export;
+pub use host_world::exports::loom::plugin::facts as facts_export;
+pub use host_world::exports::loom::plugin::memory as memory_export;
 pub use host_world::exports::loom::plugin::policy as policy_export;
 pub use host_world::exports::loom::plugin::tool as tool_export;
-pub use host_world::loom::plugin::{context, harness, types};
+pub use host_world::loom::plugin::{context, harness, kv, types};
 
-/// The interface names (with version) the host knows, for kind detection.
+/// The interface names the host knows, for kind detection.
 pub mod names {
     /// Version of the `loom:plugin` package this host implements.
-    pub const PACKAGE_VERSION: &str = "0.1.0";
-    /// Exported by tool components.
-    pub const TOOL: &str = "loom:plugin/tool@0.1.0";
-    /// Exported by architecture components.
-    pub const ARCHITECTURE: &str = "loom:plugin/architecture@0.1.0";
-    /// Exported by memory components.
-    pub const MEMORY: &str = "loom:plugin/memory@0.1.0";
-    /// Exported by policy components.
-    pub const POLICY: &str = "loom:plugin/policy@0.1.0";
+    pub const PACKAGE_VERSION: &str = "0.1.1";
+    /// The versions a component may be built against: `0.1.x`, any patch
+    /// (wasmtime links them to this host's definitions).
+    pub const COMPATIBLE_PREFIX: &str = "0.1.";
+    /// Interface exported by tool components.
+    pub const TOOL: &str = "tool";
+    /// Interface exported by architecture components.
+    pub const ARCHITECTURE: &str = "architecture";
+    /// Interface exported by memory components.
+    pub const MEMORY: &str = "memory";
+    /// Interface exported by policy components.
+    pub const POLICY: &str = "policy";
+
+    /// For an export named `loom:plugin/<interface>@<version>`: the
+    /// interface and the version.
+    pub fn split(export: &str) -> Option<(&str, &str)> {
+        export.strip_prefix("loom:plugin/")?.split_once('@')
+    }
+
+    /// Whether a component built against `version` can be served.
+    pub fn compatible(version: &str) -> bool {
+        version
+            .strip_prefix(COMPATIBLE_PREFIX)
+            .is_some_and(|patch| !patch.is_empty() && patch.chars().all(|c| c.is_ascii_digit()))
+    }
 }
 
 impl From<types::ToolError> for super::ToolFailure {

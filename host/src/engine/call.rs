@@ -2,10 +2,12 @@
 //! each in a fresh sandbox, and the checks on what they hand back.
 
 use super::SandboxEngine;
-use super::bindings::{architecture_export, policy_export, types as wit_types};
+use super::bindings::{
+    architecture_export, facts_export, memory_export, policy_export, types as wit_types,
+};
 use super::boundary::{self, check_json, check_json_bounds};
 use super::error::{CallError, ToolFailure};
-use super::load::{ArchitectureComponent, PolicyComponent, ToolComponent};
+use super::load::{ArchitectureComponent, MemoryComponent, PolicyComponent, ToolComponent};
 use super::sandbox::{CallRequest, conclude, under_limits};
 use super::state::LogLevel;
 use super::types::ToolOutput;
@@ -201,6 +203,128 @@ impl SandboxEngine {
             policy_export::Decision::Deny(reason) => PolicyAnswer::Deny(cap(reason)),
             policy_export::Decision::Ask(reason) => PolicyAnswer::Ask(cap(reason)),
         })
+    }
+}
+
+/// One call into a memory component (`memory` or `facts`), acting on the
+/// user of the call's scope.
+#[derive(Debug, Clone)]
+pub enum MemoryCall {
+    /// `memory.remember`.
+    Remember {
+        /// The text.
+        text: String,
+        /// A JSON object.
+        metadata: String,
+    },
+    /// `memory.recall`.
+    Recall {
+        /// What to look for.
+        query: String,
+        /// Most items.
+        limit: u32,
+    },
+    /// `memory.forget-current-user`.
+    Forget,
+    /// `memory.export`.
+    Export,
+    /// `facts.add-facts`.
+    AddFacts {
+        /// The facts, validated and canonical.
+        facts: Vec<facts_export::NewFact>,
+        /// Knowledge time (unix ms).
+        now: i64,
+    },
+    /// `facts.retract`.
+    Retract {
+        /// The fact.
+        id: String,
+        /// Knowledge time (unix ms).
+        now: i64,
+    },
+    /// `facts.query`.
+    Query(facts_export::FactQuery),
+}
+
+/// What a memory component answered, by call.
+#[derive(Debug, Clone)]
+pub enum MemoryReply {
+    /// The new item's id.
+    Remembered(String),
+    /// Items, best first.
+    Recalled(Vec<memory_export::ScoredItem>),
+    /// Items removed.
+    Forgot(u64),
+    /// Every item.
+    Exported(Vec<memory_export::MemoryItem>),
+    /// What each fact did.
+    Added(Vec<facts_export::Recorded>),
+    /// The expired version.
+    Retracted(Option<Box<facts_export::Fact>>),
+    /// Matching versions.
+    Facts(Vec<facts_export::Fact>),
+}
+
+impl SandboxEngine {
+    /// Call memory `component` in a fresh sandbox whose `kv` import works
+    /// in `kv`. Returns the outcome and, when the component answered `ok`,
+    /// the transaction to commit (its writes are dropped otherwise).
+    pub async fn call_memory(
+        &self,
+        component: &MemoryComponent,
+        request: &CallRequest<'_>,
+        kv: crate::store::kv::KvTransaction,
+        call: MemoryCall,
+    ) -> (
+        Result<Result<MemoryReply, memory_export::MemoryError>, CallError>,
+        Option<crate::store::kv::KvTransaction>,
+    ) {
+        let mut store = match self.store(request) {
+            Ok(store) => store,
+            Err(error) => return (Err(error), None),
+        };
+        store.data_mut().kv = Some(kv);
+        let meter = store.data().meter.clone();
+        let ended = under_limits(&meter, request.limits.wall, async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            let memory = component.memory.load(&mut store, &instance)?;
+            let facts = component.facts.load(&mut store, &instance)?;
+            Ok::<_, wasmtime::Error>(match call {
+                MemoryCall::Remember { text, metadata } => memory
+                    .call_remember(&mut store, &text, &metadata)
+                    .await?
+                    .map(MemoryReply::Remembered),
+                MemoryCall::Recall { query, limit } => memory
+                    .call_recall(&mut store, &query, limit)
+                    .await?
+                    .map(MemoryReply::Recalled),
+                MemoryCall::Forget => memory
+                    .call_forget_current_user(&mut store)
+                    .await?
+                    .map(MemoryReply::Forgot),
+                MemoryCall::Export => memory
+                    .call_export(&mut store)
+                    .await?
+                    .map(MemoryReply::Exported),
+                MemoryCall::AddFacts { facts: new, now } => facts
+                    .call_add_facts(&mut store, &new, now)
+                    .await?
+                    .map(MemoryReply::Added),
+                MemoryCall::Retract { id, now } => facts
+                    .call_retract(&mut store, &id, now)
+                    .await?
+                    .map(|fact| MemoryReply::Retracted(fact.map(Box::new))),
+                MemoryCall::Query(query) => facts
+                    .call_query(&mut store, &query)
+                    .await?
+                    .map(MemoryReply::Facts),
+            })
+        })
+        .await;
+        let outcome = conclude(ended, store.data(), request.limits);
+        let kv = store.data_mut().kv.take();
+        let commit = matches!(outcome, Ok(Ok(_))).then_some(kv).flatten();
+        (outcome, commit)
     }
 }
 

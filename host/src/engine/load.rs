@@ -4,7 +4,9 @@
 //! limits.
 
 use super::SandboxEngine;
-use super::bindings::{architecture_export, names, policy_export, tool_export};
+use super::bindings::{
+    architecture_export, facts_export, memory_export, names, policy_export, tool_export,
+};
 use super::boundary::check_json;
 use super::cache::{self, CacheOutcome};
 use super::error::LoadError;
@@ -53,6 +55,13 @@ pub struct PolicyComponent {
     pub(super) indices: policy_export::GuestIndices,
 }
 
+/// A compiled, pre-linked memory component (`memory` and `facts`).
+pub struct MemoryComponent {
+    pub(super) pre: InstancePre<HostState>,
+    pub(super) memory: memory_export::GuestIndices,
+    pub(super) facts: facts_export::GuestIndices,
+}
+
 /// A compiled component, ready to call.
 pub struct LoadedComponent {
     /// Hex sha256 of the component's bytes.
@@ -67,6 +76,8 @@ pub struct LoadedComponent {
     pub architecture: Option<ArchitectureComponent>,
     /// The callable policy, for policy plugins.
     pub policy: Option<PolicyComponent>,
+    /// The callable memory, for memory plugins.
+    pub memory: Option<MemoryComponent>,
 }
 
 /// Check `bytes`, then compile them (or take them from `cache`): the
@@ -140,14 +151,21 @@ impl SandboxEngine {
             .imports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let kind = exports.iter().find_map(|name| match name.as_str() {
-            names::TOOL => Some(PluginKind::Tool),
-            names::ARCHITECTURE => Some(PluginKind::Architecture),
-            names::MEMORY => Some(PluginKind::Memory),
-            names::POLICY => Some(PluginKind::Policy),
-            _ => None,
+        let found = exports.iter().find_map(|name| {
+            let (interface, version) = names::split(name)?;
+            let kind = match interface {
+                names::TOOL => PluginKind::Tool,
+                names::ARCHITECTURE => PluginKind::Architecture,
+                names::MEMORY => PluginKind::Memory,
+                names::POLICY => PluginKind::Policy,
+                _ => return None,
+            };
+            names::compatible(version).then_some((kind, version))
         });
-        let world = kind.map(|k| format!("loom:plugin/{k}-plugin@{}", names::PACKAGE_VERSION));
+        let kind = found.map(|(kind, _)| kind);
+        // The world as the component was built: `…@0.1.0` for a component
+        // of the first version, served through 0.1.1's definitions.
+        let world = found.map(|(kind, version)| format!("loom:plugin/{kind}-plugin@{version}"));
         ComponentShape {
             kind,
             world,
@@ -188,16 +206,14 @@ impl SandboxEngine {
     ) -> Result<LoadedComponent, LoadError> {
         let (component, shape, sha256, cache) = self.compile_off_workers(bytes).await?;
         let kind = Self::classify(&shape)?;
-        // Memory components are detected and listed; their world gets a
-        // host implementation in later work.
-        let (mut tool, mut architecture, mut policy) = (None, None, None);
+        let (mut tool, mut architecture, mut policy, mut memory) = (None, None, None, None);
         match kind {
             PluginKind::Tool => tool = Some(self.prepare_tool(&component, name, limits).await?),
             PluginKind::Architecture => {
                 architecture = Some(self.prepare_architecture(&component, name, limits).await?);
             }
             PluginKind::Policy => policy = Some(self.prepare_policy(&component)?),
-            PluginKind::Memory => {}
+            PluginKind::Memory => memory = Some(self.prepare_memory(&component)?),
         }
         Ok(LoadedComponent {
             sha256,
@@ -206,7 +222,23 @@ impl SandboxEngine {
             tool,
             architecture,
             policy,
+            memory,
         })
+    }
+
+    /// Pre-link a memory component: it must export `memory` and `facts`.
+    fn prepare_memory(&self, component: &Component) -> Result<MemoryComponent, LoadError> {
+        let pre = self.pre_link(component)?;
+        let memory = memory_export::GuestIndices::new(&pre)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let facts = facts_export::GuestIndices::new(&pre).map_err(|e| {
+            LoadError::Link(format!(
+                "a memory component must also export `loom:plugin/facts` (added in \
+                 loom:plugin@0.1.1; build against wit/plugin@0.1.1 or with loom-sdk's \
+                 `export_memory!`): {e:#}"
+            ))
+        })?;
+        Ok(MemoryComponent { pre, memory, facts })
     }
 
     /// Pre-link a policy component; it has nothing to describe.

@@ -35,20 +35,23 @@ mod error;
 pub(crate) mod guards;
 mod harness;
 mod imports;
+mod kv;
 mod load;
 mod sandbox;
 mod setup;
 mod state;
 mod types;
 
-pub use call::{MAX_POLICY_REASON_BYTES, MAX_TOOL_ERROR_BYTES, PolicyAnswer};
+pub use call::{
+    MAX_POLICY_REASON_BYTES, MAX_TOOL_ERROR_BYTES, MemoryCall, MemoryReply, PolicyAnswer,
+};
 pub use disk::{DiskLedger, DiskRefusal};
 pub use error::{CallError, EngineError, LoadError, ToolFailure};
 pub use guards::MAX_RANDOM_BYTES;
 pub use harness::{Harness, HarnessStop};
 pub use load::{
     ArchitectureComponent, LOADER_WALL, LoadedComponent, MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES,
-    MAX_TOOLS_PER_COMPONENT, PolicyComponent, ToolComponent,
+    MAX_TOOLS_PER_COMPONENT, MemoryComponent, PolicyComponent, ToolComponent,
 };
 pub use sandbox::{CallRequest, MAX_HTTP_FIELDS_BYTES};
 pub use setup::SandboxEngine;

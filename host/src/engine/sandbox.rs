@@ -135,9 +135,15 @@ impl SandboxEngine {
             logs: LogCapture::new(limits.max_log_bytes),
             stdio: [stdout, stderr],
             harness: request.harness.clone(),
+            kv: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
+        // What one lift (a host call's arguments, an export's results) may
+        // copy out of the guest: at most its memory budget, not wasmtime's
+        // default 128 MiB. A list of strings all pointing at one buffer is
+        // charged per copy, so it cannot multiply the guest's memory.
+        store.set_hostcall_fuel(limits.memory_bytes.clamp(1 << 20, 128 << 20));
         store.epoch_deadline_callback(|ctx| match ctx.data().meter.overrun() {
             Some(Overrun::Cpu) => Err(CpuLimitExceeded.into()),
             Some(Overrun::Memory) => Err(super::state::HostMemoryExceeded.into()),

@@ -27,6 +27,8 @@ pub struct HostState {
     /// The guest's stdout and stderr.
     pub(crate) stdio: [CappedPipe; 2],
     pub(crate) harness: Option<Arc<dyn Harness>>,
+    /// The call's key-value transaction, for memory components.
+    pub(crate) kv: Option<crate::store::kv::KvTransaction>,
 }
 
 impl WasiView for HostState {

@@ -178,11 +178,19 @@ impl NewFact {
         for source in &mut self.sources {
             super::cut(source, 256);
         }
-        if let (Some(from), Some(until)) = (self.valid_from, self.valid_until)
+        // A fact without `valid_from` holds from now, so its end must come
+        // after now.
+        let from = self.valid_from.unwrap_or_else(Timestamp::now);
+        if let Some(until) = self.valid_until
             && until <= from
         {
             return Err(MemoryError::Invalid(format!(
-                "the fact's valid_until ({until}) is not after its valid_from ({from})"
+                "the fact's valid_until ({until}) is not after its valid_from ({from}{})",
+                if self.valid_from.is_none() {
+                    ", now"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(self)

@@ -11,7 +11,9 @@
 //! [`Memory::forget`] deletes them in one transaction, together with the
 //! user's sessions.
 
+pub mod backend;
 pub mod blocks;
+pub mod component;
 pub mod episodes;
 pub mod extract;
 pub mod facts;
@@ -19,7 +21,9 @@ pub mod predicate;
 pub mod rank;
 pub mod timestamp;
 
+pub use backend::TenantMemory;
 pub use blocks::{Block, BlockEdit};
+pub use component::ComponentMemory;
 pub use episodes::{Episode, EpisodeKind, NewEpisode};
 pub use facts::{Expiry, Fact, FactQuery, NewFact, Recorded};
 pub use timestamp::Timestamp;
@@ -46,6 +50,14 @@ pub enum MemoryError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The tenant's memory component failed, broke a limit, or is missing.
+    #[error("memory component `{plugin}`: {message}")]
+    Component {
+        /// The plugin.
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Caps on what memory holds for a user.
@@ -110,12 +122,17 @@ pub struct ForgetReport {
     pub sessions: u64,
     /// Budget counter rows (only when the tenant's `forget_budgets` is on).
     pub budget_rows: u64,
+    /// Items a memory component reported removing (its own count).
+    pub component_items: u64,
+    /// Keys of memory components' data (`kv`) deleted by the host.
+    pub plugin_kv: u64,
 }
 
 impl ForgetReport {
-    /// Everything deleted.
+    /// Everything deleted (rows of the host's database; a component's own
+    /// count is reported beside, not added: its items are `plugin_kv` rows).
     pub fn total(&self) -> u64 {
-        self.episodes + self.facts + self.blocks + self.sessions + self.budget_rows
+        self.episodes + self.facts + self.blocks + self.sessions + self.budget_rows + self.plugin_kv
     }
 }
 
@@ -273,6 +290,10 @@ struct Inner {
     extraction_slots: Arc<tokio::sync::Semaphore>,
     /// Extraction and forget events, for whoever subscribes.
     events: tokio::sync::broadcast::Sender<MemoryEvent>,
+    /// Calls into memory components, one at a time per (tenant, user): a
+    /// component's read-modify-write of its keys is then safe. Entries
+    /// live while a call holds or waits for them.
+    component_locks: Mutex<HashMap<(String, String), std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// Whether a user was forgotten since the guard was taken
@@ -391,6 +412,7 @@ impl Memory {
                 extractions: Mutex::new(HashMap::new()),
                 extraction_slots: Arc::new(tokio::sync::Semaphore::new(EXTRACTION_CONCURRENCY)),
                 events: tokio::sync::broadcast::channel(1024).0,
+                component_locks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -465,6 +487,30 @@ impl Memory {
         next_number(&self.inner.last_number)
     }
 
+    /// The lock a memory component call of (tenant, user) holds: one per
+    /// user, shared by the calls that hold or wait for it.
+    pub(crate) fn component_lock(&self, tenant: &str, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = lock(&self.inner.component_locks);
+        let key = (tenant.to_owned(), user.to_owned());
+        if let Some(held) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            return held;
+        }
+        // Drop the entries no call holds any more before adding one, so the
+        // map stays as large as the calls under way.
+        // (at sizes that double, so pruning stays amortised O(1)).
+        if locks.len() >= 64 && locks.len().is_power_of_two() {
+            locks.retain(|_, weak| weak.strong_count() > 0);
+        }
+        let fresh = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&fresh));
+        fresh
+    }
+
+    /// The database.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
     fn read(&self) -> Result<redb::ReadTransaction, MemoryError> {
         Ok(self.inner.store.db().begin_read().map_err(io)?)
     }
@@ -505,6 +551,17 @@ impl Memory {
             generation: self.inner.generation(&key),
             inner: self.inner.clone(),
             key,
+        }
+    }
+
+    /// A guard for (tenant, user) taken at `generation` (from
+    /// [`Self::forget_generation`]): it holds while no forget came after.
+    pub fn guard_at(&self, tenant: &TenantId, user: &UserId, generation: u64) -> ForgetGuard {
+        let (t, u) = keys(tenant, user);
+        ForgetGuard {
+            generation,
+            inner: self.inner.clone(),
+            key: (t.to_owned(), u.to_owned()),
         }
     }
 
@@ -903,55 +960,7 @@ impl Memory {
     ) -> Result<Option<String>, MemoryError> {
         let blocks = self.blocks(tenant, user)?;
         let candidates = self.candidates(tenant, user, exclude_session)?;
-        let ranked = rank_candidates(prompt, candidates, usize::MAX, true);
-        let mut text = String::new();
-        if !blocks.is_empty() {
-            text.push_str("Working blocks:\n");
-            for block in &blocks {
-                text.push_str(&block.render());
-                text.push('\n');
-            }
-        }
-        let mut left = token_budget;
-        let mut facts = String::new();
-        let mut episodes = String::new();
-        for item in ranked {
-            let line = format!("- {}\n", item.text);
-            let cost = rank::token_cost(&line);
-            let target = if item.kind == "fact" {
-                &mut facts
-            } else {
-                &mut episodes
-            };
-            if cost <= left {
-                left -= cost;
-                target.push_str(&line);
-                continue;
-            }
-            // The first item that does not fit is cut to the room left
-            // (when that is worth it), and packing stops.
-            if left >= 16 {
-                let mut cut_line = line;
-                cut(&mut cut_line, left.saturating_sub(4) * 4);
-                cut_line.push_str("…[truncated]\n");
-                target.push_str(&cut_line);
-            }
-            break;
-        }
-        if !facts.is_empty() {
-            text.push_str("Known facts (valid now):\n");
-            text.push_str(&facts);
-        }
-        if !episodes.is_empty() {
-            text.push_str("Relevant past episodes:\n");
-            text.push_str(&episodes);
-        }
-        if text.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(format!(
-            "<memory>\nWhat you remember about this user (use it when relevant):\n{text}</memory>"
-        )))
+        Ok(pack_context(&blocks, prompt, candidates, token_budget))
     }
 
     /// Counts and blocks of (tenant, user).
@@ -1164,6 +1173,13 @@ impl Memory {
                         }
                     }
                 }
+                "plugin_kv" => {
+                    for key in crate::store::kv::user_keys(&txn, t, u)? {
+                        found.push(format!("{name}: {key}"));
+                    }
+                }
+                // Per tenant, not per user: bytes stored, no user data.
+                "plugin_kv_usage" => {}
                 "budget_usage" => {
                     let table = txn
                         .open_table(crate::governance::budget::USAGE)
@@ -1243,13 +1259,74 @@ fn forget_rows(
             .map_err(io)?;
     }
     report.sessions = session_rows::delete_user(txn, tenant, user)?;
+    report.plugin_kv = crate::store::kv::delete_user_rows(txn, tenant, user)?;
     Ok(report)
+}
+
+/// The memory section of a prompt: `blocks`, then `candidates` (facts
+/// valid now and episodes, oldest first) ranked for `prompt` and packed
+/// into about `token_budget` tokens. `None` when there is nothing to say.
+pub(crate) fn pack_context(
+    blocks: &[Block],
+    prompt: &str,
+    candidates: Vec<Recalled>,
+    token_budget: usize,
+) -> Option<String> {
+    let ranked = rank_candidates(prompt, candidates, usize::MAX, true);
+    let mut text = String::new();
+    if !blocks.is_empty() {
+        text.push_str("Working blocks:\n");
+        for block in blocks {
+            text.push_str(&block.render());
+            text.push('\n');
+        }
+    }
+    let mut left = token_budget;
+    let mut facts = String::new();
+    let mut episodes = String::new();
+    for item in ranked {
+        let line = format!("- {}\n", item.text);
+        let cost = rank::token_cost(&line);
+        let target = if item.kind == "fact" {
+            &mut facts
+        } else {
+            &mut episodes
+        };
+        if cost <= left {
+            left -= cost;
+            target.push_str(&line);
+            continue;
+        }
+        // The first item that does not fit is cut to the room left
+        // (when that is worth it), and packing stops.
+        if left >= 16 {
+            let mut cut_line = line;
+            cut(&mut cut_line, left.saturating_sub(4) * 4);
+            cut_line.push_str("…[truncated]\n");
+            target.push_str(&cut_line);
+        }
+        break;
+    }
+    if !facts.is_empty() {
+        text.push_str("Known facts (valid now):\n");
+        text.push_str(&facts);
+    }
+    if !episodes.is_empty() {
+        text.push_str("Relevant past episodes:\n");
+        text.push_str(&episodes);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "<memory>\nWhat you remember about this user (use it when relevant):\n{text}</memory>"
+    ))
 }
 
 /// Rank `candidates` for `query`: by BM25, ties (and an empty query) by
 /// recency; scores scaled so the best is 1. With `relevant_only`, episodes
 /// that share no word with the query are dropped (facts valid now stay).
-fn rank_candidates(
+pub(crate) fn rank_candidates(
     query: &str,
     candidates: Vec<Recalled>,
     limit: usize,

@@ -24,8 +24,8 @@ pub mod manifest;
 use crate::config::LoomConfig;
 use crate::engine::cache::CacheOutcome;
 use crate::engine::{
-    ArchitectureComponent, ComponentShape, LoadError, PluginKind, PolicyComponent, SandboxEngine,
-    ToolComponent, ToolSpec,
+    ArchitectureComponent, ComponentShape, LoadError, MemoryComponent, PluginKind, PolicyComponent,
+    SandboxEngine, ToolComponent, ToolSpec,
 };
 use crate::governance::Governance;
 use crate::tenancy::grants::{EffectiveGrants, Requests, ResolvedGrants};
@@ -69,8 +69,8 @@ pub enum PluginPayload {
     Tool(ToolComponent),
     /// An architecture component, ready to run.
     Architecture(ArchitectureComponent),
-    /// A memory component (listed; no host runs it yet).
-    Memory,
+    /// A memory component, ready to call.
+    Memory(MemoryComponent),
     /// A policy component, ready to ask.
     Policy(PolicyComponent),
 }
@@ -138,6 +138,14 @@ impl LoadedPlugin {
             _ => None,
         }
     }
+
+    /// The memory component, for memory plugins.
+    pub fn memory(&self) -> Option<&MemoryComponent> {
+        match &self.payload {
+            PluginPayload::Memory(memory) => Some(memory),
+            _ => None,
+        }
+    }
 }
 
 /// One plugin file and what became of it.
@@ -186,6 +194,8 @@ pub struct Catalog {
     architectures: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
     /// Policy components by tenant, then by plugin name.
     policies: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
+    /// Memory components by tenant, then by plugin name.
+    memories: HashMap<TenantId, HashMap<String, Arc<LoadedPlugin>>>,
 }
 
 impl Catalog {
@@ -212,6 +222,12 @@ impl Catalog {
     /// The policy plugin `name` as tenant `tenant` sees it.
     pub fn policy(&self, tenant: &TenantId, name: &str) -> Option<&Arc<LoadedPlugin>> {
         self.policies.get(tenant)?.get(name)
+    }
+
+    /// The memory plugin `name` as tenant `tenant` sees it (its own
+    /// directory over the global ones over the built-in).
+    pub fn memory(&self, tenant: &TenantId, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.memories.get(tenant)?.get(name)
     }
 
     /// Names of the architectures tenant `tenant` sees, sorted.
@@ -613,12 +629,18 @@ impl PluginRegistry {
             ),
             None => (None, None, None, Vec::new()),
         };
-        let payload = match (loaded.tool, loaded.architecture, loaded.policy, kind) {
+        let payload = match (
+            loaded.tool,
+            loaded.architecture,
+            loaded.policy,
+            loaded.memory,
+        ) {
             (Some(tool), _, _, _) => PluginPayload::Tool(tool),
             (_, Some(arch), _, _) => PluginPayload::Architecture(arch),
             (_, _, Some(policy), _) => PluginPayload::Policy(policy),
-            (_, _, _, PluginKind::Memory) => PluginPayload::Memory,
-            (_, _, _, other) => {
+            (_, _, _, Some(memory)) => PluginPayload::Memory(memory),
+            (_, _, _, None) => {
+                let other = kind;
                 return Err(PluginError::Load(LoadError::NotAPlugin(format!(
                     "a {other} component that did not load"
                 ))));
@@ -646,6 +668,7 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
     let mut tools = HashMap::new();
     let mut architectures = HashMap::new();
     let mut policies = HashMap::new();
+    let mut memories = HashMap::new();
     for (tenant, tenant_config) in &config.tenants {
         let passes = [
             Visibility::Builtin,
@@ -685,6 +708,19 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
             }
         }
         policies.insert(tenant.clone(), tenant_policies);
+        // Memory components by plugin name; the tenant's own directory may
+        // offer one (it holds only that tenant's own data).
+        let mut tenant_memories: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        for pass in passes.clone() {
+            for entry in entries.iter().filter(|e| e.visibility == pass) {
+                if let Ok(plugin) = &entry.status
+                    && plugin.memory().is_some()
+                {
+                    tenant_memories.insert(plugin.name.to_string(), plugin.clone());
+                }
+            }
+        }
+        memories.insert(tenant.clone(), tenant_memories);
         let mut index: HashMap<String, ToolBinding> = HashMap::new();
         // Keyed by the plugin's file: a tenant plugin named like a global
         // one must not inherit the global plugin's capabilities.
@@ -744,6 +780,7 @@ fn build_catalog(entries: Vec<PluginEntry>, config: &LoomConfig) -> Catalog {
         tools,
         architectures,
         policies,
+        memories,
     }
 }
 

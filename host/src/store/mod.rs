@@ -8,9 +8,11 @@
 //! open their own read transaction and never wait for the writer.
 //!
 //! The file holds sessions ([`SessionStore`]), budget counters
-//! (`governance::budget`) and memory (`crate::memory`). Keys are built from
+//! (`governance::budget`), memory (`crate::memory`) and the scoped data of
+//! memory components ([`kv`]). Keys are built from
 //! typed ids only.
 
+pub mod kv;
 pub(crate) mod sessions;
 
 pub use sessions::SessionStore;

@@ -1,9 +1,14 @@
-//! Write Loom plugins in Rust: tools and permission policies.
+//! Write Loom plugins in Rust: tools, permission policies and memory.
+//!
+//! The bindings follow the WIT contract `loom:plugin@0.1.1`. Hosts that
+//! speak 0.1.1 still load components built against `loom:plugin@0.1.0`, so
+//! existing tools and policies keep working; rebuilding them with this crate
+//! moves them to 0.1.1.
 //!
 //! # Tools
 //!
 //! A Loom tool is a WebAssembly component that exports the
-//! `loom:plugin/tool@0.1.0` interface. With this crate a tool is a plain Rust
+//! `loom:plugin/tool@0.1.1` interface. With this crate a tool is a plain Rust
 //! function carrying the [`tool`] attribute; its arguments are deserialized
 //! from the model's JSON and its JSON Schema is generated from the Rust types.
 //! [`export_tools!`] turns one or more such functions into the component's
@@ -52,7 +57,7 @@
 //!
 //! # Policies
 //!
-//! A policy component exports `loom:plugin/policy@0.1.0`: the host asks it
+//! A policy component exports `loom:plugin/policy@0.1.1`: the host asks it
 //! about every tool call before the call runs, and it answers
 //! [`Decision::Allow`], [`Decision::Deny`] (the reason is shown to the model)
 //! or [`Decision::Ask`] (the reason is shown to the tenant's approver). A
@@ -104,11 +109,95 @@
 //! loom_sdk::export_policy!(check);
 //! ```
 //!
-//! A component exports either tools or a policy, not both.
+//! # Memory components
+//!
+//! A memory component exports `loom:plugin/memory@0.1.1` (items: remember,
+//! recall, forget, export) and `loom:plugin/facts@0.1.1` (bi-temporal
+//! facts), and keeps its data in the host's key-value store, which the host
+//! scopes to the tenant, the user and the component ([`kv`]). Every call is
+//! one storage transaction: it reads its own writes, and its writes are kept
+//! only when it returns `Ok`.
+//!
+//! Implement [`memory::MemoryPlugin`] for a type and export it with
+//! [`export_memory!`]:
+//!
+//! ```no_run
+//! use loom_sdk::kv;
+//! use loom_sdk::memory::{
+//!     Fact, FactQuery, MemoryError, MemoryItem, MemoryPlugin, NewFact, Recorded, ScoredItem,
+//! };
+//!
+//! /// Keeps items under `item/<number>`; records no facts.
+//! struct Notes;
+//!
+//! fn items() -> Result<Vec<MemoryItem>, MemoryError> {
+//!     kv::scan_all("item/")?
+//!         .into_iter()
+//!         .map(|(key, text)| {
+//!             let text = String::from_utf8(text).map_err(|e| MemoryError::storage(e.to_string()))?;
+//!             Ok(MemoryItem {
+//!                 id: key,
+//!                 text,
+//!                 metadata: "{}".into(),
+//!                 valid_from: 0,
+//!                 valid_to: None,
+//!                 recorded_at: 0,
+//!             })
+//!         })
+//!         .collect()
+//! }
+//!
+//! impl MemoryPlugin for Notes {
+//!     fn remember(text: &str, _metadata: &str) -> Result<String, MemoryError> {
+//!         let number: u64 = kv::get_json("next")?.unwrap_or(0);
+//!         kv::set_json("next", &(number + 1))?;
+//!         let key = format!("item/{number:016x}");
+//!         kv::set(&key, text.as_bytes())?;
+//!         Ok(key)
+//!     }
+//!     fn recall(query: &str, limit: u32) -> Result<Vec<ScoredItem>, MemoryError> {
+//!         let query = query.to_lowercase();
+//!         Ok(items()?
+//!             .into_iter()
+//!             .filter(|item| item.text.to_lowercase().contains(&query))
+//!             .map(|item| ScoredItem { item, score: 1.0 })
+//!             .take(limit as usize)
+//!             .collect())
+//!     }
+//!     fn forget_current_user() -> Result<u64, MemoryError> {
+//!         let all = kv::scan_all("")?;
+//!         for (key, _) in &all {
+//!             kv::delete(key)?;
+//!         }
+//!         Ok(all.iter().filter(|(key, _)| key.starts_with("item/")).count() as u64)
+//!     }
+//!     fn export() -> Result<Vec<MemoryItem>, MemoryError> {
+//!         items()
+//!     }
+//!     fn add_facts(_facts: Vec<NewFact>, _now: i64) -> Result<Vec<Recorded>, MemoryError> {
+//!         Err(MemoryError::invalid("this component records no facts"))
+//!     }
+//!     fn retract(_id: &str, _now: i64) -> Result<Option<Fact>, MemoryError> {
+//!         Ok(None)
+//!     }
+//!     fn query(_query: &FactQuery) -> Result<Vec<Fact>, MemoryError> {
+//!         Ok(Vec::new())
+//!     }
+//! }
+//!
+//! loom_sdk::export_memory!(Notes);
+//! ```
+//!
+//! A [`kv::KvError`] or [`kv::KvJsonError`] converts into
+//! [`memory::MemoryError::Storage`], so `?` works on store calls. The
+//! first-party `loom-memory-kv` component is a complete example, with
+//! lexical recall and bi-temporal facts.
+//!
+//! A component exports tools, a policy or memory: one of them.
 
 #![warn(missing_docs)]
 
-/// Generated bindings of the `loom:plugin@0.1.0` tool world.
+/// Generated bindings of the `loom:plugin@0.1.1` tool world.
 ///
 /// Most authors never need these directly: [`tool`], [`export_tools!`],
 /// [`context`] and [`log`] cover the common ground.
@@ -116,14 +205,14 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "tool-plugin",
-        path: "../../wit/plugin@0.1.0",
+        path: "../../wit/plugin@0.1.1",
         pub_export_macro: true,
         export_macro_name: "__export_tool_plugin",
         default_bindings_module: "::loom_sdk::bindings",
     });
 }
 
-/// Generated bindings of the `loom:plugin@0.1.0` policy world.
+/// Generated bindings of the `loom:plugin@0.1.1` policy world.
 ///
 /// They share the types and the `context` import of [`bindings`], so a
 /// [`ToolSpec`] or [`RunContext`] is the same type in tools and policies.
@@ -133,10 +222,10 @@ pub mod bindings {
 pub mod policy_bindings {
     wit_bindgen::generate!({
         world: "policy-plugin",
-        path: "../../wit/plugin@0.1.0",
+        path: "../../wit/plugin@0.1.1",
         with: {
-            "loom:plugin/types@0.1.0": crate::bindings::loom::plugin::types,
-            "loom:plugin/context@0.1.0": crate::bindings::loom::plugin::context,
+            "loom:plugin/types@0.1.1": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.1": crate::bindings::loom::plugin::context,
         },
         additional_derives: [PartialEq, Eq],
         pub_export_macro: true,
@@ -145,6 +234,30 @@ pub mod policy_bindings {
     });
 }
 
+/// Generated bindings of the `loom:plugin@0.1.1` memory world: the `kv`
+/// import and the `memory` and `facts` exports.
+///
+/// They share the types and the `context` import of [`bindings`]. Most
+/// authors never need these directly: [`kv`], [`memory`] and
+/// [`export_memory!`] cover the common ground.
+#[allow(missing_docs, reason = "generated code")]
+pub mod memory_bindings {
+    wit_bindgen::generate!({
+        world: "memory-plugin",
+        path: "../../wit/plugin@0.1.1",
+        with: {
+            "loom:plugin/types@0.1.1": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.1": crate::bindings::loom::plugin::context,
+        },
+        additional_derives: [PartialEq],
+        pub_export_macro: true,
+        export_macro_name: "__export_memory_plugin",
+        default_bindings_module: "::loom_sdk::memory_bindings",
+    });
+}
+
+pub mod kv;
+pub mod memory;
 mod policy;
 
 pub use bindings::loom::plugin::context::LogLevel;

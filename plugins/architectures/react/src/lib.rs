@@ -12,7 +12,7 @@
 
 wit_bindgen::generate!({
     world: "architecture-plugin",
-    path: "../../../wit/plugin@0.1.0",
+    path: "../../../wit/plugin@0.1.1",
 });
 
 use exports::loom::plugin::architecture::{ArchitectureInfo, Guest, RunError, RunInput, RunOutput};
