@@ -293,8 +293,12 @@ struct Inner {
     /// Calls into memory components, one at a time per (tenant, user): a
     /// component's read-modify-write of its keys is then safe. Entries
     /// live while a call holds or waits for them.
-    component_locks: Mutex<HashMap<(String, String), std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    component_locks: Mutex<HashMap<(String, String), UserTurn>>,
 }
+
+/// The lock memory component calls of one user take, held weakly by the
+/// map of locks (the calls hold it strongly).
+type UserTurn = std::sync::Weak<tokio::sync::Mutex<()>>;
 
 /// Whether a user was forgotten since the guard was taken
 /// ([`Memory::forget_guard`]); check it inside the write that must not
