@@ -380,7 +380,7 @@ pub(super) async fn run(command: MemoryCommand) -> anyhow::Result<ExitCode> {
                     && let Some(component) = memory.component()
                 {
                     println!(
-                        "  memory component `{}`: {} items (its own count), {} keys",
+                        "  memory component `{}`: {} items erased by it, {} leftover keys deleted by the host",
                         component.name(),
                         report.component_items,
                         report.plugin_kv
