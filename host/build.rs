@@ -1,8 +1,9 @@
-//! Builds the first-party components (the ReAct architecture, the four
-//! tools, the `deny-args` policy and the `kv-memory` memory component) for
-//! `wasm32-wasip2` from this workspace's source, in a target directory of
-//! their own, and writes `builtin.rs`, which embeds them in
-//! the host: `loom` serves them with no plugin directory at all.
+//! Builds the first-party components (the ReAct and self-refine
+//! architectures, the four tools, the `deny-args` policy and the
+//! `kv-memory` memory component) for `wasm32-wasip2` from this workspace's
+//! source, in a target directory of their own, and writes `builtin.rs`,
+//! which embeds them in the host: `loom` serves them with no plugin
+//! directory at all.
 //!
 //! The target is installed with rustup when it is missing.
 
@@ -14,6 +15,7 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// (plugin name, package) of every embedded component.
 const BUILTIN: &[(&str, &str)] = &[
     ("react", "loom-arch-react"),
+    ("self-refine", "loom-arch-self-refine"),
     ("calculator", "loom-tool-calculator"),
     ("files", "loom-tool-files"),
     ("http-fetch", "loom-tool-http-fetch"),

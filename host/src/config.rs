@@ -228,6 +228,12 @@ pub struct AgentSettings {
     pub memory: AgentMemorySettings,
     /// Offer the `retrieve` tool over the tenant's documents.
     pub retrieval: bool,
+    /// `[agent.architecture_config]`: the architecture's configuration
+    /// (checked against the schema it declares when a run starts).
+    pub architecture_config: Option<serde_json::Value>,
+    /// `[agent.role_models]`: a model string per role the architecture asks
+    /// for (`critic = "openai:gpt-4.1-mini"`); other roles use `model`.
+    pub role_models: BTreeMap<String, String>,
 }
 
 /// `[agent.memory]`.
@@ -273,6 +279,8 @@ impl Default for AgentSettings {
             run_timeout_ms: 300_000,
             memory: AgentMemorySettings::default(),
             retrieval: false,
+            architecture_config: None,
+            role_models: BTreeMap::new(),
         }
     }
 }

@@ -371,8 +371,31 @@ fn runs_out_of_the_box_with_no_config() {
     let out = loom_bare(empty.path(), data.path(), &["plugins", "list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = text(&out.stdout);
-    for name in ["react", "calculator", "files", "http-fetch", "run-context"] {
+    for name in [
+        "react",
+        "self-refine",
+        "calculator",
+        "files",
+        "http-fetch",
+        "run-context",
+        "deny-args",
+        "kv-memory",
+    ] {
         assert!(listed.contains(name), "{name} in {listed}");
+    }
+    // Every built-in architecture completes a run with the offline model.
+    for arch in ["react", "self-refine"] {
+        let out = loom_bare(
+            empty.path(),
+            data.path(),
+            &["run", "--arch", arch, "--model", "echo", "hello"],
+        );
+        assert!(out.status.success(), "{arch}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("hello"),
+            "{arch}: {}",
+            text(&out.stdout)
+        );
     }
 }
 

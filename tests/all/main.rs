@@ -8,6 +8,7 @@
 static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Allocator;
 
 mod agent;
+mod architectures;
 mod capabilities;
 mod context;
 mod floods;

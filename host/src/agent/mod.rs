@@ -215,6 +215,18 @@ pub(crate) struct AgentInner {
     pub(crate) memory: Option<(crate::memory::Memory, MemoryOptions)>,
     pub(crate) extraction_model: Option<Arc<dyn Model>>,
     pub(crate) retrieval: bool,
+    /// The architecture's configuration, a JSON object.
+    pub(crate) architecture_config: serde_json::Value,
+    /// Models by role (`critic`, `planner`, …); other roles use `model`.
+    pub(crate) role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
+}
+
+impl AgentInner {
+    /// The model that serves completions asked for in `role`.
+    pub(crate) fn model_for(&self, role: Option<&str>) -> &Arc<dyn Model> {
+        role.and_then(|r| self.role_models.get(r))
+            .unwrap_or(&self.model)
+    }
 }
 
 /// How an agent uses memory (see [`AgentBuilder::memory`]).
@@ -272,6 +284,8 @@ pub struct AgentBuilder {
     memory: Option<(crate::memory::Memory, MemoryOptions)>,
     extraction_model: Option<Arc<dyn Model>>,
     retrieval: bool,
+    architecture_config: serde_json::Value,
+    role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
 }
 
 impl Agent {
@@ -292,6 +306,8 @@ impl Agent {
             memory: None,
             extraction_model: None,
             retrieval: false,
+            architecture_config: serde_json::Value::Object(Default::default()),
+            role_models: std::collections::BTreeMap::new(),
         }
     }
 
@@ -328,6 +344,21 @@ impl AgentBuilder {
     /// The tools the agent may use, by name; default: every tool of the tenant.
     pub fn tools<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tools: I) -> Self {
         self.tools = Some(tools.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The architecture's configuration: a JSON object, checked against the
+    /// schema the architecture declares when a run starts (default `{}`).
+    pub fn architecture_config(mut self, config: serde_json::Value) -> Self {
+        self.architecture_config = config;
+        self
+    }
+
+    /// Serve completions the architecture asks for in `role` (`critic`,
+    /// `planner`, `worker`, …) with `model`; other roles use the agent's
+    /// model. Spend is charged the same way whatever the model.
+    pub fn role_model(mut self, role: impl Into<String>, model: Arc<dyn Model>) -> Self {
+        self.role_models.insert(role.into(), model);
         self
     }
 
@@ -412,6 +443,12 @@ impl AgentBuilder {
                 message: "must be at least 1".into(),
             });
         }
+        if !self.architecture_config.is_object() {
+            return Err(ConfigError::Invalid {
+                key: "architecture_config",
+                message: "must be a JSON object (a table in loom.toml)".into(),
+            });
+        }
         Ok(Agent {
             inner: Arc::new(AgentInner {
                 host,
@@ -428,6 +465,8 @@ impl AgentBuilder {
                 memory: self.memory,
                 extraction_model: self.extraction_model,
                 retrieval: self.retrieval,
+                architecture_config: self.architecture_config,
+                role_models: self.role_models,
             }),
         })
     }

@@ -295,7 +295,7 @@ impl RunState {
         Box::pin(async move {
             let mut request = request;
             let reservation = self.governor.before_model(&mut request).await?;
-            let model = &self.agent.model;
+            let model = self.agent.model_for(request.role.as_deref());
             let mut messages: Vec<Message> =
                 request.messages.into_iter().map(to_model_message).collect();
             let mut tools = Vec::with_capacity(request.tools.len());
@@ -581,6 +581,23 @@ impl RunState {
                 instructions: agent.instructions,
                 tools: Some(tools),
                 architecture: agent.architecture.clone(),
+                // The agent-ref's configuration (a JSON object), else none.
+                architecture_config: agent
+                    .config
+                    .as_deref()
+                    .map(|text| {
+                        serde_json::from_str::<serde_json::Value>(text)
+                            .ok()
+                            .filter(serde_json::Value::is_object)
+                            .ok_or_else(|| {
+                                wit::HarnessError::InvalidRequest(
+                                    "the agent-ref's config is not a JSON object".into(),
+                                )
+                            })
+                    })
+                    .transpose()?
+                    .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+                role_models: self.agent.role_models.clone(),
                 max_turns: self.agent.max_turns,
                 output_retries: 0,
                 run_timeout: self.agent.run_timeout,
@@ -722,6 +739,22 @@ fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Valu
         .collect();
     if errors.is_empty() {
         Ok(value)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Check an architecture's configuration against the schema it declares.
+fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> Result<(), String> {
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| format!("its schema is invalid: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(config)
+        .take(8)
+        .map(|e| format!("{} at `{}`", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
     } else {
         Err(errors.join("; "))
     }
@@ -923,6 +956,21 @@ pub(crate) async fn execute(
         }
         _ => agent.instructions.clone(),
     };
+    // The architecture's configuration, checked against the schema it
+    // declares (an empty one is the architecture's own defaults).
+    let config = match agent.architecture_config.as_object() {
+        Some(fields) if !fields.is_empty() => {
+            check_config(&component.info.config_schema, &agent.architecture_config).map_err(
+                |message| {
+                    AgentError::Architecture(format!(
+                        "invalid config for architecture `{arch_name}`: {message}"
+                    ))
+                },
+            )?;
+            agent.architecture_config.to_string()
+        }
+        _ => "{}".to_owned(),
+    };
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
     let mut cpu = std::time::Duration::ZERO;
@@ -935,7 +983,7 @@ pub(crate) async fn execute(
                 instructions: instructions.clone(),
                 history: history.iter().map(to_wit_message).collect(),
                 prompt: prompt.clone(),
-                config: "{}".into(),
+                config: config.clone(),
                 max_turns: agent.max_turns,
             };
             let ran = host

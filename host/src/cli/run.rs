@@ -74,6 +74,19 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     if let Some(tools) = settings.tools {
         builder = builder.tools(tools);
     }
+    if let Some(config) = settings.architecture_config {
+        builder = builder.architecture_config(config);
+    }
+    for (role, spec) in &settings.role_models {
+        let model = from_spec(
+            spec,
+            &host.config().models,
+            &loom_host::model::spec::retry_policy(&host.config().retry),
+            &host.config().base_dir,
+        )
+        .with_context(|| format!("[agent.role_models] {role}"))?;
+        builder = builder.role_model(role.clone(), model);
+    }
     let memory = &settings.memory;
     if memory.enabled {
         builder = builder.memory(

@@ -1,4 +1,5 @@
-//! Write Loom plugins in Rust: tools, permission policies and memory.
+//! Write Loom plugins in Rust: tools, permission policies, memory and
+//! architectures (agent loops).
 //!
 //! The bindings follow the WIT contract `loom:plugin@0.1.1`. Hosts that
 //! speak 0.1.1 still load components built against `loom:plugin@0.1.0`, so
@@ -193,7 +194,59 @@
 //! first-party `loom-memory-kv` component is a complete example, with
 //! lexical recall and bi-temporal facts.
 //!
-//! A component exports tools, a policy or memory: one of them.
+//! # Architectures
+//!
+//! An architecture component exports `loom:plugin/architecture@0.1.1`: one
+//! strategy for running an agent loop (ReAct, self-refine, ...). It talks
+//! to the model, the tools, sub-agents and memory only through the host's
+//! `harness`, which budgets, checks and journals every call.
+//!
+//! Implement [`arch::Architecture`] for a type and export it with
+//! [`export_architecture!`]. [`arch::Run`] keeps the conversation, the
+//! messages the run adds to the session, the turn count, the usage and the
+//! cost, so a loop stays short:
+//!
+//! ```no_run
+//! use loom_sdk::arch::{self, Architecture, ArchitectureInfo, Run, RunError, RunInput, RunOutput};
+//!
+//! /// Calls tools until the model answers, then notes the answer.
+//! struct Minimal;
+//!
+//! impl Architecture for Minimal {
+//!     fn describe() -> ArchitectureInfo {
+//!         ArchitectureInfo {
+//!             name: "minimal".into(),
+//!             description: "Call tools until the model answers".into(),
+//!             workers: Vec::new(),
+//!             config_schema: r#"{"type":"object","properties":{}}"#.into(),
+//!         }
+//!     }
+//!
+//!     fn run(input: RunInput) -> Result<RunOutput, RunError> {
+//!         let mut run = Run::seed(&input);
+//!         while !run.out_of_turns() {
+//!             let completion = run.complete(None, true).map_err(arch::harness_error)?;
+//!             let calls = completion.message.tool_calls;
+//!             if calls.is_empty() {
+//!                 arch::emit("answered", serde_json::json!({ "turns": run.turns() }));
+//!                 return Ok(run.finish(completion.message.content));
+//!             }
+//!             run.call_tools(&calls);
+//!         }
+//!         Ok(run.interrupted("max_turns"))
+//!     }
+//! }
+//!
+//! loom_sdk::export_architecture!(Minimal);
+//! ```
+//!
+//! [`arch::Run::react`] runs exactly that tool loop, and [`arch::config`]
+//! parses the run's configuration object into a `Deserialize` type. The
+//! first-party `loom-arch-react` and `loom-arch-self-refine` components are
+//! complete examples.
+//!
+//! A component exports tools, a policy, memory or an architecture: one of
+//! them.
 
 #![warn(missing_docs)]
 
@@ -256,6 +309,29 @@ pub mod memory_bindings {
     });
 }
 
+/// Generated bindings of the `loom:plugin@0.1.1` architecture world: the
+/// `harness` import and the `architecture` export.
+///
+/// They share the types and the `context` import of [`bindings`], so a
+/// [`Message`](arch::Message) or [`ToolSpec`] is the same type everywhere.
+/// Most authors never need these directly: [`arch`] and
+/// [`export_architecture!`] cover the common ground.
+#[allow(missing_docs, reason = "generated code")]
+pub mod arch_bindings {
+    wit_bindgen::generate!({
+        world: "architecture-plugin",
+        path: "../../wit/plugin@0.1.1",
+        with: {
+            "loom:plugin/types@0.1.1": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.1": crate::bindings::loom::plugin::context,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_architecture_plugin",
+        default_bindings_module: "::loom_sdk::arch_bindings",
+    });
+}
+
+pub mod arch;
 pub mod kv;
 pub mod memory;
 mod policy;
