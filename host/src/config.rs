@@ -515,6 +515,9 @@ pub struct LoomConfig {
     pub tenants: BTreeMap<TenantId, TenantConfig>,
     /// The agent `loom run` builds.
     pub agent: AgentSettings,
+    /// `[agents.NAME]`: named agents, for `loom run --agent NAME` and for
+    /// architectures that delegate to `agent:NAME`.
+    pub agents: BTreeMap<String, AgentSettings>,
     /// Model provider settings.
     pub models: crate::model::settings::ModelSettings,
     /// Retry policy of hosted models.
@@ -553,6 +556,8 @@ struct RawConfig {
     tenants: BTreeMap<String, RawTenant>,
     #[serde(default)]
     agent: AgentSettings,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentSettings>,
     #[serde(default)]
     models: crate::model::settings::ModelSettings,
     #[serde(default)]
@@ -810,6 +815,19 @@ impl LoomConfig {
             .as_ref()
             .map(|a| a.resolve(&resolve))
             .transpose()?;
+        for name in raw.agents.keys() {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    &format!("agents.{name}"),
+                    "agent names are 1-64 characters of [a-zA-Z0-9_-]",
+                ));
+            }
+        }
         let data_dir = resolve(&raw.data_dir);
         Ok(LoomConfig {
             cache_dir: raw
@@ -826,6 +844,7 @@ impl LoomConfig {
             tenants,
             base_dir,
             agent: raw.agent,
+            agents: raw.agents,
             models: raw.models,
             retry: raw.retry,
             pricing: raw.pricing,
@@ -891,6 +910,7 @@ impl LoomConfig {
             limits: Limits::default(),
             tenants: BTreeMap::new(),
             agent: AgentSettings::default(),
+            agents: BTreeMap::new(),
             models: Default::default(),
             retry: Default::default(),
             pricing: BTreeMap::new(),

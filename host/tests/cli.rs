@@ -751,3 +751,32 @@ fn docs_ingest_search_list_and_delete() {
     let out = loom(&env, &["docs", "delete", "--tenant", "acme", "guide.md"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn run_agent_runs_a_named_agent_and_names_the_configured_ones_otherwise() {
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_SELF_REFINE, "self-refine", None);
+    env.config(
+        "[tenants.acme]\n[agents.poet]\ninstructions = \"You write.\"\narchitecture = \"self-refine\"\nmodel = \"echo\"\n",
+    );
+    let out = loom(
+        &env,
+        &["run", "--tenant", "acme", "--agent", "poet", "a poem"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("a poem"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loom(
+        &env,
+        &["run", "--tenant", "acme", "--agent", "novelist", "a book"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("novelist") && text(&out.stderr).contains("poet"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -216,3 +216,53 @@ async fn self_refine_respects_max_turns_and_completes_with_the_echo_model() {
         .unwrap();
     assert!(!result.output.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_architecture_delegates_to_a_named_agent_of_the_configuration() {
+    let env = TestEnv::new();
+    env.add_plugin(components::FIXTURE_DELEGATE_ONCE, "delegate-once", None);
+    env.add_plugin(components::ARCH_SELF_REFINE, "self-refine", None);
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    let host = Arc::new(
+        env.host(
+            "[tenants.acme.permissions]\nmode = \"bypass\"\n\
+             [agents.helper]\ninstructions = \"You help.\"\narchitecture = \"self-refine\"\nmodel = \"echo\"\n\
+             [agents.helper.architecture_config]\nmax_rounds = 1\n",
+        )
+        .await,
+    );
+    let parent = Sequence::new("parent", &[]);
+    let agent = Agent::builder("You delegate.")
+        .host(host.clone())
+        .model(parent.clone())
+        .architecture("delegate-once")
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(
+            scope("acme", Some("dee")),
+            "helper summarise this",
+        ))
+        .await
+        .unwrap();
+    // The named agent ran with its own architecture and model (echo): a
+    // draft and one critique, and the parent's model was never asked.
+    assert!(result.output.contains("Echo:"), "{}", result.output);
+    assert!(
+        result.output.contains("summarise this"),
+        "{}",
+        result.output
+    );
+    assert!(result.output.ends_with("(2 turns)"), "{}", result.output);
+    assert_eq!(parent.calls(), 0);
+
+    let missing = agent
+        .run(RunRequest::new(scope("acme", Some("dee")), "nobody hello"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("nobody") && missing.contains("helper"),
+        "the error names the agent and the configured ones: {missing}"
+    );
+}

@@ -32,6 +32,8 @@ const TESTED: &[&str] = &[
     "FIXTURE_SLOW",
     // Built against loom:plugin@0.1.0; tested in memory_conformance.rs.
     "FIXTURE_LEGACY_TOOL",
+    // Not hostile; delegation to named agents, tested in architectures.rs.
+    "FIXTURE_DELEGATE_ONCE",
 ];
 
 #[test]

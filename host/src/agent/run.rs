@@ -566,6 +566,12 @@ impl RunState {
                 )));
             }
             let allowed: Vec<String> = self.tools.iter().map(|b| b.spec.name.clone()).collect();
+            // `agent:NAME` names an agent of `[agents.NAME]`: its own
+            // settings, within what this run may use.
+            let named = match agent.architecture.strip_prefix("agent:") {
+                Some(name) => Some(self.named_agent(name, &agent, &allowed)?),
+                None => None,
+            };
             let tools = if agent.tools.is_empty() {
                 allowed
             } else {
@@ -575,49 +581,52 @@ impl RunState {
                     .filter(|t| allowed.contains(t))
                     .collect()
             };
-            let child = Arc::new(AgentInner {
-                host: self.agent.host.clone(),
-                model: self.agent.model.clone(),
-                instructions: agent.instructions,
-                tools: Some(tools),
-                architecture: agent.architecture.clone(),
-                // The agent-ref's configuration (a JSON object), else none.
-                architecture_config: agent
-                    .config
-                    .as_deref()
-                    .map(|text| {
-                        serde_json::from_str::<serde_json::Value>(text)
-                            .ok()
-                            .filter(serde_json::Value::is_object)
-                            .ok_or_else(|| {
-                                wit::HarnessError::InvalidRequest(
-                                    "the agent-ref's config is not a JSON object".into(),
-                                )
-                            })
-                    })
-                    .transpose()?
-                    .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
-                role_models: self.agent.role_models.clone(),
-                max_turns: self.agent.max_turns,
-                output_retries: 0,
-                run_timeout: self.agent.run_timeout,
-                prices: self.agent.prices.clone(),
-                sessions: None,
-                approver: self.agent.approver.clone(),
-                extraction_model: None,
-                retrieval: self.agent.retrieval,
-                // The same user's memory, to recall; the parent's episode
-                // records the run, so the sub-agent stores none.
-                memory: self.agent.memory.clone().map(|(memory, options)| {
-                    (
-                        memory,
-                        super::MemoryOptions {
-                            episodes: false,
-                            ..options
-                        },
-                    )
+            let child = match named {
+                Some(child) => Arc::new(child),
+                None => Arc::new(AgentInner {
+                    host: self.agent.host.clone(),
+                    model: self.agent.model.clone(),
+                    instructions: agent.instructions,
+                    tools: Some(tools),
+                    architecture: agent.architecture.clone(),
+                    // The agent-ref's configuration (a JSON object), else none.
+                    architecture_config: agent
+                        .config
+                        .as_deref()
+                        .map(|text| {
+                            serde_json::from_str::<serde_json::Value>(text)
+                                .ok()
+                                .filter(serde_json::Value::is_object)
+                                .ok_or_else(|| {
+                                    wit::HarnessError::InvalidRequest(
+                                        "the agent-ref's config is not a JSON object".into(),
+                                    )
+                                })
+                        })
+                        .transpose()?
+                        .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+                    role_models: self.agent.role_models.clone(),
+                    max_turns: self.agent.max_turns,
+                    output_retries: 0,
+                    run_timeout: self.agent.run_timeout,
+                    prices: self.agent.prices.clone(),
+                    sessions: None,
+                    approver: self.agent.approver.clone(),
+                    extraction_model: None,
+                    retrieval: self.agent.retrieval,
+                    // The same user's memory, to recall; the parent's episode
+                    // records the run, so the sub-agent stores none.
+                    memory: self.agent.memory.clone().map(|(memory, options)| {
+                        (
+                            memory,
+                            super::MemoryOptions {
+                                episodes: false,
+                                ..options
+                            },
+                        )
+                    }),
                 }),
-            });
+            };
             let mut scope = (*self.scope).clone();
             scope.run = RunId::generate();
             scope.session = None;
@@ -642,6 +651,103 @@ impl RunState {
                 cost_usd: result.cost_usd,
                 interrupted: result.interruption_reason,
             })
+        })
+    }
+
+    /// The sub-agent `[agents.NAME]` describes, for a delegation from this
+    /// run: its instructions (and the agent-ref's, when given), model,
+    /// per-role models, architecture and configuration; its tools are the
+    /// ones it names that this run may use (`allowed`), narrowed further by
+    /// the agent-ref's list.
+    fn named_agent(
+        &self,
+        name: &str,
+        agent: &wit::AgentRef,
+        allowed: &[String],
+    ) -> Result<AgentInner, wit::HarnessError> {
+        let config = self.agent.host.config();
+        let settings = config.agents.get(name).ok_or_else(|| {
+            let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+            wit::HarnessError::UnknownAgent(format!(
+                "no agent `{name}` in [agents] (configured: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?;
+        let retry = crate::model::spec::retry_policy(&config.retry);
+        let model_of = |spec: &str, key: String| {
+            crate::model::spec::from_spec(spec, &config.models, &retry, &config.base_dir)
+                .map_err(|e| wit::HarnessError::InvalidRequest(format!("{key}: {e}")))
+        };
+        let model = match &settings.model {
+            Some(spec) => model_of(spec, format!("[agents.{name}] model"))?,
+            None => self.agent.model.clone(),
+        };
+        let mut role_models = self.agent.role_models.clone();
+        for (role, spec) in &settings.role_models {
+            role_models.insert(
+                role.clone(),
+                model_of(spec, format!("[agents.{name}.role_models] {role}"))?,
+            );
+        }
+        let mut tools: Vec<String> = match &settings.tools {
+            Some(named) => named
+                .iter()
+                .filter(|t| allowed.contains(t))
+                .cloned()
+                .collect(),
+            None => allowed.to_vec(),
+        };
+        if !agent.tools.is_empty() {
+            tools.retain(|t| agent.tools.contains(t));
+        }
+        let mut instructions = settings.instructions.clone();
+        if !agent.instructions.is_empty() {
+            if !instructions.is_empty() {
+                instructions.push_str("\n\n");
+            }
+            instructions.push_str(&agent.instructions);
+        }
+        let architecture_config = match (&settings.architecture_config, agent.config.as_deref()) {
+            (Some(config), _) => config.clone(),
+            (None, Some(text)) => serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    wit::HarnessError::InvalidRequest(
+                        "the agent-ref's config is not a JSON object".into(),
+                    )
+                })?,
+            (None, None) => serde_json::Value::Object(Default::default()),
+        };
+        Ok(AgentInner {
+            host: self.agent.host.clone(),
+            model,
+            instructions,
+            tools: Some(tools),
+            architecture: settings.architecture.clone(),
+            architecture_config,
+            role_models,
+            max_turns: settings.max_turns.max(1),
+            output_retries: 0,
+            run_timeout: self.agent.run_timeout,
+            prices: self.agent.prices.clone(),
+            sessions: None,
+            approver: self.agent.approver.clone(),
+            extraction_model: None,
+            retrieval: self.agent.retrieval,
+            memory: self.agent.memory.clone().map(|(memory, options)| {
+                (
+                    memory,
+                    super::MemoryOptions {
+                        episodes: false,
+                        ..options
+                    },
+                )
+            }),
         })
     }
 

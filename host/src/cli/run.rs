@@ -18,9 +18,12 @@ pub struct RunArgs {
     pub prompt: String,
     #[command(flatten)]
     pub scope: super::scope::ScopeArgs,
-    /// Architecture to use instead of [agent] architecture.
+    /// Architecture to use instead of the agent's.
     #[arg(long)]
     pub arch: Option<String>,
+    /// Run the named agent of [agents.NAME] instead of [agent].
+    #[arg(long)]
+    pub agent: Option<String>,
     /// Model string instead of [agent] model (openai:<model>,
     /// anthropic:<model>, compat:<name>, echo, scripted:<file>).
     #[arg(long)]
@@ -36,7 +39,21 @@ pub struct RunArgs {
 /// Run the agent and print its progress and answer.
 pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let scope = args.scope.scope(&config)?;
-    let spec = args.model.or_else(|| config.agent.model.clone()).context(
+    let settings = match &args.agent {
+        None => config.agent.clone(),
+        Some(name) => config.agents.get(name).cloned().with_context(|| {
+            let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+            format!(
+                "--agent {name}: no [agents.{name}] in the configuration (configured: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?,
+    };
+    let spec = args.model.or_else(|| settings.model.clone()).context(
         "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
          anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",
     )?;
@@ -57,7 +74,6 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let settings = config.agent.clone();
     let prices = PriceTable::new(config.pricing.clone());
     let host = Arc::new(Host::start(config).await?);
     let sessions = host.sessions();
