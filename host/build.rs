@@ -1,9 +1,8 @@
-//! Builds the first-party components (the ReAct and self-refine
-//! architectures, the four tools, the `deny-args` policy and the
-//! `kv-memory` memory component) for `wasm32-wasip2` from this workspace's
-//! source, in a target directory of their own, and writes `builtin.rs`,
-//! which embeds them in the host: `loom` serves them with no plugin
-//! directory at all.
+//! Builds the first-party components (the architectures, the four tools,
+//! the `deny-args` policy and the `kv-memory` memory component) for
+//! `wasm32-wasip2` from this workspace's source, in a target directory of
+//! their own, and writes `builtin.rs`, which embeds them in the host: `loom`
+//! serves them with no plugin directory at all.
 //!
 //! The target is installed with rustup when it is missing.
 
@@ -16,6 +15,12 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const BUILTIN: &[(&str, &str)] = &[
     ("react", "loom-arch-react"),
     ("self-refine", "loom-arch-self-refine"),
+    ("plan-and-execute", "loom-arch-plan-and-execute"),
+    ("rewoo", "loom-arch-rewoo"),
+    ("tree-of-thoughts", "loom-arch-tree-of-thoughts"),
+    ("debate", "loom-arch-debate"),
+    ("reflexion", "loom-arch-reflexion"),
+    ("actor-critic", "loom-arch-actor-critic"),
     ("calculator", "loom-tool-calculator"),
     ("files", "loom-tool-files"),
     ("http-fetch", "loom-tool-http-fetch"),

@@ -374,6 +374,12 @@ fn runs_out_of_the_box_with_no_config() {
     for name in [
         "react",
         "self-refine",
+        "plan-and-execute",
+        "rewoo",
+        "tree-of-thoughts",
+        "debate",
+        "reflexion",
+        "actor-critic",
         "calculator",
         "files",
         "http-fetch",
@@ -384,7 +390,16 @@ fn runs_out_of_the_box_with_no_config() {
         assert!(listed.contains(name), "{name} in {listed}");
     }
     // Every built-in architecture completes a run with the offline model.
-    for arch in ["react", "self-refine"] {
+    for arch in [
+        "react",
+        "self-refine",
+        "plan-and-execute",
+        "rewoo",
+        "tree-of-thoughts",
+        "debate",
+        "reflexion",
+        "actor-critic",
+    ] {
         let out = loom_bare(
             empty.path(),
             data.path(),

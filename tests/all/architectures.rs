@@ -5,7 +5,7 @@
 
 use loom_host::Host;
 use loom_host::agent::{Agent, AgentError, RunRequest};
-use loom_host::model::offline::EchoModel;
+use loom_host::model::offline::{EchoModel, ScriptedModel, ScriptedToolCall, ScriptedTurn};
 use loom_host::model::{
     BoxFuture, ChunkSink, FinishReason, Message, Model, ModelError, ModelRequest, ModelResponse,
     Usage,
@@ -265,4 +265,348 @@ async fn an_architecture_delegates_to_a_named_agent_of_the_configuration() {
         missing.contains("nobody") && missing.contains("helper"),
         "the error names the agent and the configured ones: {missing}"
     );
+}
+
+/// A model that calls `run_context` once, then answers with its result.
+fn tool_then_answer() -> Arc<ScriptedModel> {
+    Arc::new(ScriptedModel::new(vec![
+        ScriptedTurn {
+            text: String::new(),
+            tool_calls: vec![ScriptedToolCall {
+                id: None,
+                name: "run_context".into(),
+                arguments: serde_json::json!({}),
+            }],
+            usage: None,
+        },
+        ScriptedTurn {
+            text: "step result: {last_tool_result}".into(),
+            tool_calls: Vec::new(),
+            usage: None,
+        },
+    ]))
+}
+
+async fn host_with_tools(env: &TestEnv, arch: (&str, &str)) -> Arc<Host> {
+    env.add_plugin(arch.1, arch.0, None);
+    env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
+    env.add_plugin(components::TOOL_CALCULATOR, "calculator", None);
+    Arc::new(
+        env.host("[tenants.acme.permissions]\nmode = \"bypass\"\n")
+            .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_execute_plans_runs_each_step_with_tools_and_synthesizes() {
+    let env = TestEnv::new();
+    let host = host_with_tools(
+        &env,
+        ("plan-and-execute", components::ARCH_PLAN_AND_EXECUTE),
+    )
+    .await;
+    let planner = Sequence::new(
+        "planner",
+        &["Here is the plan:\n```json\n[\"find out who I serve\", \"say it again\"]\n```"],
+    );
+    let synthesizer = Sequence::new("synthesizer", &["final answer"]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(tool_then_answer())
+        .role_model("planner", planner.clone())
+        .role_model("synthesizer", synthesizer.clone())
+        .architecture("plan-and-execute")
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(
+            scope("acme", Some("pat")),
+            "Who do you serve?",
+        ))
+        .await
+        .unwrap();
+    // planner, then per step: executor (tool call), executor (answer);
+    // then the synthesizer.
+    assert_eq!(result.turns, 6, "{result:?}");
+    assert_eq!(result.output, "final answer");
+    assert_eq!((planner.calls(), synthesizer.calls()), (1, 1));
+    assert!(
+        planner.request_text(0).contains("run_context"),
+        "the planner sees the tools"
+    );
+    let synthesis = synthesizer.request_text(0);
+    assert!(synthesis.contains("find out who I serve"), "{synthesis}");
+    assert_eq!(
+        synthesis.matches("step result:").count(),
+        2,
+        "both steps called the tool: {synthesis}"
+    );
+    assert!(
+        synthesis.contains("pat"),
+        "the tool ran for the run's user: {synthesis}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewoo_plans_runs_levels_with_placeholders_and_solves() {
+    let env = TestEnv::new();
+    let host = host_with_tools(&env, ("rewoo", components::ARCH_REWOO)).await;
+    let planner = Sequence::new(
+        "planner",
+        &[
+            r#"[{"id":"E1","tool":"calculate","args":{"expression":"6*7"}},
+              {"id":"E2","tool":"calculate","args":{"expression":"{{E1}}+1"}}]"#,
+        ],
+    );
+    let solver = Sequence::new("solver", &["43"]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("planner", planner.clone())
+        .role_model("solver", solver.clone())
+        .architecture("rewoo")
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(
+            scope("acme", Some("rey")),
+            "What is 6*7+1?",
+        ))
+        .await
+        .unwrap();
+    // Two completions; the tools ran between them, E2 after E1.
+    assert_eq!(result.turns, 2, "{result:?}");
+    assert_eq!(result.output, "43");
+    let evidence = solver.request_text(0);
+    assert!(evidence.contains("E1 = 42"), "{evidence}");
+    assert!(evidence.contains("E2 = 43"), "{evidence}");
+
+    // A plan whose steps wait on each other runs no tool.
+    let cyclic = Sequence::new(
+        "planner",
+        &[
+            r#"[{"id":"E1","tool":"calculate","args":{"expression":"{{E2}}"}},
+              {"id":"E2","tool":"calculate","args":{"expression":"{{E1}}"}}]"#,
+        ],
+    );
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("planner", cyclic)
+        .architecture("rewoo")
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("rey")), "loop"))
+        .await
+        .unwrap();
+    assert!(
+        result.output.starts_with("cyclic_plan"),
+        "{}",
+        result.output
+    );
+    assert_eq!(result.turns, 1);
+}
+
+/// A host with the architecture `(name, component)` and react installed.
+async fn host_with(env: &TestEnv, arch: (&str, &str)) -> Arc<Host> {
+    env.add_plugin(arch.1, arch.0, None);
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    Arc::new(
+        env.host("[tenants.acme.permissions]\nmode = \"bypass\"\n")
+            .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_of_thoughts_searches_a_beam_and_synthesizes_the_best_chain() {
+    let env = TestEnv::new();
+    let host = host_with(
+        &env,
+        ("tree-of-thoughts", components::ARCH_TREE_OF_THOUGHTS),
+    )
+    .await;
+    let proposer = Sequence::new(
+        "proposer",
+        &["1. idea A\n2. idea B", "1. idea B1\n2. idea B2"],
+    );
+    let evaluator = Sequence::new(
+        "evaluator",
+        &["Score: 0.4", "Score: 0.6", "Score: 0.3", "I would say 0.5"],
+    );
+    let synthesizer = Sequence::new("synthesizer", &["the answer"]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("proposer", proposer.clone())
+        .role_model("evaluator", evaluator.clone())
+        .role_model("synthesizer", synthesizer.clone())
+        .architecture("tree-of-thoughts")
+        .architecture_config(
+            serde_json::json!({"branch_factor": 2, "max_depth": 2, "beam_width": 1}),
+        )
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("tom")), "Solve it"))
+        .await
+        .unwrap();
+    // Depth 1: one proposal, two evaluations (B wins); depth 2: one
+    // proposal from B, two evaluations (B2 wins); then the synthesizer.
+    assert_eq!(
+        (proposer.calls(), evaluator.calls(), synthesizer.calls()),
+        (2, 4, 1)
+    );
+    assert_eq!(result.turns, 7);
+    assert_eq!(result.output, "the answer");
+    assert!(
+        proposer.request_text(1).contains("idea B"),
+        "depth 2 grows the best node"
+    );
+    let chain = synthesizer.request_text(0);
+    assert!(
+        chain.contains("idea B") && chain.contains("idea B2"),
+        "{chain}"
+    );
+    assert!(!chain.contains("idea A"), "{chain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debate_revises_until_the_debaters_converge_and_a_judge_decides() {
+    let env = TestEnv::new();
+    let host = host_with(&env, ("debate", components::ARCH_DEBATE)).await;
+    let debaters = Sequence::new(
+        "debater",
+        &[
+            "cats are best",
+            "dogs are best",
+            "dogs are best",
+            "dogs are best",
+        ],
+    );
+    let judge = Sequence::new("judge", &["Dogs."]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("debater", debaters.clone())
+        .role_model("judge", judge.clone())
+        .architecture("debate")
+        .architecture_config(serde_json::json!({"debaters": 2, "rounds": 3, "convergence": 0.9}))
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(
+            scope("acme", Some("dan")),
+            "Which pet is best?",
+        ))
+        .await
+        .unwrap();
+    // Round 0 disagrees, round 1 converges, so rounds 2 and 3 never run.
+    assert_eq!((debaters.calls(), judge.calls()), (4, 1));
+    assert_eq!(result.turns, 5);
+    assert_eq!(result.output, "Dogs.");
+    assert!(debaters.request_text(0).contains("debater 1 of 2"));
+    assert!(
+        debaters.request_text(2).contains("dogs are best"),
+        "round 1 shows each debater the other's answer"
+    );
+    assert!(judge.request_text(0).contains("Debater 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflexion_stores_lessons_for_the_user_and_uses_them_in_the_next_attempt_and_run() {
+    use loom_host::agent::MemoryOptions;
+    let env = TestEnv::new();
+    let host = host_with(&env, ("reflexion", components::ARCH_REFLEXION)).await;
+    let agent_for =
+        |actor: &Arc<Sequence>, evaluator: &Arc<Sequence>, reflector: &Arc<Sequence>| {
+            Agent::builder("")
+                .host(host.clone())
+                .model(Sequence::new("unused", &[]))
+                .role_model("actor", actor.clone())
+                .role_model("evaluator", evaluator.clone())
+                .role_model("reflector", reflector.clone())
+                .architecture("reflexion")
+                .architecture_config(serde_json::json!({"max_attempts": 2}))
+                .memory(host.memory(), MemoryOptions::default())
+                .build()
+                .unwrap()
+        };
+    let actor = Sequence::new("actor", &["first try", "second try"]);
+    let evaluator = Sequence::new("evaluator", &["Score: 0.2\nwrong units", "Score: 0.9"]);
+    let reflector = Sequence::new("reflector", &["Check the units before answering."]);
+    let result = agent_for(&actor, &evaluator, &reflector)
+        .run(RunRequest::new(
+            scope("acme", Some("rita")),
+            "Convert 3 km to miles",
+        ))
+        .await
+        .unwrap();
+    // actor, evaluator, reflector, actor (with the lesson), evaluator.
+    assert_eq!(
+        (actor.calls(), evaluator.calls(), reflector.calls()),
+        (2, 2, 1)
+    );
+    assert_eq!(result.turns, 5);
+    assert_eq!(result.output, "second try");
+    assert!(
+        actor
+            .request_text(1)
+            .contains("Check the units before answering.")
+    );
+
+    // The lesson is in rita's memory: her next run starts with it; ron's
+    // does not.
+    for (user, sees) in [("rita", true), ("ron", false)] {
+        let actor = Sequence::new("actor", &["answer"]);
+        let evaluator = Sequence::new("evaluator", &["Score: 1"]);
+        let reflector = Sequence::new("reflector", &[]);
+        agent_for(&actor, &evaluator, &reflector)
+            .run(RunRequest::new(
+                scope("acme", Some(user)),
+                "Convert 5 km to miles",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            actor.request_text(0).contains("Check the units"),
+            sees,
+            "{user}: {}",
+            actor.request_text(0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_critic_revises_until_the_critic_approves() {
+    let env = TestEnv::new();
+    let host = host_with(&env, ("actor-critic", components::ARCH_ACTOR_CRITIC)).await;
+    let actor = Sequence::new("actor", &["draft", "better"]);
+    let critic = Sequence::new(
+        "critic",
+        &[
+            r#"{"issues": ["too short"], "score": 0.3, "summary": "meh"}"#,
+            "```json\n{\"issues\": [], \"score\": 0.95, \"summary\": \"good\"}\n```",
+        ],
+    );
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("actor", actor.clone())
+        .role_model("critic", critic.clone())
+        .architecture("actor-critic")
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("ace")), "Describe Loom"))
+        .await
+        .unwrap();
+    assert_eq!((actor.calls(), critic.calls()), (2, 2));
+    assert_eq!(result.turns, 4);
+    assert_eq!(result.output, "better");
+    assert!(
+        actor.request_text(1).contains("too short"),
+        "the actor revises given the issues"
+    );
+    assert!(critic.request_text(1).contains("better"));
 }
