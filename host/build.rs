@@ -21,6 +21,8 @@ const BUILTIN: &[(&str, &str)] = &[
     ("debate", "loom-arch-debate"),
     ("reflexion", "loom-arch-reflexion"),
     ("actor-critic", "loom-arch-actor-critic"),
+    ("router", "loom-arch-router"),
+    ("supervisor", "loom-arch-supervisor"),
     ("calculator", "loom-tool-calculator"),
     ("files", "loom-tool-files"),
     ("http-fetch", "loom-tool-http-fetch"),

@@ -380,6 +380,8 @@ fn runs_out_of_the_box_with_no_config() {
         "debate",
         "reflexion",
         "actor-critic",
+        "router",
+        "supervisor",
         "calculator",
         "files",
         "http-fetch",

@@ -610,3 +610,106 @@ async fn actor_critic_revises_until_the_critic_approves() {
     );
     assert!(critic.request_text(1).contains("better"));
 }
+
+/// A host with router and supervisor, react, and the named agent `helper`
+/// (react on the echo model).
+async fn team_host(env: &TestEnv) -> Arc<Host> {
+    env.add_plugin(components::ARCH_ROUTER, "router", None);
+    env.add_plugin(components::ARCH_SUPERVISOR, "supervisor", None);
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    Arc::new(
+        env.host(
+            "[tenants.acme.permissions]\nmode = \"bypass\"\n\
+             [agents.helper]\ninstructions = \"You help.\"\narchitecture = \"react\"\nmodel = \"echo\"\n",
+        )
+        .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_classifies_hands_off_and_falls_back() {
+    let env = TestEnv::new();
+    let host = team_host(&env).await;
+    let routes = serde_json::json!({
+        "routes": {
+            "math": {"description": "arithmetic", "agent": "helper"},
+            "general": {"description": "anything else", "instructions": "Answer briefly."}
+        },
+        "fallback": "general"
+    });
+    let router = Sequence::new("router", &["`Math`.", "no idea"]);
+    // The inline `general` route runs react on the agent's own model.
+    let own = Sequence::new("own", &["general answer"]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(own.clone())
+        .role_model("router", router.clone())
+        .architecture("router")
+        .architecture_config(routes)
+        .build()
+        .unwrap();
+    let math = agent
+        .run(RunRequest::new(scope("acme", Some("ro")), "what is 2+2"))
+        .await
+        .unwrap();
+    assert_eq!(math.output, "Echo: what is 2+2", "the named agent answered");
+    assert!(router.request_text(0).contains("arithmetic"));
+    assert_eq!(own.calls(), 0);
+    let general = agent
+        .run(RunRequest::new(scope("acme", Some("ro")), "tell me a joke"))
+        .await
+        .unwrap();
+    assert_eq!(
+        general.output, "general answer",
+        "the fallback route answered"
+    );
+    assert_eq!((router.calls(), own.calls()), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_delegates_reads_results_and_answers() {
+    let env = TestEnv::new();
+    let host = team_host(&env).await;
+    let supervisor = Sequence::new(
+        "supervisor",
+        &[
+            r#"{"delegate": [{"worker": "helper", "task": "compute 2+2"}, {"worker": "coder", "task": "x"}]}"#,
+            r#"{"final": "done: 4"}"#,
+        ],
+    );
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("supervisor", supervisor.clone())
+        .architecture("supervisor")
+        .architecture_config(serde_json::json!({
+            "workers": {"helper": {"description": "does the work", "agent": "helper"}}
+        }))
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("sue")), "What is 2+2?"))
+        .await
+        .unwrap();
+    assert_eq!(result.output, "done: 4");
+    assert_eq!(supervisor.calls(), 2);
+    let second = supervisor.request_text(1);
+    assert!(
+        second.contains("[helper] compute 2+2 -> Echo: compute 2+2"),
+        "{second}"
+    );
+    assert!(second.contains("no worker named coder"), "{second}");
+    // Workers must be configured; a config without them is refused.
+    let bare = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .architecture("supervisor")
+        .architecture_config(serde_json::json!({"max_rounds": 2}))
+        .build()
+        .unwrap();
+    let error = bare
+        .run(RunRequest::new(scope("acme", Some("sue")), "x"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("supervisor"), "{error}");
+}

@@ -1,11 +1,11 @@
 //! The first-party components embedded in the host (built from this
 //! workspace's `plugins/` by `build.rs`): the architectures (`react`,
 //! `self-refine`, `plan-and-execute`, `rewoo`, `tree-of-thoughts`,
-//! `debate`, `reflexion`, `actor-critic`), the `calculator`, `files`,
-//! `http-fetch` and `run-context` tools, the `deny-args` policy and the
-//! `kv-memory` memory component. They are the lowest layer of every
-//! tenant's catalog; a plugin directory overrides one by offering a tool or
-//! architecture of the same name. Set
+//! `debate`, `reflexion`, `actor-critic`, `router`, `supervisor`), the
+//! `calculator`, `files`, `http-fetch` and `run-context` tools, the
+//! `deny-args` policy and the `kv-memory` memory component. They are the
+//! lowest layer of every tenant's catalog; a plugin directory overrides one
+//! by offering a tool or architecture of the same name. Set
 //! `builtin_plugins = false` in `loom.toml` to leave them out.
 
 include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
