@@ -23,6 +23,8 @@ const BUILTIN: &[(&str, &str)] = &[
     ("actor-critic", "loom-arch-actor-critic"),
     ("router", "loom-arch-router"),
     ("supervisor", "loom-arch-supervisor"),
+    ("swarm", "loom-arch-swarm"),
+    ("blackboard", "loom-arch-blackboard"),
     ("calculator", "loom-tool-calculator"),
     ("files", "loom-tool-files"),
     ("http-fetch", "loom-tool-http-fetch"),

@@ -382,6 +382,8 @@ fn runs_out_of_the_box_with_no_config() {
         "actor-critic",
         "router",
         "supervisor",
+        "swarm",
+        "blackboard",
         "calculator",
         "files",
         "http-fetch",

@@ -616,6 +616,8 @@ async fn actor_critic_revises_until_the_critic_approves() {
 async fn team_host(env: &TestEnv) -> Arc<Host> {
     env.add_plugin(components::ARCH_ROUTER, "router", None);
     env.add_plugin(components::ARCH_SUPERVISOR, "supervisor", None);
+    env.add_plugin(components::ARCH_SWARM, "swarm", None);
+    env.add_plugin(components::ARCH_BLACKBOARD, "blackboard", None);
     env.add_plugin(components::ARCH_REACT, "react", None);
     Arc::new(
         env.host(
@@ -712,4 +714,103 @@ async fn supervisor_delegates_reads_results_and_answers() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("supervisor"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_hands_off_between_peers_and_stops_a_cycle() {
+    let env = TestEnv::new();
+    let host = team_host(&env).await;
+    let peers = serde_json::json!({
+        "agents": {
+            "a": {"description": "first look", "instructions": "You look first."},
+            "b": {"description": "second look", "instructions": "You check."}
+        },
+        "entry": "a"
+    });
+    // Both inline peers run react on the agent's own model, in turn.
+    let own = Sequence::new("own", &["A looked\nHANDOFF: b: please check", "B is sure"]);
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(own.clone())
+        .architecture("swarm")
+        .architecture_config(peers.clone())
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("swa")), "Look at this"))
+        .await
+        .unwrap();
+    assert_eq!(result.output, "B is sure");
+    assert_eq!(own.calls(), 2);
+    let handed = own.request_text(1);
+    assert!(
+        handed.contains("Handed off from a: please check"),
+        "{handed}"
+    );
+    assert!(
+        handed.contains("A looked") && !handed.contains("HANDOFF: b: please"),
+        "{handed}"
+    );
+
+    let looping = Sequence::new(
+        "own",
+        &[
+            "A1\nHANDOFF: b: x",
+            "B1\nHANDOFF: a: y",
+            "A2\nHANDOFF: b: z",
+            "never asked",
+        ],
+    );
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(looping.clone())
+        .architecture("swarm")
+        .architecture_config(peers)
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("swa")), "Look again"))
+        .await
+        .unwrap();
+    // a→b, b→a, then a→b again: a cycle, so the last answer stands.
+    assert_eq!(result.output, "A2");
+    assert_eq!(looping.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackboard_lets_the_controller_pick_experts_and_answer_from_the_board() {
+    let env = TestEnv::new();
+    let host = team_host(&env).await;
+    let controller = Sequence::new(
+        "controller",
+        &[
+            r#"{"expert": "calc", "focus": "add the numbers"}"#,
+            r#"{"final": "4"}"#,
+        ],
+    );
+    let agent = Agent::builder("")
+        .host(host.clone())
+        .model(Sequence::new("unused", &[]))
+        .role_model("controller", controller.clone())
+        .architecture("blackboard")
+        .architecture_config(serde_json::json!({
+            "experts": {
+                "calc": {"description": "arithmetic", "agent": "helper"},
+                "writer": {"description": "prose", "instructions": "Write well."}
+            }
+        }))
+        .build()
+        .unwrap();
+    let result = agent
+        .run(RunRequest::new(scope("acme", Some("bla")), "What is 2+2?"))
+        .await
+        .unwrap();
+    assert_eq!(result.output, "4");
+    assert_eq!(controller.calls(), 2);
+    let board = controller.request_text(1);
+    assert!(
+        board.contains("[calc] Echo:"),
+        "the expert's contribution is on the board: {board}"
+    );
+    assert!(board.contains("Your focus: add the numbers"), "{board}");
 }

@@ -1,7 +1,8 @@
 //! The first-party components embedded in the host (built from this
 //! workspace's `plugins/` by `build.rs`): the architectures (`react`,
 //! `self-refine`, `plan-and-execute`, `rewoo`, `tree-of-thoughts`,
-//! `debate`, `reflexion`, `actor-critic`, `router`, `supervisor`), the
+//! `debate`, `reflexion`, `actor-critic`, `router`, `supervisor`, `swarm`,
+//! `blackboard`), the
 //! `calculator`, `files`, `http-fetch` and `run-context` tools, the
 //! `deny-args` policy and the `kv-memory` memory component. They are the
 //! lowest layer of every tenant's catalog; a plugin directory overrides one
