@@ -581,52 +581,15 @@ impl RunState {
                     .filter(|t| allowed.contains(t))
                     .collect()
             };
-            let child = match named {
-                Some(child) => Arc::new(child),
-                None => Arc::new(AgentInner {
-                    host: self.agent.host.clone(),
-                    model: self.agent.model.clone(),
-                    instructions: agent.instructions,
-                    tools: Some(tools),
-                    architecture: agent.architecture.clone(),
+            let child = Arc::new(match named {
+                Some(child) => child,
+                None => AgentInner {
                     // The agent-ref's configuration (a JSON object), else none.
-                    architecture_config: agent
-                        .config
-                        .as_deref()
-                        .map(|text| {
-                            serde_json::from_str::<serde_json::Value>(text)
-                                .ok()
-                                .filter(serde_json::Value::is_object)
-                                .ok_or_else(|| {
-                                    wit::HarnessError::InvalidRequest(
-                                        "the agent-ref's config is not a JSON object".into(),
-                                    )
-                                })
-                        })
-                        .transpose()?
-                        .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
-                    role_models: self.agent.role_models.clone(),
-                    max_turns: self.agent.max_turns,
-                    output_retries: 0,
-                    run_timeout: self.agent.run_timeout,
-                    prices: self.agent.prices.clone(),
-                    sessions: None,
-                    approver: self.agent.approver.clone(),
-                    extraction_model: None,
-                    retrieval: self.agent.retrieval,
-                    // The same user's memory, to recall; the parent's episode
-                    // records the run, so the sub-agent stores none.
-                    memory: self.agent.memory.clone().map(|(memory, options)| {
-                        (
-                            memory,
-                            super::MemoryOptions {
-                                episodes: false,
-                                ..options
-                            },
-                        )
-                    }),
-                }),
-            };
+                    architecture_config: ref_config(agent.config.as_deref())?
+                        .unwrap_or_else(empty_object),
+                    ..self.sub_agent(agent.architecture, agent.instructions, tools)
+                },
+            });
             let mut scope = (*self.scope).clone();
             scope.run = RunId::generate();
             scope.session = None;
@@ -711,27 +674,39 @@ impl RunState {
             }
             instructions.push_str(&agent.instructions);
         }
-        let architecture_config = match (&settings.architecture_config, agent.config.as_deref()) {
-            (Some(config), _) => config.clone(),
-            (None, Some(text)) => serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .filter(serde_json::Value::is_object)
-                .ok_or_else(|| {
-                    wit::HarnessError::InvalidRequest(
-                        "the agent-ref's config is not a JSON object".into(),
-                    )
-                })?,
-            (None, None) => serde_json::Value::Object(Default::default()),
+        let architecture_config = match &settings.architecture_config {
+            Some(config) => config.clone(),
+            None => ref_config(agent.config.as_deref())?.unwrap_or_else(empty_object),
         };
         Ok(AgentInner {
-            host: self.agent.host.clone(),
             model,
-            instructions,
-            tools: Some(tools),
-            architecture: settings.architecture.clone(),
             architecture_config,
             role_models,
             max_turns: settings.max_turns.max(1),
+            ..self.sub_agent(settings.architecture.clone(), instructions, tools)
+        })
+    }
+
+    /// A sub-agent of this run running `architecture` with `instructions`
+    /// and `tools`: this run's model, role models, turn cap, limits, prices
+    /// and approver, no session, no output retries, no extraction, and the
+    /// same user's memory to recall (the parent's episode records the run,
+    /// so the sub-agent stores none); an empty configuration.
+    fn sub_agent(
+        &self,
+        architecture: String,
+        instructions: String,
+        tools: Vec<String>,
+    ) -> AgentInner {
+        AgentInner {
+            host: self.agent.host.clone(),
+            model: self.agent.model.clone(),
+            instructions,
+            tools: Some(tools),
+            architecture,
+            architecture_config: empty_object(),
+            role_models: self.agent.role_models.clone(),
+            max_turns: self.agent.max_turns,
             output_retries: 0,
             run_timeout: self.agent.run_timeout,
             prices: self.agent.prices.clone(),
@@ -748,7 +723,7 @@ impl RunState {
                     },
                 )
             }),
-        })
+        }
     }
 
     /// Memories of the run's user.
@@ -848,6 +823,27 @@ fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Valu
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// An empty JSON object, the configuration of an architecture given none.
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// An agent-ref's configuration text, parsed, when it carries one.
+fn ref_config(config: Option<&str>) -> Result<Option<serde_json::Value>, wit::HarnessError> {
+    config
+        .map(|text| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    wit::HarnessError::InvalidRequest(
+                        "the agent-ref's config is not a JSON object".into(),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// Check an architecture's configuration against the schema it declares.

@@ -124,6 +124,26 @@ impl From<HarnessError> for RunError {
     }
 }
 
+/// The context of a side completion: `system` as a system message (when
+/// not empty), then the session `history` without its system messages (the
+/// run's own instructions are replaced, never sent twice).
+pub fn context(system: &str, history: &[Message]) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if !system.is_empty() {
+        messages.push(Message::system(system));
+    }
+    messages.extend(history.iter().filter(|m| m.role != Role::System).cloned());
+    messages
+}
+
+/// The text of a harness error, for a result the loop shows a model
+/// (`ERROR: <text>`) rather than ending the run.
+pub fn harness_error_text(error: HarnessError) -> String {
+    match harness_error(error) {
+        RunError::Harness(text) | RunError::Failed(text) | RunError::InvalidConfig(text) => text,
+    }
+}
+
 /// The run error for a harness call that failed in a way the architecture
 /// does not recover from: [`RunError::Harness`] with text such as
 /// `budget exceeded: ...`, `model failed: ...`, `invalid request: ...`,

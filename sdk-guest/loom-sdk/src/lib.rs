@@ -335,6 +335,7 @@ pub mod arch;
 pub mod kv;
 pub mod memory;
 mod policy;
+pub mod team;
 
 pub use bindings::loom::plugin::context::LogLevel;
 pub use bindings::loom::plugin::types::{RunContext, ToolCall, ToolError, ToolSpec};

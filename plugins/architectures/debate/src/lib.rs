@@ -60,8 +60,8 @@
 use std::collections::HashSet;
 
 use loom_sdk::arch::{
-    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Role, Run, RunError,
-    RunInput, RunOutput,
+    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Run, RunError, RunInput,
+    RunOutput,
 };
 use serde::Deserialize;
 
@@ -230,8 +230,7 @@ fn judge_text(task: &str, answers: &[String]) -> String {
 /// `system`, the session's history without its system messages, then one
 /// user message of `text`.
 fn messages(system: String, history: &[Message], text: String) -> Vec<Message> {
-    let mut messages = vec![Message::system(system)];
-    messages.extend(history.iter().filter(|m| m.role != Role::System).cloned());
+    let mut messages = arch::context(&system, history);
     messages.push(Message::user(text));
     messages
 }
@@ -369,6 +368,7 @@ loom_sdk::export_architecture!(Debate);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loom_sdk::arch::Role;
 
     fn strings(texts: &[&str]) -> Vec<String> {
         texts.iter().map(|t| (*t).to_owned()).collect()

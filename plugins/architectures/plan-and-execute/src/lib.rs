@@ -57,8 +57,8 @@
 //! * `synthesized` — `{}` after the synthesizer's answer.
 
 use loom_sdk::arch::{
-    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Role, Run, RunError,
-    RunInput, RunOutput, ToolSpec,
+    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Run, RunError, RunInput,
+    RunOutput, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -258,18 +258,7 @@ fn synthesizer_prompt(task: &str, steps: &[String], results: &[String]) -> Strin
 /// The instructions (as a system message, when there are any) and the
 /// session history without its system messages.
 fn context(input: &RunInput) -> Vec<Message> {
-    let mut messages = Vec::new();
-    if !input.instructions.is_empty() {
-        messages.push(Message::system(input.instructions.clone()));
-    }
-    messages.extend(
-        input
-            .history
-            .iter()
-            .filter(|message| message.role != Role::System)
-            .cloned(),
-    );
-    messages
+    arch::context(&input.instructions, &input.history)
 }
 
 /// A request for `role` with `messages`, offering `tools`.
@@ -395,6 +384,7 @@ loom_sdk::export_architecture!(PlanAndExecute);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loom_sdk::arch::Role;
 
     fn plan(reply: &str) -> Vec<String> {
         parse_plan(reply, 8)

@@ -64,8 +64,8 @@
 use std::collections::{HashMap, HashSet};
 
 use loom_sdk::arch::{
-    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Role, Run, RunError,
-    RunInput, RunOutput, ToolCall, ToolResult, ToolSpec,
+    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Run, RunError, RunInput,
+    RunOutput, ToolCall, ToolResult, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -380,18 +380,7 @@ fn solver_prompt(task: &str, steps: &[Step], evidence: &[(String, String)]) -> S
 /// The instructions (as a system message, when there are any) and the
 /// session history without its system messages.
 fn context(input: &RunInput) -> Vec<Message> {
-    let mut messages = Vec::new();
-    if !input.instructions.is_empty() {
-        messages.push(Message::system(input.instructions.clone()));
-    }
-    messages.extend(
-        input
-            .history
-            .iter()
-            .filter(|message| message.role != Role::System)
-            .cloned(),
-    );
-    messages
+    arch::context(&input.instructions, &input.history)
 }
 
 /// A request without tools for `role`: the context, then `prompt`.
@@ -510,6 +499,7 @@ loom_sdk::export_architecture!(Rewoo);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loom_sdk::arch::Role;
     use loom_sdk::arch::ToolError;
 
     fn step(id: &str, tool: &str, args: Value) -> Step {

@@ -57,9 +57,10 @@
 use std::collections::BTreeMap;
 
 use loom_sdk::arch::{
-    self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, Message, Role, Run,
-    RunError, RunInput, RunOutput,
+    self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, Message, Run, RunError,
+    RunInput, RunOutput,
 };
+use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
@@ -76,23 +77,11 @@ const ROUTER_SYSTEM: &str = "You are a router. You do not answer the task yourse
 the one route whose specialist is best suited to answer it. Reply with the route's name only, \
 exactly as listed, and nothing else.";
 
-/// One route as configured.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteSpec {
-    description: String,
-    agent: Option<String>,
-    architecture: Option<String>,
-    instructions: Option<String>,
-    tools: Option<Vec<String>>,
-    config: Option<serde_json::Value>,
-}
-
 /// The configuration object as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
-    routes: BTreeMap<String, RouteSpec>,
+    routes: BTreeMap<String, MemberSpec>,
     fallback: Option<String>,
 }
 
@@ -113,72 +102,6 @@ struct Config {
     fallback: Option<String>,
 }
 
-/// True for 1 to 64 characters of `A-Z a-z 0-9 _ -`.
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// The agent-ref of route `name` as configured in `spec`.
-fn agent_ref(name: &str, spec: RouteSpec) -> Result<AgentRef, String> {
-    if !valid_name(name) {
-        return Err(format!(
-            "route name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"
-        ));
-    }
-    if spec.description.trim().is_empty() {
-        return Err(format!("route {name}: description must not be empty"));
-    }
-    if let Some(agent) = spec.agent {
-        if spec.architecture.is_some()
-            || spec.instructions.is_some()
-            || spec.tools.is_some()
-            || spec.config.is_some()
-        {
-            return Err(format!(
-                "route {name}: give either agent or architecture/instructions/tools/config, \
-                 not both"
-            ));
-        }
-        if !valid_name(&agent) {
-            return Err(format!(
-                "route {name}: agent {agent:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ \
-                 and -"
-            ));
-        }
-        return Ok(AgentRef {
-            architecture: format!("agent:{agent}"),
-            instructions: String::new(),
-            tools: Vec::new(),
-            config: None,
-        });
-    }
-    let architecture = spec.architecture.unwrap_or_else(|| "react".into());
-    if !valid_name(&architecture) {
-        return Err(format!(
-            "route {name}: architecture {architecture:?} must be 1 to 64 characters of A-Z, \
-             a-z, 0-9, _ and -"
-        ));
-    }
-    let tools = spec.tools.unwrap_or_default();
-    if tools.iter().any(|t| t.trim().is_empty()) {
-        return Err(format!("route {name}: tool names must not be empty"));
-    }
-    let config = match spec.config {
-        None | Some(serde_json::Value::Null) => None,
-        Some(value @ serde_json::Value::Object(_)) => Some(value.to_string()),
-        Some(_) => return Err(format!("route {name}: config must be a JSON object")),
-    };
-    Ok(AgentRef {
-        architecture,
-        instructions: spec.instructions.unwrap_or_default(),
-        tools,
-        config,
-    })
-}
-
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
     let raw: RawConfig = arch::config_from_str(text)?;
@@ -191,7 +114,7 @@ fn parse_config(text: &str) -> Result<Config, RunError> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (name, spec) in raw.routes {
         let description = spec.description.trim().to_owned();
-        let agent = agent_ref(&name, spec).map_err(RunError::invalid_config)?;
+        let agent = team::agent_ref("route", &name, spec).map_err(RunError::invalid_config)?;
         routes.push(Route {
             name,
             description,
@@ -226,36 +149,11 @@ fn excerpt(text: &str) -> String {
     text.chars().take(EXCERPT_CHARS).collect()
 }
 
-/// A JSON object in `text`: the whole text, a code fence's body, or the
-/// span from the first `{` to the last `}`.
-fn json_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let text = text.trim();
-    let mut candidates = vec![text];
-    if let Some(start) = text.find("```") {
-        let body = &text[start + 3..];
-        let body = body.strip_prefix("json").unwrap_or(body);
-        if let Some(end) = body.find("```") {
-            candidates.push(body[..end].trim());
-        }
-    }
-    if let (Some(start), Some(end)) = (text.find('{'), text.rfind('}'))
-        && start < end
-    {
-        candidates.push(&text[start..=end]);
-    }
-    candidates.into_iter().find_map(|candidate| {
-        match serde_json::from_str::<serde_json::Value>(candidate) {
-            Ok(serde_json::Value::Object(map)) => Some(map),
-            _ => None,
-        }
-    })
-}
-
 /// What the classifier's `reply` names, cleaned: the `route` of a JSON
 /// object, else the first non-empty line without a `route:` label,
 /// quotes, backticks, asterisks or surrounding punctuation.
 fn chosen(reply: &str) -> String {
-    if let Some(route) = json_object(reply)
+    if let Some(route) = team::json_object(reply)
         .as_ref()
         .and_then(|map| map.get("route"))
         .and_then(|route| route.as_str())
@@ -314,8 +212,7 @@ fn messages(instructions: &str, history: &[Message], text: String) -> Vec<Messag
     } else {
         format!("{ROUTER_SYSTEM}\n\n{instructions}")
     };
-    let mut messages = vec![Message::system(system)];
-    messages.extend(history.iter().filter(|m| m.role != Role::System).cloned());
+    let mut messages = arch::context(&system, history);
     messages.push(Message::user(text));
     messages
 }

@@ -68,9 +68,10 @@
 use std::collections::BTreeMap;
 
 use loom_sdk::arch::{
-    self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, HarnessError, Message, Role,
-    Run, RunError, RunInput, RunOutput, Usage,
+    self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, HarnessError, Message, Run,
+    RunError, RunInput, RunOutput, Usage,
 };
+use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
@@ -90,23 +91,11 @@ const SUPERVISOR_SYSTEM: &str = "You are a supervisor. You do not do the work yo
 split the task into subtasks, delegate each to the best-suited worker, read their results, \
 and write the final answer once the results are enough.";
 
-/// One worker as configured.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkerSpec {
-    description: String,
-    agent: Option<String>,
-    architecture: Option<String>,
-    instructions: Option<String>,
-    tools: Option<Vec<String>>,
-    config: Option<serde_json::Value>,
-}
-
 /// The configuration object as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
-    workers: BTreeMap<String, WorkerSpec>,
+    workers: BTreeMap<String, MemberSpec>,
     max_rounds: u32,
 }
 
@@ -136,72 +125,6 @@ struct Config {
     max_rounds: u32,
 }
 
-/// True for 1 to 64 characters of `A-Z a-z 0-9 _ -`.
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// The agent-ref of worker `name` as configured in `spec`.
-fn agent_ref(name: &str, spec: WorkerSpec) -> Result<AgentRef, String> {
-    if !valid_name(name) {
-        return Err(format!(
-            "worker name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"
-        ));
-    }
-    if spec.description.trim().is_empty() {
-        return Err(format!("worker {name}: description must not be empty"));
-    }
-    if let Some(agent) = spec.agent {
-        if spec.architecture.is_some()
-            || spec.instructions.is_some()
-            || spec.tools.is_some()
-            || spec.config.is_some()
-        {
-            return Err(format!(
-                "worker {name}: give either agent or architecture/instructions/tools/config, \
-                 not both"
-            ));
-        }
-        if !valid_name(&agent) {
-            return Err(format!(
-                "worker {name}: agent {agent:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ \
-                 and -"
-            ));
-        }
-        return Ok(AgentRef {
-            architecture: format!("agent:{agent}"),
-            instructions: String::new(),
-            tools: Vec::new(),
-            config: None,
-        });
-    }
-    let architecture = spec.architecture.unwrap_or_else(|| "react".into());
-    if !valid_name(&architecture) {
-        return Err(format!(
-            "worker {name}: architecture {architecture:?} must be 1 to 64 characters of A-Z, \
-             a-z, 0-9, _ and -"
-        ));
-    }
-    let tools = spec.tools.unwrap_or_default();
-    if tools.iter().any(|t| t.trim().is_empty()) {
-        return Err(format!("worker {name}: tool names must not be empty"));
-    }
-    let config = match spec.config {
-        None | Some(serde_json::Value::Null) => None,
-        Some(value @ serde_json::Value::Object(_)) => Some(value.to_string()),
-        Some(_) => return Err(format!("worker {name}: config must be a JSON object")),
-    };
-    Ok(AgentRef {
-        architecture,
-        instructions: spec.instructions.unwrap_or_default(),
-        tools,
-        config,
-    })
-}
-
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
     let raw: RawConfig = arch::config_from_str(text)?;
@@ -220,7 +143,7 @@ fn parse_config(text: &str) -> Result<Config, RunError> {
     let mut workers = Vec::with_capacity(raw.workers.len());
     for (name, spec) in raw.workers {
         let description = spec.description.trim().to_owned();
-        let agent = agent_ref(&name, spec).map_err(RunError::invalid_config)?;
+        let agent = team::agent_ref("worker", &name, spec).map_err(RunError::invalid_config)?;
         workers.push(Worker {
             name,
             description,
@@ -247,31 +170,6 @@ fn cut(text: &str, chars: usize) -> String {
     text.chars().take(chars).collect()
 }
 
-/// A JSON object in `text`: the whole text, a code fence's body, or the
-/// span from the first `{` to the last `}`.
-fn json_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let text = text.trim();
-    let mut candidates = vec![text];
-    if let Some(start) = text.find("```") {
-        let body = &text[start + 3..];
-        let body = body.strip_prefix("json").unwrap_or(body);
-        if let Some(end) = body.find("```") {
-            candidates.push(body[..end].trim());
-        }
-    }
-    if let (Some(start), Some(end)) = (text.find('{'), text.rfind('}'))
-        && start < end
-    {
-        candidates.push(&text[start..=end]);
-    }
-    candidates.into_iter().find_map(|candidate| {
-        match serde_json::from_str::<serde_json::Value>(candidate) {
-            Ok(serde_json::Value::Object(map)) => Some(map),
-            _ => None,
-        }
-    })
-}
-
 /// One delegation the supervisor asked for; `None` for an entry without a
 /// string `worker` or `task`.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,7 +192,7 @@ enum Decision {
 /// "task"}` objects, or one such object); anything else is the final
 /// answer as it stands.
 fn decide(reply: &str) -> Decision {
-    let Some(map) = json_object(reply) else {
+    let Some(map) = team::json_object(reply) else {
         return Decision::Final(reply.trim().to_owned());
     };
     if let Some(answer) = map.get("final") {
@@ -358,13 +256,6 @@ fn unknown_worker(name: &str, workers: &[Worker]) -> String {
     )
 }
 
-/// The text of a harness error.
-fn error_text(error: HarnessError) -> String {
-    match arch::harness_error(error) {
-        RunError::Harness(text) | RunError::Failed(text) | RunError::InvalidConfig(text) => text,
-    }
-}
-
 /// The results block of a prompt (outputs cut to `limit` when given).
 fn results_text(results: &[Outcome], limit: Option<usize>) -> String {
     if results.is_empty() {
@@ -426,8 +317,7 @@ fn messages(instructions: &str, history: &[Message], text: String) -> Vec<Messag
     } else {
         format!("{SUPERVISOR_SYSTEM}\n\n{instructions}")
     };
-    let mut messages = vec![Message::system(system)];
-    messages.extend(history.iter().filter(|m| m.role != Role::System).cloned());
+    let mut messages = arch::context(&system, history);
     messages.push(Message::user(text));
     messages
 }
@@ -566,7 +456,9 @@ impl Architecture for Supervisor {
                         ) => {
                             return Err(arch::harness_error(error));
                         }
-                        Err(error) => (format!("ERROR: {}", error_text(error)), false),
+                        Err(error) => {
+                            (format!("ERROR: {}", arch::harness_error_text(error)), false)
+                        }
                     },
                 };
                 arch::emit(
@@ -782,7 +674,7 @@ mod tests {
             "ERROR: no worker named coder (workers: calc, writer)"
         );
         assert_eq!(
-            error_text(HarnessError::UnknownAgent("x".into())),
+            arch::harness_error_text(HarnessError::UnknownAgent("x".into())),
             "unknown agent: x"
         );
         assert_eq!(latest(&[]), "");

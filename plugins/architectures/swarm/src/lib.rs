@@ -70,6 +70,7 @@ use loom_sdk::arch::{
     self, AgentRef, Architecture, ArchitectureInfo, Message, Run, RunError, RunInput, RunOutput,
     Usage,
 };
+use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
@@ -84,23 +85,11 @@ const MAX_AGENTS: usize = 16;
 /// The most `max_handoffs` may be.
 const MAX_HANDOFFS: u32 = 20;
 
-/// One agent as configured.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentSpec {
-    description: String,
-    agent: Option<String>,
-    architecture: Option<String>,
-    instructions: Option<String>,
-    tools: Option<Vec<String>>,
-    config: Option<serde_json::Value>,
-}
-
 /// The configuration object as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
-    agents: BTreeMap<String, AgentSpec>,
+    agents: BTreeMap<String, MemberSpec>,
     entry: Option<String>,
     max_handoffs: u32,
 }
@@ -134,72 +123,6 @@ struct Config {
     max_handoffs: u32,
 }
 
-/// True for 1 to 64 characters of `A-Z a-z 0-9 _ -`.
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// The agent-ref of agent `name` as configured in `spec`.
-fn agent_ref(name: &str, spec: AgentSpec) -> Result<AgentRef, String> {
-    if !valid_name(name) {
-        return Err(format!(
-            "agent name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"
-        ));
-    }
-    if spec.description.trim().is_empty() {
-        return Err(format!("agent {name}: description must not be empty"));
-    }
-    if let Some(agent) = spec.agent {
-        if spec.architecture.is_some()
-            || spec.instructions.is_some()
-            || spec.tools.is_some()
-            || spec.config.is_some()
-        {
-            return Err(format!(
-                "agent {name}: give either agent or architecture/instructions/tools/config, \
-                 not both"
-            ));
-        }
-        if !valid_name(&agent) {
-            return Err(format!(
-                "agent {name}: agent {agent:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ \
-                 and -"
-            ));
-        }
-        return Ok(AgentRef {
-            architecture: format!("agent:{agent}"),
-            instructions: String::new(),
-            tools: Vec::new(),
-            config: None,
-        });
-    }
-    let architecture = spec.architecture.unwrap_or_else(|| "react".into());
-    if !valid_name(&architecture) {
-        return Err(format!(
-            "agent {name}: architecture {architecture:?} must be 1 to 64 characters of A-Z, \
-             a-z, 0-9, _ and -"
-        ));
-    }
-    let tools = spec.tools.unwrap_or_default();
-    if tools.iter().any(|t| t.trim().is_empty()) {
-        return Err(format!("agent {name}: tool names must not be empty"));
-    }
-    let config = match spec.config {
-        None | Some(serde_json::Value::Null) => None,
-        Some(value @ serde_json::Value::Object(_)) => Some(value.to_string()),
-        Some(_) => return Err(format!("agent {name}: config must be a JSON object")),
-    };
-    Ok(AgentRef {
-        architecture,
-        instructions: spec.instructions.unwrap_or_default(),
-        tools,
-        config,
-    })
-}
-
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
     let raw: RawConfig = arch::config_from_str(text)?;
@@ -218,7 +141,7 @@ fn parse_config(text: &str) -> Result<Config, RunError> {
     let mut agents = Vec::with_capacity(raw.agents.len());
     for (name, spec) in raw.agents {
         let description = spec.description.trim().to_owned();
-        let agent = agent_ref(&name, spec).map_err(RunError::invalid_config)?;
+        let agent = team::agent_ref("agent", &name, spec).map_err(RunError::invalid_config)?;
         agents.push(Peer {
             name,
             description,

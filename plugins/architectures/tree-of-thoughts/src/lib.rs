@@ -73,8 +73,8 @@
 //!   answer is written.
 
 use loom_sdk::arch::{
-    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Role, Run, RunError,
-    RunInput, RunOutput,
+    self, Architecture, ArchitectureInfo, CompletionRequest, Message, Run, RunError, RunInput,
+    RunOutput,
 };
 use serde::Deserialize;
 
@@ -455,18 +455,7 @@ fn synthesize_text(task: &str, chain: &[&str]) -> String {
 /// instructions (when any) as a system message, then the session's
 /// history without its system messages.
 fn context(input: &RunInput) -> Vec<Message> {
-    let mut messages = Vec::new();
-    if !input.instructions.is_empty() {
-        messages.push(Message::system(input.instructions.clone()));
-    }
-    messages.extend(
-        input
-            .history
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .cloned(),
-    );
-    messages
+    arch::context(&input.instructions, &input.history)
 }
 
 /// `context` followed by one user message of `text`.
@@ -616,6 +605,7 @@ loom_sdk::export_architecture!(TreeOfThoughts);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loom_sdk::arch::Role;
 
     #[test]
     fn config_defaults_and_checks() {
