@@ -701,19 +701,44 @@ async fn supervisor_delegates_reads_results_and_answers() {
         "{second}"
     );
     assert!(second.contains("no worker named coder"), "{second}");
-    // Workers must be configured; a config without them is refused.
-    let bare = Agent::builder("")
+    // An empty team is refused; no team at all is one ReAct `assistant`.
+    let empty = Agent::builder("")
         .host(host.clone())
         .model(Sequence::new("unused", &[]))
         .architecture("supervisor")
-        .architecture_config(serde_json::json!({"max_rounds": 2}))
+        .architecture_config(serde_json::json!({"workers": {}}))
         .build()
         .unwrap();
-    let error = bare
+    let error = empty
         .run(RunRequest::new(scope("acme", Some("sue")), "x"))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("supervisor"), "{error}");
+    let supervisor = Sequence::new(
+        "supervisor",
+        &[
+            r#"{"delegate": [{"worker": "assistant", "task": "say hi"}]}"#,
+            r#"{"final": "hi"}"#,
+        ],
+    );
+    let default_team = Agent::builder("")
+        .host(host.clone())
+        .model(Arc::new(EchoModel))
+        .role_model("supervisor", supervisor.clone())
+        .architecture("supervisor")
+        .build()
+        .unwrap();
+    let result = default_team
+        .run(RunRequest::new(scope("acme", Some("sue")), "greet"))
+        .await
+        .unwrap();
+    assert_eq!(result.output, "hi");
+    assert!(supervisor.request_text(0).contains("- assistant: "));
+    assert!(
+        supervisor
+            .request_text(1)
+            .contains("[assistant] say hi -> Echo: say hi")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

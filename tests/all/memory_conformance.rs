@@ -5,7 +5,7 @@
 //!
 //! Also: an agent on a tenant whose memory is the component, the `kv`
 //! scope and quota as a component sees them, and components built against
-//! `loom:plugin@0.1.0` loading on the 0.1.1 host.
+//! `loom:plugin@0.1.0` and `@0.1.1` loading on the 0.1.2 host.
 
 use loom_host::Host;
 use loom_host::agent::{Agent, MemoryOptions, RunRequest};
@@ -619,11 +619,13 @@ async fn the_component_quota_is_enforced_and_nothing_partial_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn components_built_against_0_1_0_load_and_run_on_the_0_1_1_host() {
+async fn components_built_against_every_earlier_version_load_and_run_on_this_host() {
     let env = TestEnv::new();
-    // Both fixtures are built from wit/plugin@0.1.0, the frozen first version.
+    // Two fixtures are built from wit/plugin@0.1.0, the frozen first
+    // version, one from wit/plugin@0.1.1; kv-memory from the current one.
     env.add_plugin(components::FIXTURE_LEGACY_TOOL, "legacy-tool", None);
     env.add_plugin(components::FIXTURE_ARCHITECTURE_STUB, "legacy-arch", None);
+    env.add_plugin(components::FIXTURE_HOSTILE_ARCH, "hostile", None);
     env.add_plugin(components::MEMORY_KV_MEMORY, "kv-memory", None);
     let host = env.host("").await;
     let catalog = host.catalog().await;
@@ -644,7 +646,8 @@ async fn components_built_against_0_1_0_load_and_run_on_the_0_1_1_host() {
         world("legacy-arch"),
         "loom:plugin/architecture-plugin@0.1.0"
     );
-    assert_eq!(world("kv-memory"), "loom:plugin/memory-plugin@0.1.1");
+    assert_eq!(world("hostile"), "loom:plugin/architecture-plugin@0.1.1");
+    assert_eq!(world("kv-memory"), "loom:plugin/memory-plugin@0.1.2");
     let tenant = TenantId::default_tenant();
     assert!(!catalog.architecture_names(&tenant).is_empty());
     let output = host

@@ -10,7 +10,8 @@
 //! and the permission chain and writes the audit log for every model call,
 //! tool call and delegation.
 
-use super::run::{RunEvent, RunState};
+use super::events::RunEvent;
+use super::run::RunState;
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
@@ -35,6 +36,8 @@ pub struct GateLimits {
     pub max_argument_bytes: usize,
     /// Sub-agents one top-level run may start, its sub-agents' included.
     pub max_delegations: u32,
+    /// Sub-agents one `delegate-all` may run at once.
+    pub max_fan_out: usize,
     /// Events one run may emit.
     pub max_events: u32,
     /// Bytes of one event's data.
@@ -57,6 +60,7 @@ impl Default for GateLimits {
             max_calls_per_turn: 64,
             max_argument_bytes: 1 << 20,
             max_delegations: 32,
+            max_fan_out: 16,
             max_events: 10_000,
             max_event_bytes: 64 << 10,
             max_output_bytes: 1 << 20,
@@ -189,6 +193,43 @@ impl Gate {
         }
         Ok(())
     }
+
+    /// Count a sub-agent against the tree's limit and check its request's
+    /// size; `Err` refuses it.
+    fn admit_delegation(
+        &self,
+        agent: &wit::AgentRef,
+        input: &str,
+    ) -> Result<(), wit::HarnessError> {
+        let started = self.delegations.fetch_add(1, Ordering::Relaxed);
+        if started >= self.limits.max_delegations {
+            return Err(wit::HarnessError::InvalidRequest(format!(
+                "a run and its sub-agents may start at most {} sub-agents",
+                self.limits.max_delegations
+            )));
+        }
+        let size = input.len()
+            + agent.instructions.len()
+            + agent.architecture.len()
+            + agent.tools.iter().map(String::len).sum::<usize>()
+            + agent.config.as_ref().map_or(0, String::len);
+        if size > self.limits.max_request_bytes || agent.tools.len() > 1024 {
+            return Err(wit::HarnessError::InvalidRequest(format!(
+                "the sub-agent request is {size} bytes with {} tools; at most {} bytes and \
+                 1024 tools are accepted",
+                agent.tools.len(),
+                self.limits.max_request_bytes
+            )));
+        }
+        if let Some(config) = &agent.config {
+            check_json(config, self.limits.max_request_bytes).map_err(|r| {
+                wit::HarnessError::InvalidRequest(format!(
+                    "the sub-agent's config was refused: {r}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn message_bytes(message: &wt::Message) -> usize {
@@ -277,34 +318,33 @@ impl Harness for Gate {
         input: String,
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
-            let started = self.delegations.fetch_add(1, Ordering::Relaxed);
-            if started >= self.limits.max_delegations {
-                return Err(wit::HarnessError::InvalidRequest(format!(
-                    "a run and its sub-agents may start at most {} sub-agents",
-                    self.limits.max_delegations
-                )));
-            }
-            let size = input.len()
-                + agent.instructions.len()
-                + agent.architecture.len()
-                + agent.tools.iter().map(String::len).sum::<usize>()
-                + agent.config.as_ref().map_or(0, String::len);
-            if size > self.limits.max_request_bytes || agent.tools.len() > 1024 {
-                return Err(wit::HarnessError::InvalidRequest(format!(
-                    "the sub-agent request is {size} bytes with {} tools; at most {} bytes and \
-                     1024 tools are accepted",
-                    agent.tools.len(),
-                    self.limits.max_request_bytes
-                )));
-            }
-            if let Some(config) = &agent.config {
-                check_json(config, self.limits.max_request_bytes).map_err(|r| {
-                    wit::HarnessError::InvalidRequest(format!(
-                        "the sub-agent's config was refused: {r}"
-                    ))
-                })?;
-            }
+            self.admit_delegation(&agent, &input)?;
             self.run.delegate(agent, input).await
+        })
+    }
+
+    fn delegate_all(
+        &self,
+        tasks: Vec<wit::Delegation>,
+    ) -> BoxFuture<'_, Vec<Result<wit::RunOutput, wit::HarnessError>>> {
+        Box::pin(async move {
+            // Refused tasks get their error in place; the admitted ones run
+            // together in this run's task, so cancelling the run drops them.
+            let runs = tasks.into_iter().enumerate().map(|(index, task)| {
+                let admitted = if index >= self.limits.max_fan_out {
+                    Err(wit::HarnessError::InvalidRequest(format!(
+                        "at most {} sub-agents run at once in one delegate-all",
+                        self.limits.max_fan_out
+                    )))
+                } else {
+                    self.admit_delegation(&task.agent, &task.input)
+                };
+                async move {
+                    admitted?;
+                    self.run.delegate(task.agent, task.input).await
+                }
+            });
+            futures_util::future::join_all(runs).await
         })
     }
 

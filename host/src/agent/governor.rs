@@ -10,7 +10,7 @@
 //! remembered approvals.
 
 use super::AgentInner;
-use super::run::RunEvent;
+use super::events::RunEvent;
 use crate::engine::PolicyAnswer;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
@@ -27,7 +27,6 @@ use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// A tool call the chain let through, with its budget reservation.
 pub(crate) struct Admitted {
@@ -65,7 +64,7 @@ pub(crate) struct Governor {
     budget: RunBudget,
     tree: Arc<TreeState>,
     approver: Option<Arc<dyn Approver>>,
-    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    events: Option<super::events::EventSink>,
     max_wait: Duration,
     model: String,
     prices: crate::model::pricing::PriceTable,
@@ -112,7 +111,7 @@ impl Governor {
         agent: &AgentInner,
         scope: Arc<Scope>,
         settings: Arc<TenantGovernance>,
-        events: Option<mpsc::UnboundedSender<RunEvent>>,
+        events: Option<super::events::EventSink>,
         inherited: Option<Inherited>,
     ) -> Self {
         let host = agent.host.clone();
@@ -157,7 +156,7 @@ impl Governor {
 
     fn send(&self, event: RunEvent) {
         if let Some(events) = &self.events {
-            let _ = events.send(event);
+            events.send(event);
         }
     }
 

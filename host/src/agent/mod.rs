@@ -27,14 +27,16 @@
 //! Its clocks and randomness come through the gate too.
 
 mod block_tools;
+mod events;
 mod extraction;
 mod gate;
 mod governor;
 mod retrieve_tool;
 mod run;
 
+pub use events::RunEvent;
 pub use gate::{GateLimits, OutputRefusal};
-pub use run::{RunEvent, RunStream};
+pub use run::RunStream;
 
 use crate::engine::CallError;
 use crate::governance::approval::Approver;

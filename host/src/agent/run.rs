@@ -2,6 +2,7 @@
 //! delegation), the structured-output loop around the architecture, sessions,
 //! and streaming.
 
+use super::events::{EventSink, RunEvent};
 use super::gate::{Gate, GateLimits};
 use super::governor::{Governor, Inherited};
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
@@ -16,7 +17,6 @@ use crate::model::{
 };
 use crate::plugins::ToolBinding;
 use crate::tenancy::ids::{RunId, Scope};
-use serde::Serialize;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -24,96 +24,6 @@ use tokio::sync::mpsc;
 
 /// How deep `delegate` may nest sub-agents.
 const MAX_DELEGATION_DEPTH: u32 = 4;
-
-/// Something that happened during a run, in order.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RunEvent {
-    /// The run began.
-    Started {
-        /// The run.
-        run_id: String,
-        /// The session, if any.
-        session_id: Option<String>,
-        /// The architecture running it.
-        architecture: String,
-        /// Messages of earlier runs rehydrated from the session.
-        history_messages: usize,
-    },
-    /// Streamed model output.
-    ModelChunk {
-        /// New text.
-        delta: String,
-    },
-    /// A tool call is starting.
-    ToolCall {
-        /// The call's id.
-        call_id: String,
-        /// The tool.
-        name: String,
-        /// Its arguments (JSON text).
-        arguments: String,
-    },
-    /// A tool call finished.
-    ToolResult {
-        /// The call's id.
-        call_id: String,
-        /// The tool.
-        name: String,
-        /// Whether it succeeded.
-        ok: bool,
-        /// Output JSON, or `DENIED: ...` / `ERROR: ...`.
-        output: String,
-    },
-    /// A budget crossed its warning fraction.
-    BudgetWarning {
-        /// The budget's key, such as `tokens_per_day`.
-        key: String,
-        /// `tenant` or `user`.
-        level: String,
-        /// Used so far.
-        used: f64,
-        /// The cap.
-        limit: f64,
-    },
-    /// A budget or rate limit stopped the run; `Completed` follows.
-    BudgetExceeded {
-        /// `budget:<key>` or `rate_limit:<key>`.
-        reason: String,
-        /// Level, use and limit (JSON text).
-        detail: String,
-    },
-    /// A tool call was denied, or needs approval.
-    Permission {
-        /// The call's id.
-        call_id: String,
-        /// The tool.
-        name: String,
-        /// `deny` or `ask`.
-        decision: String,
-        /// Who decided (deny list, permission mode, policy, approver).
-        by: String,
-        /// Why.
-        reason: String,
-    },
-    /// An event the architecture emitted.
-    Custom {
-        /// Its kind.
-        kind: String,
-        /// Its data (JSON text).
-        data: String,
-    },
-    /// The run finished.
-    Completed {
-        /// The result.
-        result: Box<RunResult>,
-    },
-    /// The run failed.
-    Error {
-        /// Why.
-        message: String,
-    },
-}
 
 /// The host side of one architecture invocation.
 pub(crate) struct RunState {
@@ -123,7 +33,7 @@ pub(crate) struct RunState {
     /// The host's own tools offered to the run (working blocks, retrieval).
     host_tools: Vec<crate::engine::ToolSpec>,
     output_schema: Option<serde_json::Value>,
-    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    events: Option<EventSink>,
     usage: Mutex<Usage>,
     cost: Mutex<f64>,
     turns: AtomicU32,
@@ -162,7 +72,7 @@ impl RunState {
     /// Send `event` to the run's listener, if any.
     pub(super) fn send(&self, event: RunEvent) {
         if let Some(events) = &self.events {
-            let _ = events.send(event);
+            events.send(event);
         }
     }
 
@@ -572,6 +482,12 @@ impl RunState {
                 Some(name) => Some(self.named_agent(name, &agent, &allowed)?),
                 None => None,
             };
+            // The sub-agent's place in the event stream's paths.
+            let segment = agent
+                .architecture
+                .strip_prefix("agent:")
+                .unwrap_or(&agent.architecture)
+                .to_owned();
             let tools = if agent.tools.is_empty() {
                 allowed
             } else {
@@ -599,12 +515,28 @@ impl RunState {
                 delegations: self.lineage.delegations.clone(),
                 inherited: Some(self.governor.inherit()),
             };
-            let result = Box::pin(execute(child, request, self.events.clone(), lineage))
-                .await
-                .map_err(|e| match e {
-                    AgentError::NotFound(m) => wit::HarnessError::UnknownAgent(m),
-                    other => wit::HarnessError::ModelFailed(other.to_string()),
-                })?;
+            let events = self.events.as_ref().map(|sink| sink.child(&segment));
+            let result = match Box::pin(execute(child, request, events.clone(), lineage)).await {
+                Ok(result) => {
+                    if let Some(events) = &events {
+                        events.send(RunEvent::Completed {
+                            result: Box::new(result.clone()),
+                        });
+                    }
+                    result
+                }
+                Err(error) => {
+                    if let Some(events) = &events {
+                        events.send(RunEvent::Error {
+                            message: error.to_string(),
+                        });
+                    }
+                    return Err(match error {
+                        AgentError::NotFound(m) => wit::HarnessError::UnknownAgent(m),
+                        other => wit::HarnessError::ModelFailed(other.to_string()),
+                    });
+                }
+            };
             // The sub-agent's spend is charged to this run.
             self.charge(result.usage, result.cost_usd);
             Ok(wit::RunOutput {
@@ -870,7 +802,7 @@ type Attempt = Result<(String, Option<serde_json::Value>, Option<String>), Agent
 pub(crate) async fn execute(
     agent: Arc<AgentInner>,
     request: RunRequest,
-    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    events: Option<EventSink>,
     lineage: Lineage,
 ) -> Result<RunResult, AgentError> {
     let started_at = SystemTime::now();
@@ -985,7 +917,7 @@ pub(crate) async fn execute(
         },
     };
     if let Some(events) = &events {
-        let _ = events.send(RunEvent::Started {
+        events.send(RunEvent::Started {
             run_id: scope.run.to_string(),
             session_id: scope.session.as_ref().map(|s| s.to_string()),
             architecture: arch_name.clone(),
@@ -1241,7 +1173,8 @@ impl RunStream {
     pub(crate) fn start(agent: Arc<AgentInner>, request: RunRequest) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let end = match execute(agent, request, Some(tx.clone()), Lineage::root()).await {
+            let sink = EventSink::root(tx.clone());
+            let end = match execute(agent, request, Some(sink), Lineage::root()).await {
                 Ok(result) => RunEvent::Completed {
                     result: Box::new(result),
                 },

@@ -253,7 +253,69 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
                 );
                 return Ok(ExitCode::from(1));
             }
+            RunEvent::SubAgent { path, event } => {
+                if let Some(line) = sub_agent_line(&event) {
+                    if streamed_text {
+                        println!();
+                        streamed_text = false;
+                    }
+                    eprintln!("  [{}] {line}", escape_text(&path, 200));
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line for a sub-agent's event, shown indented under its path; none
+/// for its streamed text (its answer is shown when it completes).
+fn sub_agent_line(event: &RunEvent) -> Option<String> {
+    Some(match event {
+        RunEvent::Started {
+            run_id,
+            architecture,
+            ..
+        } => format!("run {run_id} ({architecture})"),
+        RunEvent::ModelChunk { .. } | RunEvent::SubAgent { .. } => return None,
+        RunEvent::ToolCall {
+            name, arguments, ..
+        } => format!("-> {name} {}", escape_text(arguments, 500)),
+        RunEvent::ToolResult {
+            name, ok, output, ..
+        } => format!(
+            "<- {name} {}: {}",
+            if *ok { "ok" } else { "failed" },
+            escape_text(output, 200)
+        ),
+        RunEvent::BudgetWarning {
+            key,
+            level,
+            used,
+            limit,
+        } => format!("! budget warning: {level} has used {used} of {key} = {limit}"),
+        RunEvent::BudgetExceeded { reason, detail } => {
+            format!("! {reason}: {}", escape_text(detail, 500))
+        }
+        RunEvent::Permission {
+            name,
+            decision,
+            by,
+            reason,
+            ..
+        } => format!("x {name} {decision} by {by}: {}", escape_text(reason, 500)),
+        RunEvent::Custom { kind, data } => {
+            format!("[{}] {}", escape_text(kind, 64), escape_text(data, 500))
+        }
+        RunEvent::Completed { result } => format!(
+            "done in {} turn(s){}: {}",
+            result.turns,
+            result
+                .interruption_reason
+                .as_ref()
+                .map(|r| format!(", interrupted: {r}"))
+                .unwrap_or_default(),
+            escape_text(&result.output, 500)
+        ),
+        RunEvent::Error { message } => format!("failed: {}", escape_text(message, 2000)),
+    })
 }

@@ -3,7 +3,8 @@
 //! (`imports.rs`); the agent layer implements it, behind its one import gate.
 
 use super::bindings::harness::{
-    AgentRef, Completion, CompletionRequest, Event, HarnessError, Recollection, RunOutput,
+    AgentRef, Completion, CompletionRequest, Delegation, Event, HarnessError, Recollection,
+    RunOutput,
 };
 use super::bindings::types::{ToolCall, ToolResult, ToolSpec};
 use futures_util::future::BoxFuture;
@@ -25,6 +26,11 @@ pub trait Harness: Send + Sync {
         agent: AgentRef,
         input: String,
     ) -> BoxFuture<'_, Result<RunOutput, HarnessError>>;
+    /// Run several sub-agents at once; one result per task, in order.
+    fn delegate_all(
+        &self,
+        tasks: Vec<Delegation>,
+    ) -> BoxFuture<'_, Vec<Result<RunOutput, HarnessError>>>;
     /// A progress event. `Err` stops the architecture (it trapped at the
     /// import): it broke a limit of the run, such as the event budget.
     fn emit(&self, event: Event) -> Result<(), HarnessStop>;

@@ -4,8 +4,8 @@
 //! harness function answers with a refusal.
 
 use super::bindings::harness::{
-    self as wit, AgentRef, Completion, CompletionRequest, Event, HarnessError, Recollection,
-    RunOutput,
+    self as wit, AgentRef, Completion, CompletionRequest, Delegation, Event, HarnessError,
+    Recollection, RunOutput,
 };
 use super::bindings::types::{ToolCall, ToolError, ToolResult, ToolSpec};
 use super::bindings::{context, types};
@@ -74,6 +74,19 @@ impl wit::Host for HostState {
         match self.harness.clone() {
             Some(h) => h.delegate(agent, input).await,
             None => Err(HarnessError::InvalidRequest(OUTSIDE_RUN.into())),
+        }
+    }
+
+    async fn delegate_all(
+        &mut self,
+        tasks: Vec<Delegation>,
+    ) -> Vec<Result<RunOutput, HarnessError>> {
+        match self.harness.clone() {
+            Some(h) => h.delegate_all(tasks).await,
+            None => tasks
+                .iter()
+                .map(|_| Err(HarnessError::InvalidRequest(OUTSIDE_RUN.into())))
+                .collect(),
         }
     }
 

@@ -164,7 +164,7 @@ impl SandboxEngine {
         });
         let kind = found.map(|(kind, _)| kind);
         // The world as the component was built: `…@0.1.0` for a component
-        // of the first version, served through 0.1.1's definitions.
+        // of the first version, served through the current definitions.
         let world = found.map(|(kind, version)| format!("loom:plugin/{kind}-plugin@{version}"));
         ComponentShape {
             kind,
@@ -234,7 +234,7 @@ impl SandboxEngine {
         let facts = facts_export::GuestIndices::new(&pre).map_err(|e| {
             LoadError::Link(format!(
                 "a memory component must also export `loom:plugin/facts` (added in \
-                 loom:plugin@0.1.1; build against wit/plugin@0.1.1 or with loom-sdk's \
+                 loom:plugin@0.1.1; build against wit/plugin@0.1.2 or with loom-sdk's \
                  `export_memory!`): {e:#}"
             ))
         })?;

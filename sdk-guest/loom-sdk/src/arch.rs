@@ -1,6 +1,6 @@
 //! Architectures: the [`Architecture`] trait behind
 //! [`export_architecture!`](crate::export_architecture), the types of the
-//! `loom:plugin/architecture@0.1.1` export and the `loom:plugin/harness@0.1.1`
+//! `loom:plugin/architecture@0.1.2` export and the `loom:plugin/harness@0.1.2`
 //! import, and helpers that keep an agent loop short ([`Run`],
 //! [`config`], [`emit`], ...).
 //!
@@ -18,15 +18,15 @@ pub use crate::arch_bindings::exports::loom::plugin::architecture::{
     ArchitectureInfo, RunError, RunInput, RunOutput, WorkerRole,
 };
 pub use crate::arch_bindings::loom::plugin::harness::{
-    AgentRef, Completion, CompletionRequest, Event, FinishReason, HarnessError, Recollection,
-    RunOutput as DelegateOutput,
+    AgentRef, Completion, CompletionRequest, Delegation, Event, FinishReason, HarnessError,
+    Recollection, RunOutput as DelegateOutput,
 };
 pub use crate::bindings::loom::plugin::types::{
     Message, Role, ToolCall, ToolError, ToolResult, ToolSpec, Usage,
 };
 
 /// An architecture: what [`export_architecture!`](crate::export_architecture)
-/// exports as `loom:plugin/architecture@0.1.1`.
+/// exports as `loom:plugin/architecture@0.1.2`.
 pub trait Architecture {
     /// What this architecture is: its name, description, worker roles and
     /// the JSON Schema of its configuration.
@@ -220,6 +220,21 @@ pub fn call_tools(calls: &[ToolCall]) -> Vec<ToolResult> {
 /// is charged to this run.
 pub fn delegate(agent: &AgentRef, input: &str) -> Result<DelegateOutput, HarnessError> {
     harness::delegate(agent, input)
+}
+
+/// Run several sub-agents at once, each as [`delegate`] runs one: one
+/// result per `(agent, input)` task, in the order given. The host runs at
+/// most 16 at once; a task beyond that, or over the run's delegation
+/// limit, gets its error in its place while the others run.
+pub fn delegate_all(tasks: &[(AgentRef, String)]) -> Vec<Result<DelegateOutput, HarnessError>> {
+    let tasks: Vec<Delegation> = tasks
+        .iter()
+        .map(|(agent, input)| Delegation {
+            agent: agent.clone(),
+            input: input.clone(),
+        })
+        .collect();
+    harness::delegate_all(&tasks)
 }
 
 /// Memories of the current user relevant to `query`, best first, at most
@@ -437,7 +452,7 @@ impl Run {
 }
 
 /// Exports a type implementing [`Architecture`] as this component's
-/// `loom:plugin/architecture@0.1.1`.
+/// `loom:plugin/architecture@0.1.2`.
 ///
 /// The argument is the type (usually a unit struct). Call it once per
 /// component, at the crate root.

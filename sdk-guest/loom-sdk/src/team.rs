@@ -25,6 +25,28 @@ pub struct MemberSpec {
     pub config: Option<serde_json::Value>,
 }
 
+/// The name of the member a team gets when its configuration names none.
+pub const DEFAULT_MEMBER: &str = "assistant";
+
+/// The team a team architecture runs when its configuration names no
+/// members: one inline ReAct agent, [`DEFAULT_MEMBER`], with the run's
+/// instructions-free defaults and all of the run's tools. It lets
+/// `loom run --arch NAME` work with no configuration at all (a degenerate
+/// team, but a valid one).
+pub fn default_members() -> std::collections::BTreeMap<String, MemberSpec> {
+    std::collections::BTreeMap::from([(
+        DEFAULT_MEMBER.to_owned(),
+        MemberSpec {
+            description: "a general-purpose agent that can use all of the run's tools".into(),
+            agent: None,
+            architecture: None,
+            instructions: None,
+            tools: None,
+            config: None,
+        },
+    )])
+}
+
 /// True for 1 to 64 characters of `A-Z a-z 0-9 _ -`.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())

@@ -40,7 +40,7 @@
 //!
 //! # Configuration
 //!
-//! * `experts` (object, required, 1 to 16 entries): expert name (1 to 64
+//! * `experts` (object, 1 to 16 entries; default: one inline ReAct expert named `assistant` with all of the run's tools): expert name (1 to 64
 //!   characters of `A-Z a-z 0-9 _ -`) to expert. An expert is
 //!   `{"description": "...", "agent": "NAME"}` (the named agent
 //!   `agent:NAME` of `loom.toml`) or `{"description": "...",
@@ -76,7 +76,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"experts":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":3}},"required":["experts"],"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"experts":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":3}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event, in characters.
 const EXCERPT_CHARS: usize = 200;
@@ -129,8 +129,11 @@ struct Config {
 
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
-    let raw: RawConfig = arch::config_from_str(text)?;
-    if raw.experts.is_empty() || raw.experts.len() > MAX_EXPERTS {
+    let mut raw: RawConfig = arch::config_from_str(text)?;
+    if raw.experts.is_empty() {
+        raw.experts = team::default_members();
+    }
+    if raw.experts.len() > MAX_EXPERTS {
         return Err(RunError::invalid_config(format!(
             "experts must hold 1 to {MAX_EXPERTS} experts, not {}",
             raw.experts.len()
@@ -529,9 +532,6 @@ mod tests {
             "a".repeat(65)
         );
         for bad in [
-            "",
-            "{}",
-            r#"{"experts": {}}"#,
             seventeen.as_str(),
             long.as_str(),
             r#"{"experts": {"a.b": {"description": "d"}}}"#,
@@ -575,7 +575,7 @@ mod tests {
         assert_eq!(expert["properties"]["architecture"]["default"], "react");
         assert_eq!(expert["additionalProperties"], serde_json::json!(false));
         assert_eq!(schema["additionalProperties"], serde_json::json!(false));
-        assert_eq!(schema["required"], serde_json::json!(["experts"]));
+        assert!(schema.get("required").is_none(), "every key has a default");
     }
 
     #[test]
@@ -664,5 +664,15 @@ mod tests {
         );
         assert_eq!(messages.len(), 3);
         assert_eq!(messages[1].content, "before");
+    }
+
+    #[test]
+    fn no_team_is_one_react_assistant() {
+        for text in ["", "{}"] {
+            let config = parse_config(text).unwrap();
+            assert_eq!(config.experts.len(), 1, "{text:?}");
+            assert_eq!(config.experts[0].name, "assistant");
+            assert_eq!(config.experts[0].agent.architecture, "react");
+        }
     }
 }

@@ -32,7 +32,7 @@
 //!
 //! # Configuration
 //!
-//! * `routes` (object, required, 1 to 16 entries): route name (1 to 64
+//! * `routes` (object, 1 to 16 entries; default: one inline ReAct route named `assistant` with all of the run's tools): route name (1 to 64
 //!   characters of `A-Z a-z 0-9 _ -`) to route. A route is
 //!   `{"description": "...", "agent": "NAME"}` (the named agent
 //!   `agent:NAME` of `loom.toml`) or `{"description": "...",
@@ -40,8 +40,9 @@
 //!   "config": {...}}` (an inline agent; every key but `description`
 //!   optional, `architecture` defaulting to `react`). Giving `agent` with
 //!   any of the inline keys is refused.
-//! * `fallback` (string or null, default null): the route taken when the
-//!   reply names none; it must be one of `routes`.
+//! * `fallback` (string or null; default the only route when there is
+//!   one, else null): the route taken when the reply names none; it must be
+//!   one of `routes`.
 //!
 //! Unknown keys are refused (`invalid-config`).
 //!
@@ -64,7 +65,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"routes":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"fallback":{"type":["string","null"],"default":null}},"required":["routes"],"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"routes":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"fallback":{"type":["string","null"],"default":null}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event or message, in characters.
 const EXCERPT_CHARS: usize = 200;
@@ -104,8 +105,11 @@ struct Config {
 
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
-    let raw: RawConfig = arch::config_from_str(text)?;
-    if raw.routes.is_empty() || raw.routes.len() > MAX_ROUTES {
+    let mut raw: RawConfig = arch::config_from_str(text)?;
+    if raw.routes.is_empty() {
+        raw.routes = team::default_members();
+    }
+    if raw.routes.len() > MAX_ROUTES {
         return Err(RunError::invalid_config(format!(
             "routes must hold 1 to {MAX_ROUTES} routes, not {}",
             raw.routes.len()
@@ -129,10 +133,13 @@ fn parse_config(text: &str) -> Result<Config, RunError> {
             names(&routes)
         )));
     }
-    Ok(Config {
-        routes,
-        fallback: raw.fallback,
-    })
+    // With a single route there is nothing to choose: a reply naming none
+    // still goes there.
+    let fallback = match (raw.fallback, routes.as_slice()) {
+        (None, [only]) => Some(only.name.clone()),
+        (fallback, _) => fallback,
+    };
+    Ok(Config { routes, fallback })
 }
 
 /// The routes' names, comma-separated.
@@ -341,7 +348,11 @@ mod tests {
         let bare = parse_config(r#"{"routes": {"a": {"description": "d"}}}"#).unwrap();
         assert_eq!(bare.routes[0].agent.architecture, "react");
         assert_eq!(bare.routes[0].agent.config, None);
-        assert_eq!(bare.fallback, None);
+        assert_eq!(bare.fallback.as_deref(), Some("a"), "the only route");
+        let two =
+            parse_config(r#"{"routes": {"a": {"description": "d"}, "b": {"description": "e"}}}"#)
+                .unwrap();
+        assert_eq!(two.fallback, None);
     }
 
     #[test]
@@ -356,9 +367,6 @@ mod tests {
             "a".repeat(65)
         );
         for bad in [
-            "",
-            "{}",
-            r#"{"routes": {}}"#,
             seventeen.as_str(),
             long.as_str(),
             r#"{"routes": {"a b": {"description": "d"}}}"#,
@@ -398,7 +406,7 @@ mod tests {
         assert_eq!(route["properties"]["architecture"]["default"], "react");
         assert_eq!(route["additionalProperties"], serde_json::json!(false));
         assert_eq!(schema["additionalProperties"], serde_json::json!(false));
-        assert_eq!(schema["required"], serde_json::json!(["routes"]));
+        assert!(schema.get("required").is_none(), "every key has a default");
     }
 
     #[test]
@@ -445,5 +453,15 @@ mod tests {
     #[test]
     fn excerpts_stop_at_200_chars() {
         assert_eq!(excerpt(&"é".repeat(300)).chars().count(), 200);
+    }
+
+    #[test]
+    fn no_team_is_one_react_assistant() {
+        for text in ["", "{}"] {
+            let config = parse_config(text).unwrap();
+            assert_eq!(config.routes.len(), 1, "{text:?}");
+            assert_eq!(config.routes[0].name, "assistant");
+            assert_eq!(config.routes[0].agent.architecture, "react");
+        }
     }
 }

@@ -12,10 +12,10 @@
 //!    "task": "..."}, ...]}` or `{"final": "answer"}`, read leniently (also
 //!    inside a code fence or prose); a reply that is neither is the final
 //!    answer as it stands.
-//! 2. **Delegations.** Each delegation of the reply runs through `delegate`
-//!    with the worker's agent-ref and the delegation's task as input. The
-//!    harness runs one `delegate` call at a time, so the delegations of a
-//!    round run one after another, in the order given. An unknown worker
+//! 2. **Delegations.** The delegations of a round run in parallel, through
+//!    one `delegate-all` with each worker's agent-ref and the delegation's
+//!    task as input (the host runs up to 16 at once); their results are
+//!    read in the order given. An unknown worker
 //!    gives the result `ERROR: no worker named X (workers: a, b)` (an entry
 //!    without a `worker` or `task` string an `ERROR: ...` too), a failed
 //!    delegation `ERROR: <reason>`, and neither fails the run — except a
@@ -30,7 +30,8 @@
 //!
 //! Every supervisor completion counts as a turn against `max-turns`, and
 //! so do the workers' turns (their usage and cost are added to the run's).
-//! The turn cap is checked before each completion and each delegation:
+//! The turn cap is checked before each completion and each round's
+//! delegations:
 //! when it is reached, the run ends interrupted with reason `max_turns`
 //! and the latest worker result's full output (empty before the first) as
 //! output.
@@ -41,7 +42,7 @@
 //!
 //! # Configuration
 //!
-//! * `workers` (object, required, 1 to 16 entries): worker name (1 to 64
+//! * `workers` (object, 1 to 16 entries; default: one inline ReAct worker named `assistant` with all of the run's tools): worker name (1 to 64
 //!   characters of `A-Z a-z 0-9 _ -`) to worker. A worker is
 //!   `{"description": "...", "agent": "NAME"}` (the named agent
 //!   `agent:NAME` of `loom.toml`) or `{"description": "...",
@@ -75,7 +76,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"workers":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":4}},"required":["workers"],"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"workers":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":4}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event, in characters.
 const EXCERPT_CHARS: usize = 200;
@@ -127,8 +128,11 @@ struct Config {
 
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
-    let raw: RawConfig = arch::config_from_str(text)?;
-    if raw.workers.is_empty() || raw.workers.len() > MAX_WORKERS {
+    let mut raw: RawConfig = arch::config_from_str(text)?;
+    if raw.workers.is_empty() {
+        raw.workers = team::default_members();
+    }
+    if raw.workers.len() > MAX_WORKERS {
         return Err(RunError::invalid_config(format!(
             "workers must hold 1 to {MAX_WORKERS} workers, not {}",
             raw.workers.len()
@@ -176,6 +180,16 @@ fn cut(text: &str, chars: usize) -> String {
 struct Delegation {
     worker: Option<String>,
     task: Option<String>,
+}
+
+/// One delegation of a round, in the order the supervisor gave: its
+/// worker and task, and the error it got without running (an unknown
+/// worker, a missing task).
+#[derive(Debug, Clone)]
+struct Slot {
+    worker: String,
+    task: String,
+    refused: Option<String>,
 }
 
 /// What the supervisor replied.
@@ -360,8 +374,7 @@ impl Architecture for Supervisor {
         ArchitectureInfo {
             name: "supervisor".into(),
             description: "A supervisor completion delegates subtasks to configured workers \
-                          (named agents or inline architectures, run as sub-agents one after \
-                          another) over rounds, reads their results, and writes the final \
+                          (named agents or inline architectures, run as sub-agents in parallel) over rounds, reads their results, and writes the final \
                           answer (no tools of its own)"
                 .into(),
             workers: Vec::new(),
@@ -410,10 +423,14 @@ impl Architecture for Supervisor {
                 }
                 Decision::Delegate(delegations) => delegations,
             };
+            if out_of_turns(&run, &spend) {
+                return Ok(end(run, &spend, latest(&results), true));
+            }
+            // Entries that name no worker or task get their error now; the
+            // rest run together through one `delegate-all`.
+            let mut slots: Vec<Slot> = Vec::new();
+            let mut tasks: Vec<(AgentRef, String)> = Vec::new();
             for delegation in delegations {
-                if out_of_turns(&run, &spend) {
-                    return Ok(end(run, &spend, latest(&results), true));
-                }
                 let named = delegation.worker.is_some();
                 let worker_name = delegation.worker.unwrap_or_default();
                 let subtask = delegation.task.unwrap_or_default();
@@ -426,21 +443,37 @@ impl Architecture for Supervisor {
                     }),
                 );
                 let worker = config.workers.iter().find(|w| w.name == worker_name);
-                let (output, ok) = match worker {
-                    None if !named => (
-                        format!(
-                            "ERROR: a delegation needs a \"worker\" string (workers: {})",
-                            names(&config.workers)
-                        ),
-                        false,
-                    ),
-                    None => (unknown_worker(&worker_name, &config.workers), false),
-                    Some(_) if subtask.is_empty() => (
-                        "ERROR: a delegation needs a non-empty \"task\" string".to_owned(),
-                        false,
-                    ),
-                    Some(worker) => match arch::delegate(&worker.agent, &subtask) {
-                        Ok(sub) => {
+                let refused = match worker {
+                    None if !named => Some(format!(
+                        "ERROR: a delegation needs a \"worker\" string (workers: {})",
+                        names(&config.workers)
+                    )),
+                    None => Some(unknown_worker(&worker_name, &config.workers)),
+                    Some(_) if subtask.is_empty() => {
+                        Some("ERROR: a delegation needs a non-empty \"task\" string".to_owned())
+                    }
+                    Some(worker) => {
+                        tasks.push((worker.agent.clone(), subtask.clone()));
+                        None
+                    }
+                };
+                slots.push(Slot {
+                    worker: worker_name,
+                    task: subtask,
+                    refused,
+                });
+            }
+            let mut ran = arch::delegate_all(&tasks).into_iter();
+            for Slot {
+                worker: worker_name,
+                task: subtask,
+                refused,
+            } in slots
+            {
+                let (output, ok) = match refused {
+                    Some(error) => (error, false),
+                    None => match ran.next() {
+                        Some(Ok(sub)) => {
                             spend.turns = spend.turns.saturating_add(sub.turns);
                             spend.usage += &sub.usage;
                             spend.cost_usd += sub.cost_usd;
@@ -451,14 +484,18 @@ impl Architecture for Supervisor {
                                 None => (sub.output, true),
                             }
                         }
-                        Err(
+                        Some(Err(
                             error @ (HarnessError::Cancelled | HarnessError::BudgetExceeded(_)),
-                        ) => {
+                        )) => {
                             return Err(arch::harness_error(error));
                         }
-                        Err(error) => {
+                        Some(Err(error)) => {
                             (format!("ERROR: {}", arch::harness_error_text(error)), false)
                         }
+                        None => (
+                            "ERROR: the host returned fewer results than delegations".to_owned(),
+                            false,
+                        ),
                     },
                 };
                 arch::emit(
@@ -548,9 +585,6 @@ mod tests {
             "a".repeat(65)
         );
         for bad in [
-            "",
-            "{}",
-            r#"{"workers": {}}"#,
             seventeen.as_str(),
             long.as_str(),
             r#"{"workers": {"a.b": {"description": "d"}}}"#,
@@ -593,7 +627,7 @@ mod tests {
         assert_eq!(worker["properties"]["architecture"]["default"], "react");
         assert_eq!(worker["additionalProperties"], serde_json::json!(false));
         assert_eq!(schema["additionalProperties"], serde_json::json!(false));
-        assert_eq!(schema["required"], serde_json::json!(["workers"]));
+        assert!(schema.get("required").is_none(), "every key has a default");
     }
 
     #[test]
@@ -686,5 +720,15 @@ mod tests {
         let messages = messages("", &history, "req".into());
         assert_eq!(messages[0].content, SUPERVISOR_SYSTEM);
         assert_eq!(messages.len(), 3);
+    }
+
+    #[test]
+    fn no_team_is_one_react_assistant() {
+        for text in ["", "{}"] {
+            let config = parse_config(text).unwrap();
+            assert_eq!(config.workers.len(), 1, "{text:?}");
+            assert_eq!(config.workers[0].name, "assistant");
+            assert_eq!(config.workers[0].agent.architecture, "react");
+        }
     }
 }

@@ -37,7 +37,7 @@
 //!
 //! # Configuration
 //!
-//! * `agents` (object, required, 1 to 16 entries): agent name (1 to 64
+//! * `agents` (object, 1 to 16 entries; default: one inline ReAct agent named `assistant` with all of the run's tools): agent name (1 to 64
 //!   characters of `A-Z a-z 0-9 _ -`) to agent. An agent is
 //!   `{"description": "...", "agent": "NAME"}` (the named agent
 //!   `agent:NAME` of `loom.toml`) or `{"description": "...",
@@ -45,8 +45,8 @@
 //!   "config": {...}}` (an inline agent; every key but `description`
 //!   optional, `architecture` defaulting to `react`). Giving `agent` with
 //!   any of the inline keys is refused.
-//! * `entry` (string, required): the agent that takes the task first; one
-//!   of `agents`.
+//! * `entry` (string; required with more than one agent, else that one):
+//!   the agent that takes the task first; one of `agents`.
 //! * `max_handoffs` (integer, 0 to 20, default 5): handoffs at most.
 //!
 //! Unknown keys are refused (`invalid-config`).
@@ -74,7 +74,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"agents":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"entry":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"max_handoffs":{"type":"integer","minimum":0,"maximum":20,"default":5}},"required":["agents","entry"],"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"agents":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"entry":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"max_handoffs":{"type":"integer","minimum":0,"maximum":20,"default":5}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event, in characters.
 const EXCERPT_CHARS: usize = 200;
@@ -125,8 +125,11 @@ struct Config {
 
 /// Parse and check the configuration text.
 fn parse_config(text: &str) -> Result<Config, RunError> {
-    let raw: RawConfig = arch::config_from_str(text)?;
-    if raw.agents.is_empty() || raw.agents.len() > MAX_AGENTS {
+    let mut raw: RawConfig = arch::config_from_str(text)?;
+    if raw.agents.is_empty() {
+        raw.agents = team::default_members();
+    }
+    if raw.agents.len() > MAX_AGENTS {
         return Err(RunError::invalid_config(format!(
             "agents must hold 1 to {MAX_AGENTS} agents, not {}",
             raw.agents.len()
@@ -148,11 +151,16 @@ fn parse_config(text: &str) -> Result<Config, RunError> {
             agent,
         });
     }
-    let Some(entry_name) = raw.entry else {
-        return Err(RunError::invalid_config(format!(
-            "entry is required: one of the agents ({})",
-            names(&agents)
-        )));
+    // With one agent, it is the entry; with more, the entry must be named.
+    let entry_name = match (raw.entry, agents.as_slice()) {
+        (Some(entry), _) => entry,
+        (None, [only]) => only.name.clone(),
+        (None, _) => {
+            return Err(RunError::invalid_config(format!(
+                "entry is required with more than one agent: one of the agents ({})",
+                names(&agents)
+            )));
+        }
     };
     let Some(entry) = agents.iter().position(|a| a.name == entry_name) else {
         return Err(RunError::invalid_config(format!(
@@ -424,11 +432,8 @@ mod tests {
         assert!(parse_config(&many(16)).is_ok());
         let seventeen = many(17);
         for bad in [
-            "",
-            "{}",
             r#"{"agents": {}, "entry": "a"}"#,
             seventeen.as_str(),
-            r#"{"agents": {"a": {"description": "d"}}}"#,
             r#"{"agents": {"a": {"description": "d"}}, "entry": "b"}"#,
             r#"{"agents": {"a": {"description": "d"}}, "entry": "A"}"#,
             r#"{"agents": {"a b": {"description": "d"}}, "entry": "a b"}"#,
@@ -470,7 +475,7 @@ mod tests {
         assert_eq!(agent["properties"]["architecture"]["default"], "react");
         assert_eq!(agent["additionalProperties"], serde_json::json!(false));
         assert_eq!(schema["additionalProperties"], serde_json::json!(false));
-        assert_eq!(schema["required"], serde_json::json!(["agents", "entry"]));
+        assert!(schema.get("required").is_none(), "every key has a default");
     }
 
     #[test]
@@ -543,5 +548,15 @@ mod tests {
             "t\n\nHanded off from triage: check it\n\nPrevious answer:\na bill"
         );
         assert_eq!(excerpt(&"é".repeat(300)).chars().count(), 200);
+    }
+
+    #[test]
+    fn no_team_is_one_react_assistant() {
+        for text in ["", "{}"] {
+            let config = parse_config(text).unwrap();
+            assert_eq!(config.agents.len(), 1, "{text:?}");
+            assert_eq!(config.agents[0].name, "assistant");
+            assert_eq!(config.agents[0].agent.architecture, "react");
+        }
     }
 }
