@@ -96,6 +96,30 @@ async fn an_event_flood_stops_the_architecture_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_sub_agents_counts_against_one_cap_for_the_whole_tree() {
+    let env = TestEnv::new();
+    let agent = agent(&env, "cpu_ms = 20000").await;
+    let mut stream = agent.stream(RunRequest::new(scope("acme", None), "emit-tree"));
+    let mut floods = 0;
+    let mut error = None;
+    while let Some(event) = stream.next().await {
+        match event {
+            RunEvent::Custom { .. } => floods += 1,
+            RunEvent::SubAgent { event, .. } if matches!(*event, RunEvent::Custom { .. }) => {
+                floods += 1
+            }
+            RunEvent::Error { message } => error = Some(message),
+            _ => {}
+        }
+    }
+    // Eight sub-agents and their parent share 10,000 events, not 90,000.
+    assert_eq!(floods, 10_000);
+    let error = error.expect("the run fails");
+    assert!(error.contains("emitted more than 10000 events"), "{error}");
+    next_run_is_served(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_giant_answer_is_refused_with_the_limit_named() {
     let env = TestEnv::new();
     let agent = agent(&env, "memory_mib = 256\ncpu_ms = 20000").await;

@@ -11,7 +11,7 @@
 //! tool call and delegation.
 
 use super::events::RunEvent;
-use super::run::RunState;
+use super::run::{Lineage, RunState};
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
@@ -38,7 +38,7 @@ pub struct GateLimits {
     pub max_delegations: u32,
     /// Sub-agents one `delegate-all` may run at once.
     pub max_fan_out: usize,
-    /// Events one run may emit.
+    /// Events one top-level run may emit, its sub-agents' included.
     pub max_events: u32,
     /// Bytes of one event's data.
     pub max_event_bytes: usize,
@@ -106,7 +106,8 @@ pub enum OutputRefusal {
 pub(crate) struct Gate {
     run: Arc<RunState>,
     limits: GateLimits,
-    events: AtomicU32,
+    /// Events emitted by the run's whole tree.
+    events: Arc<AtomicU32>,
     /// Sub-agents started by the run's whole tree.
     delegations: Arc<AtomicU32>,
     monotonic_origin: Instant,
@@ -116,12 +117,12 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// A gate in front of `run`.
-    pub(crate) fn new(run: Arc<RunState>, delegations: Arc<AtomicU32>, limits: GateLimits) -> Self {
+    pub(crate) fn new(run: Arc<RunState>, lineage: &Lineage, limits: GateLimits) -> Self {
         Gate {
             run,
             limits,
-            events: AtomicU32::new(0),
-            delegations,
+            events: lineage.events.clone(),
+            delegations: lineage.delegations.clone(),
             monotonic_origin: Instant::now(),
             monotonic_base: AtomicU64::new(0),
             random: std::sync::Mutex::new(wasmtime_wasi::thread_rng()),
@@ -352,7 +353,7 @@ impl Harness for Gate {
         let emitted = self.events.fetch_add(1, Ordering::Relaxed);
         if emitted >= self.limits.max_events {
             return Err(HarnessStop(format!(
-                "it emitted more than {} events in one run",
+                "it emitted more than {} events in one run (its sub-agents' included)",
                 self.limits.max_events
             )));
         }

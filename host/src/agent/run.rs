@@ -53,6 +53,8 @@ pub(crate) struct Lineage {
     pub(crate) depth: u32,
     /// Sub-agents started by the whole tree so far.
     pub(crate) delegations: Arc<AtomicU32>,
+    /// Events the architectures of the whole tree emitted so far.
+    pub(crate) events: Arc<AtomicU32>,
     /// The budget and approvals a sub-agent shares with its parent.
     pub(crate) inherited: Option<Inherited>,
 }
@@ -63,6 +65,7 @@ impl Lineage {
         Lineage {
             depth: 0,
             delegations: Arc::new(AtomicU32::new(0)),
+            events: Arc::new(AtomicU32::new(0)),
             inherited: None,
         }
     }
@@ -513,6 +516,7 @@ impl RunState {
             let lineage = Lineage {
                 depth: self.lineage.depth + 1,
                 delegations: self.lineage.delegations.clone(),
+                events: self.lineage.events.clone(),
                 inherited: Some(self.governor.inherit()),
             };
             let events = self.events.as_ref().map(|sink| sink.child(&segment));
@@ -961,7 +965,7 @@ pub(crate) async fn execute(
     };
     let gate = Arc::new(Gate::new(
         state.clone(),
-        lineage.delegations.clone(),
+        &lineage,
         GateLimits {
             max_output_bytes: tenant_limits.max_output_bytes,
             ..GateLimits::default()
