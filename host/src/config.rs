@@ -234,6 +234,13 @@ pub struct AgentSettings {
     /// `[agent.role_models]`: a model string per role the architecture asks
     /// for (`critic = "openai:gpt-4.1-mini"`); other roles use `model`.
     pub role_models: BTreeMap<String, String>,
+    /// What the agent does, shown to a team that has it as a worker.
+    pub description: String,
+    /// Named agents (`[agents.NAME]`) that form this agent's team: the host
+    /// puts them into the architecture's configuration, under the property
+    /// its schema marks `"x-loom-members": true` (`workers`, `routes`,
+    /// `agents`, `experts` of the team architectures).
+    pub workers: Vec<String>,
 }
 
 /// `[agent.memory]`.
@@ -281,6 +288,8 @@ impl Default for AgentSettings {
             retrieval: false,
             architecture_config: None,
             role_models: BTreeMap::new(),
+            description: String::new(),
+            workers: Vec::new(),
         }
     }
 }
@@ -826,6 +835,29 @@ impl LoomConfig {
                     &format!("agents.{name}"),
                     "agent names are 1-64 characters of [a-zA-Z0-9_-]",
                 ));
+            }
+        }
+        for (key, settings) in std::iter::once(("agent".to_owned(), &raw.agent)).chain(
+            raw.agents
+                .iter()
+                .map(|(name, settings)| (format!("agents.{name}"), settings)),
+        ) {
+            for worker in &settings.workers {
+                if !raw.agents.contains_key(worker) {
+                    return Err(invalid(
+                        &format!("{key}.workers"),
+                        &format!(
+                            "`{worker}` is not an agent: add [agents.{worker}] or remove it \
+                             from workers"
+                        ),
+                    ));
+                }
+                if key == format!("agents.{worker}") {
+                    return Err(invalid(
+                        &format!("{key}.workers"),
+                        "an agent cannot be its own worker",
+                    ));
+                }
             }
         }
         let data_dir = resolve(&raw.data_dir);

@@ -776,6 +776,77 @@ fn docs_ingest_search_list_and_delete() {
 }
 
 #[test]
+fn a_composition_declared_in_config_runs_with_every_level_shown_and_one_user_charged() {
+    let env = TestEnv::new();
+    for (component, name) in [
+        (components::ARCH_REFLEXION, "reflexion"),
+        (components::ARCH_SUPERVISOR, "supervisor"),
+        (components::ARCH_REACT, "react"),
+    ] {
+        env.add_plugin(component, name, None);
+    }
+    // The supervisor's script delegates to its one worker.
+    std::fs::write(
+        env.path().join("supervisor.json"),
+        r#"{"turns": [{"text": "{\"delegate\": [{\"worker\": \"helper\", \"task\": \"say hi\"}]}"}]}"#,
+    )
+    .unwrap();
+    env.config(
+        "[tenants.acme.user_budgets]\ntokens_per_day = 1000000\n\
+         [agents.helper]\ndescription = \"echoes\"\narchitecture = \"react\"\nmodel = \"echo\"\n\
+         [agents.crew]\narchitecture = \"supervisor\"\nworkers = [\"helper\"]\n\
+         architecture_config = { max_rounds = 1 }\n\
+         [agents.crew.role_models]\nsupervisor = \"scripted:supervisor.json\"\n\
+         [agents.team]\narchitecture = \"reflexion\"\nmodel = \"echo\"\n\
+         architecture_config = { max_attempts = 1, base = \"agent:crew\" }\n",
+    );
+    let out = loom(
+        &env,
+        &[
+            "run", "--tenant", "acme", "--user", "ann", "--agent", "team", "greet",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for line in [
+        "[attempt]",
+        "  [crew] run ",
+        "  [crew] [delegated]",
+        "  [crew/helper] run ",
+        "  [crew/helper] done in 1 turn(s): Echo: say hi",
+        "  [crew] done in ",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in {stderr}");
+    }
+    // Every level's tokens are the run's, and ann's.
+    let tokens: u64 = stderr
+        .split("tokens: ")
+        .nth(1)
+        .map(|rest| {
+            let input: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            let output: u64 = rest
+                .split("), ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            input + output
+        })
+        .unwrap();
+    let out = loom(
+        &env,
+        &[
+            "budget", "show", "--tenant", "acme", "--user", "ann", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["caps"][0]["key"], "tokens_per_day");
+    assert_eq!(shown["caps"][0]["used"], tokens as f64, "{stderr}");
+}
+
+#[test]
 fn run_agent_runs_a_named_agent_and_names_the_configured_ones_otherwise() {
     let env = TestEnv::new();
     env.add_plugin(components::ARCH_SELF_REFINE, "self-refine", None);

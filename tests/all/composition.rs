@@ -1,6 +1,7 @@
 //! Architectures composed: reflexion over a supervisor over two named
 //! workers (a react `researcher` and a self-refine `writer`), declared in
-//! the configuration, every level a real component in its own sandbox.
+//! the configuration (`[agents.NAME]` with `workers`), every level a real
+//! component in its own sandbox.
 //! Proves that the user, the budget, the events and cancellation flow
 //! through every level, that a round's delegations run in parallel, and
 //! that the fan-out limit holds.
@@ -149,20 +150,26 @@ impl Model for Playbook {
     }
 }
 
-/// The composition in `loom.toml`: `team` is reflexion (two attempts) over
-/// an inline supervisor whose workers are the named agents `researcher`
-/// (react) and `writer` (self-refine).
+/// The composition in `loom.toml`: `team` is reflexion (two attempts)
+/// over `crew`, a supervisor whose workers are the named agents
+/// `researcher` (react) and `writer` (self-refine).
 const TEAM: &str = r#"
 [tenants.acme.permissions]
 mode = "bypass"
 
 [agents.researcher]
+description = "finds facts"
 instructions = "You research facts."
 architecture = "react"
 
 [agents.writer]
+description = "writes prose"
 instructions = "You write prose."
 architecture = "self-refine"
+
+[agents.crew]
+architecture = "supervisor"
+workers = ["researcher", "writer"]
 
 [agents.helper]
 instructions = "You help."
@@ -173,13 +180,7 @@ model = "echo"
 architecture = "reflexion"
 [agents.team.architecture_config]
 max_attempts = 2
-base = "supervisor"
-[agents.team.architecture_config.base_config.workers.researcher]
-description = "finds facts"
-agent = "researcher"
-[agents.team.architecture_config.base_config.workers.writer]
-description = "writes prose"
-agent = "writer"
+base = "agent:crew"
 "#;
 
 async fn team_host(env: &TestEnv, extra: &str) -> Arc<Host> {
@@ -367,7 +368,7 @@ async fn reflexion_over_a_supervisor_over_two_workers_carries_the_user_budget_an
     // Every level's events, tagged with its path, in a started → completed
     // bracket per sub-agent.
     let tagged = sub_agent_events(&events);
-    for path in ["supervisor", "supervisor/researcher", "supervisor/writer"] {
+    for path in ["crew", "crew/researcher", "crew/writer"] {
         let kinds: Vec<&str> = tagged
             .iter()
             .filter(|(p, _)| p == path)
@@ -382,10 +383,10 @@ async fn reflexion_over_a_supervisor_over_two_workers_carries_the_user_budget_an
         );
     }
     assert!(
-        tagged.contains(&("supervisor/researcher".into(), "tool_call".into())),
+        tagged.contains(&("crew/researcher".into(), "tool_call".into())),
         "{tagged:?}"
     );
-    assert!(tagged.contains(&("supervisor".into(), "custom".into())));
+    assert!(tagged.contains(&("crew".into(), "custom".into())));
     assert!(
         events
             .iter()

@@ -33,6 +33,7 @@ mod gate;
 mod governor;
 mod retrieve_tool;
 mod run;
+mod workers;
 
 pub use events::RunEvent;
 pub use gate::{GateLimits, OutputRefusal};
@@ -221,6 +222,9 @@ pub(crate) struct AgentInner {
     pub(crate) architecture_config: serde_json::Value,
     /// Models by role (`critic`, `planner`, …); other roles use `model`.
     pub(crate) role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
+    /// Named agents that form the architecture's team (see
+    /// [`AgentBuilder::workers`]).
+    pub(crate) workers: Vec<String>,
 }
 
 impl AgentInner {
@@ -288,6 +292,7 @@ pub struct AgentBuilder {
     retrieval: bool,
     architecture_config: serde_json::Value,
     role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
+    workers: Vec<String>,
 }
 
 impl Agent {
@@ -310,6 +315,7 @@ impl Agent {
             retrieval: false,
             architecture_config: serde_json::Value::Object(Default::default()),
             role_models: std::collections::BTreeMap::new(),
+            workers: Vec::new(),
         }
     }
 
@@ -361,6 +367,18 @@ impl AgentBuilder {
     /// model. Spend is charged the same way whatever the model.
     pub fn role_model(mut self, role: impl Into<String>, model: Arc<dyn Model>) -> Self {
         self.role_models.insert(role.into(), model);
+        self
+    }
+
+    /// Named agents of `[agents]` that form the architecture's team: each
+    /// becomes a member `{"description", "agent": NAME}` of the
+    /// configuration property the architecture's schema marks
+    /// `"x-loom-members": true` (the supervisor's `workers`, the router's
+    /// `routes`, the swarm's `agents`, the blackboard's `experts`). A run
+    /// fails with a clear error when the architecture marks none, or when
+    /// the configuration already fills that property.
+    pub fn workers(mut self, names: Vec<String>) -> Self {
+        self.workers = names;
         self
     }
 
@@ -469,6 +487,7 @@ impl AgentBuilder {
                 retrieval: self.retrieval,
                 architecture_config: self.architecture_config,
                 role_models: self.role_models,
+                workers: self.workers,
             }),
         })
     }

@@ -618,6 +618,7 @@ impl RunState {
             model,
             architecture_config,
             role_models,
+            workers: settings.workers.clone(),
             max_turns: settings.max_turns.max(1),
             ..self.sub_agent(settings.architecture.clone(), instructions, tools)
         })
@@ -642,6 +643,7 @@ impl RunState {
             architecture,
             architecture_config: empty_object(),
             role_models: self.agent.role_models.clone(),
+            workers: Vec::new(),
             max_turns: self.agent.max_turns,
             output_retries: 0,
             run_timeout: self.agent.run_timeout,
@@ -994,18 +996,28 @@ pub(crate) async fn execute(
         }
         _ => agent.instructions.clone(),
     };
-    // The architecture's configuration, checked against the schema it
-    // declares (an empty one is the architecture's own defaults).
-    let config = match agent.architecture_config.as_object() {
+    // The architecture's configuration, its team added from the agent's
+    // workers, checked against the schema it declares (an empty one is
+    // the architecture's own defaults).
+    let architecture_config = super::workers::with_team(
+        &agent.architecture_config,
+        &agent.workers,
+        &component.info.config_schema,
+        &host.config().agents,
+    )
+    .map_err(|message| {
+        AgentError::Architecture(format!("architecture `{arch_name}`: {message}"))
+    })?;
+    let config = match architecture_config.as_object() {
         Some(fields) if !fields.is_empty() => {
-            check_config(&component.info.config_schema, &agent.architecture_config).map_err(
+            check_config(&component.info.config_schema, &architecture_config).map_err(
                 |message| {
                     AgentError::Architecture(format!(
                         "invalid config for architecture `{arch_name}`: {message}"
                     ))
                 },
             )?;
-            agent.architecture_config.to_string()
+            architecture_config.to_string()
         }
         _ => "{}".to_owned(),
     };

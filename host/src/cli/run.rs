@@ -93,6 +93,7 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     if let Some(config) = settings.architecture_config {
         builder = builder.architecture_config(config);
     }
+    builder = builder.workers(settings.workers);
     for (role, spec) in &settings.role_models {
         let model = from_spec(
             spec,

@@ -48,6 +48,8 @@
 //!   "config": {...}}` (an inline agent; every key but `description`
 //!   optional, `architecture` defaulting to `react`). Giving `agent` with
 //!   any of the inline keys is refused.
+//!   The schema marks it `"x-loom-members": true`, so an agent's
+//!   `workers` (named agents) fill it.
 //! * `max_rounds` (integer, 1 to 10, default 3): contribution rounds at
 //!   most.
 //!
@@ -76,7 +78,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"experts":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":3}},"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"experts":{"type":"object","x-loom-members":true,"minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"max_rounds":{"type":"integer","minimum":1,"maximum":10,"default":3}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event, in characters.
 const EXCERPT_CHARS: usize = 200;

@@ -40,6 +40,8 @@
 //!   "config": {...}}` (an inline agent; every key but `description`
 //!   optional, `architecture` defaulting to `react`). Giving `agent` with
 //!   any of the inline keys is refused.
+//!   The schema marks it `"x-loom-members": true`, so an agent's
+//!   `workers` (named agents) fill it.
 //! * `fallback` (string or null; default the only route when there is
 //!   one, else null): the route taken when the reply names none; it must be
 //!   one of `routes`.
@@ -65,7 +67,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"routes":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"fallback":{"type":["string","null"],"default":null}},"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"routes":{"type":"object","x-loom-members":true,"minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"fallback":{"type":["string","null"],"default":null}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event or message, in characters.
 const EXCERPT_CHARS: usize = 200;

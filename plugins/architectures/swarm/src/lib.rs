@@ -45,6 +45,8 @@
 //!   "config": {...}}` (an inline agent; every key but `description`
 //!   optional, `architecture` defaulting to `react`). Giving `agent` with
 //!   any of the inline keys is refused.
+//!   The schema marks it `"x-loom-members": true`, so an agent's
+//!   `workers` (named agents) fill it.
 //! * `entry` (string; required with more than one agent, else that one):
 //!   the agent that takes the task first; one of `agents`.
 //! * `max_handoffs` (integer, 0 to 20, default 5): handoffs at most.
@@ -74,7 +76,7 @@ use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
 
 /// The JSON Schema of the configuration.
-const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"agents":{"type":"object","minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"entry":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"max_handoffs":{"type":"integer","minimum":0,"maximum":20,"default":5}},"additionalProperties":false}"#;
+const CONFIG_SCHEMA: &str = r#"{"type":"object","properties":{"agents":{"type":"object","x-loom-members":true,"minProperties":1,"maxProperties":16,"propertyNames":{"pattern":"^[A-Za-z0-9_-]{1,64}$"},"additionalProperties":{"type":"object","properties":{"description":{"type":"string","minLength":1},"agent":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"architecture":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$","default":"react"},"instructions":{"type":"string","default":""},"tools":{"type":"array","items":{"type":"string"},"default":[]},"config":{"type":["object","null"],"default":null}},"required":["description"],"additionalProperties":false}},"entry":{"type":"string","pattern":"^[A-Za-z0-9_-]{1,64}$"},"max_handoffs":{"type":"integer","minimum":0,"maximum":20,"default":5}},"additionalProperties":false}"#;
 
 /// The longest excerpt in an event, in characters.
 const EXCERPT_CHARS: usize = 200;
