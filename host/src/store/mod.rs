@@ -7,11 +7,13 @@
 //! thousand, and a caller that awaits its write knows it is on disk. Reads
 //! open their own read transaction and never wait for the writer.
 //!
-//! The file holds sessions ([`SessionStore`]), budget counters
+//! The file holds sessions ([`SessionStore`]), the run journal
+//! ([`journal`]), budget counters
 //! (`governance::budget`), memory (`crate::memory`) and the scoped data of
 //! memory components ([`kv`]). Keys are built from
 //! typed ids only.
 
+pub mod journal;
 pub mod kv;
 pub(crate) mod sessions;
 
