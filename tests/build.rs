@@ -1,4 +1,5 @@
-//! Builds every guest component (first-party plugins and test fixtures) for
+//! Builds every guest component (first-party plugins, the example
+//! architecture of `examples/custom-architecture` and test fixtures) for
 //! `wasm32-wasip2` from source, in a target directory of its own, and writes
 //! `components.rs` with one path constant per component.
 //!
@@ -16,6 +17,7 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
         "plugins/architectures",
         "plugins/policies",
         "plugins/memory",
+        "examples",
         "tests/fixtures",
     ] {
         let Ok(entries) = std::fs::read_dir(root.join(group)) else {
@@ -49,6 +51,7 @@ fn guests(root: &Path) -> Vec<(String, String, PathBuf)> {
                 "plugins/architectures" => "ARCH",
                 "plugins/policies" => "POLICY",
                 "plugins/memory" => "MEMORY",
+                "examples" => "EXAMPLE",
                 _ => "FIXTURE",
             };
             found.push((format!("{prefix}_{stem}"), package, dir));
@@ -62,7 +65,7 @@ fn main() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_owned();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    for dir in ["plugins", "tests/fixtures", "sdk-guest", "wit"] {
+    for dir in ["plugins", "examples", "tests/fixtures", "sdk-guest", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(

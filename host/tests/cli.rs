@@ -874,3 +874,83 @@ fn run_agent_runs_a_named_agent_and_names_the_configured_ones_otherwise() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_custom_architecture_in_a_tenant_directory_serves_that_tenant_only() {
+    // The example of README's "Writing an architecture", with the manifest
+    // it ships, dropped into acme's own plugin directory.
+    let env = TestEnv::new();
+    let own = env.mkdir("tenants/acme");
+    env.install(
+        &own,
+        components::EXAMPLE_CUSTOM_ARCHITECTURE,
+        "draft-check",
+        Some(include_str!(
+            "../../examples/custom-architecture/draft-check.toml"
+        )),
+    );
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    env.config("[tenants.acme]\nplugin_dirs = [\"tenants/acme\"]\n[tenants.globex]\n");
+
+    let listed = |tenant: &str| -> Vec<serde_json::Value> {
+        let out = loom(&env, &["plugins", "list", "--tenant", tenant, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let acme = listed("acme");
+    let row = acme
+        .iter()
+        .find(|row| row["name"] == "draft-check")
+        .expect("acme lists its own architecture");
+    assert_eq!(row["kind"], "architecture");
+    assert_eq!(row["scope"], "tenant:acme");
+    assert_eq!(row["version"], "0.1.0");
+    assert!(
+        listed("globex")
+            .iter()
+            .all(|row| row["name"] != "draft-check"),
+        "globex does not see acme's directory"
+    );
+
+    let run = |tenant: &str| {
+        loom(
+            &env,
+            &[
+                "run",
+                "--tenant",
+                tenant,
+                "--arch",
+                "draft-check",
+                "--model",
+                "echo",
+                "--json",
+                "What is 6*7?",
+            ],
+        )
+    };
+    let out = run("acme");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "custom")
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["draft", "verdict"]);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "completed");
+    assert_eq!(last["result"]["output"], "Echo: What is 6*7?");
+
+    let out = run("globex");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "no architecture `draft-check` is available to tenant `globex`; available: react"
+        ),
+        "{stdout}"
+    );
+}

@@ -10,7 +10,9 @@ static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Alloca
 mod agent;
 mod architectures;
 mod capabilities;
+mod composition;
 mod context;
+mod custom_architecture;
 mod floods;
 mod governance;
 mod hostile;
