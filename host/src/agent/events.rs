@@ -25,6 +25,10 @@ pub enum RunEvent {
     ModelChunk {
         /// New text.
         delta: String,
+        /// The role the architecture asked the completion in (`critic`,
+        /// `planner`, ...); none for its main loop.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
     },
     /// A tool call is starting.
     ToolCall {

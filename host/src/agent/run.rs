@@ -209,6 +209,7 @@ impl RunState {
             let mut request = request;
             let reservation = self.governor.before_model(&mut request).await?;
             let model = self.agent.model_for(request.role.as_deref());
+            let role = request.role.clone();
             let mut messages: Vec<Message> =
                 request.messages.into_iter().map(to_model_message).collect();
             let mut tools = Vec::with_capacity(request.tools.len());
@@ -248,7 +249,10 @@ impl RunState {
             };
             let sink = |chunk: ModelChunk| {
                 if let ModelChunk::Text { delta } = chunk {
-                    self.send(RunEvent::ModelChunk { delta });
+                    self.send(RunEvent::ModelChunk {
+                        delta,
+                        role: role.clone(),
+                    });
                 }
             };
             let streaming = self.events.is_some();

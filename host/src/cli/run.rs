@@ -151,6 +151,8 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
     // The text streamed since the last tool call: the answer, if the
     // architecture returns what the model said.
     let mut latest_text = String::new();
+    // The role of the completion streaming now: a new role starts a line.
+    let mut streaming_role: Option<String> = None;
     while let Some(event) = stream.next().await {
         if json {
             println!("{}", serde_json::to_string(&event)?);
@@ -158,6 +160,16 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
                 return Ok(ExitCode::from(1));
             }
             continue;
+        }
+        // Any other line ends the text streamed so far.
+        if streamed_text
+            && !matches!(
+                event,
+                RunEvent::ModelChunk { .. } | RunEvent::Completed { .. }
+            )
+        {
+            println!();
+            streamed_text = false;
         }
         match event {
             RunEvent::Started {
@@ -173,7 +185,16 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
                 };
                 eprintln!("run {run_id} ({architecture}{session})");
             }
-            RunEvent::ModelChunk { delta } => {
+            RunEvent::ModelChunk { delta, role } => {
+                if streamed_text && role != streaming_role {
+                    println!();
+                    latest_text.clear();
+                    streamed_text = false;
+                }
+                if !streamed_text && let Some(role) = &role {
+                    eprint!("({}) ", escape_text(role, 64));
+                }
+                streaming_role = role;
                 streamed_text = true;
                 latest_text.push_str(&delta);
                 let _ = write!(stdout, "{}", terminal_safe(&delta));
@@ -182,10 +203,6 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
             RunEvent::ToolCall {
                 name, arguments, ..
             } => {
-                if streamed_text {
-                    println!();
-                    streamed_text = false;
-                }
                 latest_text.clear();
                 eprintln!("-> {name} {}", escape_text(&arguments, 2000));
             }
@@ -256,10 +273,6 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
             }
             RunEvent::SubAgent { path, event } => {
                 if let Some(line) = sub_agent_line(&event) {
-                    if streamed_text {
-                        println!();
-                        streamed_text = false;
-                    }
                     eprintln!("  [{}] {line}", escape_text(&path, 200));
                 }
             }
