@@ -178,10 +178,19 @@ fn print_table(rows: &[Value], with_grants: bool) {
                     .collect()
             })
             .unwrap_or_default();
-        println!("    tools:     {}", tools.join(", "));
+        if row["kind"] == "tool" {
+            println!("    tools:     {}", tools.join(", "));
+        }
         println!("    requested: {}", summarize_requests(&row["requested"]));
         if with_grants {
-            println!("    granted:   {}", summarize_requests(&row["granted"]));
+            // Only tools get capabilities: the other kinds reach the world
+            // through the host (the harness, the key-value store).
+            let granted = if row["kind"] == "tool" {
+                summarize_requests(&row["granted"])
+            } else {
+                "none (only tools are granted capabilities)".to_owned()
+            };
+            println!("    granted:   {granted}");
         }
     }
 }
