@@ -3,8 +3,9 @@
 //! scripted model), all users starting together. Each turn is one agent run:
 //! the model calls `run_context`, sees the result, and answers with it.
 //!
-//! Reports p50/p99 turn latency, throughput, peak RSS, and isolation
-//! violations (an answer carrying another user's or tenant's identity).
+//! Reports p50/p99 turn latency, throughput, CPU per turn (the process's,
+//! every thread included), peak RSS, and isolation violations (an answer
+//! carrying another user's or tenant's identity).
 //!
 //! Governance is on by default (`all`): each user's session is persisted in
 //! redb, budgets are checked and charged at every model and tool call
@@ -16,15 +17,46 @@
 //! `sessions`, `budgets` (sessions + budgets + permissions + rate limits),
 //! `all` (everything, the audit log included).
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all]`
+//! `compose` measures composition instead: the same load through five
+//! kinds of turn on one host, their passes interleaved (each pass runs
+//! every kind, starting from a different one), so that they share the
+//! process's conditions:
+//!
+//! * `react-1-tool`: the turn above (two model calls, one tool call);
+//! * `react-2-tools-1-turn`: the model asks for `run_context` twice in one
+//!   turn (two model calls, two tool calls, run as two tasks);
+//! * `react-2-tool-turns`: the model asks for `run_context`, then again,
+//!   then answers (three model calls, two tool calls);
+//! * `router>react`: the `router` architecture (one `router` completion)
+//!   hands the prompt to the named agent `worker` (`[agents.worker]`: ReAct
+//!   with `run_context`) as a sub-agent, whose answer is the output;
+//! * `supervisor>react`: the `supervisor` architecture delegates the task
+//!   to `worker` in round 1 and, in round 2, answers `{"final": <the
+//!   worker's result>}` (two `supervisor` completions, then the sub-agent's
+//!   two and its tool call).
+//!
+//! The worker runs in a sandbox of its own with its own run id and no
+//! session: a composed turn's answer must carry the caller's tenant and
+//! user, a run id other than the top-level run's, and no session, and every
+//! run id of a pass (top-level and sub-agent) must be distinct.
+//!
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [compose]`
 
-use loom_host::agent::{Agent, RunRequest};
+use loom_host::agent::{Agent, AgentBuilder, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
+use loom_host::model::{
+    BoxFuture, ChunkSink, FinishReason, Message, Model, ModelError, ModelRequest, ModelResponse,
+    Role, Usage,
+};
 use loom_tests::{TestEnv, components, scope};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TENANTS: usize = 10;
+
+/// The prompt of every turn, and the task the supervisor delegates.
+const PROMPT: &str = "who am I?";
 
 #[global_allocator]
 static ALLOCATOR: loom_host::allocator::Allocator = loom_host::allocator::Allocator;
@@ -38,6 +70,196 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// CPU time of the whole process so far: every thread, exited ones too
+/// (the scheduler's own accounting, in nanoseconds).
+#[allow(
+    unsafe_code,
+    reason = "reading the process CPU clock is a single libc call"
+)]
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to, and
+    // CLOCK_PROCESS_CPUTIME_ID is supported on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A model turn asking for `run_context` `calls` times.
+fn tool_turn(calls: usize) -> ScriptedTurn {
+    ScriptedTurn {
+        text: String::new(),
+        tool_calls: (0..calls)
+            .map(|_| ScriptedToolCall {
+                id: None,
+                name: "run_context".into(),
+                arguments: serde_json::json!({}),
+            })
+            .collect(),
+        usage: None,
+    }
+}
+
+/// A model turn answering with the latest tool result.
+fn answer_turn() -> ScriptedTurn {
+    ScriptedTurn {
+        text: "{last_tool_result}".into(),
+        tool_calls: Vec::new(),
+        usage: None,
+    }
+}
+
+/// Rough token count of a request (characters / 4), as the scripted model
+/// reports it.
+fn estimate_tokens(request: &ModelRequest) -> u64 {
+    let chars: usize = request.messages.iter().map(|m| m.content.len() + 4).sum();
+    (chars as u64).div_ceil(4)
+}
+
+/// The supervisor's scripted model: while its request shows no result of
+/// `worker`, it delegates [`PROMPT`] to `worker`; once it shows one, it
+/// answers `{"final": <that result>}` (the worker's JSON answer, as JSON).
+struct SupervisorScript;
+
+impl SupervisorScript {
+    /// The reply to a request whose last user message is `text`.
+    fn reply(text: &str) -> Result<String, ModelError> {
+        let marker = format!("[worker] {PROMPT} -> ");
+        let Some(at) = text.find(&marker) else {
+            return Ok(serde_json::json!({
+                "delegate": [{"worker": "worker", "task": PROMPT}]
+            })
+            .to_string());
+        };
+        let rest = &text[at + marker.len()..];
+        let result = serde_json::Deserializer::from_str(rest)
+            .into_iter::<serde_json::Value>()
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| ModelError::InvalidRequest {
+                message: format!("the worker's result is not JSON: {rest:.200}"),
+            })?;
+        Ok(serde_json::json!({ "final": result }).to_string())
+    }
+}
+
+impl Model for SupervisorScript {
+    fn id(&self) -> &str {
+        "scripted:supervisor"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &'a ModelRequest,
+        _sink: Option<ChunkSink<'a>>,
+    ) -> BoxFuture<'a, Result<ModelResponse, ModelError>> {
+        Box::pin(async move {
+            let text = request
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| m.content.as_str())
+                .unwrap_or("");
+            let reply = Self::reply(text)?;
+            Ok(ModelResponse {
+                usage: Usage {
+                    input_tokens: estimate_tokens(request),
+                    output_tokens: (reply.len() as u64).div_ceil(4),
+                    cached_tokens: 0,
+                    cache_write_tokens: 0,
+                },
+                message: Message::assistant(reply),
+                finish_reason: FinishReason::Stop,
+            })
+        })
+    }
+}
+
+/// One kind of turn of the `compose` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    React1,
+    React2Parallel,
+    React2Turns,
+    Router,
+    Supervisor,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::React1,
+        Kind::React2Parallel,
+        Kind::React2Turns,
+        Kind::Router,
+        Kind::Supervisor,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::React1 => "react-1-tool",
+            Kind::React2Parallel => "react-2-tools-1-turn",
+            Kind::React2Turns => "react-2-tool-turns",
+            Kind::Router => "router>react",
+            Kind::Supervisor => "supervisor>react",
+        }
+    }
+
+    /// What one turn runs: (model calls, architecture sandboxes, tool sandboxes).
+    fn shape(self) -> (usize, usize, usize) {
+        match self {
+            Kind::React1 => (2, 1, 1),
+            Kind::React2Parallel => (2, 1, 2),
+            Kind::React2Turns => (3, 1, 2),
+            Kind::Router => (3, 2, 1),
+            Kind::Supervisor => (4, 2, 1),
+        }
+    }
+
+    /// The answer comes from a sub-agent.
+    fn composed(self) -> bool {
+        matches!(self, Kind::Router | Kind::Supervisor)
+    }
+
+    /// This kind's agent on `base` (host, instructions, sessions set).
+    fn agent(self, base: AgentBuilder) -> Agent {
+        let react =
+            |turns: Vec<ScriptedTurn>| -> Arc<dyn Model> { Arc::new(ScriptedModel::new(turns)) };
+        let one = || react(vec![tool_turn(1), answer_turn()]);
+        let worker = serde_json::json!({
+            "worker": {"description": "reports who it serves", "agent": "worker"}
+        });
+        let builder = match self {
+            Kind::React1 => base.model(one()),
+            Kind::React2Parallel => base.model(react(vec![tool_turn(2), answer_turn()])),
+            Kind::React2Turns => base.model(react(vec![tool_turn(1), tool_turn(1), answer_turn()])),
+            // The named agent `worker` has no model of its own: it runs on
+            // the delegating agent's, the one-tool ReAct script.
+            Kind::Router => base
+                .model(one())
+                .architecture("router")
+                .architecture_config(serde_json::json!({ "routes": worker }))
+                .role_model(
+                    "router",
+                    Arc::new(ScriptedModel::new(vec![ScriptedTurn {
+                        text: "worker".into(),
+                        tool_calls: Vec::new(),
+                        usage: None,
+                    }])),
+                ),
+            Kind::Supervisor => base
+                .model(one())
+                .architecture("supervisor")
+                .architecture_config(serde_json::json!({ "workers": worker }))
+                .role_model("supervisor", Arc::new(SupervisorScript)),
+        };
+        builder.build().expect("agent")
+    }
 }
 
 fn main() {
@@ -58,6 +280,7 @@ fn main() {
         .skip(1)
         .find(|a| ["bare", "sessions", "budgets", "all"].contains(&a.as_str()))
         .unwrap_or_else(|| "all".into());
+    let compose = std::env::args().skip(1).any(|a| a == "compose");
     let sessions = variant != "bare";
     let budgets = variant == "budgets" || variant == "all";
     let audit = variant == "all";
@@ -69,6 +292,10 @@ fn main() {
     let env = TestEnv::new();
     env.add_plugin(components::ARCH_REACT, "react", None);
     env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
+    if compose {
+        env.add_plugin(components::ARCH_ROUTER, "router", None);
+        env.add_plugin(components::ARCH_SUPERVISOR, "supervisor", None);
+    }
     let governance = |t: usize| {
         if !budgets {
             return String::new();
@@ -92,44 +319,50 @@ fn main() {
     // Sessions and counters are committed at once and fsynced every 100 ms
     // (a crash may lose that much; `fsync = "always"` is the default).
     let store_section = "[store]\nfsync = \"interval\"\nfsync_interval_ms = 100\n";
+    // The sub-agent of the composed turns: ReAct with `run_context`, on the
+    // delegating agent's model.
+    let agents_section = if compose {
+        "[agents.worker]\ninstructions = \"Report who you serve.\"\narchitecture = \"react\"\ntools = [\"run_context\"]\n"
+    } else {
+        ""
+    };
     let host = Arc::new(rt.block_on(env.host(&format!(
-        "{audit_section}{store_section}[engine]\nmax_instances = 2000\n{tenants}"
+        "{audit_section}{store_section}{agents_section}[engine]\nmax_instances = 2000\n{tenants}"
     ))));
-    let model = Arc::new(ScriptedModel::new(vec![
-        ScriptedTurn {
-            text: String::new(),
-            tool_calls: vec![ScriptedToolCall {
-                id: None,
-                name: "run_context".into(),
-                arguments: serde_json::json!({}),
-            }],
-            usage: None,
-        },
-        ScriptedTurn {
-            text: "{last_tool_result}".into(),
-            tool_calls: Vec::new(),
-            usage: None,
-        },
-    ]));
-    let mut builder = Agent::builder("Report who you serve.")
-        .host(host.clone())
-        .model(model);
-    if sessions {
-        builder = builder.sessions(host.sessions());
+    let base = || {
+        let builder = Agent::builder("Report who you serve.").host(host.clone());
+        if sessions {
+            builder.sessions(host.sessions())
+        } else {
+            builder
+        }
+    };
+    let features = format!(
+        "governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit})"
+    );
+    if compose {
+        println!(
+            "composition under load: 2 worker threads, {TENANTS} tenants, scripted models, run_context tool; {features}; \
+             kinds of turn interleaved pass by pass"
+        );
+        let agents: Vec<(Kind, Agent)> = Kind::ALL.iter().map(|&k| (k, k.agent(base()))).collect();
+        for (users, turns) in shapes {
+            compose_shape(&rt, &agents, users, turns);
+        }
+        return;
     }
-    let agent = builder.build().expect("agent");
+    let agent = Kind::React1.agent(base());
     println!(
-        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; \
-         governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit})"
+        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; {features}"
     );
     for (users, turns) in shapes {
         // The first pass also fills the instance pool, the allocator's
         // heaps and the page tables; the second is the steady state of a
         // server that has been up for a while. Both are reported.
-        let first = rt.block_on(load(&agent, users, turns, 0));
+        let first = rt.block_on(load(&agent, Kind::React1, users, turns, 0));
         println!("{users} users x {turns} turns (first pass): {first}");
         let mut steady: Vec<Report> = (0..STEADY_PASSES)
-            .map(|pass| rt.block_on(load(&agent, users, turns, pass + 1)))
+            .map(|pass| rt.block_on(load(&agent, Kind::React1, users, turns, pass + 1)))
             .collect();
         steady.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
         let median = &steady[steady.len() / 2];
@@ -144,10 +377,100 @@ fn main() {
 /// Passes measured after the first, per shape.
 const STEADY_PASSES: usize = 15;
 
+/// The median of `values` (sorted here).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One shape of the `compose` mode: a first pass of every kind, then
+/// [`STEADY_PASSES`] rounds, each running every kind once (round `r`
+/// starting from kind `r`), then a table of the steady passes.
+fn compose_shape(
+    rt: &tokio::runtime::Runtime,
+    agents: &[(Kind, Agent)],
+    users: usize,
+    turns: usize,
+) {
+    for (kind, agent) in agents {
+        let first = rt.block_on(load(agent, *kind, users, turns, 0));
+        println!(
+            "{users} users x {turns} turns, {} (first pass): {first}",
+            kind.label()
+        );
+    }
+    let mut steady: Vec<Vec<Report>> = agents.iter().map(|_| Vec::new()).collect();
+    for pass in 0..STEADY_PASSES {
+        for i in 0..agents.len() {
+            let k = (pass + i) % agents.len();
+            let (kind, agent) = &agents[k];
+            steady[k].push(rt.block_on(load(agent, *kind, users, turns, pass + 1)));
+        }
+    }
+    println!(
+        "\n{users} users x {turns} turns, steady state: median of {STEADY_PASSES} interleaved passes (range); \
+         Δ = median over passes of (this kind's CPU per turn - react-1-tool's in the same round)\n"
+    );
+    println!(
+        "| turn | model calls | arch + tool sandboxes | turns/s | CPU per turn | Δ CPU vs react-1-tool | p50 | p99 | violations |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let cpu = |r: &Report| r.cpu_per_turn().as_secs_f64() * 1e6;
+    let mut deltas = Vec::new();
+    for (k, (kind, _)) in agents.iter().enumerate() {
+        let reports = &steady[k];
+        let mut throughput: Vec<f64> = reports.iter().map(Report::throughput).collect();
+        let mut cpus: Vec<f64> = reports.iter().map(cpu).collect();
+        let mut p50: Vec<f64> = reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect();
+        let mut p99: Vec<f64> = reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect();
+        let mut delta: Vec<f64> = reports
+            .iter()
+            .zip(&steady[0])
+            .map(|(r, base)| cpu(r) - cpu(base))
+            .collect();
+        let violations: usize = reports.iter().map(|r| r.violations).sum();
+        let (model_calls, archs, tools) = kind.shape();
+        let (t_med, c_med, d_med) = (
+            median(&mut throughput),
+            median(&mut cpus),
+            median(&mut delta),
+        );
+        deltas.push(d_med);
+        println!(
+            "| {} | {model_calls} | {archs} + {tools} | {t_med:.0} ({:.0}-{:.0}) | {c_med:.0} µs ({:.0}-{:.0}) | {} | {:.2} ms | {:.2} ms | {violations} |",
+            kind.label(),
+            throughput[0],
+            throughput[throughput.len() - 1],
+            cpus[0],
+            cpus[cpus.len() - 1],
+            if k == 0 {
+                "-".to_owned()
+            } else {
+                format!("{d_med:+.0} µs")
+            },
+            median(&mut p50),
+            median(&mut p99),
+        );
+    }
+    println!(
+        "\nmarginal CPU per turn: one tool call (2 tools in 1 turn - 1 tool) {:+.0} µs; \
+         one tool-calling step, a tool call and a model call (2 tool turns - 1) {:+.0} µs; \
+         one sub-agent, its sandbox, delegation and a model call (router>react - react) {:+.0} µs; \
+         supervisor>react - react {:+.0} µs; peak RSS {} MiB\n",
+        deltas[1],
+        deltas[2],
+        deltas[3],
+        deltas[4],
+        peak_rss_kib() / 1024,
+    );
+}
+
 /// The outcome of one pass.
 struct Report {
     turns: usize,
     wall: Duration,
+    /// CPU time of the whole process during the pass.
+    cpu: Duration,
     p50: Duration,
     p99: Duration,
     violations: usize,
@@ -158,16 +481,21 @@ impl Report {
     fn throughput(&self) -> f64 {
         self.turns as f64 / self.wall.as_secs_f64()
     }
+
+    fn cpu_per_turn(&self) -> Duration {
+        self.cpu / self.turns.max(1) as u32
+    }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} turns in {:.3} s = {:.0} turns/s; turn latency p50 {:.2} ms, p99 {:.2} ms; peak RSS {} MiB; isolation violations {}",
+            "{} turns in {:.3} s = {:.0} turns/s; CPU per turn {:.0} µs; turn latency p50 {:.2} ms, p99 {:.2} ms; peak RSS {} MiB; isolation violations {}",
             self.turns,
             self.wall.as_secs_f64(),
             self.throughput(),
+            self.cpu_per_turn().as_secs_f64() * 1e6,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
             self.peak_rss_mib,
@@ -176,33 +504,56 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Run `users` × `turns` through `agent`, all users starting together;
-/// each user's turns share a session of this pass.
-async fn load(agent: &Agent, users: usize, turns: usize, pass: usize) -> Report {
+/// How long a pass waits after its last turn before reading the CPU clock,
+/// so that the writer threads' work for it (session commits, audit
+/// entries) is counted in it rather than in the next pass.
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// Run `users` × `turns` turns of `kind` through `agent`, all users
+/// starting together; each user's turns share a session of this pass.
+///
+/// A turn is isolated when its answer names the caller's tenant and user
+/// and: for ReAct, the turn's own run id; for a composed turn, a run id
+/// other than the turn's (the sub-agent's own) and no session. Every run
+/// id a pass sees (the turns' and the sub-agents') must be distinct; each
+/// repeat counts as a violation.
+async fn load(agent: &Agent, kind: Kind, users: usize, turns: usize, pass: usize) -> Report {
+    let label = kind.label().replace('>', "-");
+    let cpu_start = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(users);
     for u in 0..users {
         let agent = agent.clone();
+        let label = label.clone();
         tasks.push(tokio::spawn(async move {
             let tenant = format!("t{}", u % TENANTS);
             let user = format!("user_{u}");
             let mut out = Vec::with_capacity(turns);
             for _ in 0..turns {
                 let t0 = Instant::now();
-                let session = format!("{user}-p{pass}").parse().expect("session id");
+                let session = format!("{user}-{label}-p{pass}")
+                    .parse()
+                    .expect("session id");
                 let result = agent
                     .run(RunRequest::new(
                         scope(&tenant, Some(&user)).with_session(session),
-                        "who am I?",
+                        PROMPT,
                     ))
                     .await
                     .expect("run");
+                let elapsed = t0.elapsed();
                 let seen: serde_json::Value =
                     serde_json::from_str(&result.output).expect("json answer");
-                let isolated = seen["user_id"] == user.as_str()
-                    && seen["tenant"] == tenant.as_str()
-                    && seen["run_id"] == result.run_id.as_str();
-                out.push((t0.elapsed(), isolated));
+                let run_id = result.run_id.to_string();
+                let seen_run = seen["run_id"].as_str().unwrap_or_default().to_owned();
+                let caller = seen["user_id"] == user.as_str() && seen["tenant"] == tenant.as_str();
+                let isolated = caller
+                    && if kind.composed() {
+                        !seen_run.is_empty() && seen_run != run_id && seen["session_id"].is_null()
+                    } else {
+                        seen_run == run_id
+                    };
+                out.push((elapsed, isolated, run_id, seen_run));
             }
             out
         }));
@@ -212,13 +563,23 @@ async fn load(agent: &Agent, users: usize, turns: usize, pass: usize) -> Report 
         latencies.extend(task.await.expect("join"));
     }
     let wall = started.elapsed();
-    let violations = latencies.iter().filter(|(_, ok)| !ok).count();
-    let mut sorted: Vec<Duration> = latencies.iter().map(|(d, _)| *d).collect();
+    tokio::time::sleep(SETTLE).await;
+    let cpu = process_cpu().saturating_sub(cpu_start);
+    let mut violations = latencies.iter().filter(|(_, ok, _, _)| !ok).count();
+    if kind.composed() {
+        let mut ids = HashSet::with_capacity(2 * latencies.len());
+        for (_, _, run, seen) in &latencies {
+            violations += usize::from(!ids.insert(run.as_str()));
+            violations += usize::from(!ids.insert(seen.as_str()));
+        }
+    }
+    let mut sorted: Vec<Duration> = latencies.iter().map(|(d, ..)| *d).collect();
     sorted.sort();
     let pct = |p: f64| sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)];
     Report {
         turns: sorted.len(),
         wall,
+        cpu,
         p50: pct(0.50),
         p99: pct(0.99),
         violations,
