@@ -312,6 +312,13 @@ fn demo() -> Result<(), String> {
         &agent_run("acme", "alice", "Thanks! Once more?"),
         true,
     )?;
+    step(
+        "dave of acme asks `team`: reflexion over a router over the ReAct researcher, declared in loom.toml; every level's events are shown under its path, and dave's budgets pay for all of them",
+        &[
+            "run", "--tenant", "acme", "--user", "dave", "--agent", "team", question,
+        ],
+        true,
+    )?;
     println!("\nGovernance: budgets, permission modes and the audit log.");
     step(
         "alice's third run today: acme's user budget (runs_per_day = 2) stops it with budget:runs_per_day",
