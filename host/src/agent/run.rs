@@ -788,10 +788,12 @@ fn ref_config(config: Option<&str>) -> Result<Option<serde_json::Value>, wit::Ha
         .transpose()
 }
 
-/// Check an architecture's configuration against the schema it declares.
-fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> Result<(), String> {
-    let validator =
-        jsonschema::validator_for(schema).map_err(|e| format!("its schema is invalid: {e}"))?;
+/// Check an architecture's configuration against the schema it declares
+/// (compiled when the component loaded).
+fn check_config(
+    validator: &jsonschema::Validator,
+    config: &serde_json::Value,
+) -> Result<(), String> {
     let errors: Vec<String> = validator
         .iter_errors(config)
         .take(8)
@@ -1014,13 +1016,11 @@ pub(crate) async fn execute(
     })?;
     let config = match architecture_config.as_object() {
         Some(fields) if !fields.is_empty() => {
-            check_config(&component.info.config_schema, &architecture_config).map_err(
-                |message| {
-                    AgentError::Architecture(format!(
-                        "invalid config for architecture `{arch_name}`: {message}"
-                    ))
-                },
-            )?;
+            check_config(&component.config_validator, &architecture_config).map_err(|message| {
+                AgentError::Architecture(format!(
+                    "invalid config for architecture `{arch_name}`: {message}"
+                ))
+            })?;
             architecture_config.to_string()
         }
         _ => "{}".to_owned(),

@@ -47,6 +47,9 @@ pub struct ArchitectureComponent {
     pub(super) indices: architecture_export::GuestIndices,
     /// What it says about itself.
     pub info: ArchitectureInfo,
+    /// Its configuration schema, compiled once at load: every run with a
+    /// configuration is checked against it.
+    pub config_validator: std::sync::Arc<jsonschema::Validator>,
 }
 
 /// A compiled, pre-linked policy component.
@@ -317,6 +320,11 @@ impl SandboxEngine {
         let config_schema = serde_json::from_str(&info.config_schema).map_err(|e| {
             LoadError::BadTools(format!("architecture config schema is not JSON: {e}"))
         })?;
+        let config_validator = jsonschema::validator_for(&config_schema).map_err(|e| {
+            LoadError::BadTools(format!(
+                "architecture config schema is not a valid JSON Schema: {e}"
+            ))
+        })?;
         if info.name.is_empty() || info.name.len() > 64 {
             return Err(LoadError::BadTools(format!(
                 "architecture name `{}` must be 1-64 characters",
@@ -336,6 +344,7 @@ impl SandboxEngine {
                     .collect(),
                 config_schema,
             },
+            config_validator: std::sync::Arc::new(config_validator),
         })
     }
 
