@@ -327,7 +327,10 @@ async fn reflexion_over_a_supervisor_over_two_workers_carries_the_user_budget_an
     let cast = Cast::new();
     let events = collect(
         &cast.team(&host),
-        RunRequest::new(scope("acme", Some("ann")), "Tell me about Rust"),
+        RunRequest::new(
+            scope("acme", Some("ann")).with_session("chat-1".parse().unwrap()),
+            "Tell me about Rust",
+        ),
     )
     .await;
     let Some(RunEvent::Completed { result }) = events.last() else {
@@ -364,6 +367,11 @@ async fn reflexion_over_a_supervisor_over_two_workers_carries_the_user_budget_an
     let answer = cast.supervisor.request_text(1);
     assert!(answer.contains(r#""user_id":"ann""#), "{answer}");
     assert!(answer.contains(r#""tenant":"acme""#), "{answer}");
+    // Each level runs in a session derived from its parent's.
+    assert!(
+        answer.contains(r#""session_id":"chat-1:crew:researcher""#),
+        "{answer}"
+    );
 
     // Every level's events, tagged with its path, in a started → completed
     // bracket per sub-agent.

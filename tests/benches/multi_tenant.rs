@@ -37,7 +37,8 @@
 //!
 //! The worker runs in a sandbox of its own with its own run id and no
 //! session: a composed turn's answer must carry the caller's tenant and
-//! user, a run id other than the top-level run's, and no session, and every
+//! user, a run id other than the top-level run's, and the session derived
+//! from the turn's (`<session>:worker`), and every
 //! run id of a pass (top-level and sub-agent) must be distinct.
 //!
 //! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [compose]`
@@ -514,7 +515,8 @@ const SETTLE: Duration = Duration::from_millis(30);
 ///
 /// A turn is isolated when its answer names the caller's tenant and user
 /// and: for ReAct, the turn's own run id; for a composed turn, a run id
-/// other than the turn's (the sub-agent's own) and no session. Every run
+/// other than the turn's (the sub-agent's own) and the session derived
+/// from the turn's (`<session>:worker`). Every run
 /// id a pass sees (the turns' and the sub-agents') must be distinct; each
 /// repeat counts as a violation.
 async fn load(agent: &Agent, kind: Kind, users: usize, turns: usize, pass: usize) -> Report {
@@ -531,12 +533,11 @@ async fn load(agent: &Agent, kind: Kind, users: usize, turns: usize, pass: usize
             let mut out = Vec::with_capacity(turns);
             for _ in 0..turns {
                 let t0 = Instant::now();
-                let session = format!("{user}-{label}-p{pass}")
-                    .parse()
-                    .expect("session id");
+                let session = format!("{user}-{label}-p{pass}");
                 let result = agent
                     .run(RunRequest::new(
-                        scope(&tenant, Some(&user)).with_session(session),
+                        scope(&tenant, Some(&user))
+                            .with_session(session.parse().expect("session id")),
                         PROMPT,
                     ))
                     .await
@@ -549,7 +550,9 @@ async fn load(agent: &Agent, kind: Kind, users: usize, turns: usize, pass: usize
                 let caller = seen["user_id"] == user.as_str() && seen["tenant"] == tenant.as_str();
                 let isolated = caller
                     && if kind.composed() {
-                        !seen_run.is_empty() && seen_run != run_id && seen["session_id"].is_null()
+                        !seen_run.is_empty()
+                            && seen_run != run_id
+                            && seen["session_id"] == format!("{session}:worker").as_str()
                     } else {
                         seen_run == run_id
                     };

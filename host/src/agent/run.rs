@@ -515,7 +515,10 @@ impl RunState {
             });
             let mut scope = (*self.scope).clone();
             scope.run = RunId::generate();
-            scope.session = None;
+            scope.session = scope
+                .session
+                .as_ref()
+                .and_then(|parent| derived_session(parent, &segment));
             let request = RunRequest::new(scope, input);
             let lineage = Lineage {
                 depth: self.lineage.depth + 1,
@@ -765,6 +768,21 @@ fn validate(schema: &serde_json::Value, output: &str) -> Result<serde_json::Valu
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// The session id a sub-agent named `segment` runs under, derived from
+/// its parent's: `<parent>:<segment>` (`<parent>:sub-agent` when the name
+/// does not fit a session id). It names the sub-agent's place in the
+/// conversation for its tools, the audit log and telemetry; nothing is
+/// stored under it (a sub-agent starts with no history and saves none).
+fn derived_session(
+    parent: &crate::tenancy::ids::SessionId,
+    segment: &str,
+) -> Option<crate::tenancy::ids::SessionId> {
+    format!("{parent}:{segment}")
+        .parse()
+        .or_else(|_| format!("{parent}:sub-agent").parse())
+        .ok()
 }
 
 /// An empty JSON object, the configuration of an architecture given none.
