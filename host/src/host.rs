@@ -486,6 +486,9 @@ pub struct Inspection {
     /// Whether it loads (links, describes itself), with its tools if it is a
     /// tool component.
     pub loaded: Result<Option<Vec<ToolSpec>>, LoadError>,
+    /// What an architecture component says about itself (the name agents
+    /// choose it by, its roles and its configuration schema).
+    pub architecture: Option<crate::engine::ArchitectureInfo>,
 }
 
 impl Host {
@@ -507,15 +510,23 @@ impl Host {
     /// catalog: for `loom plugins inspect`.
     pub async fn inspect(&self, bytes: Vec<u8>, name: &str) -> Inspection {
         let shape = self.engine.compile(&bytes).map(|(_, shape, _, _)| shape);
+        let mut architecture = None;
         let loaded = match &shape {
             Err(error) => Err(error.clone()),
             Ok(_) => self
                 .engine
                 .load(bytes, name, &self.config.limits)
                 .await
-                .map(|loaded| loaded.tool.map(|tool| tool.tools)),
+                .map(|loaded| {
+                    architecture = loaded.architecture.map(|a| a.info);
+                    loaded.tool.map(|tool| tool.tools)
+                }),
         };
-        Inspection { shape, loaded }
+        Inspection {
+            shape,
+            loaded,
+            architecture,
+        }
     }
 
     /// Run architecture `component` (plugin `plugin`) for `scope` in a fresh

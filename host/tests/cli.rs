@@ -905,6 +905,24 @@ fn a_custom_architecture_in_a_tenant_directory_serves_that_tenant_only() {
     assert_eq!(row["kind"], "architecture");
     assert_eq!(row["scope"], "tenant:acme");
     assert_eq!(row["version"], "0.1.0");
+    // inspect shows the name agents choose it by, its roles and schema.
+    let out = loom(
+        &env,
+        &[
+            "plugins",
+            "inspect",
+            components::EXAMPLE_CUSTOM_ARCHITECTURE,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["architecture"]["name"], "draft-check");
+    assert_eq!(report["architecture"]["workers"][1][0], "checker");
+    assert_eq!(
+        report["architecture"]["config_schema"]["additionalProperties"],
+        false
+    );
     assert!(
         listed("globex")
             .iter()

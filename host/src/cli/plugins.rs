@@ -232,6 +232,9 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
                 Ok(None) => {}
                 Err(error) => rejection = rejection.or(Some(error.to_string())),
             }
+            if let Some(info) = &inspection.architecture {
+                report["architecture"] = serde_json::to_value(info)?;
+            }
         }
     }
     let requested = manifest
@@ -282,6 +285,23 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
                     tool["description"].as_str().unwrap_or("")
                 );
             }
+        }
+        if let Some(info) = report["architecture"].as_object() {
+            println!(
+                "architecture: {} — {}",
+                info["name"].as_str().unwrap_or("?"),
+                info["description"].as_str().unwrap_or("")
+            );
+            if let Some(roles) = info["workers"].as_array() {
+                for role in roles {
+                    println!(
+                        "  role:    {} — {}",
+                        role[0].as_str().unwrap_or("?"),
+                        role[1].as_str().unwrap_or("")
+                    );
+                }
+            }
+            println!("  config:  {}", info["config_schema"]);
         }
         println!("requested: {}", summarize_requests(&report["requested"]));
         match &rejection {
