@@ -397,6 +397,15 @@ impl Run {
         self.max_turns.saturating_sub(self.turns)
     }
 
+    /// Count a sub-agent's spend (what [`delegate`] returned) as this
+    /// run's: its turns count against the cap ([`Run::out_of_turns`]) and,
+    /// with its usage and cost, end up in the run's output.
+    pub fn add_delegated(&mut self, sub: &DelegateOutput) {
+        self.turns = self.turns.saturating_add(sub.turns);
+        self.usage += &sub.usage;
+        self.cost_usd += sub.cost_usd;
+    }
+
     /// True when the turn cap is reached.
     pub fn out_of_turns(&self) -> bool {
         self.turns >= self.max_turns

@@ -72,7 +72,7 @@ use std::collections::BTreeMap;
 
 use loom_sdk::arch::{
     self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, HarnessError, Message, Run,
-    RunError, RunInput, RunOutput, Usage,
+    RunError, RunInput, RunOutput,
 };
 use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
@@ -317,30 +317,18 @@ fn messages(instructions: &str, history: &[Message], text: String) -> Vec<Messag
     messages
 }
 
-/// The experts' spend: turns, usage and cost.
-#[derive(Debug, Clone)]
-struct Spend {
-    turns: u32,
-    usage: Usage,
-    cost_usd: f64,
-}
-
 /// The run ended with `output` (interrupted for `max_turns` when
-/// `interrupted`), adding it to the session when it is not empty, with the
-/// experts' spend added.
-fn end(mut run: Run, spend: &Spend, output: String, interrupted: bool) -> RunOutput {
+/// `interrupted`), adding it to the session when it is not empty (the
+/// experts' spend is already the run's: `Run::add_delegated`).
+fn end(mut run: Run, output: String, interrupted: bool) -> RunOutput {
     if !output.is_empty() {
         run.push(Message::assistant(output.clone()));
     }
-    let mut result = if interrupted {
+    if interrupted {
         run.interrupted_with(output, "max_turns")
     } else {
         run.finish(output)
-    };
-    result.turns = result.turns.saturating_add(spend.turns);
-    result.usage += &spend.usage;
-    result.cost_usd += spend.cost_usd;
-    result
+    }
 }
 
 /// The latest board entry's full text, or empty.
@@ -367,13 +355,6 @@ impl Architecture for Blackboard {
     fn run(input: RunInput) -> Result<RunOutput, RunError> {
         let config = parse_config(&input.config)?;
         let mut run = Run::seed(&input);
-        let mut spend = Spend {
-            turns: 0,
-            usage: Usage::ZERO,
-            cost_usd: 0.0,
-        };
-        let out_of_turns =
-            |run: &Run, spend: &Spend| run.turns().saturating_add(spend.turns) >= input.max_turns;
         let task = input.prompt.as_str();
         let ask = |run: &mut Run, text: String| {
             run.complete_request(&CompletionRequest {
@@ -389,8 +370,8 @@ impl Architecture for Blackboard {
         let mut board: Vec<Entry> = Vec::new();
 
         for round in 1..=config.max_rounds {
-            if out_of_turns(&run, &spend) {
-                return Ok(end(run, &spend, latest(&board), true));
+            if run.out_of_turns() {
+                return Ok(end(run, latest(&board), true));
             }
             arch::emit("round", serde_json::json!({ "round": round }));
             let text = round_text(task, &config.experts, &board, round, config.max_rounds);
@@ -401,7 +382,7 @@ impl Architecture for Blackboard {
                         "final",
                         serde_json::json!({ "round": round, "forced": false }),
                     );
-                    return Ok(end(run, &spend, answer, false));
+                    return Ok(end(run, answer, false));
                 }
                 Decision::Choose { expert, focus } => (expert, focus),
             };
@@ -426,14 +407,12 @@ impl Architecture for Blackboard {
                 ),
                 None => (unknown_expert(&expert_name, &config.experts), false),
                 Some(expert) => {
-                    if out_of_turns(&run, &spend) {
-                        return Ok(end(run, &spend, latest(&board), true));
+                    if run.out_of_turns() {
+                        return Ok(end(run, latest(&board), true));
                     }
                     match arch::delegate(&expert.agent, &expert_text(task, &board, &focus)) {
                         Ok(sub) => {
-                            spend.turns = spend.turns.saturating_add(sub.turns);
-                            spend.usage += &sub.usage;
-                            spend.cost_usd += sub.cost_usd;
+                            run.add_delegated(&sub);
                             match sub.interrupted {
                                 Some(reason) => {
                                     (format!("(interrupted: {reason}) {}", sub.output), false)
@@ -462,8 +441,8 @@ impl Architecture for Blackboard {
             );
         }
 
-        if out_of_turns(&run, &spend) {
-            return Ok(end(run, &spend, latest(&board), true));
+        if run.out_of_turns() {
+            return Ok(end(run, latest(&board), true));
         }
         let reply = ask(&mut run, final_text(task, &config.experts, &board))?;
         let answer = match decide(&reply) {
@@ -474,7 +453,7 @@ impl Architecture for Blackboard {
             "final",
             serde_json::json!({ "round": config.max_rounds, "forced": true }),
         );
-        Ok(end(run, &spend, answer, false))
+        Ok(end(run, answer, false))
     }
 }
 

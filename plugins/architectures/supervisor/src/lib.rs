@@ -72,7 +72,7 @@ use std::collections::BTreeMap;
 
 use loom_sdk::arch::{
     self, AgentRef, Architecture, ArchitectureInfo, CompletionRequest, HarnessError, Message, Run,
-    RunError, RunInput, RunOutput, Usage,
+    RunError, RunInput, RunOutput,
 };
 use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
@@ -338,30 +338,18 @@ fn messages(instructions: &str, history: &[Message], text: String) -> Vec<Messag
     messages
 }
 
-/// The workers' spend: turns, usage and cost.
-#[derive(Debug, Clone)]
-struct Spend {
-    turns: u32,
-    usage: Usage,
-    cost_usd: f64,
-}
-
 /// The run ended with `output` (interrupted for `max_turns` when
-/// `interrupted`), adding it to the session when it is not empty, with the
-/// workers' spend added.
-fn end(mut run: Run, spend: &Spend, output: String, interrupted: bool) -> RunOutput {
+/// `interrupted`), adding it to the session when it is not empty (the
+/// workers' spend is already the run's: `Run::add_delegated`).
+fn end(mut run: Run, output: String, interrupted: bool) -> RunOutput {
     if !output.is_empty() {
         run.push(Message::assistant(output.clone()));
     }
-    let mut result = if interrupted {
+    if interrupted {
         run.interrupted_with(output, "max_turns")
     } else {
         run.finish(output)
-    };
-    result.turns = result.turns.saturating_add(spend.turns);
-    result.usage += &spend.usage;
-    result.cost_usd += spend.cost_usd;
-    result
+    }
 }
 
 /// The latest result's full output, or empty.
@@ -376,7 +364,8 @@ impl Architecture for Supervisor {
         ArchitectureInfo {
             name: "supervisor".into(),
             description: "A supervisor completion delegates subtasks to configured workers \
-                          (named agents or inline architectures, run as sub-agents in parallel) over rounds, reads their results, and writes the final \
+                          (named agents or inline architectures, run as sub-agents in \
+                          parallel) over rounds, reads their results, and writes the final \
                           answer (no tools of its own)"
                 .into(),
             workers: Vec::new(),
@@ -387,13 +376,6 @@ impl Architecture for Supervisor {
     fn run(input: RunInput) -> Result<RunOutput, RunError> {
         let config = parse_config(&input.config)?;
         let mut run = Run::seed(&input);
-        let mut spend = Spend {
-            turns: 0,
-            usage: Usage::ZERO,
-            cost_usd: 0.0,
-        };
-        let out_of_turns =
-            |run: &Run, spend: &Spend| run.turns().saturating_add(spend.turns) >= input.max_turns;
         let task = input.prompt.as_str();
         let ask = |run: &mut Run, text: String| {
             run.complete_request(&CompletionRequest {
@@ -409,8 +391,8 @@ impl Architecture for Supervisor {
         let mut results: Vec<Outcome> = Vec::new();
 
         for round in 1..=config.max_rounds {
-            if out_of_turns(&run, &spend) {
-                return Ok(end(run, &spend, latest(&results), true));
+            if run.out_of_turns() {
+                return Ok(end(run, latest(&results), true));
             }
             arch::emit("round", serde_json::json!({ "round": round }));
             let text = round_text(task, &config.workers, &results, round, config.max_rounds);
@@ -421,12 +403,12 @@ impl Architecture for Supervisor {
                         "final",
                         serde_json::json!({ "round": round, "forced": false }),
                     );
-                    return Ok(end(run, &spend, answer, false));
+                    return Ok(end(run, answer, false));
                 }
                 Decision::Delegate(delegations) => delegations,
             };
-            if out_of_turns(&run, &spend) {
-                return Ok(end(run, &spend, latest(&results), true));
+            if run.out_of_turns() {
+                return Ok(end(run, latest(&results), true));
             }
             // Entries that name no worker or task get their error now; the
             // rest run together through one `delegate-all`.
@@ -476,9 +458,7 @@ impl Architecture for Supervisor {
                     Some(error) => (error, false),
                     None => match ran.next() {
                         Some(Ok(sub)) => {
-                            spend.turns = spend.turns.saturating_add(sub.turns);
-                            spend.usage += &sub.usage;
-                            spend.cost_usd += sub.cost_usd;
+                            run.add_delegated(&sub);
                             match sub.interrupted {
                                 Some(reason) => {
                                     (format!("(interrupted: {reason}) {}", sub.output), false)
@@ -513,8 +493,8 @@ impl Architecture for Supervisor {
             }
         }
 
-        if out_of_turns(&run, &spend) {
-            return Ok(end(run, &spend, latest(&results), true));
+        if run.out_of_turns() {
+            return Ok(end(run, latest(&results), true));
         }
         let reply = ask(&mut run, final_text(task, &config.workers, &results))?;
         let answer = match decide(&reply) {
@@ -525,7 +505,7 @@ impl Architecture for Supervisor {
             "final",
             serde_json::json!({ "round": config.max_rounds, "forced": true }),
         );
-        Ok(end(run, &spend, answer, false))
+        Ok(end(run, answer, false))
     }
 }
 

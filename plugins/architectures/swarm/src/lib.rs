@@ -70,7 +70,6 @@ use std::collections::BTreeMap;
 
 use loom_sdk::arch::{
     self, AgentRef, Architecture, ArchitectureInfo, Message, Run, RunError, RunInput, RunOutput,
-    Usage,
 };
 use loom_sdk::team::{self, MemberSpec};
 use serde::Deserialize;
@@ -270,28 +269,17 @@ fn handed_off_text(task: &str, from: &str, message: &str, answer: &str) -> Strin
     format!("{task}\n\nHanded off from {from}: {message}\n\nPrevious answer:\n{answer}")
 }
 
-/// The agents' spend: turns, usage and cost.
-#[derive(Debug, Clone)]
-struct Spend {
-    turns: u32,
-    usage: Usage,
-    cost_usd: f64,
-}
-
 /// The run ended with `output` (interrupted for `reason`), adding it to the
-/// session when it is not empty, with the agents' spend added.
-fn end(mut run: Run, spend: &Spend, output: String, reason: Option<String>) -> RunOutput {
+/// session when it is not empty (the sub-agents' spend is
+/// already the run's).
+fn end(mut run: Run, output: String, reason: Option<String>) -> RunOutput {
     if !output.is_empty() {
         run.push(Message::assistant(output.clone()));
     }
-    let mut result = match reason {
+    match reason {
         Some(reason) => run.interrupted_with(output, reason),
         None => run.finish(output),
-    };
-    result.turns = result.turns.saturating_add(spend.turns);
-    result.usage += &spend.usage;
-    result.cost_usd += spend.cost_usd;
-    result
+    }
 }
 
 struct Swarm;
@@ -314,12 +302,7 @@ impl Architecture for Swarm {
     fn run(input: RunInput) -> Result<RunOutput, RunError> {
         let config = parse_config(&input.config)?;
         let agents = &config.agents;
-        let run = Run::seed(&input);
-        let mut spend = Spend {
-            turns: 0,
-            usage: Usage::ZERO,
-            cost_usd: 0.0,
-        };
+        let mut run = Run::seed(&input);
         let task = input.prompt.as_str();
         let mut current = config.entry;
         let mut text = task.to_owned();
@@ -328,31 +311,29 @@ impl Architecture for Swarm {
         let mut latest = String::new();
 
         for turn in 1u32.. {
-            if run.turns().saturating_add(spend.turns) >= input.max_turns {
-                return Ok(end(run, &spend, latest, Some("max_turns".into())));
+            if run.out_of_turns() {
+                return Ok(end(run, latest, Some("max_turns".into())));
             }
             let name = agents[current].name.as_str();
             arch::emit("turn", serde_json::json!({ "turn": turn, "agent": name }));
             let request = format!("{text}{}", handoff_text(agents, current));
             let sub = arch::delegate(&agents[current].agent, &request)?;
-            spend.turns = spend.turns.saturating_add(sub.turns);
-            spend.usage += &sub.usage;
-            spend.cost_usd += sub.cost_usd;
+            run.add_delegated(&sub);
             if let Some(reason) = sub.interrupted {
-                return Ok(end(run, &spend, sub.output, Some(reason)));
+                return Ok(end(run, sub.output, Some(reason)));
             }
             let found = handoff(&sub.output)
                 .and_then(|h| find(agents, current, &h.target).map(|to| (h, to)));
             let Some((hand, to)) = found else {
                 arch::emit("final", serde_json::json!({ "agent": name }));
-                return Ok(end(run, &spend, sub.output, None));
+                return Ok(end(run, sub.output, None));
             };
             if is_cycle(&pairs, current, to) {
                 let mut names: Vec<&str> = path.iter().map(|&i| agents[i].name.as_str()).collect();
                 names.push(agents[to].name.as_str());
                 arch::emit("cycle", serde_json::json!({ "path": names }));
                 arch::emit("final", serde_json::json!({ "agent": name }));
-                return Ok(end(run, &spend, hand.answer, None));
+                return Ok(end(run, hand.answer, None));
             }
             if pairs.len() as u32 >= config.max_handoffs {
                 arch::emit(
@@ -364,7 +345,7 @@ impl Architecture for Swarm {
                     }),
                 );
                 arch::emit("final", serde_json::json!({ "agent": name }));
-                return Ok(end(run, &spend, hand.answer, None));
+                return Ok(end(run, hand.answer, None));
             }
             arch::emit(
                 "handoff",
