@@ -544,6 +544,8 @@ pub struct LoomConfig {
     pub retrieval: crate::retrieval::RetrievalSettings,
     /// The database's page cache in bytes (`[store] cache_mib`).
     pub store_cache_bytes: usize,
+    /// `[telemetry]`: where spans and metrics go.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +583,8 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     retrieval: crate::retrieval::RetrievalSettings,
+    #[serde(default)]
+    telemetry: crate::telemetry::RawTelemetry,
 }
 
 /// `[store]` as written.
@@ -860,6 +864,10 @@ impl LoomConfig {
                 }
             }
         }
+        let telemetry = raw
+            .telemetry
+            .resolve(&resolve)
+            .map_err(|e| invalid(&e.key, &e.message))?;
         let data_dir = resolve(&raw.data_dir);
         Ok(LoomConfig {
             cache_dir: raw
@@ -895,6 +903,7 @@ impl LoomConfig {
                 }
             },
             retrieval: raw.retrieval,
+            telemetry,
             store_cache_bytes: match raw.store.cache_mib {
                 None => crate::store::DEFAULT_CACHE_BYTES,
                 Some(mib @ 1..=65_536) => mib << 20,
@@ -951,6 +960,7 @@ impl LoomConfig {
             store_sync: crate::store::StoreSync::Always,
             retrieval: crate::retrieval::RetrievalSettings::default(),
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 
@@ -1092,6 +1102,25 @@ mod tests {
         assert_eq!(cfg.data_dir, Path::new("/base/.loom"));
         let err = cfg.tenant(&TenantId::new("nope").unwrap()).unwrap_err();
         assert!(err.to_string().contains("acme"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_table_parses_and_names_bad_keys() {
+        let cfg = LoomConfig::parse(
+            "[telemetry]\nfile = \"t.jsonl\"\n[telemetry.otlp]\nprotocol = \"http\"\n",
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.telemetry.file.as_deref(),
+            Some(Path::new("/base/t.jsonl"))
+        );
+        assert!(cfg.telemetry.console);
+        let err = LoomConfig::parse("[telemetry]\nfiel = \"t\"", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("fiel"), "{err}");
+        let err =
+            LoomConfig::parse("[telemetry.otlp]\nprotocol = \"tcp\"", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp.protocol"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   under CPU, memory, time and output limits.
 //! * [`plugins`] — plugin directories, manifests, kind detection and hot reload.
 //! * [`host`] — [`Host`], the facade: load a config, list plugins, call tools.
+//! * [`telemetry`] — spans and metrics to the console, a JSONL file, memory
+//!   or OpenTelemetry (OTLP).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +40,7 @@ pub mod plugins;
 pub mod retrieval;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
 

@@ -1,0 +1,377 @@
+//! What the file and memory sinks keep: one [`SpanRecord`] per closed span
+//! and one [`MetricRecord`] per metric event, built by one `tracing` layer
+//! that hands them to its sinks.
+//!
+//! Metric events follow `tracing-opentelemetry`'s convention (see
+//! [`super::metrics`]): a field named `monotonic_counter.NAME`,
+//! `counter.NAME`, `histogram.NAME` or `gauge.NAME` is a measurement of
+//! metric NAME; the event's other fields are its attributes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing::span;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// One closed span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    /// The span's name (`otel.name` when it sets one, such as `chat gpt-4o`).
+    pub name: String,
+    /// 32 hex digits, shared by every span of one trace.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// The parent's `span_id`; `None` for a root span.
+    pub parent_span_id: Option<String>,
+    /// When the span was created, in nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// From creation to close, in nanoseconds.
+    pub duration_ns: u64,
+    /// Every field recorded on the span, including those recorded after
+    /// it was created (`otel.*` fields excluded).
+    pub attributes: BTreeMap<String, Value>,
+}
+
+impl SpanRecord {
+    /// The attribute `key`.
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes.get(key)
+    }
+
+    /// The attribute `key` when it is a string.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        self.attr(key).and_then(Value::as_str)
+    }
+
+    /// The attribute `key` when it is an unsigned integer.
+    pub fn u64_attr(&self, key: &str) -> Option<u64> {
+        self.attr(key).and_then(Value::as_u64)
+    }
+}
+
+/// The instrument a metric event measures with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// A monotonic counter (`monotonic_counter.` fields): values add up.
+    Counter,
+    /// A counter that may go down (`counter.` fields).
+    UpDownCounter,
+    /// A distribution (`histogram.` fields).
+    Histogram,
+    /// The latest value (`gauge.` fields).
+    Gauge,
+}
+
+/// One measurement of a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    /// The metric, such as `gen_ai.client.token.usage`.
+    pub name: String,
+    /// Its instrument.
+    pub kind: MetricKind,
+    /// The measurement (an integer or a float, as emitted).
+    pub value: serde_json::Number,
+    /// The event's other fields.
+    pub attributes: BTreeMap<String, Value>,
+}
+
+impl MetricRecord {
+    /// The measurement as a float.
+    pub fn value_f64(&self) -> f64 {
+        self.value.as_f64().unwrap_or(0.0)
+    }
+
+    /// The attribute `key` when it is a string.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(Value::as_str)
+    }
+}
+
+/// A span or a metric: one line of the JSONL file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// A closed span.
+    Span(SpanRecord),
+    /// A metric measurement.
+    Metric(MetricRecord),
+}
+
+/// Where the record layer delivers.
+pub(crate) trait RecordSink: Send + Sync + 'static {
+    /// Take one record.
+    fn record(&self, record: Record);
+    /// A root span closed: a good moment to flush.
+    fn root_closed(&self) {}
+}
+
+/// The `tracing` layer feeding the file and memory sinks.
+pub(crate) struct RecordLayer {
+    sinks: Vec<Arc<dyn RecordSink>>,
+}
+
+impl RecordLayer {
+    /// A layer delivering to every sink in `sinks`.
+    pub(crate) fn new(sinks: Vec<Arc<dyn RecordSink>>) -> Self {
+        RecordLayer { sinks }
+    }
+
+    fn deliver(&self, record: Record) {
+        if let Some((last, rest)) = self.sinks.split_last() {
+            for sink in rest {
+                sink.record(record.clone());
+            }
+            last.record(record);
+        }
+    }
+}
+
+/// What the layer keeps on each live span.
+struct SpanData {
+    name: String,
+    trace_id: u128,
+    span_id: u64,
+    parent_span_id: Option<u64>,
+    start_unix_nanos: u64,
+    started: Instant,
+    attributes: BTreeMap<String, Value>,
+}
+
+/// Records span fields as JSON values.
+struct SpanVisitor<'a> {
+    name: &'a mut String,
+    attributes: &'a mut BTreeMap<String, Value>,
+}
+
+impl SpanVisitor<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        let key = field.name();
+        if key == "otel.name" {
+            if let Value::String(name) = value {
+                *self.name = name;
+            }
+        } else if !key.starts_with("otel.") {
+            self.attributes.insert(key.to_owned(), value);
+        }
+    }
+}
+
+impl Visit for SpanVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.put(
+            field,
+            wide(u64::try_from(value).ok().map(Value::from), value),
+        );
+    }
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.put(
+            field,
+            wide(i64::try_from(value).ok().map(Value::from), value),
+        );
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::String(value.to_string()));
+    }
+}
+
+/// A 128-bit value as a number when it fits, else as a string.
+fn wide(fits: Option<Value>, value: impl std::fmt::Display) -> Value {
+    fits.unwrap_or_else(|| Value::String(value.to_string()))
+}
+
+/// Splits a metric event into its measurements and attributes.
+#[derive(Default)]
+struct MetricVisitor {
+    measurements: Vec<(String, MetricKind, serde_json::Number)>,
+    attributes: BTreeMap<String, Value>,
+}
+
+/// The metric and instrument a field name declares, if it declares one.
+pub(crate) fn metric_field(name: &str) -> Option<(&str, MetricKind)> {
+    [
+        ("monotonic_counter.", MetricKind::Counter),
+        ("counter.", MetricKind::UpDownCounter),
+        ("histogram.", MetricKind::Histogram),
+        ("gauge.", MetricKind::Gauge),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kind)| name.strip_prefix(prefix).map(|metric| (metric, kind)))
+}
+
+impl MetricVisitor {
+    fn number(&mut self, field: &Field, number: Option<serde_json::Number>, value: Value) {
+        match (metric_field(field.name()), number) {
+            (Some((metric, kind)), Some(number)) => {
+                self.measurements.push((metric.to_owned(), kind, number));
+            }
+            _ => {
+                self.attributes.insert(field.name().to_owned(), value);
+            }
+        }
+    }
+}
+
+impl Visit for MetricVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() != "message" {
+            self.attributes
+                .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.attributes
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.attributes
+            .insert(field.name().to_owned(), Value::Bool(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.number(field, Some(value.into()), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.number(field, Some(value.into()), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.number(
+            field,
+            serde_json::Number::from_f64(value),
+            Value::from(value),
+        );
+    }
+}
+
+/// Whether an event's fields make it a metric event.
+fn is_metric_event(event: &Event<'_>) -> bool {
+    event
+        .metadata()
+        .fields()
+        .iter()
+        .any(|f| metric_field(f.name()).is_some())
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl<S> Layer<S> for RecordLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        // The nearest ancestor this layer sees (filtered-out ones are skipped).
+        let parent = span.parent().and_then(|parent| {
+            parent
+                .extensions()
+                .get::<SpanData>()
+                .map(|data| (data.trace_id, data.span_id))
+        });
+        let (trace_id, parent_span_id) = match parent {
+            Some((trace_id, parent_id)) => (trace_id, Some(parent_id)),
+            None => (fastrand::u128(1..), None),
+        };
+        let mut data = SpanData {
+            name: attrs.metadata().name().to_owned(),
+            trace_id,
+            span_id: fastrand::u64(1..),
+            parent_span_id,
+            start_unix_nanos: unix_nanos(),
+            started: Instant::now(),
+            attributes: BTreeMap::new(),
+        };
+        attrs.record(&mut SpanVisitor {
+            name: &mut data.name,
+            attributes: &mut data.attributes,
+        });
+        span.extensions_mut().insert(data);
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        if let Some(data) = extensions.get_mut::<SpanData>() {
+            values.record(&mut SpanVisitor {
+                name: &mut data.name,
+                attributes: &mut data.attributes,
+            });
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if !is_metric_event(event) {
+            return;
+        }
+        let mut visitor = MetricVisitor::default();
+        event.record(&mut visitor);
+        let MetricVisitor {
+            measurements,
+            attributes,
+        } = visitor;
+        for (name, kind, value) in measurements {
+            self.deliver(Record::Metric(MetricRecord {
+                name,
+                kind,
+                value,
+                attributes: attributes.clone(),
+            }));
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let Some(data) = span.extensions_mut().remove::<SpanData>() else {
+            return;
+        };
+        let root = data.parent_span_id.is_none();
+        self.deliver(Record::Span(SpanRecord {
+            name: data.name,
+            trace_id: format!("{:032x}", data.trace_id),
+            span_id: format!("{:016x}", data.span_id),
+            parent_span_id: data.parent_span_id.map(|p| format!("{p:016x}")),
+            start_unix_nanos: data.start_unix_nanos,
+            duration_ns: u64::try_from(data.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            attributes: data.attributes,
+        }));
+        if root {
+            for sink in &self.sinks {
+                sink.root_closed();
+            }
+        }
+    }
+}
