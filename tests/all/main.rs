@@ -23,3 +23,4 @@ mod plugins;
 mod providers;
 mod retrieval;
 mod support;
+mod telemetry;

@@ -35,6 +35,8 @@ pub(crate) struct Admitted {
     reservation: Reservation,
     decided_by: Decider,
     destructive: bool,
+    /// When the chain let it through (the start of its `loom.tool.duration`).
+    admitted_at: std::time::Instant,
 }
 
 /// What a run and its sub-agents share.
@@ -183,6 +185,8 @@ impl Governor {
         }
         *stopped = Some(reason.clone());
         drop(stopped);
+        let level = detail.get("level").and_then(|l| l.as_str()).unwrap_or("");
+        crate::telemetry::metrics::budget_event(&self.scope, "exceeded", &reason, level);
         self.send(RunEvent::BudgetExceeded {
             reason: reason.clone(),
             detail: detail.to_string(),
@@ -222,6 +226,12 @@ impl Governor {
     fn warn(&self, warnings: Vec<Warning>) {
         for warning in warnings {
             let key = warning.cap.key();
+            crate::telemetry::metrics::budget_event(
+                &self.scope,
+                "warning",
+                &key,
+                &warning.level.to_string(),
+            );
             self.send(RunEvent::BudgetWarning {
                 key: key.clone(),
                 level: warning.level.to_string(),
@@ -399,8 +409,23 @@ impl Governor {
 
     /// The permission chain and the budget for one tool call: the call to
     /// run (its arguments perhaps edited by the approver) and its
-    /// reservation, or why it is refused.
+    /// reservation, or why it is refused. Traced as a `permission` span
+    /// recording the decision; a refusal marks the caller's span `denied`.
     pub(crate) async fn admit_tool(
+        &self,
+        call: wt::ToolCall,
+        binding: GovernedTool<'_>,
+    ) -> Result<Admitted, (wt::ToolCall, wt::ToolError)> {
+        let span = crate::telemetry::spans::permission(&self.scope, &call.name, &call.id);
+        let admitted = tracing::Instrument::instrument(self.decide_tool(call, binding), span).await;
+        if admitted.is_err() {
+            crate::telemetry::spans::record_error(&tracing::Span::current(), "denied");
+        }
+        admitted
+    }
+
+    /// [`Self::admit_tool`] without its span.
+    async fn decide_tool(
         &self,
         mut call: wt::ToolCall,
         binding: GovernedTool<'_>,
@@ -460,12 +485,20 @@ impl Governor {
             .ledger()
             .reserve(&self.budget, Amounts::one(Metric::ToolCalls))
         {
-            Ok(reservation) => Ok(Admitted {
-                call,
-                reservation,
-                decided_by,
-                destructive: binding.spec.destructive,
-            }),
+            Ok(reservation) => {
+                crate::telemetry::spans::record_decision(
+                    &tracing::Span::current(),
+                    "allow",
+                    &decided_by.to_string(),
+                );
+                Ok(Admitted {
+                    call,
+                    reservation,
+                    decided_by,
+                    destructive: binding.spec.destructive,
+                    admitted_at: std::time::Instant::now(),
+                })
+            }
             Err(exceeded) => {
                 let message = self.exceeded(&exceeded);
                 self.audit_denied(&call, binding, &Decider::Budget, &message);
@@ -482,6 +515,9 @@ impl Governor {
         by: &Decider,
         reason: &str,
     ) {
+        let by_name = by.to_string();
+        crate::telemetry::spans::record_decision(&tracing::Span::current(), "deny", &by_name);
+        crate::telemetry::metrics::denial(&self.scope, &call.name, &by_name);
         self.audit_tool_call(
             call,
             Some(binding.spec.destructive),
@@ -681,7 +717,17 @@ impl Governor {
             reservation,
             decided_by,
             destructive,
+            admitted_at,
         } = admitted;
+        crate::telemetry::metrics::tool_duration(
+            &self.scope,
+            &call.name,
+            admitted_at.elapsed(),
+            outcome.is_ok(),
+        );
+        if outcome.is_err() {
+            crate::telemetry::spans::record_error(&tracing::Span::current(), "tool_failed");
+        }
         let mut actual = Amounts::one(Metric::ToolCalls);
         actual.set(Metric::CpuMs, cpu.as_secs_f64() * 1000.0);
         let warnings = self.governance().ledger().settle(reservation, actual);
@@ -700,6 +746,7 @@ impl Governor {
 
     /// Record a call to a tool the run does not have.
     pub(crate) fn refused_tool(&self, call: &wt::ToolCall, reason: &str) {
+        crate::telemetry::metrics::denial(&self.scope, &call.name, "catalog");
         self.audit_tool_call(call, None, false, "catalog", Err(reason));
     }
 

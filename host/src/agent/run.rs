@@ -256,18 +256,39 @@ impl RunState {
                 }
             };
             let streaming = self.events.is_some();
-            let response = match model
-                .complete(&model_request, if streaming { Some(&sink) } else { None })
-                .await
+            let span =
+                crate::telemetry::spans::model_call(&self.scope, model.id(), role.as_deref());
+            let started = std::time::Instant::now();
+            let response = match tracing::Instrument::instrument(
+                model.complete(&model_request, if streaming { Some(&sink) } else { None }),
+                span.clone(),
+            )
+            .await
             {
                 Ok(response) => response,
                 Err(error) => {
                     let message = error.to_string();
+                    crate::telemetry::spans::record_error(&span, "model_failed");
+                    crate::telemetry::metrics::model_duration(
+                        &self.scope,
+                        model.id(),
+                        started.elapsed(),
+                        Some("model_failed"),
+                    );
                     self.governor.model_failed(reservation, &message);
                     return Err(wit::HarnessError::ModelFailed(message));
                 }
             };
             let cost = self.agent.prices.cost(model.id(), &response.usage);
+            crate::telemetry::spans::record_usage(&span, &response.usage, cost);
+            crate::telemetry::spans::record_finish_reason(&span, &response.finish_reason);
+            crate::telemetry::metrics::model_call(
+                &self.scope,
+                model.id(),
+                &response.usage,
+                cost,
+                started.elapsed(),
+            );
             self.governor
                 .after_model(reservation, &response.usage, cost);
             self.charge(response.usage, cost);
@@ -311,7 +332,14 @@ impl RunState {
                     name: call.name.clone(),
                 };
                 if let Some(spec) = self.host_tools.iter().find(|s| s.name == call.name) {
-                    let work = self.host_tool(call, spec.clone());
+                    let work = tracing::Instrument::instrument(
+                        self.host_tool(call, spec.clone()),
+                        crate::telemetry::spans::tool_call(
+                            &self.scope,
+                            &call_meta.name,
+                            &call_meta.id,
+                        ),
+                    );
                     let task = if parallel {
                         PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                     } else {
@@ -355,6 +383,11 @@ impl RunState {
                     let call = governor.after_tool(admitted, &summary, ran.cpu);
                     (call, ran.outcome)
                 };
+                // Instrumented here, so a spawned call keeps the run as its parent.
+                let work = tracing::Instrument::instrument(
+                    work,
+                    crate::telemetry::spans::tool_call(&self.scope, &call_meta.name, &call_meta.id),
+                );
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                 } else {
@@ -828,8 +861,39 @@ fn check_config(
 /// was interrupted), or why the run failed.
 type Attempt = Result<(String, Option<serde_json::Value>, Option<String>), AgentError>;
 
-/// Run `request` on the agent; `lineage` places it in its tree of sub-agents.
+/// Run `request` on the agent; `lineage` places it in its tree of
+/// sub-agents. Traced: an `invoke_agent` span (inside a `delegate` span for
+/// a sub-agent, a child of its parent's run) around [`execute_inner`].
 pub(crate) async fn execute(
+    agent: Arc<AgentInner>,
+    request: RunRequest,
+    events: Option<EventSink>,
+    lineage: Lineage,
+) -> Result<RunResult, AgentError> {
+    use crate::telemetry::spans;
+    let architecture = request
+        .architecture
+        .clone()
+        .unwrap_or_else(|| agent.architecture.clone());
+    let delegation = (lineage.depth > 0)
+        .then(|| spans::delegation(&request.scope, &architecture, lineage.depth));
+    let span = match &delegation {
+        Some(delegation) => {
+            delegation.in_scope(|| spans::run(&request.scope, &architecture, &architecture))
+        }
+        None => spans::run(&request.scope, &architecture, &architecture),
+    };
+    let outcome = tracing::Instrument::instrument(
+        execute_inner(agent, request, events, lineage),
+        span.clone(),
+    )
+    .await;
+    spans::record_run_outcome(&span, &outcome);
+    outcome
+}
+
+/// [`execute`] without its span.
+async fn execute_inner(
     agent: Arc<AgentInner>,
     request: RunRequest,
     events: Option<EventSink>,

@@ -62,7 +62,11 @@ impl SandboxEngine {
         let meter = store.data().meter.clone();
         let arguments = arguments.to_owned();
         let ended = under_limits(&meter, limits.wall, async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
+            let instance = tracing::Instrument::instrument(
+                component.pre.instantiate_async(&mut store),
+                crate::telemetry::spans::instantiate(&request.scope, &request.plugin, "tool"),
+            )
+            .await?;
             let guest = component.indices.load(&mut store, &instance)?;
             guest.call_invoke(&mut store, name, &arguments).await
         })
@@ -116,6 +120,7 @@ impl SandboxEngine {
             .unwrap_or_default();
         *cpu = std::time::Duration::from_nanos(meter.cpu_ns());
         let cpu = *cpu;
+        crate::telemetry::metrics::component_cpu(&request.scope, &request.plugin, "tool", cpu);
         result.map(|(output, truncated_from)| ToolOutput {
             output,
             truncated_from,
@@ -145,12 +150,26 @@ impl SandboxEngine {
         let mut store = self.store(request)?;
         let meter = store.data().meter.clone();
         let ended = under_limits(&meter, request.limits.wall, async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
+            let instance = tracing::Instrument::instrument(
+                component.pre.instantiate_async(&mut store),
+                crate::telemetry::spans::instantiate(
+                    &request.scope,
+                    &request.plugin,
+                    "architecture",
+                ),
+            )
+            .await?;
             let guest = component.indices.load(&mut store, &instance)?;
             guest.call_run(&mut store, &input).await
         })
         .await;
         *cpu = std::time::Duration::from_nanos(meter.cpu_ns());
+        crate::telemetry::metrics::component_cpu(
+            &request.scope,
+            &request.plugin,
+            "architecture",
+            *cpu,
+        );
         conclude(ended, store.data(), request.limits)
     }
 }
@@ -187,11 +206,21 @@ impl SandboxEngine {
         let mut store = self.store(request)?;
         let meter = store.data().meter.clone();
         let ended = under_limits(&meter, request.limits.wall, async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
+            let instance = tracing::Instrument::instrument(
+                component.pre.instantiate_async(&mut store),
+                crate::telemetry::spans::instantiate(&request.scope, &request.plugin, "policy"),
+            )
+            .await?;
             let guest = component.indices.load(&mut store, &instance)?;
             guest.call_check(&mut store, call, spec).await
         })
         .await;
+        crate::telemetry::metrics::component_cpu(
+            &request.scope,
+            &request.plugin,
+            "policy",
+            std::time::Duration::from_nanos(meter.cpu_ns()),
+        );
         let cap = |mut reason: String| {
             if let Some(original) = boundary::cut_to(&mut reason, MAX_POLICY_REASON_BYTES) {
                 reason.push_str(&format!(" [cut by Loom from {original} bytes]"));
@@ -286,7 +315,11 @@ impl SandboxEngine {
         store.data_mut().kv = Some(kv);
         let meter = store.data().meter.clone();
         let ended = under_limits(&meter, request.limits.wall, async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
+            let instance = tracing::Instrument::instrument(
+                component.pre.instantiate_async(&mut store),
+                crate::telemetry::spans::instantiate(&request.scope, &request.plugin, "memory"),
+            )
+            .await?;
             let memory = component.memory.load(&mut store, &instance)?;
             let facts = component.facts.load(&mut store, &instance)?;
             Ok::<_, wasmtime::Error>(match call {
@@ -321,6 +354,12 @@ impl SandboxEngine {
             })
         })
         .await;
+        crate::telemetry::metrics::component_cpu(
+            &request.scope,
+            &request.plugin,
+            "memory",
+            std::time::Duration::from_nanos(meter.cpu_ns()),
+        );
         let outcome = conclude(ended, store.data(), request.limits);
         let kv = store.data_mut().kv.take();
         let commit = matches!(outcome, Ok(Ok(_))).then_some(kv).flatten();
