@@ -15,7 +15,14 @@ fn main() -> ExitCode {
     loom_host::allocator::tune();
     restore_sigpipe();
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    // After the config is read (it names the sinks), before the command runs.
+    let telemetry = match cli::install_telemetry(&args) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("loom: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,13 +33,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let code = match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("loom: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Flush the file and export the rest over OTLP before exiting.
+    drop(telemetry);
+    code
 }
 
 /// Die quietly on a closed stdout (`loom plugins inspect x.wasm | head`), as

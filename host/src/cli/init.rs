@@ -126,6 +126,19 @@ mode = "default"
 # fsync = "always"            # "always", "interval" (fsync_interval_ms) or "never"
 # redact = ["arguments", "prompt"]   # hidden by `loom audit show`
 
+# Where spans and metrics go. The console is stderr (its level from -v or
+# RUST_LOG); file appends JSON lines, one per closed span and per metric;
+# level filters what file, memory and OTLP receive (metrics always go).
+[telemetry]
+console = true
+# file = "telemetry.jsonl"
+level = "info"
+# [telemetry.otlp]              # an OpenTelemetry collector
+# endpoint = "http://127.0.0.1:4317"
+# protocol = "grpc"             # or "http" (OTLP/HTTP protobuf; endpoint port 4318)
+# headers = { "x-api-key" = { from_host = "OTLP_KEY" } }
+# timeout_ms = 10000
+
 # Documents for retrieval (`loom docs ingest|search`), one index per tenant
 # under <data_dir>/docs. Without [retrieval.embeddings], search is BM25 only.
 [retrieval]
@@ -226,6 +239,8 @@ mod tests {
             "[[tenants.default.policies]]",
             "[audit]",
             "[retrieval]",
+            "[telemetry]",
+            "[telemetry.otlp]",
             "[agent]",
             "[agent.memory]",
             "[models.openai]",

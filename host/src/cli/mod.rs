@@ -20,7 +20,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "loom", version, about, long_about = None)]
 pub struct Cli {
-    /// Log more (-v: debug, -vv: trace). Logs go to stderr; RUST_LOG overrides.
+    /// Log more (-v: debug, -vv: trace). Logs go to stderr; RUST_LOG
+    /// overrides; [telemetry] in loom.toml adds a JSONL file or OTLP export.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -172,6 +173,10 @@ struct ConfigArg {
     /// the user's data directory, the first-party components built in).
     #[arg(long, short = 'c', env = "LOOM_CONFIG")]
     config: Option<PathBuf>,
+    /// The configuration once loaded (telemetry is set up from it before
+    /// the command runs, and the command gets the same one).
+    #[arg(skip)]
+    loaded: std::sync::OnceLock<LoomConfig>,
 }
 
 impl ConfigArg {
@@ -179,6 +184,15 @@ impl ConfigArg {
     /// named by `--config` (which must exist), else `./loom.toml` if there
     /// is one, else the built-in defaults.
     fn load(&self) -> anyhow::Result<LoomConfig> {
+        if let Some(config) = self.loaded.get() {
+            return Ok(config.clone());
+        }
+        let config = self.load_uncached()?;
+        let _ = self.loaded.set(config.clone());
+        Ok(config)
+    }
+
+    fn load_uncached(&self) -> anyhow::Result<LoomConfig> {
         let path = match &self.config {
             Some(path) => path.clone(),
             None => {
@@ -206,19 +220,42 @@ impl ConfigArg {
     }
 }
 
-/// Send logs to stderr at the level `-v` asks for.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
+impl Cli {
+    /// The `--config` of the command, for commands that read loom.toml
+    /// directly (`memory` and `docs` log to the console only).
+    fn config_arg(&self) -> Option<&ConfigArg> {
+        match &self.command {
+            Command::Run { config, .. }
+            | Command::Plugins(PluginsCommand::List { config, .. })
+            | Command::Plugins(PluginsCommand::Inspect { config, .. })
+            | Command::Tool(ToolCommand::Call { config, .. })
+            | Command::Budget(BudgetCommand::Show { config, .. })
+            | Command::Audit(AuditCommand::Verify { config, .. })
+            | Command::Audit(AuditCommand::Show { config, .. }) => Some(config),
+            _ => None,
+        }
+    }
+}
+
+/// Set up telemetry from the command's `[telemetry]` (console only for a
+/// command without a config, or one that does not load): logs to stderr at
+/// the level `-v` asks for, and the file, memory and OTLP sinks it names.
+/// Keep the guard until the command is done: dropping it flushes them.
+///
+/// # Errors
+///
+/// A sink that cannot be set up (the file cannot be opened, the OTLP
+/// exporter cannot be built).
+pub fn install_telemetry(cli: &Cli) -> anyhow::Result<loom_host::telemetry::TelemetryGuard> {
+    use loom_host::telemetry;
+    let config = {
+        // Warnings while the config loads go to the console, as before.
+        let _console = tracing::dispatcher::set_default(&telemetry::console_only(cli.verbose));
+        // A config that does not load is reported by the command itself.
+        cli.config_arg().and_then(|config| config.load().ok())
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let settings = config.map(|c| c.telemetry).unwrap_or_default();
+    telemetry::install(&settings, cli.verbose).context("[telemetry] cannot be set up")
 }
 
 /// Run the parsed command.
