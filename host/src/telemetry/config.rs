@@ -293,6 +293,8 @@ mod tests {
         assert_eq!(otlp.headers[0].0, "x-key");
         assert_eq!(otlp.headers[0].1.expose(), "v");
         assert_eq!(otlp.timeout, Duration::from_millis(500));
+        let directives = parse("level = \"warn,loom_host::engine=debug\"").unwrap();
+        assert_eq!(directives.level, "warn,loom_host::engine=debug");
         let grpc = parse("[otlp]\n").unwrap().otlp.unwrap();
         assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
         assert_eq!(grpc.endpoint, DEFAULT_GRPC_ENDPOINT);
@@ -302,6 +304,8 @@ mod tests {
     fn telemetry_bad_values_name_the_key() {
         for (text, key) in [
             ("level = \"loud\"", "telemetry.level"),
+            ("level = \"info,loom_host=loud\"", "telemetry.level"),
+            ("level = \"=debug\"", "telemetry.level"),
             ("file = \"\"", "telemetry.file"),
             ("[otlp]\nprotocol = \"udp\"", "telemetry.otlp.protocol"),
             (
