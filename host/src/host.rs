@@ -587,6 +587,8 @@ impl Host {
             return Err(format!("plugin `{}` is not a policy", policy.plugin));
         };
         let mut scope = scope.clone();
+        // The key belongs to the tool call, not to the policy asked about it.
+        scope.idempotency_key = None;
         scope
             .metadata
             .retain(|(key, _)| key != "loom.policy_config");

@@ -1,4 +1,4 @@
-//! Host bindings generated from `wit/plugin@0.1.2`.
+//! Host bindings generated from `wit/plugin@0.1.3`.
 //!
 //! One host world includes every Loom world the host serves, so every
 //! component is linked against the same imports (WASI, `wasi:http`,
@@ -7,11 +7,12 @@
 //! `harness` or `kv` gets a typed refusal: the harness answers only inside an
 //! agent run, the key-value store only to memory components.
 //!
-//! Components built against `loom:plugin@0.1.0` or `@0.1.1` load unchanged:
-//! each patch version only adds (0.1.1 the `facts` interface, 0.1.2 the
-//! harness's `delegate-all`), and wasmtime resolves a `…@0.1.0` or `…@0.1.1`
-//! import or export to the `…@0.1.2` definition (semver-compatible lookup),
-//! with the types checked structurally.
+//! Components built against `loom:plugin@0.1.0`, `@0.1.1` or `@0.1.2` load
+//! unchanged: each patch version only adds (0.1.1 the `facts` interface,
+//! 0.1.2 the harness's `delegate-all`, 0.1.3 the context's
+//! `idempotency-key`), and wasmtime resolves a `…@0.1.0`, `…@0.1.1` or
+//! `…@0.1.2` import or export to the `…@0.1.3` definition (semver-compatible
+//! lookup), with the types checked structurally.
 //! Generated types stay in this module and in the engine and agent modules;
 //! the rest of the host converts them into its own types.
 
@@ -22,13 +23,13 @@ pub mod host_world {
         inline: "
             package loom:host;
             world host {
-                include loom:plugin/tool-plugin@0.1.2;
-                include loom:plugin/architecture-plugin@0.1.2;
-                include loom:plugin/policy-plugin@0.1.2;
-                include loom:plugin/memory-plugin@0.1.2;
+                include loom:plugin/tool-plugin@0.1.3;
+                include loom:plugin/architecture-plugin@0.1.3;
+                include loom:plugin/policy-plugin@0.1.3;
+                include loom:plugin/memory-plugin@0.1.3;
             }
         ",
-        path: "../wit/plugin@0.1.2",
+        path: "../wit/plugin@0.1.3",
         world: "loom:host/host",
         imports: {
             // The import gate may stop an architecture that floods events.
@@ -49,7 +50,7 @@ pub use host_world::loom::plugin::{context, harness, kv, types};
 /// The interface names the host knows, for kind detection.
 pub mod names {
     /// Version of the `loom:plugin` package this host implements.
-    pub const PACKAGE_VERSION: &str = "0.1.2";
+    pub const PACKAGE_VERSION: &str = "0.1.3";
     /// The versions a component may be built against: `0.1.x`, any patch
     /// (wasmtime links them to this host's definitions).
     pub const COMPATIBLE_PREFIX: &str = "0.1.";

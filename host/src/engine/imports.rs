@@ -1,5 +1,6 @@
-//! The host side of Loom's own imports: `loom:plugin/context` (run context
-//! and logging) and `loom:plugin/harness` (routed to the run's [`Harness`]).
+//! The host side of Loom's own imports: `loom:plugin/context` (run context,
+//! logging, and the idempotency key of a run's tool call) and
+//! `loom:plugin/harness` (routed to the run's [`Harness`]).
 //! Outside a run (for example a tool component importing `harness`) every
 //! harness function answers with a refusal.
 
@@ -34,6 +35,10 @@ impl context::Host for HostState {
             context::LogLevel::Error => LogLevel::Error,
         };
         self.logs.push(&self.plugin, &self.scope, level, message);
+    }
+
+    async fn idempotency_key(&mut self) -> Option<String> {
+        self.scope.idempotency_key.clone()
     }
 }
 

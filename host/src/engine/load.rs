@@ -237,7 +237,7 @@ impl SandboxEngine {
         let facts = facts_export::GuestIndices::new(&pre).map_err(|e| {
             LoadError::Link(format!(
                 "a memory component must also export `loom:plugin/facts` (added in \
-                 loom:plugin@0.1.1; build against wit/plugin@0.1.2 or with loom-sdk's \
+                 loom:plugin@0.1.1; build against wit/plugin@0.1.3 or with loom-sdk's \
                  `export_memory!`): {e:#}"
             ))
         })?;

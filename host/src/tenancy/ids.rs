@@ -197,6 +197,13 @@ pub struct Scope {
     pub run: RunId,
     /// Caller-supplied metadata, visible to components.
     pub metadata: Vec<(String, String)>,
+    /// For a tool call of an agent run: the key that stays the same every
+    /// time this call (same run, same place in it) is executed, also when a
+    /// resumed run executes again a call that was in flight at a crash. The
+    /// tool reads it through `context.idempotency-key` (WIT 0.1.3) to
+    /// deduplicate its side effects. `None` for every other call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Scope {
@@ -208,12 +215,20 @@ impl Scope {
             session: None,
             run: RunId::generate(),
             metadata: Vec::new(),
+            idempotency_key: None,
         }
     }
 
     /// The same scope in session `session`.
     pub fn with_session(mut self, session: SessionId) -> Self {
         self.session = Some(session);
+        self
+    }
+
+    /// The same scope for a tool call whose idempotency key is `key`: the
+    /// tool sees it through `context.idempotency-key`.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 }
@@ -240,5 +255,20 @@ mod tests {
         assert_eq!(UserId::Anonymous.name(), None);
         assert_eq!(UserId::named("alice").unwrap().name(), Some("alice"));
         assert_ne!(RunId::generate(), RunId::generate());
+    }
+
+    #[test]
+    fn only_a_tool_call_scope_given_one_carries_an_idempotency_key() {
+        let scope = Scope::new(TenantId::default_tenant(), UserId::Anonymous);
+        assert_eq!(scope.idempotency_key, None);
+        // A scope serialized without the key (as before it existed) reads back.
+        let json = serde_json::to_value(&scope).unwrap();
+        assert!(json.get("idempotency_key").is_none(), "{json}");
+        let back: Scope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, scope);
+        let keyed = scope.with_idempotency_key("run-1:3:call_7");
+        assert_eq!(keyed.idempotency_key.as_deref(), Some("run-1:3:call_7"));
+        let back: Scope = serde_json::from_str(&serde_json::to_string(&keyed).unwrap()).unwrap();
+        assert_eq!(back, keyed);
     }
 }
