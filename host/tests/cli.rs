@@ -203,20 +203,20 @@ fn inspect_describes_and_explains_rejection() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["accepted"], true);
-    assert_eq!(report["world"], "loom:plugin/tool-plugin@0.1.2");
+    assert_eq!(report["world"], "loom:plugin/tool-plugin@0.1.3");
     assert!(
         report["exports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e == "loom:plugin/tool@0.1.2")
+            .any(|e| e == "loom:plugin/tool@0.1.3")
     );
     assert!(
         report["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e == "loom:plugin/context@0.1.2")
+            .any(|e| e == "loom:plugin/context@0.1.3")
     );
     assert_eq!(report["tools"][0]["name"], "run_context");
 

@@ -30,8 +30,10 @@ const TESTED: &[&str] = &[
     "FIXTURE_FUTURE_VERSION",
     "FIXTURE_ARCHITECTURE_STUB",
     "FIXTURE_SLOW",
-    // Built against loom:plugin@0.1.0; tested in memory_conformance.rs.
+    // Built against loom:plugin@0.1.0 and @0.1.2; tested in
+    // memory_conformance.rs.
     "FIXTURE_LEGACY_TOOL",
+    "FIXTURE_TOOL_0_1_2",
     // Not hostile; delegation to named agents, tested in architectures.rs.
     "FIXTURE_DELEGATE_ONCE",
 ];

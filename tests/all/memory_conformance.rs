@@ -5,7 +5,7 @@
 //!
 //! Also: an agent on a tenant whose memory is the component, the `kv`
 //! scope and quota as a component sees them, and components built against
-//! `loom:plugin@0.1.0` and `@0.1.1` loading on the 0.1.2 host.
+//! `loom:plugin@0.1.0`, `@0.1.1` and `@0.1.2` loading on the 0.1.3 host.
 
 use loom_host::Host;
 use loom_host::agent::{Agent, MemoryOptions, RunRequest};
@@ -622,11 +622,14 @@ async fn the_component_quota_is_enforced_and_nothing_partial_is_stored() {
 async fn components_built_against_every_earlier_version_load_and_run_on_this_host() {
     let env = TestEnv::new();
     // Two fixtures are built from wit/plugin@0.1.0, the frozen first
-    // version, one from wit/plugin@0.1.1; kv-memory from the current one.
+    // version, one from wit/plugin@0.1.1, one from wit/plugin@0.1.2;
+    // kv-memory and run-context (with the SDK) from the current one.
     env.add_plugin(components::FIXTURE_LEGACY_TOOL, "legacy-tool", None);
     env.add_plugin(components::FIXTURE_ARCHITECTURE_STUB, "legacy-arch", None);
     env.add_plugin(components::FIXTURE_HOSTILE_ARCH, "hostile", None);
+    env.add_plugin(components::FIXTURE_TOOL_0_1_2, "tool-0-1-2", None);
     env.add_plugin(components::MEMORY_KV_MEMORY, "kv-memory", None);
+    env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
     let host = env.host("").await;
     let catalog = host.catalog().await;
     let world = |name: &str| {
@@ -647,7 +650,9 @@ async fn components_built_against_every_earlier_version_load_and_run_on_this_hos
         "loom:plugin/architecture-plugin@0.1.0"
     );
     assert_eq!(world("hostile"), "loom:plugin/architecture-plugin@0.1.1");
-    assert_eq!(world("kv-memory"), "loom:plugin/memory-plugin@0.1.2");
+    assert_eq!(world("tool-0-1-2"), "loom:plugin/tool-plugin@0.1.2");
+    assert_eq!(world("kv-memory"), "loom:plugin/memory-plugin@0.1.3");
+    assert_eq!(world("run-context"), "loom:plugin/tool-plugin@0.1.3");
     let tenant = TenantId::default_tenant();
     assert!(!catalog.architecture_names(&tenant).is_empty());
     let output = host
@@ -657,6 +662,21 @@ async fn components_built_against_every_earlier_version_load_and_run_on_this_hos
     let value: serde_json::Value = serde_json::from_str(&output.output).unwrap();
     assert_eq!(value["tenant"], "default");
     assert_eq!(value["arguments"]["x"], 1);
+    // A 0.1.2 tool runs beside a 0.1.3 one in a scope that carries an
+    // idempotency key: it cannot ask for the key and need not.
+    let keyed = scope("default", Some("ann")).with_idempotency_key("k-1");
+    let run = keyed.run.to_string();
+    let output = host
+        .call_tool(keyed.clone(), "echo_0_1_2", r#"{"y":2}"#)
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&output.output).unwrap();
+    assert_eq!(value["tenant"], "default");
+    assert_eq!(value["run"], run.as_str());
+    assert_eq!(value["arguments"]["y"], 2);
+    let output = host.call_tool(keyed, "run_context", "{}").await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&output.output).unwrap();
+    assert_eq!(value["idempotency_key"], "k-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

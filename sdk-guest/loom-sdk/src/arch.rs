@@ -1,6 +1,6 @@
 //! Architectures: the [`Architecture`] trait behind
 //! [`export_architecture!`](crate::export_architecture), the types of the
-//! `loom:plugin/architecture@0.1.2` export and the `loom:plugin/harness@0.1.2`
+//! `loom:plugin/architecture@0.1.3` export and the `loom:plugin/harness@0.1.3`
 //! import, and helpers that keep an agent loop short ([`Run`],
 //! [`config`], [`emit`], ...).
 //!
@@ -26,7 +26,7 @@ pub use crate::bindings::loom::plugin::types::{
 };
 
 /// An architecture: what [`export_architecture!`](crate::export_architecture)
-/// exports as `loom:plugin/architecture@0.1.2`.
+/// exports as `loom:plugin/architecture@0.1.3`.
 pub trait Architecture {
     /// What this architecture is: its name, description, worker roles and
     /// the JSON Schema of its configuration.
@@ -461,7 +461,7 @@ impl Run {
 }
 
 /// Exports a type implementing [`Architecture`] as this component's
-/// `loom:plugin/architecture@0.1.2`.
+/// `loom:plugin/architecture@0.1.3`.
 ///
 /// The argument is the type (usually a unit struct). Call it once per
 /// component, at the crate root.

@@ -1,15 +1,16 @@
 //! Write Loom plugins in Rust: tools, permission policies, memory and
 //! architectures (agent loops).
 //!
-//! The bindings follow the WIT contract `loom:plugin@0.1.2`. Hosts that
-//! speak 0.1.2 still load components built against `loom:plugin@0.1.0` and
-//! `@0.1.1`, so existing plugins keep working; rebuilding them with this
-//! crate moves them to 0.1.2.
+//! The bindings follow the WIT contract `loom:plugin@0.1.3`. Hosts that
+//! speak 0.1.3 still load components built against `loom:plugin@0.1.0`,
+//! `@0.1.1` and `@0.1.2`, so existing plugins keep working; rebuilding them
+//! with this crate moves them to 0.1.3, the version that added
+//! [`idempotency_key`].
 //!
 //! # Tools
 //!
 //! A Loom tool is a WebAssembly component that exports the
-//! `loom:plugin/tool@0.1.2` interface. With this crate a tool is a plain Rust
+//! `loom:plugin/tool@0.1.3` interface. With this crate a tool is a plain Rust
 //! function carrying the [`tool`] attribute; its arguments are deserialized
 //! from the model's JSON and its JSON Schema is generated from the Rust types.
 //! [`export_tools!`] turns one or more such functions into the component's
@@ -37,12 +38,17 @@
 //! }
 //!
 //! /// Appends a line to a file: it changes the world, so it keeps the
-//! /// default and counts as destructive.
+//! /// default and counts as destructive. Inside an agent run the line carries
+//! /// the call's idempotency key, so a reader can tell a call that a resumed
+//! /// run executed again from a new one.
 //! #[tool(description = "Append a line to a file")]
 //! fn append(path: String, line: String) -> Result<(), ToolError> {
 //!     use std::io::Write;
 //!     let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-//!     writeln!(file, "{line}")?;
+//!     match loom_sdk::idempotency_key() {
+//!         Some(key) => writeln!(file, "{key}\t{line}")?,
+//!         None => writeln!(file, "{line}")?,
+//!     }
 //!     Ok(())
 //! }
 //!
@@ -58,7 +64,7 @@
 //!
 //! # Policies
 //!
-//! A policy component exports `loom:plugin/policy@0.1.2`: the host asks it
+//! A policy component exports `loom:plugin/policy@0.1.3`: the host asks it
 //! about every tool call before the call runs, and it answers
 //! [`Decision::Allow`], [`Decision::Deny`] (the reason is shown to the model)
 //! or [`Decision::Ask`] (the reason is shown to the tenant's approver). A
@@ -112,8 +118,8 @@
 //!
 //! # Memory components
 //!
-//! A memory component exports `loom:plugin/memory@0.1.2` (items: remember,
-//! recall, forget, export) and `loom:plugin/facts@0.1.2` (bi-temporal
+//! A memory component exports `loom:plugin/memory@0.1.3` (items: remember,
+//! recall, forget, export) and `loom:plugin/facts@0.1.3` (bi-temporal
 //! facts), and keeps its data in the host's key-value store, which the host
 //! scopes to the tenant, the user and the component ([`kv`]). Every call is
 //! one storage transaction: it reads its own writes, and its writes are kept
@@ -196,7 +202,7 @@
 //!
 //! # Architectures
 //!
-//! An architecture component exports `loom:plugin/architecture@0.1.2`: one
+//! An architecture component exports `loom:plugin/architecture@0.1.3`: one
 //! strategy for running an agent loop (ReAct, self-refine, ...). It talks
 //! to the model, the tools, sub-agents and memory only through the host's
 //! `harness`, which budgets, checks and journals every call.
@@ -250,22 +256,22 @@
 
 #![warn(missing_docs)]
 
-/// Generated bindings of the `loom:plugin@0.1.2` tool world.
+/// Generated bindings of the `loom:plugin@0.1.3` tool world.
 ///
 /// Most authors never need these directly: [`tool`], [`export_tools!`],
-/// [`context`] and [`log`] cover the common ground.
+/// [`context`], [`idempotency_key`] and [`log`] cover the common ground.
 #[allow(missing_docs, reason = "generated code")]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "tool-plugin",
-        path: "../../wit/plugin@0.1.2",
+        path: "../../wit/plugin@0.1.3",
         pub_export_macro: true,
         export_macro_name: "__export_tool_plugin",
         default_bindings_module: "::loom_sdk::bindings",
     });
 }
 
-/// Generated bindings of the `loom:plugin@0.1.2` policy world.
+/// Generated bindings of the `loom:plugin@0.1.3` policy world.
 ///
 /// They share the types and the `context` import of [`bindings`], so a
 /// [`ToolSpec`] or [`RunContext`] is the same type in tools and policies.
@@ -275,10 +281,10 @@ pub mod bindings {
 pub mod policy_bindings {
     wit_bindgen::generate!({
         world: "policy-plugin",
-        path: "../../wit/plugin@0.1.2",
+        path: "../../wit/plugin@0.1.3",
         with: {
-            "loom:plugin/types@0.1.2": crate::bindings::loom::plugin::types,
-            "loom:plugin/context@0.1.2": crate::bindings::loom::plugin::context,
+            "loom:plugin/types@0.1.3": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.3": crate::bindings::loom::plugin::context,
         },
         additional_derives: [PartialEq, Eq],
         pub_export_macro: true,
@@ -287,7 +293,7 @@ pub mod policy_bindings {
     });
 }
 
-/// Generated bindings of the `loom:plugin@0.1.2` memory world: the `kv`
+/// Generated bindings of the `loom:plugin@0.1.3` memory world: the `kv`
 /// import and the `memory` and `facts` exports.
 ///
 /// They share the types and the `context` import of [`bindings`]. Most
@@ -297,10 +303,10 @@ pub mod policy_bindings {
 pub mod memory_bindings {
     wit_bindgen::generate!({
         world: "memory-plugin",
-        path: "../../wit/plugin@0.1.2",
+        path: "../../wit/plugin@0.1.3",
         with: {
-            "loom:plugin/types@0.1.2": crate::bindings::loom::plugin::types,
-            "loom:plugin/context@0.1.2": crate::bindings::loom::plugin::context,
+            "loom:plugin/types@0.1.3": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.3": crate::bindings::loom::plugin::context,
         },
         additional_derives: [PartialEq],
         pub_export_macro: true,
@@ -309,7 +315,7 @@ pub mod memory_bindings {
     });
 }
 
-/// Generated bindings of the `loom:plugin@0.1.2` architecture world: the
+/// Generated bindings of the `loom:plugin@0.1.3` architecture world: the
 /// `harness` import and the `architecture` export.
 ///
 /// They share the types and the `context` import of [`bindings`], so a
@@ -320,10 +326,10 @@ pub mod memory_bindings {
 pub mod arch_bindings {
     wit_bindgen::generate!({
         world: "architecture-plugin",
-        path: "../../wit/plugin@0.1.2",
+        path: "../../wit/plugin@0.1.3",
         with: {
-            "loom:plugin/types@0.1.2": crate::bindings::loom::plugin::types,
-            "loom:plugin/context@0.1.2": crate::bindings::loom::plugin::context,
+            "loom:plugin/types@0.1.3": crate::bindings::loom::plugin::types,
+            "loom:plugin/context@0.1.3": crate::bindings::loom::plugin::context,
         },
         pub_export_macro: true,
         export_macro_name: "__export_architecture_plugin",
@@ -351,6 +357,20 @@ pub use policy_bindings::exports::loom::plugin::policy::Decision;
 /// these fields and a model cannot forge them.
 pub fn context() -> RunContext {
     bindings::loom::plugin::context::current()
+}
+
+/// The idempotency key of the current tool call: during a tool call that is
+/// part of an agent run, a key that is the same every time this same call
+/// (same run, same place in the run) is executed, in particular when a run
+/// resumed after a crash executes again a call that was in flight. A tool
+/// with external side effects passes it on (as an `Idempotency-Key` header,
+/// say) or records it, so the second execution has no further effect.
+///
+/// `None` outside a run's tool call (`loom tool call`, policies, memory,
+/// architectures). Calls `context.idempotency-key`, added in
+/// `loom:plugin@0.1.3`.
+pub fn idempotency_key() -> Option<String> {
+    bindings::loom::plugin::context::idempotency_key()
 }
 
 /// Write a line to the host's log, tagged with this component and the run

@@ -1,6 +1,6 @@
 //! Memory components: the [`MemoryPlugin`] trait behind
 //! [`export_memory!`](crate::export_memory), and the types of the
-//! `loom:plugin/memory@0.1.2` and `loom:plugin/facts@0.1.2` interfaces.
+//! `loom:plugin/memory@0.1.3` and `loom:plugin/facts@0.1.3` interfaces.
 //!
 //! A memory component stores what agents remember about users: items
 //! (notes, episodes) through `memory`, and bi-temporal facts through
@@ -18,7 +18,7 @@ pub use crate::memory_bindings::exports::loom::plugin::memory::{
 };
 
 /// A memory component: what [`export_memory!`](crate::export_memory)
-/// exports as `loom:plugin/memory@0.1.2` and `loom:plugin/facts@0.1.2`.
+/// exports as `loom:plugin/memory@0.1.3` and `loom:plugin/facts@0.1.3`.
 ///
 /// Every function acts on the user of the current run context
 /// ([`context`](crate::context)) and runs as one storage transaction:
@@ -85,7 +85,7 @@ impl From<KvJsonError> for MemoryError {
 }
 
 /// Exports a type implementing [`MemoryPlugin`] as this component's
-/// `loom:plugin/memory@0.1.2` and `loom:plugin/facts@0.1.2`.
+/// `loom:plugin/memory@0.1.3` and `loom:plugin/facts@0.1.3`.
 ///
 /// The argument is the type (usually a unit struct); the macro implements
 /// the generated export traits for it and exports the component's

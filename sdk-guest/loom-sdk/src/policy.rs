@@ -168,7 +168,7 @@ fn json_or_empty_object(text: &str) -> &str {
     if text.trim().is_empty() { "{}" } else { text }
 }
 
-/// Exports a policy as this component's `loom:plugin/policy@0.1.2`.
+/// Exports a policy as this component's `loom:plugin/policy@0.1.3`.
 ///
 /// The argument is any expression whose value implements [`Policy`]: the
 /// name of a function `fn(&ToolCall, &ToolSpec) -> D` with

@@ -1,6 +1,6 @@
 //! `kv-memory`: the first-party Loom memory component. It keeps items
-//! (`loom:plugin/memory@0.1.2`) and bi-temporal facts
-//! (`loom:plugin/facts@0.1.2`) in the host's key-value store, which the host
+//! (`loom:plugin/memory@0.1.3`) and bi-temporal facts
+//! (`loom:plugin/facts@0.1.3`) in the host's key-value store, which the host
 //! scopes to the tenant, the user and the component, so every key below is
 //! the current user's.
 //!

@@ -1,6 +1,7 @@
 //! The `run_context` tool: returns the run context the host gave this call
-//! (tenant, user, session, run, metadata). Used by tests and demos to show
-//! that a tool learns who it serves from the host, never from its arguments.
+//! (tenant, user, session, run, metadata) and the call's idempotency key.
+//! Used by tests and demos to show that a tool learns who it serves from the
+//! host, never from its arguments.
 
 use loom_sdk::tool;
 use serde::Serialize;
@@ -14,6 +15,8 @@ struct ContextView {
     session_id: Option<String>,
     run_id: Option<String>,
     metadata: BTreeMap<String, String>,
+    /// The key of this call within its agent run; `null` outside a run.
+    idempotency_key: Option<String>,
 }
 
 /// Return the run context.
@@ -31,6 +34,7 @@ fn run_context() -> ContextView {
         session_id: ctx.session_id,
         run_id: ctx.run_id,
         metadata: ctx.metadata.into_iter().collect(),
+        idempotency_key: loom_sdk::idempotency_key(),
     }
 }
 
