@@ -52,3 +52,32 @@ async fn unknown_tenant_and_tool_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid arguments"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_sees_the_idempotency_key_of_its_call_and_none_without_one() {
+    let env = TestEnv::new();
+    install_good_tools(&env);
+    let host = env.host(TWO_TENANTS).await;
+    // As a run gives a tool call its key: the same key on every execution of
+    // that call, and each call its own.
+    let first = scope("acme", Some("alice")).with_idempotency_key("run-1/step-3/call_a");
+    let second = first.clone().with_idempotency_key("run-1/step-3/call_b");
+    let (a, again, b, plain) = tokio::join!(
+        host.call_tool(first.clone(), "run_context", "{}"),
+        host.call_tool(first, "run_context", "{}"),
+        host.call_tool(second, "run_context", "{}"),
+        // `loom tool call`: a scope of its own, outside any run.
+        host.call_tool(scope("acme", Some("alice")), "run_context", "{}"),
+    );
+    let key = |output: loom_host::engine::ToolOutput| {
+        let value: serde_json::Value = serde_json::from_str(&output.output).unwrap();
+        value["idempotency_key"].clone()
+    };
+    assert_eq!(key(a.unwrap()), "run-1/step-3/call_a");
+    assert_eq!(key(again.unwrap()), "run-1/step-3/call_a");
+    assert_eq!(key(b.unwrap()), "run-1/step-3/call_b");
+    assert!(
+        key(plain.unwrap()).is_null(),
+        "no key outside a run's tool call"
+    );
+}
