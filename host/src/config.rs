@@ -546,6 +546,34 @@ pub struct LoomConfig {
     pub store_cache_bytes: usize,
     /// `[telemetry]`: where spans and metrics go.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// `[journal]`: crash-resumable runs.
+    pub journal: JournalConfig,
+}
+
+/// `[journal]`: whether runs are journaled so a crash can be resumed, and
+/// how long journals are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Journal every run of the CLI's agents (default true).
+    pub enabled: bool,
+    /// Keep a run's recorded results after it finished (default false:
+    /// they are dropped and only the run's record stays).
+    pub keep_finished: bool,
+    /// `loom runtime prune` (and each start of `loom run`) deletes journals
+    /// whose run last changed more than this many hours ago, finished or
+    /// not (default 168, a week; 0 keeps them until pruned by hand).
+    pub max_age_hours: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            enabled: true,
+            keep_finished: false,
+            max_age_hours: 168,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,6 +613,8 @@ struct RawConfig {
     retrieval: crate::retrieval::RetrievalSettings,
     #[serde(default)]
     telemetry: crate::telemetry::RawTelemetry,
+    #[serde(default)]
+    journal: JournalConfig,
 }
 
 /// `[store]` as written.
@@ -904,6 +934,7 @@ impl LoomConfig {
             },
             retrieval: raw.retrieval,
             telemetry,
+            journal: raw.journal,
             store_cache_bytes: match raw.store.cache_mib {
                 None => crate::store::DEFAULT_CACHE_BYTES,
                 Some(mib @ 1..=65_536) => mib << 20,
@@ -961,6 +992,7 @@ impl LoomConfig {
             retrieval: crate::retrieval::RetrievalSettings::default(),
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 

@@ -50,6 +50,7 @@ pub struct Host {
     disks: HashMap<TenantId, Arc<DiskLedger>>,
     store: Arc<Store>,
     sessions: Arc<SessionStore>,
+    journal: crate::store::journal::Journal,
     memory: crate::memory::Memory,
     docs: crate::retrieval::DocStore,
     governance: Arc<Governance>,
@@ -147,6 +148,7 @@ impl Host {
                 crate::memory::MemoryLimits::default(),
             ),
             sessions,
+            journal: crate::store::journal::Journal::new(store.clone()),
             docs,
             store,
             governance,
@@ -168,6 +170,12 @@ impl Host {
     /// Sessions kept in the host's database.
     pub fn sessions(&self) -> Arc<SessionStore> {
         self.sessions.clone()
+    }
+
+    /// The run journal in the host's database: what a crash-resumable run
+    /// recorded, and which runs a crash left unfinished.
+    pub fn journal(&self) -> &crate::store::journal::Journal {
+        &self.journal
     }
 
     /// The built-in memory (episodes, facts, working blocks), in the

@@ -21,6 +21,27 @@ pub enum RunEvent {
         /// Messages of earlier runs rehydrated from the session.
         history_messages: usize,
     },
+    /// The run was resumed from its journal: the recorded results replay
+    /// first (no model call billed again, no finished tool call run
+    /// again), then it goes on live.
+    Resumed {
+        /// The run.
+        run_id: String,
+        /// Results the journal recorded before the run stopped.
+        recorded: u32,
+    },
+    /// A tool call that may have been under way when the run stopped runs
+    /// again after a resume, and its tool does not declare itself
+    /// idempotent: it may have acted once already. The tool sees the same
+    /// idempotency key as the first time.
+    ToolRerun {
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        name: String,
+        /// The key the tool reads from its run context.
+        idempotency_key: String,
+    },
     /// Streamed model output.
     ModelChunk {
         /// New text.

@@ -11,12 +11,14 @@
 //! tool call and delegation.
 
 use super::events::RunEvent;
+use super::journal::{JournalError, LiveStep, ScopeJournal, Step, TurnJournal, request_bytes};
 use super::run::{Lineage, RunState};
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
 use crate::engine::boundary::{check_json, check_json_bounds, escape_text};
 use crate::engine::{Harness, HarnessStop};
+use crate::store::journal::EntryKind;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -110,22 +112,29 @@ pub(crate) struct Gate {
     events: Arc<AtomicU32>,
     /// Sub-agents started by the run's whole tree.
     delegations: Arc<AtomicU32>,
-    monotonic_origin: Instant,
-    monotonic_base: AtomicU64,
+    monotonic: MonotonicClock,
     random: std::sync::Mutex<Box<dyn wasmtime_wasi::Rng + Send>>,
+    /// This invocation's journal: every result above is recorded (or, in a
+    /// resumed run, replayed) through it.
+    journal: Arc<ScopeJournal>,
 }
 
 impl Gate {
     /// A gate in front of `run`.
-    pub(crate) fn new(run: Arc<RunState>, lineage: &Lineage, limits: GateLimits) -> Self {
+    pub(crate) fn new(
+        run: Arc<RunState>,
+        lineage: &Lineage,
+        limits: GateLimits,
+        journal: Arc<ScopeJournal>,
+    ) -> Self {
         Gate {
             run,
             limits,
             events: lineage.events.clone(),
             delegations: lineage.delegations.clone(),
-            monotonic_origin: Instant::now(),
-            monotonic_base: AtomicU64::new(0),
+            monotonic: MonotonicClock::new(),
             random: std::sync::Mutex::new(wasmtime_wasi::thread_rng()),
+            journal,
         }
     }
 
@@ -244,6 +253,43 @@ fn message_bytes(message: &wt::Message) -> usize {
             .sum::<usize>()
 }
 
+impl Gate {
+    /// Take the journal's next step for `kind`, or refuse the guest with
+    /// the journal's failure (the run then ends with it).
+    fn step<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: EntryKind,
+        request: &[u8],
+    ) -> Result<Step<T>, wit::HarnessError> {
+        self.journal
+            .step(kind, request)
+            .map_err(|error| wit::HarnessError::InvalidRequest(error.to_string()))
+    }
+
+    /// A step of a synchronous import, which cannot refuse the guest: on a
+    /// journal failure it answers live and the run stops at the next step.
+    fn sync_step<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: EntryKind,
+        request: &[u8],
+    ) -> Option<Step<T>> {
+        self.journal.step(kind, request).ok()
+    }
+
+    /// Record a live step's result; on failure the guest gets the journal's
+    /// error instead (and the run ends with it).
+    async fn record<T: serde::Serialize>(
+        &self,
+        step: &LiveStep,
+        value: &T,
+    ) -> Result<(), wit::HarnessError> {
+        self.journal
+            .record(step, value)
+            .await
+            .map_err(|error| wit::HarnessError::InvalidRequest(error.to_string()))
+    }
+}
+
 impl Harness for Gate {
     fn complete(
         &self,
@@ -252,24 +298,45 @@ impl Harness for Gate {
         Box::pin(async move {
             self.check_request(&request)
                 .map_err(wit::HarnessError::InvalidRequest)?;
-            let completion = self.run.complete(request).await?;
-            // What the model produced goes to the guest: the same caps apply.
-            for call in &completion.message.tool_calls {
-                check_json_bounds(&call.arguments, self.limits.max_argument_bytes).map_err(
-                    |r| {
-                        wit::HarnessError::ModelFailed(format!(
-                            "the model's arguments for tool call `{}` were refused: {r}",
-                            escape_text(&call.id, 64)
-                        ))
-                    },
-                )?;
-            }
-            Ok(completion)
+            let step = match self.step(EntryKind::Completion, &request_bytes(&request))? {
+                Step::Replayed(recorded) => {
+                    let recorded: Result<wit::Completion, wit::HarnessError> = recorded;
+                    if let Ok(completion) = &recorded {
+                        self.run.replayed_completion(completion);
+                    }
+                    return recorded;
+                }
+                Step::Live(step) => step,
+            };
+            let completion = self.run.complete(request).await.and_then(|completion| {
+                // What the model produced goes to the guest: the same caps apply.
+                for call in &completion.message.tool_calls {
+                    check_json_bounds(&call.arguments, self.limits.max_argument_bytes).map_err(
+                        |r| {
+                            wit::HarnessError::ModelFailed(format!(
+                                "the model's arguments for tool call `{}` were refused: {r}",
+                                escape_text(&call.id, 64)
+                            ))
+                        },
+                    )?;
+                }
+                Ok(completion)
+            });
+            self.run.before_journal_write();
+            self.record(&step, &completion).await?;
+            completion
         })
     }
 
     fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
         Box::pin(async move {
+            let step = match self
+                .step::<Vec<wt::ToolResult>>(EntryKind::ToolResults, &request_bytes(&calls))
+            {
+                Ok(Step::Replayed(results)) => return results,
+                Ok(Step::Live(step)) => step,
+                Err(error) => return refuse_all(calls, &error),
+            };
             // Refused calls get their result here; the rest run together,
             // and every result goes back in call order.
             let mut results: Vec<Option<wt::ToolResult>> = Vec::with_capacity(calls.len());
@@ -301,16 +368,32 @@ impl Harness for Gate {
                     }
                 }
             }
-            let mut ran = self.run.call_tools(admitted).await.into_iter();
-            results
+            let mut ran = self
+                .run
+                .call_tools(admitted, TurnJournal::new(&self.journal, &step))
+                .await
+                .into_iter();
+            let results: Vec<wt::ToolResult> = results
                 .into_iter()
                 .filter_map(|slot| slot.or_else(|| ran.next()))
-                .collect()
+                .collect();
+            if let Err(error) = self.record(&step, &results).await {
+                return refuse_all_results(results, &error);
+            }
+            results
         })
     }
 
     fn tools(&self) -> Vec<wt::ToolSpec> {
-        self.run.tools()
+        match self.sync_step::<Vec<wt::ToolSpec>>(EntryKind::Tools, b"") {
+            Some(Step::Replayed(tools)) => tools,
+            Some(Step::Live(step)) => {
+                let tools = self.run.tools();
+                self.journal.record_queued(&step, &tools);
+                tools
+            }
+            None => self.run.tools(),
+        }
     }
 
     fn delegate(
@@ -320,7 +403,20 @@ impl Harness for Gate {
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
             self.admit_delegation(&agent, &input)?;
-            self.run.delegate(agent, input).await
+            let step = match self.step(EntryKind::Delegation, &request_bytes(&(&agent, &input)))? {
+                Step::Replayed(recorded) => {
+                    let recorded: Result<wit::RunOutput, wit::HarnessError> = recorded;
+                    if let Ok(output) = &recorded {
+                        self.run.replayed_delegation(output);
+                    }
+                    return recorded;
+                }
+                Step::Live(step) => step,
+            };
+            let child = self.journal.child(step.seq(), 0);
+            let output = self.run.delegate(agent, input, child).await;
+            self.record(&step, &output).await?;
+            output
         })
     }
 
@@ -329,6 +425,19 @@ impl Harness for Gate {
         tasks: Vec<wit::Delegation>,
     ) -> BoxFuture<'_, Vec<Result<wit::RunOutput, wit::HarnessError>>> {
         Box::pin(async move {
+            let step = match self.step::<Vec<Result<wit::RunOutput, wit::HarnessError>>>(
+                EntryKind::Delegation,
+                &request_bytes(&tasks),
+            ) {
+                Ok(Step::Replayed(outputs)) => {
+                    for output in outputs.iter().flatten() {
+                        self.run.replayed_delegation(output);
+                    }
+                    return outputs;
+                }
+                Ok(Step::Live(step)) => step,
+                Err(error) => return tasks.iter().map(|_| Err(error.clone())).collect(),
+            };
             // Refused tasks get their error in place; the admitted ones run
             // together in this run's task, so cancelling the run drops them.
             let runs = tasks.into_iter().enumerate().map(|(index, task)| {
@@ -340,12 +449,17 @@ impl Harness for Gate {
                 } else {
                     self.admit_delegation(&task.agent, &task.input)
                 };
+                let child = self.journal.child(step.seq(), index);
                 async move {
                     admitted?;
-                    self.run.delegate(task.agent, task.input).await
+                    self.run.delegate(task.agent, task.input, child).await
                 }
             });
-            futures_util::future::join_all(runs).await
+            let outputs = futures_util::future::join_all(runs).await;
+            if let Err(error) = self.record(&step, &outputs).await {
+                return outputs.iter().map(|_| Err(error.clone())).collect();
+            }
+            outputs
         })
     }
 
@@ -381,7 +495,16 @@ impl Harness for Gate {
             if query.len() > self.limits.max_memory_bytes {
                 return Vec::new();
             }
-            self.run.recall(query, limit.min(100)).await
+            let step = match self.step(EntryKind::Recall, &request_bytes(&(&query, limit))) {
+                Ok(Step::Replayed(recorded)) => return recorded,
+                Ok(Step::Live(step)) => step,
+                Err(_) => return Vec::new(),
+            };
+            let recollections = self.run.recall(query, limit.min(100)).await;
+            if self.record(&step, &recollections).await.is_err() {
+                return Vec::new();
+            }
+            recollections
         })
     }
 
@@ -393,29 +516,149 @@ impl Harness for Gate {
                     self.limits.max_memory_bytes
                 )));
             }
-            self.run.remember(text).await
+            let step = match self.step(EntryKind::Remember, &request_bytes(&text))? {
+                Step::Replayed(recorded) => return recorded,
+                Step::Live(step) => step,
+            };
+            let stored = self.run.remember(text).await;
+            self.record(&step, &stored).await?;
+            stored
         })
     }
 
     fn wall_clock(&self) -> std::time::Duration {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
+        let live = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        };
+        match self.sync_step::<std::time::Duration>(EntryKind::WallClock, b"") {
+            Some(Step::Replayed(recorded)) => recorded,
+            Some(Step::Live(step)) => {
+                let now = live();
+                self.journal.record_queued(&step, &now);
+                now
+            }
+            None => live(),
+        }
     }
 
     fn monotonic_clock(&self) -> u64 {
-        let elapsed = u64::try_from(self.monotonic_origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        // Never goes backwards, even across a future resume.
-        self.monotonic_base
-            .fetch_max(elapsed, Ordering::Relaxed)
-            .max(elapsed)
+        match self.sync_step::<u64>(EntryKind::MonotonicClock, b"") {
+            Some(Step::Replayed(recorded)) => {
+                self.monotonic.replayed(recorded);
+                recorded
+            }
+            Some(Step::Live(step)) => {
+                let now = self.monotonic.now();
+                self.journal.record_queued(&step, &now);
+                now
+            }
+            None => self.monotonic.now(),
+        }
     }
 
     fn random_bytes(&self, bytes: &mut [u8]) {
+        let request = (bytes.len() as u64).to_le_bytes();
+        match self.sync_step::<Vec<u8>>(EntryKind::Random, &request) {
+            Some(Step::Replayed(recorded)) if recorded.len() == bytes.len() => {
+                bytes.copy_from_slice(&recorded);
+            }
+            Some(Step::Replayed(_)) => {
+                self.journal.fail(JournalError::Corrupt {
+                    scope: "random".into(),
+                    seq: 0,
+                    message: "recorded random bytes of another length".into(),
+                });
+                self.fill_random(bytes);
+            }
+            Some(Step::Live(step)) => {
+                self.fill_random(bytes);
+                self.journal.record_queued(&step, &bytes.to_vec());
+            }
+            None => self.fill_random(bytes),
+        }
+    }
+}
+
+impl Gate {
+    fn fill_random(&self, bytes: &mut [u8]) {
         let mut rng = match self.random.lock() {
             Ok(rng) => rng,
             Err(poisoned) => poisoned.into_inner(),
         };
         rng.fill_bytes(bytes);
+    }
+}
+
+/// Every call of a turn refused with `error` (the journal failed).
+fn refuse_all(calls: Vec<wt::ToolCall>, error: &wit::HarnessError) -> Vec<wt::ToolResult> {
+    calls
+        .into_iter()
+        .map(|call| wt::ToolResult {
+            call_id: call.id,
+            name: call.name,
+            outcome: Err(wt::ToolError::Denied(harness_error_text(error))),
+        })
+        .collect()
+}
+
+/// A turn's results replaced by `error` (they could not be journaled).
+fn refuse_all_results(
+    results: Vec<wt::ToolResult>,
+    error: &wit::HarnessError,
+) -> Vec<wt::ToolResult> {
+    results
+        .into_iter()
+        .map(|result| wt::ToolResult {
+            outcome: Err(wt::ToolError::Failed(harness_error_text(error))),
+            ..result
+        })
+        .collect()
+}
+
+fn harness_error_text(error: &wit::HarnessError) -> String {
+    match error {
+        wit::HarnessError::InvalidRequest(m)
+        | wit::HarnessError::ModelFailed(m)
+        | wit::HarnessError::UnknownAgent(m)
+        | wit::HarnessError::BudgetExceeded(m) => m.clone(),
+        wit::HarnessError::Cancelled => "the run was cancelled".into(),
+    }
+}
+
+/// The monotonic clock an architecture reads: nanoseconds since its run
+/// started, never going backwards, and continuing from the last recorded
+/// reading when a resumed run goes live.
+struct MonotonicClock {
+    origin: std::sync::Mutex<(Instant, u64)>,
+    last: AtomicU64,
+}
+
+impl MonotonicClock {
+    fn new() -> Self {
+        MonotonicClock {
+            origin: std::sync::Mutex::new((Instant::now(), 0)),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// A recorded reading replayed: live readings continue from it.
+    fn replayed(&self, value: u64) {
+        if let Ok(mut origin) = self.origin.lock() {
+            *origin = (Instant::now(), value);
+        }
+        self.last.fetch_max(value, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        let (instant, base) = self
+            .origin
+            .lock()
+            .map(|origin| *origin)
+            .unwrap_or_else(|poisoned| *poisoned.into_inner());
+        let elapsed = u64::try_from(instant.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = base.saturating_add(elapsed);
+        self.last.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }

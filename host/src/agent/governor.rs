@@ -395,6 +395,15 @@ impl Governor {
         self.warn(warnings);
     }
 
+    /// Queue the budget counters this run changed for writing now, so a
+    /// journal entry committed after them never records spend the ledger
+    /// lost in a crash (the store commits writes in order).
+    pub(crate) fn persist_spend(&self) {
+        if !self.budget.unlimited() {
+            self.governance().ledger().persist_now();
+        }
+    }
+
     /// Before a delegation: a stopped or exhausted run starts no sub-agent.
     pub(crate) fn before_delegate(&self) -> Result<(), wit::HarnessError> {
         if let Some(reason) = self.stopped() {

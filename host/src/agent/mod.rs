@@ -31,12 +31,14 @@ mod events;
 mod extraction;
 mod gate;
 mod governor;
+mod journal;
 mod retrieve_tool;
 mod run;
 mod workers;
 
 pub use events::RunEvent;
 pub use gate::{GateLimits, OutputRefusal};
+pub use journal::{JournalError, JournalSettings};
 pub use run::RunStream;
 
 use crate::engine::CallError;
@@ -112,6 +114,9 @@ pub enum AgentError {
     /// A rate limit rejected the run; retry after the time it names.
     #[error(transparent)]
     RateLimited(#[from] crate::governance::ratelimit::RateLimited),
+    /// The run journal failed, or a resumed run could not be resumed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// One request to run the agent.
@@ -125,6 +130,9 @@ pub struct RunRequest {
     pub output_schema: Option<serde_json::Value>,
     /// Architecture to use instead of the agent's.
     pub architecture: Option<String>,
+    /// What the caller keeps with a journaled run, to rebuild its agent
+    /// when it resumes the run (the CLI keeps the agent's name and model).
+    pub origin: serde_json::Value,
 }
 
 impl RunRequest {
@@ -135,6 +143,7 @@ impl RunRequest {
             prompt: prompt.into(),
             output_schema: None,
             architecture: None,
+            origin: serde_json::Value::Null,
         }
     }
 
@@ -156,6 +165,87 @@ impl RunRequest {
     pub fn architecture(mut self, name: impl Into<String>) -> Self {
         self.architecture = Some(name.into());
         self
+    }
+
+    /// Keep `origin` with the run's journal record
+    /// ([`crate::store::journal::JournalRun::origin`]).
+    pub fn origin(mut self, origin: serde_json::Value) -> Self {
+        self.origin = origin;
+        self
+    }
+}
+
+/// Which interrupted run to resume: the newest unfinished run of the
+/// user (in the session, when one is named), or the one named.
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    /// The tenant.
+    pub tenant: crate::tenancy::ids::TenantId,
+    /// The user.
+    pub user: crate::tenancy::ids::UserId,
+    /// The session, if the run had one.
+    pub session: Option<SessionId>,
+    /// The run; the newest matching one when none.
+    pub run: Option<RunId>,
+}
+
+impl ResumeRequest {
+    /// The newest interrupted run of `user` of `tenant`.
+    pub fn new(tenant: crate::tenancy::ids::TenantId, user: crate::tenancy::ids::UserId) -> Self {
+        ResumeRequest {
+            tenant,
+            user,
+            session: None,
+            run: None,
+        }
+    }
+
+    /// Only a run in `session`.
+    pub fn session(mut self, session: SessionId) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    /// Exactly run `run`.
+    pub fn run(mut self, run: RunId) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    /// The journal record of the run to resume.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NotFound`] naming what was looked for, or the
+    /// store's error.
+    pub fn find(
+        &self,
+        journal: &crate::store::journal::Journal,
+    ) -> Result<crate::store::journal::JournalRun, JournalError> {
+        let user = self.user.name();
+        let session = self.session.as_ref().map(|s| s.to_string());
+        let wanted = self.run.as_ref().map(|r| r.to_string());
+        journal
+            .interrupted()?
+            .into_iter()
+            .find(|run| {
+                run.tenant == self.tenant.as_str()
+                    && run.user.as_deref() == user
+                    && (session.is_none() || run.session == session)
+                    && wanted.as_ref().is_none_or(|w| &run.run == w)
+            })
+            .ok_or_else(|| {
+                JournalError::NotFound(format!(
+                    "no interrupted run{} of user {} of tenant {}{}: `loom runs list --interrupted` \
+                     lists the runs a crash left unfinished",
+                    wanted.map(|r| format!(" {r}")).unwrap_or_default(),
+                    user.unwrap_or("(anonymous)"),
+                    self.tenant,
+                    session
+                        .map(|s| format!(" in session {s}"))
+                        .unwrap_or_default(),
+                ))
+            })
     }
 }
 
@@ -225,6 +315,8 @@ pub(crate) struct AgentInner {
     /// Named agents that form the architecture's team (see
     /// [`AgentBuilder::workers`]).
     pub(crate) workers: Vec<String>,
+    /// Where top-level runs are journaled, if they are.
+    pub(crate) journal: Option<JournalSettings>,
 }
 
 impl AgentInner {
@@ -293,6 +385,7 @@ pub struct AgentBuilder {
     architecture_config: serde_json::Value,
     role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
     workers: Vec<String>,
+    journal: Option<JournalSettings>,
 }
 
 impl Agent {
@@ -316,6 +409,7 @@ impl Agent {
             architecture_config: serde_json::Value::Object(Default::default()),
             role_models: std::collections::BTreeMap::new(),
             workers: Vec::new(),
+            journal: None,
         }
     }
 
@@ -333,6 +427,30 @@ impl Agent {
     /// run, in-flight tool calls included.
     pub fn stream(&self, request: RunRequest) -> RunStream {
         run::RunStream::start(self.inner.clone(), request)
+    }
+
+    /// Resume a run a crash (or a cancellation) left unfinished: the
+    /// architecture is instantiated again and replays what the run's
+    /// journal recorded (no model call billed twice, no finished tool call
+    /// run twice), then the run goes on live to its end. The agent must
+    /// journal (`AgentBuilder::journal`) into the journal the run was
+    /// recorded in, and run the same architecture component.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Journal`] when no such run is unfinished, the
+    /// component changed ([`JournalError::ComponentChanged`]) or the run
+    /// diverges from its journal ([`JournalError::Diverged`]); otherwise
+    /// what [`Self::run`] returns.
+    pub async fn resume(&self, request: ResumeRequest) -> Result<RunResult, AgentError> {
+        let (run, lineage) = run::prepare_resume(&self.inner, &request).await?;
+        run::execute(self.inner.clone(), run, None, lineage).await
+    }
+
+    /// [`Self::resume`] as a stream of events; the first after `Started`
+    /// is `Resumed`.
+    pub fn resume_stream(&self, request: ResumeRequest) -> RunStream {
+        run::RunStream::resume(self.inner.clone(), request)
     }
 }
 
@@ -367,6 +485,14 @@ impl AgentBuilder {
     /// model. Spend is charged the same way whatever the model.
     pub fn role_model(mut self, role: impl Into<String>, model: Arc<dyn Model>) -> Self {
         self.role_models.insert(role.into(), model);
+        self
+    }
+
+    /// Journal every run, so a run a crash cuts short can be resumed with
+    /// [`Agent::resume`] (`settings.journal` is usually the host's,
+    /// [`Host::journal`]).
+    pub fn journal(mut self, settings: JournalSettings) -> Self {
+        self.journal = Some(settings);
         self
     }
 
@@ -488,6 +614,7 @@ impl AgentBuilder {
                 architecture_config: self.architecture_config,
                 role_models: self.role_models,
                 workers: self.workers,
+                journal: self.journal,
             }),
         })
     }

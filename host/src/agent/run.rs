@@ -5,6 +5,10 @@
 use super::events::{EventSink, RunEvent};
 use super::gate::{Gate, GateLimits};
 use super::governor::{Governor, Inherited};
+use super::journal::{
+    CallRecorder, JournalCloser, JournalError, RunJournal, ScopeJournal, Step, TurnJournal,
+    request_bytes,
+};
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
 use crate::config::Limits;
 use crate::engine::bindings::architecture_export as arch;
@@ -16,6 +20,7 @@ use crate::model::{
     Usage,
 };
 use crate::plugins::ToolBinding;
+use crate::store::journal::{EntryKind, JournalRun, JournalStatus};
 use crate::tenancy::ids::{RunId, Scope};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +49,8 @@ pub(crate) struct RunState {
     memory: Option<crate::memory::TenantMemory>,
     lineage: Lineage,
     pub(super) governor: Arc<Governor>,
+    /// Whether the run is journaled.
+    journaled: bool,
 }
 
 /// Where a run sits in its tree of sub-agents.
@@ -57,6 +64,8 @@ pub(crate) struct Lineage {
     pub(crate) events: Arc<AtomicU32>,
     /// The budget and approvals a sub-agent shares with its parent.
     pub(crate) inherited: Option<Inherited>,
+    /// A sub-agent's journal scope (a top-level run opens its own).
+    pub(crate) journal: Option<Arc<ScopeJournal>>,
 }
 
 impl Lineage {
@@ -67,6 +76,7 @@ impl Lineage {
             delegations: Arc::new(AtomicU32::new(0)),
             events: Arc::new(AtomicU32::new(0)),
             inherited: None,
+            journal: None,
         }
     }
 }
@@ -142,6 +152,15 @@ fn to_wit_message(message: &Message) -> wt::Message {
     }
 }
 
+fn usage_of(usage: &wt::Usage) -> Usage {
+    Usage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_tokens: usage.cached_tokens,
+        cache_write_tokens: 0,
+    }
+}
+
 fn wit_usage(usage: Usage) -> wt::Usage {
     wt::Usage {
         input_tokens: usage.input_tokens,
@@ -170,23 +189,53 @@ struct CallMeta {
     name: String,
 }
 
-/// A tool call under way: its own task when it runs beside others, or a
-/// future polled by the run itself when it is the turn's only call.
+/// What a tool call gives the architecture: the output JSON, or why not.
+type CallResult = Result<String, ToolFailure>;
+
+/// A tool call under way: its own task when it runs beside others, a
+/// future polled by the run itself when it is the turn's only call, or the
+/// result a resumed run's journal recorded for it.
 enum PendingCall {
     /// Spawned; aborted if the run is dropped first.
-    Spawned(AbortOnDrop<CallOutcome>),
+    Spawned(AbortOnDrop<CallResult>),
     /// Awaited in place.
-    Inline(std::pin::Pin<Box<dyn std::future::Future<Output = CallOutcome> + Send>>),
+    Inline(std::pin::Pin<Box<dyn std::future::Future<Output = CallResult> + Send>>),
+    /// Finished before the run stopped.
+    Recorded(Result<String, wt::ToolError>),
 }
 
 impl PendingCall {
     /// Wait for the outcome; `Err` only when a spawned task was lost.
-    async fn finish(self) -> Result<CallOutcome, tokio::task::JoinError> {
+    async fn finish(self) -> Result<CallResult, tokio::task::JoinError> {
         match self {
             PendingCall::Spawned(mut task) => (&mut task.0).await,
             PendingCall::Inline(work) => Ok(work.await),
+            PendingCall::Recorded(result) => Ok(result.map_err(ToolFailure::from)),
         }
     }
+}
+
+/// `work`'s result as the architecture gets it, journaled as the
+/// `index`th call of its turn by `recorder` (when the turn has several).
+async fn journaled_call(
+    work: impl std::future::Future<Output = CallOutcome>,
+    recorder: Option<CallRecorder>,
+    index: usize,
+    call: Vec<u8>,
+) -> CallResult {
+    let result = match work.await {
+        (_, Ok(output)) => Ok(output.output),
+        (_, Err(CallError::Tool { failure, .. })) => Err(failure),
+        (_, Err(other)) => Err(ToolFailure::Failed(other.to_string())),
+    };
+    if let Some(recorder) = recorder {
+        let recorded: Result<&str, wt::ToolError> = match &result {
+            Ok(output) => Ok(output),
+            Err(failure) => Err(failure.clone().into()),
+        };
+        recorder.record(index, &call, &recorded).await;
+    }
+    result
 }
 
 fn failure_text(failure: &ToolFailure) -> String {
@@ -309,17 +358,34 @@ impl RunState {
 
     /// Run the turn's tool calls, in parallel, results in call order. Tools
     /// are the ones bound when the run started: a reload mid-run changes
-    /// nothing.
+    /// nothing. Each call runs with its idempotency key from `turn`; in a
+    /// turn of several calls each result is journaled as it comes, and a
+    /// resumed run takes the recorded ones instead of running them again.
     pub(super) fn call_tools(
         &self,
         calls: Vec<wt::ToolCall>,
+        turn: TurnJournal,
     ) -> BoxFuture<'_, Vec<wt::ToolResult>> {
         Box::pin(async move {
             // Several calls run as tasks, in parallel on every worker; a lone
             // call runs inline. Either way dropping the run drops the call.
             let parallel = calls.len() > 1;
+            let recorder = if parallel { turn.recorder() } else { None };
             let mut pending = Vec::with_capacity(calls.len());
-            for call in calls {
+            for (index, call) in calls.into_iter().enumerate() {
+                let call_meta = CallMeta {
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                };
+                let call_bytes = request_bytes(&call);
+                if parallel
+                    && let Some(recorded) =
+                        turn.recorded::<Result<String, wt::ToolError>>(index, &call_bytes)
+                {
+                    pending.push((call_meta, PendingCall::Recorded(recorded)));
+                    continue;
+                }
+                let key = turn.key(index);
                 if self.events.is_some() {
                     self.send(RunEvent::ToolCall {
                         call_id: call.id.clone(),
@@ -327,89 +393,57 @@ impl RunState {
                         arguments: call.arguments.clone(),
                     });
                 }
-                let call_meta = CallMeta {
-                    id: call.id.clone(),
-                    name: call.name.clone(),
-                };
-                if let Some(spec) = self.host_tools.iter().find(|s| s.name == call.name) {
-                    let work = tracing::Instrument::instrument(
-                        self.host_tool(call, spec.clone()),
-                        crate::telemetry::spans::tool_call(
-                            &self.scope,
-                            &call_meta.name,
-                            &call_meta.id,
-                        ),
-                    );
-                    let task = if parallel {
-                        PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
-                    } else {
-                        PendingCall::Inline(Box::pin(work))
-                    };
-                    pending.push((call_meta, Some(task)));
-                    continue;
+                let idempotent = self
+                    .tools
+                    .iter()
+                    .map(|b| &b.spec)
+                    .chain(&self.host_tools)
+                    .find(|spec| spec.name == call.name)
+                    .is_some_and(|spec| spec.idempotent);
+                if turn.maybe_repeated && !idempotent {
+                    self.send(RunEvent::ToolRerun {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        idempotency_key: key.clone(),
+                    });
                 }
-                let Some(binding) = self.tools.iter().find(|b| b.spec.name == call.name) else {
-                    self.governor
-                        .refused_tool(&call, "the tool is not available to this agent");
-                    pending.push((call_meta, None));
-                    continue;
-                };
-                let host = self.agent.host.clone();
-                let scope = (*self.scope).clone();
-                let binding = binding.clone();
-                let governor = self.governor.clone();
-                let work = async move {
-                    // The permission chain and the budget, then the call.
-                    let admitted = match governor.admit_tool(call, (&binding).into()).await {
-                        Ok(admitted) => admitted,
-                        Err((call, refusal)) => {
-                            return (
-                                call,
-                                Err(CallError::Tool {
-                                    tool: binding.spec.name.clone(),
-                                    failure: ToolFailure::from(refusal),
-                                }),
-                            );
-                        }
+                let work: std::pin::Pin<Box<dyn std::future::Future<Output = CallOutcome> + Send>> =
+                    if let Some(spec) = self.host_tools.iter().find(|s| s.name == call.name) {
+                        Box::pin(self.host_tool(call, spec.clone()))
+                    } else if let Some(binding) =
+                        self.tools.iter().find(|b| b.spec.name == call.name)
+                    {
+                        Box::pin(self.component_tool(call, binding.clone(), key))
+                    } else {
+                        self.governor
+                            .refused_tool(&call, "the tool is not available to this agent");
+                        let failure = ToolFailure::Denied(format!(
+                            "tool `{}` is not available to this agent",
+                            call.name
+                        ));
+                        let tool = call.name.clone();
+                        Box::pin(async move { (call, Err(CallError::Tool { tool, failure })) })
                     };
-                    let ran = host
-                        .call_bound_tool_metered(scope, &binding, &admitted.call.arguments)
-                        .await;
-                    let summary = match &ran.outcome {
-                        Ok(output) => Ok(output.output.as_str()),
-                        Err(CallError::Tool { failure, .. }) => Err(failure_text(failure)),
-                        Err(other) => Err(other.to_string()),
-                    };
-                    let call = governor.after_tool(admitted, &summary, ran.cpu);
-                    (call, ran.outcome)
-                };
                 // Instrumented here, so a spawned call keeps the run as its parent.
                 let work = tracing::Instrument::instrument(
                     work,
                     crate::telemetry::spans::tool_call(&self.scope, &call_meta.name, &call_meta.id),
                 );
+                let work = journaled_call(work, recorder.clone(), index, call_bytes);
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                 } else {
                     PendingCall::Inline(Box::pin(work))
                 };
-                pending.push((call_meta, Some(task)));
+                pending.push((call_meta, task));
             }
             let mut results = Vec::with_capacity(pending.len());
             for (call, task) in pending {
-                let outcome: Result<String, ToolFailure> = match task {
-                    None => Err(ToolFailure::Denied(format!(
-                        "tool `{}` is not available to this agent",
-                        call.name
+                let outcome: Result<String, ToolFailure> = match task.finish().await {
+                    Err(join) => Err(ToolFailure::Failed(format!(
+                        "the tool call was lost: {join}"
                     ))),
-                    Some(task) => match task.finish().await {
-                        Err(join) => Err(ToolFailure::Failed(format!(
-                            "the tool call was lost: {join}"
-                        ))),
-                        Ok((_, Ok(output))) => Ok(output.output),
-                        Ok((_, Err(CallError::Tool { failure, .. }))) => Err(failure),
-                        Ok((_, Err(other))) => Err(ToolFailure::Failed(other.to_string())),
-                    },
+                    Ok(outcome) => outcome,
                 };
                 if self.events.is_some() {
                     let (ok, output) = match &outcome {
@@ -431,6 +465,43 @@ impl RunState {
             }
             results
         })
+    }
+
+    /// A call of a component tool: the permission chain and the budget,
+    /// then the call in its sandbox, with `key` as its idempotency key.
+    fn component_tool(
+        &self,
+        call: wt::ToolCall,
+        binding: ToolBinding,
+        key: String,
+    ) -> impl std::future::Future<Output = CallOutcome> + Send + 'static {
+        let host = self.agent.host.clone();
+        let scope = (*self.scope).clone().with_idempotency_key(key);
+        let governor = self.governor.clone();
+        async move {
+            let admitted = match governor.admit_tool(call, (&binding).into()).await {
+                Ok(admitted) => admitted,
+                Err((call, refusal)) => {
+                    return (
+                        call,
+                        Err(CallError::Tool {
+                            tool: binding.spec.name.clone(),
+                            failure: ToolFailure::from(refusal),
+                        }),
+                    );
+                }
+            };
+            let ran = host
+                .call_bound_tool_metered(scope, &binding, &admitted.call.arguments)
+                .await;
+            let summary = match &ran.outcome {
+                Ok(output) => Ok(output.output.as_str()),
+                Err(CallError::Tool { failure, .. }) => Err(failure_text(failure)),
+                Err(other) => Err(other.to_string()),
+            };
+            let call = governor.after_tool(admitted, &summary, ran.cpu);
+            (call, ran.outcome)
+        }
     }
 
     /// A call of one of the host's own tools, governed like any other.
@@ -502,11 +573,34 @@ impl RunState {
             .collect()
     }
 
-    /// Run a sub-agent for the same user; its spend is charged here.
+    /// A completion replayed from the journal: its usage and cost count in
+    /// the run's totals (the ledger was charged when it was recorded).
+    pub(super) fn replayed_completion(&self, completion: &wit::Completion) {
+        self.charge(usage_of(&completion.usage), completion.cost_usd);
+        self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sub-agent's output replayed from the journal: its spend counts in
+    /// the run's totals.
+    pub(super) fn replayed_delegation(&self, output: &wit::RunOutput) {
+        self.charge(usage_of(&output.usage), output.cost_usd);
+    }
+
+    /// Before a result is journaled: the spend it caused is queued for the
+    /// store first, so the two are committed together or in that order.
+    pub(super) fn before_journal_write(&self) {
+        if self.journaled {
+            self.governor.persist_spend();
+        }
+    }
+
+    /// Run a sub-agent for the same user; its spend is charged here, and
+    /// it is journaled in `journal`'s scope.
     pub(super) fn delegate(
         &self,
         agent: wit::AgentRef,
         input: String,
+        journal: ScopeJournal,
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
             self.governor.before_delegate()?;
@@ -558,6 +652,7 @@ impl RunState {
                 delegations: self.lineage.delegations.clone(),
                 events: self.lineage.events.clone(),
                 inherited: Some(self.governor.inherit()),
+                journal: Some(Arc::new(journal)),
             };
             let events = self.events.as_ref().map(|sink| sink.child(&segment));
             let result = match Box::pin(execute(child, request, events.clone(), lineage)).await {
@@ -691,6 +786,8 @@ impl RunState {
             sessions: None,
             approver: self.agent.approver.clone(),
             extraction_model: None,
+            // A sub-agent is journaled in its parent's journal.
+            journal: None,
             retrieval: self.agent.retrieval,
             memory: self.agent.memory.clone().map(|(memory, options)| {
                 (
@@ -944,6 +1041,28 @@ async fn execute_inner(
         _ => None,
     };
     let root = lineage.inherited.is_none();
+    // A sub-agent's scope, or a resumed run's, comes with the lineage.
+    let journaled = match &lineage.journal {
+        Some(journal) => journal.tree().is_some(),
+        None => root && agent.journal.is_some(),
+    };
+    let resumed = lineage
+        .journal
+        .as_ref()
+        .and_then(|journal| journal.tree())
+        .is_some_and(|tree| root && tree.resumed());
+    if resumed
+        && let Some(tree) = lineage.journal.as_ref().and_then(|j| j.tree())
+        && tree.component() != plugin.sha256
+    {
+        return Err(JournalError::ComponentChanged {
+            run: scope.run.to_string(),
+            architecture: arch_name,
+            recorded: tree.component().to_owned(),
+            now: plugin.sha256.clone(),
+        }
+        .into());
+    }
     let governor = Arc::new(Governor::new(
         &agent,
         scope.clone(),
@@ -952,7 +1071,8 @@ async fn execute_inner(
         lineage.inherited.clone(),
     ));
     governor.audit_started(&request.prompt, &arch_name);
-    if root {
+    // A resumed run was admitted when it started.
+    if root && !resumed {
         let refused = match governor.start_run().await {
             Err(limited) => {
                 governor.audit_refused(&limited.to_string());
@@ -1017,6 +1137,14 @@ async fn execute_inner(
             architecture: arch_name.clone(),
             history_messages: history.len(),
         });
+        if let Some(tree) = lineage.journal.as_ref().and_then(|j| j.tree())
+            && resumed
+        {
+            events.send(RunEvent::Resumed {
+                run_id: scope.run.to_string(),
+                recorded: tree.recorded(),
+            });
+        }
     }
     // The host's own tools (working blocks, retrieval), unless a component
     // already offers a tool so named.
@@ -1042,6 +1170,7 @@ async fn execute_inner(
         memory: tenant_memory.clone(),
         lineage: lineage.clone(),
         governor: governor.clone(),
+        journaled,
     });
     let Some(component) = plugin.architecture() else {
         return Err(AgentError::NotFound(format!(
@@ -1053,14 +1182,6 @@ async fn execute_inner(
         wall: agent.run_timeout,
         ..tenant_limits
     };
-    let gate = Arc::new(Gate::new(
-        state.clone(),
-        &lineage,
-        GateLimits {
-            max_output_bytes: tenant_limits.max_output_bytes,
-            ..GateLimits::default()
-        },
-    ));
     let instructions = match (memory, &tenant_memory) {
         (Some((_, options)), Some(tenant_memory)) => {
             let context = tenant_memory
@@ -1107,6 +1228,46 @@ async fn execute_inner(
         }
         _ => "{}".to_owned(),
     };
+    // The journal: a sub-agent's scope or a resumed run's comes with the
+    // lineage; a top-level run of a journaling agent opens its own.
+    let journal: Arc<ScopeJournal> = match lineage.journal.clone() {
+        Some(journal) => journal,
+        None => match (&agent.journal, root) {
+            (Some(settings), true) => {
+                let record = JournalRun {
+                    run: scope.run.to_string(),
+                    tenant: scope.tenant.to_string(),
+                    user: scope.user.name().map(str::to_owned),
+                    session: scope.session.as_ref().map(|s| s.to_string()),
+                    agent: None,
+                    architecture: arch_name.clone(),
+                    prompt: request.prompt.clone(),
+                    output_schema: request.output_schema.clone(),
+                    metadata: scope.metadata.clone(),
+                    component: plugin.sha256.clone(),
+                    origin: request.origin.clone(),
+                    status: JournalStatus::Running,
+                    started_ms: 0,
+                    updated_ms: 0,
+                };
+                let tree =
+                    RunJournal::start(&settings.journal, record, settings.keep_finished).await?;
+                Arc::new(tree.root())
+            }
+            _ => Arc::new(ScopeJournal::unjournaled(scope.run.to_string())),
+        },
+    };
+    // A top-level run closes its journal however it ends.
+    let closer = JournalCloser::new(if root { journal.tree().cloned() } else { None });
+    let gate = Arc::new(Gate::new(
+        state.clone(),
+        &lineage,
+        GateLimits {
+            max_output_bytes: tenant_limits.max_output_bytes,
+            ..GateLimits::default()
+        },
+        journal.clone(),
+    ));
     let mut prompt = request.prompt.clone();
     let mut attempts = 0;
     let mut cpu = std::time::Duration::ZERO;
@@ -1122,6 +1283,26 @@ async fn execute_inner(
                 config: config.clone(),
                 max_turns: agent.max_turns,
             };
+            // What the invocation starts with is journaled too: a resumed
+            // run starts from the same instructions and history, whatever
+            // memory and the session hold now.
+            let asked = request_bytes(&(&input.prompt, &input.config, input.max_turns));
+            let input = match journal.step::<arch::RunInput>(EntryKind::Input, &asked)? {
+                Step::Replayed(recorded) => {
+                    history = recorded
+                        .history
+                        .iter()
+                        .cloned()
+                        .map(to_model_message)
+                        .collect();
+                    recorded
+                }
+                Step::Live(step) => {
+                    // Committed with the invocation's first awaited step.
+                    journal.record_queued(&step, &input);
+                    input
+                }
+            };
             let ran = host
                 .run_architecture(
                     component,
@@ -1133,6 +1314,10 @@ async fn execute_inner(
                 )
                 .await;
             cpu += ran.cpu;
+            // A journal that failed or diverged ends the run with its error.
+            if let Some(error) = journal.tree().and_then(|tree| tree.failure()) {
+                return Err(error.into());
+            }
             let output = match ran.outcome? {
                 Ok(output) => output,
                 Err(arch::RunError::InvalidConfig(m)) => {
@@ -1185,6 +1370,11 @@ async fn execute_inner(
         Err(_) if governor.stopped().is_some() => (String::new(), None, None),
         Err(error) => {
             governor.audit_failed(&error.to_string());
+            // A run that diverged from its journal stays resumable: with
+            // the component and request it ran with, it resumes.
+            if !matches!(error, AgentError::Journal(JournalError::Diverged { .. })) {
+                closer.close().await;
+            }
             return Err(error);
         }
     };
@@ -1192,11 +1382,15 @@ async fn execute_inner(
     let interrupted = governor.stopped().or(interrupted);
     if let Some((store, session)) = &session_key {
         let guard = forget_guard.clone();
-        store
+        let saved = store
             .save_unless(&scope.tenant, &scope.user, session, &history, move || {
                 !guard.holds()
             })
-            .await?;
+            .await;
+        if let Err(error) = saved {
+            closer.close().await;
+            return Err(error.into());
+        }
     }
     let (usage, cost_usd) = state.totals();
     if let Some((_, options)) = memory
@@ -1258,7 +1452,49 @@ async fn execute_inner(
         finished_at: SystemTime::now(),
     };
     governor.audit_completed(&result);
+    closer.close().await;
     Ok(result)
+}
+
+/// The request and lineage that resume the run `request` names: its
+/// journal loaded for replay.
+pub(crate) async fn prepare_resume(
+    agent: &AgentInner,
+    request: &super::ResumeRequest,
+) -> Result<(RunRequest, Lineage), AgentError> {
+    let Some(settings) = &agent.journal else {
+        return Err(JournalError::NotFound(
+            "this agent does not journal its runs (AgentBuilder::journal), so it cannot resume one"
+                .into(),
+        )
+        .into());
+    };
+    let record = request.find(&settings.journal)?;
+    let corrupt = |what: &str| {
+        JournalError::NotFound(format!(
+            "the journal record of run {} names an invalid {what}",
+            record.run
+        ))
+    };
+    let mut scope = Scope::new(request.tenant.clone(), request.user.clone());
+    scope.run = record.run.parse().map_err(|_| corrupt("run id"))?;
+    scope.session = record
+        .session
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| corrupt("session"))?;
+    scope.metadata = record.metadata.clone();
+    let mut run = RunRequest::new(scope, record.prompt.clone())
+        .architecture(record.architecture.clone())
+        .origin(record.origin.clone());
+    run.output_schema = record.output_schema.clone();
+    let tree = RunJournal::resume(&settings.journal, record, settings.keep_finished).await?;
+    let lineage = Lineage {
+        journal: Some(Arc::new(tree.root())),
+        ..Lineage::root()
+    };
+    Ok((run, lineage))
 }
 
 /// Notes one run may store through the harness's `remember`.
@@ -1273,10 +1509,32 @@ pub struct RunStream {
 
 impl RunStream {
     pub(crate) fn start(agent: Arc<AgentInner>, request: RunRequest) -> Self {
+        Self::spawn(agent, async move { Ok((request, Lineage::root())) })
+    }
+
+    /// The stream of a resumed run.
+    pub(crate) fn resume(agent: Arc<AgentInner>, request: super::ResumeRequest) -> Self {
+        let prepared = agent.clone();
+        Self::spawn(
+            agent,
+            async move { prepare_resume(&prepared, &request).await },
+        )
+    }
+
+    fn spawn(
+        agent: Arc<AgentInner>,
+        prepare: impl std::future::Future<Output = Result<(RunRequest, Lineage), AgentError>>
+        + Send
+        + 'static,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let sink = EventSink::root(tx.clone());
-            let end = match execute(agent, request, Some(sink), Lineage::root()).await {
+            let ran = match prepare.await {
+                Ok((request, lineage)) => execute(agent, request, Some(sink), lineage).await,
+                Err(error) => Err(error),
+            };
+            let end = match ran {
                 Ok(result) => RunEvent::Completed {
                     result: Box::new(result),
                 },

@@ -37,6 +37,8 @@ pub mod host_world {
             default: async,
         },
         exports: { default: async },
+        // The run journal records what the harness hands an architecture.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 

@@ -24,7 +24,8 @@ use super::{Store, StoreError, io, read_table};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// (run id, scope, sequence) → encoded [`JournalEntry`].
@@ -62,6 +63,11 @@ pub enum EntryKind {
     Random = 8,
     /// The tool list.
     Tools = 9,
+    /// The input an architecture invocation was started with.
+    Input = 10,
+    /// One tool call's result, recorded as soon as it finished when its
+    /// turn ran several calls (see [`tool_scope`]).
+    ToolResult = 11,
 }
 
 impl EntryKind {
@@ -76,6 +82,8 @@ impl EntryKind {
             7 => EntryKind::MonotonicClock,
             8 => EntryKind::Random,
             9 => EntryKind::Tools,
+            10 => EntryKind::Input,
+            11 => EntryKind::ToolResult,
             _ => return None,
         })
     }
@@ -144,6 +152,13 @@ pub fn child_scope(parent: &str, seq: u32, index: usize) -> String {
     format!("{parent}.{seq}:{index}")
 }
 
+/// The scope holding the per-call results of the `call-tools` recorded at
+/// `seq` in `parent` (sequence = the call's index among the turn's calls),
+/// so a crash in the middle of a turn loses none of the calls that finished.
+pub fn tool_scope(parent: &str, seq: u32) -> String {
+    format!("{parent}.{seq}t")
+}
+
 /// Whether a journaled run finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,6 +186,19 @@ pub struct JournalRun {
     pub architecture: String,
     /// The prompt.
     pub prompt: String,
+    /// The JSON Schema the answer had to match, if any.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// The run's metadata.
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
+    /// SHA-256 (hex) of the architecture component it ran.
+    #[serde(default)]
+    pub component: String,
+    /// What the caller kept with the run to rebuild its agent on resume
+    /// (the CLI: agent name and model).
+    #[serde(default)]
+    pub origin: serde_json::Value,
     /// Whether it finished.
     pub status: JournalStatus,
     /// When it started, in milliseconds since the Unix epoch.
@@ -191,12 +219,59 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Journal {
     store: Arc<Store>,
+    /// Runs this process is executing now.
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A run this process is executing; dropping it ends that.
+pub struct LiveRun {
+    live: Arc<Mutex<HashSet<String>>>,
+    run: String,
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        lock(&self.live).remove(&self.run);
+    }
+}
+
+fn lock(live: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    match live.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl Journal {
-    /// The journal kept in `store`.
+    /// The journal kept in `store`. The store's file can be open in one
+    /// process at a time, so the runs a journal knows to be live are all
+    /// the live runs of that store: open the journal once per store.
     pub fn new(store: Arc<Store>) -> Self {
-        Journal { store }
+        Journal {
+            store,
+            live: Arc::default(),
+        }
+    }
+
+    /// Note that this process executes `run`; `None` when it already does.
+    pub fn mark_live(&self, run: &str) -> Option<LiveRun> {
+        lock(&self.live).insert(run.to_owned()).then(|| LiveRun {
+            live: self.live.clone(),
+            run: run.to_owned(),
+        })
+    }
+
+    /// The runs a crash (or a cancellation) left unfinished: started, not
+    /// finished, and not being executed by this process. Newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or a record is corrupt.
+    pub fn interrupted(&self) -> Result<Vec<JournalRun>, StoreError> {
+        let mut runs = self.runs(true)?;
+        let live = lock(&self.live);
+        runs.retain(|run| !live.contains(&run.run));
+        Ok(runs)
     }
 
     /// Record that `run` started (or restarted, on resume: its status goes
@@ -205,19 +280,30 @@ impl Journal {
     /// # Errors
     ///
     /// [`StoreError`] when the write fails.
-    pub async fn start(&self, mut run: JournalRun) -> Result<(), StoreError> {
-        run.status = JournalStatus::Running;
-        run.updated_ms = now_ms();
-        let bytes = serde_json::to_vec(&run).map_err(io)?;
+    pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
+        let (key, bytes) = running_record(run)?;
         self.store
-            .write(move |txn| {
-                let mut table = txn.open_table(RUNS).map_err(io)?;
-                table
-                    .insert(run.run.as_str(), bytes.as_slice())
-                    .map_err(io)?;
-                Ok(())
-            })
+            .write(move |txn| put_record(txn, &key, &bytes))
             .await
+    }
+
+    /// [`Self::start`] without waiting: the record is committed, in order,
+    /// with the next write anyone awaits.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the record cannot be encoded.
+    pub fn start_queued(&self, run: JournalRun) -> Result<(), StoreError> {
+        let (key, bytes) = running_record(run)?;
+        self.store.write_then(
+            Box::new(move |txn| put_record(txn, &key, &bytes)),
+            Box::new(|result| {
+                if let Err(error) = result {
+                    tracing::error!(%error, "a run's journal record could not be written");
+                }
+            }),
+        );
+        Ok(())
     }
 
     /// Record `entry` at (`run`, `scope`, `seq`); resolves once committed.
@@ -273,6 +359,60 @@ impl Journal {
         Ok(entries)
     }
 
+    /// Every entry of `run`, all scopes: (scope, sequence, entry), sorted
+    /// by scope then sequence.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or an entry is corrupt.
+    pub fn all_entries(&self, run: &str) -> Result<Vec<(String, u32, JournalEntry)>, StoreError> {
+        let txn = self.store.db().begin_read().map_err(io)?;
+        let Some(table) = read_table(&txn, ENTRIES)? else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for item in table
+            .range((run, "", 0u32)..=(run, "\u{10FFFF}", u32::MAX))
+            .map_err(io)?
+        {
+            let (key, value) = item.map_err(io)?;
+            let (_, scope, seq) = key.value();
+            entries.push((scope.to_owned(), seq, JournalEntry::decode(value.value())?));
+        }
+        Ok(entries)
+    }
+
+    /// Queue `entry` at (`run`, `scope`, `seq`) without waiting: it is
+    /// committed, in order, with the next write anyone awaits (the next
+    /// [`Self::append`] of the run, say). A failed write is logged.
+    pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
+        if entry.payload.len() > MAX_PAYLOAD_BYTES {
+            tracing::warn!(
+                run,
+                scope,
+                seq,
+                "a journal entry too large to keep was dropped"
+            );
+            return;
+        }
+        let key = (run.to_owned(), scope.to_owned(), seq);
+        let bytes = entry.encode();
+        self.store.write_then(
+            Box::new(move |txn| {
+                let mut table = txn.open_table(ENTRIES).map_err(io)?;
+                table
+                    .insert((key.0.as_str(), key.1.as_str(), key.2), bytes.as_slice())
+                    .map_err(io)?;
+                Ok(())
+            }),
+            Box::new(|result| {
+                if let Err(error) = result {
+                    tracing::error!(%error, "a journal entry could not be written");
+                }
+            }),
+        );
+    }
+
     /// Record that `run` finished; with `drop_entries`, its entries are
     /// deleted in the same transaction (retention on completion).
     ///
@@ -282,24 +422,24 @@ impl Journal {
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
         let run = run.to_owned();
         self.store
-            .write(move |txn| {
-                let mut runs = txn.open_table(RUNS).map_err(io)?;
-                let record = runs
-                    .get(run.as_str())
-                    .map_err(io)?
-                    .map(|value| serde_json::from_slice::<JournalRun>(value.value()));
-                if let Some(Ok(mut record)) = record {
-                    record.status = JournalStatus::Finished;
-                    record.updated_ms = now_ms();
-                    let bytes = serde_json::to_vec(&record).map_err(io)?;
-                    runs.insert(run.as_str(), bytes.as_slice()).map_err(io)?;
-                }
-                if drop_entries {
-                    delete_entries(txn, &run)?;
-                }
-                Ok(())
-            })
+            .write(move |txn| finish_in(txn, &run, drop_entries))
             .await
+    }
+
+    /// [`Self::finish`] without waiting; `live` (the run's mark as executed
+    /// by this process) is dropped once the write is committed, so the run
+    /// is never listed as interrupted in between.
+    pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
+        let run = run.to_owned();
+        self.store.write_then(
+            Box::new(move |txn| finish_in(txn, &run, drop_entries)),
+            Box::new(move |result| {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "a finished run's journal could not be closed");
+                }
+                drop(live);
+            }),
+        );
     }
 
     /// Every journaled run, optionally only those still running (the ones
@@ -381,6 +521,44 @@ impl Journal {
     }
 }
 
+/// `run` as a running record: its key and JSON.
+fn running_record(mut run: JournalRun) -> Result<(String, Vec<u8>), StoreError> {
+    run.status = JournalStatus::Running;
+    run.updated_ms = now_ms();
+    let bytes = serde_json::to_vec(&run).map_err(io)?;
+    Ok((run.run, bytes))
+}
+
+fn put_record(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(RUNS).map_err(io)?;
+    table.insert(key, bytes).map_err(io)?;
+    Ok(())
+}
+
+/// Mark `run` finished in `txn`, deleting its entries with `drop_entries`.
+fn finish_in(
+    txn: &redb::WriteTransaction,
+    run: &str,
+    drop_entries: bool,
+) -> Result<(), StoreError> {
+    let mut runs = txn.open_table(RUNS).map_err(io)?;
+    let record = runs
+        .get(run)
+        .map_err(io)?
+        .map(|value| serde_json::from_slice::<JournalRun>(value.value()));
+    if let Some(Ok(mut record)) = record {
+        record.status = JournalStatus::Finished;
+        record.updated_ms = now_ms();
+        let bytes = serde_json::to_vec(&record).map_err(io)?;
+        runs.insert(run, bytes.as_slice()).map_err(io)?;
+    }
+    drop(runs);
+    if drop_entries {
+        delete_entries(txn, run)?;
+    }
+    Ok(())
+}
+
 /// Delete every entry of `run`, all scopes.
 fn delete_entries(txn: &redb::WriteTransaction, run: &str) -> Result<(), StoreError> {
     let mut table = txn.open_table(ENTRIES).map_err(io)?;
@@ -412,6 +590,10 @@ mod tests {
             agent: None,
             architecture: "react".into(),
             prompt: "hi".into(),
+            output_schema: None,
+            metadata: Vec::new(),
+            component: String::new(),
+            origin: serde_json::Value::Null,
             status: JournalStatus::Finished,
             started_ms,
             updated_ms: 0,

@@ -1,0 +1,598 @@
+//! Recording and replaying what one run's architectures receive.
+//!
+//! An architecture sees the world only through the import gate, so the
+//! gate is where a run is journaled: every result it hands the guest (a
+//! completion, tool results, a sub-agent's output, recollections, clock
+//! readings, random bytes, the tool list, and the input each invocation
+//! started with) is first written to the store (`store::journal`) under
+//! the invocation's scope and the step's sequence number, with a
+//! fingerprint of the request it answers.
+//!
+//! A resumed run re-instantiates its architecture with the journal loaded:
+//! each step then takes the recorded result instead of doing the work, as
+//! long as the request's fingerprint matches, and goes live at the first
+//! step with no record. A request that does not match its record stops the
+//! run with [`JournalError::Diverged`]: the component or its input changed,
+//! and going on would silently mix two different runs.
+//!
+//! Steps that do work outside the host (model calls, tools, sub-agents,
+//! memory) are durable before their result reaches the guest; clock and
+//! random readings are queued and committed with the next such step, so
+//! nothing a later effect depends on is lost.
+
+use crate::store::StoreError;
+use crate::store::journal::{
+    EntryKind, Journal, JournalEntry, JournalRun, LiveRun, ROOT_SCOPE, child_scope, fingerprint,
+    tool_scope,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Entries one run tree may journal (a guest reading its clock in a loop
+/// meets this cap instead of filling the disk).
+pub const MAX_ENTRIES_PER_RUN: u32 = 200_000;
+
+/// Bytes of payload one run tree may journal.
+pub const MAX_BYTES_PER_RUN: u64 = 256 << 20;
+
+/// Why a run could not be journaled or resumed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// A resumed run asked for something other than what its journal
+    /// recorded at that step.
+    #[error(
+        "the resumed run diverged from its journal at step {seq} of scope {scope}: the journal \
+         recorded {recorded}, and the architecture now asked for {asked} with a different \
+         request. The architecture component or the run's input changed since the run started; \
+         it cannot be resumed (start it again with `loom run`)"
+    )]
+    Diverged {
+        /// The invocation's scope.
+        scope: String,
+        /// The step.
+        seq: u32,
+        /// What the journal holds there.
+        recorded: String,
+        /// What was asked.
+        asked: String,
+    },
+    /// The architecture component is not the one the run started with.
+    #[error(
+        "architecture `{architecture}` changed since run {run} started (component sha256 \
+         {recorded} then, {now} now); a run resumes only on the component it ran. Put the \
+         earlier component back to resume it, or start the run again"
+    )]
+    ComponentChanged {
+        /// The run.
+        run: String,
+        /// The architecture's name.
+        architecture: String,
+        /// The component's digest when the run started.
+        recorded: String,
+        /// Its digest now.
+        now: String,
+    },
+    /// No unfinished run matches.
+    #[error("{0}")]
+    NotFound(String),
+    /// The run is being executed by this process right now.
+    #[error("run {0} is running in this process; it can be resumed only once it stopped")]
+    Live(String),
+    /// The run tree reached the journal's caps.
+    #[error(
+        "the run journaled more than {MAX_ENTRIES_PER_RUN} results or {MAX_BYTES_PER_RUN} bytes; \
+         it was stopped so its journal cannot fill the disk"
+    )]
+    Full,
+    /// A recorded result could not be decoded.
+    #[error("the journal entry at step {seq} of scope {scope} is corrupt: {message}")]
+    Corrupt {
+        /// The invocation's scope.
+        scope: String,
+        /// The step.
+        seq: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store failed.
+    #[error("the run journal could not be written or read: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The journal of one run and all its sub-agents.
+pub(crate) struct RunJournal {
+    journal: Journal,
+    run: String,
+    /// Entries recorded before the run was resumed: scope → seq → entry,
+    /// taken as the steps replay.
+    replay: Mutex<HashMap<String, BTreeMap<u32, JournalEntry>>>,
+    resumed: bool,
+    /// The first divergence or failure; every later step refuses.
+    failed: OnceLock<JournalError>,
+    entries: AtomicU32,
+    bytes: AtomicU64,
+    /// Whether the journal keeps the run's entries when it finishes.
+    keep_on_finish: bool,
+    /// SHA-256 of the architecture component the run started on.
+    component: String,
+    /// Entries recorded before a resume.
+    recorded: u32,
+    /// The run's mark as executed by this process; handed to the write
+    /// that finishes it.
+    live: Mutex<Option<LiveRun>>,
+}
+
+impl RunJournal {
+    /// Start journaling `record`'s run.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError`] when the store fails.
+    pub(crate) async fn start(
+        journal: &Journal,
+        record: JournalRun,
+        keep_on_finish: bool,
+    ) -> Result<Arc<Self>, JournalError> {
+        let live = journal
+            .mark_live(&record.run)
+            .ok_or_else(|| JournalError::Live(record.run.clone()))?;
+        let run = record.run.clone();
+        let component = record.component.clone();
+        // Committed with the run's first awaited entry.
+        journal.start_queued(record)?;
+        Ok(Arc::new(RunJournal {
+            journal: journal.clone(),
+            run,
+            replay: Mutex::new(HashMap::new()),
+            resumed: false,
+            failed: OnceLock::new(),
+            entries: AtomicU32::new(0),
+            bytes: AtomicU64::new(0),
+            keep_on_finish,
+            component,
+            recorded: 0,
+            live: Mutex::new(Some(live)),
+        }))
+    }
+
+    /// Resume `record`'s run: its entries are loaded for replay.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError`] when the store fails or the run is live here.
+    pub(crate) async fn resume(
+        journal: &Journal,
+        record: JournalRun,
+        keep_on_finish: bool,
+    ) -> Result<Arc<Self>, JournalError> {
+        let live = journal
+            .mark_live(&record.run)
+            .ok_or_else(|| JournalError::Live(record.run.clone()))?;
+        let run = record.run.clone();
+        let mut replay: HashMap<String, BTreeMap<u32, JournalEntry>> = HashMap::new();
+        let mut bytes = 0u64;
+        let mut count = 0u32;
+        for (scope, seq, entry) in journal.all_entries(&run)? {
+            bytes += entry.payload.len() as u64;
+            count += 1;
+            replay.entry(scope).or_default().insert(seq, entry);
+        }
+        let component = record.component.clone();
+        journal.start(record).await?;
+        Ok(Arc::new(RunJournal {
+            journal: journal.clone(),
+            run,
+            replay: Mutex::new(replay),
+            resumed: true,
+            failed: OnceLock::new(),
+            entries: AtomicU32::new(count),
+            bytes: AtomicU64::new(bytes),
+            keep_on_finish,
+            component,
+            recorded: count,
+            live: Mutex::new(Some(live)),
+        }))
+    }
+
+    /// The journal of the top-level invocation.
+    pub(crate) fn root(self: &Arc<Self>) -> ScopeJournal {
+        ScopeJournal::new(Some(self.clone()), self.run.clone(), ROOT_SCOPE.to_owned())
+    }
+
+    /// Whether this run was resumed from a crash.
+    pub(crate) fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// SHA-256 of the architecture component the run started on.
+    pub(crate) fn component(&self) -> &str {
+        &self.component
+    }
+
+    /// Entries the journal held when the run was resumed.
+    pub(crate) fn recorded(&self) -> u32 {
+        self.recorded
+    }
+
+    /// Record that the run finished (its entries dropped unless kept),
+    /// committed with the store's next batch: until then the run still
+    /// counts as live, never as interrupted.
+    pub(crate) fn finish(&self) {
+        let live = match self.live.lock() {
+            Ok(mut live) => live.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(live) = live {
+            self.journal
+                .finish_queued(&self.run, !self.keep_on_finish, live);
+        }
+    }
+
+    /// What stopped journaling, if anything did.
+    pub(crate) fn failure(&self) -> Option<JournalError> {
+        self.failed.get().cloned()
+    }
+
+    fn fail(&self, error: JournalError) -> JournalError {
+        let _ = self.failed.set(error.clone());
+        self.failed.get().cloned().unwrap_or(error)
+    }
+
+    fn take(&self, scope: &str, seq: u32) -> Option<JournalEntry> {
+        let mut replay = match self.replay.lock() {
+            Ok(replay) => replay,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entries = replay.get_mut(scope)?;
+        let entry = entries.remove(&seq);
+        if entries.is_empty() {
+            replay.remove(scope);
+        }
+        entry
+    }
+
+    /// Count an entry of `bytes` against the caps.
+    fn admit(&self, bytes: usize) -> Result<(), JournalError> {
+        let entries = self.entries.fetch_add(1, Ordering::Relaxed);
+        let total = self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if entries >= MAX_ENTRIES_PER_RUN || total + bytes as u64 > MAX_BYTES_PER_RUN {
+            return Err(self.fail(JournalError::Full));
+        }
+        Ok(())
+    }
+}
+
+/// A step that found no record: its work runs live, then is recorded.
+#[derive(Debug)]
+pub(crate) struct LiveStep {
+    seq: u32,
+    kind: EntryKind,
+    fingerprint: [u8; 32],
+    /// The first live step of an invocation of a resumed run: its work may
+    /// have been under way when the run stopped.
+    pub(crate) maybe_repeated: bool,
+}
+
+impl LiveStep {
+    /// The step's sequence number in its invocation.
+    pub(crate) fn seq(&self) -> u32 {
+        self.seq
+    }
+}
+
+/// What a step does: replay a recorded result, or go live.
+pub(crate) enum Step<T> {
+    /// The recorded result.
+    Replayed(T),
+    /// No record: do the work and [`ScopeJournal::record`] it.
+    Live(LiveStep),
+}
+
+/// The journal of one architecture invocation (the top-level run or one
+/// sub-agent): its scope and its step counter. Without a run journal it
+/// only counts steps (idempotency keys stay stable either way).
+pub(crate) struct ScopeJournal {
+    tree: Option<Arc<RunJournal>>,
+    /// The top-level run's id.
+    run: String,
+    scope: String,
+    seq: AtomicU32,
+    /// No live step has run yet in this invocation.
+    fresh: AtomicBool,
+}
+
+impl ScopeJournal {
+    fn new(tree: Option<Arc<RunJournal>>, run: String, scope: String) -> Self {
+        ScopeJournal {
+            tree,
+            run,
+            scope,
+            seq: AtomicU32::new(0),
+            fresh: AtomicBool::new(true),
+        }
+    }
+
+    /// An invocation of a run that is not journaled.
+    pub(crate) fn unjournaled(run: String) -> Self {
+        ScopeJournal::new(None, run, ROOT_SCOPE.to_owned())
+    }
+
+    /// The journal of the sub-agent started by the delegation at `seq`,
+    /// the `index`th of its batch.
+    pub(crate) fn child(&self, seq: u32, index: usize) -> ScopeJournal {
+        ScopeJournal::new(
+            self.tree.clone(),
+            self.run.clone(),
+            child_scope(&self.scope, seq, index),
+        )
+    }
+
+    /// The run tree's journal, if the run is journaled.
+    pub(crate) fn tree(&self) -> Option<&Arc<RunJournal>> {
+        self.tree.as_ref()
+    }
+
+    /// The idempotency key of the `index`th tool call of the `call-tools`
+    /// at step `seq`: the same each time this call runs, a resumed run's
+    /// included.
+    pub(crate) fn tool_key(&self, seq: u32, index: usize) -> String {
+        format!("{}:{}:{seq}:{index}", self.run, self.scope)
+    }
+
+    /// Take the next step: its record when the run is replaying, else a
+    /// live step to record. `request` identifies what is asked.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Diverged`] when the record answers another request,
+    /// [`JournalError::Corrupt`] when it cannot be decoded, or the failure
+    /// that stopped the journal earlier.
+    pub(crate) fn step<T: DeserializeOwned>(
+        &self,
+        kind: EntryKind,
+        request: &[u8],
+    ) -> Result<Step<T>, JournalError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let print = fingerprint(request);
+        let Some(tree) = &self.tree else {
+            return Ok(Step::Live(LiveStep {
+                seq,
+                kind,
+                fingerprint: print,
+                maybe_repeated: false,
+            }));
+        };
+        if let Some(error) = tree.failure() {
+            return Err(error);
+        }
+        if let Some(entry) = tree.take(&self.scope, seq) {
+            if entry.kind != kind || entry.fingerprint != print {
+                return Err(tree.fail(JournalError::Diverged {
+                    scope: self.scope.clone(),
+                    seq,
+                    recorded: kind_name(entry.kind).to_owned(),
+                    asked: kind_name(kind).to_owned(),
+                }));
+            }
+            let value = serde_json::from_slice(&entry.payload).map_err(|e| {
+                tree.fail(JournalError::Corrupt {
+                    scope: self.scope.clone(),
+                    seq,
+                    message: e.to_string(),
+                })
+            })?;
+            return Ok(Step::Replayed(value));
+        }
+        let maybe_repeated = tree.resumed && self.fresh.swap(false, Ordering::Relaxed);
+        Ok(Step::Live(LiveStep {
+            seq,
+            kind,
+            fingerprint: print,
+            maybe_repeated,
+        }))
+    }
+
+    fn entry<T: Serialize>(
+        &self,
+        step: &LiveStep,
+        value: &T,
+    ) -> Result<JournalEntry, JournalError> {
+        let payload = serde_json::to_vec(value).map_err(|e| JournalError::Corrupt {
+            scope: self.scope.clone(),
+            seq: step.seq,
+            message: e.to_string(),
+        })?;
+        Ok(JournalEntry {
+            kind: step.kind,
+            fingerprint: step.fingerprint,
+            payload,
+        })
+    }
+
+    /// Record `value` as the result of `step`; resolves once durable.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError`] when the journal is full or the store fails; the
+    /// run must stop, since a resume could not reproduce it.
+    pub(crate) async fn record<T: Serialize>(
+        &self,
+        step: &LiveStep,
+        value: &T,
+    ) -> Result<(), JournalError> {
+        let Some(tree) = &self.tree else {
+            return Ok(());
+        };
+        let entry = self.entry(step, value)?;
+        tree.admit(entry.payload.len())?;
+        tree.journal
+            .append(&self.run, &self.scope, step.seq, &entry)
+            .await
+            .map_err(|e| tree.fail(e.into()))
+    }
+
+    /// Record `value` as the result of `step` without waiting: it becomes
+    /// durable with the next [`Self::record`] (for readings of clocks and
+    /// randomness, which the host hands out synchronously).
+    pub(crate) fn record_queued<T: Serialize>(&self, step: &LiveStep, value: &T) {
+        let Some(tree) = &self.tree else {
+            return;
+        };
+        let recorded = self
+            .entry(step, value)
+            .and_then(|entry| tree.admit(entry.payload.len()).map(|()| entry));
+        match recorded {
+            Ok(entry) => tree
+                .journal
+                .append_queued(&self.run, &self.scope, step.seq, &entry),
+            Err(error) => {
+                tree.fail(error);
+            }
+        }
+    }
+
+    /// Note a failure that must stop the run (from a synchronous step,
+    /// which cannot refuse the guest); the next step reports it.
+    pub(crate) fn fail(&self, error: JournalError) {
+        if let Some(tree) = &self.tree {
+            tree.fail(error);
+        }
+    }
+}
+
+/// The journal of one `call-tools` turn, handed to the calls: their
+/// idempotency keys, what a resumed run recorded for each, and a recorder
+/// for each as it finishes (when the turn runs several).
+pub(crate) struct TurnJournal {
+    journal: Arc<ScopeJournal>,
+    seq: u32,
+    /// The turn may have been under way when the run stopped.
+    pub(crate) maybe_repeated: bool,
+}
+
+impl TurnJournal {
+    /// The journal of the turn at `step`.
+    pub(crate) fn new(journal: &Arc<ScopeJournal>, step: &LiveStep) -> Self {
+        TurnJournal {
+            journal: journal.clone(),
+            seq: step.seq,
+            maybe_repeated: step.maybe_repeated,
+        }
+    }
+
+    /// The idempotency key of the `index`th call.
+    pub(crate) fn key(&self, index: usize) -> String {
+        self.journal.tool_key(self.seq, index)
+    }
+
+    /// The result recorded for the `index`th call before the run stopped,
+    /// when that call finished then and `call` is the same call.
+    pub(crate) fn recorded<T: DeserializeOwned>(&self, index: usize, call: &[u8]) -> Option<T> {
+        let tree = self.journal.tree.as_ref()?;
+        if !tree.resumed {
+            return None;
+        }
+        let scope = tool_scope(&self.journal.scope, self.seq);
+        let entry = tree.take(&scope, u32::try_from(index).ok()?)?;
+        if entry.kind != EntryKind::ToolResult || entry.fingerprint != fingerprint(call) {
+            return None;
+        }
+        serde_json::from_slice(&entry.payload).ok()
+    }
+
+    /// A recorder to move into the calls' tasks (none unjournaled).
+    pub(crate) fn recorder(&self) -> Option<CallRecorder> {
+        Some(CallRecorder {
+            tree: self.journal.tree.clone()?,
+            run: self.journal.run.clone(),
+            scope: tool_scope(&self.journal.scope, self.seq),
+        })
+    }
+}
+
+/// Records each call of one turn as it finishes, so a crash mid-turn
+/// repeats only the calls that had not.
+#[derive(Clone)]
+pub(crate) struct CallRecorder {
+    tree: Arc<RunJournal>,
+    run: String,
+    scope: String,
+}
+
+impl CallRecorder {
+    /// Record the `index`th call's `result`; `call` identifies the call.
+    pub(crate) async fn record<T: Serialize>(&self, index: usize, call: &[u8], result: &T) {
+        let Ok(payload) = serde_json::to_vec(result) else {
+            return;
+        };
+        let Ok(seq) = u32::try_from(index) else {
+            return;
+        };
+        let entry = JournalEntry::new(EntryKind::ToolResult, call, payload);
+        if self.tree.admit(entry.payload.len()).is_err() {
+            return;
+        }
+        if let Err(error) = self
+            .tree
+            .journal
+            .append(&self.run, &self.scope, seq, &entry)
+            .await
+        {
+            self.tree.fail(error.into());
+        }
+    }
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Completion => "a model completion",
+        EntryKind::ToolResults => "tool results",
+        EntryKind::Delegation => "a sub-agent's output",
+        EntryKind::Recall => "a recall",
+        EntryKind::Remember => "a remember",
+        EntryKind::WallClock => "a wall-clock reading",
+        EntryKind::MonotonicClock => "a monotonic-clock reading",
+        EntryKind::Random => "random bytes",
+        EntryKind::Tools => "the tool list",
+        EntryKind::Input => "the architecture's input",
+        EntryKind::ToolResult => "a tool result",
+    }
+}
+
+/// Encode a request for its fingerprint.
+pub(crate) fn request_bytes<T: Serialize + ?Sized>(request: &T) -> Vec<u8> {
+    serde_json::to_vec(request).unwrap_or_default()
+}
+
+/// Closes a top-level run's journal on the paths that finish the run. A
+/// run dropped before (its stream dropped, its process killed) stays
+/// unfinished in the journal, and [`crate::agent::Agent::resume`] can
+/// finish it.
+pub(crate) struct JournalCloser(Option<Arc<RunJournal>>);
+
+impl JournalCloser {
+    /// A closer of `tree` (none: nothing to close).
+    pub(crate) fn new(tree: Option<Arc<RunJournal>>) -> Self {
+        JournalCloser(tree)
+    }
+
+    /// Record that the run finished.
+    pub(crate) async fn close(self) {
+        if let Some(tree) = self.0 {
+            tree.finish();
+        }
+    }
+}
+
+/// Journaling settings of an agent.
+#[derive(Clone)]
+pub struct JournalSettings {
+    /// The journal (the host's: [`crate::Host::journal`]).
+    pub journal: Journal,
+    /// Keep a run's entries after it finished (default: dropped, only its
+    /// record stays; `loom runtime prune` deletes old records).
+    pub keep_finished: bool,
+}
