@@ -139,6 +139,13 @@ level = "info"
 # headers = { "x-api-key" = { from_host = "OTLP_KEY" } }
 # timeout_ms = 10000
 
+# Crash-resumable runs: every result an architecture receives is committed
+# before it sees it, so `loom resume` can finish a run a crash cut short.
+[journal]
+enabled = true
+keep_finished = false    # keep a finished run's entries (default: dropped)
+max_age_hours = 168      # `loom runtime prune` deletes journals older than this
+
 # Documents for retrieval (`loom docs ingest|search`), one index per tenant
 # under <data_dir>/docs. Without [retrieval.embeddings], search is BM25 only.
 [retrieval]
@@ -239,6 +246,7 @@ mod tests {
             "[[tenants.default.policies]]",
             "[audit]",
             "[retrieval]",
+            "[journal]",
             "[telemetry]",
             "[telemetry.otlp]",
             "[agent]",

@@ -6,6 +6,7 @@ mod init;
 mod memory;
 mod plugins;
 mod run;
+mod runs;
 mod scope;
 mod tool;
 
@@ -39,6 +40,21 @@ enum Command {
         #[command(flatten)]
         args: run::RunArgs,
     },
+    /// Resume a run that a crash (or a cancellation) left unfinished: its
+    /// journal replays (no model call billed twice, no finished tool call
+    /// run again), then it goes on live to its answer.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: run::ResumeArgs,
+    },
+    /// Journaled runs: which ones a crash left unfinished.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Maintenance of the host's stored state.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
     /// List and inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -66,6 +82,31 @@ enum Command {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// List journaled runs, newest first, with the `loom resume` command
+    /// of each interrupted one.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: runs::ListArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
+    /// Delete the journals of runs not changed for longer than
+    /// --older-than (default: [journal] max_age_hours), finished or not.
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// An age: 90s, 15m, 12h, 7d, 2w.
+        #[arg(long)]
+        older_than: Option<String>,
     },
 }
 
@@ -226,6 +267,9 @@ impl Cli {
     fn config_arg(&self) -> Option<&ConfigArg> {
         match &self.command {
             Command::Run { config, .. }
+            | Command::Resume { config, .. }
+            | Command::Runs(RunsCommand::List { config, .. })
+            | Command::Runtime(RuntimeCommand::Prune { config, .. })
             | Command::Plugins(PluginsCommand::List { config, .. })
             | Command::Plugins(PluginsCommand::Inspect { config, .. })
             | Command::Tool(ToolCommand::Call { config, .. })
@@ -262,6 +306,11 @@ pub fn install_telemetry(cli: &Cli) -> anyhow::Result<loom_host::telemetry::Tele
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, args } => run::run(config.load()?, args).await,
+        Command::Resume { config, args } => run::resume(config.load()?, args).await,
+        Command::Runs(RunsCommand::List { config, args }) => runs::list(&config.load()?, &args),
+        Command::Runtime(RuntimeCommand::Prune { config, older_than }) => {
+            runs::prune(&config.load()?, older_than.as_deref()).await
+        }
         Command::Plugins(PluginsCommand::List {
             config,
             tenant,

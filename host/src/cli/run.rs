@@ -1,7 +1,8 @@
 //! `loom run`: run the configured agent for one prompt, showing progress live.
 
 use anyhow::Context;
-use loom_host::agent::{Agent, RunEvent, RunRequest};
+use loom_host::agent::{Agent, JournalSettings, ResumeRequest, RunEvent, RunRequest};
+use loom_host::config::AgentSettings;
 use loom_host::engine::boundary::{escape_text, terminal_safe};
 use loom_host::model::pricing::PriceTable;
 use loom_host::model::spec::from_spec;
@@ -36,33 +37,21 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// How the CLI built a run's agent, kept with the run's journal so
+/// `loom resume` builds the same one.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Origin {
+    /// `--agent`: the named agent of [agents.NAME], else [agent].
+    agent: Option<String>,
+    /// `--model`, else the agent's model.
+    model: Option<String>,
+    /// `--arch`, else the agent's architecture.
+    arch: Option<String>,
+}
+
 /// Run the agent and print its progress and answer.
 pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let scope = args.scope.scope(&config)?;
-    let settings = match &args.agent {
-        None => config.agent.clone(),
-        Some(name) => config.agents.get(name).cloned().with_context(|| {
-            let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
-            format!(
-                "--agent {name}: no [agents.{name}] in the configuration (configured: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )
-        })?,
-    };
-    let spec = args.model.or_else(|| settings.model.clone()).context(
-        "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
-         anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",
-    )?;
-    let model = from_spec(
-        &spec,
-        &config.models,
-        &loom_host::model::spec::retry_policy(&config.retry),
-        &config.base_dir,
-    )?;
     let schema = match &args.schema {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -74,19 +63,131 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let prices = PriceTable::new(config.pricing.clone());
+    let origin = Origin {
+        agent: args.agent,
+        model: args.model,
+        arch: args.arch,
+    };
+    // Checked before the host starts: a wrong name fails fast.
+    settings_of(&config, &origin)?;
     let host = Arc::new(Host::start(config).await?);
-    let sessions = host.sessions();
+    prune_old_journals(&host).await;
+    let agent = build_agent(&host, &origin, args.json)?;
+    let mut request = RunRequest::new(scope, args.prompt).origin(serde_json::to_value(&origin)?);
+    if let Some(schema) = schema {
+        request = request.output_schema(schema);
+    }
+    let mut stream = agent.stream(request);
+    let code = show(&mut stream, args.json).await;
+    // Budget counters and audit entries are durable before loom exits.
+    if let Err(error) = host.flush().await {
+        eprintln!("loom: {error}");
+    }
+    code
+}
+
+/// What `loom resume` was asked.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub scope: super::scope::ScopeArgs,
+    /// The run to resume (default: the user's newest interrupted run, in
+    /// --session when given).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Resume an interrupted run with the agent it ran, and print the rest of
+/// its progress and its answer.
+pub async fn resume(config: LoomConfig, args: ResumeArgs) -> anyhow::Result<ExitCode> {
+    let scope = args.scope.scope(&config)?;
+    let mut request = ResumeRequest::new(scope.tenant, scope.user);
+    if let Some(session) = scope.session {
+        request = request.session(session);
+    }
+    if let Some(run) = &args.run {
+        request = request.run(run.parse().context("--run")?);
+    }
+    let host = Arc::new(Host::start(config).await?);
+    let record = request.find(host.journal())?;
+    let origin: Origin = serde_json::from_value(record.origin.clone()).unwrap_or_default();
+    let agent = build_agent(&host, &origin, args.json).with_context(|| {
+        format!(
+            "run {} cannot be resumed with the current configuration",
+            record.run
+        )
+    })?;
+    let mut stream = agent.resume_stream(request.run(record.run.parse().context("run id")?));
+    let code = show(&mut stream, args.json).await;
+    if let Err(error) = host.flush().await {
+        eprintln!("loom: {error}");
+    }
+    code
+}
+
+/// Delete journals older than `[journal] max_age_hours`; a failure is
+/// only reported.
+async fn prune_old_journals(host: &Host) {
+    let hours = host.config().journal.max_age_hours;
+    if hours == 0 {
+        return;
+    }
+    let age = std::time::Duration::from_secs(hours.saturating_mul(3600));
+    if let Err(error) = host.journal().prune(age).await {
+        eprintln!("loom: old run journals could not be pruned: {error}");
+    }
+}
+
+/// The agent settings `origin` names.
+fn settings_of(config: &LoomConfig, origin: &Origin) -> anyhow::Result<AgentSettings> {
+    match &origin.agent {
+        None => Ok(config.agent.clone()),
+        Some(name) => config.agents.get(name).cloned().with_context(|| {
+            let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+            format!(
+                "--agent {name}: no [agents.{name}] in the configuration (configured: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        }),
+    }
+}
+
+/// The agent `origin` names, on `host`, journaling its runs unless
+/// `[journal] enabled = false`; an interactive approver when stdin is a
+/// terminal and the output is not JSON.
+fn build_agent(host: &Arc<Host>, origin: &Origin, json: bool) -> anyhow::Result<Agent> {
+    let config = host.config();
+    let settings = settings_of(config, origin)?;
+    let spec = origin.model.clone().or_else(|| settings.model.clone()).context(
+        "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
+         anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",
+    )?;
+    let retry = loom_host::model::spec::retry_policy(&config.retry);
+    let model = from_spec(&spec, &config.models, &retry, &config.base_dir)?;
+    let prices = PriceTable::new(config.pricing.clone());
     let mut builder = Agent::builder(settings.instructions)
         .host(host.clone())
         .model(model)
-        .architecture(args.arch.unwrap_or(settings.architecture))
+        .architecture(origin.arch.clone().unwrap_or(settings.architecture))
         .max_turns(settings.max_turns)
         .output_retries(settings.output_retries)
         .run_timeout(std::time::Duration::from_millis(settings.run_timeout_ms))
         .prices(prices)
-        .sessions(sessions)
+        .sessions(host.sessions())
         .retrieval(settings.retrieval);
+    if config.journal.enabled {
+        builder = builder.journal(JournalSettings {
+            journal: host.journal().clone(),
+            keep_finished: config.journal.keep_finished,
+        });
+    }
     if let Some(tools) = settings.tools {
         builder = builder.tools(tools);
     }
@@ -95,13 +196,8 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     }
     builder = builder.workers(settings.workers);
     for (role, spec) in &settings.role_models {
-        let model = from_spec(
-            spec,
-            &host.config().models,
-            &loom_host::model::spec::retry_policy(&host.config().retry),
-            &host.config().base_dir,
-        )
-        .with_context(|| format!("[agent.role_models] {role}"))?;
+        let model = from_spec(spec, &config.models, &retry, &config.base_dir)
+            .with_context(|| format!("[agent.role_models] {role}"))?;
         builder = builder.role_model(role.clone(), model);
     }
     let memory = &settings.memory;
@@ -117,31 +213,15 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
             },
         );
         if let Some(spec) = &memory.extraction_model {
-            let model = from_spec(
-                spec,
-                &host.config().models,
-                &loom_host::model::spec::retry_policy(&host.config().retry),
-                &host.config().base_dir,
-            )
-            .context("[agent.memory] extraction_model")?;
+            let model = from_spec(spec, &config.models, &retry, &config.base_dir)
+                .context("[agent.memory] extraction_model")?;
             builder = builder.extraction_model(model);
         }
     }
-    if std::io::stdin().is_terminal() && !args.json {
+    if std::io::stdin().is_terminal() && !json {
         builder = builder.approver(Arc::new(super::govern::TerminalApprover::new()));
     }
-    let agent = builder.build()?;
-    let mut request = RunRequest::new(scope, args.prompt);
-    if let Some(schema) = schema {
-        request = request.output_schema(schema);
-    }
-    let mut stream = agent.stream(request);
-    let code = show(&mut stream, args.json).await;
-    // Budget counters and audit entries are durable before loom exits.
-    if let Err(error) = host.flush().await {
-        eprintln!("loom: {error}");
-    }
-    code
+    Ok(builder.build()?)
 }
 
 /// Print the run's events as they come; the exit code.
@@ -185,6 +265,18 @@ async fn show(stream: &mut loom_host::agent::RunStream, json: bool) -> anyhow::R
                 };
                 eprintln!("run {run_id} ({architecture}{session})");
             }
+            RunEvent::Resumed { run_id, recorded } => {
+                eprintln!("resuming run {run_id}: replaying {recorded} recorded result(s)");
+            }
+            RunEvent::ToolRerun {
+                name,
+                idempotency_key,
+                ..
+            } => eprintln!(
+                "! {name} runs again after the interruption and is not marked idempotent: it may \
+                 have acted once already (idempotency key {})",
+                escape_text(&idempotency_key, 200)
+            ),
             RunEvent::ModelChunk { delta, role } => {
                 if streamed_text && role != streaming_role {
                     println!();
@@ -290,6 +382,16 @@ fn sub_agent_line(event: &RunEvent) -> Option<String> {
             architecture,
             ..
         } => format!("run {run_id} ({architecture})"),
+        RunEvent::Resumed { .. } => return None,
+        RunEvent::ToolRerun {
+            name,
+            idempotency_key,
+            ..
+        } => format!(
+            "! {name} runs again after the interruption and is not marked idempotent \
+             (idempotency key {})",
+            escape_text(idempotency_key, 200)
+        ),
         RunEvent::ModelChunk { .. } | RunEvent::SubAgent { .. } => return None,
         RunEvent::ToolCall {
             name, arguments, ..
