@@ -972,3 +972,197 @@ fn a_custom_architecture_in_a_tenant_directory_serves_that_tenant_only() {
         "{stdout}"
     );
 }
+
+/// A react agent whose script calls `record_effect` (a tool that logs each
+/// attempt and each idempotency key's first effect) in four turns, each
+/// waiting `each_ms` and the third `slow_ms`, then answers; the user's
+/// spend is capped so the ledger counts it.
+fn crash_setup(each_ms: u64, slow_ms: u64) -> TestEnv {
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    env.add_plugin(
+        components::FIXTURE_SLOW,
+        "slow",
+        Some("version = \"0.1.0\"\n[capabilities]\nfiles = [{ path = \"/fx\", write = true }]\n"),
+    );
+    env.mkdir("fx");
+    let call = |label: &str, ms: u64| {
+        format!(
+            "  - text: \"\"\n    tool_calls:\n      - name: record_effect\n        arguments: {{ dir: \"/fx\", label: \"{label}\", ms: {ms} }}\n"
+        )
+    };
+    std::fs::write(
+        env.path().join("script.yaml"),
+        format!(
+            "turns:\n{}{}{}{}  - text: \"finished after {{last_tool_result}}\"\n",
+            call("a", each_ms),
+            call("b", each_ms),
+            call("c", slow_ms),
+            call("d", each_ms)
+        ),
+    )
+    .unwrap();
+    env.config(
+        "[agent]\nmodel = \"scripted:script.yaml\"\n\
+         [tenants.acme.grants]\nfiles = [{ host = \"fx\", guest = \"/fx\", write = true }]\n\
+         [tenants.acme.permissions]\nmode = \"bypass\"\n\
+         [tenants.acme.user_budgets]\ntokens_per_day = 1000000\nmodel_calls_per_day = 1000\n\
+         tool_calls_per_day = 1000\nruns_per_day = 1000\n",
+    );
+    env
+}
+
+/// The labels of `fx/<name>`'s lines (`<key> <label>`), and their keys.
+fn effect_log(env: &TestEnv, name: &str) -> (Vec<String>, Vec<String>) {
+    std::fs::read_to_string(env.path().join("fx").join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (key, label) = line.rsplit_once(' ').unwrap();
+            (label.to_owned(), key.to_owned())
+        })
+        .unzip()
+}
+
+/// Start `loom run` for ann in `session`; kill it with SIGKILL `delay_ms`
+/// after `record_effect` call `label` has started.
+fn run_and_kill_at(env: &TestEnv, session: &str, label: &str, delay_ms: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["run", "--user", "ann", "--session", session, "go"])
+        .arg("--config")
+        .arg(env.path().join("loom.toml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start loom");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !effect_log(env, "attempts.log").0.iter().any(|l| l == label) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "call {label} never started"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("loom ended before call {label} started: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    // Child::kill sends SIGKILL: no destructor, no flush, no goodbye.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// What `loom budget show --json` reports ann used, by cap key.
+fn used(env: &TestEnv) -> Vec<(String, f64)> {
+    let out = loom(
+        env,
+        &[
+            "budget", "show", "--tenant", "acme", "--user", "ann", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    shown["caps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cap| {
+            (
+                format!("{} {}", cap["level"], cap["key"]),
+                cap["used"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_the_same_answer_with_every_finished_call_run_once() {
+    // The same run uninterrupted, for the answer and the spend to match.
+    let clean = crash_setup(0, 0);
+    let out = loom(&clean, &["run", "--user", "ann", "--session", "s1", "go"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = text(&out.stdout);
+    assert!(answer.contains("finished after \"d done\""), "{answer}");
+
+    let env = crash_setup(0, 5000);
+    run_and_kill_at(&env, "s1", "c", 200);
+    let out = loom(&env, &["runs", "list", "--interrupted"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("interrupted  tenant acme  user ann  session s1"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("resume: loom resume --tenant acme --user ann --session s1 --run run_"),
+        "{listed}"
+    );
+
+    let out = loom(&env, &["resume", "--user", "ann", "--session", "s1"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(text(&out.stdout), answer);
+    assert!(stderr.contains("resuming run run_"), "{stderr}");
+    assert!(
+        stderr.contains("record_effect runs again after the interruption"),
+        "{stderr}"
+    );
+    // The tool's own log: each effect once, each finished call run once,
+    // the call in flight at the kill run again under the same key.
+    let (effects, keys) = effect_log(&env, "effects.log");
+    assert_eq!(effects, ["a", "b", "c", "d"]);
+    let mut distinct = keys.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{keys:?}");
+    let (attempts, attempt_keys) = effect_log(&env, "attempts.log");
+    assert_eq!(attempts, ["a", "b", "c", "c", "d"]);
+    assert_eq!(attempt_keys[2], attempt_keys[3]);
+    // Charged once: the same spend as the uninterrupted run, one run.
+    assert_eq!(used(&env), used(&clean));
+    // Nothing is left to resume; the store reads cleanly.
+    let out = loom(&env, &["runs", "list", "--interrupted"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "no interrupted runs");
+    let out = loom(&env, &["resume", "--user", "ann"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("loom runs list --interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_kill_in_the_middle_of_journal_writes_leaves_a_readable_store_and_a_resumable_run() {
+    let env = crash_setup(150, 150);
+    // Killed around the end of a call, while its result is journaled.
+    for (round, label) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        std::fs::remove_file(env.path().join("fx/attempts.log")).ok();
+        run_and_kill_at(&env, &format!("k{round}"), label, 140 + 5 * round as u64);
+        let out = loom(&env, &["runs", "list", "--json"]);
+        assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+        for line in text(&out.stdout).lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+    // Every interrupted run resumes to the answer.
+    let out = loom(&env, &["runs", "list", "--interrupted", "--json"]);
+    let interrupted: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!interrupted.is_empty());
+    for run in &interrupted {
+        let id = run["run"].as_str().unwrap();
+        let out = loom(&env, &["resume", "--user", "ann", "--run", id]);
+        assert!(out.status.success(), "{id}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("finished after \"d done\""),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let out = loom(&env, &["runs", "list", "--interrupted"]);
+    assert_eq!(text(&out.stdout).trim(), "no interrupted runs");
+}

@@ -17,6 +17,7 @@ mod floods;
 mod governance;
 mod hostile;
 mod hostile_arch;
+mod journal;
 mod memory;
 mod memory_conformance;
 mod plugins;
