@@ -41,9 +41,17 @@
 //! from the turn's (`<session>:worker`), and every
 //! run id of a pass (top-level and sub-agent) must be distinct.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [compose]`
+//! `journal` adds the run journal to any variant: every result the
+//! architecture receives (the input, each completion, each tool turn) is
+//! committed to redb before the guest sees it, as crash-resumable runs
+//! need.
+//!
+//! `telemetry` installs the `[telemetry]` file sink (every span and metric
+//! of every run as a JSON line, at level `info`) before the load starts.
+//!
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal] [telemetry] [compose]`
 
-use loom_host::agent::{Agent, AgentBuilder, RunRequest};
+use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
 use loom_host::model::{
     BoxFuture, ChunkSink, FinishReason, Message, Model, ModelError, ModelRequest, ModelResponse,
@@ -282,6 +290,8 @@ fn main() {
         .find(|a| ["bare", "sessions", "budgets", "all"].contains(&a.as_str()))
         .unwrap_or_else(|| "all".into());
     let compose = std::env::args().skip(1).any(|a| a == "compose");
+    let journal = std::env::args().skip(1).any(|a| a == "journal");
+    let telemetry = std::env::args().skip(1).any(|a| a == "telemetry");
     let sessions = variant != "bare";
     let budgets = variant == "budgets" || variant == "all";
     let audit = variant == "all";
@@ -291,6 +301,18 @@ fn main() {
         .build()
         .expect("runtime");
     let env = TestEnv::new();
+    // Kept for the whole bench: dropping it flushes the file.
+    let _telemetry = telemetry.then(|| {
+        loom_host::telemetry::install(
+            &loom_host::telemetry::TelemetryConfig {
+                console: false,
+                file: Some(env.path().join("telemetry.jsonl")),
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("telemetry")
+    });
     env.add_plugin(components::ARCH_REACT, "react", None);
     env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
     if compose {
@@ -331,15 +353,20 @@ fn main() {
         "{audit_section}{store_section}{agents_section}[engine]\nmax_instances = 2000\n{tenants}"
     ))));
     let base = || {
-        let builder = Agent::builder("Report who you serve.").host(host.clone());
+        let mut builder = Agent::builder("Report who you serve.").host(host.clone());
         if sessions {
-            builder.sessions(host.sessions())
-        } else {
-            builder
+            builder = builder.sessions(host.sessions());
         }
+        if journal {
+            builder = builder.journal(JournalSettings {
+                journal: host.journal().clone(),
+                keep_finished: false,
+            });
+        }
+        builder
     };
     let features = format!(
-        "governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit})"
+        "governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit}), journal {journal}, telemetry file {telemetry}"
     );
     if compose {
         println!(
