@@ -302,10 +302,12 @@ async fn telemetry_puts_a_sub_agent_run_under_its_parent() {
     let spans = guard.memory().unwrap().spans();
     let parent = one(&spans, "invoke_agent router");
     assert_eq!(parent.parent_span_id, None);
-    let delegation = one(&spans, "delegate react");
+    // The named agent `helper` is traced by its name.
+    let delegation = one(&spans, "delegate helper");
     assert_eq!(delegation.parent_span_id.as_ref(), Some(&parent.span_id));
     assert_eq!(delegation.u64_attr("loom.delegation.depth"), Some(1));
-    let child = one(&spans, "invoke_agent react");
+    let child = one(&spans, "invoke_agent helper");
+    assert_eq!(child.str_attr("gen_ai.agent.name"), Some("helper"));
     assert_eq!(child.parent_span_id.as_ref(), Some(&delegation.span_id));
     assert_eq!(
         child.trace_id, parent.trace_id,

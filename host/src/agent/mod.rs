@@ -317,6 +317,8 @@ pub(crate) struct AgentInner {
     pub(crate) workers: Vec<String>,
     /// Where top-level runs are journaled, if they are.
     pub(crate) journal: Option<JournalSettings>,
+    /// The agent's name (`gen_ai.agent.name` in telemetry), if it has one.
+    pub(crate) name: Option<String>,
 }
 
 impl AgentInner {
@@ -386,6 +388,7 @@ pub struct AgentBuilder {
     role_models: std::collections::BTreeMap<String, Arc<dyn Model>>,
     workers: Vec<String>,
     journal: Option<JournalSettings>,
+    name: Option<String>,
 }
 
 impl Agent {
@@ -410,6 +413,7 @@ impl Agent {
             role_models: std::collections::BTreeMap::new(),
             workers: Vec::new(),
             journal: None,
+            name: None,
         }
     }
 
@@ -485,6 +489,13 @@ impl AgentBuilder {
     /// model. Spend is charged the same way whatever the model.
     pub fn role_model(mut self, role: impl Into<String>, model: Arc<dyn Model>) -> Self {
         self.role_models.insert(role.into(), model);
+        self
+    }
+
+    /// Name the agent: its runs' telemetry carries the name as
+    /// `gen_ai.agent.name` (default: the architecture's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -615,6 +626,7 @@ impl AgentBuilder {
                 role_models: self.role_models,
                 workers: self.workers,
                 journal: self.journal,
+                name: self.name,
             }),
         })
     }

@@ -755,6 +755,7 @@ impl RunState {
             role_models,
             workers: settings.workers.clone(),
             max_turns: settings.max_turns.max(1),
+            name: Some(name.to_owned()),
             ..self.sub_agent(settings.architecture.clone(), instructions, tools)
         })
     }
@@ -788,6 +789,7 @@ impl RunState {
             extraction_model: None,
             // A sub-agent is journaled in its parent's journal.
             journal: None,
+            name: None,
             retrieval: self.agent.retrieval,
             memory: self.agent.memory.clone().map(|(memory, options)| {
                 (
@@ -972,13 +974,13 @@ pub(crate) async fn execute(
         .architecture
         .clone()
         .unwrap_or_else(|| agent.architecture.clone());
-    let delegation = (lineage.depth > 0)
-        .then(|| spans::delegation(&request.scope, &architecture, lineage.depth));
+    // A named agent (`agent:NAME`, `[agents.NAME]`) is traced by its name.
+    let name = agent.name.as_deref().unwrap_or(&architecture);
+    let delegation =
+        (lineage.depth > 0).then(|| spans::delegation(&request.scope, name, lineage.depth));
     let span = match &delegation {
-        Some(delegation) => {
-            delegation.in_scope(|| spans::run(&request.scope, &architecture, &architecture))
-        }
-        None => spans::run(&request.scope, &architecture, &architecture),
+        Some(delegation) => delegation.in_scope(|| spans::run(&request.scope, name, &architecture)),
+        None => spans::run(&request.scope, name, &architecture),
     };
     let outcome = tracing::Instrument::instrument(
         execute_inner(agent, request, events, lineage),

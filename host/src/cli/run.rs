@@ -182,6 +182,10 @@ fn build_agent(host: &Arc<Host>, origin: &Origin, json: bool) -> anyhow::Result<
         .prices(prices)
         .sessions(host.sessions())
         .retrieval(settings.retrieval);
+    // A named agent of [agents.NAME] is traced under its name.
+    if let Some(name) = &origin.agent {
+        builder = builder.name(name.clone());
+    }
     if config.journal.enabled {
         builder = builder.journal(JournalSettings {
             journal: host.journal().clone(),
