@@ -139,23 +139,10 @@ impl RunJournal {
         let live = journal
             .mark_live(&record.run)
             .ok_or_else(|| JournalError::Live(record.run.clone()))?;
-        let run = record.run.clone();
-        let component = record.component.clone();
+        let tree = Self::new(journal, &record, keep_on_finish, live, None);
         // Committed with the run's first awaited entry.
         journal.start_queued(record)?;
-        Ok(Arc::new(RunJournal {
-            journal: journal.clone(),
-            run,
-            replay: Mutex::new(HashMap::new()),
-            resumed: false,
-            failed: OnceLock::new(),
-            entries: AtomicU32::new(0),
-            bytes: AtomicU64::new(0),
-            keep_on_finish,
-            component,
-            recorded: 0,
-            live: Mutex::new(Some(live)),
-        }))
+        Ok(tree)
     }
 
     /// Resume `record`'s run: its entries are loaded for replay.
@@ -171,30 +158,53 @@ impl RunJournal {
         let live = journal
             .mark_live(&record.run)
             .ok_or_else(|| JournalError::Live(record.run.clone()))?;
-        let run = record.run.clone();
+        let entries = journal.all_entries(&record.run)?;
+        let tree = Self::new(journal, &record, keep_on_finish, live, Some(entries));
+        journal.start(record).await?;
+        Ok(tree)
+    }
+
+    /// The journal of `record`'s run; `recorded`: the entries a resumed
+    /// run replays (none for a new run).
+    fn new(
+        journal: &Journal,
+        record: &JournalRun,
+        keep_on_finish: bool,
+        live: LiveRun,
+        recorded: Option<Vec<(String, u32, JournalEntry)>>,
+    ) -> Arc<Self> {
+        let resumed = recorded.is_some();
         let mut replay: HashMap<String, BTreeMap<u32, JournalEntry>> = HashMap::new();
         let mut bytes = 0u64;
         let mut count = 0u32;
-        for (scope, seq, entry) in journal.all_entries(&run)? {
+        for (scope, seq, entry) in recorded.unwrap_or_default() {
             bytes += entry.payload.len() as u64;
             count += 1;
             replay.entry(scope).or_default().insert(seq, entry);
         }
-        let component = record.component.clone();
-        journal.start(record).await?;
-        Ok(Arc::new(RunJournal {
+        Arc::new(RunJournal {
             journal: journal.clone(),
-            run,
+            run: record.run.clone(),
             replay: Mutex::new(replay),
-            resumed: true,
+            resumed,
             failed: OnceLock::new(),
             entries: AtomicU32::new(count),
             bytes: AtomicU64::new(bytes),
             keep_on_finish,
-            component,
+            component: record.component.clone(),
             recorded: count,
             live: Mutex::new(Some(live)),
-        }))
+        })
+    }
+
+    /// Write `entry` at (`scope`, `seq`), counted against the caps;
+    /// resolves once committed. A failure stops the journal.
+    async fn write(&self, scope: &str, seq: u32, entry: &JournalEntry) -> Result<(), JournalError> {
+        self.admit(entry.payload.len())?;
+        self.journal
+            .append(&self.run, scope, seq, entry)
+            .await
+            .map_err(|e| self.fail(e.into()))
     }
 
     /// The journal of the top-level invocation.
@@ -427,11 +437,7 @@ impl ScopeJournal {
             return Ok(());
         };
         let entry = self.entry(step, value)?;
-        tree.admit(entry.payload.len())?;
-        tree.journal
-            .append(&self.run, &self.scope, step.seq, &entry)
-            .await
-            .map_err(|e| tree.fail(e.into()))
+        tree.write(&self.scope, step.seq, &entry).await
     }
 
     /// Record `value` as the result of `step` without waiting: it becomes
@@ -507,7 +513,6 @@ impl TurnJournal {
     pub(crate) fn recorder(&self) -> Option<CallRecorder> {
         Some(CallRecorder {
             tree: self.journal.tree.clone()?,
-            run: self.journal.run.clone(),
             scope: tool_scope(&self.journal.scope, self.seq),
         })
     }
@@ -518,7 +523,6 @@ impl TurnJournal {
 #[derive(Clone)]
 pub(crate) struct CallRecorder {
     tree: Arc<RunJournal>,
-    run: String,
     scope: String,
 }
 
@@ -532,17 +536,8 @@ impl CallRecorder {
             return;
         };
         let entry = JournalEntry::new(EntryKind::ToolResult, call, payload);
-        if self.tree.admit(entry.payload.len()).is_err() {
-            return;
-        }
-        if let Err(error) = self
-            .tree
-            .journal
-            .append(&self.run, &self.scope, seq, &entry)
-            .await
-        {
-            self.tree.fail(error.into());
-        }
+        // A failure is kept by the journal; the run's next step reports it.
+        let _ = self.tree.write(&self.scope, seq, &entry).await;
     }
 }
 

@@ -319,23 +319,8 @@ impl Journal {
         seq: u32,
         entry: &JournalEntry,
     ) -> Result<(), StoreError> {
-        if entry.payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(StoreError::Io(format!(
-                "a journal entry of {} bytes; at most {MAX_PAYLOAD_BYTES} are kept",
-                entry.payload.len()
-            )));
-        }
-        let key = (run.to_owned(), scope.to_owned(), seq);
-        let bytes = entry.encode();
-        self.store
-            .write(move |txn| {
-                let mut table = txn.open_table(ENTRIES).map_err(io)?;
-                table
-                    .insert((key.0.as_str(), key.1.as_str(), key.2), bytes.as_slice())
-                    .map_err(io)?;
-                Ok(())
-            })
-            .await
+        let insert = insert_entry(run, scope, seq, entry)?;
+        self.store.write(insert).await
     }
 
     /// The entries of `run` in `scope`, in sequence order.
@@ -386,25 +371,15 @@ impl Journal {
     /// committed, in order, with the next write anyone awaits (the next
     /// [`Self::append`] of the run, say). A failed write is logged.
     pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
-        if entry.payload.len() > MAX_PAYLOAD_BYTES {
-            tracing::warn!(
-                run,
-                scope,
-                seq,
-                "a journal entry too large to keep was dropped"
-            );
-            return;
-        }
-        let key = (run.to_owned(), scope.to_owned(), seq);
-        let bytes = entry.encode();
+        let insert = match insert_entry(run, scope, seq, entry) {
+            Ok(insert) => insert,
+            Err(error) => {
+                tracing::warn!(run, scope, seq, %error, "a journal entry was dropped");
+                return;
+            }
+        };
         self.store.write_then(
-            Box::new(move |txn| {
-                let mut table = txn.open_table(ENTRIES).map_err(io)?;
-                table
-                    .insert((key.0.as_str(), key.1.as_str(), key.2), bytes.as_slice())
-                    .map_err(io)?;
-                Ok(())
-            }),
+            Box::new(insert),
             Box::new(|result| {
                 if let Err(error) = result {
                     tracing::error!(%error, "a journal entry could not be written");
@@ -519,6 +494,37 @@ impl Journal {
             .await?;
         Ok(count)
     }
+}
+
+/// The write that stores `entry` at (`run`, `scope`, `seq`), for
+/// [`Journal::append`] and [`Journal::append_queued`].
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when the payload is larger than [`MAX_PAYLOAD_BYTES`].
+fn insert_entry(
+    run: &str,
+    scope: &str,
+    seq: u32,
+    entry: &JournalEntry,
+) -> Result<
+    impl Fn(&redb::WriteTransaction) -> Result<(), StoreError> + Send + Sync + 'static,
+    StoreError,
+> {
+    if entry.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(StoreError::Io(format!(
+            "a journal entry of {} bytes; at most {MAX_PAYLOAD_BYTES} are kept",
+            entry.payload.len()
+        )));
+    }
+    let (run, scope, bytes) = (run.to_owned(), scope.to_owned(), entry.encode());
+    Ok(move |txn: &redb::WriteTransaction| {
+        let mut table = txn.open_table(ENTRIES).map_err(io)?;
+        table
+            .insert((run.as_str(), scope.as_str(), seq), bytes.as_slice())
+            .map_err(io)?;
+        Ok(())
+    })
 }
 
 /// `run` as a running record: its key and JSON.
