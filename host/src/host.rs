@@ -148,7 +148,7 @@ impl Host {
                 crate::memory::MemoryLimits::default(),
             ),
             sessions,
-            journal: crate::store::journal::Journal::new(store.clone()),
+            journal: crate::store::journal::Journal::open(store.clone())?,
             docs,
             store,
             governance,

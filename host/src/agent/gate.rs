@@ -322,7 +322,6 @@ impl Harness for Gate {
                 }
                 Ok(completion)
             });
-            self.run.before_journal_write();
             self.record(&step, &completion).await?;
             completion
         })

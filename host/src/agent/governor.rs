@@ -395,13 +395,15 @@ impl Governor {
         self.warn(warnings);
     }
 
-    /// Queue the budget counters this run changed for writing now, so a
-    /// journal entry committed after them never records spend the ledger
-    /// lost in a crash (the store commits writes in order).
-    pub(crate) fn persist_spend(&self) {
-        if !self.budget.unlimited() {
-            self.governance().ledger().persist_now();
-        }
+    /// The ledger whose counters a journal entry of this run must not
+    /// reach disk before: a crash then never leaves a recorded call
+    /// unbilled, and a resume never bills it again. `None` when the run
+    /// has no caps, or the store syncs on an interval (a crash may then
+    /// lose that much spend, journaled or not).
+    pub(crate) fn spend_barrier(&self) -> Option<crate::governance::budget::BudgetLedger> {
+        (!self.budget.unlimited()
+            && self.host.store().sync_mode() == crate::store::StoreSync::Always)
+            .then(|| self.governance().ledger().clone())
     }
 
     /// Before a delegation: a stopped or exhausted run starts no sub-agent.

@@ -4,7 +4,7 @@
 //! gate is where a run is journaled: every result it hands the guest (a
 //! completion, tool results, a sub-agent's output, recollections, clock
 //! readings, random bytes, the tool list, and the input each invocation
-//! started with) is first written to the store (`store::journal`) under
+//! started with) is first written to the journal's log (`store::journal`) under
 //! the invocation's scope and the step's sequence number, with a
 //! fingerprint of the request it answers.
 //!
@@ -20,6 +20,7 @@
 //! random readings are queued and committed with the next such step, so
 //! nothing a later effect depends on is lost.
 
+use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
     EntryKind, Journal, JournalEntry, JournalRun, LiveRun, ROOT_SCOPE, child_scope, fingerprint,
@@ -123,6 +124,9 @@ pub(crate) struct RunJournal {
     /// The run's mark as executed by this process; handed to the write
     /// that finishes it.
     live: Mutex<Option<LiveRun>>,
+    /// The budget counters written before each entry (see
+    /// [`Self::guard_spend`]).
+    spend: OnceLock<Option<BudgetLedger>>,
 }
 
 impl RunJournal {
@@ -194,13 +198,25 @@ impl RunJournal {
             component: record.component.clone(),
             recorded: count,
             live: Mutex::new(Some(live)),
+            spend: OnceLock::new(),
         })
+    }
+
+    /// Have `ledger`'s changed counters written to the store, and that
+    /// write committed, before each awaited entry: a crash then never
+    /// leaves a recorded model or tool call unbilled, and a resume never
+    /// bills it twice. Set once, when the top-level run starts.
+    pub(crate) fn guard_spend(&self, ledger: Option<BudgetLedger>) {
+        let _ = self.spend.set(ledger);
     }
 
     /// Write `entry` at (`scope`, `seq`), counted against the caps;
     /// resolves once committed. A failure stops the journal.
     async fn write(&self, scope: &str, seq: u32, entry: &JournalEntry) -> Result<(), JournalError> {
         self.admit(entry.payload.len())?;
+        if let Some(Some(ledger)) = self.spend.get() {
+            ledger.flush().await.map_err(|e| self.fail(e.into()))?;
+        }
         self.journal
             .append(&self.run, scope, seq, entry)
             .await

@@ -49,8 +49,6 @@ pub(crate) struct RunState {
     memory: Option<crate::memory::TenantMemory>,
     lineage: Lineage,
     pub(super) governor: Arc<Governor>,
-    /// Whether the run is journaled.
-    journaled: bool,
 }
 
 /// Where a run sits in its tree of sub-agents.
@@ -586,14 +584,6 @@ impl RunState {
         self.charge(usage_of(&output.usage), output.cost_usd);
     }
 
-    /// Before a result is journaled: the spend it caused is queued for the
-    /// store first, so the two are committed together or in that order.
-    pub(super) fn before_journal_write(&self) {
-        if self.journaled {
-            self.governor.persist_spend();
-        }
-    }
-
     /// Run a sub-agent for the same user; its spend is charged here, and
     /// it is journaled in `journal`'s scope.
     pub(super) fn delegate(
@@ -1044,10 +1034,6 @@ async fn execute_inner(
     };
     let root = lineage.inherited.is_none();
     // A sub-agent's scope, or a resumed run's, comes with the lineage.
-    let journaled = match &lineage.journal {
-        Some(journal) => journal.tree().is_some(),
-        None => root && agent.journal.is_some(),
-    };
     let resumed = lineage
         .journal
         .as_ref()
@@ -1172,7 +1158,6 @@ async fn execute_inner(
         memory: tenant_memory.clone(),
         lineage: lineage.clone(),
         governor: governor.clone(),
-        journaled,
     });
     let Some(component) = plugin.architecture() else {
         return Err(AgentError::NotFound(format!(
@@ -1259,6 +1244,9 @@ async fn execute_inner(
             _ => Arc::new(ScopeJournal::unjournaled(scope.run.to_string())),
         },
     };
+    if root && let Some(tree) = journal.tree() {
+        tree.guard_spend(governor.spend_barrier());
+    }
     // A top-level run closes its journal however it ends.
     let closer = JournalCloser::new(if root { journal.tree().cloned() } else { None });
     let gate = Arc::new(Gate::new(

@@ -37,7 +37,7 @@ fn journal(config: &LoomConfig) -> anyhow::Result<Journal> {
             path.display()
         )
     })?;
-    Ok(Journal::new(store))
+    Ok(Journal::open(store)?)
 }
 
 /// List journaled runs, newest first.

@@ -671,7 +671,9 @@ impl Drop for Reservation {
     }
 }
 
-/// The budget counters of every tenant and user.
+/// The budget counters of every tenant and user (a clone is a handle to
+/// the same counters).
+#[derive(Clone)]
 pub struct BudgetLedger {
     inner: Arc<LedgerInner>,
 }

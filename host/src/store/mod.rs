@@ -7,8 +7,9 @@
 //! thousand, and a caller that awaits its write knows it is on disk. Reads
 //! open their own read transaction and never wait for the writer.
 //!
-//! The file holds sessions ([`SessionStore`]), the run journal
-//! ([`journal`]), budget counters
+//! The file holds sessions ([`SessionStore`]), finished runs of the run
+//! journal ([`journal`], whose entries live in a log beside the file),
+//! budget counters
 //! (`governance::budget`), memory (`crate::memory`) and the scoped data of
 //! memory components ([`kv`]). Keys are built from
 //! typed ids only.
@@ -132,6 +133,8 @@ pub enum StoreSync {
 /// The redb file and its writer.
 pub struct Store {
     db: Arc<redb::Database>,
+    path: std::path::PathBuf,
+    sync: StoreSync,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -195,9 +198,21 @@ impl Store {
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(Store {
             db,
+            path: path.to_path_buf(),
+            sync,
             queue: Some(queue),
             writer: Some(writer),
         }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When commits are forced to stable storage.
+    pub fn sync_mode(&self) -> StoreSync {
+        self.sync
     }
 
     /// The database, for read transactions.

@@ -1,0 +1,1048 @@
+//! The run journal: every result an architecture received, in order, so a
+//! run cut short by a crash can be replayed to where it stopped and then go
+//! on live.
+//!
+//! An entry is keyed by (run, scope, sequence). The scope names one
+//! architecture invocation inside the run's tree of sub-agents (the
+//! top-level run is [`ROOT_SCOPE`]; a sub-agent's scope is derived from its
+//! parent's scope and the sequence of the delegation that started it, so
+//! it is the same on replay however the sub-agents of a batch interleave),
+//! and the sequence counts that invocation's harness results from 0. Each
+//! entry carries its kind, a SHA-256 fingerprint of the request it answers
+//! (replay refuses a request whose fingerprint differs), and the result as
+//! the caller encoded it.
+//!
+//! A run's record ([`JournalRun`]) says who it serves and whether it
+//! finished: the runs a crash left unfinished are the ones still
+//! [`JournalStatus::Running`].
+//!
+//! The entries live in an append-only log of segment files beside the
+//! store ([`log`]): an awaited append is written (and, with the store's
+//! default sync, `fdatasync`ed) in one batch with every other run's, before
+//! the caller hears back. The log holds each unfinished run's record too,
+//! so a crash leaves everything a resume needs in one place. A finished
+//! run's record moves to the store's `journal_finished` table, for
+//! listing, and its segments are deleted once no run needs them
+//! ([`segments`]).
+
+mod log;
+mod segments;
+
+use super::{Store, StoreError, io, read_table};
+use log::{Mark, Record, Shared, Waiter};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use segments::Segments;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Run id → JSON [`JournalRun`] of a finished run.
+const FINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_finished");
+
+/// The tables of the journal's first format (entries in redb), deleted
+/// when a store that has them is opened.
+const LEGACY_ENTRIES: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("journal");
+const LEGACY_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_runs");
+
+/// The scope of a top-level run's architecture.
+pub const ROOT_SCOPE: &str = "0";
+
+/// Bytes of one entry's payload at most (a model completion or tool result
+/// is capped far below this by the import gate).
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+
+/// What kind of result an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A model completion.
+    Completion = 1,
+    /// The results of one `call-tools`.
+    ToolResults = 2,
+    /// A sub-agent's output.
+    Delegation = 3,
+    /// What `recall` returned.
+    Recall = 4,
+    /// What `remember` returned.
+    Remember = 5,
+    /// A wall-clock reading.
+    WallClock = 6,
+    /// A monotonic-clock reading.
+    MonotonicClock = 7,
+    /// Random bytes.
+    Random = 8,
+    /// The tool list.
+    Tools = 9,
+    /// The input an architecture invocation was started with.
+    Input = 10,
+    /// One tool call's result, recorded as soon as it finished when its
+    /// turn ran several calls (see [`tool_scope`]).
+    ToolResult = 11,
+}
+
+impl EntryKind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => EntryKind::Completion,
+            2 => EntryKind::ToolResults,
+            3 => EntryKind::Delegation,
+            4 => EntryKind::Recall,
+            5 => EntryKind::Remember,
+            6 => EntryKind::WallClock,
+            7 => EntryKind::MonotonicClock,
+            8 => EntryKind::Random,
+            9 => EntryKind::Tools,
+            10 => EntryKind::Input,
+            11 => EntryKind::ToolResult,
+            _ => return None,
+        })
+    }
+}
+
+/// One recorded result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// What it records.
+    pub kind: EntryKind,
+    /// SHA-256 of the request it answers.
+    pub fingerprint: [u8; 32],
+    /// The result, encoded by the caller.
+    pub payload: Vec<u8>,
+}
+
+impl JournalEntry {
+    /// An entry answering `request` (any bytes that identify it) with
+    /// `payload`.
+    pub fn new(kind: EntryKind, request: &[u8], payload: Vec<u8>) -> Self {
+        JournalEntry {
+            kind,
+            fingerprint: fingerprint(request),
+            payload,
+        }
+    }
+}
+
+/// SHA-256 of `request`.
+pub fn fingerprint(request: &[u8]) -> [u8; 32] {
+    Sha256::digest(request).into()
+}
+
+/// The scope of the sub-agent started by the delegation recorded at
+/// `seq` in `parent`, the `index`th of its batch (0 for `delegate`).
+pub fn child_scope(parent: &str, seq: u32, index: usize) -> String {
+    format!("{parent}.{seq}:{index}")
+}
+
+/// The scope holding the per-call results of the `call-tools` recorded at
+/// `seq` in `parent` (sequence = the call's index among the turn's calls),
+/// so a crash in the middle of a turn loses none of the calls that finished.
+pub fn tool_scope(parent: &str, seq: u32) -> String {
+    format!("{parent}.{seq}t")
+}
+
+/// Whether a journaled run finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalStatus {
+    /// Started and not finished: a crash left it so, or it is running now.
+    Running,
+    /// Finished (completed, interrupted or failed).
+    Finished,
+}
+
+/// Who a journaled run serves and what it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRun {
+    /// The run id.
+    pub run: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its user (none when anonymous).
+    pub user: Option<String>,
+    /// Its session, if any.
+    pub session: Option<String>,
+    /// The named agent it ran (`[agents.NAME]`), if any.
+    pub agent: Option<String>,
+    /// The architecture it ran.
+    pub architecture: String,
+    /// The prompt.
+    pub prompt: String,
+    /// The JSON Schema the answer had to match, if any.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// The run's metadata.
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
+    /// SHA-256 (hex) of the architecture component it ran.
+    #[serde(default)]
+    pub component: String,
+    /// What the caller kept with the run to rebuild its agent on resume
+    /// (the CLI: agent name and model).
+    #[serde(default)]
+    pub origin: serde_json::Value,
+    /// Whether it finished.
+    pub status: JournalStatus,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// When its record last changed, in milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The journal of every run: its log beside the host's store.
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<Store>,
+    log: Arc<Shared>,
+    /// Stops the log's writer when the last handle goes.
+    _writer: Arc<Writer>,
+    /// Runs this process is executing now.
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The log's writer thread; dropping it writes what is queued and stops it.
+struct Writer {
+    log: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.log.close();
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A run this process is executing; dropping it ends that.
+pub struct LiveRun {
+    live: Arc<Mutex<HashSet<String>>>,
+    run: String,
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        lock(&self.live).remove(&self.run);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Journal {
+    /// Open the journal of `store`: its log in the directory beside the
+    /// store's file (`loom.redb` → `loom.journal/`), replayed to find the
+    /// runs a crash left unfinished. The store's file can be open in one
+    /// process at a time, so the runs a journal knows to be live are all
+    /// the live runs of that store: open the journal once per store.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the log's directory cannot be made or read, or
+    /// its writer thread cannot start.
+    pub fn open(store: Arc<Store>) -> Result<Self, StoreError> {
+        let dir = store.path().with_extension("journal");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::Io(format!("cannot create the journal {}: {e}", dir.display()))
+        })?;
+        drop_legacy_tables(&store)?;
+        let ids = log::segment_ids(&dir)?;
+        let mut runs: HashMap<String, JournalRun> = HashMap::new();
+        let mut segments = Segments::default();
+        for &id in &ids {
+            let Some(bytes) = log::read_segment(&dir, id, true) else {
+                continue;
+            };
+            segments.add(id);
+            for body in log::bodies(&bytes).0 {
+                match log::decode(body) {
+                    Ok(record) => replay(record, id, &mut runs, &mut segments),
+                    Err(error) => {
+                        tracing::warn!(segment = id, %error, "a journal record is corrupt; skipped");
+                    }
+                }
+            }
+        }
+        // A run whose finish reached the store but not the log (a crash
+        // between the two) is finished.
+        let finished: Vec<String> = {
+            let txn = store.db().begin_read().map_err(io)?;
+            match read_table(&txn, FINISHED)? {
+                Some(table) => runs
+                    .values()
+                    .filter(|run| run.status == JournalStatus::Running)
+                    .filter(|run| table.get(run.run.as_str()).ok().flatten().is_some())
+                    .map(|run| run.run.clone())
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let active = ids.last().map_or(0, |last| last + 1);
+        let log = Shared::new(dir, store.sync_mode(), runs, segments, active);
+        let thread = std::thread::Builder::new()
+            .name("loom-journal".into())
+            .spawn({
+                let log = log.clone();
+                move || log::write_loop(&log)
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
+        let journal = Journal {
+            store,
+            log: log.clone(),
+            _writer: Arc::new(Writer {
+                log,
+                thread: Some(thread),
+            }),
+            live: Arc::default(),
+        };
+        for run in finished {
+            journal.push_drop(&run);
+        }
+        Ok(journal)
+    }
+
+    /// Note that this process executes `run`; `None` when it already does.
+    pub fn mark_live(&self, run: &str) -> Option<LiveRun> {
+        lock(&self.live).insert(run.to_owned()).then(|| LiveRun {
+            live: self.live.clone(),
+            run: run.to_owned(),
+        })
+    }
+
+    /// The runs a crash (or a cancellation) left unfinished: started, not
+    /// finished, and not being executed by this process. Newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or a record is corrupt.
+    pub fn interrupted(&self) -> Result<Vec<JournalRun>, StoreError> {
+        let mut runs = self.runs(true)?;
+        let live = lock(&self.live);
+        runs.retain(|run| !live.contains(&run.run));
+        Ok(runs)
+    }
+
+    /// Record that `run` started (or restarted, on resume: its status goes
+    /// back to running and its entries stay); resolves once written.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        self.push_start(run, Some(Waiter::Task(done)))?;
+        written.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// [`Self::start`] without waiting: the record is written, in order,
+    /// with the next write anyone awaits.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the record cannot be encoded.
+    pub fn start_queued(&self, run: JournalRun) -> Result<(), StoreError> {
+        self.push_start(run, None)
+    }
+
+    fn push_start(&self, mut run: JournalRun, waiter: Option<Waiter>) -> Result<(), StoreError> {
+        run.status = JournalStatus::Running;
+        run.updated_ms = now_ms();
+        let record = log::start_record(&run)?;
+        let id = run.run.clone();
+        self.log.push(
+            &record,
+            Mark::Pin(id.clone()),
+            move |runs| {
+                runs.insert(id, run);
+            },
+            waiter,
+        );
+        Ok(())
+    }
+
+    /// Record `entry` at (`run`, `scope`, `seq`); resolves once written.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails, or the payload is larger than
+    /// [`MAX_PAYLOAD_BYTES`].
+    pub async fn append(
+        &self,
+        run: &str,
+        scope: &str,
+        seq: u32,
+        entry: &JournalEntry,
+    ) -> Result<(), StoreError> {
+        let record = entry_record(run, scope, seq, entry)?;
+        let (done, written) = oneshot::channel();
+        self.log.push(
+            &record,
+            Mark::Pin(run.to_owned()),
+            |_| {},
+            Some(Waiter::Task(done)),
+        );
+        written.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queue `entry` at (`run`, `scope`, `seq`) without waiting: it is
+    /// written, in order, with the next write anyone awaits (the next
+    /// [`Self::append`] of the run, say) or within milliseconds. A failed
+    /// write is logged.
+    pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
+        match entry_record(run, scope, seq, entry) {
+            Ok(record) => self
+                .log
+                .push(&record, Mark::Pin(run.to_owned()), |_| {}, None),
+            Err(error) => tracing::warn!(run, scope, seq, %error, "a journal entry was dropped"),
+        }
+    }
+
+    /// The entries of `run` in `scope`, in sequence order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the log cannot be read.
+    pub fn entries(&self, run: &str, scope: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self
+            .all_entries(run)?
+            .into_iter()
+            .filter(|(s, _, _)| s == scope)
+            .map(|(_, _, entry)| entry)
+            .collect())
+    }
+
+    /// Every entry of `run`, all scopes: (scope, sequence, entry), sorted
+    /// by scope then sequence.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the log cannot be read.
+    pub fn all_entries(&self, run: &str) -> Result<Vec<(String, u32, JournalEntry)>, StoreError> {
+        let found = self.log.read_run(run, |record| match record {
+            Record::Entry {
+                scope, seq, entry, ..
+            } => Some(((scope.to_owned(), seq), entry)),
+            _ => None,
+        });
+        // A step recorded twice (the same result, written again by a
+        // resumed run) counts once: the latest.
+        let sorted: BTreeMap<(String, u32), JournalEntry> = found.into_iter().collect();
+        Ok(sorted
+            .into_iter()
+            .map(|((scope, seq), entry)| (scope, seq, entry))
+            .collect())
+    }
+
+    /// Record that `run` finished; with `drop_entries`, its entries are
+    /// void and their segments deleted once no other run needs them
+    /// (retention on completion). Resolves once written.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        let kept = self.push_finish(run, drop_entries, Waiter::Task(done));
+        let logged = written.await.unwrap_or(Err(StoreError::Closed));
+        if let Some((key, bytes)) = kept {
+            self.store
+                .write(move |txn| put_finished(txn, &key, &bytes))
+                .await?;
+        }
+        logged
+    }
+
+    /// [`Self::finish`] without waiting; `live` (the run's mark as executed
+    /// by this process) is dropped once the log has the record, so the run
+    /// is never listed as interrupted in between.
+    pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
+        let kept = self.push_finish(
+            run,
+            drop_entries,
+            Waiter::Callback(Box::new(move |result| {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "a finished run's journal could not be closed");
+                }
+                drop(live);
+            })),
+        );
+        if let Some((key, bytes)) = kept {
+            self.store.write_then(
+                Box::new(move |txn| put_finished(txn, &key, &bytes)),
+                Box::new(|result| {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "a finished run's record could not be kept");
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Queue `run`'s finish; its finished record for the store, if it had
+    /// one.
+    fn push_finish(
+        &self,
+        run: &str,
+        drop_entries: bool,
+        waiter: Waiter,
+    ) -> Option<(String, Vec<u8>)> {
+        let mut finished: Option<JournalRun> = None;
+        let record = log::finish_record(run, drop_entries, now_ms());
+        let mark = if drop_entries {
+            Mark::Drop(run.to_owned())
+        } else {
+            Mark::Pin(run.to_owned())
+        };
+        self.log.push(
+            &record,
+            mark,
+            |runs| {
+                let record = if drop_entries {
+                    runs.remove(run)
+                } else {
+                    runs.get_mut(run).map(|record| {
+                        record.status = JournalStatus::Finished;
+                        record.updated_ms = now_ms();
+                        record.clone()
+                    })
+                };
+                finished = record.map(|mut record| {
+                    record.status = JournalStatus::Finished;
+                    record.updated_ms = now_ms();
+                    record
+                });
+            },
+            Some(waiter),
+        );
+        let record = finished?;
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => Some((record.run, bytes)),
+            Err(error) => {
+                tracing::warn!(%error, "a finished run's record could not be encoded");
+                None
+            }
+        }
+    }
+
+    /// Void `run`'s records in the log.
+    fn push_drop(&self, run: &str) {
+        self.log.push(
+            &log::drop_record(run),
+            Mark::Drop(run.to_owned()),
+            |runs| {
+                runs.remove(run);
+            },
+            None,
+        );
+    }
+
+    /// Every journaled run, optionally only those still running (the ones
+    /// a crash left unfinished, when no run is live), newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or a record is corrupt.
+    pub fn runs(&self, only_running: bool) -> Result<Vec<JournalRun>, StoreError> {
+        let mut runs: Vec<JournalRun> = self
+            .log
+            .state()
+            .runs
+            .values()
+            .filter(|run| !only_running || run.status == JournalStatus::Running)
+            .cloned()
+            .collect();
+        if !only_running {
+            let known: HashSet<String> = runs.iter().map(|run| run.run.clone()).collect();
+            let txn = self.store.db().begin_read().map_err(io)?;
+            if let Some(table) = read_table(&txn, FINISHED)? {
+                for item in table.iter().map_err(io)? {
+                    let (key, value) = item.map_err(io)?;
+                    if !known.contains(key.value()) {
+                        runs.push(decode_run(value.value())?);
+                    }
+                }
+            }
+        }
+        runs.sort_by_key(|run| std::cmp::Reverse(run.started_ms));
+        Ok(runs)
+    }
+
+    /// One journaled run.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or the record is corrupt.
+    pub fn run(&self, run: &str) -> Result<Option<JournalRun>, StoreError> {
+        if let Some(record) = self.log.state().runs.get(run) {
+            return Ok(Some(record.clone()));
+        }
+        let txn = self.store.db().begin_read().map_err(io)?;
+        let Some(table) = read_table(&txn, FINISHED)? else {
+            return Ok(None);
+        };
+        table
+            .get(run)
+            .map_err(io)?
+            .map(|value| decode_run(value.value()))
+            .transpose()
+    }
+
+    /// Delete every run (its record and entries) whose record last changed
+    /// more than `older_than` ago, finished or not; the number deleted.
+    /// Runs executing now are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read or written.
+    pub async fn prune(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
+        let stale: Vec<String> = {
+            let live = lock(&self.live);
+            self.runs(false)?
+                .into_iter()
+                .filter(|run| run.updated_ms < cutoff && !live.contains(&run.run))
+                .map(|run| run.run)
+                .collect()
+        };
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let in_log: Vec<String> = {
+            let state = self.log.state();
+            stale
+                .iter()
+                .filter(|run| state.runs.contains_key(run.as_str()))
+                .cloned()
+                .collect()
+        };
+        for run in &in_log {
+            self.push_drop(run);
+        }
+        let (done, written) = oneshot::channel();
+        self.log
+            .push(&[], Mark::None, |_| {}, Some(Waiter::Task(done)));
+        written.await.unwrap_or(Err(StoreError::Closed))?;
+        let count = stale.len();
+        self.store
+            .write(move |txn| {
+                let mut table = txn.open_table(FINISHED).map_err(io)?;
+                for run in &stale {
+                    table.remove(run.as_str()).map_err(io)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(count)
+    }
+
+    /// How many segment files the log has (for tests of retention).
+    pub fn segment_files(&self) -> usize {
+        self.log.state().segments.count()
+    }
+
+    /// Resolves once everything queued before the call is written.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        self.log
+            .push(&[], Mark::None, |_| {}, Some(Waiter::Task(done)));
+        written.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The store the journal keeps finished runs in, and whose durability
+    /// it follows.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// The framed record of `entry` at (`run`, `scope`, `seq`).
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when the payload is larger than [`MAX_PAYLOAD_BYTES`].
+fn entry_record(
+    run: &str,
+    scope: &str,
+    seq: u32,
+    entry: &JournalEntry,
+) -> Result<Vec<u8>, StoreError> {
+    if entry.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(StoreError::Io(format!(
+            "a journal entry of {} bytes; at most {MAX_PAYLOAD_BYTES} are kept",
+            entry.payload.len()
+        )));
+    }
+    log::entry_record(run, scope, seq, entry)
+}
+
+/// Apply one record read back from segment `id` to the runs and the
+/// segment accounting.
+fn replay(
+    record: Record<'_>,
+    id: u64,
+    runs: &mut HashMap<String, JournalRun>,
+    segments: &mut Segments,
+) {
+    match record {
+        Record::Start(run) => {
+            segments.record(&run.run, id);
+            runs.insert(run.run.clone(), *run);
+        }
+        // An entry of a run with no start is void (its run was dropped).
+        Record::Entry { run, .. } => {
+            if runs.contains_key(run) {
+                segments.record(run, id);
+            }
+        }
+        Record::Finish {
+            run, drop: true, ..
+        }
+        | Record::Drop { run } => {
+            runs.remove(run);
+            segments.drop_run(run, id);
+        }
+        Record::Finish {
+            run, updated_ms, ..
+        } => {
+            if let Some(record) = runs.get_mut(run) {
+                record.status = JournalStatus::Finished;
+                record.updated_ms = updated_ms;
+                segments.record(run, id);
+            }
+        }
+    }
+}
+
+fn decode_run(bytes: &[u8]) -> Result<JournalRun, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("journal run: {e}")))
+}
+
+fn put_finished(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(FINISHED).map_err(io)?;
+    table.insert(key, bytes).map_err(io)?;
+    Ok(())
+}
+
+/// Delete the tables of the journal's first format, if the store has them.
+fn drop_legacy_tables(store: &Store) -> Result<(), StoreError> {
+    let legacy = {
+        let txn = store.db().begin_read().map_err(io)?;
+        read_table(&txn, LEGACY_RUNS)?.is_some() || read_table(&txn, LEGACY_ENTRIES)?.is_some()
+    };
+    if legacy {
+        tracing::info!("dropping the run journal of an earlier format");
+        let txn = store.db().begin_write().map_err(io)?;
+        txn.delete_table(LEGACY_ENTRIES).map_err(io)?;
+        txn.delete_table(LEGACY_RUNS).map_err(io)?;
+        txn.commit().map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("loom.redb")).unwrap();
+        (dir, Journal::open(store).unwrap())
+    }
+
+    fn record(run: &str, started_ms: u64) -> JournalRun {
+        JournalRun {
+            run: run.into(),
+            tenant: "acme".into(),
+            user: Some("ann".into()),
+            session: None,
+            agent: None,
+            architecture: "react".into(),
+            prompt: "hi".into(),
+            output_schema: None,
+            metadata: Vec::new(),
+            component: String::new(),
+            origin: serde_json::Value::Null,
+            status: JournalStatus::Finished,
+            started_ms,
+            updated_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_come_back_in_order_per_scope() {
+        let (_dir, journal) = journal();
+        let child = child_scope(ROOT_SCOPE, 1, 0);
+        for (scope, seq, text) in [
+            (ROOT_SCOPE, 1, "b"),
+            (ROOT_SCOPE, 0, "a"),
+            (child.as_str(), 0, "child"),
+            (ROOT_SCOPE, 10, "c"),
+        ] {
+            let entry = JournalEntry::new(EntryKind::Completion, text.as_bytes(), text.into());
+            journal.append("run-1", scope, seq, &entry).await.unwrap();
+        }
+        let other = JournalEntry::new(EntryKind::Random, b"r", vec![1, 2]);
+        journal
+            .append("run-2", ROOT_SCOPE, 0, &other)
+            .await
+            .unwrap();
+        let root: Vec<Vec<u8>> = journal
+            .entries("run-1", ROOT_SCOPE)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(root, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        let entries = journal.entries("run-1", &child).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].fingerprint, fingerprint(b"child"));
+        assert_eq!(entries[0].kind, EntryKind::Completion);
+        assert_eq!(journal.entries("run-2", ROOT_SCOPE).unwrap(), [other]);
+    }
+
+    #[tokio::test]
+    async fn finish_marks_the_run_and_can_drop_its_entries_only() {
+        let (_dir, journal) = journal();
+        for run in ["run-1", "run-10", "run-2"] {
+            journal.start(record(run, 1)).await.unwrap();
+            let entry = JournalEntry::new(EntryKind::Completion, b"q", b"a".to_vec());
+            journal.append(run, ROOT_SCOPE, 0, &entry).await.unwrap();
+            journal
+                .append(run, &child_scope(ROOT_SCOPE, 0, 3), 0, &entry)
+                .await
+                .unwrap();
+        }
+        assert_eq!(journal.runs(true).unwrap().len(), 3);
+        journal.finish("run-1", true).await.unwrap();
+        journal.finish("run-2", false).await.unwrap();
+        let running: Vec<String> = journal
+            .runs(true)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run)
+            .collect();
+        assert_eq!(running, ["run-10"]);
+        assert!(journal.entries("run-1", ROOT_SCOPE).unwrap().is_empty());
+        // A run whose id extends another's keeps its entries.
+        assert_eq!(journal.entries("run-10", ROOT_SCOPE).unwrap().len(), 1);
+        assert_eq!(journal.entries("run-2", ROOT_SCOPE).unwrap().len(), 1);
+        assert_eq!(
+            journal.run("run-2").unwrap().unwrap().status,
+            JournalStatus::Finished
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_stale_runs_with_their_entries() {
+        let (_dir, journal) = journal();
+        journal.start(record("old", 1)).await.unwrap();
+        let entry = JournalEntry::new(EntryKind::Tools, b"", b"[]".to_vec());
+        journal.append("old", ROOT_SCOPE, 0, &entry).await.unwrap();
+        assert_eq!(journal.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(journal.prune(Duration::from_millis(1)).await.unwrap(), 1);
+        assert!(journal.runs(false).unwrap().is_empty());
+        assert!(journal.entries("old", ROOT_SCOPE).unwrap().is_empty());
+    }
+
+    fn open_at(dir: &std::path::Path) -> Journal {
+        Journal::open(Store::open(&dir.join("loom.redb")).unwrap()).unwrap()
+    }
+
+    fn entry(text: &str) -> JournalEntry {
+        JournalEntry::new(EntryKind::Completion, text.as_bytes(), text.into())
+    }
+
+    fn log_dir(dir: &std::path::Path) -> std::path::PathBuf {
+        dir.join("loom.journal")
+    }
+
+    #[tokio::test]
+    async fn a_reopened_journal_finds_what_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = open_at(dir.path());
+            for run in ["a", "b", "c"] {
+                journal.start(record(run, 1)).await.unwrap();
+                journal
+                    .append(run, ROOT_SCOPE, 0, &entry(run))
+                    .await
+                    .unwrap();
+            }
+            journal.append_queued("a", ROOT_SCOPE, 1, &entry("a1"));
+            journal.finish("b", true).await.unwrap();
+            journal.finish("c", false).await.unwrap();
+        }
+        let journal = open_at(dir.path());
+        let interrupted: Vec<String> = journal
+            .interrupted()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run)
+            .collect();
+        assert_eq!(interrupted, ["a"]);
+        let a: Vec<Vec<u8>> = journal
+            .entries("a", ROOT_SCOPE)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(a, [b"a".to_vec(), b"a1".to_vec()]);
+        assert!(journal.all_entries("b").unwrap().is_empty());
+        assert_eq!(journal.entries("c", ROOT_SCOPE).unwrap().len(), 1);
+        for run in ["b", "c"] {
+            let record = journal.run(run).unwrap().unwrap();
+            assert_eq!(record.status, JournalStatus::Finished, "{run}");
+        }
+        assert_eq!(journal.runs(false).unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_torn_or_corrupt_tail_is_cut_and_the_rest_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("r", 1)).await.unwrap();
+            for seq in 0..3 {
+                journal
+                    .append("r", ROOT_SCOPE, seq, &entry(&format!("e{seq}")))
+                    .await
+                    .unwrap();
+            }
+        }
+        let segment = log::segment_path(&log_dir(dir.path()), 0);
+        let whole = std::fs::read(&segment).unwrap();
+        // A write cut short by a crash: half of a last record.
+        let torn = log::entry_record("r", ROOT_SCOPE, 3, &entry("lost")).unwrap();
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(&torn[..torn.len() / 2]);
+        std::fs::write(&segment, &bytes).unwrap();
+        {
+            let journal = open_at(dir.path());
+            assert_eq!(journal.entries("r", ROOT_SCOPE).unwrap().len(), 3);
+            assert_eq!(
+                std::fs::read(&segment).unwrap(),
+                whole,
+                "the torn tail is cut"
+            );
+            journal
+                .append("r", ROOT_SCOPE, 3, &entry("e3"))
+                .await
+                .unwrap();
+        }
+        // A flipped byte in the first segment's last entry (e2; e3 went
+        // to the second process's segment): the others read.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&segment, &bytes).unwrap();
+        let journal = open_at(dir.path());
+        let payloads: Vec<Vec<u8>> = journal
+            .entries("r", ROOT_SCOPE)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(payloads, [b"e0".to_vec(), b"e1".to_vec(), b"e3".to_vec()]);
+        // Not a segment at all: ignored, never deleted.
+        std::fs::write(
+            log_dir(dir.path()).join("00000000000000000099.seg"),
+            b"junk",
+        )
+        .unwrap();
+        drop(journal);
+        let journal = open_at(dir.path());
+        assert_eq!(journal.interrupted().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn finished_runs_free_their_segments_and_drops_outlive_the_data_they_void() {
+        let dir = tempfile::tempdir().unwrap();
+        // Process 1: `long` starts and is cut off; `short` runs and finishes.
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("long", 1)).await.unwrap();
+            journal
+                .append("long", ROOT_SCOPE, 0, &entry("x"))
+                .await
+                .unwrap();
+            journal.start(record("short", 1)).await.unwrap();
+            journal.finish("short", true).await.unwrap();
+            assert_eq!(journal.segment_files(), 1);
+        }
+        // Process 2: `long` resumes (its records now span two segments)
+        // and finishes; `other` is cut off here.
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("long", 1)).await.unwrap();
+            journal
+                .append("long", ROOT_SCOPE, 1, &entry("y"))
+                .await
+                .unwrap();
+            journal.start(record("other", 1)).await.unwrap();
+            journal.finish("long", true).await.unwrap();
+            // Segment 0 held only `long` and `short`: deleted.
+            assert_eq!(journal.segment_files(), 1);
+        }
+        let ids = log::segment_ids(&log_dir(dir.path())).unwrap();
+        assert_eq!(ids, [1]);
+        // Process 3: `other` is still interrupted, `long` is not back.
+        let journal = open_at(dir.path());
+        let interrupted: Vec<String> = journal
+            .interrupted()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run)
+            .collect();
+        assert_eq!(interrupted, ["other"]);
+        journal.finish("other", true).await.unwrap();
+        journal.flush().await.unwrap();
+        assert_eq!(log::segment_ids(&log_dir(dir.path())).unwrap(), [2]);
+        drop(journal);
+        assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_finished_in_the_store_but_not_the_log_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("r", 1)).await.unwrap();
+            let mut finished = record("r", 1);
+            finished.status = JournalStatus::Finished;
+            let bytes = serde_json::to_vec(&finished).unwrap();
+            journal
+                .store()
+                .write(move |txn| put_finished(txn, "r", &bytes))
+                .await
+                .unwrap();
+        }
+        let journal = open_at(dir.path());
+        assert!(journal.interrupted().unwrap().is_empty());
+        assert_eq!(
+            journal.run("r").unwrap().unwrap().status,
+            JournalStatus::Finished
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Which segment files of the journal log still hold something a run
+//! needs, and which can be deleted.
+//!
+//! A run's records (its start, its entries, a kept finish) pin every
+//! segment they are in. When a run is dropped (finished without keeping
+//! its entries, or pruned), a drop marker is written to the segment being
+//! written, and the run stops pinning its data. The marker itself must
+//! outlive that data: if the segment holding the marker went first, a
+//! restart would find the run's older records with nothing saying they
+//! are void, and bring the run back as interrupted. So a segment is
+//! deletable when no run pins it and none of its markers still guards
+//! data in another segment.
+//!
+//! The accounting follows what is on disk: the log's writer applies a
+//! record here only once it is written, and replays every segment through
+//! it when the log is opened.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Segment ids, their pins and drop markers.
+#[derive(Debug, Default)]
+pub(super) struct Segments {
+    /// Every segment file that exists, with the runs pinning it.
+    pins: BTreeMap<u64, HashSet<String>>,
+    /// Each live run's segments.
+    runs: HashMap<String, BTreeSet<u64>>,
+    /// A dropped run whose data outlives its marker's need: run → (the
+    /// marker's segment, the segments of its data not yet deleted).
+    tombstones: HashMap<String, (u64, BTreeSet<u64>)>,
+    /// Segment → the dropped runs whose markers it holds.
+    markers: BTreeMap<u64, HashSet<String>>,
+}
+
+impl Segments {
+    /// Note that segment `id` exists.
+    pub(super) fn add(&mut self, id: u64) {
+        self.pins.entry(id).or_default();
+    }
+
+    /// A record of `run` was written to segment `id`.
+    pub(super) fn record(&mut self, run: &str, id: u64) {
+        self.add(id);
+        if let Some(runs) = self.pins.get_mut(&id) {
+            runs.insert(run.to_owned());
+        }
+        self.runs.entry(run.to_owned()).or_default().insert(id);
+    }
+
+    /// The segments holding `run`'s records, oldest first.
+    pub(super) fn of(&self, run: &str) -> Vec<u64> {
+        self.runs
+            .get(run)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// A drop marker of `run` was written to segment `id`: its records are
+    /// void, and the marker is kept while they exist.
+    pub(super) fn drop_run(&mut self, run: &str, id: u64) {
+        self.add(id);
+        let mut data = self.runs.remove(run).unwrap_or_default();
+        for segment in &data {
+            if let Some(runs) = self.pins.get_mut(segment) {
+                runs.remove(run);
+            }
+        }
+        // Data in the marker's own segment goes with it.
+        data.remove(&id);
+        if data.is_empty() {
+            return;
+        }
+        if let Some((old, _)) = self.tombstones.remove(run)
+            && let Some(markers) = self.markers.get_mut(&old)
+        {
+            markers.remove(run);
+        }
+        self.markers.entry(id).or_default().insert(run.to_owned());
+        self.tombstones.insert(run.to_owned(), (id, data));
+    }
+
+    /// The oldest segment below `active` that nothing needs any more.
+    pub(super) fn next_deletable(&self, active: u64) -> Option<u64> {
+        self.pins
+            .range(..active)
+            .find(|(id, runs)| runs.is_empty() && !self.guards_data(**id))
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether a marker in segment `id` still voids data elsewhere.
+    fn guards_data(&self, id: u64) -> bool {
+        self.markers.get(&id).is_some_and(|runs| {
+            runs.iter()
+                .any(|run| self.tombstones.get(run).is_some_and(|(_, d)| !d.is_empty()))
+        })
+    }
+
+    /// Segment `id` was deleted.
+    pub(super) fn deleted(&mut self, id: u64) {
+        self.pins.remove(&id);
+        if let Some(runs) = self.markers.remove(&id) {
+            for run in runs {
+                self.tombstones.remove(&run);
+            }
+        }
+        let settled: Vec<String> = self
+            .tombstones
+            .iter_mut()
+            .filter_map(|(run, (_, data))| {
+                data.remove(&id);
+                data.is_empty().then(|| run.clone())
+            })
+            .collect();
+        for run in settled {
+            if let Some((marker, _)) = self.tombstones.remove(&run)
+                && let Some(markers) = self.markers.get_mut(&marker)
+            {
+                markers.remove(&run);
+            }
+        }
+    }
+
+    /// How many segment files exist.
+    pub(super) fn count(&self) -> usize {
+        self.pins.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(segments: &mut Segments, active: u64) -> Vec<u64> {
+        let mut deleted = Vec::new();
+        while let Some(id) = segments.next_deletable(active) {
+            segments.deleted(id);
+            deleted.push(id);
+        }
+        deleted
+    }
+
+    #[test]
+    fn a_live_run_pins_its_segments() {
+        let mut s = Segments::default();
+        s.record("a", 1);
+        s.record("a", 2);
+        s.record("b", 2);
+        s.add(3);
+        assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
+        s.drop_run("b", 3);
+        assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
+        s.drop_run("a", 3);
+        assert_eq!(drain(&mut s, 3), [1, 2]);
+        // The active segment is never deleted.
+        assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
+    fn a_marker_outlives_the_data_it_voids() {
+        let mut s = Segments::default();
+        // `x` has data in 1; `y` runs long in 1 and pins it.
+        s.record("x", 1);
+        s.record("y", 1);
+        s.record("z", 2);
+        // x is dropped: its marker is in 2; z is dropped too, in 2.
+        s.drop_run("x", 2);
+        s.drop_run("z", 2);
+        s.add(3);
+        // 2 holds nobody's records, but its marker guards x's data in 1.
+        assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
+        s.drop_run("y", 3);
+        assert_eq!(drain(&mut s, 3), [1, 2]);
+        assert_eq!(drain(&mut s, 4), [3]);
+    }
+
+    #[test]
+    fn a_run_restarted_after_its_drop_pins_again() {
+        let mut s = Segments::default();
+        s.record("r", 1);
+        s.drop_run("r", 1);
+        s.record("r", 2);
+        s.add(3);
+        assert_eq!(drain(&mut s, 3), [1]);
+        assert_eq!(s.of("r"), [2]);
+    }
+}
