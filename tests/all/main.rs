@@ -21,6 +21,7 @@ mod journal;
 mod memory;
 mod memory_conformance;
 mod plugins;
+mod polyglot;
 mod providers;
 mod retrieval;
 mod support;

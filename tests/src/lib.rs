@@ -11,6 +11,37 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// The path of the JavaScript or Python example component `name`
+/// (`js-tool`, `py-architecture`, ...), built by `cargo xtask
+/// build-polyglot` (part of `cargo xtask test`) into `$LOOM_POLYGLOT_DIR`,
+/// else `<target dir>/polyglot`.
+///
+/// # Panics
+///
+/// When it has not been built, naming the command that builds it: tests of
+/// these components fail without them, they are never skipped.
+pub fn polyglot_component(name: &str) -> String {
+    let dir = std::env::var_os("LOOM_POLYGLOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // OUT_DIR is <target>/<profile>/build/loom-tests-<hash>/out.
+            Path::new(env!("OUT_DIR"))
+                .ancestors()
+                .nth(4)
+                .map(|target| target.join("polyglot"))
+                .unwrap_or_default()
+        });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: the JavaScript and Python example components are built by \
+         `cargo xtask test` (or `cargo xtask build-polyglot`, which prints the directory \
+         to give the tests as LOOM_POLYGLOT_DIR)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// A compile cache shared by tests, kept between runs under the target directory.
 pub fn shared_cache_dir() -> PathBuf {
     PathBuf::from(concat!(env!("OUT_DIR"), "/test-compile-cache"))

@@ -4,8 +4,14 @@
 //! * `cargo xtask demo` — builds the host and the first-party components and
 //!   runs the offline demo: tools called through the sandbox for two tenants
 //!   with different grants, showing allowed and denied capabilities.
-//! * `cargo xtask test` — formatting, clippy, and the whole test suite
+//! * `cargo xtask test` — formatting, clippy, the JavaScript and Python
+//!   example components (`build-polyglot`), and the whole test suite
 //!   (nextest when installed, else `cargo test`), plus doc tests.
+//! * `cargo xtask build-polyglot` — installs componentize-js and
+//!   componentize-py (cached) and builds `examples/js-*` and `examples/py-*`
+//!   (see `polyglot.rs`).
+
+mod polyglot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,9 +24,12 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "demo" => demo(),
         "test" => test(),
+        "build-polyglot" => polyglot::build(&root(), &target_dir()).map(|dir| {
+            println!("{}", dir.display());
+        }),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test>\n  demo  build everything and run the offline demo\n  test  fmt, clippy and every test"
+                "usage: cargo xtask <demo|test|build-polyglot>\n  demo            build everything and run the offline demo\n  test            fmt, clippy and every test\n  build-polyglot  build the JavaScript and Python example components"
             );
             return ExitCode::from(2);
         }
@@ -575,15 +584,21 @@ fn test() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // The tests of the JavaScript and Python examples load them from here.
+    let polyglot = polyglot::build(&root(), &target_dir())?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if nextest {
-        run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+        run(cargo()
+            .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .env("LOOM_POLYGLOT_DIR", &polyglot))?;
     } else {
-        run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+        run(cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .env("LOOM_POLYGLOT_DIR", &polyglot))?;
     }
     run(cargo().args(["test", "--workspace", "--doc"]))
 }
