@@ -248,6 +248,121 @@ fn inspect_describes_and_explains_rejection() {
     );
 }
 
+#[test]
+fn inspect_reports_the_contract_version_and_its_support() {
+    let env = setup();
+    // One component built against each release this host serves.
+    for (component, version, adapter) in [
+        (components::FIXTURE_LEGACY_TOOL, "0.1.0", "semver"),
+        (components::FIXTURE_ARCHITECTURE_STUB, "0.1.0", "semver"),
+        (components::FIXTURE_HOSTILE_ARCH, "0.1.1", "semver"),
+        (components::FIXTURE_TOOL_0_1_2, "0.1.2", "semver"),
+        (components::TOOL_RUN_CONTEXT, "0.1.3", "native"),
+    ] {
+        let out = loom(&env, &["plugins", "inspect", component, "--json"]);
+        assert!(out.status.success(), "{component}: {}", text(&out.stdout));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["host_contract"], "loom:plugin@0.1.3");
+        assert_eq!(report["supported"], true, "{report}");
+        let contract = report["contract"].as_array().unwrap();
+        assert_eq!(contract.len(), 1, "{report}");
+        assert_eq!(contract[0]["package"], format!("loom:plugin@{version}"));
+        assert_eq!(contract[0]["status"], "supported");
+        assert_eq!(contract[0]["adapter"], adapter);
+        let human = text(&loom(&env, &["plugins", "inspect", component]).stdout);
+        assert!(
+            human.contains(&format!("contract:  loom:plugin@{version} — supported")),
+            "{human}"
+        );
+    }
+
+    // A component of a later, incompatible version: refused, saying which
+    // version this host implements and how to fix it.
+    let out = loom(
+        &env,
+        &[
+            "plugins",
+            "inspect",
+            components::FIXTURE_FUTURE_VERSION,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["supported"], false);
+    assert_eq!(report["accepted"], false);
+    let future = &report["contract"][0];
+    assert_eq!(future["package"], "loom:plugin@0.2.0");
+    assert_eq!(future["status"], "newer_than_host");
+    assert_eq!(future["same_track"], false);
+    let detail = future["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0.1.0 to 0.1.3") && detail.contains("upgrade Loom"),
+        "{detail}"
+    );
+    assert!(
+        report["rejection"]
+            .as_str()
+            .unwrap()
+            .contains("rebuild it against wit/plugin@0.1.3"),
+        "{report}"
+    );
+    let human = text(
+        &loom(
+            &env,
+            &["plugins", "inspect", components::FIXTURE_FUTURE_VERSION],
+        )
+        .stdout,
+    );
+    assert!(
+        human.contains("contract:  loom:plugin@0.2.0 — newer than this host")
+            && human.contains("verdict:   REJECTED: built against loom:plugin/tool@0.2.0"),
+        "{human}"
+    );
+
+    // A core module has no contract to report.
+    let core = env.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = loom(
+        &env,
+        &["plugins", "inspect", core.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["contract"], serde_json::json!([]));
+    assert_eq!(report["supported"], false);
+}
+
+#[test]
+fn plugins_list_shows_the_contract_version_of_each_plugin() {
+    let env = setup();
+    env.add_plugin(components::FIXTURE_TOOL_0_1_2, "tool-0-1-2", None);
+    let out = loom(&env, &["plugins", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} listed"))
+            .clone()
+    };
+    assert_eq!(
+        row("tool-0-1-2")["contract"][0]["package"],
+        "loom:plugin@0.1.2"
+    );
+    assert_eq!(row("tool-0-1-2")["contract"][0]["status"], "supported");
+    assert_eq!(
+        row("calculator")["contract"][0]["package"],
+        "loom:plugin@0.1.3"
+    );
+    let human = text(&loom(&env, &["plugins", "list"]).stdout);
+    assert!(
+        human.contains("contract:  loom:plugin@0.1.2 (supported)"),
+        "{human}"
+    );
+}
+
 fn agent_setup() -> TestEnv {
     let env = TestEnv::new();
     env.add_plugin(components::ARCH_REACT, "react", None);

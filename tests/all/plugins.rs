@@ -271,12 +271,14 @@ fn exports_of_another_loom_version_are_named() {
     let shape = ComponentShape {
         kind: None,
         world: None,
+        versions: vec!["0.2.0".into()],
         exports: vec!["loom:plugin/tool@0.2.0".into()],
         imports: vec![],
     };
     let err = SandboxEngine::classify(&shape).unwrap_err();
     assert!(matches!(err, LoadError::UnsupportedVersion(_)));
     assert!(err.to_string().contains("loom:plugin@0.1.x"), "{err}");
+    assert!(err.to_string().contains("upgrade Loom"), "{err}");
     let shape = ComponentShape {
         exports: vec!["wasi:cli/run@0.2.0".into()],
         ..shape
@@ -304,6 +306,10 @@ async fn kinds_are_detected_and_unsupported_versions_refused() {
         .to_string();
     assert!(
         future.contains("loom:plugin/tool@0.2.0") && future.contains("0.1.x"),
+        "{future}"
+    );
+    assert!(
+        future.contains("newer than this host") && future.contains("wit/plugin@0.1.3"),
         "{future}"
     );
     let arch = find("stub-arch").status.as_ref().expect("loaded");
@@ -412,4 +418,127 @@ async fn a_tenants_slow_plugin_never_delays_another_tenant() {
         .unwrap();
     let reason = entry.status.as_ref().err().unwrap().to_string();
     assert!(reason.contains("`list` failed"), "{reason}");
+}
+
+/// The fixture built against each release of the contract: (version,
+/// constant, plugin name). A release added to the host's table without a
+/// fixture here fails [`compat_every_supported_version_loads_runs_and_reports_itself`].
+const RELEASE_FIXTURES: &[(&str, &str, &str)] = &[
+    ("0.1.0", components::FIXTURE_LEGACY_TOOL, "legacy-tool"),
+    ("0.1.0", components::FIXTURE_ARCHITECTURE_STUB, "stub-0-1-0"),
+    ("0.1.1", components::FIXTURE_HOSTILE_ARCH, "arch-0-1-1"),
+    ("0.1.2", components::FIXTURE_TOOL_0_1_2, "tool-0-1-2"),
+    ("0.1.3", components::TOOL_RUN_CONTEXT, "run-context"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_every_supported_version_loads_runs_and_reports_itself() {
+    use loom_host::agent::{Agent, RunRequest};
+    use loom_host::engine::contract::{self, Adapter, Support};
+    use loom_host::model::offline::EchoModel;
+    use std::sync::Arc;
+
+    // Every release in the host's table has a fixture, and only those.
+    for release in contract::RELEASES {
+        assert!(
+            RELEASE_FIXTURES
+                .iter()
+                .any(|(v, _, _)| *v == release.version),
+            "release {} has no fixture component in RELEASE_FIXTURES",
+            release.version
+        );
+    }
+    let env = TestEnv::new();
+    for (_, component, name) in RELEASE_FIXTURES {
+        env.add_plugin(component, name, None);
+    }
+    env.add_plugin(components::FIXTURE_FUTURE_VERSION, "future", None);
+    env.add_plugin(components::TOOL_CALCULATOR, "calculator", None);
+    let host = Arc::new(env.host("").await);
+    let catalog = host.catalog().await;
+    let entry = |name: &str| {
+        catalog
+            .entries
+            .iter()
+            .find(|e| e.name() == name)
+            .unwrap_or_else(|| panic!("{name} listed"))
+    };
+    // Each loads and reports the version it was built against, supported.
+    for (version, _, name) in RELEASE_FIXTURES {
+        let plugin = entry(name)
+            .status
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name} ({version}) refused: {e}"));
+        assert_eq!(plugin.shape.versions, vec![version.to_string()], "{name}");
+        assert!(
+            plugin
+                .shape
+                .world
+                .as_deref()
+                .is_some_and(|w| w.ends_with(&format!("@{version}"))),
+            "{name}: {:?}",
+            plugin.shape.world
+        );
+        let expected = if *version == contract::HOST_VERSION {
+            Adapter::Native
+        } else {
+            Adapter::Semver
+        };
+        assert_eq!(
+            contract::support(version),
+            Support::Supported { adapter: expected }
+        );
+    }
+    // The future one is refused, saying which host version and what to do.
+    let refused = entry("future")
+        .status
+        .as_ref()
+        .err()
+        .expect("0.2.0 refused")
+        .to_string();
+    assert!(
+        refused.contains("loom:plugin/tool@0.2.0")
+            && refused.contains("newer than this host")
+            && refused.contains("0.1.0 to 0.1.3")
+            && refused.contains("upgrade Loom"),
+        "{refused}"
+    );
+
+    // And each works: tools of 0.1.0, 0.1.2 and 0.1.3 are called...
+    for (tool, arguments) in [
+        ("legacy_echo", r#"{"x":1}"#),
+        ("echo_0_1_2", r#"{"y":2}"#),
+        ("run_context", "{}"),
+    ] {
+        let output = host
+            .call_tool(scope("default", Some("ann")), tool, arguments)
+            .await
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let value: serde_json::Value = serde_json::from_str(&output.output).unwrap();
+        assert_eq!(value["tenant"], "default", "{tool}: {value}");
+    }
+    // ...and architectures of 0.1.0 and 0.1.1 run, the 0.1.1 one calling a
+    // 0.1.3 tool (calculate 1+1) through the harness.
+    let agent = Agent::builder("compat")
+        .host(host.clone())
+        .model(Arc::new(EchoModel))
+        .architecture("stub")
+        .tools(["calculate"])
+        .build()
+        .unwrap();
+    let stub = agent
+        .run(
+            RunRequest::new(scope("default", Some("ann")), "hello from 0.1.0").architecture("stub"),
+        )
+        .await
+        .expect("0.1.0 architecture runs");
+    assert_eq!(stub.output, "hello from 0.1.0");
+    let arch = agent
+        .run(
+            RunRequest::new(scope("default", Some("ann")), "ungranted calculate")
+                .architecture("hostile"),
+        )
+        .await
+        .expect("0.1.1 architecture runs");
+    assert_eq!(arch.output, r#"Ok("2.0")"#);
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use loom_host::engine::cache::sha256_hex;
+use loom_host::engine::contract::{self, VersionReport};
 use loom_host::plugins::manifest::Manifest;
 use loom_host::plugins::{Catalog, PluginEntry, Visibility};
 use loom_host::tenancy::ids::TenantId;
@@ -94,6 +95,7 @@ fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Catalog)>) -> Value
         "scope": scope,
         "kind": plugin.kind,
         "version": plugin.version,
+        "contract": contract_reports(&plugin.shape.versions),
         "description": plugin.description,
         "sha256": plugin.sha256,
         "tools": tools,
@@ -101,6 +103,35 @@ fn describe(entry: &PluginEntry, tenant: Option<(&TenantId, &Catalog)>) -> Value
         "granted": granted,
         "manifest": plugin.requests.is_some(),
     })
+}
+
+/// Each `loom:plugin` version a component uses, with this host's verdict.
+fn contract_reports(versions: &[String]) -> Vec<VersionReport> {
+    versions.iter().map(|v| VersionReport::new(v)).collect()
+}
+
+/// `loom:plugin@0.1.2 (supported)`, comma-separated; `(none)` for none.
+fn summarize_contract(value: &Value) -> String {
+    let parts: Vec<String> = value
+        .as_array()
+        .map(|reports| {
+            reports
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} ({})",
+                        r["package"].as_str().unwrap_or("?"),
+                        r["status"].as_str().unwrap_or("?").replace('_', " ")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "(none)".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn summarize_requests(value: &Value) -> String {
@@ -178,6 +209,7 @@ fn print_table(rows: &[Value], with_grants: bool) {
                     .collect()
             })
             .unwrap_or_default();
+        println!("    contract:  {}", summarize_contract(&row["contract"]));
         if row["kind"] == "tool" {
             println!("    tools:     {}", tools.join(", "));
         }
@@ -214,6 +246,9 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
         "bytes": bytes.len(),
         "sha256": sha256_hex(&bytes),
         "manifest": manifest.as_ref().and_then(|m| m.as_ref().ok()),
+        "host_contract": format!("{}@{}", contract::PACKAGE, contract::HOST_VERSION),
+        "contract": [],
+        "supported": false,
     });
     let name = file
         .file_stem()
@@ -224,6 +259,16 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
         Err(error) => rejection = rejection.or(Some(error.to_string())),
         Ok(shape) => {
             report["world"] = json!(shape.world);
+            let reports = contract_reports(&shape.versions);
+            // Supported: every version it uses is a release this host serves
+            // (a newer 0.1.x may still load, but is not promised to).
+            report["supported"] = json!(
+                !reports.is_empty()
+                    && reports
+                        .iter()
+                        .all(|r| matches!(r.support, contract::Support::Supported { .. }))
+            );
+            report["contract"] = serde_json::to_value(&reports)?;
             report["kind"] = json!(shape.kind);
             report["exports"] = json!(shape.exports);
             report["imports"] = json!(shape.imports);
@@ -258,6 +303,20 @@ pub async fn inspect(config: LoomConfig, file: &Path, as_json: bool) -> anyhow::
             "world:     {}",
             report["world"].as_str().unwrap_or("(none)")
         );
+        let reports = report["contract"].as_array().cloned().unwrap_or_default();
+        if reports.is_empty() {
+            println!(
+                "contract:  (no loom:plugin interface; this host implements {})",
+                report["host_contract"].as_str().unwrap_or("?")
+            );
+        }
+        for r in &reports {
+            println!(
+                "contract:  {} — {}",
+                r["package"].as_str().unwrap_or("?"),
+                r["detail"].as_str().unwrap_or("?")
+            );
+        }
         for (label, key) in [("exports:", "exports"), ("imports:", "imports")] {
             let items: Vec<&str> = report[key]
                 .as_array()

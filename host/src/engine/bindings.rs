@@ -8,11 +8,10 @@
 //! agent run, the key-value store only to memory components.
 //!
 //! Components built against `loom:plugin@0.1.0`, `@0.1.1` or `@0.1.2` load
-//! unchanged: each patch version only adds (0.1.1 the `facts` interface,
-//! 0.1.2 the harness's `delegate-all`, 0.1.3 the context's
-//! `idempotency-key`), and wasmtime resolves a `…@0.1.0`, `…@0.1.1` or
-//! `…@0.1.2` import or export to the `…@0.1.3` definition (semver-compatible
-//! lookup), with the types checked structurally.
+//! unchanged: each patch version only adds, and wasmtime resolves their
+//! imports and exports to the `…@0.1.3` definitions (semver-compatible
+//! lookup), with the types checked structurally. Which versions are served,
+//! and how, is the table in [`super::contract`].
 //! Generated types stay in this module and in the engine and agent modules;
 //! the rest of the host converts them into its own types.
 
@@ -51,11 +50,6 @@ pub use host_world::loom::plugin::{context, harness, kv, types};
 
 /// The interface names the host knows, for kind detection.
 pub mod names {
-    /// Version of the `loom:plugin` package this host implements.
-    pub const PACKAGE_VERSION: &str = "0.1.3";
-    /// The versions a component may be built against: `0.1.x`, any patch
-    /// (wasmtime links them to this host's definitions).
-    pub const COMPATIBLE_PREFIX: &str = "0.1.";
     /// Interface exported by tool components.
     pub const TOOL: &str = "tool";
     /// Interface exported by architecture components.
@@ -67,16 +61,7 @@ pub mod names {
 
     /// For an export named `loom:plugin/<interface>@<version>`: the
     /// interface and the version.
-    pub fn split(export: &str) -> Option<(&str, &str)> {
-        export.strip_prefix("loom:plugin/")?.split_once('@')
-    }
-
-    /// Whether a component built against `version` can be served.
-    pub fn compatible(version: &str) -> bool {
-        version
-            .strip_prefix(COMPATIBLE_PREFIX)
-            .is_some_and(|patch| !patch.is_empty() && patch.chars().all(|c| c.is_ascii_digit()))
-    }
+    pub use super::super::contract::split;
 }
 
 impl From<types::ToolError> for super::ToolFailure {

@@ -2,6 +2,7 @@
 
 use super::bindings::names;
 use super::cache;
+use super::contract;
 use super::types::MAX_COMPONENT_BYTES;
 
 /// Why the engine could not start.
@@ -46,11 +47,9 @@ pub enum LoadError {
     /// The compiler rejected it.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// It exports a `loom:plugin` interface of a version this host does not support.
-    #[error(
-        "built against {0}; this host supports loom:plugin@0.1.x. Rebuild it with a \
-         loom-sdk for loom:plugin 0.1"
-    )]
+    /// It exports a `loom:plugin` interface of a version this host does not
+    /// serve (the export's name is the field; [`contract`] says why).
+    #[error("built against {0}, {reason}", reason = unsupported(.0))]
     UnsupportedVersion(String),
     /// It exports no `loom:plugin` interface.
     #[error(
@@ -64,6 +63,15 @@ pub enum LoadError {
     /// Its `list` call failed or returned bad specs.
     #[error("tool list is unusable: {0}")]
     BadTools(String),
+}
+
+/// Why the version of `export` (`loom:plugin/<interface>@<version>`) is
+/// not served, and what to do.
+fn unsupported(export: &str) -> String {
+    match contract::split(export) {
+        Some((_, version)) => contract::explain(version),
+        None => contract::explain(""),
+    }
 }
 
 /// The error a tool returned (not a sandbox fault).

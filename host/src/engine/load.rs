@@ -9,6 +9,7 @@ use super::bindings::{
 };
 use super::boundary::check_json;
 use super::cache::{self, CacheOutcome};
+use super::contract;
 use super::error::LoadError;
 use super::sandbox::{CallRequest, conclude, under_limits};
 use super::state::HostState;
@@ -98,6 +99,29 @@ fn compile_cached(
     Ok((component, sha256, outcome))
 }
 
+/// A link error of a component built against a `loom:plugin` newer than
+/// the host's: most likely it uses what the host does not have yet, so the
+/// error says so and how to fix it.
+fn explain_newer_link_error(error: LoadError, shape: &ComponentShape) -> LoadError {
+    let LoadError::Link(reason) = error else {
+        return error;
+    };
+    let newer = shape.versions.iter().find(|v| {
+        matches!(
+            contract::support(v),
+            contract::Support::NewerThanHost { .. }
+        )
+    });
+    match newer {
+        Some(version) => LoadError::Link(format!(
+            "{reason}; the component was built against {}@{version}, {}",
+            contract::PACKAGE,
+            contract::explain(version)
+        )),
+        None => LoadError::Link(reason),
+    }
+}
+
 impl SandboxEngine {
     /// Check the file's header and size before handing it to the compiler.
     fn precheck(bytes: &[u8]) -> Result<(), LoadError> {
@@ -163,15 +187,20 @@ impl SandboxEngine {
                 names::POLICY => PluginKind::Policy,
                 _ => return None,
             };
-            names::compatible(version).then_some((kind, version))
+            contract::support(version)
+                .loadable()
+                .then_some((kind, version))
         });
         let kind = found.map(|(kind, _)| kind);
         // The world as the component was built: `…@0.1.0` for a component
         // of the first version, served through the current definitions.
         let world = found.map(|(kind, version)| format!("loom:plugin/{kind}-plugin@{version}"));
+        let versions =
+            contract::versions_in(exports.iter().chain(imports.iter()).map(String::as_str));
         ComponentShape {
             kind,
             world,
+            versions,
             exports,
             imports,
         }
@@ -185,7 +214,7 @@ impl SandboxEngine {
         if let Some(other) = shape
             .exports
             .iter()
-            .find(|name| name.starts_with("loom:plugin/"))
+            .find(|name| contract::split(name).is_some())
         {
             return Err(LoadError::UnsupportedVersion(other.clone()));
         }
@@ -210,14 +239,20 @@ impl SandboxEngine {
         let (component, shape, sha256, cache) = self.compile_off_workers(bytes).await?;
         let kind = Self::classify(&shape)?;
         let (mut tool, mut architecture, mut policy, mut memory) = (None, None, None, None);
-        match kind {
-            PluginKind::Tool => tool = Some(self.prepare_tool(&component, name, limits).await?),
-            PluginKind::Architecture => {
-                architecture = Some(self.prepare_architecture(&component, name, limits).await?);
+        let prepared = async {
+            match kind {
+                PluginKind::Tool => tool = Some(self.prepare_tool(&component, name, limits).await?),
+                PluginKind::Architecture => {
+                    architecture = Some(self.prepare_architecture(&component, name, limits).await?);
+                }
+                PluginKind::Policy => policy = Some(self.prepare_policy(&component)?),
+                PluginKind::Memory => memory = Some(self.prepare_memory(&component)?),
             }
-            PluginKind::Policy => policy = Some(self.prepare_policy(&component)?),
-            PluginKind::Memory => memory = Some(self.prepare_memory(&component)?),
-        }
+            Ok::<(), LoadError>(())
+        };
+        prepared
+            .await
+            .map_err(|error| explain_newer_link_error(error, &shape))?;
         Ok(LoadedComponent {
             sha256,
             shape,

@@ -19,7 +19,8 @@
 //!   instances are allocated on demand.
 //!
 //! Modules by job: [`setup`] creates the engine, [`load`] compiles and
-//! describes components, [`sandbox`] builds a call's store and runs guest
+//! describes components, [`contract`] says which `loom:plugin` versions
+//! are served and how, [`sandbox`] builds a call's store and runs guest
 //! work under limits, [`call`] calls tools and architectures, [`imports`]
 //! implements Loom's own imports, [`bindings`] holds the generated WIT
 //! bindings and their conversions.
@@ -29,6 +30,7 @@ pub mod bindings;
 pub mod boundary;
 pub mod cache;
 mod call;
+pub mod contract;
 pub mod disk;
 pub mod egress;
 mod error;

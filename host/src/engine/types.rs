@@ -52,8 +52,11 @@ pub struct ToolSpec {
 pub struct ComponentShape {
     /// Kind, if it exports a supported Loom interface.
     pub kind: Option<PluginKind>,
-    /// The Loom world it targets, such as `tool-plugin`.
+    /// The Loom world it targets, such as `loom:plugin/tool-plugin@0.1.2`.
     pub world: Option<String>,
+    /// Every `loom:plugin` version among its imports and exports, in the
+    /// order first seen (see [`super::contract`] for what each means here).
+    pub versions: Vec<String>,
     /// Names of its exports.
     pub exports: Vec<String>,
     /// Names of its imports.
