@@ -7,6 +7,7 @@ mod memory;
 mod plugins;
 mod run;
 mod runs;
+mod scaffold;
 mod scope;
 mod tool;
 
@@ -55,7 +56,7 @@ enum Command {
     /// Maintenance of the host's stored state.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
-    /// List and inspect plugins.
+    /// List and inspect plugins; scaffold a new one.
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Call tools directly, through the full sandbox.
@@ -113,7 +114,9 @@ enum RuntimeCommand {
 #[derive(Debug, Subcommand)]
 enum PluginsCommand {
     /// List the plugins in the configured plugin directories: name, kind,
-    /// tools, version, requested and granted capabilities, load errors.
+    /// version, the loom:plugin version each was built against, tools,
+    /// requested and granted capabilities, load errors. Exits 1 if any
+    /// plugin failed to load.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -124,8 +127,10 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Describe a component file: world, exports, imports, requested
-    /// capabilities, tools, and why Loom would reject it.
+    /// Describe a component file: world, the loom:plugin version(s) it was
+    /// built against and whether this host supports them, exports, imports,
+    /// requested capabilities, tools, and why Loom would reject it. Exits 1
+    /// when rejected.
     Inspect {
         /// The .wasm file.
         file: PathBuf,
@@ -135,6 +140,10 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a plugin project (a tool or an architecture in Rust,
+    /// JavaScript or Python) from the templates built into loom, and print
+    /// the commands that build, inspect and try it.
+    New(scaffold::NewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(PluginsCommand::Inspect { file, config, json }) => {
             plugins::inspect(config.load()?, &file, json).await
         }
+        Command::Plugins(PluginsCommand::New(args)) => scaffold::new(&args),
         Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
         Command::Memory(command) => memory::run(command).await,
         Command::Docs(command) => docs::run(command).await,
