@@ -46,10 +46,18 @@
 //! committed to redb before the guest sees it, as crash-resumable runs
 //! need.
 //!
+//! `journal-ab` measures what the journal costs: the same load through
+//! one agent without the journal and one with it, on one host, their
+//! passes interleaved (A then B, then B then A, ...), so that both see the
+//! same machine; it reports both and the median over passes of B's cost
+//! against the A pass next to it. On a shared, noisy machine this is the
+//! number to trust; separate runs of `all` and `all journal` drift apart by
+//! more than the journal costs.
+//!
 //! `telemetry` installs the `[telemetry]` file sink (every span and metric
 //! of every run as a JSON line, at level `info`) before the load starts.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal] [telemetry] [compose]`
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose]`
 
 use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
@@ -291,6 +299,7 @@ fn main() {
         .unwrap_or_else(|| "all".into());
     let compose = std::env::args().skip(1).any(|a| a == "compose");
     let journal = std::env::args().skip(1).any(|a| a == "journal");
+    let journal_ab = std::env::args().skip(1).any(|a| a == "journal-ab");
     let telemetry = std::env::args().skip(1).any(|a| a == "telemetry");
     let sessions = variant != "bare";
     let budgets = variant == "budgets" || variant == "all";
@@ -352,7 +361,7 @@ fn main() {
     let host = Arc::new(rt.block_on(env.host(&format!(
         "{audit_section}{store_section}{agents_section}[engine]\nmax_instances = 2000\n{tenants}"
     ))));
-    let base = || {
+    let base_with = |journal: bool| {
         let mut builder = Agent::builder("Report who you serve.").host(host.clone());
         if sessions {
             builder = builder.sessions(host.sessions());
@@ -365,6 +374,7 @@ fn main() {
         }
         builder
     };
+    let base = || base_with(journal);
     let features = format!(
         "governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit}), journal {journal}, telemetry file {telemetry}"
     );
@@ -376,6 +386,18 @@ fn main() {
         let agents: Vec<(Kind, Agent)> = Kind::ALL.iter().map(|&k| (k, k.agent(base()))).collect();
         for (users, turns) in shapes {
             compose_shape(&rt, &agents, users, turns);
+        }
+        return;
+    }
+    if journal_ab {
+        println!(
+            "journal A/B: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; {features}; \
+             A = no journal, B = journal, passes interleaved"
+        );
+        let a = Kind::React1.agent(base_with(false));
+        let b = Kind::React1.agent(base_with(true));
+        for (users, turns) in shapes {
+            journal_ab_shape(&rt, &a, &b, users, turns);
         }
         return;
     }
@@ -400,6 +422,70 @@ fn main() {
             steady[steady.len() - 1].throughput(),
         );
     }
+}
+
+/// One shape of the `journal-ab` mode: a first pass of each, then
+/// [`STEADY_PASSES`] pairs, alternating which goes first.
+fn journal_ab_shape(
+    rt: &tokio::runtime::Runtime,
+    a: &Agent,
+    b: &Agent,
+    users: usize,
+    turns: usize,
+) {
+    for (label, agent) in [("A", a), ("B", b)] {
+        let first = rt.block_on(load(agent, Kind::React1, users, turns, 0));
+        println!("{users} users x {turns} turns, {label} (first pass): {first}");
+    }
+    let mut pairs = Vec::new();
+    for pass in 0..STEADY_PASSES {
+        let (ra, rb) = if pass % 2 == 0 {
+            let ra = rt.block_on(load(a, Kind::React1, users, turns, pass + 1));
+            let rb = rt.block_on(load(b, Kind::React1, users, turns, pass + 1));
+            (ra, rb)
+        } else {
+            let rb = rt.block_on(load(b, Kind::React1, users, turns, pass + 1));
+            let ra = rt.block_on(load(a, Kind::React1, users, turns, pass + 1));
+            (ra, rb)
+        };
+        pairs.push((ra, rb));
+    }
+    let cpu = |r: &Report| r.cpu_per_turn().as_secs_f64() * 1e6;
+    let mut ta: Vec<f64> = pairs.iter().map(|(a, _)| a.throughput()).collect();
+    let mut tb: Vec<f64> = pairs.iter().map(|(_, b)| b.throughput()).collect();
+    let mut ca: Vec<f64> = pairs.iter().map(|(a, _)| cpu(a)).collect();
+    let mut cb: Vec<f64> = pairs.iter().map(|(_, b)| cpu(b)).collect();
+    let mut throughput_cost: Vec<f64> = pairs
+        .iter()
+        .map(|(a, b)| (1.0 - b.throughput() / a.throughput()) * 100.0)
+        .collect();
+    let mut cpu_cost: Vec<f64> = pairs
+        .iter()
+        .map(|(a, b)| (cpu(b) / cpu(a) - 1.0) * 100.0)
+        .collect();
+    let mut pa: Vec<f64> = pairs
+        .iter()
+        .map(|(a, _)| a.p50.as_secs_f64() * 1e3)
+        .collect();
+    let mut pb: Vec<f64> = pairs
+        .iter()
+        .map(|(_, b)| b.p50.as_secs_f64() * 1e3)
+        .collect();
+    let violations: usize = pairs.iter().map(|(a, b)| a.violations + b.violations).sum();
+    println!(
+        "{users} users x {turns} turns, steady state, median of {STEADY_PASSES} interleaved pairs: \
+         A {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
+         B (journal) {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
+         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} %; violations {violations}",
+        median(&mut ta),
+        median(&mut ca),
+        median(&mut pa),
+        median(&mut tb),
+        median(&mut cb),
+        median(&mut pb),
+        -median(&mut throughput_cost),
+        median(&mut cpu_cost),
+    );
 }
 
 /// Passes measured after the first, per shape.

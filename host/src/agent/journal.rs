@@ -268,6 +268,9 @@ impl RunJournal {
     }
 
     fn take(&self, scope: &str, seq: u32) -> Option<JournalEntry> {
+        if !self.resumed {
+            return None;
+        }
         let mut replay = match self.replay.lock() {
             Ok(replay) => replay,
             Err(poisoned) => poisoned.into_inner(),

@@ -88,9 +88,16 @@ impl Record<'_> {
 /// Frame `body` as a record.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + body.len());
-    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(&[0; 8]);
     bytes.extend_from_slice(body);
+    seal(bytes)
+}
+
+/// Fill in the header of a record built after 8 reserved bytes.
+fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
+    let (header, body) = bytes.split_at_mut(8);
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
     bytes
 }
 
@@ -122,7 +129,8 @@ pub(super) fn entry_record(
     seq: u32,
     entry: &JournalEntry,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut body = Vec::with_capacity(45 + run.len() + scope.len() + entry.payload.len());
+    let mut body = Vec::with_capacity(53 + run.len() + scope.len() + entry.payload.len());
+    body.extend_from_slice(&[0; 8]);
     body.push(ENTRY);
     put_str(&mut body, run, "run id")?;
     put_str(&mut body, scope, "scope")?;
@@ -130,7 +138,7 @@ pub(super) fn entry_record(
     body.push(entry.kind as u8);
     body.extend_from_slice(&entry.fingerprint);
     body.extend_from_slice(&entry.payload);
-    Ok(frame(&body))
+    Ok(seal(body))
 }
 
 /// The framed record of a run's end at `updated_ms`.
@@ -348,6 +356,8 @@ pub(super) struct State {
     pub(super) segments: Segments,
     /// The segment being written.
     active: u64,
+    /// When the oldest write not yet `fdatasync`ed was made.
+    unsynced_since: Option<Instant>,
 }
 
 /// The log, shared by the journal's handles and its writer.
@@ -356,10 +366,21 @@ pub(super) struct Shared {
     sync: StoreSync,
     state: Mutex<State>,
     wake: Condvar,
-    /// Held by the writer from taking a batch until it is written, and by
-    /// readers of segment files, so a reader sees every record either in
-    /// a file or in the queue.
-    io: Mutex<()>,
+    /// The file being appended to. Held by whoever writes a batch (the
+    /// writer thread, or a caller writing its own record) from taking the
+    /// batch until it is written, and by readers of segment files, so a
+    /// reader sees every record either in a file or in the queue.
+    io: Mutex<Io>,
+}
+
+/// The segment file being appended to.
+#[derive(Default)]
+struct Io {
+    active: Option<Active>,
+    /// The last batch's buffers, emptied, swapped in for the queue's so
+    /// it does not grow from nothing for every batch.
+    spare: Vec<u8>,
+    spare_marks: Vec<Mark>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -391,9 +412,10 @@ impl Shared {
                 closed: false,
                 segments,
                 active,
+                unsynced_since: None,
             }),
             wake: Condvar::new(),
-            io: Mutex::new(()),
+            io: Mutex::new(Io::default()),
         })
     }
 
@@ -402,9 +424,42 @@ impl Shared {
         lock(&self.state)
     }
 
+    /// Queue `record` with its `mark` and write it, with whatever was
+    /// queued before it: on the caller's thread when writes need no
+    /// `fdatasync` each ([`Self::writes_in_place`]), else by the writer
+    /// thread at once. `update` changes the visible runs in the same step.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails or the log is closed.
+    pub(super) async fn write(
+        &self,
+        record: &[u8],
+        mark: Mark,
+        update: impl FnOnce(&mut HashMap<String, JournalRun>),
+    ) -> Result<(), StoreError> {
+        if !self.writes_in_place() {
+            let (done, written) = oneshot::channel();
+            self.push(record, mark, update, Some(Waiter::Task(done)));
+            return written.await.unwrap_or(Err(StoreError::Closed));
+        }
+        {
+            let mut state = self.state();
+            if state.closed {
+                return Err(StoreError::Closed);
+            }
+            update(&mut state.runs);
+            state.pending.extend_from_slice(record);
+            state.marks.push(mark);
+        }
+        self.write_now()
+    }
+
     /// Queue `record` with its `mark`; `update` changes the visible runs
     /// in the same step. `waiter` hears when it is written; a
-    /// [`Waiter::Task`] has it written at once.
+    /// [`Waiter::Task`] has it written at once, a callback within
+    /// [`QUEUED_DELAY`]. A record nobody waits for wakes no one: it goes
+    /// out with the next write (every run's last record is waited for).
     pub(super) fn push(
         &self,
         record: &[u8],
@@ -426,12 +481,12 @@ impl Shared {
         let wake = match waiter {
             Some(waiter) => {
                 let urgent = matches!(waiter, Waiter::Task(_));
+                let first = state.waiters.is_empty() || (urgent && !state.urgent);
                 state.waiters.push(waiter);
-                let first = urgent && !state.urgent;
                 state.urgent |= urgent;
-                first || state.pending.len() == record.len()
+                first
             }
-            None => state.pending.len() == record.len(),
+            None => false,
         };
         drop(state);
         if wake {
@@ -501,64 +556,23 @@ struct Active {
     len: u64,
 }
 
-/// The writer thread: write the queue in batches until the log closes.
+/// The writer thread: write the queue in batches until the log closes,
+/// and sync on the store's interval.
 pub(super) fn write_loop(shared: &Shared) {
-    let mut active: Option<Active> = None;
-    let mut unsynced = false;
-    let mut last_sync = Instant::now();
     let interval = match shared.sync {
         StoreSync::Always => None,
         StoreSync::Interval(ms) => Some(Duration::from_millis(ms.max(1))),
     };
     loop {
-        match wait(shared, unsynced, last_sync, interval) {
+        match wait(shared, interval) {
             Next::Stop => {
-                if unsynced && let Some(active) = &active {
-                    let _ = active.file.sync_data();
-                }
+                sync_now(shared, &lock(&shared.io));
                 return;
             }
-            Next::Sync => {
-                if let Some(active) = &active
-                    && let Err(error) = active.file.sync_data()
-                {
-                    tracing::error!(%error, "the journal could not be synced");
-                }
-                unsynced = false;
-                last_sync = Instant::now();
-            }
+            Next::Sync => sync_now(shared, &lock(&shared.io)),
             Next::Write => {
-                let io = lock(&shared.io);
-                let (bytes, marks, waiters, id) = {
-                    let mut state = shared.state();
-                    state.urgent = false;
-                    (
-                        std::mem::take(&mut state.pending),
-                        std::mem::take(&mut state.marks),
-                        std::mem::take(&mut state.waiters),
-                        state.active,
-                    )
-                };
-                let result = append(shared, &mut active, id, &bytes);
-                let result = result.and_then(|()| match interval {
-                    None => sync(&active),
-                    Some(_) => {
-                        unsynced = true;
-                        Ok(())
-                    }
-                });
-                match &result {
-                    Ok(()) => settle(shared, &active, marks),
-                    Err(error) => {
-                        tracing::error!(%error, records = marks.len(), "journal records could not be written");
-                        // Never append after a torn write: start a new segment.
-                        let mut state = shared.state();
-                        if active.as_ref().is_some_and(|a| a.id == state.active) {
-                            state.active += 1;
-                        }
-                        active = None;
-                    }
-                }
+                let mut io = lock(&shared.io);
+                let (result, waiters) = write_batch(shared, &mut io);
                 drop(io);
                 for waiter in waiters {
                     waiter.send(result.clone());
@@ -568,9 +582,93 @@ pub(super) fn write_loop(shared: &Shared) {
     }
 }
 
+impl Shared {
+    /// Whether a caller may write its own record at once instead of
+    /// waiting for the writer thread: when no `fdatasync` is owed per
+    /// write, a `write` is a few microseconds, and doing it in place
+    /// spares the run a trip through another thread.
+    pub(super) fn writes_in_place(&self) -> bool {
+        self.sync != StoreSync::Always
+    }
+
+    /// Write everything queued now, on the caller's thread.
+    pub(super) fn write_now(&self) -> Result<(), StoreError> {
+        let mut io = lock(&self.io);
+        let (result, waiters) = write_batch(self, &mut io);
+        drop(io);
+        for waiter in waiters {
+            waiter.send(result.clone());
+        }
+        result
+    }
+}
+
+/// `fdatasync` what was written, if anything (the caller holds `io`, so
+/// no write runs meanwhile).
+fn sync_now(shared: &Shared, io: &Io) {
+    if shared.state().unsynced_since.is_none() {
+        return;
+    }
+    if let Some(active) = &io.active
+        && let Err(error) = active.file.sync_data()
+    {
+        tracing::error!(%error, "the journal could not be synced");
+    }
+    shared.state().unsynced_since = None;
+}
+
+/// Take the queue and write it to the active segment (synced when the
+/// store syncs every commit); returns the outcome and who waits for it.
+fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Waiter>) {
+    let mut bytes = std::mem::take(&mut io.spare);
+    let mut marks = std::mem::take(&mut io.spare_marks);
+    bytes.clear();
+    marks.clear();
+    let (waiters, id) = {
+        let mut state = shared.state();
+        state.urgent = false;
+        std::mem::swap(&mut state.pending, &mut bytes);
+        std::mem::swap(&mut state.marks, &mut marks);
+        (std::mem::take(&mut state.waiters), state.active)
+    };
+    if bytes.is_empty() && marks.is_empty() {
+        io.spare = bytes;
+        io.spare_marks = marks;
+        return (Ok(()), waiters);
+    }
+    let result = append(shared, &mut io.active, id, &bytes).and_then(|()| {
+        if shared.sync == StoreSync::Always {
+            sync(&io.active)
+        } else {
+            Ok(())
+        }
+    });
+    io.spare = bytes;
+    match &result {
+        Ok(()) => {
+            let first_unsynced = settle(shared, &io.active, &mut marks);
+            // The writer thread syncs it within the interval.
+            if first_unsynced {
+                shared.wake.notify_one();
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, records = marks.len(), "journal records could not be written");
+            // Never append after a torn write: start a new segment.
+            let mut state = shared.state();
+            if io.active.as_ref().is_some_and(|a| a.id == state.active) {
+                state.active += 1;
+            }
+            io.active = None;
+        }
+    }
+    io.spare_marks = marks;
+    (result, waiters)
+}
+
 /// Wait for work: an awaited record, a queued one that waited long
 /// enough, a sync that is due, or closing.
-fn wait(shared: &Shared, unsynced: bool, last_sync: Instant, interval: Option<Duration>) -> Next {
+fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
     let mut state = shared.state();
     let mut queued_since: Option<Instant> = None;
     loop {
@@ -593,8 +691,8 @@ fn wait(shared: &Shared, unsynced: bool, last_sync: Instant, interval: Option<Du
             }
             timeout = Some(left);
         }
-        if unsynced && let Some(every) = interval {
-            let left = every.saturating_sub(last_sync.elapsed());
+        if let (Some(since), Some(every)) = (state.unsynced_since, interval) {
+            let left = every.saturating_sub(since.elapsed());
             if left.is_zero() {
                 return Next::Sync;
             }
@@ -682,19 +780,25 @@ fn sync(active: &Option<Active>) -> Result<(), StoreError> {
     }
 }
 
-/// A batch was written to `active`: apply its marks and delete the
-/// segments nothing needs any more.
-fn settle(shared: &Shared, active: &Option<Active>, marks: Vec<Mark>) {
+/// A batch was written to `active`: apply its marks (leaving them
+/// empty) and delete the segments nothing needs any more. Returns whether
+/// the write is the first not yet synced (when the store syncs on an
+/// interval).
+fn settle(shared: &Shared, active: &Option<Active>, marks: &mut Vec<Mark>) -> bool {
     let Some(written) = active.as_ref().map(|a| a.id) else {
-        return;
+        return false;
     };
     let mut state = shared.state();
-    for mark in marks {
+    for mark in marks.drain(..) {
         match mark {
             Mark::Pin(run) => state.segments.record(&run, written),
             Mark::Drop(run) => state.segments.drop_run(&run, written),
             Mark::None => {}
         }
+    }
+    let first_unsynced = shared.sync != StoreSync::Always && state.unsynced_since.is_none();
+    if first_unsynced {
+        state.unsynced_since = Some(Instant::now());
     }
     let below = state.active.min(written);
     while let Some(id) = state.segments.next_deletable(below) {
@@ -710,6 +814,7 @@ fn settle(shared: &Shared, active: &Option<Active>, marks: Vec<Mark>) {
             }
         }
     }
+    first_unsynced
 }
 
 #[cfg(test)]

@@ -16,31 +16,26 @@
 //! finished: the runs a crash left unfinished are the ones still
 //! [`JournalStatus::Running`].
 //!
-//! The entries live in an append-only log of segment files beside the
-//! store ([`log`]): an awaited append is written (and, with the store's
-//! default sync, `fdatasync`ed) in one batch with every other run's, before
-//! the caller hears back. The log holds each unfinished run's record too,
-//! so a crash leaves everything a resume needs in one place. A finished
-//! run's record moves to the store's `journal_finished` table, for
-//! listing, and its segments are deleted once no run needs them
-//! ([`segments`]).
+//! The journal is an append-only log of segment files beside the store
+//! ([`log`]): an awaited append is written (and, with the store's default
+//! sync, `fdatasync`ed) in one batch with every other run's, before the
+//! caller hears back. The log holds each run's record too, so a crash
+//! leaves everything a resume needs in one place. A finished run is
+//! dropped (or kept, with its entries, until pruned), and segments are
+//! deleted once no run needs them ([`segments`]).
 
 mod log;
 mod segments;
 
 use super::{Store, StoreError, io, read_table};
 use log::{Mark, Record, Shared, Waiter};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use segments::Segments;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
-
-/// Run id → JSON [`JournalRun`] of a finished run.
-const FINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_finished");
 
 /// The tables of the journal's first format (entries in redb), deleted
 /// when a store that has them is opened.
@@ -202,7 +197,6 @@ fn now_ms() -> u64 {
 /// The journal of every run: its log beside the host's store.
 #[derive(Clone)]
 pub struct Journal {
-    store: Arc<Store>,
     log: Arc<Shared>,
     /// Stops the log's writer when the last handle goes.
     _writer: Arc<Writer>,
@@ -280,20 +274,6 @@ impl Journal {
                 }
             }
         }
-        // A run whose finish reached the store but not the log (a crash
-        // between the two) is finished.
-        let finished: Vec<String> = {
-            let txn = store.db().begin_read().map_err(io)?;
-            match read_table(&txn, FINISHED)? {
-                Some(table) => runs
-                    .values()
-                    .filter(|run| run.status == JournalStatus::Running)
-                    .filter(|run| table.get(run.run.as_str()).ok().flatten().is_some())
-                    .map(|run| run.run.clone())
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
         let active = ids.last().map_or(0, |last| last + 1);
         let log = Shared::new(dir, store.sync_mode(), runs, segments, active);
         let thread = std::thread::Builder::new()
@@ -303,19 +283,14 @@ impl Journal {
                 move || log::write_loop(&log)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
-        let journal = Journal {
-            store,
+        Ok(Journal {
             log: log.clone(),
             _writer: Arc::new(Writer {
                 log,
                 thread: Some(thread),
             }),
             live: Arc::default(),
-        };
-        for run in finished {
-            journal.push_drop(&run);
-        }
-        Ok(journal)
+        })
     }
 
     /// Note that this process executes `run`; `None` when it already does.
@@ -346,33 +321,29 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
-        let (done, written) = oneshot::channel();
-        self.push_start(run, Some(Waiter::Task(done)))?;
-        written.await.unwrap_or(Err(StoreError::Closed))
+        let (record, id, run) = start_of(run)?;
+        self.log
+            .write(&record, Mark::Pin(id.clone()), move |runs| {
+                runs.insert(id, run);
+            })
+            .await
     }
 
     /// [`Self::start`] without waiting: the record is written, in order,
-    /// with the next write anyone awaits.
+    /// with the next write anyone awaits (a run's next step, or its end).
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the record cannot be encoded.
     pub fn start_queued(&self, run: JournalRun) -> Result<(), StoreError> {
-        self.push_start(run, None)
-    }
-
-    fn push_start(&self, mut run: JournalRun, waiter: Option<Waiter>) -> Result<(), StoreError> {
-        run.status = JournalStatus::Running;
-        run.updated_ms = now_ms();
-        let record = log::start_record(&run)?;
-        let id = run.run.clone();
+        let (record, id, run) = start_of(run)?;
         self.log.push(
             &record,
             Mark::Pin(id.clone()),
             move |runs| {
                 runs.insert(id, run);
             },
-            waiter,
+            None,
         );
         Ok(())
     }
@@ -391,20 +362,15 @@ impl Journal {
         entry: &JournalEntry,
     ) -> Result<(), StoreError> {
         let record = entry_record(run, scope, seq, entry)?;
-        let (done, written) = oneshot::channel();
-        self.log.push(
-            &record,
-            Mark::Pin(run.to_owned()),
-            |_| {},
-            Some(Waiter::Task(done)),
-        );
-        written.await.unwrap_or(Err(StoreError::Closed))
+        self.log
+            .write(&record, Mark::Pin(run.to_owned()), |_| {})
+            .await
     }
 
     /// Queue `entry` at (`run`, `scope`, `seq`) without waiting: it is
     /// written, in order, with the next write anyone awaits (the next
-    /// [`Self::append`] of the run, say) or within milliseconds. A failed
-    /// write is logged.
+    /// [`Self::append`] of the run, say, or its end). A failed write is
+    /// logged.
     pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
         match entry_record(run, scope, seq, entry) {
             Ok(record) => self
@@ -450,95 +416,60 @@ impl Journal {
             .collect())
     }
 
-    /// Record that `run` finished; with `drop_entries`, its entries are
-    /// void and their segments deleted once no other run needs them
-    /// (retention on completion). Resolves once written.
+    /// Record that `run` finished: with `drop_entries` it is dropped (its
+    /// record and entries are void, and their segments deleted once no
+    /// other run needs them), else kept until pruned. Resolves once
+    /// written.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the write fails.
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
-        let (done, written) = oneshot::channel();
-        let kept = self.push_finish(run, drop_entries, Waiter::Task(done));
-        let logged = written.await.unwrap_or(Err(StoreError::Closed));
-        if let Some((key, bytes)) = kept {
-            self.store
-                .write(move |txn| put_finished(txn, &key, &bytes))
-                .await?;
-        }
-        logged
+        self.push_finish(run, drop_entries, None);
+        self.flush().await
     }
 
     /// [`Self::finish`] without waiting; `live` (the run's mark as executed
     /// by this process) is dropped once the log has the record, so the run
     /// is never listed as interrupted in between.
+    /// When writes need no `fdatasync` each, the record is written at
+    /// once on the caller's thread.
     pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
-        let kept = self.push_finish(
-            run,
-            drop_entries,
-            Waiter::Callback(Box::new(move |result| {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "a finished run's journal could not be closed");
-                }
-                drop(live);
-            })),
-        );
-        if let Some((key, bytes)) = kept {
-            self.store.write_then(
-                Box::new(move |txn| put_finished(txn, &key, &bytes)),
-                Box::new(|result| {
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "a finished run's record could not be kept");
-                    }
-                }),
-            );
+        let closed = move |result: Result<(), StoreError>| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "a finished run's journal could not be closed");
+            }
+            drop(live);
+        };
+        if self.log.writes_in_place() {
+            self.push_finish(run, drop_entries, None);
+            closed(self.log.write_now());
+        } else {
+            self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
         }
     }
 
-    /// Queue `run`'s finish; its finished record for the store, if it had
-    /// one.
-    fn push_finish(
-        &self,
-        run: &str,
-        drop_entries: bool,
-        waiter: Waiter,
-    ) -> Option<(String, Vec<u8>)> {
-        let mut finished: Option<JournalRun> = None;
-        let record = log::finish_record(run, drop_entries, now_ms());
+    /// Queue `run`'s finish.
+    fn push_finish(&self, run: &str, drop_entries: bool, waiter: Option<Waiter>) {
+        let now = now_ms();
         let mark = if drop_entries {
             Mark::Drop(run.to_owned())
         } else {
             Mark::Pin(run.to_owned())
         };
         self.log.push(
-            &record,
+            &log::finish_record(run, drop_entries, now),
             mark,
             |runs| {
-                let record = if drop_entries {
-                    runs.remove(run)
-                } else {
-                    runs.get_mut(run).map(|record| {
-                        record.status = JournalStatus::Finished;
-                        record.updated_ms = now_ms();
-                        record.clone()
-                    })
-                };
-                finished = record.map(|mut record| {
+                if drop_entries {
+                    runs.remove(run);
+                } else if let Some(record) = runs.get_mut(run) {
                     record.status = JournalStatus::Finished;
-                    record.updated_ms = now_ms();
-                    record
-                });
+                    record.updated_ms = now;
+                }
             },
-            Some(waiter),
+            waiter,
         );
-        let record = finished?;
-        match serde_json::to_vec(&record) {
-            Ok(bytes) => Some((record.run, bytes)),
-            Err(error) => {
-                tracing::warn!(%error, "a finished run's record could not be encoded");
-                None
-            }
-        }
     }
 
     /// Void `run`'s records in the log.
@@ -553,12 +484,13 @@ impl Journal {
         );
     }
 
-    /// Every journaled run, optionally only those still running (the ones
-    /// a crash left unfinished, when no run is live), newest first.
+    /// Every journaled run (unfinished, or finished and kept), optionally
+    /// only those still running (the ones a crash left unfinished, when no
+    /// run is live), newest first.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the store cannot be read or a record is corrupt.
+    /// None today; the signature leaves room for a log read.
     pub fn runs(&self, only_running: bool) -> Result<Vec<JournalRun>, StoreError> {
         let mut runs: Vec<JournalRun> = self
             .log
@@ -568,18 +500,6 @@ impl Journal {
             .filter(|run| !only_running || run.status == JournalStatus::Running)
             .cloned()
             .collect();
-        if !only_running {
-            let known: HashSet<String> = runs.iter().map(|run| run.run.clone()).collect();
-            let txn = self.store.db().begin_read().map_err(io)?;
-            if let Some(table) = read_table(&txn, FINISHED)? {
-                for item in table.iter().map_err(io)? {
-                    let (key, value) = item.map_err(io)?;
-                    if !known.contains(key.value()) {
-                        runs.push(decode_run(value.value())?);
-                    }
-                }
-            }
-        }
         runs.sort_by_key(|run| std::cmp::Reverse(run.started_ms));
         Ok(runs)
     }
@@ -588,20 +508,9 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the store cannot be read or the record is corrupt.
+    /// None today; the signature leaves room for a log read.
     pub fn run(&self, run: &str) -> Result<Option<JournalRun>, StoreError> {
-        if let Some(record) = self.log.state().runs.get(run) {
-            return Ok(Some(record.clone()));
-        }
-        let txn = self.store.db().begin_read().map_err(io)?;
-        let Some(table) = read_table(&txn, FINISHED)? else {
-            return Ok(None);
-        };
-        table
-            .get(run)
-            .map_err(io)?
-            .map(|value| decode_run(value.value()))
-            .transpose()
+        Ok(self.log.state().runs.get(run).cloned())
     }
 
     /// Delete every run (its record and entries) whose record last changed
@@ -624,32 +533,11 @@ impl Journal {
         if stale.is_empty() {
             return Ok(0);
         }
-        let in_log: Vec<String> = {
-            let state = self.log.state();
-            stale
-                .iter()
-                .filter(|run| state.runs.contains_key(run.as_str()))
-                .cloned()
-                .collect()
-        };
-        for run in &in_log {
+        for run in &stale {
             self.push_drop(run);
         }
-        let (done, written) = oneshot::channel();
-        self.log
-            .push(&[], Mark::None, |_| {}, Some(Waiter::Task(done)));
-        written.await.unwrap_or(Err(StoreError::Closed))?;
-        let count = stale.len();
-        self.store
-            .write(move |txn| {
-                let mut table = txn.open_table(FINISHED).map_err(io)?;
-                for run in &stale {
-                    table.remove(run.as_str()).map_err(io)?;
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(count)
+        self.flush().await?;
+        Ok(stale.len())
     }
 
     /// How many segment files the log has (for tests of retention).
@@ -663,17 +551,16 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (done, written) = oneshot::channel();
-        self.log
-            .push(&[], Mark::None, |_| {}, Some(Waiter::Task(done)));
-        written.await.unwrap_or(Err(StoreError::Closed))
+        self.log.write(&[], Mark::None, |_| {}).await
     }
+}
 
-    /// The store the journal keeps finished runs in, and whose durability
-    /// it follows.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
+/// `run` as a running record: its framed record, its id and itself.
+fn start_of(mut run: JournalRun) -> Result<(Vec<u8>, String, JournalRun), StoreError> {
+    run.status = JournalStatus::Running;
+    run.updated_ms = now_ms();
+    let record = log::start_record(&run)?;
+    Ok((record, run.run.clone(), run))
 }
 
 /// The framed record of `entry` at (`run`, `scope`, `seq`).
@@ -732,16 +619,6 @@ fn replay(
             }
         }
     }
-}
-
-fn decode_run(bytes: &[u8]) -> Result<JournalRun, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("journal run: {e}")))
-}
-
-fn put_finished(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut table = txn.open_table(FINISHED).map_err(io)?;
-    table.insert(key, bytes).map_err(io)?;
-    Ok(())
 }
 
 /// Delete the tables of the journal's first format, if the store has them.
@@ -867,7 +744,21 @@ mod tests {
     }
 
     fn open_at(dir: &std::path::Path) -> Journal {
-        Journal::open(Store::open(&dir.join("loom.redb")).unwrap()).unwrap()
+        let sync = if dir.join("interval").exists() {
+            crate::store::StoreSync::Interval(50)
+        } else {
+            crate::store::StoreSync::Always
+        };
+        Journal::open(Store::open_with(&dir.join("loom.redb"), sync).unwrap()).unwrap()
+    }
+
+    /// Temporary directories for a test: one whose journal syncs every
+    /// write (written by the writer thread), one whose store syncs on an
+    /// interval (written in place by the caller).
+    fn both_modes() -> [tempfile::TempDir; 2] {
+        let interval = tempfile::tempdir().unwrap();
+        std::fs::write(interval.path().join("interval"), "").unwrap();
+        [tempfile::tempdir().unwrap(), interval]
     }
 
     fn entry(text: &str) -> JournalEntry {
@@ -880,7 +771,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_reopened_journal_finds_what_a_crash_left() {
-        let dir = tempfile::tempdir().unwrap();
+        for dir in both_modes() {
+            reopened_journal_finds_what_a_crash_left(&dir).await;
+        }
+    }
+
+    async fn reopened_journal_finds_what_a_crash_left(dir: &tempfile::TempDir) {
         {
             let journal = open_at(dir.path());
             for run in ["a", "b", "c"] {
@@ -910,12 +806,11 @@ mod tests {
             .collect();
         assert_eq!(a, [b"a".to_vec(), b"a1".to_vec()]);
         assert!(journal.all_entries("b").unwrap().is_empty());
+        assert!(journal.run("b").unwrap().is_none());
         assert_eq!(journal.entries("c", ROOT_SCOPE).unwrap().len(), 1);
-        for run in ["b", "c"] {
-            let record = journal.run(run).unwrap().unwrap();
-            assert_eq!(record.status, JournalStatus::Finished, "{run}");
-        }
-        assert_eq!(journal.runs(false).unwrap().len(), 3);
+        let kept = journal.run("c").unwrap().unwrap();
+        assert_eq!(kept.status, JournalStatus::Finished);
+        assert_eq!(journal.runs(false).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -978,7 +873,12 @@ mod tests {
 
     #[tokio::test]
     async fn finished_runs_free_their_segments_and_drops_outlive_the_data_they_void() {
-        let dir = tempfile::tempdir().unwrap();
+        for dir in both_modes() {
+            segments_are_freed_and_drops_outlive_their_data(&dir).await;
+        }
+    }
+
+    async fn segments_are_freed_and_drops_outlive_their_data(dir: &tempfile::TempDir) {
         // Process 1: `long` starts and is cut off; `short` runs and finishes.
         {
             let journal = open_at(dir.path());
@@ -1021,28 +921,5 @@ mod tests {
         assert_eq!(log::segment_ids(&log_dir(dir.path())).unwrap(), [2]);
         drop(journal);
         assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_run_finished_in_the_store_but_not_the_log_is_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let journal = open_at(dir.path());
-            journal.start(record("r", 1)).await.unwrap();
-            let mut finished = record("r", 1);
-            finished.status = JournalStatus::Finished;
-            let bytes = serde_json::to_vec(&finished).unwrap();
-            journal
-                .store()
-                .write(move |txn| put_finished(txn, "r", &bytes))
-                .await
-                .unwrap();
-        }
-        let journal = open_at(dir.path());
-        assert!(journal.interrupted().unwrap().is_empty());
-        assert_eq!(
-            journal.run("r").unwrap().unwrap().status,
-            JournalStatus::Finished
-        );
     }
 }

@@ -39,6 +39,9 @@ impl Segments {
 
     /// A record of `run` was written to segment `id`.
     pub(super) fn record(&mut self, run: &str, id: u64) {
+        if self.runs.get(run).is_some_and(|ids| ids.contains(&id)) {
+            return;
+        }
         self.add(id);
         if let Some(runs) = self.pins.get_mut(&id) {
             runs.insert(run.to_owned());
