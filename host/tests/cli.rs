@@ -1249,6 +1249,32 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_answer_with_every_finished_call
 }
 
 #[test]
+fn a_run_killed_while_its_store_syncs_on_an_interval_resumes_with_every_finished_call_run_once() {
+    // With `fsync = "interval"` the journal is written in place by the
+    // run itself, one `write` per step: a SIGKILL must lose none of it.
+    let env = crash_setup(0, 5000);
+    let config = std::fs::read_to_string(env.path().join("loom.toml")).unwrap();
+    std::fs::write(
+        env.path().join("loom.toml"),
+        format!("{config}[store]\nfsync = \"interval\"\nfsync_interval_ms = 60000\n"),
+    )
+    .unwrap();
+    run_and_kill_at(&env, "s1", "c", 200);
+    let out = loom(&env, &["resume", "--user", "ann", "--session", "s1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("finished after \"d done\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let (effects, _) = effect_log(&env, "effects.log");
+    assert_eq!(effects, ["a", "b", "c", "d"]);
+    let (attempts, keys) = effect_log(&env, "attempts.log");
+    assert_eq!(attempts, ["a", "b", "c", "c", "d"]);
+    assert_eq!(keys[2], keys[3]);
+}
+
+#[test]
 fn a_kill_in_the_middle_of_journal_writes_leaves_a_readable_store_and_a_resumable_run() {
     let env = crash_setup(150, 150);
     // Killed around the end of a call, while its result is journaled.
