@@ -79,7 +79,10 @@ fn loom_tool_call_runs_the_js_py_and_raw_tools_with_the_callers_grants() {
 
     // acme's grant: the Python tool reads the file; globex has no grant.
     let args = ["py_read_file", r#"{"path":"/data/hello.txt"}"#];
-    let out = loom(&env, &[&["tool", "call", "--tenant", "acme"], &args[..]].concat());
+    let out = loom(
+        &env,
+        &[&["tool", "call", "--tenant", "acme"], &args[..]].concat(),
+    );
     assert_eq!(ok_json(&out)["content"], "hi from acme");
     let out = loom(
         &env,

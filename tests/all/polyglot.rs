@@ -138,7 +138,10 @@ async fn js_tool_reads_its_run_context_and_reaches_only_granted_http() {
 
     // Bad input is the tool's own typed error, not a trap.
     for bad in [r#"{"url":7}"#, "[1]", "{"] {
-        let invalid = failure(host.call_tool(scope("acme", None), "js_http_get", bad).await);
+        let invalid = failure(
+            host.call_tool(scope("acme", None), "js_http_get", bad)
+                .await,
+        );
         assert!(
             matches!(invalid, ToolFailure::InvalidArguments(_)),
             "{bad}: {invalid:?}"
@@ -229,10 +232,16 @@ async fn py_tool_reads_its_run_context_and_only_granted_files() {
             )
             .await,
         );
-        assert!(matches!(denied, ToolFailure::Denied(_)), "{path}: {denied:?}");
+        assert!(
+            matches!(denied, ToolFailure::Denied(_)),
+            "{path}: {denied:?}"
+        );
     }
     for bad in [r#"{"path":1}"#, "[1]", "{"] {
-        let invalid = failure(host.call_tool(scope("acme", None), "py_read_file", bad).await);
+        let invalid = failure(
+            host.call_tool(scope("acme", None), "py_read_file", bad)
+                .await,
+        );
         assert!(
             matches!(invalid, ToolFailure::InvalidArguments(_)),
             "{bad}: {invalid:?}"
@@ -270,7 +279,10 @@ async fn raw_wit_tool_reads_its_run_context_and_checks_its_arguments() {
     }
     let acme = loom_host::TenantId::new("acme").unwrap();
     let catalog = host.catalog_for(&acme).await;
-    let add = &catalog.tool(&acme, "raw_add").expect("raw_add is listed").spec;
+    let add = &catalog
+        .tool(&acme, "raw_add")
+        .expect("raw_add is listed")
+        .spec;
     assert!(!add.destructive && add.idempotent, "{add:?}");
 }
 

@@ -289,7 +289,10 @@ fn py_toolchain(root: &Path, cache: &Path) -> Result<Toolchain, String> {
     )?;
     let python = version_of(
         "python3",
-        &["-c", "import sys, platform; print(sys.version, platform.machine())"],
+        &[
+            "-c",
+            "import sys, platform; print(sys.version, platform.machine())",
+        ],
     )?;
     let requirements = read(&root.join("xtask/toolchains/python/requirements.txt"))?;
     let key = hash(&[&requirements, python.as_bytes()]);
@@ -407,7 +410,13 @@ fn build_example(
                     "--wit-path",
                 ])
                 .arg(&wit)
-                .args(["--world", example.world, "componentize", example.entry, "-o"])
+                .args([
+                    "--world",
+                    example.world,
+                    "componentize",
+                    example.entry,
+                    "-o",
+                ])
                 .arg(&partial)
                 // Leave no __pycache__ in the example.
                 .env("PYTHONDONTWRITEBYTECODE", "1");
