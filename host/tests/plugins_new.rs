@@ -294,7 +294,7 @@ fn scaffold_lang(root: &Path, lang: &str, kind: &str, name: &str) -> PathBuf {
         &["plugins", "new", "--lang", lang, "--kind", kind, name],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(dir.join(format!("wit/plugin@0.1.3/worlds.wit")).is_file());
+    assert!(dir.join("wit/plugin@0.1.3/worlds.wit").is_file());
     dir
 }
 
