@@ -383,7 +383,8 @@ struct Io {
     spare_marks: Vec<Mark>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Lock `mutex`, through a poisoning (the guarded state stays usable).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
@@ -443,14 +444,8 @@ impl Shared {
             self.push(record, mark, update, Some(Waiter::Task(done)));
             return written.await.unwrap_or(Err(StoreError::Closed));
         }
-        {
-            let mut state = self.state();
-            if state.closed {
-                return Err(StoreError::Closed);
-            }
-            update(&mut state.runs);
-            state.pending.extend_from_slice(record);
-            state.marks.push(mark);
+        if !self.push(record, mark, update, None) {
+            return Err(StoreError::Closed);
         }
         self.write_now()
     }
@@ -460,20 +455,22 @@ impl Shared {
     /// [`Waiter::Task`] has it written at once, a callback within
     /// [`QUEUED_DELAY`]. A record nobody waits for wakes no one: it goes
     /// out with the next write (every run's last record is waited for).
+    /// Returns whether it was queued: not once the log is closed (the
+    /// waiter then hears so).
     pub(super) fn push(
         &self,
         record: &[u8],
         mark: Mark,
         update: impl FnOnce(&mut HashMap<String, JournalRun>),
         waiter: Option<Waiter>,
-    ) {
+    ) -> bool {
         let mut state = self.state();
         if state.closed {
             drop(state);
             if let Some(waiter) = waiter {
                 waiter.send(Err(StoreError::Closed));
             }
-            return;
+            return false;
         }
         update(&mut state.runs);
         state.pending.extend_from_slice(record);
@@ -492,6 +489,7 @@ impl Shared {
         if wake {
             self.wake.notify_one();
         }
+        true
     }
 
     /// Every record of `run` on disk and queued, in order, from its last

@@ -28,7 +28,7 @@ mod log;
 mod segments;
 
 use super::{Store, StoreError, io, read_table};
-use log::{Mark, Record, Shared, Waiter};
+use log::{Mark, Record, Shared, Waiter, lock};
 use redb::{ReadableDatabase, TableDefinition};
 use segments::Segments;
 use serde::{Deserialize, Serialize};
@@ -233,13 +233,6 @@ impl Drop for LiveRun {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
 impl Journal {
     /// Open the journal of `store`: its log in the directory beside the
     /// store's file (`loom.redb` → `loom.journal/`), replayed to find the
@@ -373,9 +366,10 @@ impl Journal {
     /// logged.
     pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
         match entry_record(run, scope, seq, entry) {
-            Ok(record) => self
-                .log
-                .push(&record, Mark::Pin(run.to_owned()), |_| {}, None),
+            Ok(record) => {
+                self.log
+                    .push(&record, Mark::Pin(run.to_owned()), |_| {}, None);
+            }
             Err(error) => tracing::warn!(run, scope, seq, %error, "a journal entry was dropped"),
         }
     }
@@ -684,12 +678,7 @@ mod tests {
             .append("run-2", ROOT_SCOPE, 0, &other)
             .await
             .unwrap();
-        let root: Vec<Vec<u8>> = journal
-            .entries("run-1", ROOT_SCOPE)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.payload)
-            .collect();
+        let root = root_payloads(&journal, "run-1");
         assert_eq!(root, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         let entries = journal.entries("run-1", &child).unwrap();
         assert_eq!(entries.len(), 1);
@@ -761,6 +750,24 @@ mod tests {
         [tempfile::tempdir().unwrap(), interval]
     }
 
+    fn root_payloads(journal: &Journal, run: &str) -> Vec<Vec<u8>> {
+        journal
+            .entries(run, ROOT_SCOPE)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect()
+    }
+
+    fn interrupted_ids(journal: &Journal) -> Vec<String> {
+        journal
+            .interrupted()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run)
+            .collect()
+    }
+
     fn entry(text: &str) -> JournalEntry {
         JournalEntry::new(EntryKind::Completion, text.as_bytes(), text.into())
     }
@@ -791,19 +798,9 @@ mod tests {
             journal.finish("c", false).await.unwrap();
         }
         let journal = open_at(dir.path());
-        let interrupted: Vec<String> = journal
-            .interrupted()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.run)
-            .collect();
+        let interrupted = interrupted_ids(&journal);
         assert_eq!(interrupted, ["a"]);
-        let a: Vec<Vec<u8>> = journal
-            .entries("a", ROOT_SCOPE)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.payload)
-            .collect();
+        let a = root_payloads(&journal, "a");
         assert_eq!(a, [b"a".to_vec(), b"a1".to_vec()]);
         assert!(journal.all_entries("b").unwrap().is_empty());
         assert!(journal.run("b").unwrap().is_none());
@@ -853,12 +850,7 @@ mod tests {
         bytes[last] ^= 0x55;
         std::fs::write(&segment, &bytes).unwrap();
         let journal = open_at(dir.path());
-        let payloads: Vec<Vec<u8>> = journal
-            .entries("r", ROOT_SCOPE)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.payload)
-            .collect();
+        let payloads = root_payloads(&journal, "r");
         assert_eq!(payloads, [b"e0".to_vec(), b"e1".to_vec(), b"e3".to_vec()]);
         // Not a segment at all: ignored, never deleted.
         std::fs::write(
@@ -909,12 +901,7 @@ mod tests {
         assert_eq!(ids, [1]);
         // Process 3: `other` is still interrupted, `long` is not back.
         let journal = open_at(dir.path());
-        let interrupted: Vec<String> = journal
-            .interrupted()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.run)
-            .collect();
+        let interrupted = interrupted_ids(&journal);
         assert_eq!(interrupted, ["other"]);
         journal.finish("other", true).await.unwrap();
         journal.flush().await.unwrap();
