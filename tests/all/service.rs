@@ -634,3 +634,50 @@ async fn two_hundred_streamed_runs_across_ten_tenants_never_cross_and_a_stalled_
     assert_eq!(listed["data"][0]["agent"], "big");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_names_every_route_the_router_serves() {
+    let s = serve(&["acme"], "").await;
+    for (method, path) in loom_host::service::openapi::routes() {
+        let path = path.replace("{id}", "x");
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let response = s
+            .http
+            .request(method.clone(), s.url(&path))
+            .bearer_auth(s.key("acme"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert!(
+            !(status == 404 && body.contains("no route")) && status != 405,
+            "{method} {path} is documented but not routed: {status} {body}"
+        );
+    }
+    let served: Value = s
+        .http
+        .get(s.url("/v1/openapi.json"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(served, loom_host::service::openapi::document());
+    assert!(served["components"]["schemas"]["StartRun"]["properties"]["input"].is_object());
+    // docs/openapi.json is the document as generated (LOOM_BLESS=1 rewrites it).
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let generated = serde_json::to_string_pretty(&served).expect("json") + "\n";
+    if std::env::var_os("LOOM_BLESS").is_some() {
+        std::fs::write(&committed, &generated).expect("write docs/openapi.json");
+    }
+    let on_disk = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "docs/openapi.json is not the document the code generates: run `LOOM_BLESS=1 cargo nextest \
+         run -p loom-tests -E 'test(openapi)'` and commit it"
+    );
+}

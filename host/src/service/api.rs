@@ -38,7 +38,7 @@ fn named_user(name: Option<&str>, what: &str) -> Result<UserId, ApiError> {
 }
 
 /// `POST /v1/runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StartRun {
     /// The prompt.
@@ -170,11 +170,13 @@ fn stream_slot(service: &Service, caller: &Caller) -> Result<super::StreamSlot, 
 }
 
 /// `GET /v1/runs` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListRuns {
+    /// Only this user's runs.
     #[serde(default)]
     user: Option<String>,
+    /// At most this many (default 100, at most 1000).
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -257,7 +259,7 @@ pub(super) async fn cancel_run(
 }
 
 /// `GET /v1/runs/{id}/events` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     /// Start after this event id (as `Last-Event-ID` does).
@@ -285,15 +287,16 @@ pub(super) async fn run_events(
 }
 
 /// A query naming a user.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UserQuery {
+    /// The end user, as the tenant's application names them.
     #[serde(default)]
     user: Option<String>,
 }
 
 /// A session as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub(super) struct SessionView {
     id: String,
     object: &'static str,
@@ -349,7 +352,7 @@ pub(super) async fn delete_session(
 }
 
 /// A tool as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub(super) struct ToolView {
     name: String,
     object: &'static str,
@@ -383,7 +386,7 @@ pub(super) async fn list_tools(
 }
 
 /// `POST /v1/approvals/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub(super) struct Decide {
     /// `allow`, `deny` or `edit`.
@@ -396,7 +399,7 @@ pub(super) struct Decide {
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum DecisionKind {
     Allow,
@@ -447,17 +450,22 @@ pub(super) async fn decide_approval(
 }
 
 /// `GET /v1/memory/facts` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FactsQuery {
+    /// The end user.
     #[serde(default)]
     user: Option<String>,
+    /// Only facts that hold at this world time (RFC 3339).
     #[serde(default)]
     valid_at: Option<String>,
+    /// What Loom believed at this time (RFC 3339; default now).
     #[serde(default)]
     known_at: Option<String>,
+    /// Only this subject.
     #[serde(default)]
     subject: Option<String>,
+    /// Only this predicate.
     #[serde(default)]
     predicate: Option<String>,
 }
@@ -519,9 +527,10 @@ pub(super) async fn memory_export(
 }
 
 /// `POST /v1/memory/forget`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Forget {
+    /// The end user to forget.
     user: String,
 }
 
@@ -573,13 +582,16 @@ pub(super) async fn budget(
 }
 
 /// `GET /v1/audit` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQueryParams {
+    /// Only this user's entries.
     #[serde(default)]
     user: Option<String>,
+    /// Only entries since this time: RFC 3339, or an age (90s, 15m, 2h, 7d).
     #[serde(default)]
     since: Option<String>,
+    /// The newest this many (default 1000, at most 10000).
     #[serde(default)]
     limit: Option<usize>,
 }

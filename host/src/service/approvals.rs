@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 pub const MAX_PENDING_PER_TENANT: usize = 1024;
 
 /// A call waiting for a decision, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PendingView {
     /// The approval's id, for `POST /v1/approvals/{id}`.
     pub id: String,

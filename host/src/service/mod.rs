@@ -7,7 +7,8 @@
 //! * [`metrics`] — per-tenant Prometheus counters.
 //! * [`error`] — the one JSON error shape.
 //! * `api` — the `/v1` handlers; `openai` — `/v1/chat/completions`;
-//!   `sse` — Server-Sent Event streams of a run's log; [`server`] — the listener, limits, graceful shutdown
+//!   `sse` — Server-Sent Event streams of a run's log; [`openapi`] — the
+//!   OpenAPI document, generated from the routes and types; [`server`] — the listener, limits, graceful shutdown
 //!   and configuration reload.
 //!
 //! Every handler gets the caller's tenant from the authentication layer
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 mod openai;
+pub mod openapi;
 pub mod runs;
 pub mod server;
 mod sse;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 /// The request, as the OpenAI SDKs send it. Sampling fields are accepted
 /// and left to the agent's configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(super) struct ChatRequest {
     model: String,
     messages: Vec<ChatMessage>,
@@ -39,13 +39,13 @@ pub(super) struct ChatRequest {
     response_format: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct ChatMessage {
     role: String,
     #[serde(default)]
@@ -53,14 +53,14 @@ struct ChatMessage {
 }
 
 /// Text, or the array of parts newer clients send.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct Part {
     #[serde(rename = "type")]
     kind: String,

@@ -125,6 +125,7 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(super::openapi::serve_document))
         .merge(authenticated)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
