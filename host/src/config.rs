@@ -607,6 +607,9 @@ pub struct ServerSettings {
     pub auth_failures_per_minute: u32,
     /// Finished runs kept per tenant for `GET /v1/runs` (the oldest go).
     pub finished_runs_kept: usize,
+    /// Most MiB of events and answers the finished runs kept per tenant
+    /// hold (the oldest go first).
+    pub finished_runs_mib: usize,
     /// Bytes of events kept per run for late and reconnecting readers, in
     /// KiB; past it, streamed model text is no longer kept (the answer
     /// still is, in the run's result).
@@ -631,6 +634,7 @@ impl Default for ServerSettings {
             drain_timeout_ms: 30_000,
             auth_failures_per_minute: 30,
             finished_runs_kept: 1000,
+            finished_runs_mib: 64,
             run_events_kib: 4096,
             config_reload_ms: 2000,
             operator_keys: Vec::new(),
@@ -657,6 +661,7 @@ impl ServerSettings {
                 u64::from(self.auth_failures_per_minute),
             ),
             ("server.run_events_kib", self.run_events_kib as u64),
+            ("server.finished_runs_mib", self.finished_runs_mib as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -159,7 +159,10 @@ fn serve_without_keys_on_loopback_prints_a_key_for_this_process() {
             .stderr
             .recv_timeout(Duration::from_secs(30))
             .expect("a key is printed");
-        if let Some(rest) = line.trim().strip_prefix("Authorization: Bearer ") {
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("tenant solo: Authorization: Bearer ")
+        {
             break rest.to_owned();
         }
     };

@@ -112,7 +112,12 @@ async fn serve(tenants: &[&str], extra: &str) -> Served {
     let config = env.config(&text);
     let settings = config.server.clone();
     let host = Arc::new(Host::start(config).await.expect("host"));
-    let service = Service::new(host, Some(env.path().join("loom.toml")), settings, None);
+    let service = Service::new(
+        host,
+        Some(env.path().join("loom.toml")),
+        settings,
+        Vec::new(),
+    );
     let listener = server::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
@@ -179,6 +184,47 @@ async fn a_blocking_run_answers_and_no_endpoint_lets_another_tenant_reach_it() {
         .send("globex", "DELETE", "/v1/sessions/s1?user=alice", json!({}))
         .await;
     assert_eq!(status, 404);
+    // globex forgetting its own alice leaves acme's alice untouched.
+    let (status, report) = s
+        .send(
+            "globex",
+            "POST",
+            "/v1/memory/forget",
+            json!({"user": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let (_, sessions) = s.get("acme", "/v1/sessions?user=alice").await;
+    assert_eq!(sessions["data"][0]["id"], "s1", "{sessions}");
+    let (status, facts) = s.get("globex", "/v1/memory/facts?user=alice").await;
+    assert_eq!(status, 200, "{facts}");
+    assert_eq!(facts["data"], json!([]));
+    // A chat completion runs under the key's tenant: globex's run is not
+    // acme's.
+    let (status, completion) = s
+        .send(
+            "globex",
+            "POST",
+            "/v1/chat/completions",
+            json!({"model": "loom", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{completion}");
+    let run_of_globex = completion["id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("chatcmpl-"))
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        s.get("globex", &format!("/v1/runs/{run_of_globex}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.get("acme", &format!("/v1/runs/{run_of_globex}")).await.0,
+        404
+    );
     let (status, _) = s
         .send("acme", "DELETE", "/v1/sessions/s1?user=alice", json!({}))
         .await;

@@ -92,7 +92,7 @@ async fn bench() {
     let settings = config.server.clone();
     let host = Arc::new(Host::start(config).await.expect("host"));
     let agent = configured::build(&host, &AgentChoice::default(), None).expect("agent");
-    let service = Service::new(host.clone(), None, settings, None);
+    let service = Service::new(host.clone(), None, settings, Vec::new());
     let listener = server::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");

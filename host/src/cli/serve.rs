@@ -31,7 +31,7 @@ pub async fn serve(
             .parse()
             .context("[server] listen is not an address")?,
     };
-    let ephemeral = server::ephemeral_key(&config, addr)?;
+    let ephemeral = server::ephemeral_keys(&config, addr)?;
     let listener = server::bind(addr).await?;
     let local = listener.local_addr().context("the bound address")?;
     let settings = config.server.clone();
@@ -39,12 +39,14 @@ pub async fn serve(
     let service = Service::new(host, path, settings, ephemeral.clone());
     let router = server::router(service.clone(), None);
     eprintln!("loom serve: listening on http://{local}");
-    if let Some((key, tenant)) = &ephemeral {
+    if !ephemeral.is_empty() {
         eprintln!(
-            "loom serve: no API keys are configured; for this process only, tenant `{tenant}` \
-             accepts\n  Authorization: Bearer {key}\n(make lasting keys with `loom keys new \
-             --tenant {tenant}`)"
+            "loom serve: no API keys are configured; for this process only, each tenant \
+             accepts a key (make lasting ones with `loom keys new --tenant <tenant>`):"
         );
+        for (key, tenant) in &ephemeral {
+            eprintln!("  tenant {tenant}: Authorization: Bearer {key}");
+        }
     }
     tokio::spawn(server::watch_config(service.clone()));
     let shutdown = service.shutdown_token().clone();

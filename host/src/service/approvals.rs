@@ -175,3 +175,60 @@ impl Approver for ApiApprover {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(tenant: &str) -> ApprovalRequest {
+        ApprovalRequest {
+            tenant: tenant.into(),
+            user: Some("alice".into()),
+            run_id: "run_1".into(),
+            tool: "write_file".into(),
+            call_id: "call_1".into(),
+            arguments: serde_json::json!({"path": "/out/x"}),
+            destructive: true,
+            reason: "destructive".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_is_decided_by_its_tenant_and_gone_when_its_waiter_goes() {
+        let pending = Arc::new(PendingApprovals::default());
+        let approver = ApiApprover::new(pending.clone());
+        let acme = TenantId::new("acme").expect("id");
+        let globex = TenantId::new("globex").expect("id");
+        let waiter = {
+            let approver = approver.clone();
+            tokio::spawn(async move { approver.decide(&request("acme")).await })
+        };
+        let id = loop {
+            if let Some(first) = pending.list(&acme).first() {
+                break first.id.clone();
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(pending.list(&globex).is_empty());
+        assert!(matches!(
+            pending.decide(&globex, &id, ApprovalDecision::Allow),
+            Err(DecideError::NotFound(_))
+        ));
+        pending
+            .decide(&acme, &id, ApprovalDecision::Allow)
+            .expect("acme decides");
+        assert_eq!(
+            waiter.await.expect("task").expect("decided"),
+            ApprovalDecision::Allow
+        );
+        assert!(pending.list(&acme).is_empty());
+        // A waiter that gives up (a timeout, a cancelled run) leaves nothing.
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            approver.decide(&request("acme")),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert!(pending.list(&acme).is_empty());
+    }
+}

@@ -54,9 +54,9 @@ pub struct Generation {
 }
 
 impl Generation {
-    fn new(host: Arc<Host>, number: u64, extra_key: Option<&(String, TenantId)>) -> Self {
+    fn new(host: Arc<Host>, number: u64, extra_keys: &[(String, TenantId)]) -> Self {
         let mut keys = KeyTable::from_config(host.config());
-        if let Some((key, tenant)) = extra_key {
+        for (key, tenant) in extra_keys {
             keys.add(crate::tenancy::keys::ApiKeyHash::of(key), tenant.clone());
         }
         Generation {
@@ -100,9 +100,9 @@ pub struct Service {
     next_generation: AtomicU64,
     /// The file the configuration was read from, for reloads.
     config_path: Option<PathBuf>,
-    /// A key that exists only for this process (no keys configured and a
-    /// loopback address): it survives reloads.
-    ephemeral_key: Option<(String, TenantId)>,
+    /// Keys that exist only for this process (no keys configured and a
+    /// loopback address): they survive reloads.
+    ephemeral_keys: Vec<(String, TenantId)>,
     settings: ServerSettings,
     runs: Arc<RunRegistry>,
     approvals: Arc<PendingApprovals>,
@@ -117,23 +117,24 @@ pub struct Service {
 impl Service {
     /// A service over `host`, whose configuration was read from
     /// `config_path` (reloaded from there), answering with `settings`.
-    /// `ephemeral_key` is an extra key for one tenant that only this
+    /// `ephemeral_keys` are extra keys, each of one tenant, that only this
     /// process knows.
     pub fn new(
         host: Arc<Host>,
         config_path: Option<PathBuf>,
         settings: ServerSettings,
-        ephemeral_key: Option<(String, TenantId)>,
+        ephemeral_keys: Vec<(String, TenantId)>,
     ) -> Arc<Self> {
         let approvals = Arc::new(PendingApprovals::default());
         Arc::new(Service {
-            generation: RwLock::new(Arc::new(Generation::new(host, 0, ephemeral_key.as_ref()))),
+            generation: RwLock::new(Arc::new(Generation::new(host, 0, &ephemeral_keys))),
             next_generation: AtomicU64::new(1),
             config_path,
-            ephemeral_key,
+            ephemeral_keys,
             runs: Arc::new(RunRegistry::new(
                 settings.finished_runs_kept,
                 settings.run_events_kib.saturating_mul(1024),
+                settings.finished_runs_mib.saturating_mul(1 << 20),
             )),
             approver: ApiApprover::new(approvals.clone()),
             approvals,
@@ -198,7 +199,7 @@ impl Service {
         let next = Arc::new(Generation::new(
             Arc::new(host),
             number,
-            self.ephemeral_key.as_ref(),
+            &self.ephemeral_keys,
         ));
         *self.generation.write().unwrap_or_else(|p| p.into_inner()) = next;
         tracing::info!(generation = number, "configuration reloaded");

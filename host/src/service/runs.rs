@@ -162,6 +162,12 @@ impl RunEntry {
         }
     }
 
+    /// The bytes it holds: its events and its answer.
+    fn kept_bytes(&self) -> usize {
+        let state = self.lock();
+        state.bytes + state.result.as_ref().map_or(0, |r| r.output.len())
+    }
+
     /// Whether it is over.
     pub fn finished(&self) -> bool {
         self.lock().status != RunStatus::Running
@@ -281,6 +287,7 @@ pub struct RunRegistry {
     tenants: Mutex<HashMap<TenantId, TenantRuns>>,
     keep_finished: usize,
     event_budget: usize,
+    finished_bytes: usize,
 }
 
 #[derive(Default)]
@@ -292,13 +299,15 @@ struct TenantRuns {
 }
 
 impl RunRegistry {
-    /// A registry that keeps `keep_finished` finished runs per tenant and
-    /// `event_budget` bytes of events per run.
-    pub fn new(keep_finished: usize, event_budget: usize) -> Self {
+    /// A registry that keeps `event_budget` bytes of events per run, and
+    /// per tenant at most `keep_finished` finished runs holding at most
+    /// `finished_bytes` of events and answers (the oldest go first).
+    pub fn new(keep_finished: usize, event_budget: usize, finished_bytes: usize) -> Self {
         RunRegistry {
             tenants: Mutex::new(HashMap::new()),
             keep_finished,
             event_budget,
+            finished_bytes,
         }
     }
 
@@ -393,22 +402,29 @@ impl RunRegistry {
         let runs = tenants.entry(entry.tenant.clone()).or_default();
         runs.order.push_back(entry.id.clone());
         runs.by_id.insert(entry.id.clone(), entry);
-        // Drop the oldest finished runs past the limit.
-        let finished = runs.by_id.values().filter(|r| r.finished()).count();
-        let mut excess = finished.saturating_sub(self.keep_finished);
-        if excess > 0 {
-            let mut kept = VecDeque::with_capacity(runs.order.len());
-            while let Some(id) = runs.order.pop_front() {
-                let drop_it = excess > 0 && runs.by_id.get(&id).is_some_and(|r| r.finished());
-                if drop_it {
-                    runs.by_id.remove(&id);
-                    excess -= 1;
-                } else {
-                    kept.push_back(id);
-                }
-            }
-            runs.order = kept;
+        // Drop the oldest finished runs past the count or the bytes kept.
+        let (mut finished, mut bytes) = (0usize, 0usize);
+        for run in runs.by_id.values().filter(|r| r.finished()) {
+            finished += 1;
+            bytes += run.kept_bytes();
         }
+        if finished <= self.keep_finished && bytes <= self.finished_bytes {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(runs.order.len());
+        while let Some(id) = runs.order.pop_front() {
+            let over = finished > self.keep_finished || bytes > self.finished_bytes;
+            match runs.by_id.get(&id) {
+                Some(run) if over && run.finished() => {
+                    finished -= 1;
+                    bytes = bytes.saturating_sub(run.kept_bytes());
+                    runs.by_id.remove(&id);
+                }
+                Some(_) => kept.push_back(id),
+                None => {}
+            }
+        }
+        runs.order = kept;
     }
 
     /// The run `id` of `tenant`, if it has one of that id.

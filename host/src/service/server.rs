@@ -52,34 +52,32 @@ pub enum ServeError {
 }
 
 /// When no key is configured and Loom listens on loopback only: a key for
-/// the only tenant (or `default`) that exists for this process alone, to
-/// print at startup. `None` when keys are configured.
+/// each tenant that exists for this process alone, to print at startup.
+/// None when keys are configured.
 ///
 /// # Errors
 ///
 /// [`ServeError::NoKeys`] for a non-loopback address without keys.
-pub fn ephemeral_key(
+pub fn ephemeral_keys(
     config: &LoomConfig,
     addr: SocketAddr,
-) -> Result<Option<(String, TenantId)>, ServeError> {
+) -> Result<Vec<(String, TenantId)>, ServeError> {
     let configured = config.tenants.values().any(|t| !t.api_keys.is_empty());
     if configured {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     if !addr.ip().is_loopback() {
         return Err(ServeError::NoKeys {
             addr: addr.to_string(),
         });
     }
-    let tenant = if config.tenants.len() == 1 {
-        config.tenants.keys().next().cloned()
-    } else {
-        None
+    let mut keys = Vec::new();
+    for tenant in config.tenants.keys() {
+        let (key, _) =
+            crate::tenancy::keys::new_key().map_err(|e| ServeError::Random(e.to_string()))?;
+        keys.push((key, tenant.clone()));
     }
-    .unwrap_or_else(TenantId::default_tenant);
-    let (key, _) =
-        crate::tenancy::keys::new_key().map_err(|e| ServeError::Random(e.to_string()))?;
-    Ok(Some((key, tenant)))
+    Ok(keys)
 }
 
 /// Bind `addr`.
