@@ -89,7 +89,7 @@ async fn serve(tenants: &[&str], extra: &str) -> Served {
     std::fs::write(env.path().join("big.json"), big.to_string()).expect("script");
     std::fs::write(env.path().join("audit.key"), "k".repeat(32)).expect("key");
     let mut text = String::from(
-        "[limits]\nmax_output_bytes = 16777216\nmemory_mib = 128\n[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nfsync = \"never\"\n\
+        "[limits]\nmax_output_bytes = 16777216\nmemory_mib = 128\ncpu_ms = 30000\nwall_ms = 120000\n[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nfsync = \"never\"\n\
          [agent]\ninstructions = \"Answer.\"\nmodel = \"scripted:script.json\"\n\
          architecture = \"react\"\n\
          [agents.writer]\ninstructions = \"Write.\"\nmodel = \"scripted:writer.json\"\n\
