@@ -308,6 +308,9 @@ pub struct TenantConfig {
     pub governance: std::sync::Arc<TenantGovernance>,
     /// `[tenants.T.memory]`: which memory serves the tenant.
     pub memory: TenantMemorySettings,
+    /// `[[tenants.T.mcp_servers]]`: MCP servers whose tools join the
+    /// tenant's (only ever from the operator's file).
+    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
 }
 
 /// Default quota of component data per tenant (`kv_quota_mib`).
@@ -356,6 +359,7 @@ impl TenantConfig {
             grants: ResolvedGrants::default(),
             governance: std::sync::Arc::new(TenantGovernance::default()),
             memory: TenantMemorySettings::default(),
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -668,6 +672,8 @@ struct RawTenant {
     forget_budgets: bool,
     #[serde(default)]
     memory: TenantMemorySettings,
+    #[serde(default)]
+    mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
 }
 
 impl RawTenant {
@@ -838,6 +844,8 @@ impl LoomConfig {
             check_memory(&tenant_limits, &engine, &format!("{key}.limits.memory_mib"))?;
             let grants = resolve_grants(&tenant.grants, &key, &resolve)?;
             let governance = tenant.governance(&key, &tenant_limits)?;
+            let mcp_servers = crate::mcp::config::resolve(&key, &tenant.mcp_servers)
+                .map_err(|e| invalid(&e.key, &e.message))?;
             tenants.insert(
                 id,
                 TenantConfig {
@@ -846,6 +854,7 @@ impl LoomConfig {
                     grants,
                     governance: std::sync::Arc::new(governance),
                     memory: tenant.memory.clone(),
+                    mcp_servers,
                 },
             );
         }

@@ -27,6 +27,7 @@
 //! Its clocks and randomness come through the gate too.
 
 mod block_tools;
+mod direct;
 mod events;
 mod extraction;
 mod gate;
@@ -36,6 +37,7 @@ mod retrieve_tool;
 mod run;
 mod workers;
 
+pub use direct::{GovernedCallError, MAX_ARGUMENT_BYTES, call_tool_governed};
 pub use events::RunEvent;
 pub use gate::{GateLimits, OutputRefusal};
 pub use journal::{JournalError, JournalSettings};
