@@ -311,6 +311,8 @@ pub struct TenantConfig {
     /// `[[tenants.T.mcp_servers]]`: MCP servers whose tools join the
     /// tenant's (only ever from the operator's file).
     pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
+    /// `api_keys`: hashes of the keys that select this tenant over HTTP.
+    pub api_keys: Vec<crate::tenancy::keys::ApiKeyHash>,
 }
 
 /// Default quota of component data per tenant (`kv_quota_mib`).
@@ -360,6 +362,7 @@ impl TenantConfig {
             governance: std::sync::Arc::new(TenantGovernance::default()),
             memory: TenantMemorySettings::default(),
             mcp_servers: Vec::new(),
+            api_keys: Vec::new(),
         }
     }
 }
@@ -552,6 +555,8 @@ pub struct LoomConfig {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// `[journal]`: crash-resumable runs.
     pub journal: JournalConfig,
+    /// `[server]`: `loom serve`'s listener and limits.
+    pub server: ServerSettings,
 }
 
 /// `[journal]`: whether runs are journaled so a crash can be resumed, and
@@ -577,6 +582,115 @@ impl Default for JournalConfig {
             keep_finished: false,
             max_age_hours: 168,
         }
+    }
+}
+
+/// `[server]`: how `loom serve` listens and what it allows each request
+/// and tenant. Every field has a default, so the section is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on (`--listen` overrides).
+    pub listen: String,
+    /// Largest request body, in KiB.
+    pub max_body_kib: usize,
+    /// Runs one tenant may have in flight; more are refused with 429.
+    pub max_concurrent_runs_per_tenant: usize,
+    /// Streams (SSE) one tenant may hold open; more are refused with 429.
+    pub max_streams_per_tenant: usize,
+    /// Time a client has to send a request's headers, also the longest a
+    /// kept-alive connection may sit idle between requests (ms).
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body (ms).
+    pub body_timeout_ms: u64,
+    /// How long a shutdown waits for runs in flight before cancelling them
+    /// (they stay resumable from their journals) (ms).
+    pub drain_timeout_ms: u64,
+    /// Failed authentications one client address may make per minute;
+    /// more are answered 429 without checking the key.
+    pub auth_failures_per_minute: u32,
+    /// Finished runs kept per tenant for `GET /v1/runs` (the oldest go).
+    pub finished_runs_kept: usize,
+    /// Most MiB of events and answers the finished runs kept per tenant
+    /// hold (the oldest go first).
+    pub finished_runs_mib: usize,
+    /// Bytes of events kept per run for late and reconnecting readers, in
+    /// KiB; past it, streamed model text is no longer kept (the answer
+    /// still is, in the run's result).
+    pub run_events_kib: usize,
+    /// How often `loom serve` checks `loom.toml` for changes (ms); 0 turns
+    /// reloading off (SIGHUP still reloads).
+    pub config_reload_ms: u64,
+    /// Hashes of the operator's keys (`loom keys new --operator`): they
+    /// read `/metrics` for every tenant, and nothing else.
+    pub operator_keys: Vec<crate::tenancy::keys::ApiKeyHash>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:7700".into(),
+            max_body_kib: 1024,
+            max_concurrent_runs_per_tenant: 64,
+            max_streams_per_tenant: 2048,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+            auth_failures_per_minute: 30,
+            finished_runs_kept: 1000,
+            finished_runs_mib: 64,
+            run_events_kib: 4096,
+            config_reload_ms: 2000,
+            operator_keys: Vec::new(),
+        }
+    }
+}
+
+impl ServerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.max_body_kib", self.max_body_kib as u64),
+            (
+                "server.max_concurrent_runs_per_tenant",
+                self.max_concurrent_runs_per_tenant as u64,
+            ),
+            (
+                "server.max_streams_per_tenant",
+                self.max_streams_per_tenant as u64,
+            ),
+            ("server.header_timeout_ms", self.header_timeout_ms),
+            ("server.body_timeout_ms", self.body_timeout_ms),
+            (
+                "server.auth_failures_per_minute",
+                u64::from(self.auth_failures_per_minute),
+            ),
+            ("server.run_events_kib", self.run_events_kib as u64),
+            ("server.finished_runs_mib", self.finished_runs_mib as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.max_body_kib > 1 << 20 {
+            return Err(invalid(
+                "server.max_body_kib",
+                "must be at most 1048576 (1 GiB)",
+            ));
+        }
+        if self.run_events_kib > 1 << 20 {
+            return Err(invalid(
+                "server.run_events_kib",
+                "must be at most 1048576 (1 GiB)",
+            ));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                "must be an address and port such as 127.0.0.1:7700 or [::]:7700",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -619,6 +733,8 @@ struct RawConfig {
     telemetry: crate::telemetry::RawTelemetry,
     #[serde(default)]
     journal: JournalConfig,
+    #[serde(default)]
+    server: ServerSettings,
 }
 
 /// `[store]` as written.
@@ -674,6 +790,7 @@ struct RawTenant {
     memory: TenantMemorySettings,
     #[serde(default)]
     mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
+    api_keys: Vec<String>,
 }
 
 impl RawTenant {
@@ -837,6 +954,7 @@ impl LoomConfig {
         check_memory(&limits, &engine, "limits.memory_mib")?;
 
         let mut tenants = BTreeMap::new();
+        let mut key_owners = std::collections::HashMap::new();
         for (name, tenant) in raw.tenants {
             let key = format!("tenants.{name}");
             let id = TenantId::new(name.clone()).map_err(|e| invalid(&key, &e.to_string()))?;
@@ -846,6 +964,24 @@ impl LoomConfig {
             let governance = tenant.governance(&key, &tenant_limits)?;
             let mcp_servers = crate::mcp::config::resolve(&key, &tenant.mcp_servers)
                 .map_err(|e| invalid(&e.key, &e.message))?;
+            let mut api_keys = Vec::with_capacity(tenant.api_keys.len());
+            for text in &tenant.api_keys {
+                let hash: crate::tenancy::keys::ApiKeyHash =
+                    text.parse()
+                        .map_err(|e: crate::tenancy::keys::KeyHashError| {
+                            invalid(&format!("{key}.api_keys"), &e.to_string())
+                        })?;
+                if let Some(owner) = key_owners.insert(hash.to_string(), name.clone()) {
+                    return Err(invalid(
+                        &format!("{key}.api_keys"),
+                        &format!(
+                            "{hash} is also a key of tenant `{owner}`: a key selects exactly one \
+                             tenant, so make a new one with `loom keys new --tenant {name}`"
+                        ),
+                    ));
+                }
+                api_keys.push(hash);
+            }
             tenants.insert(
                 id,
                 TenantConfig {
@@ -855,6 +991,7 @@ impl LoomConfig {
                     governance: std::sync::Arc::new(governance),
                     memory: tenant.memory.clone(),
                     mcp_servers,
+                    api_keys,
                 },
             );
         }
@@ -944,6 +1081,10 @@ impl LoomConfig {
             retrieval: raw.retrieval,
             telemetry,
             journal: raw.journal,
+            server: {
+                raw.server.validate()?;
+                raw.server
+            },
             store_cache_bytes: match raw.store.cache_mib {
                 None => crate::store::DEFAULT_CACHE_BYTES,
                 Some(mib @ 1..=65_536) => mib << 20,
@@ -1002,6 +1143,7 @@ impl LoomConfig {
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             telemetry: crate::telemetry::TelemetryConfig::default(),
             journal: JournalConfig::default(),
+            server: ServerSettings::default(),
         }
     }
 

@@ -38,6 +38,15 @@ pub enum HostError {
     /// The document stores could not be set up.
     #[error(transparent)]
     Retrieval(#[from] crate::retrieval::RetrievalError),
+    /// A changed setting takes effect only when Loom restarts.
+    #[error(
+        "{setting} changed: it takes effect only when loom restarts (the running host keeps \
+         the old value; tenants, agents, models and plugins reload without a restart)"
+    )]
+    Restart {
+        /// The setting.
+        setting: String,
+    },
 }
 
 /// A running Loom host: one engine, the plugin catalog, and (when
@@ -101,40 +110,10 @@ impl Host {
                 registry.scan().await;
             }
         });
-        let reloader = config.reload_interval.map(|interval| {
-            let weak = Arc::downgrade(&registry);
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                ticker.tick().await;
-                loop {
-                    ticker.tick().await;
-                    let Some(registry) = weak.upgrade() else {
-                        break;
-                    };
-                    registry.scan().await;
-                }
-            })
-        });
-        let disks = config
-            .tenants
-            .iter()
-            .map(|(id, tenant)| {
-                let roots = tenant
-                    .grants
-                    .files
-                    .iter()
-                    .filter(|(_, _, write)| *write)
-                    .map(|(host, _, _)| host.clone())
-                    .collect();
-                let ledger = DiskLedger::new(
-                    roots,
-                    tenant.limits.disk_bytes,
-                    tenant.limits.max_file_bytes,
-                );
-                (id.clone(), Arc::new(ledger))
-            })
-            .collect();
+        let reloader = config
+            .reload_interval
+            .map(|interval| spawn_reloader(&registry, interval));
+        let disks = disk_ledgers(&config);
         let sessions = Arc::new(SessionStore::new(store.clone()));
         let docs = crate::retrieval::DocStore::new(
             config.data_dir.join("docs"),
@@ -155,6 +134,82 @@ impl Host {
             journal: crate::store::journal::Journal::open(store.clone())?,
             docs,
             store,
+            governance,
+            reloader,
+            initial_scan,
+        })
+    }
+
+    /// A host for a changed configuration that shares this one's engine,
+    /// database, journal, memory, documents, budget counters, rate-limit
+    /// buckets and audit log: tenants, their grants, limits, keys and
+    /// governance, agents, models and plugin directories take the new
+    /// values. Runs started on this host keep it until they end; `loom
+    /// serve` sends new requests to the returned one.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Restart`] naming a setting that only a restart can
+    /// change (data and cache directories, `[engine]`, `[store]`,
+    /// `[audit]`, `[telemetry]`); [`HostError::Governance`] for a bad
+    /// webhook URL.
+    pub async fn reconfigure(&self, config: LoomConfig) -> Result<Host, HostError> {
+        let old = &*self.config;
+        let audit_same = match (&old.audit, &config.audit) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.path == b.path && a.fsync == b.fsync && a.redact == b.redact,
+            _ => false,
+        };
+        let fixed = [
+            ("data_dir", old.data_dir == config.data_dir),
+            ("cache_dir", old.cache_dir == config.cache_dir),
+            ("[engine]", old.engine == config.engine),
+            (
+                "[store]",
+                old.store_sync == config.store_sync
+                    && old.store_cache_bytes == config.store_cache_bytes,
+            ),
+            ("[audit]", audit_same),
+            ("[telemetry]", old.telemetry == config.telemetry),
+            (
+                "builtin_plugins",
+                old.builtin_plugins == config.builtin_plugins,
+            ),
+        ];
+        if let Some((setting, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(HostError::Restart {
+                setting: (*setting).to_owned(),
+            });
+        }
+        let config = Arc::new(config);
+        let governance = Arc::new(
+            self.governance
+                .reconfigured(config.tenants.iter().map(|(id, t)| (id, &*t.governance)))?,
+        );
+        let registry = Arc::new(
+            PluginRegistry::new(self.engine.clone(), config.clone()).with_audit(&governance),
+        );
+        registry.scan_group(&Visibility::Global).await;
+        let initial_scan = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                registry.scan().await;
+            }
+        });
+        let reloader = config
+            .reload_interval
+            .map(|interval| spawn_reloader(&registry, interval));
+        Ok(Host {
+            disks: disk_ledgers(&config),
+            mcp: crate::mcp::McpClients::new(&config),
+            config,
+            engine: self.engine.clone(),
+            registry,
+            store: self.store.clone(),
+            sessions: self.sessions.clone(),
+            journal: self.journal.clone(),
+            memory: self.memory.clone(),
+            docs: self.docs.clone(),
             governance,
             reloader,
             initial_scan,
@@ -632,6 +687,49 @@ impl Host {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Rescan `registry`'s plugin directories every `interval` while it lives.
+fn spawn_reloader(
+    registry: &Arc<PluginRegistry>,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(registry);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(registry) = weak.upgrade() else {
+                break;
+            };
+            registry.scan().await;
+        }
+    })
+}
+
+/// Each tenant's disk ledger over its read-write grants.
+fn disk_ledgers(config: &LoomConfig) -> HashMap<TenantId, Arc<DiskLedger>> {
+    config
+        .tenants
+        .iter()
+        .map(|(id, tenant)| {
+            let roots = tenant
+                .grants
+                .files
+                .iter()
+                .filter(|(_, _, write)| *write)
+                .map(|(host, _, _)| host.clone())
+                .collect();
+            let ledger = DiskLedger::new(
+                roots,
+                tenant.limits.disk_bytes,
+                tenant.limits.max_file_bytes,
+            );
+            (id.clone(), Arc::new(ledger))
+        })
+        .collect()
 }
 
 impl Drop for Host {

@@ -11,6 +11,8 @@
 //!   under CPU, memory, time and output limits.
 //! * [`plugins`] — plugin directories, manifests, kind detection and hot reload.
 //! * [`host`] — [`Host`], the facade: load a config, list plugins, call tools.
+//! * [`service`] — `loom serve`: the multi-tenant HTTP API, the
+//!   OpenAI-compatible endpoint, metrics.
 //! * [`telemetry`] — spans and metrics to the console, a JSONL file, memory
 //!   or OpenTelemetry (OTLP).
 //!
@@ -40,6 +42,7 @@ pub mod model;
 pub mod plugins;
 pub mod retrieval;
 pub mod secret;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;

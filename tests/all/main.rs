@@ -24,5 +24,6 @@ mod plugins;
 mod polyglot;
 mod providers;
 mod retrieval;
+mod service;
 mod support;
 mod telemetry;

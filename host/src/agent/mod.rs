@@ -27,6 +27,7 @@
 //! Its clocks and randomness come through the gate too.
 
 mod block_tools;
+pub mod configured;
 mod direct;
 mod events;
 mod extraction;

@@ -10,6 +10,7 @@ mod run;
 mod runs;
 mod scaffold;
 mod scope;
+mod serve;
 mod tool;
 
 use anyhow::Context;
@@ -79,6 +80,21 @@ enum Command {
     /// A tenant's documents for retrieval: ingest, search, list, delete.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
+    /// Serve Loom over HTTP to many tenants: the /v1 API (runs, streamed
+    /// as Server-Sent Events; sessions; tools; approvals; memory; budget;
+    /// audit), an OpenAI-compatible /v1/chat/completions, /healthz and
+    /// /metrics. A bearer API key selects the tenant. loom.toml and the
+    /// plugin directories reload without a restart; SIGINT or SIGTERM
+    /// drains runs in flight, then stops.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
+    /// API keys for `loom serve`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Write a commented loom.toml that names every section.
     Init {
         /// Where to write it.
@@ -88,6 +104,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a random API key: print it once, and the `sha256:` hash to add
+    /// to the tenant's api_keys in loom.toml (Loom never stores the key).
+    New(serve::NewKeyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +284,33 @@ impl ConfigArg {
         Ok(config)
     }
 
+    /// The configuration for a long-running service, with plugin hot
+    /// reload as configured, and the file it came from (`None` for the
+    /// built-in defaults), to reload it from.
+    fn load_for_service(&self) -> anyhow::Result<(LoomConfig, Option<PathBuf>)> {
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None => {
+                let local = PathBuf::from("loom.toml");
+                if !local.exists() {
+                    return Ok((LoomConfig::builtin(), None));
+                }
+                local
+            }
+        };
+        let config = LoomConfig::load(&path).with_context(|| {
+            if path.exists() {
+                String::from("the configuration is invalid")
+            } else {
+                format!(
+                    "no config at {}; fix the path, or run `loom init` to write one",
+                    path.display()
+                )
+            }
+        })?;
+        Ok((config, Some(path)))
+    }
+
     fn load_uncached(&self) -> anyhow::Result<LoomConfig> {
         let path = match &self.config {
             Some(path) => path.clone(),
@@ -295,6 +345,7 @@ impl Cli {
     fn config_arg(&self) -> Option<&ConfigArg> {
         match &self.command {
             Command::Run { config, .. }
+            | Command::Serve { config, .. }
             | Command::Resume { config, .. }
             | Command::Runs(RunsCommand::List { config, .. })
             | Command::Runtime(RuntimeCommand::Prune { config, .. })
@@ -381,6 +432,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             },
         ),
+        Command::Serve { config, args } => {
+            let (loaded, path) = config.load_for_service()?;
+            serve::serve(loaded, path, args).await
+        }
+        Command::Keys(KeysCommand::New(args)) => serve::new_key(&args),
         Command::Init { path, force } => init::init(&path, force),
     }
 }

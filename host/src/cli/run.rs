@@ -1,11 +1,9 @@
 //! `loom run`: run the configured agent for one prompt, showing progress live.
 
 use anyhow::Context;
-use loom_host::agent::{Agent, JournalSettings, ResumeRequest, RunEvent, RunRequest};
-use loom_host::config::AgentSettings;
+use loom_host::agent::configured::{self, AgentChoice};
+use loom_host::agent::{Agent, ResumeRequest, RunEvent, RunRequest};
 use loom_host::engine::boundary::{escape_text, terminal_safe};
-use loom_host::model::pricing::PriceTable;
-use loom_host::model::spec::from_spec;
 use loom_host::{Host, LoomConfig};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -37,18 +35,6 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-/// How the CLI built a run's agent, kept with the run's journal so
-/// `loom resume` builds the same one.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct Origin {
-    /// `--agent`: the named agent of [agents.NAME], else [agent].
-    agent: Option<String>,
-    /// `--model`, else the agent's model.
-    model: Option<String>,
-    /// `--arch`, else the agent's architecture.
-    arch: Option<String>,
-}
-
 /// Run the agent and print its progress and answer.
 pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let scope = args.scope.scope(&config)?;
@@ -63,13 +49,13 @@ pub async fn run(config: LoomConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let origin = Origin {
+    let origin = AgentChoice {
         agent: args.agent,
         model: args.model,
         arch: args.arch,
     };
     // Checked before the host starts: a wrong name fails fast.
-    settings_of(&config, &origin)?;
+    configured::settings_of(&config, &origin).context("--agent")?;
     let host = Arc::new(Host::start(config).await?);
     prune_old_journals(&host).await;
     let agent = build_agent(&host, &origin, args.json)?;
@@ -113,7 +99,7 @@ pub async fn resume(config: LoomConfig, args: ResumeArgs) -> anyhow::Result<Exit
     }
     let host = Arc::new(Host::start(config).await?);
     let record = request.find(host.journal())?;
-    let origin: Origin = serde_json::from_value(record.origin.clone()).unwrap_or_default();
+    let origin: AgentChoice = serde_json::from_value(record.origin.clone()).unwrap_or_default();
     let agent = build_agent(&host, &origin, args.json).with_context(|| {
         format!(
             "run {} cannot be resumed with the current configuration",
@@ -141,91 +127,16 @@ async fn prune_old_journals(host: &Host) {
     }
 }
 
-/// The agent settings `origin` names.
-fn settings_of(config: &LoomConfig, origin: &Origin) -> anyhow::Result<AgentSettings> {
-    match &origin.agent {
-        None => Ok(config.agent.clone()),
-        Some(name) => config.agents.get(name).cloned().with_context(|| {
-            let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
-            format!(
-                "--agent {name}: no [agents.{name}] in the configuration (configured: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )
-        }),
-    }
-}
-
-/// The agent `origin` names, on `host`, journaling its runs unless
-/// `[journal] enabled = false`; an interactive approver when stdin is a
-/// terminal and the output is not JSON.
-fn build_agent(host: &Arc<Host>, origin: &Origin, json: bool) -> anyhow::Result<Agent> {
-    let config = host.config();
-    let settings = settings_of(config, origin)?;
-    let spec = origin.model.clone().or_else(|| settings.model.clone()).context(
-        "no model: pass --model or set [agent] model in loom.toml (for example openai:gpt-4.1-mini, \
-         anthropic:claude-sonnet-4-5, compat:<name>, echo, scripted:script.json)",
-    )?;
-    let retry = loom_host::model::spec::retry_policy(&config.retry);
-    let model = from_spec(&spec, &config.models, &retry, &config.base_dir)?;
-    let prices = PriceTable::new(config.pricing.clone());
-    let mut builder = Agent::builder(settings.instructions)
-        .host(host.clone())
-        .model(model)
-        .architecture(origin.arch.clone().unwrap_or(settings.architecture))
-        .max_turns(settings.max_turns)
-        .output_retries(settings.output_retries)
-        .run_timeout(std::time::Duration::from_millis(settings.run_timeout_ms))
-        .prices(prices)
-        .sessions(host.sessions())
-        .retrieval(settings.retrieval);
-    // A named agent of [agents.NAME] is traced under its name.
-    if let Some(name) = &origin.agent {
-        builder = builder.name(name.clone());
-    }
-    if config.journal.enabled {
-        builder = builder.journal(JournalSettings {
-            journal: host.journal().clone(),
-            keep_finished: config.journal.keep_finished,
-        });
-    }
-    if let Some(tools) = settings.tools {
-        builder = builder.tools(tools);
-    }
-    if let Some(config) = settings.architecture_config {
-        builder = builder.architecture_config(config);
-    }
-    builder = builder.workers(settings.workers);
-    for (role, spec) in &settings.role_models {
-        let model = from_spec(spec, &config.models, &retry, &config.base_dir)
-            .with_context(|| format!("[agent.role_models] {role}"))?;
-        builder = builder.role_model(role.clone(), model);
-    }
-    let memory = &settings.memory;
-    if memory.enabled {
-        builder = builder.memory(
-            host.memory(),
-            loom_host::MemoryOptions {
-                recall_tokens: memory.recall_tokens,
-                episodes: true,
-                transcripts: memory.transcripts,
-                extract: memory.extract,
-                block_tools: memory.block_tools,
-            },
-        );
-        if let Some(spec) = &memory.extraction_model {
-            let model = from_spec(spec, &config.models, &retry, &config.base_dir)
-                .context("[agent.memory] extraction_model")?;
-            builder = builder.extraction_model(model);
-        }
-    }
-    if std::io::stdin().is_terminal() && !json {
-        builder = builder.approver(Arc::new(super::govern::TerminalApprover::new()));
-    }
-    Ok(builder.build()?)
+/// The agent `origin` names, on `host`, with an interactive approver when
+/// stdin is a terminal and the output is not JSON.
+fn build_agent(host: &Arc<Host>, origin: &AgentChoice, json: bool) -> anyhow::Result<Agent> {
+    let approver: Option<Arc<dyn loom_host::governance::approval::Approver>> =
+        if std::io::stdin().is_terminal() && !json {
+            Some(Arc::new(super::govern::TerminalApprover::new()))
+        } else {
+            None
+        };
+    Ok(configured::build(host, origin, approver)?)
 }
 
 /// Print the run's events as they come; the exit code.

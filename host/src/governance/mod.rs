@@ -133,7 +133,7 @@ pub enum GovernanceError {
 /// The host's shared governance state.
 pub struct Governance {
     ledger: BudgetLedger,
-    rates: RateLimiter,
+    rates: Arc<RateLimiter>,
     audit: Option<Arc<AuditLog>>,
     webhooks: HashMap<TenantId, Arc<WebhookApprover>>,
 }
@@ -163,10 +163,26 @@ impl Governance {
         }
         Ok(Governance {
             ledger,
-            rates: RateLimiter::default(),
+            rates: Arc::new(RateLimiter::default()),
             audit,
             webhooks,
         })
+    }
+
+    /// Governance for a changed configuration: the same budget counters,
+    /// rate-limit buckets and audit log (its chain goes on unbroken), with
+    /// `tenants`' webhooks.
+    ///
+    /// # Errors
+    ///
+    /// [`GovernanceError`] when a webhook URL is invalid.
+    pub fn reconfigured<'a>(
+        &self,
+        tenants: impl IntoIterator<Item = (&'a TenantId, &'a TenantGovernance)>,
+    ) -> Result<Self, GovernanceError> {
+        let mut next = Governance::new(self.ledger.clone(), self.audit.clone(), tenants)?;
+        next.rates = self.rates.clone();
+        Ok(next)
     }
 
     /// The budget ledger.

@@ -115,7 +115,9 @@ pub struct ModelRequest {
 }
 
 /// Tokens counted by the provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     /// Input tokens (cached ones included).
     pub input_tokens: u64,

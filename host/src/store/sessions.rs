@@ -228,6 +228,46 @@ impl SessionStore {
         committed.await.unwrap_or(Err(StoreError::Closed))?;
         Ok(!skipped.load(std::sync::atomic::Ordering::Relaxed))
     }
+
+    /// Delete one session of (tenant, user); resolves once the delete is
+    /// committed, with whether the session existed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails; the session is kept.
+    pub async fn delete(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<bool, StoreError> {
+        let key = key(tenant, user, session);
+        let row = key.clone();
+        let existed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let existed_in_op = existed.clone();
+        let op: super::WriteOp = Box::new(move |txn| {
+            let mut table = txn.open_table(SESSIONS).map_err(io)?;
+            let removed = table
+                .remove((row.0.as_str(), row.1.as_str(), row.2.as_str()))
+                .map_err(io)?
+                .is_some();
+            existed_in_op.store(removed, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        let cache = self.cache.clone();
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.store.write_then(
+            op,
+            Box::new(move |result| {
+                if let Ok(mut cache) = cache.lock() {
+                    cache.remove(&key);
+                }
+                let _ = done.send(result);
+            }),
+        );
+        committed.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(existed.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Session ids are `[A-Za-z0-9._:@-]`: every one sorts below `~`.
