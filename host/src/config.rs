@@ -790,6 +790,7 @@ struct RawTenant {
     memory: TenantMemorySettings,
     #[serde(default)]
     mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
+    #[serde(default)]
     api_keys: Vec<String>,
 }
 
