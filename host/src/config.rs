@@ -308,6 +308,9 @@ pub struct TenantConfig {
     pub governance: std::sync::Arc<TenantGovernance>,
     /// `[tenants.T.memory]`: which memory serves the tenant.
     pub memory: TenantMemorySettings,
+    /// `[[tenants.T.mcp_servers]]`: MCP servers whose tools join the
+    /// tenant's (only ever from the operator's file).
+    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
     /// `api_keys`: hashes of the keys that select this tenant over HTTP.
     pub api_keys: Vec<crate::tenancy::keys::ApiKeyHash>,
 }
@@ -358,6 +361,7 @@ impl TenantConfig {
             grants: ResolvedGrants::default(),
             governance: std::sync::Arc::new(TenantGovernance::default()),
             memory: TenantMemorySettings::default(),
+            mcp_servers: Vec::new(),
             api_keys: Vec::new(),
         }
     }
@@ -785,6 +789,8 @@ struct RawTenant {
     #[serde(default)]
     memory: TenantMemorySettings,
     #[serde(default)]
+    mcp_servers: Vec<crate::mcp::config::RawMcpServer>,
+    #[serde(default)]
     api_keys: Vec<String>,
 }
 
@@ -957,6 +963,8 @@ impl LoomConfig {
             check_memory(&tenant_limits, &engine, &format!("{key}.limits.memory_mib"))?;
             let grants = resolve_grants(&tenant.grants, &key, &resolve)?;
             let governance = tenant.governance(&key, &tenant_limits)?;
+            let mcp_servers = crate::mcp::config::resolve(&key, &tenant.mcp_servers)
+                .map_err(|e| invalid(&e.key, &e.message))?;
             let mut api_keys = Vec::with_capacity(tenant.api_keys.len());
             for text in &tenant.api_keys {
                 let hash: crate::tenancy::keys::ApiKeyHash =
@@ -983,6 +991,7 @@ impl LoomConfig {
                     grants,
                     governance: std::sync::Arc::new(governance),
                     memory: tenant.memory.clone(),
+                    mcp_servers,
                     api_keys,
                 },
             );

@@ -63,6 +63,9 @@ pub struct Host {
     memory: crate::memory::Memory,
     docs: crate::retrieval::DocStore,
     governance: Arc<Governance>,
+    /// The tenants' MCP servers (connected on first use; their processes
+    /// end with the host).
+    mcp: crate::mcp::McpClients,
     reloader: Option<tokio::task::JoinHandle<()>>,
     initial_scan: tokio::task::JoinHandle<()>,
 }
@@ -117,6 +120,7 @@ impl Host {
             config.retrieval.clone(),
         )?;
         Ok(Host {
+            mcp: crate::mcp::McpClients::new(&config),
             config,
             engine,
             registry,
@@ -197,6 +201,7 @@ impl Host {
             .map(|interval| spawn_reloader(&registry, interval));
         Ok(Host {
             disks: disk_ledgers(&config),
+            mcp: crate::mcp::McpClients::new(&config),
             config,
             engine: self.engine.clone(),
             registry,
@@ -351,6 +356,11 @@ impl Host {
         Ok(report)
     }
 
+    /// The tenants' MCP servers, whose tools join their tool sets.
+    pub fn mcp_clients(&self) -> &crate::mcp::McpClients {
+        &self.mcp
+    }
+
     /// Budgets, rate limits, approvals and the audit log.
     pub fn governance(&self) -> &Arc<Governance> {
         &self.governance
@@ -390,7 +400,9 @@ impl Host {
     }
 
     /// Call tool `tool` with JSON `arguments` for `scope`, in a fresh sandbox
-    /// with the tenant's grants and limits.
+    /// with the tenant's grants and limits (or, for a `<server>__<tool>` of
+    /// one of the tenant's MCP servers, on that server). Not governed: see
+    /// [`crate::agent::call_tool_governed`].
     ///
     /// # Errors
     ///
@@ -405,6 +417,11 @@ impl Host {
         let limits = self.call_limits(&scope)?;
         let catalog = self.catalog_for(&scope.tenant).await;
         let Some(binding) = catalog.tool(&scope.tenant, tool) else {
+            drop(catalog);
+            if let Some(remote) = self.mcp.tool(&scope.tenant, tool).await? {
+                return remote.call(arguments).await;
+            }
+            let catalog = self.catalog_for(&scope.tenant).await;
             let available: Vec<String> = catalog
                 .tools(&scope.tenant)
                 .iter()

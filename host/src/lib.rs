@@ -36,6 +36,7 @@ pub mod config;
 pub mod engine;
 pub mod governance;
 pub mod host;
+pub mod mcp;
 pub mod memory;
 pub mod model;
 pub mod plugins;

@@ -42,6 +42,37 @@ pub fn polyglot_component(name: &str) -> String {
     path.display().to_string()
 }
 
+/// The Python interpreter of the venv that holds the official MCP and
+/// OpenAI Python SDKs (pinned in `xtask/toolchains/clients/requirements.txt`),
+/// installed by `cargo xtask test` (or `cargo xtask py-clients`) and given
+/// as `$LOOM_PY_CLIENTS`, else `<target dir>/py-clients/bin/python`.
+///
+/// # Panics
+///
+/// When it is not installed, naming the command that installs it: tests
+/// that drive Loom with these clients fail without them, they are never
+/// skipped.
+pub fn py_clients() -> PathBuf {
+    let python = std::env::var_os("LOOM_PY_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // OUT_DIR is <target>/<profile>/build/loom-tests-<hash>/out.
+            Path::new(env!("OUT_DIR"))
+                .ancestors()
+                .nth(4)
+                .map(|target| target.join("py-clients/bin/python"))
+                .unwrap_or_default()
+        });
+    assert!(
+        python.is_file(),
+        "{} is missing: the MCP and OpenAI Python SDKs the client tests use are installed by \
+         `cargo xtask test` (or `cargo xtask py-clients`, which prints the interpreter to give \
+         the tests as LOOM_PY_CLIENTS)",
+        python.display()
+    );
+    python
+}
+
 /// A compile cache shared by tests, kept between runs under the target directory.
 pub fn shared_cache_dir() -> PathBuf {
     PathBuf::from(concat!(env!("OUT_DIR"), "/test-compile-cache"))

@@ -10,7 +10,12 @@
 //! * `cargo xtask build-polyglot` — installs componentize-js and
 //!   componentize-py (cached) and builds `examples/js-*` and `examples/py-*`
 //!   (see `polyglot.rs`).
+//! * `cargo xtask py-clients` — installs the official MCP and OpenAI Python
+//!   SDKs (cached) into a venv the tests drive Loom with (see `clients.rs`);
+//!   prints its interpreter, the value `cargo xtask test` gives the tests
+//!   as `LOOM_PY_CLIENTS`.
 
+mod clients;
 mod polyglot;
 
 use std::path::{Path, PathBuf};
@@ -27,9 +32,12 @@ fn main() -> ExitCode {
         "build-polyglot" => polyglot::build(&root(), &target_dir()).map(|dir| {
             println!("{}", dir.display());
         }),
+        "py-clients" => clients::install(&root(), &target_dir()).map(|python| {
+            println!("{}", python.display());
+        }),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|build-polyglot>\n  demo            build everything and run the offline demo\n  test            fmt, clippy and every test\n  build-polyglot  build the JavaScript and Python example components"
+                "usage: cargo xtask <demo|test|build-polyglot|py-clients>\n  demo            build everything and run the offline demo\n  test            fmt, clippy and every test\n  build-polyglot  build the JavaScript and Python example components\n  py-clients      install the MCP and OpenAI Python SDKs the tests use"
             );
             return ExitCode::from(2);
         }
@@ -586,6 +594,8 @@ fn test() -> Result<(), String> {
     ]))?;
     // The tests of the JavaScript and Python examples load them from here.
     let polyglot = polyglot::build(&root(), &target_dir())?;
+    // The MCP and OpenAI Python SDKs the client tests drive Loom with.
+    let py_clients = clients::install(&root(), &target_dir())?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
@@ -594,11 +604,13 @@ fn test() -> Result<(), String> {
     if nextest {
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
-            .env("LOOM_POLYGLOT_DIR", &polyglot))?;
+            .env("LOOM_POLYGLOT_DIR", &polyglot)
+            .env("LOOM_PY_CLIENTS", &py_clients))?;
     } else {
         run(cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
-            .env("LOOM_POLYGLOT_DIR", &polyglot))?;
+            .env("LOOM_POLYGLOT_DIR", &polyglot)
+            .env("LOOM_PY_CLIENTS", &py_clients))?;
     }
     run(cargo().args(["test", "--workspace", "--doc"]))
 }

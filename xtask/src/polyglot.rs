@@ -121,7 +121,7 @@ struct Toolchain {
 }
 
 /// The toolchain cache directory.
-fn toolchains_dir() -> Result<PathBuf, String> {
+pub(crate) fn toolchains_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("LOOM_TOOLCHAINS_DIR") {
         return Ok(PathBuf::from(dir));
     }
@@ -191,7 +191,7 @@ fn ensure_programs(programs: &[(&str, &[&str])], packages: &[&str]) -> Result<()
 }
 
 /// Hex SHA-256 of `parts`, each length-prefixed.
-fn hash(parts: &[&[u8]]) -> String {
+pub(crate) fn hash(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
@@ -204,14 +204,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Install a toolchain into `<cache>/<name>-<key>` with `install` (given
 /// a scratch directory) unless it is there; the directory appears only
 /// when the install finished.
-fn install_once(
+pub(crate) fn install_once(
     cache: &Path,
     name: &str,
     key: &str,
@@ -281,19 +281,25 @@ fn js_toolchain(root: &Path, cache: &Path) -> Result<Toolchain, String> {
     Ok(Toolchain { dir, key })
 }
 
-/// componentize-py, installed by pip into a venv from `xtask/toolchains/python`.
-fn py_toolchain(root: &Path, cache: &Path) -> Result<Toolchain, String> {
+/// Make sure `python3` can make venvs; its version and machine, which
+/// key every venv made with it.
+pub(crate) fn ensure_python() -> Result<String, String> {
     ensure_programs(
         &[("python3", &["-c", "import venv, ensurepip"])],
         &["python3", "python3-venv"],
     )?;
-    let python = version_of(
+    version_of(
         "python3",
         &[
             "-c",
             "import sys, platform; print(sys.version, platform.machine())",
         ],
-    )?;
+    )
+}
+
+/// componentize-py, installed by pip into a venv from `xtask/toolchains/python`.
+fn py_toolchain(root: &Path, cache: &Path) -> Result<Toolchain, String> {
+    let python = ensure_python()?;
     let requirements = read(&root.join("xtask/toolchains/python/requirements.txt"))?;
     let key = hash(&[&requirements, python.as_bytes()]);
     let spec = root.join("xtask/toolchains/python/requirements.txt");

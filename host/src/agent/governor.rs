@@ -144,6 +144,33 @@ impl Governor {
         }
     }
 
+    /// The governor of one tool call outside any run (the MCP server's):
+    /// the tenant's rules, budgets and audit log as a run of `scope` would
+    /// have them, with `approver` (else the tenant's webhook; else `ask`
+    /// denies). The call is its own run for the per-run caps.
+    pub(crate) fn standalone(
+        host: Arc<Host>,
+        scope: Arc<Scope>,
+        settings: Arc<TenantGovernance>,
+        approver: Option<Arc<dyn Approver>>,
+    ) -> Self {
+        let approver = approver.or_else(|| host.governance().webhook(&scope.tenant));
+        Governor {
+            rules: settings.rules_for(&scope.user),
+            user_rates: settings.rates_for(&scope.user),
+            budget: RunBudget::new(scope.tenant.clone(), scope.user.clone(), &settings.budgets),
+            tree: Arc::new(TreeState::default()),
+            host,
+            scope,
+            max_wait: settings.approval_timeout,
+            settings,
+            approver,
+            events: None,
+            model: String::new(),
+            prices: crate::model::pricing::PriceTable::default(),
+        }
+    }
+
     /// What a sub-agent of this run inherits.
     pub(crate) fn inherit(&self) -> Inherited {
         Inherited {

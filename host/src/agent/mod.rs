@@ -28,6 +28,7 @@
 
 mod block_tools;
 pub mod configured;
+mod direct;
 mod events;
 mod extraction;
 mod gate;
@@ -37,6 +38,7 @@ mod retrieve_tool;
 mod run;
 mod workers;
 
+pub use direct::{GovernedCallError, MAX_ARGUMENT_BYTES, call_tool_governed};
 pub use events::RunEvent;
 pub use gate::{GateLimits, OutputRefusal};
 pub use journal::{JournalError, JournalSettings};

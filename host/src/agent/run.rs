@@ -35,6 +35,8 @@ pub(crate) struct RunState {
     agent: Arc<AgentInner>,
     scope: Arc<Scope>,
     tools: Vec<ToolBinding>,
+    /// Tools of the tenant's MCP servers offered to the run.
+    remote_tools: Vec<crate::mcp::RemoteTool>,
     /// The host's own tools offered to the run (working blocks, retrieval).
     host_tools: Vec<crate::engine::ToolSpec>,
     output_schema: Option<serde_json::Value>,
@@ -236,7 +238,7 @@ async fn journaled_call(
     result
 }
 
-fn failure_text(failure: &ToolFailure) -> String {
+pub(super) fn failure_text(failure: &ToolFailure) -> String {
     match failure {
         ToolFailure::Denied(m) => format!("DENIED: {m}"),
         ToolFailure::UnknownTool(m) => format!("ERROR: unknown tool {m}"),
@@ -395,6 +397,7 @@ impl RunState {
                     .tools
                     .iter()
                     .map(|b| &b.spec)
+                    .chain(self.remote_tools.iter().map(|r| &r.spec))
                     .chain(&self.host_tools)
                     .find(|spec| spec.name == call.name)
                     .is_some_and(|spec| spec.idempotent);
@@ -412,6 +415,10 @@ impl RunState {
                         self.tools.iter().find(|b| b.spec.name == call.name)
                     {
                         Box::pin(self.component_tool(call, binding.clone(), key))
+                    } else if let Some(remote) =
+                        self.remote_tools.iter().find(|r| r.spec.name == call.name)
+                    {
+                        Box::pin(self.remote_tool(call, remote.clone()))
                     } else {
                         self.governor
                             .refused_tool(&call, "the tool is not available to this agent");
@@ -502,6 +509,42 @@ impl RunState {
         }
     }
 
+    /// A call of a tool of one of the tenant's MCP servers: the permission
+    /// chain and the budget, then the call to the server.
+    fn remote_tool(
+        &self,
+        call: wt::ToolCall,
+        remote: crate::mcp::RemoteTool,
+    ) -> impl std::future::Future<Output = CallOutcome> + Send + 'static {
+        let governor = self.governor.clone();
+        async move {
+            let tool = super::governor::GovernedTool {
+                spec: &remote.spec,
+                file_edit: false,
+            };
+            let admitted = match governor.admit_tool(call, tool).await {
+                Ok(admitted) => admitted,
+                Err((call, refusal)) => {
+                    return (
+                        call,
+                        Err(CallError::Tool {
+                            tool: remote.spec.name.clone(),
+                            failure: ToolFailure::from(refusal),
+                        }),
+                    );
+                }
+            };
+            let outcome = remote.call(&admitted.call.arguments).await;
+            let summary = match &outcome {
+                Ok(output) => Ok(output.output.as_str()),
+                Err(CallError::Tool { failure, .. }) => Err(failure_text(failure)),
+                Err(other) => Err(other.to_string()),
+            };
+            let call = governor.after_tool(admitted, &summary, std::time::Duration::ZERO);
+            (call, outcome)
+        }
+    }
+
     /// A call of one of the host's own tools, governed like any other.
     fn host_tool(
         &self,
@@ -560,6 +603,7 @@ impl RunState {
         self.tools
             .iter()
             .map(|b| &b.spec)
+            .chain(self.remote_tools.iter().map(|r| &r.spec))
             .chain(&self.host_tools)
             .map(|spec| wt::ToolSpec {
                 name: spec.name.clone(),
@@ -1025,6 +1069,25 @@ async fn execute_inner(
             .collect(),
     };
     drop(catalog);
+    // The tenant's MCP servers' tools (connected on first use), unless a
+    // component offers a tool so named.
+    let remote_tools: Vec<crate::mcp::RemoteTool> = if host.mcp_clients().has_servers(&scope.tenant)
+    {
+        host.mcp_clients()
+            .tools(&scope.tenant)
+            .await
+            .into_iter()
+            .filter(|remote| !tools.iter().any(|b| b.spec.name == remote.spec.name))
+            .filter(|remote| {
+                agent
+                    .tools
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&remote.spec.name))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if let Some(schema) = &request.output_schema {
         jsonschema::validator_for(schema).map_err(|e| AgentError::InvalidSchema(e.to_string()))?;
     }
@@ -1143,11 +1206,15 @@ async fn execute_inner(
     if agent.retrieval {
         host_tools.push(super::retrieve_tool::spec());
     }
-    host_tools.retain(|spec| !tools.iter().any(|b| b.spec.name == spec.name));
+    host_tools.retain(|spec| {
+        !tools.iter().any(|b| b.spec.name == spec.name)
+            && !remote_tools.iter().any(|r| r.spec.name == spec.name)
+    });
     let state = Arc::new(RunState {
         agent: agent.clone(),
         scope: scope.clone(),
         tools,
+        remote_tools,
         host_tools,
         output_schema: request.output_schema.clone(),
         events: events.clone(),

@@ -3,6 +3,7 @@
 mod docs;
 mod govern;
 mod init;
+mod mcp;
 mod memory;
 mod plugins;
 mod run;
@@ -63,6 +64,9 @@ enum Command {
     /// Call tools directly, through the full sandbox.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Serve a tenant's tools over the Model Context Protocol.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Show budget use against every cap.
     #[command(subcommand)]
     Budget(BudgetCommand),
@@ -238,6 +242,21 @@ enum ToolCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum McpCommand {
+    /// Serve the tenant's tools to an MCP client (Claude Desktop, an IDE,
+    /// any MCP host) over stdin/stdout. Every call passes the tenant's
+    /// permission mode and policies, budgets and audit log as a run's tool
+    /// call does; with no approver, calls that need approval are denied.
+    /// Stdout carries only the protocol; logs go to stderr.
+    Serve {
+        #[command(flatten)]
+        args: mcp::ServeArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 /// `--config`, shared by subcommands.
 #[derive(Debug, Args)]
 struct ConfigArg {
@@ -333,6 +352,7 @@ impl Cli {
             | Command::Plugins(PluginsCommand::List { config, .. })
             | Command::Plugins(PluginsCommand::Inspect { config, .. })
             | Command::Tool(ToolCommand::Call { config, .. })
+            | Command::Mcp(McpCommand::Serve { config, .. })
             | Command::Budget(BudgetCommand::Show { config, .. })
             | Command::Audit(AuditCommand::Verify { config, .. })
             | Command::Audit(AuditCommand::Show { config, .. }) => Some(config),
@@ -381,6 +401,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugins(PluginsCommand::New(args)) => scaffold::new(&args),
         Command::Tool(ToolCommand::Call { args, config }) => tool::call(config.load()?, args).await,
+        Command::Mcp(McpCommand::Serve { args, config }) => mcp::serve(config.load()?, args).await,
         Command::Memory(command) => memory::run(command).await,
         Command::Docs(command) => docs::run(command).await,
         Command::Budget(BudgetCommand::Show {
