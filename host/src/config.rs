@@ -624,6 +624,9 @@ pub struct ServerSettings {
     /// Hashes of the operator's keys (`loom keys new --operator`): they
     /// read `/metrics` for every tenant, and nothing else.
     pub operator_keys: Vec<crate::tenancy::keys::ApiKeyHash>,
+    /// Also offer the configured agents as tools over MCP at `/mcp`
+    /// (`agent__<name>`): a call is a whole run of that agent.
+    pub mcp_agents: bool,
 }
 
 impl Default for ServerSettings {
@@ -642,6 +645,7 @@ impl Default for ServerSettings {
             run_events_kib: 4096,
             config_reload_ms: 2000,
             operator_keys: Vec::new(),
+            mcp_agents: false,
         }
     }
 }

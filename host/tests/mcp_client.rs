@@ -253,3 +253,104 @@ fn malformed_mcp_server_entries_are_refused_naming_the_key() {
     .to_string();
     assert!(error.contains("shell"), "{error}");
 }
+
+/// Loom as the client of another Loom's `/mcp` (streamable HTTP): tenant
+/// `globex` of a `loom serve` offers the calculator and the files tool;
+/// tenant `acme` of a second host lists that URL with globex's key in
+/// `headers`. acme's governed calls reach the remote tools as
+/// `remote__<tool>`: the read-only one runs, the destructive one is denied
+/// by acme's own chain before anything is sent, and the remote service
+/// audits the call under globex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_servers_tools_join_the_tenant_with_the_configured_headers() {
+    use loom_host::service::{Service, server};
+    let remote_env = TestEnv::new();
+    remote_env.add_plugin(loom_tests::components::TOOL_CALCULATOR, "calculator", None);
+    remote_env.add_plugin(
+        loom_tests::components::TOOL_FILES,
+        "files",
+        Some("version = \"0.1.0\"\n[capabilities]\nfiles = [{ path = \"/data\", write = true }]\n"),
+    );
+    remote_env.mkdir("data");
+    let (key, hash) = loom_host::tenancy::keys::new_key().expect("key");
+    let remote_config = remote_env.config(&format!(
+        "[audit]\npath = \"audit.jsonl\"\ninsecure_no_key = true\n\
+         [tenants.globex]\napi_keys = [\"{hash}\"]\n\
+         [tenants.globex.grants]\nfiles = [{{ host = \"data\", guest = \"/data\", write = true }}]\n\
+         [tenants.globex.permissions]\nmode = \"bypass\"\n"
+    ));
+    let settings = remote_config.server.clone();
+    let remote_host = Arc::new(loom_host::Host::start(remote_config).await.expect("host"));
+    let service = Service::new(remote_host.clone(), None, settings, Vec::new());
+    let listener = server::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let router = server::router(service.clone(), None);
+    let serving = tokio::spawn(server::serve(service.clone(), listener, router));
+
+    let env = TestEnv::new();
+    let host = Arc::new(
+        env.host(&format!(
+            "[[tenants.acme.mcp_servers]]\nname = \"remote\"\nurl = {url:?}\n\
+             headers = {{ authorization = \"Bearer {key}\", x-loom-user = \"acme-bot\" }}\n\
+             [tenants.globex]\n"
+        ))
+        .await,
+    );
+    let acme = || scope("acme", Some("alice"));
+    let tools = host.mcp_clients().tools(&acme().tenant).await;
+    let names: Vec<&str> = tools.iter().map(|t| t.spec.name.as_str()).collect();
+    assert!(names.contains(&"remote__calculate"), "{names:?}");
+    let write = tools
+        .iter()
+        .find(|t| t.spec.name == "remote__write_file")
+        .expect("remote__write_file");
+    assert!(write.spec.destructive, "the remote server says so");
+    assert!(
+        host.mcp_clients()
+            .tools(&scope("globex", None).tenant)
+            .await
+            .is_empty(),
+        "globex of this host lists no servers"
+    );
+
+    let answer = call_tool_governed(
+        &host,
+        acme(),
+        "remote__calculate",
+        r#"{"expression":"6*7"}"#,
+        None,
+    )
+    .await
+    .expect("the remote calculator answers");
+    assert_eq!(answer.output, "42.0");
+    let reason = denied(
+        call_tool_governed(
+            &host,
+            acme(),
+            "remote__write_file",
+            r#"{"path":"/data/x.txt","content":"x"}"#,
+            None,
+        )
+        .await,
+    );
+    assert!(reason.contains("no approver"), "{reason}");
+    assert!(
+        !remote_env.path().join("data/x.txt").exists(),
+        "acme's chain denied it before the remote bypass mode could run it"
+    );
+
+    // The remote service recorded the call under its own tenant, as the
+    // user the headers named.
+    remote_host.flush().await.expect("flush");
+    let audit = std::fs::read_to_string(remote_env.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.lines().any(|l| l.contains("\"tenant\":\"globex\"")
+            && l.contains("\"user\":\"acme-bot\"")
+            && l.contains("calculate")),
+        "{audit}"
+    );
+    service.shutdown_token().cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), serving).await;
+}

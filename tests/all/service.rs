@@ -465,6 +465,238 @@ async fn an_approval_is_decided_over_the_api_by_the_runs_tenant_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_is_called_over_the_api_governed_as_in_a_run_and_only_for_its_tenant() {
+    let s = serve(&["acme", "globex"], "").await;
+    let (status, called) = s
+        .send(
+            "acme",
+            "POST",
+            "/v1/tools/calculate/call",
+            json!({"arguments": {"expression": "6*7"}, "user": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{called}");
+    assert_eq!(called["object"], "tool_call");
+    assert!(
+        called["output"].as_str().expect("output").contains("42"),
+        "{called}"
+    );
+    let call_run = called["run"].as_str().expect("run").to_owned();
+
+    // Wrong input names what is wrong.
+    let (status, error) = s
+        .send("acme", "POST", "/v1/tools/nope/call", json!({}))
+        .await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["error"]["code"], "unknown_tool");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("calculate"),
+        "{error}"
+    );
+    let (status, error) = s
+        .send(
+            "acme",
+            "POST",
+            "/v1/tools/calculate/call",
+            json!({"arguments": [1, 2]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_request");
+
+    // A destructive call asks; the approval is acme's alone; a denial is a 403.
+    let http = s.http.clone();
+    let url = s.url("/v1/tools/write_file/call");
+    let key = s.key("acme").to_owned();
+    let waiting = tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .bearer_auth(key)
+            .json(&json!({"arguments": {"path": "/out/x.txt", "content": "no"}, "user": "alice"}))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.expect("json"))
+    });
+    let pending = loop {
+        let (_, list) = s.get("acme", "/v1/approvals").await;
+        if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
+            break first.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pending["tool"], "write_file", "{pending}");
+    let id = pending["id"].as_str().expect("id");
+    let (_, theirs) = s.get("globex", "/v1/approvals").await;
+    assert_eq!(theirs["data"], json!([]));
+    let (status, _) = s
+        .send(
+            "globex",
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            json!({"decision": "allow"}),
+        )
+        .await;
+    assert_eq!(status, 404, "globex cannot decide acme's call");
+    let (status, _) = s
+        .send(
+            "acme",
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            json!({"decision": "deny", "reason": "not today"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, denied) = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the call ends")
+        .expect("task");
+    assert_eq!(status, 403, "{denied}");
+    assert_eq!(denied["error"]["code"], "tool_denied");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("not today"),
+        "{denied}"
+    );
+    assert!(!s.env.path().join("out-acme/x.txt").exists());
+
+    // Audited for acme only; counted in acme's metrics.
+    s.service.host().flush().await.expect("flush");
+    let (_, audit) = s.get("acme", "/v1/audit").await;
+    assert!(audit.to_string().contains(&call_run), "{audit}");
+    let (_, audit) = s.get("globex", "/v1/audit").await;
+    assert!(!audit.to_string().contains(&call_run), "{audit}");
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .bearer_auth(s.key("acme"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("loom_tool_calls_total{tenant=\"acme\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools() {
+    let s = serve(&["acme", "globex"], "[server]\nmcp_agents = true\n").await;
+    let post = |key: Option<&str>, session: Option<&str>, body: Value| {
+        let mut request = s
+            .http
+            .post(s.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("x-loom-user", "alice")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}}
+    });
+    let refused = post(None, None, initialize.clone()).await.expect("send");
+    assert_eq!(refused.status(), 401);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+
+    let opened = post(Some(s.key("acme")), None, initialize)
+        .await
+        .expect("send");
+    assert_eq!(opened.status(), 200);
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    let _ = opened.text().await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let accepted = post(Some(s.key("acme")), Some(&session), initialized)
+        .await
+        .expect("send");
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "calculate", "arguments": {"expression": "6*7"}}});
+    let stolen = post(Some(s.key("globex")), Some(&session), call.clone())
+        .await
+        .expect("send");
+    assert_eq!(stolen.status(), 404, "globex cannot use acme's MCP session");
+    let own = post(Some(s.key("acme")), Some(&session), call)
+        .await
+        .expect("send");
+    assert_eq!(own.status(), 200);
+    let body = own.text().await.expect("body");
+    assert!(body.contains("42"), "{body}");
+
+    // The configured agents are tools too: a call is a whole run.
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}});
+    let listed = post(Some(s.key("acme")), Some(&session), list)
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert!(listed.contains("agent__default"), "{listed}");
+    assert!(listed.contains("agent__writer"), "{listed}");
+    let ask = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                     "params": {"name": "agent__default", "arguments": {"input": "6*7?"}}});
+    let answered = post(Some(s.key("acme")), Some(&session), ask)
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert!(answered.contains("The answer is 42.0."), "{answered}");
+    let bad = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                     "params": {"name": "agent__default", "arguments": {"question": "?"}}});
+    let refused = post(Some(s.key("acme")), Some(&session), bad)
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        refused.contains("isError") && refused.contains("invalid arguments"),
+        "{refused}"
+    );
+    // The call was audited as alice's, in acme's log.
+    s.service.host().flush().await.expect("flush");
+    let (_, audit) = s.get("acme", "/v1/audit").await;
+    assert!(
+        audit["data"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["user"] == "alice" && e.to_string().contains("calculate")),
+        "{audit}"
+    );
+    s.service.shutdown_token().cancel();
+    tokio::time::timeout(Duration::from_secs(30), s.task)
+        .await
+        .expect("MCP sessions do not hold up shutdown")
+        .expect("serve task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_answer_as_the_openai_api_does() {
     let s = serve(&["acme"], "").await;
     let (status, body) = s
@@ -685,7 +917,7 @@ async fn two_hundred_streamed_runs_across_ten_tenants_never_cross_and_a_stalled_
 async fn the_openapi_document_names_every_route_the_router_serves() {
     let s = serve(&["acme"], "").await;
     for (method, path) in loom_host::service::openapi::routes() {
-        let path = path.replace("{id}", "x");
+        let path = path.replace("{id}", "x").replace("{name}", "x");
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
         let response = s
             .http

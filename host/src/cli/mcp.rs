@@ -11,6 +11,10 @@ use std::sync::Arc;
 pub struct ServeArgs {
     #[command(flatten)]
     pub scope: super::scope::ScopeArgs,
+    /// Also offer the configured agents as tools (`agent__<name>`, and
+    /// `agent__default` for [agent]): a call is a whole governed run.
+    #[arg(long)]
+    pub agents: bool,
 }
 
 /// Serve the tenant's tools over stdin/stdout until the client hangs up.
@@ -19,7 +23,11 @@ pub async fn serve(config: LoomConfig, args: ServeArgs) -> anyhow::Result<ExitCo
     let scope = args.scope.scope(&config)?;
     let host = Arc::new(Host::start(config).await?);
     tracing::info!(tenant = %scope.tenant, "serving MCP over stdio");
-    let served = serve_stdio(host.clone(), scope, McpServerOptions::default()).await;
+    let options = McpServerOptions {
+        agents: args.agents,
+        ..McpServerOptions::default()
+    };
+    let served = serve_stdio(host.clone(), scope, options).await;
     if let Err(error) = host.flush().await {
         tracing::error!(%error, "budget counters or audit entries could not be written");
     }

@@ -61,6 +61,11 @@ impl std::fmt::Debug for McpHttpService {
     }
 }
 
+/// Where each new MCP session gets its host: `loom serve` answers with the
+/// host of the current configuration, so a session opened after a reload
+/// uses the reloaded tenants, and one already open keeps its host.
+pub type HostSource = Arc<dyn Fn() -> Arc<Host> + Send + Sync>;
+
 /// The MCP server of `host` over streamable HTTP. Each request must carry
 /// the caller's [`Scope`] in its extensions (`http::Request::extensions`);
 /// the session that request opens stays bound to that scope's tenant and
@@ -73,6 +78,16 @@ pub fn streamable_http_service(
     options: McpServerOptions,
     cancel: CancellationToken,
 ) -> McpHttpService {
+    streamable_http_service_from(Arc::new(move || host.clone()), options, cancel)
+}
+
+/// As [`streamable_http_service`], with each new session (or stateless
+/// request) served by the host `hosts` returns at that moment.
+pub fn streamable_http_service_from(
+    hosts: HostSource,
+    options: McpServerOptions,
+    cancel: CancellationToken,
+) -> McpHttpService {
     let body_cap = options.max_argument_bytes.saturating_add(64 << 10);
     let options = Arc::new(options);
     let sessions = Arc::new(LocalSessionManager::default());
@@ -81,7 +96,7 @@ pub fn streamable_http_service(
         .with_cancellation_token(cancel)
         .with_max_request_body_bytes(body_cap);
     let inner = StreamableHttpService::new(
-        move || Ok(LoomMcpServer::for_requests(host.clone(), options.clone())),
+        move || Ok(LoomMcpServer::for_requests(hosts(), options.clone())),
         sessions.clone(),
         config,
     );

@@ -5,6 +5,8 @@
 //!   (`loom mcp serve`) or over streamable HTTP ([`http`], mounted at
 //!   `/mcp` by `loom serve`). Every call passes the permission chain,
 //!   approvals, budgets and audit log exactly as a run's tool call does.
+//! * [`agents`] — the configured agents as tools (`agent__<name>`), when
+//!   the operator exposes them.
 //! * [`http`] — the streamable HTTP service: each MCP session is bound to
 //!   the authenticated [`crate::tenancy::ids::Scope`] that opened it.
 //! * [`config`] and [`client`] — MCP servers a tenant's `loom.toml` entry
@@ -12,6 +14,7 @@
 //!   tool set as `<server>__<tool>`, behind the same governance, and count
 //!   as destructive unless the server says otherwise.
 
+pub mod agents;
 pub mod client;
 pub mod config;
 pub mod http;
@@ -19,5 +22,5 @@ pub mod server;
 
 pub use client::{McpClients, RemoteTool};
 pub use config::{McpServerConfig, McpTransport};
-pub use http::{McpHttpService, streamable_http_service};
+pub use http::{HostSource, McpHttpService, streamable_http_service, streamable_http_service_from};
 pub use server::{LoomMcpServer, McpServerOptions, serve_stdio};

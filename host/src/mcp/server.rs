@@ -11,6 +11,9 @@
 //! a protocol error; an unknown tool is a protocol error (invalid params),
 //! as the MCP specification asks.
 //!
+//! With [`McpServerOptions::agents`], the configured agents are tools too
+//! ([`super::agents`]): a call is a whole governed run.
+//!
 //! Over stdio ([`serve_stdio`], `loom mcp serve`) the server acts for one
 //! fixed scope. Over streamable HTTP ([`super::http`]) it acts for the
 //! [`Scope`] the host's authentication put into each HTTP request's
@@ -41,6 +44,9 @@ pub struct McpServerOptions {
     /// Largest arguments of one call, in bytes (at most
     /// [`MAX_ARGUMENT_BYTES`], the cap of a run's tool call).
     pub max_argument_bytes: usize,
+    /// Also offer the configured agents as tools (`agent__<name>`; see
+    /// [`super::agents`]).
+    pub agents: bool,
 }
 
 impl Default for McpServerOptions {
@@ -48,6 +54,7 @@ impl Default for McpServerOptions {
         McpServerOptions {
             approver: None,
             max_argument_bytes: MAX_ARGUMENT_BYTES,
+            agents: false,
         }
     }
 }
@@ -60,6 +67,7 @@ impl std::fmt::Debug for McpServerOptions {
                 &self.approver.as_ref().map(|a| a.name().to_owned()),
             )
             .field("max_argument_bytes", &self.max_argument_bytes)
+            .field("agents", &self.agents)
             .finish()
     }
 }
@@ -177,7 +185,47 @@ impl LoomMcpServer {
                 tools.push(mcp_tool(&remote.spec));
             }
         }
+        if self.options.agents {
+            for spec in super::agents::agent_tools(self.host.config()) {
+                if !tools.iter().any(|t| t.name == spec.name) {
+                    tools.push(mcp_tool(&spec));
+                }
+            }
+        }
         tools
+    }
+
+    /// Run the agent behind the agent tool `tool`, for `scope`.
+    async fn call_agent(
+        &self,
+        scope: Scope,
+        tool: &str,
+        agent: Option<String>,
+        arguments: &str,
+    ) -> CallToolResponse {
+        let ran = super::agents::run_agent_tool(
+            &self.host,
+            scope,
+            tool,
+            agent,
+            arguments,
+            self.options.approver.clone(),
+        )
+        .await;
+        match ran {
+            Ok(result) if result.interrupted => error_result(format!(
+                "INTERRUPTED: {}\n{}",
+                result.interruption_reason.unwrap_or_default(),
+                result.output
+            )),
+            Ok(result) => {
+                let structured = result.parsed.filter(serde_json::Value::is_object);
+                let mut answer = CallToolResult::success(vec![ContentBlock::text(result.output)]);
+                answer.structured_content = structured;
+                answer.into()
+            }
+            Err(error) => error_result(format!("ERROR: {error}")),
+        }
     }
 }
 
@@ -264,6 +312,17 @@ impl ServerHandler for LoomMcpServer {
             )));
         }
         let tool = request.name.as_ref();
+        if self.options.agents
+            && let Some(agent) = super::agents::agent_of(self.host.config(), tool)
+        {
+            let ran = self.call_agent(scope, tool, agent, &arguments);
+            return Ok(tokio::select! {
+                answer = ran => answer,
+                () = context.ct.cancelled() => {
+                    error_result("ERROR: the client cancelled the call".into())
+                }
+            });
+        }
         let called = call_tool_governed(
             &self.host,
             scope,

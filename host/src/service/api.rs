@@ -363,26 +363,146 @@ pub(super) struct ToolView {
     plugin: String,
 }
 
-/// `GET /v1/tools`: the tenant's tools.
+/// `GET /v1/tools`: the tenant's tools: its components' and those of its
+/// MCP servers (`plugin` is `mcp:<server>` for those).
 pub(super) async fn list_tools(
     Extension(caller): Extension<Caller>,
 ) -> Result<JsonOut<List<ToolView>>, ApiError> {
-    let catalog = caller.host().catalog_for(&caller.tenant).await;
+    let host = caller.host();
+    let catalog = host.catalog_for(&caller.tenant).await;
     let mut tools: Vec<ToolView> = catalog
         .tools(&caller.tenant)
         .into_iter()
-        .map(|binding| ToolView {
-            name: binding.spec.name.clone(),
-            object: "tool",
-            description: binding.spec.description.clone(),
-            parameters: binding.spec.parameters.clone(),
-            destructive: binding.spec.destructive,
-            idempotent: binding.spec.idempotent,
-            plugin: binding.plugin.name.to_string(),
-        })
+        .map(|binding| ToolView::of(&binding.spec, binding.plugin.name.to_string()))
         .collect();
+    drop(catalog);
+    for remote in host.mcp_clients().tools(&caller.tenant).await {
+        if !tools.iter().any(|t| t.name == remote.spec.name) {
+            let plugin = format!("mcp:{}", remote.server());
+            tools.push(ToolView::of(&remote.spec, plugin));
+        }
+    }
     tools.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(List::of(tools))
+}
+
+impl ToolView {
+    fn of(spec: &crate::engine::ToolSpec, plugin: String) -> Self {
+        ToolView {
+            name: spec.name.clone(),
+            object: "tool",
+            description: spec.description.clone(),
+            parameters: spec.parameters.clone(),
+            destructive: spec.destructive,
+            idempotent: spec.idempotent,
+            plugin,
+        }
+    }
+}
+
+/// `POST /v1/tools/{name}/call`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallTool {
+    /// The tool's arguments: a JSON object matching its `parameters`
+    /// (`{}` when absent).
+    #[serde(default)]
+    arguments: Option<serde_json::Value>,
+    /// The end user the call is made for, as the tenant's application
+    /// names them.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// The result of a tool call.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(super) struct ToolCallView {
+    /// Always `tool_call`.
+    object: &'static str,
+    /// The tool.
+    tool: String,
+    /// The call's own run id, as the audit log records it.
+    run: String,
+    /// What the tool returned.
+    output: String,
+    /// `output` parsed, when it is a JSON object.
+    structured: Option<serde_json::Value>,
+}
+
+/// `POST /v1/tools/{name}/call`: call one of the tenant's tools outside a
+/// run, governed as a run's call is: the permission chain (an `ask` waits
+/// for `POST /v1/approvals/{id}`), the tool-call budgets, the sandbox and
+/// one audit entry.
+pub(super) async fn call_tool(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<CallTool>,
+) -> Result<Response, ApiError> {
+    use crate::agent::{GovernedCallError, call_tool_governed};
+    use crate::engine::CallError;
+    if service.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    let user = user_of(body.user.as_deref())?;
+    let arguments = match body.arguments {
+        None => "{}".to_owned(),
+        Some(value @ serde_json::Value::Object(_)) => value.to_string(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "arguments must be a JSON object matching the tool's parameters \
+                 (GET /v1/tools lists them)",
+            ));
+        }
+    };
+    let scope = Scope::new(caller.tenant.clone(), user);
+    let run = scope.run.to_string();
+    let approver: Arc<dyn crate::governance::approval::Approver> = service.approver.clone();
+    let metrics = service.metrics.tenant(&caller.tenant);
+    let outcome = call_tool_governed(caller.host(), scope, &name, &arguments, Some(approver)).await;
+    // A call of a tool the tenant has counts, whatever became of it.
+    if !matches!(
+        outcome,
+        Err(GovernedCallError::InvalidArguments { .. }
+            | GovernedCallError::Call(CallError::UnknownTool { .. }))
+    ) {
+        metrics.tool_called(matches!(outcome, Err(GovernedCallError::Denied { .. })));
+    }
+    match outcome {
+        Ok(output) => {
+            let structured = serde_json::from_str::<serde_json::Value>(&output.output)
+                .ok()
+                .filter(serde_json::Value::is_object);
+            Ok(JsonOut(ToolCallView {
+                object: "tool_call",
+                tool: name,
+                run,
+                output: output.output,
+                structured,
+            })
+            .into_response())
+        }
+        Err(error @ GovernedCallError::Denied { .. }) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tool_denied",
+            error.text(),
+        )),
+        Err(error @ GovernedCallError::InvalidArguments { .. }) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_arguments",
+            error.text(),
+        )),
+        Err(GovernedCallError::Call(error @ CallError::UnknownTool { .. })) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_tool",
+            format!("{error} (GET /v1/tools lists them)"),
+        )),
+        Err(error) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tool_failed",
+            error.text(),
+        )),
+    }
 }
 
 /// `POST /v1/approvals/{id}`.

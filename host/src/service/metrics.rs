@@ -44,6 +44,15 @@ impl TenantMetrics {
         self.chat_completions.fetch_add(1, Relaxed);
     }
 
+    /// Count a tool call made outside a run (`POST /v1/tools/{name}/call`),
+    /// and its denial.
+    pub fn tool_called(&self, denied: bool) {
+        self.tool_calls.fetch_add(1, Relaxed);
+        if denied {
+            self.denials.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Count what `event` says happened.
     pub fn observe(&self, event: &RunEvent) {
         match event {
@@ -216,7 +225,7 @@ impl Metrics {
         family(
             "loom_tool_calls_total",
             "counter",
-            "Tool calls made by runs.",
+            "Tool calls made by runs and over the API (/v1/tools/{name}/call).",
             per(&|m| m.tool_calls.load(Relaxed)),
         );
         family(

@@ -5,8 +5,8 @@
 //! is a copy that a test keeps equal to it.
 
 use super::api::{
-    AuditQueryParams, Decide, EventsQuery, FactsQuery, Forget, ListRuns, SessionView, StartRun,
-    ToolView, UserQuery,
+    AuditQueryParams, CallTool, Decide, EventsQuery, FactsQuery, Forget, ListRuns, SessionView,
+    StartRun, ToolCallView, ToolView, UserQuery,
 };
 use super::approvals::PendingView;
 use super::openai::ChatRequest;
@@ -166,6 +166,17 @@ pub(super) const ROUTES: &[Route] = &[
         query: None,
         body: None,
         response: list_of::<ToolView>,
+        stream: false,
+        auth: true,
+    },
+    Route {
+        method: "post",
+        path: "/v1/tools/{name}/call",
+        summary: "Call a tool outside a run, governed as a run's call (403 tool_denied when \
+                  refused; an `ask` waits for /v1/approvals).",
+        query: None,
+        body: Some(schema::<CallTool>),
+        response: schema::<ToolCallView>,
         stream: false,
         auth: true,
     },

@@ -94,8 +94,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         })
 }
 
-/// The service's routes: `/healthz`, `/metrics`, and `/v1/*` behind the
-/// authentication layer; `extra` (such as `/mcp`) is mounted behind it too.
+/// The service's routes: `/healthz`, `/metrics`, and `/v1/*` and the MCP
+/// server at `/mcp` behind the authentication layer; `extra` is mounted
+/// behind it too.
 pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Router {
     let mut authenticated = Router::new()
         .route("/v1/runs", post(api::create_run).get(api::list_runs))
@@ -105,6 +106,7 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
         .route("/v1/sessions", get(api::list_sessions))
         .route("/v1/sessions/{id}", delete(api::delete_session))
         .route("/v1/tools", get(api::list_tools))
+        .route("/v1/tools/{name}/call", post(api::call_tool))
         .route("/v1/approvals", get(api::list_approvals))
         .route("/v1/approvals/{id}", post(api::decide_approval))
         .route("/v1/memory/facts", get(api::memory_facts))
@@ -114,6 +116,7 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
         .route("/v1/audit", get(api::audit_show))
         .route("/v1/audit/verify", get(api::audit_verify))
         .route("/v1/chat/completions", post(openai::chat_completions));
+    authenticated = authenticated.nest_service("/mcp", mcp_service(&service));
     if let Some(extra) = extra {
         authenticated = authenticated.merge(extra);
     }
@@ -132,6 +135,23 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
             body_timeout,
         ))
         .with_state(service)
+}
+
+/// The tenant's tools over MCP (streamable HTTP): each new session is served
+/// by the current configuration's host, answers `ask` through the API's
+/// approvals, and closes when the service shuts down.
+fn mcp_service(service: &Arc<Service>) -> crate::mcp::McpHttpService {
+    let hosts = service.clone();
+    let approver: Arc<dyn crate::governance::approval::Approver> = service.approver.clone();
+    crate::mcp::http::streamable_http_service_from(
+        Arc::new(move || hosts.host()),
+        crate::mcp::McpServerOptions {
+            approver: Some(approver),
+            agents: service.settings.mcp_agents,
+            ..crate::mcp::McpServerOptions::default()
+        },
+        service.shutdown.child_token(),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {
