@@ -807,8 +807,20 @@ async fn metrics_show_a_tenant_its_own_series_and_the_operator_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_adds_a_key_without_a_restart() {
+async fn a_reload_adds_a_key_and_a_plugin_without_a_restart() {
     let s = serve(&["acme"], "").await;
+    let plugins_of = |tools: &Value| -> Vec<String> {
+        tools["data"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["plugin"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, before) = s.get("acme", "/v1/tools").await;
+    assert!(!plugins_of(&before).contains(&"context".to_owned()));
+    s.env
+        .add_plugin(components::TOOL_RUN_CONTEXT, "context", None);
     let (key, hash) = loom_host::tenancy::keys::new_key().expect("key");
     let path = s.env.path().join("loom.toml");
     let text = std::fs::read_to_string(&path).expect("config");
@@ -828,6 +840,12 @@ async fn a_reload_adds_a_key_without_a_restart() {
         .expect("request")
         .status();
     assert_eq!(status.as_u16(), 200);
+    // The plugin dropped into the directory serves the next request.
+    let (_, after) = s.get("acme", "/v1/tools").await;
+    assert!(
+        plugins_of(&after).contains(&"context".to_owned()),
+        "{after}"
+    );
     // A change that needs a restart is refused and the old config stays.
     std::fs::write(&path, format!("{text}[engine]\nmax_instances = 7\n")).expect("write");
     let error = s
