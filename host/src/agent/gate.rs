@@ -11,7 +11,7 @@
 //! tool call and delegation.
 
 use super::events::RunEvent;
-use super::journal::{JournalError, LiveStep, ScopeJournal, Step, TurnJournal, request_bytes};
+use super::journal::{JournalError, LiveStep, ScopeJournal, Step, TurnJournal};
 use super::run::{Lineage, RunState};
 use crate::engine::bindings::architecture_export as arch;
 use crate::engine::bindings::harness as wit;
@@ -256,10 +256,10 @@ fn message_bytes(message: &wt::Message) -> usize {
 impl Gate {
     /// Take the journal's next step for `kind`, or refuse the guest with
     /// the journal's failure (the run then ends with it).
-    fn step<T: serde::de::DeserializeOwned>(
+    fn step<T: serde::de::DeserializeOwned, R: serde::Serialize + ?Sized>(
         &self,
         kind: EntryKind,
-        request: &[u8],
+        request: &R,
     ) -> Result<Step<T>, wit::HarnessError> {
         self.journal
             .step(kind, request)
@@ -273,7 +273,7 @@ impl Gate {
         kind: EntryKind,
         request: &[u8],
     ) -> Option<Step<T>> {
-        self.journal.step(kind, request).ok()
+        self.journal.step_bytes(kind, request).ok()
     }
 
     /// Record a live step's result; on failure the guest gets the journal's
@@ -298,7 +298,7 @@ impl Harness for Gate {
         Box::pin(async move {
             self.check_request(&request)
                 .map_err(wit::HarnessError::InvalidRequest)?;
-            let step = match self.step(EntryKind::Completion, &request_bytes(&request))? {
+            let step = match self.step(EntryKind::Completion, &request)? {
                 Step::Replayed(recorded) => {
                     let recorded: Result<wit::Completion, wit::HarnessError> = recorded;
                     if let Ok(completion) = &recorded {
@@ -329,9 +329,7 @@ impl Harness for Gate {
 
     fn call_tools(&self, calls: Vec<wt::ToolCall>) -> BoxFuture<'_, Vec<wt::ToolResult>> {
         Box::pin(async move {
-            let step = match self
-                .step::<Vec<wt::ToolResult>>(EntryKind::ToolResults, &request_bytes(&calls))
-            {
+            let step = match self.step::<Vec<wt::ToolResult>, _>(EntryKind::ToolResults, &calls) {
                 Ok(Step::Replayed(results)) => return results,
                 Ok(Step::Live(step)) => step,
                 Err(error) => return refuse_all(calls, &error),
@@ -402,7 +400,7 @@ impl Harness for Gate {
     ) -> BoxFuture<'_, Result<wit::RunOutput, wit::HarnessError>> {
         Box::pin(async move {
             self.admit_delegation(&agent, &input)?;
-            let step = match self.step(EntryKind::Delegation, &request_bytes(&(&agent, &input)))? {
+            let step = match self.step(EntryKind::Delegation, &(&agent, &input))? {
                 Step::Replayed(recorded) => {
                     let recorded: Result<wit::RunOutput, wit::HarnessError> = recorded;
                     if let Ok(output) = &recorded {
@@ -424,9 +422,9 @@ impl Harness for Gate {
         tasks: Vec<wit::Delegation>,
     ) -> BoxFuture<'_, Vec<Result<wit::RunOutput, wit::HarnessError>>> {
         Box::pin(async move {
-            let step = match self.step::<Vec<Result<wit::RunOutput, wit::HarnessError>>>(
+            let step = match self.step::<Vec<Result<wit::RunOutput, wit::HarnessError>>, _>(
                 EntryKind::Delegation,
-                &request_bytes(&tasks),
+                &tasks,
             ) {
                 Ok(Step::Replayed(outputs)) => {
                     for output in outputs.iter().flatten() {
@@ -494,7 +492,7 @@ impl Harness for Gate {
             if query.len() > self.limits.max_memory_bytes {
                 return Vec::new();
             }
-            let step = match self.step(EntryKind::Recall, &request_bytes(&(&query, limit))) {
+            let step = match self.step(EntryKind::Recall, &(&query, limit)) {
                 Ok(Step::Replayed(recorded)) => return recorded,
                 Ok(Step::Live(step)) => step,
                 Err(_) => return Vec::new(),
@@ -515,7 +513,7 @@ impl Harness for Gate {
                     self.limits.max_memory_bytes
                 )));
             }
-            let step = match self.step(EntryKind::Remember, &request_bytes(&text))? {
+            let step = match self.step(EntryKind::Remember, &text)? {
                 Step::Replayed(recorded) => return recorded,
                 Step::Live(step) => step,
             };

@@ -24,7 +24,7 @@ use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
     EntryKind, Journal, JournalEntry, JournalRun, LiveRun, ROOT_SCOPE, child_scope, fingerprint,
-    tool_scope,
+    fingerprint_json, tool_scope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -379,21 +379,44 @@ impl ScopeJournal {
     /// [`JournalError::Diverged`] when the record answers another request,
     /// [`JournalError::Corrupt`] when it cannot be decoded, or the failure
     /// that stopped the journal earlier.
-    pub(crate) fn step<T: DeserializeOwned>(
+    pub(crate) fn step<T: DeserializeOwned, R: Serialize + ?Sized>(
+        &self,
+        kind: EntryKind,
+        request: &R,
+    ) -> Result<Step<T>, JournalError> {
+        self.step_by(kind, || fingerprint_json(request))
+    }
+
+    /// [`Self::step`] for a request identified by raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::step`].
+    pub(crate) fn step_bytes<T: DeserializeOwned>(
         &self,
         kind: EntryKind,
         request: &[u8],
     ) -> Result<Step<T>, JournalError> {
+        self.step_by(kind, || fingerprint(request))
+    }
+
+    /// The next step, with the request's fingerprint computed only when
+    /// the run is journaled (an unjournaled run never reads it).
+    fn step_by<T: DeserializeOwned>(
+        &self,
+        kind: EntryKind,
+        print: impl FnOnce() -> [u8; 32],
+    ) -> Result<Step<T>, JournalError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let print = fingerprint(request);
         let Some(tree) = &self.tree else {
             return Ok(Step::Live(LiveStep {
                 seq,
                 kind,
-                fingerprint: print,
+                fingerprint: [0; 32],
                 maybe_repeated: false,
             }));
         };
+        let print = print();
         if let Some(error) = tree.failure() {
             return Err(error);
         }
@@ -514,15 +537,16 @@ impl TurnJournal {
     }
 
     /// The result recorded for the `index`th call before the run stopped,
-    /// when that call finished then and `call` is the same call.
-    pub(crate) fn recorded<T: DeserializeOwned>(&self, index: usize, call: &[u8]) -> Option<T> {
+    /// when that call finished then and `call` (the call's fingerprint,
+    /// [`call_fingerprint`]) is the same call.
+    pub(crate) fn recorded<T: DeserializeOwned>(&self, index: usize, call: &[u8; 32]) -> Option<T> {
         let tree = self.journal.tree.as_ref()?;
         if !tree.resumed {
             return None;
         }
         let scope = tool_scope(&self.journal.scope, self.seq);
         let entry = tree.take(&scope, u32::try_from(index).ok()?)?;
-        if entry.kind != EntryKind::ToolResult || entry.fingerprint != fingerprint(call) {
+        if entry.kind != EntryKind::ToolResult || entry.fingerprint != *call {
             return None;
         }
         serde_json::from_slice(&entry.payload).ok()
@@ -546,15 +570,20 @@ pub(crate) struct CallRecorder {
 }
 
 impl CallRecorder {
-    /// Record the `index`th call's `result`; `call` identifies the call.
-    pub(crate) async fn record<T: Serialize>(&self, index: usize, call: &[u8], result: &T) {
+    /// Record the `index`th call's `result`; `call` is the call's
+    /// fingerprint ([`call_fingerprint`]).
+    pub(crate) async fn record<T: Serialize>(&self, index: usize, call: [u8; 32], result: &T) {
         let Ok(payload) = serde_json::to_vec(result) else {
             return;
         };
         let Ok(seq) = u32::try_from(index) else {
             return;
         };
-        let entry = JournalEntry::new(EntryKind::ToolResult, call, payload);
+        let entry = JournalEntry {
+            kind: EntryKind::ToolResult,
+            fingerprint: call,
+            payload,
+        };
         // A failure is kept by the journal; the run's next step reports it.
         let _ = self.tree.write(&self.scope, seq, &entry).await;
     }
@@ -576,9 +605,9 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// Encode a request for its fingerprint.
-pub(crate) fn request_bytes<T: Serialize + ?Sized>(request: &T) -> Vec<u8> {
-    serde_json::to_vec(request).unwrap_or_default()
+/// The fingerprint of one tool call of a turn, as its own record holds it.
+pub(crate) fn call_fingerprint<T: Serialize + ?Sized>(call: &T) -> [u8; 32] {
+    fingerprint_json(call)
 }
 
 /// Closes a top-level run's journal on the paths that finish the run. A

@@ -7,7 +7,7 @@ use super::gate::{Gate, GateLimits};
 use super::governor::{Governor, Inherited};
 use super::journal::{
     CallRecorder, JournalCloser, JournalError, RunJournal, ScopeJournal, Step, TurnJournal,
-    request_bytes,
+    call_fingerprint,
 };
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
 use crate::config::Limits;
@@ -216,24 +216,24 @@ impl PendingCall {
 }
 
 /// `work`'s result as the architecture gets it, journaled as the
-/// `index`th call of its turn by `recorder` (when the turn has several).
+/// `index`th call of its turn by `recorder`, under the call's fingerprint
+/// (when the turn has several).
 async fn journaled_call(
     work: impl std::future::Future<Output = CallOutcome>,
-    recorder: Option<CallRecorder>,
+    recorder: Option<(CallRecorder, [u8; 32])>,
     index: usize,
-    call: Vec<u8>,
 ) -> CallResult {
     let result = match work.await {
         (_, Ok(output)) => Ok(output.output),
         (_, Err(CallError::Tool { failure, .. })) => Err(failure),
         (_, Err(other)) => Err(ToolFailure::Failed(other.to_string())),
     };
-    if let Some(recorder) = recorder {
+    if let Some((recorder, call)) = recorder {
         let recorded: Result<&str, wt::ToolError> = match &result {
             Ok(output) => Ok(output),
             Err(failure) => Err(failure.clone().into()),
         };
-        recorder.record(index, &call, &recorded).await;
+        recorder.record(index, call, &recorded).await;
     }
     result
 }
@@ -377,10 +377,12 @@ impl RunState {
                     id: call.id.clone(),
                     name: call.name.clone(),
                 };
-                let call_bytes = request_bytes(&call);
-                if parallel
+                // Only a journaled turn of several calls records (and
+                // replays) each call on its own.
+                let call_print = recorder.as_ref().map(|_| call_fingerprint(&call));
+                if let Some(print) = &call_print
                     && let Some(recorded) =
-                        turn.recorded::<Result<String, wt::ToolError>>(index, &call_bytes)
+                        turn.recorded::<Result<String, wt::ToolError>>(index, print)
                 {
                     pending.push((call_meta, PendingCall::Recorded(recorded)));
                     continue;
@@ -434,7 +436,7 @@ impl RunState {
                     work,
                     crate::telemetry::spans::tool_call(&self.scope, &call_meta.name, &call_meta.id),
                 );
-                let work = journaled_call(work, recorder.clone(), index, call_bytes);
+                let work = journaled_call(work, recorder.clone().zip(call_print), index);
                 let task = if parallel {
                     PendingCall::Spawned(AbortOnDrop(tokio::spawn(work)))
                 } else {
@@ -1343,8 +1345,8 @@ async fn execute_inner(
             // What the invocation starts with is journaled too: a resumed
             // run starts from the same instructions and history, whatever
             // memory and the session hold now.
-            let asked = request_bytes(&(&input.prompt, &input.config, input.max_turns));
-            let input = match journal.step::<arch::RunInput>(EntryKind::Input, &asked)? {
+            let asked = (&input.prompt, &input.config, input.max_turns);
+            let input = match journal.step::<arch::RunInput, _>(EntryKind::Input, &asked)? {
                 Step::Replayed(recorded) => {
                     history = recorded
                         .history

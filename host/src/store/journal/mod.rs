@@ -125,6 +125,33 @@ pub fn fingerprint(request: &[u8]) -> [u8; 32] {
     Sha256::digest(request).into()
 }
 
+/// SHA-256 of `request`'s JSON encoding: the same digest as
+/// `fingerprint(&serde_json::to_vec(request)?)` (of no bytes when it cannot
+/// be encoded), encoded into a buffer each thread keeps instead of a new
+/// one per request.
+pub fn fingerprint_json<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Past this, the buffer is let go rather than kept for the thread.
+    const KEEP: usize = 1 << 20;
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            if serde_json::to_writer(&mut *buffer, request).is_err() {
+                buffer.clear();
+            }
+            let digest = fingerprint(&buffer);
+            if buffer.capacity() > KEEP {
+                *buffer = Vec::new();
+            }
+            digest
+        }
+        // Re-entered from a `Serialize` impl: encode on the side.
+        Err(_) => fingerprint(&serde_json::to_vec(request).unwrap_or_default()),
+    })
+}
+
 /// The scope of the sub-agent started by the delegation recorded at
 /// `seq` in `parent`, the `index`th of its batch (0 for `delegate`).
 pub fn child_scope(parent: &str, seq: u32, index: usize) -> String {
@@ -658,6 +685,21 @@ mod tests {
             started_ms,
             updated_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_json_fingerprint_is_the_digest_of_the_encoding() {
+        let request = serde_json::json!({"messages": ["a", "b"], "n": 3});
+        let encoded = serde_json::to_vec(&request).expect("json");
+        assert_eq!(fingerprint_json(&request), fingerprint(&encoded));
+        // The thread's buffer is reused: a shorter request after a longer one.
+        assert_eq!(fingerprint_json(&"x"), fingerprint(b"\"x\""));
+        let large = "y".repeat(2 << 20);
+        assert_eq!(
+            fingerprint_json(&large),
+            fingerprint(&serde_json::to_vec(&large).expect("json"))
+        );
+        assert_eq!(fingerprint_json(&1u8), fingerprint(b"1"));
     }
 
     #[tokio::test]
