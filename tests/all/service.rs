@@ -854,6 +854,13 @@ async fn a_reload_adds_a_key_and_a_plugin_without_a_restart() {
         .await
         .expect_err("engine needs a restart");
     assert!(error.contains("[engine]"), "{error}");
+    std::fs::write(&path, format!("{text}[server]\nmax_body_kib = 7\n")).expect("write");
+    let error = s
+        .service
+        .reload()
+        .await
+        .expect_err("[server] needs a restart");
+    assert!(error.contains("[server] changed"), "{error}");
     assert_eq!(s.service.generation().number(), 1);
 }
 

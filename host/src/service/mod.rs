@@ -189,6 +189,14 @@ impl Service {
             );
         };
         let config = LoomConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.server != self.settings {
+            return Err(format!(
+                "{}: [server] changed, and its settings (listen, limits, timeouts, operator_keys, \
+                 mcp_agents) take effect only when loom serve restarts; restart it, or put \
+                 [server] back to reload the rest",
+                path.display()
+            ));
+        }
         let current = self.generation();
         let host = current
             .host
