@@ -590,7 +590,11 @@ async fn a_tool_is_called_over_the_api_governed_as_in_a_run_and_only_for_its_ten
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools() {
-    let s = serve(&["acme", "globex"], "[server]\nmcp_agents = true\n").await;
+    let s = serve(
+        &["acme", "globex"],
+        "[server]\nmcp_agents = true\nmax_concurrent_runs_per_tenant = 1\n",
+    )
+    .await;
     let post = |key: Option<&str>, session: Option<&str>, body: Value| {
         let mut request = s
             .http
@@ -666,6 +670,52 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
         .await
         .expect("body");
     assert!(answered.contains("The answer is 42.0."), "{answered}");
+    // An agent tool's run takes one of the tenant's run slots: with the
+    // only one held by a run waiting for approval, the call is refused.
+    let http = s.http.clone();
+    let url = s.url("/v1/runs");
+    let key = s.key("acme").to_owned();
+    let waiting = tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth(key)
+            .json(&json!({"input": "write", "user": "alice", "agent": "writer"}))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    });
+    let pending = loop {
+        let (_, list) = s.get("acme", "/v1/approvals").await;
+        if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
+            break first.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ask = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                     "params": {"name": "agent__default", "arguments": {"input": "6*7?"}}});
+    let full = post(Some(s.key("acme")), Some(&session), ask)
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert!(full.contains("max_concurrent_runs_per_tenant"), "{full}");
+    let id = pending["id"].as_str().expect("id");
+    let (status, _) = s
+        .send(
+            "acme",
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            json!({"decision": "deny"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the run ends")
+        .expect("task");
     let bad = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
                      "params": {"name": "agent__default", "arguments": {"question": "?"}}});
     let refused = post(Some(s.key("acme")), Some(&session), bad)

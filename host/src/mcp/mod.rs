@@ -23,4 +23,4 @@ pub mod server;
 pub use client::{McpClients, RemoteTool};
 pub use config::{McpServerConfig, McpTransport};
 pub use http::{HostSource, McpHttpService, streamable_http_service, streamable_http_service_from};
-pub use server::{LoomMcpServer, McpServerOptions, serve_stdio};
+pub use server::{LoomMcpServer, McpServerOptions, RunAdmission, serve_stdio};

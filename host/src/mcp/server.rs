@@ -47,7 +47,16 @@ pub struct McpServerOptions {
     /// Also offer the configured agents as tools (`agent__<name>`; see
     /// [`super::agents`]).
     pub agents: bool,
+    /// Admits the run behind an agent tool call for a tenant: a permit
+    /// held while the run lasts, or `None` to refuse the call (`loom
+    /// serve`: the tenant's `[server] max_concurrent_runs_per_tenant`).
+    /// Without it, only the tenant's rate limits and budgets apply.
+    pub run_admission: Option<RunAdmission>,
 }
+
+/// See [`McpServerOptions::run_admission`].
+pub type RunAdmission =
+    Arc<dyn Fn(&TenantId) -> Option<Box<dyn std::any::Any + Send>> + Send + Sync>;
 
 impl Default for McpServerOptions {
     fn default() -> Self {
@@ -55,6 +64,7 @@ impl Default for McpServerOptions {
             approver: None,
             max_argument_bytes: MAX_ARGUMENT_BYTES,
             agents: false,
+            run_admission: None,
         }
     }
 }
@@ -68,6 +78,7 @@ impl std::fmt::Debug for McpServerOptions {
             )
             .field("max_argument_bytes", &self.max_argument_bytes)
             .field("agents", &self.agents)
+            .field("run_admission", &self.run_admission.is_some())
             .finish()
     }
 }
@@ -203,6 +214,20 @@ impl LoomMcpServer {
         agent: Option<String>,
         arguments: &str,
     ) -> CallToolResponse {
+        let _permit = match &self.options.run_admission {
+            Some(admit) => match admit(&scope.tenant) {
+                Some(permit) => Some(permit),
+                None => {
+                    return error_result(format!(
+                        "ERROR: tenant `{}` already has as many runs in flight as it may \
+                         ([server] max_concurrent_runs_per_tenant); call `{tool}` again when \
+                         one has finished",
+                        scope.tenant
+                    ));
+                }
+            },
+            None => None,
+        };
         let ran = super::agents::run_agent_tool(
             &self.host,
             scope,

@@ -215,7 +215,7 @@ impl Service {
     }
 
     /// A run slot of `tenant`, if it has one free.
-    fn run_slot(&self, tenant: &TenantId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn run_slot(&self, tenant: &TenantId) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let semaphore = self
             .run_slots
             .lock()

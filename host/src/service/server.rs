@@ -139,15 +139,23 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
 
 /// The tenant's tools over MCP (streamable HTTP): each new session is served
 /// by the current configuration's host, answers `ask` through the API's
-/// approvals, and closes when the service shuts down.
+/// approvals, runs agent tools in the tenant's run slots, and closes when
+/// the service shuts down.
 fn mcp_service(service: &Arc<Service>) -> crate::mcp::McpHttpService {
     let hosts = service.clone();
+    let slots = service.clone();
     let approver: Arc<dyn crate::governance::approval::Approver> = service.approver.clone();
     crate::mcp::http::streamable_http_service_from(
         Arc::new(move || hosts.host()),
         crate::mcp::McpServerOptions {
             approver: Some(approver),
             agents: service.settings.mcp_agents,
+            // An agent tool's run takes one of the tenant's run slots.
+            run_admission: Some(Arc::new(move |tenant: &crate::tenancy::ids::TenantId| {
+                slots
+                    .run_slot(tenant)
+                    .map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send>)
+            })),
             ..crate::mcp::McpServerOptions::default()
         },
         service.shutdown.child_token(),
