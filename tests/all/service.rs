@@ -46,6 +46,17 @@ impl Served {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The first call of `tenant` waiting for approval, once there is one.
+    async fn first_pending(&self, tenant: &str) -> Value {
+        loop {
+            let (_, list) = self.get(tenant, "/v1/approvals").await;
+            if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn send(&self, tenant: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let response = self
@@ -412,13 +423,7 @@ async fn an_approval_is_decided_over_the_api_by_the_runs_tenant_only() {
             .await
             .expect("body")
     });
-    let pending = loop {
-        let (_, list) = s.get("acme", "/v1/approvals").await;
-        if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
-            break first.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pending = s.first_pending("acme").await;
     assert_eq!(pending["tool"], "write_file", "{pending}");
     let id = pending["id"].as_str().expect("id");
     let (_, theirs) = s.get("globex", "/v1/approvals").await;
@@ -522,13 +527,7 @@ async fn a_tool_is_called_over_the_api_governed_as_in_a_run_and_only_for_its_ten
         let status = response.status().as_u16();
         (status, response.json::<Value>().await.expect("json"))
     });
-    let pending = loop {
-        let (_, list) = s.get("acme", "/v1/approvals").await;
-        if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
-            break first.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pending = s.first_pending("acme").await;
     assert_eq!(pending["tool"], "write_file", "{pending}");
     let id = pending["id"].as_str().expect("id");
     let (_, theirs) = s.get("globex", "/v1/approvals").await;
@@ -686,13 +685,7 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
             .await
             .expect("body")
     });
-    let pending = loop {
-        let (_, list) = s.get("acme", "/v1/approvals").await;
-        if let Some(first) = list["data"].as_array().and_then(|a| a.first()) {
-            break first.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pending = s.first_pending("acme").await;
     let ask = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
                      "params": {"name": "agent__default", "arguments": {"input": "6*7?"}}});
     let full = post(Some(s.key("acme")), Some(&session), ask)
