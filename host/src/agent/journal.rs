@@ -23,8 +23,8 @@
 use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
-    EntryKind, Journal, JournalEntry, JournalRun, LiveRun, ROOT_SCOPE, child_scope, fingerprint,
-    fingerprint_json, tool_scope,
+    EntryKind, Journal, JournalEntry, JournalFormat, JournalRun, LiveRun, ROOT_SCOPE, child_scope,
+    fingerprint, tool_scope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -119,6 +119,8 @@ pub(crate) struct RunJournal {
     keep_on_finish: bool,
     /// SHA-256 of the architecture component the run started on.
     component: String,
+    /// How the run's requests are fingerprinted and its results encoded.
+    format: JournalFormat,
     /// Entries recorded before a resume.
     recorded: u32,
     /// The run's mark as executed by this process; handed to the write
@@ -196,6 +198,7 @@ impl RunJournal {
             bytes: AtomicU64::new(bytes),
             keep_on_finish,
             component: record.component.clone(),
+            format: record.format,
             recorded: count,
             live: Mutex::new(Some(live)),
             spend: OnceLock::new(),
@@ -384,7 +387,7 @@ impl ScopeJournal {
         kind: EntryKind,
         request: &R,
     ) -> Result<Step<T>, JournalError> {
-        self.step_by(kind, || fingerprint_json(request))
+        self.step_by(kind, |tree| tree.format.digest(request))
     }
 
     /// [`Self::step`] for a request identified by raw bytes.
@@ -397,7 +400,7 @@ impl ScopeJournal {
         kind: EntryKind,
         request: &[u8],
     ) -> Result<Step<T>, JournalError> {
-        self.step_by(kind, || fingerprint(request))
+        self.step_by(kind, |_| fingerprint(request))
     }
 
     /// The next step, with the request's fingerprint computed only when
@@ -405,7 +408,7 @@ impl ScopeJournal {
     fn step_by<T: DeserializeOwned>(
         &self,
         kind: EntryKind,
-        print: impl FnOnce() -> [u8; 32],
+        print: impl FnOnce(&RunJournal) -> [u8; 32],
     ) -> Result<Step<T>, JournalError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let Some(tree) = &self.tree else {
@@ -416,7 +419,7 @@ impl ScopeJournal {
                 maybe_repeated: false,
             }));
         };
-        let print = print();
+        let print = print(tree);
         if let Some(error) = tree.failure() {
             return Err(error);
         }
@@ -429,11 +432,11 @@ impl ScopeJournal {
                     asked: kind_name(kind).to_owned(),
                 }));
             }
-            let value = serde_json::from_slice(&entry.payload).map_err(|e| {
+            let value = tree.format.decode(&entry.payload).map_err(|message| {
                 tree.fail(JournalError::Corrupt {
                     scope: self.scope.clone(),
                     seq,
-                    message: e.to_string(),
+                    message,
                 })
             })?;
             return Ok(Step::Replayed(value));
@@ -447,16 +450,21 @@ impl ScopeJournal {
         }))
     }
 
+    /// `value` as the entry of `step`, encoded in `tree`'s format.
     fn entry<T: Serialize>(
         &self,
+        tree: &RunJournal,
         step: &LiveStep,
         value: &T,
     ) -> Result<JournalEntry, JournalError> {
-        let payload = serde_json::to_vec(value).map_err(|e| JournalError::Corrupt {
-            scope: self.scope.clone(),
-            seq: step.seq,
-            message: e.to_string(),
-        })?;
+        let mut payload = Vec::new();
+        tree.format
+            .encode(value, &mut payload)
+            .map_err(|message| JournalError::Corrupt {
+                scope: self.scope.clone(),
+                seq: step.seq,
+                message,
+            })?;
         Ok(JournalEntry {
             kind: step.kind,
             fingerprint: step.fingerprint,
@@ -478,7 +486,7 @@ impl ScopeJournal {
         let Some(tree) = &self.tree else {
             return Ok(());
         };
-        let entry = self.entry(step, value)?;
+        let entry = self.entry(tree, step, value)?;
         tree.write(&self.scope, step.seq, &entry).await
     }
 
@@ -490,7 +498,7 @@ impl ScopeJournal {
             return;
         };
         let recorded = self
-            .entry(step, value)
+            .entry(tree, step, value)
             .and_then(|entry| tree.admit(entry.payload.len()).map(|()| entry));
         match recorded {
             Ok(entry) => tree
@@ -531,6 +539,15 @@ impl TurnJournal {
         }
     }
 
+    /// The fingerprint of one call of the turn, as its own record holds it
+    /// (in the run's format; zero when the run is not journaled).
+    pub(crate) fn call_fingerprint<T: Serialize + ?Sized>(&self, call: &T) -> [u8; 32] {
+        self.journal
+            .tree
+            .as_ref()
+            .map_or([0; 32], |tree| tree.format.digest(call))
+    }
+
     /// The idempotency key of the `index`th call.
     pub(crate) fn key(&self, index: usize) -> String {
         self.journal.tool_key(self.seq, index)
@@ -538,7 +555,7 @@ impl TurnJournal {
 
     /// The result recorded for the `index`th call before the run stopped,
     /// when that call finished then and `call` (the call's fingerprint,
-    /// [`call_fingerprint`]) is the same call.
+    /// [`TurnJournal::call_fingerprint`]) is the same call.
     pub(crate) fn recorded<T: DeserializeOwned>(&self, index: usize, call: &[u8; 32]) -> Option<T> {
         let tree = self.journal.tree.as_ref()?;
         if !tree.resumed {
@@ -549,7 +566,7 @@ impl TurnJournal {
         if entry.kind != EntryKind::ToolResult || entry.fingerprint != *call {
             return None;
         }
-        serde_json::from_slice(&entry.payload).ok()
+        tree.format.decode(&entry.payload).ok()
     }
 
     /// A recorder to move into the calls' tasks (none unjournaled).
@@ -571,11 +588,12 @@ pub(crate) struct CallRecorder {
 
 impl CallRecorder {
     /// Record the `index`th call's `result`; `call` is the call's
-    /// fingerprint ([`call_fingerprint`]).
+    /// fingerprint ([`TurnJournal::call_fingerprint`]).
     pub(crate) async fn record<T: Serialize>(&self, index: usize, call: [u8; 32], result: &T) {
-        let Ok(payload) = serde_json::to_vec(result) else {
+        let mut payload = Vec::new();
+        if self.tree.format.encode(result, &mut payload).is_err() {
             return;
-        };
+        }
         let Ok(seq) = u32::try_from(index) else {
             return;
         };
@@ -603,11 +621,6 @@ fn kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Input => "the architecture's input",
         EntryKind::ToolResult => "a tool result",
     }
-}
-
-/// The fingerprint of one tool call of a turn, as its own record holds it.
-pub(crate) fn call_fingerprint<T: Serialize + ?Sized>(call: &T) -> [u8; 32] {
-    fingerprint_json(call)
 }
 
 /// Closes a top-level run's journal on the paths that finish the run. A

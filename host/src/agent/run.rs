@@ -7,7 +7,6 @@ use super::gate::{Gate, GateLimits};
 use super::governor::{Governor, Inherited};
 use super::journal::{
     CallRecorder, JournalCloser, JournalError, RunJournal, ScopeJournal, Step, TurnJournal,
-    call_fingerprint,
 };
 use super::{AgentError, AgentInner, OutputValidationError, RunRequest, RunResult};
 use crate::config::Limits;
@@ -20,7 +19,7 @@ use crate::model::{
     Usage,
 };
 use crate::plugins::ToolBinding;
-use crate::store::journal::{EntryKind, JournalRun, JournalStatus};
+use crate::store::journal::{EntryKind, JournalFormat, JournalRun, JournalStatus};
 use crate::tenancy::ids::{RunId, Scope};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -379,7 +378,7 @@ impl RunState {
                 };
                 // Only a journaled turn of several calls records (and
                 // replays) each call on its own.
-                let call_print = recorder.as_ref().map(|_| call_fingerprint(&call));
+                let call_print = recorder.as_ref().map(|_| turn.call_fingerprint(&call));
                 if let Some(print) = &call_print
                     && let Some(recorded) =
                         turn.recorded::<Result<String, wt::ToolError>>(index, print)
@@ -1302,6 +1301,7 @@ async fn execute_inner(
                     metadata: scope.metadata.clone(),
                     component: plugin.sha256.clone(),
                     origin: request.origin.clone(),
+                    format: JournalFormat::Compact,
                     status: JournalStatus::Running,
                     started_ms: 0,
                     updated_ms: 0,
