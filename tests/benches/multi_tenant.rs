@@ -57,7 +57,10 @@
 //! `telemetry` installs the `[telemetry]` file sink (every span and metric
 //! of every run as a JSON line, at level `info`) before the load starts.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose]`
+//! `passes=N` measures N steady passes (or pairs) per shape instead of 15:
+//! more passes, a steadier median on a noisy machine.
+//!
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose] [passes=N]`
 
 use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
@@ -411,13 +414,14 @@ fn main() {
         // server that has been up for a while. Both are reported.
         let first = rt.block_on(load(&agent, Kind::React1, users, turns, 0));
         println!("{users} users x {turns} turns (first pass): {first}");
-        let mut steady: Vec<Report> = (0..STEADY_PASSES)
+        let mut steady: Vec<Report> = (0..steady_passes())
             .map(|pass| rt.block_on(load(&agent, Kind::React1, users, turns, pass + 1)))
             .collect();
         steady.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
         let median = &steady[steady.len() / 2];
         println!(
-            "{users} users x {turns} turns (steady, median of {STEADY_PASSES} passes; range {:.0}-{:.0} turns/s): {median}",
+            "{users} users x {turns} turns (steady, median of {} passes; range {:.0}-{:.0} turns/s): {median}",
+            steady_passes(),
             steady[0].throughput(),
             steady[steady.len() - 1].throughput(),
         );
@@ -425,7 +429,7 @@ fn main() {
 }
 
 /// One shape of the `journal-ab` mode: a first pass of each, then
-/// [`STEADY_PASSES`] pairs, alternating which goes first.
+/// [`steady_passes`] pairs, alternating which goes first.
 fn journal_ab_shape(
     rt: &tokio::runtime::Runtime,
     a: &Agent,
@@ -438,7 +442,7 @@ fn journal_ab_shape(
         println!("{users} users x {turns} turns, {label} (first pass): {first}");
     }
     let mut pairs = Vec::new();
-    for pass in 0..STEADY_PASSES {
+    for pass in 0..steady_passes() {
         let (ra, rb) = if pass % 2 == 0 {
             let ra = rt.block_on(load(a, Kind::React1, users, turns, pass + 1));
             let rb = rt.block_on(load(b, Kind::React1, users, turns, pass + 1));
@@ -463,6 +467,7 @@ fn journal_ab_shape(
         .iter()
         .map(|(a, b)| (cpu(b) / cpu(a) - 1.0) * 100.0)
         .collect();
+    let mut cpu_added: Vec<f64> = pairs.iter().map(|(a, b)| cpu(b) - cpu(a)).collect();
     let mut pa: Vec<f64> = pairs
         .iter()
         .map(|(a, _)| a.p50.as_secs_f64() * 1e3)
@@ -473,10 +478,11 @@ fn journal_ab_shape(
         .collect();
     let violations: usize = pairs.iter().map(|(a, b)| a.violations + b.violations).sum();
     println!(
-        "{users} users x {turns} turns, steady state, median of {STEADY_PASSES} interleaved pairs: \
+        "{users} users x {turns} turns, steady state, median of {} interleaved pairs: \
          A {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
          B (journal) {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
-         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} %; violations {violations}",
+         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} % ({:+.0} µs); violations {violations}",
+        steady_passes(),
         median(&mut ta),
         median(&mut ca),
         median(&mut pa),
@@ -485,11 +491,22 @@ fn journal_ab_shape(
         median(&mut pb),
         -median(&mut throughput_cost),
         median(&mut cpu_cost),
+        median(&mut cpu_added),
     );
 }
 
-/// Passes measured after the first, per shape.
-const STEADY_PASSES: usize = 15;
+/// Passes measured after the first, per shape: `passes=N` on the command
+/// line, else 15.
+fn steady_passes() -> usize {
+    static PASSES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PASSES.get_or_init(|| {
+        std::env::args()
+            .skip(1)
+            .find_map(|a| a.strip_prefix("passes=").and_then(|n| n.parse().ok()))
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(15)
+    })
+}
 
 /// The median of `values` (sorted here).
 fn median(values: &mut [f64]) -> f64 {
@@ -498,7 +515,7 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// One shape of the `compose` mode: a first pass of every kind, then
-/// [`STEADY_PASSES`] rounds, each running every kind once (round `r`
+/// [`steady_passes`] rounds, each running every kind once (round `r`
 /// starting from kind `r`), then a table of the steady passes.
 fn compose_shape(
     rt: &tokio::runtime::Runtime,
@@ -514,7 +531,7 @@ fn compose_shape(
         );
     }
     let mut steady: Vec<Vec<Report>> = agents.iter().map(|_| Vec::new()).collect();
-    for pass in 0..STEADY_PASSES {
+    for pass in 0..steady_passes() {
         for i in 0..agents.len() {
             let k = (pass + i) % agents.len();
             let (kind, agent) = &agents[k];
@@ -522,8 +539,9 @@ fn compose_shape(
         }
     }
     println!(
-        "\n{users} users x {turns} turns, steady state: median of {STEADY_PASSES} interleaved passes (range); \
-         Δ = median over passes of (this kind's CPU per turn - react-1-tool's in the same round)\n"
+        "\n{users} users x {turns} turns, steady state: median of {} interleaved passes (range); \
+         Δ = median over passes of (this kind's CPU per turn - react-1-tool's in the same round)\n",
+        steady_passes()
     );
     println!(
         "| turn | model calls | arch + tool sandboxes | turns/s | CPU per turn | Δ CPU vs react-1-tool | p50 | p99 | violations |"

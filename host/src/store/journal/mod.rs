@@ -840,7 +840,7 @@ mod tests {
     }
 
     #[test]
-    fn a_run_recorded_before_fingerprint_formats_reads_as_json() {
+    fn a_run_recorded_before_journal_formats_reads_as_json() {
         let mut written = serde_json::to_value(record("r", 1)).expect("json");
         written.as_object_mut().expect("an object").remove("format");
         let read: JournalRun = serde_json::from_value(written).expect("a run record");
