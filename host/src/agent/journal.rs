@@ -652,3 +652,110 @@ pub struct JournalSettings {
     /// record stays; `loom runtime prune` deletes old records).
     pub keep_finished: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::bindings::architecture_export as arch;
+    use crate::engine::bindings::harness as wit;
+    use crate::engine::bindings::types as wt;
+    use std::fmt::Debug;
+
+    /// `value` survives the compact format unchanged (compared by its
+    /// debug form: the generated types do not all implement `PartialEq`).
+    fn round_trips<T: Serialize + DeserializeOwned + Debug>(value: T) {
+        let mut bytes = Vec::new();
+        JournalFormat::Compact
+            .encode(&value, &mut bytes)
+            .expect("every journaled result encodes in the compact format");
+        let back: T = JournalFormat::Compact
+            .decode(&bytes)
+            .expect("and decodes back");
+        assert_eq!(format!("{back:?}"), format!("{value:?}"));
+    }
+
+    fn message() -> wt::Message {
+        wt::Message {
+            role: wt::Role::Assistant,
+            content: "quoted \"text\" with ünïcode\n".into(),
+            name: Some("n".into()),
+            tool_call_id: None,
+            tool_calls: vec![wt::ToolCall {
+                id: "c1".into(),
+                name: "calculator".into(),
+                arguments: r#"{"expression":"6*7"}"#.into(),
+            }],
+        }
+    }
+
+    fn usage() -> wt::Usage {
+        wt::Usage {
+            input_tokens: 10,
+            output_tokens: u64::MAX,
+            cached_tokens: 0,
+        }
+    }
+
+    /// Every kind of result the gate journals, in the shape it journals it
+    /// (postcard is not self-describing: a type that needs a self-describing
+    /// format would fail here, not on some crashed run's resume).
+    #[test]
+    fn every_journaled_result_round_trips_in_the_compact_format() {
+        round_trips::<Result<wit::Completion, wit::HarnessError>>(Ok(wit::Completion {
+            message: message(),
+            usage: usage(),
+            cost_usd: 0.25,
+            finish_reason: wit::FinishReason::ToolCalls,
+        }));
+        round_trips::<Result<wit::Completion, wit::HarnessError>>(Err(
+            wit::HarnessError::BudgetExceeded("budget:tokens_per_day".into()),
+        ));
+        round_trips(vec![
+            wt::ToolResult {
+                call_id: "c1".into(),
+                name: "calculator".into(),
+                outcome: Ok(r#"{"value":42}"#.into()),
+            },
+            wt::ToolResult {
+                call_id: "c2".into(),
+                name: "write".into(),
+                outcome: Err(wt::ToolError::Denied("plan mode".into())),
+            },
+        ]);
+        round_trips::<Result<String, wt::ToolError>>(Err(wt::ToolError::Failed("x".into())));
+        round_trips(vec![wt::ToolSpec {
+            name: "calculator".into(),
+            description: "adds".into(),
+            parameters: r#"{"type":"object"}"#.into(),
+            destructive: false,
+            idempotent: true,
+        }]);
+        round_trips(arch::RunInput {
+            instructions: "be brief".into(),
+            history: vec![message()],
+            prompt: "hi".into(),
+            config: "{}".into(),
+            max_turns: 8,
+        });
+        let output = wit::RunOutput {
+            output: "done".into(),
+            turns: 2,
+            usage: usage(),
+            cost_usd: 0.0,
+            interrupted: Some("budget:cost".into()),
+        };
+        round_trips::<Result<wit::RunOutput, wit::HarnessError>>(Ok(output.clone()));
+        round_trips::<Vec<Result<wit::RunOutput, wit::HarnessError>>>(vec![
+            Ok(output),
+            Err(wit::HarnessError::UnknownAgent("critic".into())),
+        ]);
+        round_trips(vec![wit::Recollection {
+            text: "Alice likes tea".into(),
+            score: 0.5,
+        }]);
+        round_trips::<Result<(), wit::HarnessError>>(Err(wit::HarnessError::Cancelled));
+        round_trips(std::time::Duration::new(1_764_000_000, 123));
+        round_trips(u64::MAX);
+        round_trips(vec![0u8, 255, 7]);
+    }
+}
