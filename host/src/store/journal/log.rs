@@ -16,6 +16,7 @@
 //! segment; a torn record at a segment's end (a crash in a write) is cut
 //! off, and whatever follows a corrupt record is ignored with a warning.
 
+use super::mapped::SegmentFile;
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun};
 use crate::store::{StoreError, StoreSync};
@@ -220,14 +221,30 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
 }
 
 /// The record bodies framed in `bytes`, and where the valid ones end (a
-/// torn or corrupt frame stops the walk).
+/// torn or corrupt frame stops the walk). A zero header ends the records
+/// without a problem: it is the unused, reserved tail of a segment that
+/// was written through a memory map ([`super::mapped`]); no record is
+/// empty.
 pub(super) fn bodies(bytes: &[u8]) -> (Vec<&[u8]>, usize, Option<String>) {
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + 8) else {
+            if bytes[at..].iter().all(|&b| b == 0) {
+                return (found, at, None);
+            }
             return (found, at, Some("a record header cut short".into()));
         };
+        if header == [0; 8] {
+            if bytes[at..].iter().all(|&b| b == 0) {
+                return (found, at, None);
+            }
+            return (
+                found,
+                at,
+                Some("a zeroed record header before more data".into()),
+            );
+        }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let Some(body) = bytes.get(at + 8..at + 8 + len) else {
@@ -288,12 +305,15 @@ pub(super) fn read_segment(dir: &Path, id: u64, repair: bool) -> Option<Vec<u8>>
     }
     bytes.drain(..MAGIC.len());
     let (_, valid, problem) = bodies(&bytes);
-    if let Some(problem) = problem {
+    if let Some(problem) = &problem {
         tracing::warn!(
             path = %path.display(),
             offset = valid + MAGIC.len(),
             "the journal segment ends in {problem} (a crash during a write?); what follows is ignored"
         );
+    }
+    // A torn record, or the zeroed tail a crash left reserved.
+    if valid < bytes.len() {
         if repair {
             let cut = std::fs::OpenOptions::new()
                 .write(true)
@@ -550,8 +570,7 @@ enum Next {
 /// The file being appended to.
 struct Active {
     id: u64,
-    file: File,
-    len: u64,
+    file: SegmentFile,
 }
 
 /// The writer thread: write the queue in batches until the log closes,
@@ -720,23 +739,31 @@ fn append(
     if bytes.is_empty() {
         return Ok(());
     }
+    let mut id = id;
+    // A batch that does not fit the reserved segment starts the next one.
+    if let Some(segment) = active.as_ref()
+        && segment.id == id
+        && !segment.file.fits(bytes.len())
+    {
+        let mut state = shared.state();
+        if state.active == id {
+            state.active += 1;
+        }
+        id = state.active;
+    }
     if active.as_ref().is_none_or(|a| a.id != id) {
         if let Some(old) = active.take()
             && shared.sync != StoreSync::Always
         {
             let _ = old.file.sync_data();
         }
-        *active = Some(open_segment(shared, id)?);
+        *active = Some(open_segment(shared, id, bytes.len())?);
     }
     let Some(segment) = active.as_mut() else {
         return Err(StoreError::Closed);
     };
-    if let Err(error) = segment.file.write_all(bytes) {
-        let _ = segment.file.set_len(segment.len);
-        return Err(crate::store::io(error));
-    }
-    segment.len += bytes.len() as u64;
-    if segment.len >= SEGMENT_BYTES {
+    segment.file.append(bytes).map_err(crate::store::io)?;
+    if segment.file.len() >= SEGMENT_BYTES {
         let mut state = shared.state();
         if state.active == id {
             state.active += 1;
@@ -746,12 +773,13 @@ fn append(
 }
 
 /// Create segment `id` with its magic (or open it, empty, after a failed
-/// start).
-fn open_segment(shared: &Shared, id: u64) -> Result<Active, StoreError> {
+/// start), with room reserved for at least `batch` bytes of records.
+fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
@@ -764,10 +792,11 @@ fn open_segment(shared: &Shared, id: u64) -> Result<Active, StoreError> {
         }
     }
     shared.state().segments.add(id);
+    let len = MAGIC.len() as u64;
+    let capacity = SEGMENT_BYTES.max(len + batch as u64);
     Ok(Active {
         id,
-        file,
-        len: MAGIC.len() as u64,
+        file: SegmentFile::new(file, len, capacity, true),
     })
 }
 
@@ -862,6 +891,30 @@ mod tests {
         let (found, valid, problem) = bodies(&flipped);
         assert_eq!((found.len(), valid), (0, 0));
         assert!(problem.unwrap().contains("checksum"));
+        // A mapped segment's reserved tail is zeros: the records end there,
+        // with no problem, however long the tail (even shorter than a header).
+        for tail in [3, 8, 4096] {
+            let mut padded = bytes.clone();
+            padded.resize(bytes.len() + tail, 0);
+            assert_eq!(bodies(&padded).1, bytes.len());
+            assert_eq!(bodies(&padded).2, None);
+            assert_eq!(bodies(&padded).0.len(), 3);
+        }
+        // A record torn in its copy (header there, body still zeros) is torn.
+        let mut half = bytes.clone();
+        let zeroed = half.len() - 2;
+        half[zeroed..].fill(0);
+        half.resize(half.len() + 64, 0);
+        let (found, _, problem) = bodies(&half);
+        assert_eq!(found.len(), 2);
+        assert!(problem.is_some());
+        // Zeros followed by data are not a tail: they are reported.
+        let mut gap = bytes.clone();
+        gap.extend_from_slice(&[0; 8]);
+        gap.extend(drop_record("run-3"));
+        let (found, valid, problem) = bodies(&gap);
+        assert_eq!((found.len(), valid), (3, bytes.len()));
+        assert!(problem.unwrap().contains("zeroed"));
     }
 
     #[test]

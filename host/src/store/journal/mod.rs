@@ -25,6 +25,7 @@
 //! deleted once no run needs them ([`segments`]).
 
 mod log;
+mod mapped;
 mod segments;
 
 use super::{Store, StoreError, io, read_table};

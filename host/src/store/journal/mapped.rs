@@ -1,0 +1,201 @@
+//! The journal segment being appended to: a file whose blocks are reserved
+//! up front and which is written through a shared memory map, so that an
+//! append is a copy into the page cache with no system call; or, where the
+//! file system cannot reserve blocks, a file appended to with `write`.
+//!
+//! A copy into a shared mapping is in the kernel's page cache the moment
+//! it is made: it survives a crash of the process exactly as a `write`
+//! does, and `fdatasync` makes it durable the same way. Reserving the
+//! blocks first (`fallocate`) is what makes the mapping safe: a store to a
+//! page with no block behind it would fault the process (`SIGBUS`) on a
+//! full disk, where a `write` fails politely. The reserved tail reads as
+//! zeros, which the reader takes as the end of the records
+//! ([`super::log::bodies`]), and is cut off when the segment is closed.
+
+#![allow(
+    unsafe_code,
+    reason = "mapping a file and reserving its blocks are system calls without safe wrappers"
+)]
+
+use memmap2::{MmapMut, MmapOptions};
+use std::fs::File;
+use std::io::{self, Write};
+
+/// A segment file open for appending.
+pub(super) struct SegmentFile {
+    file: File,
+    /// Bytes of records (and magic) in the file.
+    len: u64,
+    /// The mapping of the reserved file, when blocks could be reserved.
+    map: Option<MmapMut>,
+}
+
+impl SegmentFile {
+    /// `file`, holding `len` bytes, prepared for appends: mapped with
+    /// `capacity` bytes reserved when `map` and the file system allows it.
+    pub(super) fn new(file: File, len: u64, capacity: u64, map: bool) -> Self {
+        let map = if map {
+            reserve_and_map(&file, len, capacity)
+        } else {
+            None
+        };
+        SegmentFile { file, len, map }
+    }
+
+    /// Bytes written so far.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether `bytes` more fit in the reserved file (a file appended to
+    /// with `write` grows as needed).
+    pub(super) fn fits(&self, bytes: usize) -> bool {
+        self.map
+            .as_ref()
+            .is_none_or(|map| self.len as usize + bytes <= map.len())
+    }
+
+    /// Whether appends are copies into a mapping.
+    #[cfg(test)]
+    pub(super) fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// Append `bytes` (which must [`Self::fits`]). A failed `write` is cut
+    /// back off the file.
+    pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let start = self.len as usize;
+        match &mut self.map {
+            Some(map) => {
+                let end = start + bytes.len();
+                let Some(target) = map.get_mut(start..end) else {
+                    return Err(io::Error::other(
+                        "a journal batch larger than its segment's reserved space",
+                    ));
+                };
+                target.copy_from_slice(bytes);
+            }
+            None => {
+                if let Err(error) = self.file.write_all(bytes) {
+                    let _ = self.file.set_len(self.len);
+                    return Err(error);
+                }
+            }
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// `fdatasync` the file (pages stored through the mapping included).
+    pub(super) fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Drop for SegmentFile {
+    /// Unmap the file and cut its unused reserved tail off.
+    fn drop(&mut self) {
+        if self.map.take().is_some() {
+            let _ = self.file.set_len(self.len);
+        }
+    }
+}
+
+/// Reserve `capacity` bytes of blocks for `file` and map them, or `None`
+/// where the file system cannot reserve blocks (the caller then appends
+/// with `write`).
+#[cfg(target_os = "linux")]
+fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<MmapMut> {
+    use std::os::fd::AsRawFd;
+    let length = libc::off_t::try_from(capacity).ok()?;
+    // SAFETY: `fallocate` reads only its integer arguments; the descriptor
+    // is open for writing and stays open for the call.
+    let reserved = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) };
+    if reserved != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "the journal's file system cannot reserve blocks; appending with write"
+        );
+        return None;
+    }
+    // SAFETY: the segment was created by this process in the journal's own
+    // directory (the store, and with it the journal, is open in one process
+    // at a time), and is never truncated while mapped: only `Drop` cuts
+    // it, after unmapping. Its blocks are reserved, so no store faults.
+    match unsafe { MmapOptions::new().len(capacity as usize).map_mut(file) } {
+        Ok(map) => Some(map),
+        Err(error) => {
+            tracing::warn!(%error, "the journal segment could not be mapped; appending with write");
+            let _ = file.set_len(len);
+            None
+        }
+    }
+}
+
+/// Other systems append with `write`.
+#[cfg(not(target_os = "linux"))]
+fn reserve_and_map(_file: &File, _len: u64, _capacity: u64) -> Option<MmapMut> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(dir: &tempfile::TempDir) -> (std::path::PathBuf, File) {
+        let path = dir.path().join("1.seg");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("create");
+        file.write_all(b"MAGIC").expect("magic");
+        (path, file)
+    }
+
+    #[test]
+    fn a_mapped_segment_holds_its_appends_and_is_cut_to_them_when_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, file) = create(&dir);
+        let mut segment = SegmentFile::new(file, 5, 4096, true);
+        assert!(segment.is_mapped(), "ext4 and tmpfs reserve blocks");
+        segment.append(b"one").expect("append");
+        segment.append(b"two").expect("append");
+        assert_eq!(segment.len(), 11);
+        assert!(segment.fits(4096 - 11));
+        assert!(!segment.fits(4096 - 10));
+        // What was copied is in the file already (the page cache), with
+        // the reserved tail zeroed behind it.
+        let read = std::fs::read(&path).expect("read");
+        assert_eq!(read.len(), 4096);
+        assert_eq!(&read[..11], b"MAGIConetwo");
+        assert!(read[11..].iter().all(|&b| b == 0));
+        segment.sync_data().expect("sync");
+        drop(segment);
+        assert_eq!(std::fs::read(&path).expect("read"), b"MAGIConetwo");
+    }
+
+    #[test]
+    fn an_append_past_the_reservation_is_refused_not_a_fault() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_path, file) = create(&dir);
+        let mut segment = SegmentFile::new(file, 5, 8, true);
+        assert!(segment.is_mapped());
+        assert!(segment.append(b"toolong").is_err());
+        assert_eq!(segment.len(), 5);
+        segment.append(b"ok!").expect("fits exactly");
+    }
+
+    #[test]
+    fn an_unmapped_segment_appends_with_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, file) = create(&dir);
+        let mut segment = SegmentFile::new(file, 5, 4096, false);
+        assert!(!segment.is_mapped());
+        assert!(segment.fits(1 << 20));
+        segment.append(b"abc").expect("append");
+        assert_eq!(std::fs::read(&path).expect("read"), b"MAGICabc");
+    }
+}
