@@ -457,9 +457,9 @@ impl ScopeJournal {
         step: &LiveStep,
         value: &T,
     ) -> Result<JournalEntry, JournalError> {
-        let mut payload = Vec::new();
-        tree.format
-            .encode(value, &mut payload)
+        let payload = tree
+            .format
+            .encode(value)
             .map_err(|message| JournalError::Corrupt {
                 scope: self.scope.clone(),
                 seq: step.seq,
@@ -590,10 +590,9 @@ impl CallRecorder {
     /// Record the `index`th call's `result`; `call` is the call's
     /// fingerprint ([`TurnJournal::call_fingerprint`]).
     pub(crate) async fn record<T: Serialize>(&self, index: usize, call: [u8; 32], result: &T) {
-        let mut payload = Vec::new();
-        if self.tree.format.encode(result, &mut payload).is_err() {
+        let Ok(payload) = self.tree.format.encode(result) else {
             return;
-        }
+        };
         let Ok(seq) = u32::try_from(index) else {
             return;
         };
@@ -664,9 +663,8 @@ mod tests {
     /// `value` survives the compact format unchanged (compared by its
     /// debug form: the generated types do not all implement `PartialEq`).
     fn round_trips<T: Serialize + DeserializeOwned + Debug>(value: T) {
-        let mut bytes = Vec::new();
-        JournalFormat::Compact
-            .encode(&value, &mut bytes)
+        let bytes = JournalFormat::Compact
+            .encode(&value)
             .expect("every journaled result encodes in the compact format");
         let back: T = JournalFormat::Compact
             .decode(&bytes)

@@ -16,7 +16,7 @@
 //! segment; a torn record at a segment's end (a crash in a write) is cut
 //! off, and whatever follows a corrupt record is ignored with a warning.
 
-use super::mapped::SegmentFile;
+use super::mapped::{self, SegmentFile};
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun};
 use crate::store::{StoreError, StoreSync};
@@ -229,16 +229,13 @@ pub(super) fn bodies(bytes: &[u8]) -> (Vec<&[u8]>, usize, Option<String>) {
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
+        if bytes[at..].iter().all(|&b| b == 0) {
+            return (found, at, None);
+        }
         let Some(header) = bytes.get(at..at + 8) else {
-            if bytes[at..].iter().all(|&b| b == 0) {
-                return (found, at, None);
-            }
             return (found, at, Some("a record header cut short".into()));
         };
         if header == [0; 8] {
-            if bytes[at..].iter().all(|&b| b == 0) {
-                return (found, at, None);
-            }
             return (
                 found,
                 at,
@@ -776,12 +773,7 @@ fn append(
 /// start), with room reserved for at least `batch` bytes of records.
 fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
+    let mut file = mapped::create(&path)
         .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
     file.write_all(MAGIC).map_err(crate::store::io)?;
     if shared.sync == StoreSync::Always {

@@ -21,6 +21,17 @@ use memmap2::{MmapMut, MmapOptions};
 use std::fs::File;
 use std::io::{self, Write};
 
+/// Create (or empty) the segment file at `path`, open for reading as well
+/// as writing, as a shared writable mapping of it requires.
+pub(super) fn create(path: &std::path::Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
 /// A segment file open for appending.
 pub(super) struct SegmentFile {
     file: File,
@@ -142,15 +153,9 @@ fn reserve_and_map(_file: &File, _len: u64, _capacity: u64) -> Option<MmapMut> {
 mod tests {
     use super::*;
 
-    fn create(dir: &tempfile::TempDir) -> (std::path::PathBuf, File) {
+    fn new_segment(dir: &tempfile::TempDir) -> (std::path::PathBuf, File) {
         let path = dir.path().join("1.seg");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("create");
+        let mut file = create(&path).expect("create");
         file.write_all(b"MAGIC").expect("magic");
         (path, file)
     }
@@ -158,7 +163,7 @@ mod tests {
     #[test]
     fn a_mapped_segment_holds_its_appends_and_is_cut_to_them_when_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (path, file) = create(&dir);
+        let (path, file) = new_segment(&dir);
         let mut segment = SegmentFile::new(file, 5, 4096, true);
         assert!(segment.is_mapped(), "ext4 and tmpfs reserve blocks");
         segment.append(b"one").expect("append");
@@ -180,7 +185,7 @@ mod tests {
     #[test]
     fn an_append_past_the_reservation_is_refused_not_a_fault() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_path, file) = create(&dir);
+        let (_path, file) = new_segment(&dir);
         let mut segment = SegmentFile::new(file, 5, 8, true);
         assert!(segment.is_mapped());
         assert!(segment.append(b"toolong").is_err());
@@ -191,7 +196,7 @@ mod tests {
     #[test]
     fn an_unmapped_segment_appends_with_write() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (path, file) = create(&dir);
+        let (path, file) = new_segment(&dir);
         let mut segment = SegmentFile::new(file, 5, 4096, false);
         assert!(!segment.is_mapped());
         assert!(segment.fits(1 << 20));

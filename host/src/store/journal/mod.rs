@@ -213,23 +213,24 @@ impl JournalFormat {
         }
     }
 
-    /// Append `value`, encoded in this format, to `out`.
+    /// `value`, encoded in this format.
     ///
     /// # Errors
     ///
     /// What the encoder reports (a map or sequence of unknown length, in
     /// the compact format).
-    pub fn encode<T: serde::Serialize + ?Sized>(
-        self,
-        value: &T,
-        out: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    pub fn encode<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
         match self {
-            JournalFormat::Json => serde_json::to_writer(out, value).map_err(|e| e.to_string()),
+            JournalFormat::Json => {
+                serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?;
+            }
             JournalFormat::Compact => {
-                postcard::serialize_with_flavor(value, VecFlavor(out)).map_err(|e| e.to_string())
+                postcard::serialize_with_flavor(value, VecFlavor(&mut out))
+                    .map_err(|e| e.to_string())?;
             }
         }
+        Ok(out)
     }
 
     /// Decode a value this format encoded.
