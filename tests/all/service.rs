@@ -611,6 +611,10 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
         }
         request.send()
     };
+    // The body of a response that must have come back.
+    let text_of = |response: reqwest::Result<reqwest::Response>| async move {
+        response.expect("send").text().await.expect("body")
+    };
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -652,22 +656,12 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
 
     // The configured agents are tools too: a call is a whole run.
     let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}});
-    let listed = post(Some(s.key("acme")), Some(&session), list)
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("body");
+    let listed = text_of(post(Some(s.key("acme")), Some(&session), list).await).await;
     assert!(listed.contains("agent__default"), "{listed}");
     assert!(listed.contains("agent__writer"), "{listed}");
     let ask = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
                      "params": {"name": "agent__default", "arguments": {"input": "6*7?"}}});
-    let answered = post(Some(s.key("acme")), Some(&session), ask)
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("body");
+    let answered = text_of(post(Some(s.key("acme")), Some(&session), ask).await).await;
     assert!(answered.contains("The answer is 42.0."), "{answered}");
     // An agent tool's run takes one of the tenant's run slots: with the
     // only one held by a run waiting for approval, the call is refused.
@@ -688,12 +682,7 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
     let pending = s.first_pending("acme").await;
     let ask = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
                      "params": {"name": "agent__default", "arguments": {"input": "6*7?"}}});
-    let full = post(Some(s.key("acme")), Some(&session), ask)
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("body");
+    let full = text_of(post(Some(s.key("acme")), Some(&session), ask).await).await;
     assert!(full.contains("max_concurrent_runs_per_tenant"), "{full}");
     let id = pending["id"].as_str().expect("id");
     let (status, _) = s
@@ -711,12 +700,7 @@ async fn mcp_is_served_at_slash_mcp_behind_the_tenants_keys_with_agents_as_tools
         .expect("task");
     let bad = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
                      "params": {"name": "agent__default", "arguments": {"question": "?"}}});
-    let refused = post(Some(s.key("acme")), Some(&session), bad)
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("body");
+    let refused = text_of(post(Some(s.key("acme")), Some(&session), bad).await).await;
     assert!(
         refused.contains("isError") && refused.contains("invalid arguments"),
         "{refused}"
