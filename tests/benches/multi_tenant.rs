@@ -353,7 +353,12 @@ fn main() {
     };
     // Sessions and counters are committed at once and fsynced every 100 ms
     // (a crash may lose that much; `fsync = "always"` is the default).
-    let store_section = "[store]\nfsync = \"interval\"\nfsync_interval_ms = 100\n";
+    let store_fsync_ms = std::env::args()
+        .skip(1)
+        .find_map(|a| a.strip_prefix("store-fsync-ms=").map(str::to_owned))
+        .map_or(100, |n| n.parse::<u64>().expect("store-fsync-ms=N"));
+    let store_section =
+        format!("[store]\nfsync = \"interval\"\nfsync_interval_ms = {store_fsync_ms}\n");
     // The sub-agent of the composed turns: ReAct with `run_context`, on the
     // delegating agent's model.
     let agents_section = if compose {

@@ -222,11 +222,25 @@ impl Store {
 
     fn enqueue(&self, op: Option<WriteOp>, done: Option<Done>) {
         let job = Job { op, done };
-        if let Some(queue) = &self.queue
-            && let Err(mpsc::SendError(job)) = queue.send(job)
-            && let Some(done) = job.done
+        let refused = match &self.queue {
+            Some(queue) => queue.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(Job {
+            done: Some(done), ..
+        }) = refused
         {
             done.send(Err(StoreError::Closed));
+        }
+    }
+
+    /// Stop the writer as a shutdown does, keeping the store: every later
+    /// write fails with [`StoreError::Closed`].
+    #[cfg(test)]
+    pub(crate) fn close_queue_for_test(&mut self) {
+        self.queue = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
     }
 

@@ -9,8 +9,19 @@
 //! removes its session; a load that misses reads the database and caches
 //! nothing. So the cache never holds a version the database does not, nor
 //! an older one than it. One process owns the database file.
+//!
+//! With `[store] fsync = "always"` a save resolves once it is durable. With
+//! `fsync = "interval"` a crash may lose the last interval of writes
+//! anyway, so a save does not wait for its commit either (write-behind): it
+//! is queued and held as *pending* until the writer commits it, and a load
+//! finds the newest pending save of a session before anything committed.
+//! Pending saves are never evicted; past [`PENDING_BYTES`] of them a save
+//! waits for its commit again, so a writer that falls behind slows the
+//! runs down instead of letting memory grow. A pending save that fails is
+//! dropped (the session reads as its last committed version), logged, and
+//! reported by the next [`Store::sync`].
 
-use super::{Store, StoreError, io};
+use super::{Store, StoreError, StoreSync, io};
 use crate::model::Message;
 use crate::tenancy::ids::{SessionId, TenantId, UserId};
 use redb::{ReadableDatabase, TableDefinition};
@@ -21,16 +32,36 @@ use std::sync::{Arc, Mutex};
 /// Bytes of sessions (as stored JSON) kept in memory.
 pub const CACHE_BYTES: usize = 64 << 20;
 
+/// Bytes of saves (as stored JSON) that may wait for their commit without
+/// their runs waiting too (`[store] fsync = "interval"` only).
+pub const PENDING_BYTES: usize = 32 << 20;
+
 /// A session's key: (tenant, user, session).
 type Key = (String, String, String);
 
-/// Sessions recently loaded or saved, oldest first in `order`.
+/// Sessions recently saved, oldest first in `order`, and the saves still
+/// waiting for their commit.
 #[derive(Default)]
 struct Cache {
     entries: HashMap<Key, (Arc<Vec<Message>>, usize, u64)>,
     order: VecDeque<(Key, u64)>,
     bytes: usize,
     stamp: u64,
+    /// The newest save of each session that is queued but not committed:
+    /// messages, size, ticket.
+    pending: HashMap<Key, Pending>,
+    /// Bytes held by `pending`.
+    pending_bytes: usize,
+    /// The last ticket handed to a pending save.
+    ticket: u64,
+}
+
+/// A queued save: its messages, their stored size, and its ticket (a
+/// later save of the same session has a greater one).
+struct Pending {
+    messages: Arc<Vec<Message>>,
+    bytes: usize,
+    ticket: u64,
 }
 
 impl Cache {
@@ -64,6 +95,43 @@ impl Cache {
     fn remove(&mut self, key: &Key) {
         if let Some((_, size, _)) = self.entries.remove(key) {
             self.bytes -= size;
+        }
+    }
+
+    /// Hold `messages` as the newest save of `key` until it commits;
+    /// returns its ticket.
+    fn hold(&mut self, key: Key, messages: Arc<Vec<Message>>, bytes: usize) -> u64 {
+        self.ticket += 1;
+        let ticket = self.ticket;
+        self.pending_bytes += bytes;
+        let held = Pending {
+            messages,
+            bytes,
+            ticket,
+        };
+        if let Some(old) = self.pending.insert(key, held) {
+            self.pending_bytes -= old.bytes;
+        }
+        ticket
+    }
+
+    /// Stop holding the save of `key` with `ticket`; whether it was the
+    /// newest (a later save of the session is still held otherwise).
+    fn release(&mut self, key: &Key, ticket: u64) -> bool {
+        if self.pending.get(key).is_none_or(|p| p.ticket != ticket) {
+            return false;
+        }
+        if let Some(old) = self.pending.remove(key) {
+            self.pending_bytes -= old.bytes;
+        }
+        true
+    }
+
+    /// The newest version of `key` in memory: pending first.
+    fn newest(&self, key: &Key) -> Option<&Arc<Vec<Message>>> {
+        match self.pending.get(key) {
+            Some(pending) => Some(&pending.messages),
+            None => self.entries.get(key).map(|(messages, _, _)| messages),
         }
     }
 }
@@ -134,7 +202,7 @@ impl SessionStore {
         session: &SessionId,
     ) -> Result<Vec<Message>, StoreError> {
         let key = key(tenant, user, session);
-        if let Some((messages, _, _)) = self.cache().entries.get(&key) {
+        if let Some(messages) = self.cache().newest(&key) {
             return Ok(messages.as_ref().clone());
         }
         let txn = self.store.db().begin_read().map_err(io)?;
@@ -151,13 +219,15 @@ impl SessionStore {
         }
     }
 
-    /// Replace the messages of a session, atomically; resolves once the
-    /// write is committed: durable, or with `[store] fsync = "interval"`
-    /// visible at once and durable within the interval.
+    /// Replace the messages of a session, atomically. With `[store] fsync
+    /// = "always"` it resolves once the write is durable; with `fsync =
+    /// "interval"` once it is queued (see the module documentation): a
+    /// load sees it at once, and the interval makes it durable.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the write fails; the previous state is kept.
+    /// [`StoreError`] when the write fails (or, queued, when the writer has
+    /// stopped); the previous state is kept.
     pub async fn save(
         &self,
         tenant: &TenantId,
@@ -170,10 +240,12 @@ impl SessionStore {
             .map(|_| ())
     }
 
-    /// [`Self::save`], unless `stale()` says so when the write runs (on the
-    /// writer thread, inside its transaction): then nothing is written or
+    /// [`Self::save`], unless `stale()` says so: then nothing is written or
     /// cached and the result is `false`. A run passes "its user was
-    /// forgotten since it started".
+    /// forgotten since it started". `stale` is asked when the save is
+    /// queued and again inside the writer's transaction, so a save racing
+    /// a forget never outlives it: a forget drops pending saves of its
+    /// user, and the save's own write then finds it stale.
     ///
     /// # Errors
     ///
@@ -188,8 +260,23 @@ impl SessionStore {
     ) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(messages).map_err(io)?;
         let key = key(tenant, user, session);
-        let row = key.clone();
         let size = bytes.len();
+        let saved = Arc::new(messages.to_vec());
+        // Held in memory until it commits: checked and held under the cache
+        // lock, which a forget's uncaching takes after the forget commits,
+        // so a save either sees the forget or is dropped by it.
+        let ticket = match self.store.sync_mode() {
+            StoreSync::Always => None,
+            StoreSync::Interval(_) => {
+                let mut cache = self.cache();
+                if stale() {
+                    return Ok(false);
+                }
+                let ticket = cache.hold(key.clone(), saved.clone(), size);
+                Some((ticket, cache.pending_bytes > PENDING_BYTES))
+            }
+        };
+        let row = key.clone();
         let skipped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let skipped_in_op = skipped.clone();
         let op: super::WriteOp = Box::new(move |txn| {
@@ -209,24 +296,40 @@ impl SessionStore {
         });
         // The writer runs this after the commit, in commit order.
         let cache = self.cache.clone();
-        let saved = Arc::new(messages.to_vec());
         let skipped_after = skipped.clone();
-        let (done, committed) = tokio::sync::oneshot::channel();
+        let (done, mut committed) = tokio::sync::oneshot::channel();
         self.store.write_then(
             op,
             Box::new(move |result| {
-                if let Ok(mut cache) = cache.lock() {
-                    match &result {
-                        Ok(()) if skipped_after.load(std::sync::atomic::Ordering::Relaxed) => {}
-                        Ok(()) => cache.insert(key, saved, size),
-                        Err(_) => cache.remove(&key),
-                    }
+                let mut cache = match cache.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                // A later pending save of the session supersedes this one.
+                let newest = ticket.is_none_or(|(ticket, _)| cache.release(&key, ticket));
+                match &result {
+                    Ok(()) if skipped_after.load(std::sync::atomic::Ordering::Relaxed) => {}
+                    Ok(()) if newest => cache.insert(key, saved, size),
+                    Ok(()) => {}
+                    Err(_) => cache.remove(&key),
                 }
+                drop(cache);
                 let _ = done.send(result);
             }),
         );
-        committed.await.unwrap_or(Err(StoreError::Closed))?;
-        Ok(!skipped.load(std::sync::atomic::Ordering::Relaxed))
+        match ticket {
+            Some((_, false)) => match committed.try_recv() {
+                // Queued: the writer commits it; only a writer that already
+                // stopped answers at once.
+                Ok(Err(error)) => Err(error),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(StoreError::Closed),
+                Ok(Ok(())) | Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Ok(true),
+            },
+            _ => {
+                committed.await.unwrap_or(Err(StoreError::Closed))?;
+                Ok(!skipped.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        }
     }
 
     /// Delete one session of (tenant, user); resolves once the delete is
@@ -305,21 +408,31 @@ impl SessionStore {
         user: &UserId,
     ) -> Result<Vec<(String, Vec<Message>)>, StoreError> {
         let txn = self.store.db().begin_read().map_err(io)?;
-        let Some(table) = super::read_table(&txn, SESSIONS)? else {
-            return Ok(Vec::new());
-        };
         let (tenant, user) = (tenant.as_str(), user_key(user));
-        let mut out = Vec::new();
-        for entry in table
-            .range((tenant, user, "")..(tenant, user, PAST_EVERY_SESSION))
-            .map_err(io)?
-        {
-            let (key, value) = entry.map_err(io)?;
-            let messages = serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push((key.value().2.to_owned(), messages));
+        let mut out = std::collections::BTreeMap::new();
+        if let Some(table) = super::read_table(&txn, SESSIONS)? {
+            for entry in table
+                .range((tenant, user, "")..(tenant, user, PAST_EVERY_SESSION))
+                .map_err(io)?
+            {
+                let (key, value) = entry.map_err(io)?;
+                let messages = serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.insert(key.value().2.to_owned(), messages);
+            }
         }
-        Ok(out)
+        // Saves still pending, and any committed since the read began (the
+        // cache never holds a version older than the database's).
+        let cache = self.cache();
+        for key @ (t, u, session) in cache.pending.keys().chain(cache.entries.keys()) {
+            if t == tenant
+                && u == user
+                && let Some(messages) = cache.newest(key)
+            {
+                out.insert(session.clone(), messages.as_ref().clone());
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// A closure that drops every cached session of (tenant, user): run it
@@ -339,11 +452,15 @@ impl SessionStore {
             let doomed: Vec<Key> = cache
                 .entries
                 .keys()
+                .chain(cache.pending.keys())
                 .filter(|(t, u, _)| *t == tenant && *u == user)
                 .cloned()
                 .collect();
             for key in doomed {
                 cache.remove(&key);
+                if let Some(pending) = cache.pending.remove(&key) {
+                    cache.pending_bytes -= pending.bytes;
+                }
             }
         }
     }
@@ -406,5 +523,148 @@ mod tests {
         }
         let store = SessionStore::open(&path).unwrap();
         assert_eq!(store.load(&tenant, &alice, &session).unwrap().len(), 1);
+    }
+
+    fn interval_store(path: &Path) -> SessionStore {
+        SessionStore::new(
+            Store::open_with(path, crate::store::StoreSync::Interval(60_000)).unwrap(),
+        )
+    }
+
+    /// What the database holds, read through a second store on the same
+    /// file handle (its cache is empty, so every load reads the file).
+    fn committed(
+        store: &SessionStore,
+        tenant: &TenantId,
+        user: &UserId,
+        session: &SessionId,
+    ) -> usize {
+        SessionStore::new(store.store().clone())
+            .load(tenant, user, session)
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn write_behind_saves_read_back_at_once_and_commit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = interval_store(&dir.path().join("loom.redb"));
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        let other = SessionId::new("s2").unwrap();
+        let mut history = Vec::new();
+        for turn in 0..50 {
+            history.push(Message::user(format!("turn {turn}")));
+            store
+                .save(&tenant, &alice, &session, &history)
+                .await
+                .unwrap();
+            // The next turn reads what this one saved, committed or not.
+            assert_eq!(store.load(&tenant, &alice, &session).unwrap(), history);
+        }
+        store
+            .save(&tenant, &alice, &other, &[Message::user("other")])
+            .await
+            .unwrap();
+        let listed = store.user_sessions(&tenant, &alice).unwrap();
+        assert_eq!(listed.len(), 2, "pending saves are listed");
+        assert_eq!(listed[0], ("s1".to_owned(), history.clone()));
+        store.store().sync().await.unwrap();
+        // Committed: the newest version, and nothing left pending.
+        assert_eq!(committed(&store, &tenant, &alice, &session), 50);
+        assert_eq!(committed(&store, &tenant, &alice, &other), 1);
+        let cache = store.cache();
+        assert!(cache.pending.is_empty() && cache.pending_bytes == 0);
+    }
+
+    #[tokio::test]
+    async fn a_forget_drops_pending_saves_and_a_stale_save_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = interval_store(&dir.path().join("loom.redb"));
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let bob = UserId::named("bob").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        let forgotten = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale = {
+            let forgotten = forgotten.clone();
+            move || forgotten.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let saved = store
+            .save_unless(
+                &tenant,
+                &alice,
+                &session,
+                &[Message::user("hi")],
+                stale.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(saved);
+        store
+            .save(&tenant, &bob, &session, &[Message::user("bob's")])
+            .await
+            .unwrap();
+        // A forget of alice: flagged, then her cached and pending sessions
+        // dropped (as the forget's commit does on the writer thread).
+        forgotten.store(true, std::sync::atomic::Ordering::SeqCst);
+        store.uncache_user(&tenant, &alice)();
+        assert!(
+            store.cache().pending.keys().all(|(_, u, _)| u != "alice"),
+            "nothing of alice's is pending after the forget"
+        );
+        let refused = store
+            .save_unless(&tenant, &alice, &session, &[Message::user("late")], stale)
+            .await
+            .unwrap();
+        assert!(!refused, "a save after the forget writes nothing");
+        assert!(store.cache().pending.keys().all(|(_, u, _)| u != "alice"));
+        // Bob is untouched.
+        assert_eq!(store.load(&tenant, &bob, &session).unwrap().len(), 1);
+        store.store().sync().await.unwrap();
+        assert_eq!(committed(&store, &tenant, &bob, &session), 1);
+        let alices = SessionStore::new(store.store().clone())
+            .load(&tenant, &alice, &session)
+            .unwrap();
+        assert!(
+            !alices.contains(&Message::user("late")),
+            "the refused save never reaches the file"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_pending_cap_a_save_waits_for_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = interval_store(&dir.path().join("loom.redb"));
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("big").unwrap();
+        let big = vec![Message::user("x".repeat(PENDING_BYTES + 1))];
+        store.save(&tenant, &alice, &session, &big).await.unwrap();
+        // Over the cap: resolved only once committed.
+        assert_eq!(committed(&store, &tenant, &alice, &session), 1);
+        assert!(store.cache().pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_save_to_a_stopped_writer_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inner = Store::open_with(
+            &dir.path().join("loom.redb"),
+            crate::store::StoreSync::Interval(60_000),
+        )
+        .unwrap();
+        Arc::get_mut(&mut inner).unwrap().close_queue_for_test();
+        let store = SessionStore::new(inner);
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        let error = store
+            .save(&tenant, &alice, &session, &[Message::user("hi")])
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Closed), "{error}");
+        assert!(store.load(&tenant, &alice, &session).unwrap().is_empty());
     }
 }
