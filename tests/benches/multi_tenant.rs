@@ -57,10 +57,20 @@
 //! `telemetry` installs the `[telemetry]` file sink (every span and metric
 //! of every run as a JSON line, at level `info`) before the load starts.
 //!
-//! `passes=N` measures N steady passes (or pairs) per shape instead of 15:
-//! more passes, a steadier median on a noisy machine.
+//! `ladder` measures what each feature costs: one host per variant
+//! (`bare`, `sessions`, `budgets`, `all`), their passes interleaved in
+//! rounds (each round runs every variant once, starting from a different
+//! one), and for each variant the median over rounds of its CPU per turn
+//! minus `bare`'s and minus the variant before it in the same round. As
+//! with `journal-ab`, these are the numbers to trust on a noisy machine.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose] [passes=N]`
+//! `store-fsync-ms=N` makes the store fsync every N ms instead of 100
+//! (commits are visible at once either way; see `[store] fsync`).
+//!
+//! `passes=N` measures N steady passes (or pairs, or rounds) per shape
+//! instead of 15: more passes, a steadier median on a noisy machine.
+//!
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose] [ladder] [store-fsync-ms=N] [passes=N]`
 
 use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
@@ -304,71 +314,54 @@ fn main() {
     let journal = std::env::args().skip(1).any(|a| a == "journal");
     let journal_ab = std::env::args().skip(1).any(|a| a == "journal-ab");
     let telemetry = std::env::args().skip(1).any(|a| a == "telemetry");
+    let ladder = std::env::args().skip(1).any(|a| a == "ladder");
+    let store_fsync_ms = std::env::args()
+        .skip(1)
+        .find_map(|a| a.strip_prefix("store-fsync-ms=").map(str::to_owned))
+        .map_or(100, |n| n.parse::<u64>().expect("store-fsync-ms=N"));
     let sessions = variant != "bare";
-    let budgets = variant == "budgets" || variant == "all";
-    let audit = variant == "all";
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let env = TestEnv::new();
+    if ladder {
+        println!(
+            "governance ladder: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; \
+             one host per variant (bare, sessions, budgets, all), store fsync every {store_fsync_ms} ms, passes interleaved"
+        );
+        let hosts: Vec<(&str, TestEnv, Agent)> = VARIANTS
+            .iter()
+            .map(|&variant| {
+                let (env, host) = governed_host(&rt, variant, false, store_fsync_ms);
+                let mut builder = Agent::builder("Report who you serve.").host(host.clone());
+                if variant != "bare" {
+                    builder = builder.sessions(host.sessions());
+                }
+                (variant, env, Kind::React1.agent(builder))
+            })
+            .collect();
+        for (users, turns) in shapes {
+            ladder_shape(&rt, &hosts, users, turns);
+        }
+        return;
+    }
+    let budgets = variant == "budgets" || variant == "all";
+    let audit = variant == "all";
+    let telemetry_dir = TestEnv::new();
     // Kept for the whole bench: dropping it flushes the file.
     let _telemetry = telemetry.then(|| {
         loom_host::telemetry::install(
             &loom_host::telemetry::TelemetryConfig {
                 console: false,
-                file: Some(env.path().join("telemetry.jsonl")),
+                file: Some(telemetry_dir.path().join("telemetry.jsonl")),
                 ..Default::default()
             },
             0,
         )
         .expect("telemetry")
     });
-    env.add_plugin(components::ARCH_REACT, "react", None);
-    env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
-    if compose {
-        env.add_plugin(components::ARCH_ROUTER, "router", None);
-        env.add_plugin(components::ARCH_SUPERVISOR, "supervisor", None);
-    }
-    let governance = |t: usize| {
-        if !budgets {
-            return String::new();
-        }
-        format!(
-            "[tenants.t{t}.budgets]\ncost_usd_per_month = 1000000.0\n\
-             [tenants.t{t}.user_budgets]\ntokens_per_day = 100000000\ntool_calls_per_run = 20\n\
-             [tenants.t{t}.permissions]\nmode = \"default\"\ndeny = [\"shell_*\"]\n\
-             [tenants.t{t}.user_rate_limits]\nruns_per_minute = 100000\nmodel_calls_per_minute = 100000\n"
-        )
-    };
-    let tenants: String = (0..TENANTS)
-        .map(|t| format!("[tenants.t{t}]\n{}", governance(t)))
-        .collect();
-    let audit_section = if audit {
-        std::fs::write(env.path().join("audit.key"), "bench-audit-key-0123456789").expect("key");
-        "[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nfsync = \"interval\"\nfsync_interval_ms = 1000\n"
-    } else {
-        ""
-    };
-    // Sessions and counters are committed at once and fsynced every 100 ms
-    // (a crash may lose that much; `fsync = "always"` is the default).
-    let store_fsync_ms = std::env::args()
-        .skip(1)
-        .find_map(|a| a.strip_prefix("store-fsync-ms=").map(str::to_owned))
-        .map_or(100, |n| n.parse::<u64>().expect("store-fsync-ms=N"));
-    let store_section =
-        format!("[store]\nfsync = \"interval\"\nfsync_interval_ms = {store_fsync_ms}\n");
-    // The sub-agent of the composed turns: ReAct with `run_context`, on the
-    // delegating agent's model.
-    let agents_section = if compose {
-        "[agents.worker]\ninstructions = \"Report who you serve.\"\narchitecture = \"react\"\ntools = [\"run_context\"]\n"
-    } else {
-        ""
-    };
-    let host = Arc::new(rt.block_on(env.host(&format!(
-        "{audit_section}{store_section}{agents_section}[engine]\nmax_instances = 2000\n{tenants}"
-    ))));
+    let (_env, host) = governed_host(&rt, &variant, compose, store_fsync_ms);
     let base_with = |journal: bool| {
         let mut builder = Agent::builder("Report who you serve.").host(host.clone());
         if sessions {
@@ -429,6 +422,116 @@ fn main() {
             steady_passes(),
             steady[0].throughput(),
             steady[steady.len() - 1].throughput(),
+        );
+    }
+}
+
+/// The governance variants, cheapest first.
+const VARIANTS: [&str; 4] = ["bare", "sessions", "budgets", "all"];
+
+/// A host in a directory of its own with `variant`'s governance: `budgets`
+/// and `all` configure budgets, permissions and rate limits for every
+/// tenant, `all` the audit log too; `compose` adds the router, the
+/// supervisor and the named agent `worker`. The store commits at once and
+/// fsyncs every `store_fsync_ms`.
+fn governed_host(
+    rt: &tokio::runtime::Runtime,
+    variant: &str,
+    compose: bool,
+    store_fsync_ms: u64,
+) -> (TestEnv, Arc<loom_host::Host>) {
+    let budgets = variant == "budgets" || variant == "all";
+    let audit = variant == "all";
+    let env = TestEnv::new();
+    env.add_plugin(components::ARCH_REACT, "react", None);
+    env.add_plugin(components::TOOL_RUN_CONTEXT, "run-context", None);
+    if compose {
+        env.add_plugin(components::ARCH_ROUTER, "router", None);
+        env.add_plugin(components::ARCH_SUPERVISOR, "supervisor", None);
+    }
+    let governance = |t: usize| {
+        if !budgets {
+            return String::new();
+        }
+        format!(
+            "[tenants.t{t}.budgets]\ncost_usd_per_month = 1000000.0\n\
+             [tenants.t{t}.user_budgets]\ntokens_per_day = 100000000\ntool_calls_per_run = 20\n\
+             [tenants.t{t}.permissions]\nmode = \"default\"\ndeny = [\"shell_*\"]\n\
+             [tenants.t{t}.user_rate_limits]\nruns_per_minute = 100000\nmodel_calls_per_minute = 100000\n"
+        )
+    };
+    let tenants: String = (0..TENANTS)
+        .map(|t| format!("[tenants.t{t}]\n{}", governance(t)))
+        .collect();
+    let audit_section = if audit {
+        std::fs::write(env.path().join("audit.key"), "bench-audit-key-0123456789").expect("key");
+        "[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nfsync = \"interval\"\nfsync_interval_ms = 1000\n"
+    } else {
+        ""
+    };
+    // Sessions and counters are committed at once and fsynced every
+    // `store_fsync_ms` (a crash may lose that much; `fsync = "always"` is
+    // the default).
+    let store_section =
+        format!("[store]\nfsync = \"interval\"\nfsync_interval_ms = {store_fsync_ms}\n");
+    // The sub-agent of the composed turns: ReAct with `run_context`, on the
+    // delegating agent's model.
+    let agents_section = if compose {
+        "[agents.worker]\ninstructions = \"Report who you serve.\"\narchitecture = \"react\"\ntools = [\"run_context\"]\n"
+    } else {
+        ""
+    };
+    let host = Arc::new(rt.block_on(env.host(&format!(
+        "{audit_section}{store_section}{agents_section}[engine]\nmax_instances = 2000\n{tenants}"
+    ))));
+    (env, host)
+}
+
+/// One shape of the `ladder` mode: a first pass of each variant, then
+/// [`steady_passes`] rounds, each running every variant once, starting
+/// from a different one each round.
+fn ladder_shape(
+    rt: &tokio::runtime::Runtime,
+    hosts: &[(&str, TestEnv, Agent)],
+    users: usize,
+    turns: usize,
+) {
+    for (variant, _, agent) in hosts {
+        let first = rt.block_on(load(agent, Kind::React1, users, turns, 0));
+        println!("{users} users x {turns} turns, {variant} (first pass): {first}");
+    }
+    let mut rounds: Vec<Vec<Report>> = Vec::new();
+    for pass in 0..steady_passes() {
+        let mut round: Vec<Option<Report>> = hosts.iter().map(|_| None).collect();
+        for step in 0..hosts.len() {
+            let i = (pass + step) % hosts.len();
+            round[i] = Some(rt.block_on(load(&hosts[i].2, Kind::React1, users, turns, pass + 1)));
+        }
+        rounds.push(round.into_iter().flatten().collect());
+    }
+    let cpu = |r: &Report| r.cpu_per_turn().as_secs_f64() * 1e6;
+    for (i, (variant, _, _)) in hosts.iter().enumerate() {
+        let mut throughput: Vec<f64> = rounds.iter().map(|r| r[i].throughput()).collect();
+        let mut cpus: Vec<f64> = rounds.iter().map(|r| cpu(&r[i])).collect();
+        let mut p50: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[i].p50.as_secs_f64() * 1e3)
+            .collect();
+        let mut over_bare: Vec<f64> = rounds.iter().map(|r| cpu(&r[i]) - cpu(&r[0])).collect();
+        let mut over_previous: Vec<f64> = rounds
+            .iter()
+            .map(|r| cpu(&r[i]) - cpu(&r[i.saturating_sub(1)]))
+            .collect();
+        let violations: usize = rounds.iter().map(|r| r[i].violations).sum();
+        println!(
+            "{users} users x {turns} turns, {variant:>8}, steady, median of {} rounds: {:.0} turns/s, \
+             {:.0} µs CPU per turn ({:+.0} µs over bare, {:+.0} µs over the step before), p50 {:.2} ms; violations {violations}",
+            steady_passes(),
+            median(&mut throughput),
+            median(&mut cpus),
+            median(&mut over_bare),
+            median(&mut over_previous),
+            median(&mut p50),
         );
     }
 }

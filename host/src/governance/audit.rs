@@ -384,7 +384,8 @@ fn head_tmp_path(path: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------
 
 enum Msg {
-    Record(AuditRecord),
+    /// A record's fields after `ts`, rendered by [`render_body`].
+    Record(Vec<u8>),
     Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
@@ -571,14 +572,14 @@ impl AuditLog {
             let mut data = serde_json::Map::new();
             data.insert("dropped_bytes".to_owned(), Value::from(dropped));
             // The receiver is alive: it is right here.
-            let _ = tx.send(Msg::Record(AuditRecord {
+            let _ = tx.send(Msg::Record(render_body(&AuditRecord {
                 tenant: "*".to_owned(),
                 user: None,
                 run: None,
                 action: "log_recovered",
                 actor: "system".to_owned(),
                 data: Value::Object(data),
-            }));
+            })));
         }
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -603,9 +604,23 @@ impl AuditLog {
 
     /// Queue `record`; never blocks on I/O, never fails (a writer failure is
     /// logged with tracing::error and reported by the next flush()).
+    ///
+    /// The record is rendered here, on the caller's thread, into the one
+    /// buffer the writer sequences and signs: the writer's thread frees one
+    /// allocation per entry, not the record's every string and value.
     pub fn record(&self, record: AuditRecord) {
+        self.queue(render_body(&record));
+    }
+
+    /// [`Self::record`] from borrowed fields (nothing is copied but into
+    /// the rendered entry).
+    pub fn record_fields(&self, fields: RecordFields<'_>) {
+        self.queue(render_fields(fields));
+    }
+
+    fn queue(&self, body: Vec<u8>) {
         let sent = match &self.inner.tx {
-            Some(tx) => tx.send(Msg::Record(record)).is_ok(),
+            Some(tx) => tx.send(Msg::Record(body)).is_ok(),
             None => false,
         };
         if !sent && !self.inner.reported_stop.swap(true, Ordering::Relaxed) {
@@ -760,11 +775,11 @@ impl Writer {
         let mut dropped = 0u64;
         for msg in batch.drain(..) {
             match msg {
-                Msg::Record(record) => {
+                Msg::Record(body) => {
                     if self.poisoned.is_some() {
                         dropped += 1;
                     } else {
-                        self.append(&record, &ts);
+                        self.append(&body, &ts);
                     }
                 }
                 Msg::Flush(waiter) => waiters.push(waiter),
@@ -826,8 +841,9 @@ impl Writer {
         self.ts_cache.1.clone()
     }
 
-    /// Sequence `record`, MAC it and add its line to `buf`.
-    fn append(&mut self, record: &AuditRecord, ts: &str) {
+    /// Sequence the record rendered as `body` ([`render_body`]), MAC it
+    /// and add its line to `buf`.
+    fn append(&mut self, body: &[u8], ts: &str) {
         let seq = self.next_seq;
         let b = &mut self.buf;
         let start = b.len();
@@ -835,26 +851,7 @@ impl Writer {
         push_u64(b, seq);
         b.extend_from_slice(b",\"ts\":");
         push_str(b, ts);
-        b.extend_from_slice(b",\"tenant\":");
-        push_str(b, &record.tenant);
-        b.extend_from_slice(b",\"user\":");
-        push_opt_str(b, record.user.as_deref());
-        b.extend_from_slice(b",\"run\":");
-        push_opt_str(b, record.run.as_deref());
-        b.extend_from_slice(b",\"action\":");
-        push_str(b, record.action);
-        b.extend_from_slice(b",\"actor\":");
-        push_str(b, &record.actor);
-        b.extend_from_slice(b",\"data\":");
-        match &record.data {
-            Value::Object(_) => push_value(b, &record.data, 1),
-            Value::Null => b.extend_from_slice(b"{}"),
-            other => {
-                b.extend_from_slice(b"{\"value\":");
-                push_value(b, other, 2);
-                b.push(b'}');
-            }
-        }
+        b.extend_from_slice(body);
         b.extend_from_slice(b",\"prev\":\"");
         b.extend_from_slice(&self.prev);
         b.push(b'"');
@@ -1435,6 +1432,62 @@ fn unhex32(hex: &[u8; 64]) -> [u8; 32] {
         *byte = (nibble(pair[0]) << 4) | (nibble(pair[1]) & 0x0f);
     }
     out
+}
+
+/// The fields of `record` as its line holds them after `ts`: `,"tenant":…`
+/// through `,"data":{…}`, in canonical form.
+fn render_body(record: &AuditRecord) -> Vec<u8> {
+    render_fields(RecordFields {
+        tenant: &record.tenant,
+        user: record.user.as_deref(),
+        run: record.run.as_deref(),
+        action: record.action,
+        actor: &record.actor,
+        data: &record.data,
+    })
+}
+
+/// An [`AuditRecord`]'s fields, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    /// The tenant the event belongs to (`"*"` for the host itself).
+    pub tenant: &'a str,
+    /// The user, or `None` when anonymous.
+    pub user: Option<&'a str>,
+    /// The run, or `None` outside a run.
+    pub run: Option<&'a str>,
+    /// What happened.
+    pub action: &'static str,
+    /// Who did it.
+    pub actor: &'a str,
+    /// The payload, as [`AuditRecord::data`].
+    pub data: &'a Value,
+}
+
+/// [`render_body`] from borrowed fields.
+fn render_fields(fields: RecordFields<'_>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(b",\"tenant\":");
+    push_str(&mut b, fields.tenant);
+    b.extend_from_slice(b",\"user\":");
+    push_opt_str(&mut b, fields.user);
+    b.extend_from_slice(b",\"run\":");
+    push_opt_str(&mut b, fields.run);
+    b.extend_from_slice(b",\"action\":");
+    push_str(&mut b, fields.action);
+    b.extend_from_slice(b",\"actor\":");
+    push_str(&mut b, fields.actor);
+    b.extend_from_slice(b",\"data\":");
+    match fields.data {
+        Value::Object(_) => push_value(&mut b, fields.data, 1),
+        Value::Null => b.extend_from_slice(b"{}"),
+        other => {
+            b.extend_from_slice(b"{\"value\":");
+            push_value(&mut b, other, 2);
+            b.push(b'}');
+        }
+    }
+    b
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {

@@ -216,13 +216,14 @@ impl Governance {
         data: serde_json::Value,
     ) {
         if let Some(audit) = &self.audit {
-            audit.record(AuditRecord {
-                tenant: scope.tenant.to_string(),
-                user: scope.user.name().map(str::to_owned),
-                run: Some(scope.run.to_string()),
+            let run = scope.run.to_string();
+            audit.record_fields(audit::RecordFields {
+                tenant: scope.tenant.as_str(),
+                user: scope.user.name(),
+                run: Some(&run),
                 action,
-                actor: actor.to_owned(),
-                data,
+                actor,
+                data: &data,
             });
         }
     }

@@ -36,51 +36,94 @@ pub const CACHE_BYTES: usize = 64 << 20;
 /// their runs waiting too (`[store] fsync = "interval"` only).
 pub const PENDING_BYTES: usize = 32 << 20;
 
-/// A session's key: (tenant, user, session).
-type Key = (String, String, String);
+/// A session's key in memory: tenant, user and session joined by `\n`
+/// (which no id contains), shared by the map and the eviction order.
+type Key = Arc<str>;
 
-/// Sessions recently saved, oldest first in `order`, and the saves still
-/// waiting for their commit.
+/// A session held in memory.
+struct Entry {
+    messages: Arc<Vec<Message>>,
+    /// Its stored size.
+    bytes: usize,
+    /// Its place in the eviction order.
+    stamp: u64,
+    /// The ticket of its save while that save waits for its commit (a
+    /// later save of the session gets a greater one); a pending entry is
+    /// never evicted.
+    pending: Option<u64>,
+}
+
+/// Sessions recently saved, oldest first in `order`; some still waiting
+/// for their commit.
 #[derive(Default)]
 struct Cache {
-    entries: HashMap<Key, (Arc<Vec<Message>>, usize, u64)>,
+    entries: HashMap<Key, Entry>,
     order: VecDeque<(Key, u64)>,
+    /// Bytes of every entry.
     bytes: usize,
-    stamp: u64,
-    /// The newest save of each session that is queued but not committed:
-    /// messages, size, ticket.
-    pending: HashMap<Key, Pending>,
-    /// Bytes held by `pending`.
+    /// Bytes of the pending entries.
     pending_bytes: usize,
+    stamp: u64,
     /// The last ticket handed to a pending save.
     ticket: u64,
 }
 
-/// A queued save: its messages, their stored size, and its ticket (a
-/// later save of the same session has a greater one).
-struct Pending {
-    messages: Arc<Vec<Message>>,
-    bytes: usize,
-    ticket: u64,
-}
-
 impl Cache {
-    fn insert(&mut self, key: Key, messages: Arc<Vec<Message>>, bytes: usize) {
+    /// Hold `messages` as the newest version of `key`; pending (with a new
+    /// ticket, returned) until its commit when `pending`.
+    fn insert(
+        &mut self,
+        key: Key,
+        messages: Arc<Vec<Message>>,
+        bytes: usize,
+        pending: bool,
+    ) -> u64 {
         self.stamp += 1;
         let stamp = self.stamp;
-        if let Some((_, old, _)) = self.entries.insert(key.clone(), (messages, bytes, stamp)) {
-            self.bytes -= old;
+        let ticket = if pending {
+            self.ticket += 1;
+            self.pending_bytes += bytes;
+            Some(self.ticket)
+        } else {
+            None
+        };
+        let entry = Entry {
+            messages,
+            bytes,
+            stamp,
+            pending: ticket,
+        };
+        if let Some(old) = self.entries.insert(key.clone(), entry) {
+            self.forget_bytes(&old);
         }
         self.bytes += bytes;
         self.order.push_back((key, stamp));
-        while self.bytes > CACHE_BYTES {
+        self.evict();
+        ticket.unwrap_or(0)
+    }
+
+    fn forget_bytes(&mut self, entry: &Entry) {
+        self.bytes -= entry.bytes;
+        if entry.pending.is_some() {
+            self.pending_bytes -= entry.bytes;
+        }
+    }
+
+    /// Drop the oldest committed entries while over [`CACHE_BYTES`];
+    /// pending ones go to the back of the order instead.
+    fn evict(&mut self) {
+        let mut skipped = 0;
+        while self.bytes > CACHE_BYTES && skipped < self.order.len() {
             let Some((oldest, stamp)) = self.order.pop_front() else {
                 break;
             };
-            if self.entries.get(&oldest).is_some_and(|e| e.2 == stamp)
-                && let Some((_, size, _)) = self.entries.remove(&oldest)
-            {
-                self.bytes -= size;
+            match self.entries.get(&oldest) {
+                Some(entry) if entry.stamp == stamp && entry.pending.is_some() => {
+                    self.order.push_back((oldest, stamp));
+                    skipped += 1;
+                }
+                Some(entry) if entry.stamp == stamp => self.remove(&oldest),
+                _ => {}
             }
         }
         // Superseded stamps pile up in `order` when one session is saved
@@ -88,51 +131,40 @@ impl Cache {
         if self.order.len() > 2 * self.entries.len() + 64 {
             let entries = &self.entries;
             self.order
-                .retain(|(key, stamp)| entries.get(key).is_some_and(|e| e.2 == *stamp));
+                .retain(|(key, stamp)| entries.get(key).is_some_and(|e| e.stamp == *stamp));
         }
     }
 
-    fn remove(&mut self, key: &Key) {
-        if let Some((_, size, _)) = self.entries.remove(key) {
-            self.bytes -= size;
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.entries.remove(key) {
+            self.forget_bytes(&old);
         }
     }
 
-    /// Hold `messages` as the newest save of `key` until it commits;
-    /// returns its ticket.
-    fn hold(&mut self, key: Key, messages: Arc<Vec<Message>>, bytes: usize) -> u64 {
-        self.ticket += 1;
-        let ticket = self.ticket;
-        self.pending_bytes += bytes;
-        let held = Pending {
-            messages,
-            bytes,
-            ticket,
+    /// The pending save of `key` with `ticket` committed (`Ok(true)`),
+    /// wrote nothing (`Ok(false)`, stale) or failed (`Err`). Whether it
+    /// was still the newest version of its session.
+    fn settle(&mut self, key: &str, ticket: u64, committed: Result<bool, ()>) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
         };
-        if let Some(old) = self.pending.insert(key, held) {
-            self.pending_bytes -= old.bytes;
-        }
-        ticket
-    }
-
-    /// Stop holding the save of `key` with `ticket`; whether it was the
-    /// newest (a later save of the session is still held otherwise).
-    fn release(&mut self, key: &Key, ticket: u64) -> bool {
-        if self.pending.get(key).is_none_or(|p| p.ticket != ticket) {
+        if entry.pending != Some(ticket) {
             return false;
         }
-        if let Some(old) = self.pending.remove(key) {
-            self.pending_bytes -= old.bytes;
+        match committed {
+            Ok(true) => {
+                entry.pending = None;
+                self.pending_bytes -= entry.bytes;
+            }
+            // What the database holds is older: read it from there.
+            Ok(false) | Err(()) => self.remove(key),
         }
         true
     }
 
-    /// The newest version of `key` in memory: pending first.
-    fn newest(&self, key: &Key) -> Option<&Arc<Vec<Message>>> {
-        match self.pending.get(key) {
-            Some(pending) => Some(&pending.messages),
-            None => self.entries.get(key).map(|(messages, _, _)| messages),
-        }
+    /// The newest version of `key` in memory.
+    fn newest(&self, key: &str) -> Option<&Arc<Vec<Message>>> {
+        self.entries.get(key).map(|entry| &entry.messages)
     }
 }
 
@@ -147,12 +179,28 @@ pub struct SessionStore {
     cache: Arc<Mutex<Cache>>,
 }
 
-fn key(tenant: &TenantId, user: &UserId, session: &SessionId) -> Key {
-    (
-        tenant.as_str().to_owned(),
-        user_key(user).to_owned(),
-        session.as_str().to_owned(),
-    )
+fn key(tenant: &TenantId, user: &UserId, session: &SessionId) -> String {
+    let (tenant, user, session) = (tenant.as_str(), user_key(user), session.as_str());
+    let mut key = String::with_capacity(tenant.len() + user.len() + session.len() + 2);
+    for (i, part) in [tenant, user, session].into_iter().enumerate() {
+        if i > 0 {
+            key.push('\n');
+        }
+        key.push_str(part);
+    }
+    key
+}
+
+/// The database row of a [`key`]: (tenant, user, session).
+fn row(key: &str) -> (&str, &str, &str) {
+    let mut parts = key.splitn(3, '\n');
+    let mut next = || parts.next().unwrap_or_default();
+    (next(), next(), next())
+}
+
+/// The start of every [`key`] of (tenant, user).
+fn user_prefix(tenant: &str, user: &str) -> String {
+    format!("{tenant}\n{user}\n")
 }
 
 pub(crate) fn user_key(user: &UserId) -> &str {
@@ -209,9 +257,7 @@ impl SessionStore {
         let Some(table) = super::read_table(&txn, SESSIONS)? else {
             return Ok(Vec::new());
         };
-        let found = table
-            .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
-            .map_err(io)?;
+        let found = table.get(row(&key)).map_err(io)?;
         match found {
             None => Ok(Vec::new()),
             Some(value) => serde_json::from_slice(value.value())
@@ -259,7 +305,7 @@ impl SessionStore {
         stale: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(messages).map_err(io)?;
-        let key = key(tenant, user, session);
+        let key: Key = key(tenant, user, session).into();
         let size = bytes.len();
         let saved = Arc::new(messages.to_vec());
         // Held in memory until it commits: checked and held under the cache
@@ -272,11 +318,11 @@ impl SessionStore {
                 if stale() {
                     return Ok(false);
                 }
-                let ticket = cache.hold(key.clone(), saved.clone(), size);
+                let ticket = cache.insert(key.clone(), saved.clone(), size, true);
                 Some((ticket, cache.pending_bytes > PENDING_BYTES))
             }
         };
-        let row = key.clone();
+        let in_op = key.clone();
         let skipped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let skipped_in_op = skipped.clone();
         let op: super::WriteOp = Box::new(move |txn| {
@@ -286,12 +332,7 @@ impl SessionStore {
             }
             skipped_in_op.store(false, std::sync::atomic::Ordering::Relaxed);
             let mut table = txn.open_table(SESSIONS).map_err(io)?;
-            table
-                .insert(
-                    (row.0.as_str(), row.1.as_str(), row.2.as_str()),
-                    bytes.as_slice(),
-                )
-                .map_err(io)?;
+            table.insert(row(&in_op), bytes.as_slice()).map_err(io)?;
             Ok(())
         });
         // The writer runs this after the commit, in commit order.
@@ -305,13 +346,21 @@ impl SessionStore {
                     Ok(guard) => guard,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                // A later pending save of the session supersedes this one.
-                let newest = ticket.is_none_or(|(ticket, _)| cache.release(&key, ticket));
-                match &result {
-                    Ok(()) if skipped_after.load(std::sync::atomic::Ordering::Relaxed) => {}
-                    Ok(()) if newest => cache.insert(key, saved, size),
-                    Ok(()) => {}
-                    Err(_) => cache.remove(&key),
+                let written = match &result {
+                    Ok(()) => Ok(!skipped_after.load(std::sync::atomic::Ordering::Relaxed)),
+                    Err(_) => Err(()),
+                };
+                match (ticket, written) {
+                    // Pending: it is committed now, unless a later save of
+                    // the session superseded it.
+                    (Some((ticket, _)), written) => {
+                        cache.settle(&key, ticket, written);
+                    }
+                    (None, Ok(true)) => {
+                        cache.insert(key, saved, size, false);
+                    }
+                    (None, Ok(false)) => {}
+                    (None, Err(())) => cache.remove(&key),
                 }
                 drop(cache);
                 let _ = done.send(result);
@@ -344,16 +393,13 @@ impl SessionStore {
         user: &UserId,
         session: &SessionId,
     ) -> Result<bool, StoreError> {
-        let key = key(tenant, user, session);
-        let row = key.clone();
+        let key: Key = key(tenant, user, session).into();
+        let in_op = key.clone();
         let existed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let existed_in_op = existed.clone();
         let op: super::WriteOp = Box::new(move |txn| {
             let mut table = txn.open_table(SESSIONS).map_err(io)?;
-            let removed = table
-                .remove((row.0.as_str(), row.1.as_str(), row.2.as_str()))
-                .map_err(io)?
-                .is_some();
+            let removed = table.remove(row(&in_op)).map_err(io)?.is_some();
             existed_in_op.store(removed, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         });
@@ -362,7 +408,11 @@ impl SessionStore {
         self.store.write_then(
             op,
             Box::new(move |result| {
-                if let Ok(mut cache) = cache.lock() {
+                // A save queued before the delete has committed by now; one
+                // queued after it is still pending and stays.
+                if let Ok(mut cache) = cache.lock()
+                    && cache.entries.get(&key).is_some_and(|e| e.pending.is_none())
+                {
                     cache.remove(&key);
                 }
                 let _ = done.send(result);
@@ -423,13 +473,11 @@ impl SessionStore {
         }
         // Saves still pending, and any committed since the read began (the
         // cache never holds a version older than the database's).
+        let prefix = user_prefix(tenant, user);
         let cache = self.cache();
-        for key @ (t, u, session) in cache.pending.keys().chain(cache.entries.keys()) {
-            if t == tenant
-                && u == user
-                && let Some(messages) = cache.newest(key)
-            {
-                out.insert(session.clone(), messages.as_ref().clone());
+        for (key, entry) in &cache.entries {
+            if let Some(session) = key.strip_prefix(prefix.as_str()) {
+                out.insert(session.to_owned(), entry.messages.as_ref().clone());
             }
         }
         Ok(out.into_iter().collect())
@@ -443,7 +491,7 @@ impl SessionStore {
         user: &UserId,
     ) -> impl FnOnce() + Send + use<> {
         let cache = self.cache.clone();
-        let (tenant, user) = (tenant.as_str().to_owned(), user_key(user).to_owned());
+        let prefix = user_prefix(tenant.as_str(), user_key(user));
         move || {
             let mut cache = match cache.lock() {
                 Ok(guard) => guard,
@@ -452,15 +500,11 @@ impl SessionStore {
             let doomed: Vec<Key> = cache
                 .entries
                 .keys()
-                .chain(cache.pending.keys())
-                .filter(|(t, u, _)| *t == tenant && *u == user)
+                .filter(|key| key.starts_with(prefix.as_str()))
                 .cloned()
                 .collect();
             for key in doomed {
                 cache.remove(&key);
-                if let Some(pending) = cache.pending.remove(&key) {
-                    cache.pending_bytes -= pending.bytes;
-                }
             }
         }
     }
@@ -575,7 +619,8 @@ mod tests {
         assert_eq!(committed(&store, &tenant, &alice, &session), 50);
         assert_eq!(committed(&store, &tenant, &alice, &other), 1);
         let cache = store.cache();
-        assert!(cache.pending.is_empty() && cache.pending_bytes == 0);
+        assert!(cache.entries.values().all(|e| e.pending.is_none()));
+        assert_eq!(cache.pending_bytes, 0);
     }
 
     #[tokio::test]
@@ -611,15 +656,25 @@ mod tests {
         forgotten.store(true, std::sync::atomic::Ordering::SeqCst);
         store.uncache_user(&tenant, &alice)();
         assert!(
-            store.cache().pending.keys().all(|(_, u, _)| u != "alice"),
-            "nothing of alice's is pending after the forget"
+            store
+                .cache()
+                .entries
+                .keys()
+                .all(|k| !k.starts_with("acme\nalice\n")),
+            "nothing of alice's is held after the forget"
         );
         let refused = store
             .save_unless(&tenant, &alice, &session, &[Message::user("late")], stale)
             .await
             .unwrap();
         assert!(!refused, "a save after the forget writes nothing");
-        assert!(store.cache().pending.keys().all(|(_, u, _)| u != "alice"));
+        assert!(
+            store
+                .cache()
+                .entries
+                .keys()
+                .all(|k| !k.starts_with("acme\nalice\n"))
+        );
         // Bob is untouched.
         assert_eq!(store.load(&tenant, &bob, &session).unwrap().len(), 1);
         store.store().sync().await.unwrap();
@@ -644,7 +699,7 @@ mod tests {
         store.save(&tenant, &alice, &session, &big).await.unwrap();
         // Over the cap: resolved only once committed.
         assert_eq!(committed(&store, &tenant, &alice, &session), 1);
-        assert!(store.cache().pending.is_empty());
+        assert_eq!(store.cache().pending_bytes, 0);
     }
 
     #[tokio::test]
@@ -666,5 +721,50 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, StoreError::Closed), "{error}");
         assert!(store.load(&tenant, &alice, &session).unwrap().is_empty());
+    }
+
+    #[test]
+    fn eviction_skips_pending_sessions() {
+        let mut cache = Cache::default();
+        let half = CACHE_BYTES / 2 + 1;
+        let messages = Arc::new(vec![Message::user("m")]);
+        let a = cache.insert("t\nu\na".into(), messages.clone(), half, true);
+        cache.insert("t\nu\nb".into(), messages.clone(), half, true);
+        // Over the cap, but both wait for their commits: both stay.
+        assert!(cache.newest("t\nu\na").is_some() && cache.newest("t\nu\nb").is_some());
+        assert_eq!(cache.pending_bytes, 2 * half);
+        assert!(cache.settle("t\nu\na", a, Ok(true)));
+        assert_eq!(cache.pending_bytes, half);
+        cache.insert("t\nu\nc".into(), messages, 1, false);
+        // `a` committed and is the oldest: it goes; pending `b` stays.
+        assert!(cache.newest("t\nu\na").is_none());
+        assert!(cache.newest("t\nu\nb").is_some() && cache.newest("t\nu\nc").is_some());
+        assert_eq!(cache.bytes, half + 1);
+    }
+
+    #[tokio::test]
+    async fn a_delete_keeps_a_save_queued_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = interval_store(&dir.path().join("loom.redb"));
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        store
+            .save(&tenant, &alice, &session, &[Message::user("old")])
+            .await
+            .unwrap();
+        let deleting = store.delete(&tenant, &alice, &session);
+        let again = [Message::user("new")];
+        let (deleted, saved) = tokio::join!(deleting, async {
+            // Queued behind the delete (the delete queues on first poll).
+            tokio::task::yield_now().await;
+            store.save(&tenant, &alice, &session, &again).await
+        });
+        assert!(deleted.unwrap());
+        saved.unwrap();
+        assert_eq!(store.load(&tenant, &alice, &session).unwrap(), again);
+        store.store().sync().await.unwrap();
+        assert_eq!(committed(&store, &tenant, &alice, &session), 1);
+        assert_eq!(store.load(&tenant, &alice, &session).unwrap(), again);
     }
 }
