@@ -1439,12 +1439,18 @@ async fn execute_inner(
     };
     // A stopped run is interrupted, whatever the architecture made of it.
     let interrupted = governor.stopped().or(interrupted);
+    // Shared with the session cache from here on, not copied.
+    let history = std::sync::Arc::new(history);
     if let Some((store, session)) = &session_key {
         let guard = forget_guard.clone();
         let saved = store
-            .save_unless(&scope.tenant, &scope.user, session, &history, move || {
-                !guard.holds()
-            })
+            .save_shared(
+                &scope.tenant,
+                &scope.user,
+                session,
+                history.clone(),
+                move || !guard.holds(),
+            )
             .await;
         if let Err(error) = saved {
             closer.close().await;

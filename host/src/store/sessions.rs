@@ -4,7 +4,7 @@
 //!
 //! Recently saved sessions are also kept in memory (up to [`CACHE_BYTES`]
 //! of them): a user's next turn reads its history without a read
-//! transaction or JSON decoding. The cache is filled only by the writer
+//! transaction or decoding. The cache is filled only by the writer
 //! thread, in commit order, after a save committed, and a failed save
 //! removes its session; a load that misses reads the database and caches
 //! nothing. So the cache never holds a version the database does not, nor
@@ -22,17 +22,18 @@
 //! reported by the next [`Store::sync`].
 
 use super::{Store, StoreError, StoreSync, io};
-use crate::model::Message;
+use crate::model::{Message, Role, ToolCall};
 use crate::tenancy::ids::{SessionId, TenantId, UserId};
 use redb::{ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// Bytes of sessions (as stored JSON) kept in memory.
+/// Bytes of sessions (as stored) kept in memory.
 pub const CACHE_BYTES: usize = 64 << 20;
 
-/// Bytes of saves (as stored JSON) that may wait for their commit without
+/// Bytes of saves (as stored) that may wait for their commit without
 /// their runs waiting too (`[store] fsync = "interval"` only).
 pub const PENDING_BYTES: usize = 32 << 20;
 
@@ -168,7 +169,79 @@ impl Cache {
     }
 }
 
-/// (tenant, user — empty for the anonymous user, session) → JSON messages.
+/// The first byte of a session stored in the compact encoding (postcard).
+/// A session stored as JSON, as earlier versions did, starts with `[` and
+/// is still read; the next save rewrites it compactly.
+const COMPACT: u8 = 0x01;
+
+/// A message as the compact encoding stores it: every field, always (an
+/// encoding that does not describe itself cannot skip one).
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    role: Role,
+    content: &'a str,
+    name: Option<&'a str>,
+    tool_call_id: Option<&'a str>,
+    tool_calls: &'a [ToolCall],
+}
+
+/// [`StoredRef`], read back.
+#[derive(Deserialize)]
+struct Stored {
+    role: Role,
+    content: String,
+    name: Option<String>,
+    tool_call_id: Option<String>,
+    tool_calls: Vec<ToolCall>,
+}
+
+/// Messages serialized as a sequence of [`StoredRef`], without copying.
+struct StoredSeq<'a>(&'a [Message]);
+
+impl Serialize for StoredSeq<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|m| StoredRef {
+            role: m.role,
+            content: &m.content,
+            name: m.name.as_deref(),
+            tool_call_id: m.tool_call_id.as_deref(),
+            tool_calls: &m.tool_calls,
+        }))
+    }
+}
+
+/// A session's messages as stored: [`COMPACT`], then postcard.
+fn encode(messages: &[Message]) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(64 * messages.len() + 1);
+    out.push(COMPACT);
+    postcard::serialize_with_flavor(&StoredSeq(messages), super::journal::VecFlavor(&mut out))
+        .map_err(io)?;
+    Ok(out)
+}
+
+/// A stored session's messages, in either encoding.
+fn decode(bytes: &[u8]) -> Result<Vec<Message>, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("a session: {e}"));
+    match bytes.split_first() {
+        Some((&COMPACT, rest)) => {
+            let stored: Vec<Stored> = postcard::from_bytes(rest).map_err(|e| corrupt(&e))?;
+            Ok(stored
+                .into_iter()
+                .map(|m| Message {
+                    role: m.role,
+                    content: m.content,
+                    name: m.name,
+                    tool_call_id: m.tool_call_id,
+                    tool_calls: m.tool_calls,
+                })
+                .collect())
+        }
+        _ => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
+    }
+}
+
+/// (tenant, user — empty for the anonymous user, session) → messages
+/// ([`encode`]).
 pub(crate) const SESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("sessions");
 
@@ -260,8 +333,7 @@ impl SessionStore {
         let found = table.get(row(&key)).map_err(io)?;
         match found {
             None => Ok(Vec::new()),
-            Some(value) => serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            Some(value) => decode(value.value()),
         }
     }
 
@@ -304,10 +376,27 @@ impl SessionStore {
         messages: &[Message],
         stale: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Result<bool, StoreError> {
-        let bytes = serde_json::to_vec(messages).map_err(io)?;
+        self.save_shared(tenant, user, session, Arc::new(messages.to_vec()), stale)
+            .await
+    }
+
+    /// [`Self::save_unless`] of messages the caller shares with the cache
+    /// (a run hands over its history without copying it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::save_unless`].
+    pub(crate) async fn save_shared(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        session: &SessionId,
+        saved: Arc<Vec<Message>>,
+        stale: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Result<bool, StoreError> {
+        let bytes = encode(&saved)?;
         let key: Key = key(tenant, user, session).into();
         let size = bytes.len();
-        let saved = Arc::new(messages.to_vec());
         // Held in memory until it commits: checked and held under the cache
         // lock, which a forget's uncaching takes after the forget commits,
         // so a save either sees the forget or is dropped by it.
@@ -466,8 +555,7 @@ impl SessionStore {
                 .map_err(io)?
             {
                 let (key, value) = entry.map_err(io)?;
-                let messages = serde_json::from_slice(value.value())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let messages = decode(value.value())?;
                 out.insert(key.value().2.to_owned(), messages);
             }
         }
@@ -766,5 +854,89 @@ mod tests {
         store.store().sync().await.unwrap();
         assert_eq!(committed(&store, &tenant, &alice, &session), 1);
         assert_eq!(store.load(&tenant, &alice, &session).unwrap(), again);
+    }
+
+    #[test]
+    fn the_compact_encoding_round_trips_and_json_sessions_still_read() {
+        let mut asked = Message::text(Role::Assistant, "");
+        asked.tool_calls.push(ToolCall {
+            id: "c1".into(),
+            name: "run_context".into(),
+            arguments: "{\"a\":[1,\"x\"]}".into(),
+        });
+        let mut answered = Message::text(Role::Tool, "{\"ok\":true}\nline \u{e9}");
+        answered.name = Some("run_context".into());
+        answered.tool_call_id = Some("c1".into());
+        let messages = vec![
+            Message::system("be brief"),
+            Message::user("hi \"there\""),
+            asked,
+            answered,
+            Message::text(Role::Assistant, ""),
+        ];
+        let stored = encode(&messages).unwrap();
+        assert_eq!(stored[0], COMPACT);
+        assert_eq!(decode(&stored).unwrap(), messages);
+        let json = serde_json::to_vec(&messages).unwrap();
+        assert!(
+            stored.len() < json.len(),
+            "{} >= {}",
+            stored.len(),
+            json.len()
+        );
+        // What earlier versions stored.
+        assert_eq!(decode(&json).unwrap(), messages);
+        assert_eq!(decode(b"[]").unwrap(), Vec::<Message>::new());
+        // Damage is a typed error, in either encoding.
+        assert!(matches!(
+            decode(&stored[..stored.len() - 3]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(decode(b"[{\"role\""), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode(&[COMPACT, 0xff, 0xff]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_session_stored_as_json_loads_and_is_rewritten_compactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("loom.redb")).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let alice = UserId::named("alice").unwrap();
+        let session = SessionId::new("s1").unwrap();
+        let old = vec![Message::user("from an earlier loom")];
+        let json = serde_json::to_vec(&old).unwrap();
+        store
+            .store()
+            .write(move |txn| {
+                let mut table = txn.open_table(SESSIONS).map_err(io)?;
+                table
+                    .insert(("acme", "alice", "s1"), json.as_slice())
+                    .map_err(io)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut history = store.load(&tenant, &alice, &session).unwrap();
+        assert_eq!(history, old);
+        history.push(Message::user("and now"));
+        store
+            .save(&tenant, &alice, &session, &history)
+            .await
+            .unwrap();
+        let raw = {
+            let txn = store.store().db().begin_read().unwrap();
+            let table = txn.open_table(SESSIONS).unwrap();
+            table
+                .get(("acme", "alice", "s1"))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec()
+        };
+        assert_eq!(raw[0], COMPACT);
+        assert_eq!(committed(&store, &tenant, &alice, &session), 2);
     }
 }

@@ -247,7 +247,7 @@ impl JournalFormat {
 }
 
 /// A postcard output appending to a vector.
-struct VecFlavor<'a>(&'a mut Vec<u8>);
+pub(crate) struct VecFlavor<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     type Output = ();
