@@ -238,8 +238,19 @@ impl Store {
     /// write fails with [`StoreError::Closed`].
     #[cfg(test)]
     pub(crate) fn close_queue_for_test(&mut self) {
+        self.stop_writer();
+    }
+
+    /// Close the queue and wait for the writer to commit what is queued and
+    /// stop.
+    fn stop_writer(&mut self) {
+        // Closing the queue lets the writer commit what is queued and stop.
         self.queue = None;
-        if let Some(writer) = self.writer.take() {
+        // The last handle may be dropped by a job on the writer itself,
+        // which then finishes the queue and stops on its own.
+        if !self.on_writer_thread()
+            && let Some(writer) = self.writer.take()
+        {
             let _ = writer.join();
         }
     }
@@ -333,11 +344,7 @@ impl Store {
     ///
     /// As [`Self::sync`], or [`StoreError::Closed`] after `timeout`.
     pub fn sync_blocking(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
-        if self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.thread().id() == std::thread::current().id())
-        {
+        if self.on_writer_thread() {
             return Ok(());
         }
         let (done, committed) = mpsc::channel();
@@ -350,15 +357,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Closing the queue lets the writer commit what is queued and stop.
-        self.queue = None;
-        // The last handle may be dropped by a job on the writer itself,
-        // which then finishes the queue and stops on its own.
-        if !self.on_writer_thread()
-            && let Some(writer) = self.writer.take()
-        {
-            let _ = writer.join();
-        }
+        self.stop_writer();
     }
 }
 
