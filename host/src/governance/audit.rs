@@ -384,7 +384,7 @@ fn head_tmp_path(path: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------
 
 enum Msg {
-    /// A record's fields after `ts`, rendered by [`render_body`].
+    /// A record's fields after `ts`, rendered by [`render_fields`].
     Record(Vec<u8>),
     Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -572,13 +572,13 @@ impl AuditLog {
             let mut data = serde_json::Map::new();
             data.insert("dropped_bytes".to_owned(), Value::from(dropped));
             // The receiver is alive: it is right here.
-            let _ = tx.send(Msg::Record(render_body(&AuditRecord {
-                tenant: "*".to_owned(),
+            let _ = tx.send(Msg::Record(render_fields(RecordFields {
+                tenant: "*",
                 user: None,
                 run: None,
                 action: "log_recovered",
-                actor: "system".to_owned(),
-                data: Value::Object(data),
+                actor: "system",
+                data: &Value::Object(data),
             })));
         }
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -609,7 +609,7 @@ impl AuditLog {
     /// buffer the writer sequences and signs: the writer's thread frees one
     /// allocation per entry, not the record's every string and value.
     pub fn record(&self, record: AuditRecord) {
-        self.queue(render_body(&record));
+        self.record_fields(record.fields());
     }
 
     /// [`Self::record`] from borrowed fields (nothing is copied but into
@@ -841,7 +841,7 @@ impl Writer {
         self.ts_cache.1.clone()
     }
 
-    /// Sequence the record rendered as `body` ([`render_body`]), MAC it
+    /// Sequence the record rendered as `body` ([`render_fields`]), MAC it
     /// and add its line to `buf`.
     fn append(&mut self, body: &[u8], ts: &str) {
         let seq = self.next_seq;
@@ -1434,17 +1434,18 @@ fn unhex32(hex: &[u8; 64]) -> [u8; 32] {
     out
 }
 
-/// The fields of `record` as its line holds them after `ts`: `,"tenant":…`
-/// through `,"data":{…}`, in canonical form.
-fn render_body(record: &AuditRecord) -> Vec<u8> {
-    render_fields(RecordFields {
-        tenant: &record.tenant,
-        user: record.user.as_deref(),
-        run: record.run.as_deref(),
-        action: record.action,
-        actor: &record.actor,
-        data: &record.data,
-    })
+impl AuditRecord {
+    /// Its fields, borrowed.
+    pub fn fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            tenant: &self.tenant,
+            user: self.user.as_deref(),
+            run: self.run.as_deref(),
+            action: self.action,
+            actor: &self.actor,
+            data: &self.data,
+        }
+    }
 }
 
 /// An [`AuditRecord`]'s fields, borrowed.
@@ -1464,7 +1465,8 @@ pub struct RecordFields<'a> {
     pub data: &'a Value,
 }
 
-/// [`render_body`] from borrowed fields.
+/// A record's fields as its line holds them after `ts`: `,"tenant":…`
+/// through `,"data":{…}`, in canonical form.
 fn render_fields(fields: RecordFields<'_>) -> Vec<u8> {
     let mut b = Vec::with_capacity(256);
     b.extend_from_slice(b",\"tenant\":");

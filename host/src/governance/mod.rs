@@ -23,7 +23,7 @@ pub mod ratelimit;
 use crate::config::Limits;
 use crate::tenancy::ids::{Scope, TenantId, UserId};
 use approval::{Approver, WebhookApprover};
-use audit::{AuditLog, AuditRecord};
+use audit::AuditLog;
 use budget::{BudgetLedger, TenantBudgets};
 use permissions::{EffectiveRules, PermissionRules};
 use ratelimit::{RateLimiter, Rates};
@@ -237,13 +237,13 @@ impl Governance {
         data: serde_json::Value,
     ) {
         if let Some(audit) = &self.audit {
-            audit.record(AuditRecord {
-                tenant: tenant.to_owned(),
+            audit.record_fields(audit::RecordFields {
+                tenant,
                 user: None,
                 run: None,
                 action,
-                actor: actor.to_owned(),
-                data,
+                actor,
+                data: &data,
             });
         }
     }
