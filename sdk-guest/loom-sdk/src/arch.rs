@@ -254,13 +254,16 @@ pub fn remember(text: &str) -> Result<(), HarnessError> {
 /// into the [`RunOutput`].
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// The history, then the messages this run added: the new messages are
+    /// `conversation[history_len..]`, so each is held once.
     conversation: Vec<Message>,
-    new_messages: Vec<Message>,
+    history_len: usize,
     turns: u32,
     max_turns: u32,
     usage: Usage,
     cost_usd: f64,
-    last_text: String,
+    /// Where in `conversation` the last completion's message sits.
+    last_completion: Option<usize>,
     tools: Option<Vec<ToolSpec>>,
 }
 
@@ -269,13 +272,13 @@ impl Run {
     /// cap of `max_turns` model turns.
     pub fn new(history: Vec<Message>, max_turns: u32) -> Self {
         Run {
+            history_len: history.len(),
             conversation: history,
-            new_messages: Vec::new(),
             turns: 0,
             max_turns,
             usage: Usage::ZERO,
             cost_usd: 0.0,
-            last_text: String::new(),
+            last_completion: None,
             tools: None,
         }
     }
@@ -294,10 +297,29 @@ impl Run {
         run
     }
 
+    /// [`Run::seed`], taking the input: the history, instructions and
+    /// prompt are moved into the run instead of copied. For an architecture
+    /// that needs nothing else of its input (use [`Run::seed`] to keep it).
+    pub fn seed_owned(input: RunInput) -> Self {
+        let RunInput {
+            instructions,
+            history,
+            prompt,
+            max_turns,
+            ..
+        } = input;
+        let fresh = history.is_empty();
+        let mut run = Run::new(history, max_turns);
+        if fresh && !instructions.is_empty() {
+            run.push(Message::system(instructions));
+        }
+        run.push(Message::user(prompt));
+        run
+    }
+
     /// Add `message` to the conversation and to the run's new messages.
     pub fn push(&mut self, message: Message) {
-        self.conversation.push(message.clone());
-        self.new_messages.push(message);
+        self.conversation.push(message);
     }
 
     /// Ask the model for the next turn of the conversation. `role` names
@@ -312,20 +334,28 @@ impl Run {
         role: Option<&str>,
         tools: bool,
     ) -> Result<Completion, HarnessError> {
-        let tools = if tools {
-            self.tools.get_or_insert_with(harness::tools).clone()
+        // The request borrows the conversation and the tools by taking
+        // them for the call (the binding wants them owned), never by copy.
+        let offered = if tools {
+            std::mem::take(self.tools.get_or_insert_with(harness::tools))
         } else {
             Vec::new()
         };
-        let completion = self.complete_request(&CompletionRequest {
-            messages: self.conversation.clone(),
-            tools,
+        let request = CompletionRequest {
+            messages: std::mem::take(&mut self.conversation),
+            tools: offered,
             temperature: None,
             max_output_tokens: None,
             output_schema: None,
             role: role.map(str::to_owned),
-        })?;
-        self.last_text = completion.message.content.clone();
+        };
+        let completion = self.complete_request(&request);
+        self.conversation = request.messages;
+        if tools {
+            self.tools = Some(request.tools);
+        }
+        let completion = completion?;
+        self.last_completion = Some(self.conversation.len());
         self.push(completion.message.clone());
         Ok(completion)
     }
@@ -379,7 +409,7 @@ impl Run {
 
     /// The messages this run has added to the session, in order.
     pub fn new_messages(&self) -> &[Message] {
-        &self.new_messages
+        &self.conversation[self.history_len..]
     }
 
     /// Model turns used (every completion counts).
@@ -424,7 +454,9 @@ impl Run {
     /// The text of the last assistant message [`Run::complete`] pushed;
     /// empty before the first.
     pub fn last_text(&self) -> &str {
-        &self.last_text
+        self.last_completion
+            .and_then(|at| self.conversation.get(at))
+            .map_or("", |message| message.content.as_str())
     }
 
     /// The finished run, with `output` as its answer.
@@ -435,7 +467,7 @@ impl Run {
     /// The run stopped early for `reason` (such as `max_turns`); its output
     /// is [`Run::last_text`].
     pub fn interrupted(self, reason: impl Into<String>) -> RunOutput {
-        let output = self.last_text.clone();
+        let output = self.last_text().to_owned();
         self.output(output, Some(reason.into()))
     }
 
@@ -448,10 +480,10 @@ impl Run {
         self.output(output.into(), Some(reason.into()))
     }
 
-    fn output(self, output: String, interrupted: Option<String>) -> RunOutput {
+    fn output(mut self, output: String, interrupted: Option<String>) -> RunOutput {
         RunOutput {
             output,
-            new_messages: self.new_messages,
+            new_messages: self.conversation.split_off(self.history_len),
             turns: self.turns,
             usage: self.usage,
             cost_usd: self.cost_usd,
@@ -633,6 +665,29 @@ mod tests {
         assert_eq!(output.interrupted.as_deref(), Some("max_turns"));
         assert_eq!(output.output, "");
         assert_eq!(output.turns, 0);
+        assert_eq!(output.new_messages.len(), 1);
+        assert_eq!(output.new_messages[0].content, "hi");
+
+        // Taking the input seeds the same conversation as borrowing it.
+        for (history, instructions) in [
+            (Vec::new(), "be brief"),
+            (Vec::new(), ""),
+            (
+                vec![Message::system("old"), Message::user("before")],
+                "be brief",
+            ),
+        ] {
+            let borrowed = Run::seed(&input(history.clone(), instructions));
+            let owned = Run::seed_owned(input(history, instructions));
+            let contents = |run: &Run| -> Vec<(Role, String)> {
+                run.conversation()
+                    .iter()
+                    .map(|m| (m.role, m.content.clone()))
+                    .collect()
+            };
+            assert_eq!(contents(&borrowed), contents(&owned));
+            assert_eq!(borrowed.new_messages().len(), owned.new_messages().len());
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Architecture for React {
     }
 
     fn run(input: RunInput) -> Result<RunOutput, RunError> {
-        let mut run = Run::seed(&input);
+        let mut run = Run::seed_owned(input);
         match run.react(None).map_err(arch::harness_error)? {
             Some(answer) => Ok(run.finish(answer)),
             None => Ok(run.interrupted("max_turns")),
