@@ -1094,7 +1094,9 @@ impl LedgerInner {
         // same rows; kept to mark them dirty again if the write fails.
         let snapshot: Arc<Mutex<Option<Rows>>> = Arc::new(Mutex::new(None));
         let taken_rows = snapshot.clone();
-        store.write_then(
+        // Nobody waits for it (the counters are read from memory); a flush
+        // syncs the store after it.
+        store.write_later(
             Box::new(move |txn| {
                 let mut taken = match snapshot.lock() {
                     Ok(guard) => guard,

@@ -421,7 +421,16 @@ impl SessionStore {
         let cache = self.cache.clone();
         let skipped_after = skipped.clone();
         let (done, mut committed) = tokio::sync::oneshot::channel();
-        self.store.write_then(
+        // A pending save is read from the cache until it commits: nobody
+        // waits for it, so it may share a later commit.
+        let waited = !matches!(ticket, Some((_, false)));
+        let queue = if waited {
+            super::Store::write_then
+        } else {
+            super::Store::write_later
+        };
+        queue(
+            &self.store,
             op,
             Box::new(move |result| {
                 let mut cache = match cache.lock() {
