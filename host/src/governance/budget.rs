@@ -20,7 +20,7 @@ use crate::tenancy::ids::{TenantId, UserId};
 use redb::{ReadableDatabase, TableDefinition};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -447,7 +447,8 @@ struct Counters {
     month: (u64, Amounts),
     lifetime: Amounts,
     reserved: Amounts,
-    touched: Instant,
+    /// When last used, in Unix seconds (for idle eviction).
+    touched: u64,
 }
 
 impl Counters {
@@ -457,7 +458,7 @@ impl Counters {
             month: (0, Amounts::default()),
             lifetime: Amounts::default(),
             reserved: Amounts::default(),
-            touched: Instant::now(),
+            touched: 0,
         }
     }
 
@@ -495,26 +496,48 @@ impl Counters {
     }
 }
 
-/// The hour and month "now" falls in.
+/// The second, hour and month "now" falls in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Clock {
+    secs: u64,
     hour: u64,
+    /// `year * 100 + month`.
     month: u64,
 }
 
 impl Clock {
-    fn at(time: SystemTime) -> Self {
+    fn at(time: SystemTime, months: &MonthCache) -> Self {
         let secs = time
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        let hour = secs / 3600;
+        Clock {
+            secs,
+            hour,
+            month: months.month_of(hour, secs),
+        }
+    }
+}
+
+/// The calendar month of the last hour asked about, so most operations
+/// skip the calendar arithmetic: `hour << 32 | month`, 0 when empty.
+#[derive(Debug, Default)]
+struct MonthCache(AtomicU64);
+
+impl MonthCache {
+    fn month_of(&self, hour: u64, secs: u64) -> u64 {
+        let cached = self.0.load(Ordering::Relaxed);
+        if cached != 0 && cached >> 32 == hour {
+            return cached & u64::from(u32::MAX);
+        }
         let month = time::OffsetDateTime::from_unix_timestamp(secs as i64)
             .map(|t| t.year() as u64 * 100 + u64::from(u8::from(t.month())))
             .unwrap_or(0);
-        Clock {
-            hour: secs / 3600,
-            month,
+        if hour <= u64::from(u32::MAX) && month <= u64::from(u32::MAX) {
+            self.0.store(hour << 32 | month, Ordering::Relaxed);
         }
+        month
     }
 }
 
@@ -686,12 +709,19 @@ struct LedgerInner {
     persist_queued: AtomicBool,
     /// Test hook: a fixed "now".
     fixed_now: Option<SystemTime>,
+    months: MonthCache,
 }
+
+/// The ledger's maps hash with foldhash, keyed per process: every
+/// operation looks its subjects up several times, and SipHash was a
+/// visible share of it. A random key still keeps callers from choosing
+/// colliding tenant and user ids.
+type FastState = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct LedgerState {
-    counters: HashMap<Subject, Counters>,
-    dirty: HashSet<Subject>,
+    counters: HashMap<Subject, Counters, FastState>,
+    dirty: HashSet<Subject, FastState>,
 }
 
 /// Counters idle this long, with nothing reserved or unsaved, may be
@@ -726,6 +756,7 @@ impl BudgetLedger {
                 state: Mutex::new(LedgerState::default()),
                 persist_queued: AtomicBool::new(false),
                 fixed_now: None,
+                months: MonthCache::default(),
             }),
         }
     }
@@ -872,7 +903,7 @@ impl LedgerInner {
     }
 
     fn clock(&self) -> Clock {
-        Clock::at(self.fixed_now.unwrap_or_else(SystemTime::now))
+        Clock::at(self.fixed_now.unwrap_or_else(SystemTime::now), &self.months)
     }
 
     /// The counters of `subject`, loaded from the store on first use.
@@ -885,7 +916,7 @@ impl LedgerInner {
         if !state.counters.contains_key(subject) {
             let loaded = self.load(subject, now)?;
             if state.counters.len() >= MAX_SUBJECTS {
-                evict_idle(state);
+                evict_idle(state, now);
             }
             state.counters.insert(subject.clone(), loaded);
         }
@@ -893,7 +924,7 @@ impl LedgerInner {
             .counters
             .get_mut(subject)
             .ok_or_else(|| StoreError::Io("budget counters vanished".into()))?;
-        counters.touched = Instant::now();
+        counters.touched = now.secs;
         Ok(counters)
     }
 
@@ -1199,12 +1230,12 @@ fn write_rows(
 }
 
 /// Drop counters idle for [`IDLE_EVICTION`] with nothing reserved or unsaved.
-fn evict_idle(state: &mut LedgerState) {
+fn evict_idle(state: &mut LedgerState, now: Clock) {
     let LedgerState { counters, dirty } = state;
     counters.retain(|subject, c| {
         dirty.contains(subject)
             || c.reserved != Amounts::default()
-            || c.touched.elapsed() < IDLE_EVICTION
+            || now.secs.saturating_sub(c.touched) < IDLE_EVICTION.as_secs()
     });
 }
 
@@ -1395,6 +1426,7 @@ mod tests {
     fn the_rolling_day_forgets_hours_older_than_a_day() {
         let mut counters = Counters::empty();
         let now = Clock {
+            secs: 1000 * 3600,
             hour: 1000,
             month: 202611,
         };
@@ -1404,10 +1436,24 @@ mod tests {
         assert_eq!(counters.used(Window::Day, Metric::Runs, now), 2.0);
         assert_eq!(counters.used(Window::Lifetime, Metric::Runs, now), 3.0);
         let next_month = Clock {
+            secs: 1001 * 3600,
             hour: 1001,
             month: 202612,
         };
         assert_eq!(counters.used(Window::Month, Metric::Runs, next_month), 0.0);
+    }
+
+    #[test]
+    fn the_cached_month_turns_with_the_hour() {
+        let months = MonthCache::default();
+        // 2026-11-30T23:30:00Z, then half an hour later in December.
+        let november = UNIX_EPOCH + Duration::from_secs(1_796_081_400);
+        let december = november + Duration::from_secs(1800);
+        assert_eq!(Clock::at(november, &months).month, 202611);
+        assert_eq!(Clock::at(november, &months).month, 202611);
+        assert_eq!(Clock::at(december, &months).month, 202612);
+        // Asking about an earlier hour again is not answered from the cache.
+        assert_eq!(Clock::at(november, &months).month, 202611);
     }
 
     #[tokio::test]
