@@ -15,6 +15,7 @@ use crate::engine::PolicyAnswer;
 use crate::engine::bindings::harness as wit;
 use crate::engine::bindings::types as wt;
 use crate::governance::approval::{self, ApprovalDecision, ApprovalRequest, Approver};
+use crate::governance::audit::{Data, Field};
 use crate::governance::budget::{Amounts, Exceeded, Metric, Reservation, RunBudget, Warning};
 use crate::governance::permissions::{Decider, EffectiveRules, ToolTraits, Verdict};
 use crate::governance::ratelimit::{RateKind, RateLimited, Rates};
@@ -102,9 +103,27 @@ impl<'a> From<&'a crate::plugins::ToolBinding> for GovernedTool<'a> {
     }
 }
 
-/// A short digest of a tool's output for the audit log.
-fn digest(text: &str) -> String {
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
+/// A short digest of a tool's output for the audit log: the first 16
+/// bytes of its SHA-256, in hex.
+fn digest(text: &str) -> [u8; 32] {
+    let mut hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(&sha2::Sha256::digest(text.as_bytes())[..16], &mut hex);
+    hex
+}
+
+/// `members` without the member at `at` when it is `null` (an optional
+/// member left out, as the entry had it before it was built this way).
+fn skip_null<'m, 'a>(
+    members: &'m mut [(&'static str, Field<'a>)],
+    at: usize,
+) -> &'m [(&'static str, Field<'a>)] {
+    if members[at].1 != Field::Null {
+        return members;
+    }
+    members[at..].rotate_left(1);
+    let last = members.len() - 1;
+    &members[..last]
 }
 
 impl Governor {
@@ -191,6 +210,18 @@ impl Governor {
 
     fn audit(&self, action: &'static str, actor: &str, data: serde_json::Value) {
         self.governance().record(&self.scope, action, actor, data);
+    }
+
+    /// [`Self::audit`] from borrowed members, in key order (the entries
+    /// every run writes take this way: no `serde_json::Value` is built).
+    fn audit_members(
+        &self,
+        action: &'static str,
+        actor: &str,
+        members: &[(&'static str, Field<'_>)],
+    ) {
+        self.governance()
+            .record_data(&self.scope, action, actor, Data::Members(members));
     }
 
     /// Whether audit entries are kept: the hot paths build none without.
@@ -407,16 +438,16 @@ impl Governor {
             .set(Metric::CostUsd, cost);
         let warnings = self.governance().ledger().settle(reservation, actual);
         if self.auditing() {
-            self.audit(
+            self.audit_members(
                 "model_call",
                 "model",
-                json!({
-                    "model": self.model,
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cached_tokens": usage.cached_tokens,
-                    "cost_usd": cost,
-                }),
+                &[
+                    ("cached_tokens", Field::U64(usage.cached_tokens)),
+                    ("cost_usd", Field::F64(cost)),
+                    ("input_tokens", Field::U64(usage.input_tokens)),
+                    ("model", Field::Str(&self.model)),
+                    ("output_tokens", Field::U64(usage.output_tokens)),
+                ],
             );
         }
         self.warn(warnings);
@@ -578,25 +609,40 @@ impl Governor {
         if !self.auditing() {
             return;
         }
-        let mut data = json!({
-            "tool": call.name,
-            "call_id": call.id,
-            "arguments": call.arguments,
-            "decision": if allowed { "allow" } else { "deny" },
-            "decided_by": decided_by,
-            "ok": outcome.is_ok(),
-        });
-        if let Some(destructive) = destructive {
-            data["destructive"] = json!(destructive);
-        }
+        let destructive = destructive.map_or(Field::Null, Field::Bool);
+        let decision = Field::Str(if allowed { "allow" } else { "deny" });
         match outcome {
             Ok(output) => {
-                data["output_sha256"] = json!(digest(output));
-                data["output_bytes"] = json!(output.len());
+                let sha = digest(output);
+                // Hex digits are ASCII.
+                let sha = std::str::from_utf8(&sha).unwrap_or_default();
+                let mut members = [
+                    ("arguments", Field::Str(&call.arguments)),
+                    ("call_id", Field::Str(&call.id)),
+                    ("decided_by", Field::Str(decided_by)),
+                    ("decision", decision),
+                    ("destructive", destructive),
+                    ("ok", Field::Bool(true)),
+                    ("output_bytes", Field::U64(output.len() as u64)),
+                    ("output_sha256", Field::Str(sha)),
+                    ("tool", Field::Str(&call.name)),
+                ];
+                self.audit_members("tool_call", "model", skip_null(&mut members, 4));
             }
-            Err(error) => data["error"] = json!(error),
+            Err(error) => {
+                let mut members = [
+                    ("arguments", Field::Str(&call.arguments)),
+                    ("call_id", Field::Str(&call.id)),
+                    ("decided_by", Field::Str(decided_by)),
+                    ("decision", decision),
+                    ("destructive", destructive),
+                    ("error", Field::Str(error)),
+                    ("ok", Field::Bool(false)),
+                    ("tool", Field::Str(&call.name)),
+                ];
+                self.audit_members("tool_call", "model", skip_null(&mut members, 4));
+            }
         }
-        self.audit("tool_call", "model", data);
     }
 
     /// Deny lists and mode, then the policies in order. A policy may deny
@@ -807,10 +853,15 @@ impl Governor {
         }
         let mut shown = prompt.to_owned();
         crate::engine::boundary::cut_to(&mut shown, 500);
-        self.audit(
+        self.audit_members(
             "run_started",
             "user",
-            json!({"prompt": shown, "architecture": architecture, "model": self.model, "parent": serde_json::Value::Null}),
+            &[
+                ("architecture", Field::Str(architecture)),
+                ("model", Field::Str(&self.model)),
+                ("parent", Field::Null),
+                ("prompt", Field::Str(&shown)),
+            ],
         );
     }
 
@@ -829,17 +880,20 @@ impl Governor {
         if !self.auditing() {
             return;
         }
-        self.audit(
+        self.audit_members(
             "run_completed",
             "system",
-            json!({
-                "turns": result.turns,
-                "interrupted": result.interrupted,
-                "reason": result.interruption_reason,
-                "input_tokens": result.usage.input_tokens,
-                "output_tokens": result.usage.output_tokens,
-                "cost_usd": result.cost_usd,
-            }),
+            &[
+                ("cost_usd", Field::F64(result.cost_usd)),
+                ("input_tokens", Field::U64(result.usage.input_tokens)),
+                ("interrupted", Field::Bool(result.interrupted)),
+                ("output_tokens", Field::U64(result.usage.output_tokens)),
+                (
+                    "reason",
+                    Field::OptStr(result.interruption_reason.as_deref()),
+                ),
+                ("turns", Field::U64(u64::from(result.turns))),
+            ],
         );
     }
 }

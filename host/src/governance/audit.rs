@@ -578,7 +578,7 @@ impl AuditLog {
                 run: None,
                 action: "log_recovered",
                 actor: "system",
-                data: &Value::Object(data),
+                data: Data::Value(&Value::Object(data)),
             })));
         }
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -1443,9 +1443,40 @@ impl AuditRecord {
             run: self.run.as_deref(),
             action: self.action,
             actor: &self.actor,
-            data: &self.data,
+            data: Data::Value(&self.data),
         }
     }
+}
+
+/// One member's value in [`Data::Members`], rendered exactly as the
+/// `serde_json::Value` built from it would be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// An unsigned integer.
+    U64(u64),
+    /// A float; not finite renders as `null`, as `serde_json` converts it.
+    F64(f64),
+    /// A string.
+    Str(&'a str),
+    /// A string, or `null`.
+    OptStr(Option<&'a str>),
+}
+
+/// A record's payload, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    /// Any JSON value: an object's members are rendered sorted, anything
+    /// else as `{"value": …}`.
+    Value(&'a Value),
+    /// An object given member by member, its keys in ascending byte order:
+    /// rendered straight into the entry, the bytes the same as for the
+    /// equivalent [`Data::Value`], without building a tree of values first
+    /// (the entries of every run's calls take this way).
+    Members(&'a [(&'static str, Field<'a>)]),
 }
 
 /// An [`AuditRecord`]'s fields, borrowed.
@@ -1462,7 +1493,7 @@ pub struct RecordFields<'a> {
     /// Who did it.
     pub actor: &'a str,
     /// The payload, as [`AuditRecord::data`].
-    pub data: &'a Value,
+    pub data: Data<'a>,
 }
 
 /// A record's fields as its line holds them after `ts`: `,"tenant":…`
@@ -1481,15 +1512,51 @@ fn render_fields(fields: RecordFields<'_>) -> Vec<u8> {
     push_str(&mut b, fields.actor);
     b.extend_from_slice(b",\"data\":");
     match fields.data {
-        Value::Object(_) => push_value(&mut b, fields.data, 1),
-        Value::Null => b.extend_from_slice(b"{}"),
-        other => {
+        Data::Value(value @ Value::Object(_)) => push_value(&mut b, value, 1),
+        Data::Value(Value::Null) => b.extend_from_slice(b"{}"),
+        Data::Value(other) => {
             b.extend_from_slice(b"{\"value\":");
             push_value(&mut b, other, 2);
             b.push(b'}');
         }
+        Data::Members(members) => push_members(&mut b, members),
     }
     b
+}
+
+/// `members` as a canonical JSON object. Keys given out of order are
+/// sorted here (a copy), so the entry is canonical either way.
+fn push_members(out: &mut Vec<u8>, members: &[(&'static str, Field<'_>)]) {
+    let sorted = members
+        .windows(2)
+        .all(|pair| pair[0].0.as_bytes() < pair[1].0.as_bytes());
+    debug_assert!(sorted, "audit members must be given in key order");
+    let mut copy;
+    let members = if sorted {
+        members
+    } else {
+        copy = members.to_vec();
+        copy.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        copy.dedup_by(|later, earlier| later.0 == earlier.0);
+        &copy[..]
+    };
+    out.push(b'{');
+    for (i, (key, field)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(out, key);
+        out.push(b':');
+        match *field {
+            Field::Null | Field::OptStr(None) => out.extend_from_slice(b"null"),
+            Field::Bool(true) => out.extend_from_slice(b"true"),
+            Field::Bool(false) => out.extend_from_slice(b"false"),
+            Field::U64(n) => push_u64(out, n),
+            Field::F64(x) => push_f64(out, x),
+            Field::Str(text) | Field::OptStr(Some(text)) => push_str(out, text),
+        }
+    }
+    out.push(b'}');
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -2081,6 +2148,68 @@ mod tests {
     use serde_json::json;
 
     const KEY: &[u8] = b"test audit key";
+
+    #[test]
+    fn members_render_as_the_same_value_would() {
+        fn fields(data: Data<'_>) -> RecordFields<'_> {
+            RecordFields {
+                tenant: "acme",
+                user: Some("alice"),
+                run: Some("r1"),
+                action: "tool_call",
+                actor: "model",
+                data,
+            }
+        }
+        let text = "quote \" backslash \\ newline \n tab \t bell \u{7} é 🦀";
+        let members = [
+            ("a_null", Field::Null),
+            ("b_true", Field::Bool(true)),
+            ("c_false", Field::Bool(false)),
+            ("d_max", Field::U64(u64::MAX)),
+            ("e_zero", Field::U64(0)),
+            ("f_float", Field::F64(0.1 + 0.2)),
+            ("g_whole", Field::F64(3.0)),
+            ("h_huge", Field::F64(1e300)),
+            ("i_nan", Field::F64(f64::NAN)),
+            ("j_text", Field::Str(text)),
+            ("k_none", Field::OptStr(None)),
+            ("l_some", Field::OptStr(Some("x"))),
+            ("m_empty", Field::Str("")),
+        ];
+        let value = json!({
+            "a_null": null,
+            "b_true": true,
+            "c_false": false,
+            "d_max": u64::MAX,
+            "e_zero": 0,
+            "f_float": 0.1 + 0.2,
+            "g_whole": 3.0,
+            "h_huge": 1e300,
+            "i_nan": f64::NAN,
+            "j_text": text,
+            "k_none": Option::<&str>::None,
+            "l_some": "x",
+            "m_empty": "",
+        });
+        let direct = render_fields(fields(Data::Members(&members)));
+        let through_value = render_fields(fields(Data::Value(&value)));
+        assert_eq!(
+            String::from_utf8_lossy(&direct),
+            String::from_utf8_lossy(&through_value)
+        );
+        // Out of order (a caller's mistake) still renders canonically.
+        if !cfg!(debug_assertions) {
+            let mut shuffled = members;
+            shuffled.reverse();
+            assert_eq!(render_fields(fields(Data::Members(&shuffled))), direct);
+        }
+        // No members is an empty object, as an empty map is.
+        assert_eq!(
+            render_fields(fields(Data::Members(&[]))),
+            render_fields(fields(Data::Value(&json!({}))))
+        );
+    }
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

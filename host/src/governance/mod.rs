@@ -215,6 +215,18 @@ impl Governance {
         actor: &str,
         data: serde_json::Value,
     ) {
+        self.record_data(scope, action, actor, audit::Data::Value(&data));
+    }
+
+    /// [`Self::record`] with a borrowed payload ([`audit::Data::Members`]
+    /// renders it without building a `serde_json::Value`).
+    pub fn record_data(
+        &self,
+        scope: &Scope,
+        action: &'static str,
+        actor: &str,
+        data: audit::Data<'_>,
+    ) {
         if let Some(audit) = &self.audit {
             let run = scope.run.to_string();
             audit.record_fields(audit::RecordFields {
@@ -223,7 +235,7 @@ impl Governance {
                 run: Some(&run),
                 action,
                 actor,
-                data: &data,
+                data,
             });
         }
     }
@@ -243,7 +255,7 @@ impl Governance {
                 run: None,
                 action,
                 actor,
-                data: &data,
+                data: audit::Data::Value(&data),
             });
         }
     }
