@@ -186,7 +186,12 @@ impl Gate {
                 self.limits.max_request_bytes
             ));
         }
-        for spec in &request.tools {
+        // A tool offered back as the run rendered it was checked then.
+        for spec in request
+            .tools
+            .iter()
+            .filter(|spec| self.run.offered_unchanged(spec).is_none())
+        {
             check_json(&spec.parameters, self.limits.max_request_bytes)
                 .map_err(|r| format!("tool `{}` parameters were refused: {r}", spec.name))?;
         }

@@ -50,6 +50,16 @@ pub(crate) struct RunState {
     memory: Option<crate::memory::TenantMemory>,
     lineage: Lineage,
     pub(super) governor: Arc<Governor>,
+    /// The run's tools as offered to the architecture, rendered and parsed
+    /// once: a request that offers one back unchanged reuses both.
+    offered: std::sync::OnceLock<Vec<OfferedTool>>,
+}
+
+/// One tool as the run offers it: the spec the architecture gets, and the
+/// definition a model request carries.
+struct OfferedTool {
+    spec: wt::ToolSpec,
+    definition: ToolDefinition,
 }
 
 /// Where a run sits in its tree of sub-agents.
@@ -262,6 +272,10 @@ impl RunState {
                 request.messages.into_iter().map(to_model_message).collect();
             let mut tools = Vec::with_capacity(request.tools.len());
             for spec in request.tools {
+                if let Some(definition) = self.offered_unchanged(&spec) {
+                    tools.push(definition.clone());
+                    continue;
+                }
                 let parameters = serde_json::from_str(&spec.parameters).map_err(|e| {
                     wit::HarnessError::InvalidRequest(format!(
                         "tool `{}` has parameters that are not JSON: {e}",
@@ -601,19 +615,46 @@ impl RunState {
 
     /// The tools bound to the run, the host's own last.
     pub(super) fn tools(&self) -> Vec<wt::ToolSpec> {
-        self.tools
+        self.offered().iter().map(|t| t.spec.clone()).collect()
+    }
+
+    /// The run's tools, rendered once.
+    fn offered(&self) -> &[OfferedTool] {
+        self.offered.get_or_init(|| {
+            self.tools
+                .iter()
+                .map(|b| &b.spec)
+                .chain(self.remote_tools.iter().map(|r| &r.spec))
+                .chain(&self.host_tools)
+                .map(|spec| OfferedTool {
+                    spec: wt::ToolSpec {
+                        name: spec.name.clone(),
+                        description: spec.description.clone(),
+                        parameters: spec.parameters.to_string(),
+                        destructive: spec.destructive,
+                        idempotent: spec.idempotent,
+                    },
+                    definition: ToolDefinition {
+                        name: spec.name.clone(),
+                        description: spec.description.clone(),
+                        parameters: spec.parameters.clone(),
+                    },
+                })
+                .collect()
+        })
+    }
+
+    /// The run's own definition of `spec` when a request offers it back
+    /// exactly as the run rendered it (already checked and parsed).
+    pub(super) fn offered_unchanged(&self, spec: &wt::ToolSpec) -> Option<&ToolDefinition> {
+        self.offered()
             .iter()
-            .map(|b| &b.spec)
-            .chain(self.remote_tools.iter().map(|r| &r.spec))
-            .chain(&self.host_tools)
-            .map(|spec| wt::ToolSpec {
-                name: spec.name.clone(),
-                description: spec.description.clone(),
-                parameters: spec.parameters.to_string(),
-                destructive: spec.destructive,
-                idempotent: spec.idempotent,
+            .find(|t| {
+                t.spec.name == spec.name
+                    && t.spec.parameters == spec.parameters
+                    && t.spec.description == spec.description
             })
-            .collect()
+            .map(|t| &t.definition)
     }
 
     /// A completion replayed from the journal: its usage and cost count in
@@ -1226,6 +1267,7 @@ async fn execute_inner(
         memory: tenant_memory.clone(),
         lineage: lineage.clone(),
         governor: governor.clone(),
+        offered: std::sync::OnceLock::new(),
     });
     let Some(component) = plugin.architecture() else {
         return Err(AgentError::NotFound(format!(
