@@ -1,5 +1,8 @@
 //! The journal's append-only log: segment files of checksummed,
-//! length-prefixed records, written by one group-committing thread.
+//! length-prefixed records, appended through a shared memory map. With
+//! [`StoreSync::Always`] one group-committing thread writes and syncs them;
+//! otherwise the caller appends in place (`Shared::write_now`) and the
+//! thread only syncs on the interval.
 //!
 //! A journal write is a few hundred bytes that is never updated in place,
 //! read back only when a run resumes, and deleted wholesale when the run
