@@ -270,6 +270,22 @@ async fn modes_and_lists_route_per_user() {
         && e.user.as_deref() == Some("planner")
         && e.data["decision"] == "deny"
         && e.data["decided_by"] == "permission mode"));
+    // A tool call's entry carries its outcome's members and only those.
+    for entry in entries.iter().filter(|e| e.action == "tool_call") {
+        let data = entry.data.as_object().expect("an object");
+        assert!(data["destructive"].is_boolean(), "{data:?}");
+        if data["ok"] == true {
+            let sha = data["output_sha256"].as_str().expect("a digest");
+            assert_eq!(sha.len(), 32, "{data:?}");
+            assert!(sha.bytes().all(|b| b.is_ascii_hexdigit()), "{data:?}");
+            assert!(data["output_bytes"].is_u64(), "{data:?}");
+            assert!(!data.contains_key("error"), "{data:?}");
+        } else {
+            assert!(data["error"].is_string(), "{data:?}");
+            assert!(!data.contains_key("output_sha256"), "{data:?}");
+            assert!(!data.contains_key("output_bytes"), "{data:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,20 +112,6 @@ fn digest(text: &str) -> [u8; 32] {
     hex
 }
 
-/// `members` without the member at `at` when it is `null` (an optional
-/// member left out, as the entry had it before it was built this way).
-fn skip_null<'m, 'a>(
-    members: &'m mut [(&'static str, Field<'a>)],
-    at: usize,
-) -> &'m [(&'static str, Field<'a>)] {
-    if members[at].1 != Field::Null {
-        return members;
-    }
-    members[at..].rotate_left(1);
-    let last = members.len() - 1;
-    &members[..last]
-}
-
 impl Governor {
     /// The governor of `agent`'s run of `scope`; `inherited` for a sub-agent.
     pub(crate) fn new(
@@ -609,40 +595,36 @@ impl Governor {
         if !self.auditing() {
             return;
         }
-        let destructive = destructive.map_or(Field::Null, Field::Bool);
-        let decision = Field::Str(if allowed { "allow" } else { "deny" });
-        match outcome {
-            Ok(output) => {
-                let sha = digest(output);
-                // Hex digits are ASCII.
-                let sha = std::str::from_utf8(&sha).unwrap_or_default();
-                let mut members = [
-                    ("arguments", Field::Str(&call.arguments)),
-                    ("call_id", Field::Str(&call.id)),
-                    ("decided_by", Field::Str(decided_by)),
-                    ("decision", decision),
-                    ("destructive", destructive),
-                    ("ok", Field::Bool(true)),
-                    ("output_bytes", Field::U64(output.len() as u64)),
-                    ("output_sha256", Field::Str(sha)),
-                    ("tool", Field::Str(&call.name)),
-                ];
-                self.audit_members("tool_call", "model", skip_null(&mut members, 4));
-            }
-            Err(error) => {
-                let mut members = [
-                    ("arguments", Field::Str(&call.arguments)),
-                    ("call_id", Field::Str(&call.id)),
-                    ("decided_by", Field::Str(decided_by)),
-                    ("decision", decision),
-                    ("destructive", destructive),
-                    ("error", Field::Str(error)),
-                    ("ok", Field::Bool(false)),
-                    ("tool", Field::Str(&call.name)),
-                ];
-                self.audit_members("tool_call", "model", skip_null(&mut members, 4));
-            }
-        }
+        let sha = outcome.ok().map(digest);
+        // Hex digits are ASCII.
+        let sha = sha.as_ref().and_then(|hex| std::str::from_utf8(hex).ok());
+        self.audit_members(
+            "tool_call",
+            "model",
+            &[
+                ("arguments", Field::Str(&call.arguments)),
+                ("call_id", Field::Str(&call.id)),
+                ("decided_by", Field::Str(decided_by)),
+                (
+                    "decision",
+                    Field::Str(if allowed { "allow" } else { "deny" }),
+                ),
+                (
+                    "destructive",
+                    destructive.map_or(Field::Absent, Field::Bool),
+                ),
+                ("error", outcome.err().map_or(Field::Absent, Field::Str)),
+                ("ok", Field::Bool(outcome.is_ok())),
+                (
+                    "output_bytes",
+                    outcome
+                        .ok()
+                        .map_or(Field::Absent, |o| Field::U64(o.len() as u64)),
+                ),
+                ("output_sha256", sha.map_or(Field::Absent, Field::Str)),
+                ("tool", Field::Str(&call.name)),
+            ],
+        );
     }
 
     /// Deny lists and mode, then the policies in order. A policy may deny

@@ -1464,6 +1464,9 @@ pub enum Field<'a> {
     Str(&'a str),
     /// A string, or `null`.
     OptStr(Option<&'a str>),
+    /// No member at all: the key is left out, as a `Value` built without
+    /// it would have it (for members only some entries carry).
+    Absent,
 }
 
 /// A record's payload, borrowed.
@@ -1541,7 +1544,10 @@ fn push_members(out: &mut Vec<u8>, members: &[(&'static str, Field<'_>)]) {
         &copy[..]
     };
     out.push(b'{');
-    for (i, (key, field)) in members.iter().enumerate() {
+    let present = members
+        .iter()
+        .filter(|(_, field)| !matches!(field, Field::Absent));
+    for (i, (key, field)) in present.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -1554,6 +1560,7 @@ fn push_members(out: &mut Vec<u8>, members: &[(&'static str, Field<'_>)]) {
             Field::U64(n) => push_u64(out, n),
             Field::F64(x) => push_f64(out, x),
             Field::Str(text) | Field::OptStr(Some(text)) => push_str(out, text),
+            Field::Absent => {}
         }
     }
     out.push(b'}');
@@ -2163,6 +2170,7 @@ mod tests {
         }
         let text = "quote \" backslash \\ newline \n tab \t bell \u{7} é 🦀";
         let members = [
+            ("a_absent", Field::Absent),
             ("a_null", Field::Null),
             ("b_true", Field::Bool(true)),
             ("c_false", Field::Bool(false)),
@@ -2176,6 +2184,7 @@ mod tests {
             ("k_none", Field::OptStr(None)),
             ("l_some", Field::OptStr(Some("x"))),
             ("m_empty", Field::Str("")),
+            ("z_absent", Field::Absent),
         ];
         let value = json!({
             "a_null": null,
