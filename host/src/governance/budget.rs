@@ -914,11 +914,7 @@ impl LedgerInner {
         now: Clock,
     ) -> Result<&'s mut Counters, StoreError> {
         if !state.counters.contains_key(subject) {
-            let loaded = self.load(subject, now)?;
-            if state.counters.len() >= MAX_SUBJECTS {
-                evict_idle(state, now);
-            }
-            state.counters.insert(subject.clone(), loaded);
+            self.admit(state, subject, now)?;
         }
         let counters = state
             .counters
@@ -926,6 +922,31 @@ impl LedgerInner {
             .ok_or_else(|| StoreError::Io("budget counters vanished".into()))?;
         counters.touched = now.secs;
         Ok(counters)
+    }
+
+    /// Load `subject`'s counters into `state`, first evicting idle ones
+    /// when the cache is full.
+    ///
+    /// Out of line and cold on purpose: the read transaction and the
+    /// counters built on the stack take about 10 KiB of frame, and
+    /// [`Self::counters`] runs on a sandbox's fiber stack at every model
+    /// and tool call. Inlined, every call probed those pages (cold, since
+    /// the pool hands out the least recently used stack), which cost more
+    /// than the rest of the budget check.
+    #[cold]
+    #[inline(never)]
+    fn admit(
+        &self,
+        state: &mut LedgerState,
+        subject: &Subject,
+        now: Clock,
+    ) -> Result<(), StoreError> {
+        let loaded = self.load(subject, now)?;
+        if state.counters.len() >= MAX_SUBJECTS {
+            evict_idle(state, now);
+        }
+        state.counters.insert(subject.clone(), loaded);
+        Ok(())
     }
 
     fn load(&self, subject: &Subject, now: Clock) -> Result<Counters, StoreError> {
