@@ -42,6 +42,9 @@ pub(super) struct SegmentFile {
     /// How far the mapping has been populated ahead of the appends
     /// ([`POPULATE_AHEAD`]); `usize::MAX` once the kernel refused to.
     populated: usize,
+    /// How many times the kernel was asked to populate a window.
+    #[cfg(test)]
+    populations: usize,
 }
 
 /// How much of a mapped segment is populated (its pages allocated and
@@ -65,6 +68,8 @@ impl SegmentFile {
             len,
             map,
             populated: 0,
+            #[cfg(test)]
+            populations: 0,
         }
     }
 
@@ -99,8 +104,16 @@ impl SegmentFile {
                         "a journal batch larger than its segment's reserved space",
                     ));
                 }
-                if end > self.populated.saturating_sub(POPULATE_AHEAD / 2) {
+                // Past half the populated window, the next one; none past
+                // the end of the mapping, or once the kernel refused.
+                if end > self.populated.saturating_sub(POPULATE_AHEAD / 2)
+                    && self.populated < map.len()
+                {
                     self.populated = populate_ahead(map, start);
+                    #[cfg(test)]
+                    {
+                        self.populations += 1;
+                    }
                 }
                 map[start..end].copy_from_slice(bytes);
             }
@@ -261,6 +274,13 @@ mod tests {
         }
         if window != usize::MAX {
             assert_eq!(segment.populated, capacity as usize);
+            // About two windows per MiB, and none again once the end of
+            // the mapping is populated (768 appends of 4 KiB in all).
+            assert!(
+                segment.populations <= 8,
+                "{} populations",
+                segment.populations
+            );
         }
         let len = segment.len() as usize;
         drop(segment);
