@@ -155,8 +155,9 @@ pub fn fingerprint_json<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
 
 /// SHA-256 of `request`'s compact binary encoding (postcard: strings as
 /// their length and bytes, numbers as varints), fed to the hash as it is
-/// encoded. It identifies a request as surely as the JSON digest does, at
-/// a fraction of the cost: nothing is escaped and nothing is buffered.
+/// encoded, a 512-byte chunk at a time. It identifies a request as surely
+/// as the JSON digest does, at a fraction of the cost: nothing is escaped
+/// and the encoding is never held whole.
 /// A value postcard cannot encode (a map or sequence of unknown length)
 /// falls back to [`fingerprint_json`], which is just as deterministic.
 pub fn fingerprint_compact<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
