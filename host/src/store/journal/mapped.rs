@@ -40,7 +40,8 @@ pub(super) struct SegmentFile {
     /// The mapping of the reserved file, when blocks could be reserved.
     map: Option<MmapMut>,
     /// How far the mapping has been populated ahead of the appends
-    /// ([`POPULATE_AHEAD`]); `usize::MAX` once the kernel refused to.
+    /// ([`POPULATE_AHEAD`]); its whole length once the kernel refused to,
+    /// so that it is not asked again.
     populated: usize,
     /// How many times the kernel was asked to populate a window.
     #[cfg(test)]
@@ -104,8 +105,8 @@ impl SegmentFile {
                         "a journal batch larger than its segment's reserved space",
                     ));
                 }
-                // Past half the populated window, the next one; none past
-                // the end of the mapping, or once the kernel refused.
+                // Past half the populated window, the next one; none once
+                // the end of the mapping is reached (or the kernel refused).
                 if end > self.populated.saturating_sub(POPULATE_AHEAD / 2)
                     && self.populated < map.len()
                 {
@@ -144,30 +145,30 @@ impl Drop for SegmentFile {
 }
 
 /// Populate the window of `map` that starts at the page holding `from`;
-/// returns how far it is populated, or `usize::MAX` where the kernel
-/// cannot (before Linux 5.14), so that it is not asked again. A refusal
-/// costs nothing but the faults the population would have saved.
+/// returns how far it is populated, or the mapping's whole length where
+/// the kernel cannot (before Linux 5.14), so that it is not asked again. A
+/// refusal costs nothing but the faults the population would have saved.
 #[cfg(target_os = "linux")]
 fn populate_ahead(map: &MmapMut, from: usize) -> usize {
     const PAGE: usize = 4096;
     let start = from / PAGE * PAGE;
     let stop = (start + POPULATE_AHEAD).min(map.len());
     if stop <= start {
-        return usize::MAX;
+        return map.len();
     }
     match map.advise_range(memmap2::Advice::PopulateWrite, start, stop - start) {
         Ok(()) => stop,
         Err(error) => {
             tracing::debug!(%error, "the journal segment could not be populated ahead");
-            usize::MAX
+            map.len()
         }
     }
 }
 
 /// Other systems take the page faults.
 #[cfg(not(target_os = "linux"))]
-fn populate_ahead(_map: &MmapMut, _from: usize) -> usize {
-    usize::MAX
+fn populate_ahead(map: &MmapMut, _from: usize) -> usize {
+    map.len()
 }
 
 /// Reserve `capacity` bytes of blocks for `file` and map them, or `None`
@@ -260,10 +261,10 @@ mod tests {
         assert!(segment.is_mapped());
         segment.append(b"first").expect("append");
         // Linux 5.14+ populates a window from the first append's page;
-        // an older kernel refuses once and is not asked again.
+        // an older kernel refuses once, which counts as done.
         let window = segment.populated;
         assert!(
-            window == POPULATE_AHEAD || window == usize::MAX,
+            window == POPULATE_AHEAD || window == capacity as usize,
             "populated to {window}"
         );
         // Past half the window, the next append moves it on; the last
@@ -272,16 +273,14 @@ mod tests {
         while segment.fits(chunk.len()) {
             segment.append(&chunk).expect("append");
         }
-        if window != usize::MAX {
-            assert_eq!(segment.populated, capacity as usize);
-            // About two windows per MiB, and none again once the end of
-            // the mapping is populated (768 appends of 4 KiB in all).
-            assert!(
-                segment.populations <= 8,
-                "{} populations",
-                segment.populations
-            );
-        }
+        assert_eq!(segment.populated, capacity as usize);
+        // About two windows per MiB, and none again once the end of the
+        // mapping is populated (768 appends of 4 KiB in all).
+        assert!(
+            segment.populations <= 8,
+            "{} populations",
+            segment.populations
+        );
         let len = segment.len() as usize;
         drop(segment);
         let read = std::fs::read(&path).expect("read");
