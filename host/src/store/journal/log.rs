@@ -13,11 +13,26 @@
 //! before an awaiting caller hears back; with [`StoreSync::Always`] it is
 //! also `fdatasync`ed, with [`StoreSync::Interval`] synced that often.
 //!
-//! Record: `len: u32 LE`, `crc32(body): u32 LE`, `body`. A segment file
-//! (`<id>.seg`, ids increasing, a new one per process and every
-//! [`SEGMENT_BYTES`]) starts with [`MAGIC`]. Opening the log replays every
-//! segment; a torn record at a segment's end (a crash in a write) is cut
-//! off, and whatever follows a corrupt record is ignored with a warning.
+//! A segment file (`<id>.seg`, ids increasing, a new one per process and
+//! every [`SEGMENT_BYTES`]) starts with [`MAGIC`] and its generation
+//! (`u32 LE`, then four zero bytes). Record: `len: u32 LE`, `generation:
+//! u32 LE`, `crc32(generation, body): u32 LE`, `body`. Opening the log
+//! replays every segment; a torn record at a segment's end (a crash in a
+//! write) is cut off, and whatever follows a corrupt record is ignored
+//! with a warning.
+//!
+//! A segment nothing needs any more is not deleted but kept as the spare
+//! ([`SPARE_FILE`]), and the next segment is the spare renamed, its
+//! generation one higher: its blocks stay allocated and its pages stay in
+//! the page cache, where a new file's pages would each be allocated and
+//! zeroed by the kernel as the appends reach them (and a deleted file's
+//! dropped). The records of the file's earlier lives stay behind the new
+//! ones until overwritten; they carry an older generation, so a reader
+//! takes the first of them as the end of the segment, exactly as it does
+//! the zeroed tail of a new one, and never as a record.
+//!
+//! Segments written before generations (`LOOMJNL1`: `len`, `crc32(body)`,
+//! `body`) are still read, and never recycled.
 
 use super::mapped::{self, SegmentFile};
 use super::segments::Segments;
@@ -32,7 +47,24 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The first bytes of every segment file.
-pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL1";
+pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL2";
+
+/// The first bytes of a segment written before generations.
+const LEGACY_MAGIC: &[u8; 8] = b"LOOMJNL1";
+
+/// A segment's header: [`MAGIC`], its generation (`u32 LE`), four zero
+/// bytes.
+pub(super) const SEGMENT_HEADER: usize = 16;
+
+/// A record's header: length, generation, checksum (`u32 LE` each).
+const RECORD_HEADER: usize = 12;
+
+/// A legacy record's header: length, checksum.
+const LEGACY_RECORD_HEADER: usize = 8;
+
+/// The spent segment kept for reuse as the next one, in the log's
+/// directory. Not a segment: never replayed.
+pub(super) const SPARE_FILE: &str = "spare.seg-recycled";
 
 /// A segment is closed once it holds this much, at a batch boundary.
 pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
@@ -89,20 +121,45 @@ impl Record<'_> {
     }
 }
 
-/// Frame `body` as a record.
+/// Frame `body` as a record, its generation and checksum still open
+/// ([`seal_batch`] fills them in once the segment it goes to is known).
 fn frame(body: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(8 + body.len());
-    bytes.extend_from_slice(&[0; 8]);
+    let mut bytes = Vec::with_capacity(RECORD_HEADER + body.len());
+    bytes.extend_from_slice(&[0; RECORD_HEADER]);
     bytes.extend_from_slice(body);
-    seal(bytes)
+    set_length(bytes)
 }
 
-/// Fill in the header of a record built after 8 reserved bytes.
-fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
-    let (header, body) = bytes.split_at_mut(8);
-    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+/// Fill in the length of a record built after [`RECORD_HEADER`] reserved
+/// bytes.
+fn set_length(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = (bytes.len() - RECORD_HEADER) as u32;
+    bytes[..4].copy_from_slice(&len.to_le_bytes());
     bytes
+}
+
+/// The checksum of a record of `generation`.
+fn checksum(generation: u32, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&generation.to_le_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// Stamp every framed record in `batch` with `generation` and its
+/// checksum, as they go to a segment of that generation.
+pub(super) fn seal_batch(batch: &mut [u8], generation: u32) {
+    let mut at = 0;
+    while let Some(header) = batch.get(at..at + RECORD_HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+            return;
+        };
+        let crc = checksum(generation, body);
+        batch[at + 4..at + 8].copy_from_slice(&generation.to_le_bytes());
+        batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        at += RECORD_HEADER + len;
+    }
 }
 
 /// Append `text` with a u16 length.
@@ -133,8 +190,8 @@ pub(super) fn entry_record(
     seq: u32,
     entry: &JournalEntry,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut body = Vec::with_capacity(53 + run.len() + scope.len() + entry.payload.len());
-    body.extend_from_slice(&[0; 8]);
+    let mut body = Vec::with_capacity(57 + run.len() + scope.len() + entry.payload.len());
+    body.extend_from_slice(&[0; RECORD_HEADER]);
     body.push(ENTRY);
     put_str(&mut body, run, "run id")?;
     put_str(&mut body, scope, "scope")?;
@@ -142,7 +199,7 @@ pub(super) fn entry_record(
     body.push(entry.kind as u8);
     body.extend_from_slice(&entry.fingerprint);
     body.extend_from_slice(&entry.payload);
-    Ok(seal(body))
+    Ok(set_length(body))
 }
 
 /// The framed record of a run's end at `updated_ms`.
@@ -223,34 +280,70 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
     }
 }
 
+/// How the records in some bytes are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// Records of a segment of this generation. A record of another
+    /// generation is a stale one, left by an earlier life of the file
+    /// (see [`SPARE_FILE`]): the segment's records end before it.
+    Sealed(u32),
+    /// Records of a segment written before generations.
+    Legacy,
+    /// Records framed in memory and not yet sealed: the queue.
+    Unsealed,
+}
+
+impl Framing {
+    /// The length of a record's header.
+    fn header(self) -> usize {
+        match self {
+            Framing::Legacy => LEGACY_RECORD_HEADER,
+            Framing::Sealed(_) | Framing::Unsealed => RECORD_HEADER,
+        }
+    }
+}
+
 /// The record bodies framed in `bytes`, and where the valid ones end (a
 /// torn or corrupt frame stops the walk). A zero header ends the records
 /// without a problem: it is the unused, reserved tail of a segment that
 /// was written through a memory map ([`super::mapped`]); no record is
-/// empty.
-pub(super) fn bodies(bytes: &[u8]) -> (Vec<&[u8]>, usize, Option<String>) {
+/// empty. So does a record of an older generation: the rest of a
+/// recycled file.
+pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Option<String>) {
+    let header_len = framing.header();
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         if bytes[at..].iter().all(|&b| b == 0) {
             return (found, at, None);
         }
-        let Some(header) = bytes.get(at..at + 8) else {
+        let Some(header) = bytes.get(at..at + header_len) else {
             return (found, at, Some("a record header cut short".into()));
         };
-        if header == [0; 8] {
+        if header.iter().all(|&b| b == 0) {
             return (
                 found,
                 at,
                 Some("a zeroed record header before more data".into()),
             );
         }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let len = word(0) as usize;
+        if let Framing::Sealed(generation) = framing
+            && word(4) != generation
+        {
+            return (found, at, None);
+        }
+        let Some(body) = bytes.get(at + header_len..at + header_len + len) else {
             return (found, at, Some("a record cut short".into()));
         };
-        if crc32fast::hash(body) != crc {
+        let intact = match framing {
+            Framing::Sealed(generation) => checksum(generation, body) == word(8),
+            Framing::Legacy => crc32fast::hash(body) == word(4),
+            Framing::Unsealed => true,
+        };
+        if !intact {
             return (
                 found,
                 at,
@@ -258,7 +351,7 @@ pub(super) fn bodies(bytes: &[u8]) -> (Vec<&[u8]>, usize, Option<String>) {
             );
         }
         found.push(body);
-        at += 8 + len;
+        at += header_len + len;
     }
     (found, at, None)
 }
@@ -286,9 +379,33 @@ pub(super) fn segment_ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(ids)
 }
 
-/// Read segment `id`: its record bytes (after the magic), cutting a torn
-/// or corrupt tail off the file when `repair`. `None`: not a segment.
-pub(super) fn read_segment(dir: &Path, id: u64, repair: bool) -> Option<Vec<u8>> {
+/// How a segment file's records are framed, from its first bytes, and
+/// how long its header is; `None`: not a segment.
+pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
+    if head.starts_with(MAGIC) {
+        let generation = head.get(8..12)?;
+        let generation =
+            u32::from_le_bytes([generation[0], generation[1], generation[2], generation[3]]);
+        Some((Framing::Sealed(generation), SEGMENT_HEADER))
+    } else if head.starts_with(LEGACY_MAGIC) {
+        Some((Framing::Legacy, LEGACY_MAGIC.len()))
+    } else {
+        None
+    }
+}
+
+/// The header of a segment of `generation`.
+pub(super) fn segment_header(generation: u32) -> [u8; SEGMENT_HEADER] {
+    let mut header = [0; SEGMENT_HEADER];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&generation.to_le_bytes());
+    header
+}
+
+/// Read segment `id`: how its records are framed and their bytes (after
+/// the header), cutting a torn or corrupt tail (or a recycled file's
+/// stale one) off the file when `repair`. `None`: not a segment.
+pub(super) fn read_segment(dir: &Path, id: u64, repair: bool) -> Option<(Framing, Vec<u8>)> {
     let path = segment_path(dir, id);
     let mut bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -297,35 +414,36 @@ pub(super) fn read_segment(dir: &Path, id: u64, repair: bool) -> Option<Vec<u8>>
             return None;
         }
     };
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    let Some((framing, header)) = framing_of(&bytes) else {
         if !bytes.is_empty() {
             tracing::warn!(path = %path.display(), "not a journal segment; ignored");
         }
         return None;
-    }
-    bytes.drain(..MAGIC.len());
-    let (_, valid, problem) = bodies(&bytes);
+    };
+    bytes.drain(..header);
+    let (_, valid, problem) = bodies(&bytes, framing);
     if let Some(problem) = &problem {
         tracing::warn!(
             path = %path.display(),
-            offset = valid + MAGIC.len(),
+            offset = valid + header,
             "the journal segment ends in {problem} (a crash during a write?); what follows is ignored"
         );
     }
-    // A torn record, or the zeroed tail a crash left reserved.
+    // A torn record, the zeroed tail a crash left reserved, or the stale
+    // records of a recycled file.
     if valid < bytes.len() {
         if repair {
             let cut = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .and_then(|f| f.set_len((valid + MAGIC.len()) as u64));
+                .and_then(|f| f.set_len((valid + header) as u64));
             if let Err(error) = cut {
                 tracing::warn!(path = %path.display(), %error, "the torn journal segment could not be cut");
             }
         }
         bytes.truncate(valid);
     }
-    Some(bytes)
+    Some((framing, bytes))
 }
 
 /// Who hears that a write reached the log.
@@ -376,6 +494,9 @@ pub(super) struct State {
     pub(super) segments: Segments,
     /// The segment being written.
     active: u64,
+    /// The generation the spare file ([`SPARE_FILE`]) takes when it
+    /// becomes the next segment; `None`: there is no spare.
+    spare: Option<u32>,
     /// When the oldest write not yet `fdatasync`ed was made.
     unsynced_since: Option<Instant>,
 }
@@ -420,6 +541,7 @@ impl Shared {
         runs: HashMap<String, JournalRun>,
         segments: Segments,
         active: u64,
+        spare: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             dir,
@@ -433,6 +555,7 @@ impl Shared {
                 closed: false,
                 segments,
                 active,
+                spare,
                 unsynced_since: None,
             }),
             wake: Condvar::new(),
@@ -522,8 +645,8 @@ impl Shared {
         let _io = lock(&self.io);
         let ids = self.state().segments.of(run);
         let mut found = Vec::new();
-        let mut take = |bytes: &[u8], found: &mut Vec<T>| {
-            for body in bodies(bytes).0 {
+        let mut take = |bytes: &[u8], framing: Framing, found: &mut Vec<T>| {
+            for body in bodies(bytes, framing).0 {
                 match decode(body) {
                     Ok(record) if record.run() == run => {
                         if matches!(
@@ -541,12 +664,12 @@ impl Shared {
             }
         };
         for id in ids {
-            if let Some(bytes) = read_segment(&self.dir, id, false) {
-                take(&bytes, &mut found);
+            if let Some((framing, bytes)) = read_segment(&self.dir, id, false) {
+                take(&bytes, framing, &mut found);
             }
         }
         let pending = self.state().pending.clone();
-        take(&pending, &mut found);
+        take(&pending, Framing::Unsealed, &mut found);
         found
     }
 
@@ -570,6 +693,8 @@ enum Next {
 /// The file being appended to.
 struct Active {
     id: u64,
+    /// Its generation, which seals its records.
+    generation: u32,
     file: SegmentFile,
 }
 
@@ -653,7 +778,7 @@ fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Wai
         io.spare_marks = marks;
         return (Ok(()), waiters);
     }
-    let result = append(shared, &mut io.active, id, &bytes).and_then(|()| {
+    let result = append(shared, &mut io.active, id, &mut bytes).and_then(|()| {
         if shared.sync == StoreSync::Always {
             sync(&io.active)
         } else {
@@ -734,7 +859,7 @@ fn append(
     shared: &Shared,
     active: &mut Option<Active>,
     id: u64,
-    bytes: &[u8],
+    bytes: &mut [u8],
 ) -> Result<(), StoreError> {
     if bytes.is_empty() {
         return Ok(());
@@ -762,6 +887,7 @@ fn append(
     let Some(segment) = active.as_mut() else {
         return Err(StoreError::Closed);
     };
+    seal_batch(bytes, segment.generation);
     segment.file.append(bytes).map_err(crate::store::io)?;
     if segment.file.len() >= SEGMENT_BYTES {
         let mut state = shared.state();
@@ -772,27 +898,105 @@ fn append(
     Ok(())
 }
 
-/// Create segment `id` with its magic (or open it, empty, after a failed
-/// start), with room reserved for at least `batch` bytes of records.
+/// Start segment `id`, with room reserved for at least `batch` bytes of
+/// records: the spare renamed, when there is one, else a new file.
 fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
-    let mut file = mapped::create(&path)
-        .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(MAGIC).map_err(crate::store::io)?;
-    if shared.sync == StoreSync::Always {
+    let spare = shared.state().spare.take();
+    let (file, generation) = match spare.and_then(|generation| {
+        reuse_spare(shared)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "the journal's spare segment could not be reused; starting a new one");
+                let _ = std::fs::remove_file(shared.dir.join(SPARE_FILE));
+            })
+            .ok()
+            .map(|file| (file, generation))
+    }) {
+        Some(reused) => reused,
+        None => (mapped::create(&path)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?, 1),
+    };
+    let mut file = file;
+    file.write_all(&segment_header(generation))
+        .map_err(crate::store::io)?;
+    if spare.is_some() || shared.sync == StoreSync::Always {
+        // A reused file's new generation must be on disk before its new
+        // name: else, after a power loss, its stale records could read as
+        // records of the segment.
         file.sync_data().map_err(crate::store::io)?;
+    }
+    if spare.is_some() {
+        std::fs::rename(shared.dir.join(SPARE_FILE), &path).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot rename the spare segment to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    if shared.sync == StoreSync::Always {
         // The new file's name must survive a power loss too.
         if let Ok(dir) = File::open(&shared.dir) {
             let _ = dir.sync_all();
         }
     }
     shared.state().segments.add(id);
-    let len = MAGIC.len() as u64;
+    let len = SEGMENT_HEADER as u64;
     let capacity = SEGMENT_BYTES.max(len + batch as u64);
     Ok(Active {
         id,
+        generation,
         file: SegmentFile::new(file, len, capacity, true),
     })
+}
+
+/// Open the spare file for reuse, positioned at its start (its old
+/// records stay until overwritten).
+fn reuse_spare(shared: &Shared) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shared.dir.join(SPARE_FILE))
+}
+
+/// Segment `id` is no longer needed: keep it as the spare when there is
+/// none and it has generations, else delete it. Returns whether it is
+/// gone from the segments.
+fn retire(shared: &Shared, state: &mut State, id: u64) -> bool {
+    let path = segment_path(&shared.dir, id);
+    if state.spare.is_none()
+        && let Some(generation) = next_generation(&path)
+    {
+        match std::fs::rename(&path, shared.dir.join(SPARE_FILE)) {
+            Ok(()) => {
+                state.spare = Some(generation);
+                return true;
+            }
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "a spent journal segment could not be kept for reuse");
+            }
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "a finished journal segment could not be deleted");
+            false
+        }
+    }
+}
+
+/// The generation the segment file at `path` would take if reused: one
+/// above its own. `None` for a legacy segment (its records carry no
+/// generation, so its stale ones could read as new) or an unreadable one.
+pub(super) fn next_generation(path: &Path) -> Option<u32> {
+    let mut head = [0u8; SEGMENT_HEADER];
+    let mut file = File::open(path).ok()?;
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    match framing_of(&head)? {
+        (Framing::Sealed(generation), _) => Some(generation.wrapping_add(1).max(1)),
+        _ => None,
+    }
 }
 
 fn sync(active: &Option<Active>) -> Result<(), StoreError> {
@@ -824,17 +1028,10 @@ fn settle(shared: &Shared, active: &Option<Active>, marks: &mut Vec<Mark>) -> bo
     }
     let below = state.active.min(written);
     while let Some(id) = state.segments.next_deletable(below) {
-        let path = segment_path(&shared.dir, id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => state.segments.deleted(id),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                state.segments.deleted(id)
-            }
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "a finished journal segment could not be deleted");
-                break;
-            }
+        if !retire(shared, &mut state, id) {
+            break;
         }
+        state.segments.deleted(id);
     }
     first_unsynced
 }
@@ -849,7 +1046,10 @@ mod tests {
         let mut bytes = entry_record("run-1", "0.3:1", 7, &entry).unwrap();
         bytes.extend(finish_record("run-1", true, 5));
         bytes.extend(drop_record("run-2"));
-        let (found, valid, problem) = bodies(&bytes);
+        // Queued records are walked before they are sealed.
+        assert_eq!(bodies(&bytes, Framing::Unsealed).0.len(), 3);
+        seal_batch(&mut bytes, 7);
+        let (found, valid, problem) = bodies(&bytes, SEALED);
         assert_eq!((found.len(), valid, problem), (3, bytes.len(), None));
         match decode(found[0]).unwrap() {
             Record::Entry {
@@ -877,13 +1077,13 @@ mod tests {
         ));
         // A torn last record: the first two still read.
         let torn = &bytes[..bytes.len() - 3];
-        let (found, _, problem) = bodies(torn);
+        let (found, _, problem) = bodies(torn, SEALED);
         assert_eq!(found.len(), 2);
         assert!(problem.is_some());
         // A flipped byte fails the checksum.
         let mut flipped = bytes.clone();
-        flipped[12] ^= 1;
-        let (found, valid, problem) = bodies(&flipped);
+        flipped[16] ^= 1;
+        let (found, valid, problem) = bodies(&flipped, SEALED);
         assert_eq!((found.len(), valid), (0, 0));
         assert!(problem.unwrap().contains("checksum"));
         // A mapped segment's reserved tail is zeros: the records end there,
@@ -891,25 +1091,103 @@ mod tests {
         for tail in [3, 8, 4096] {
             let mut padded = bytes.clone();
             padded.resize(bytes.len() + tail, 0);
-            assert_eq!(bodies(&padded).1, bytes.len());
-            assert_eq!(bodies(&padded).2, None);
-            assert_eq!(bodies(&padded).0.len(), 3);
+            assert_eq!(bodies(&padded, SEALED).1, bytes.len());
+            assert_eq!(bodies(&padded, SEALED).2, None);
+            assert_eq!(bodies(&padded, SEALED).0.len(), 3);
         }
         // A record torn in its copy (header there, body still zeros) is torn.
         let mut half = bytes.clone();
         let zeroed = half.len() - 2;
         half[zeroed..].fill(0);
         half.resize(half.len() + 64, 0);
-        let (found, _, problem) = bodies(&half);
+        let (found, _, problem) = bodies(&half, SEALED);
         assert_eq!(found.len(), 2);
         assert!(problem.is_some());
         // Zeros followed by data are not a tail: they are reported.
         let mut gap = bytes.clone();
-        gap.extend_from_slice(&[0; 8]);
-        gap.extend(drop_record("run-3"));
-        let (found, valid, problem) = bodies(&gap);
+        gap.extend_from_slice(&[0; RECORD_HEADER]);
+        let mut dropped = drop_record("run-3");
+        seal_batch(&mut dropped, 7);
+        gap.extend(dropped);
+        let (found, valid, problem) = bodies(&gap, SEALED);
         assert_eq!((found.len(), valid), (3, bytes.len()));
         assert!(problem.unwrap().contains("zeroed"));
+    }
+
+    /// The generation the tests seal with.
+    const SEALED: Framing = Framing::Sealed(7);
+
+    #[test]
+    fn a_recycled_files_stale_records_end_the_segment_quietly() {
+        // A file's earlier life: three records of generation 6.
+        let mut old = Vec::new();
+        for run in ["old-1", "old-2", "old-3"] {
+            old.extend(finish_record(run, true, 1));
+        }
+        seal_batch(&mut old, 6);
+        // Its new life (generation 7) overwrote the start with one record.
+        let mut new = finish_record("new", false, 2);
+        seal_batch(&mut new, 7);
+        let mut file = old.clone();
+        file[..new.len()].copy_from_slice(&new);
+        // Whether the new record ends on a boundary of the old ones or
+        // inside one, the segment holds exactly the new record.
+        // (2: the new record ends where an old one began.)
+        for cut in [0, 2, 5] {
+            let mut bytes = file.clone();
+            bytes.drain(new.len()..new.len() + cut);
+            let (found, valid, problem) = bodies(&bytes, SEALED);
+            assert_eq!((found.len(), valid), (1, new.len()), "cut {cut}");
+            assert_eq!(problem, None);
+            assert!(matches!(
+                decode(found[0]).unwrap(),
+                Record::Finish { run: "new", .. }
+            ));
+        }
+        // Read as its old generation, the file's old records fail their
+        // checksum where the new one overwrote them.
+        assert_eq!(bodies(&file, Framing::Sealed(6)).0.len(), 0);
+        // A record sealed with one generation never passes for another,
+        // even with the generation field rewritten.
+        let mut forged = new.clone();
+        forged[4..8].copy_from_slice(&8u32.to_le_bytes());
+        let (found, _, problem) = bodies(&forged, Framing::Sealed(8));
+        assert!(found.is_empty());
+        assert!(problem.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn segments_written_before_generations_still_read() {
+        // The legacy framing: length, crc32(body), body.
+        let body = finish_record("legacy", true, 9)[RECORD_HEADER..].to_vec();
+        let mut file = LEGACY_MAGIC.to_vec();
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        file.extend_from_slice(&body);
+        let (framing, header) = framing_of(&file).unwrap();
+        assert_eq!((framing, header), (Framing::Legacy, 8));
+        let (found, valid, problem) = bodies(&file[header..], framing);
+        assert_eq!((found.len(), valid, problem), (1, file.len() - 8, None));
+        assert!(matches!(
+            decode(found[0]).unwrap(),
+            Record::Finish {
+                run: "legacy",
+                drop: true,
+                updated_ms: 9
+            }
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("legacy.seg");
+        std::fs::write(&legacy, &file).unwrap();
+        assert_eq!(
+            next_generation(&legacy),
+            None,
+            "a legacy segment is never reused"
+        );
+        let current = dir.path().join("current.seg");
+        std::fs::write(&current, segment_header(41)).unwrap();
+        assert_eq!(next_generation(&current), Some(42));
+        assert_eq!(framing_of(b"junk"), None);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! blocks first (`fallocate`) is what makes the mapping safe: a store to a
 //! page with no block behind it would fault the process (`SIGBUS`) on a
 //! full disk, where a `write` fails politely. The reserved tail reads as
-//! zeros, which the reader takes as the end of the records
-//! ([`super::log::bodies`]), and is cut off when the segment is closed.
+//! zeros (in a reused file: records of an older generation), which the
+//! reader takes as the end of the records ([`super::log::bodies`]), and
+//! is cut off when the segment is closed.
 
 #![allow(
     unsafe_code,

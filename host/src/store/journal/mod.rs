@@ -441,11 +441,11 @@ impl Journal {
         let mut runs: HashMap<String, JournalRun> = HashMap::new();
         let mut segments = Segments::default();
         for &id in &ids {
-            let Some(bytes) = log::read_segment(&dir, id, true) else {
+            let Some((framing, bytes)) = log::read_segment(&dir, id, true) else {
                 continue;
             };
             segments.add(id);
-            for body in log::bodies(&bytes).0 {
+            for body in log::bodies(&bytes, framing).0 {
                 match log::decode(body) {
                     Ok(record) => replay(record, id, &mut runs, &mut segments),
                     Err(error) => {
@@ -455,7 +455,14 @@ impl Journal {
             }
         }
         let active = ids.last().map_or(0, |last| last + 1);
-        let log = Shared::new(dir, store.sync_mode(), runs, segments, active);
+        // A spent segment kept for reuse by the last process (never one
+        // without generations).
+        let spare_path = dir.join(log::SPARE_FILE);
+        let spare = log::next_generation(&spare_path);
+        if spare.is_none() && spare_path.exists() {
+            let _ = std::fs::remove_file(&spare_path);
+        }
+        let log = Shared::new(dir, store.sync_mode(), runs, segments, active, spare);
         let thread = std::thread::Builder::new()
             .name("loom-journal".into())
             .spawn({
@@ -1073,8 +1080,10 @@ mod tests {
         }
         let segment = log::segment_path(&log_dir(dir.path()), 0);
         let whole = std::fs::read(&segment).unwrap();
-        // A write cut short by a crash: half of a last record.
-        let torn = log::entry_record("r", ROOT_SCOPE, 3, &entry("lost")).unwrap();
+        // A write cut short by a crash: half of a last record (segment 0
+        // is a new file: generation 1).
+        let mut torn = log::entry_record("r", ROOT_SCOPE, 3, &entry("lost")).unwrap();
+        log::seal_batch(&mut torn, 1);
         let mut bytes = whole.clone();
         bytes.extend_from_slice(&torn[..torn.len() / 2]);
         std::fs::write(&segment, &bytes).unwrap();
@@ -1156,5 +1165,71 @@ mod tests {
         assert_eq!(log::segment_ids(&log_dir(dir.path())).unwrap(), [2]);
         drop(journal);
         assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_spent_segment_is_reused_and_its_old_records_stay_void() {
+        for dir in both_modes() {
+            spent_segment_is_reused_and_its_old_records_stay_void(&dir).await;
+        }
+    }
+
+    async fn spent_segment_is_reused_and_its_old_records_stay_void(dir: &tempfile::TempDir) {
+        use std::os::unix::fs::MetadataExt;
+        let log = log_dir(dir.path());
+        let inode = |path: &std::path::Path| std::fs::metadata(path).unwrap().ino();
+        // Process 1: `old` records plenty, then is dropped.
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("old", 1)).await.unwrap();
+            for seq in 0..40 {
+                journal
+                    .append("old", ROOT_SCOPE, seq, &entry(&format!("old entry {seq}")))
+                    .await
+                    .unwrap();
+            }
+            journal.finish("old", true).await.unwrap();
+        }
+        let old_bytes = std::fs::read(log::segment_path(&log, 0)).unwrap();
+        let file = inode(&log::segment_path(&log, 0));
+        // Process 2 writes segment 1; segment 0, spent, becomes the spare.
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("gone", 1)).await.unwrap();
+            journal.finish("gone", true).await.unwrap();
+            assert_eq!(log::segment_ids(&log).unwrap(), [1]);
+            assert_eq!(inode(&log.join(log::SPARE_FILE)), file);
+        }
+        // Process 3: segment 2 is the spare renamed (segment 1, spent in
+        // turn, is the spare now); `new` is left unfinished.
+        {
+            let journal = open_at(dir.path());
+            journal.start(record("new", 1)).await.unwrap();
+            journal
+                .append("new", ROOT_SCOPE, 0, &entry("n"))
+                .await
+                .unwrap();
+            assert_eq!(log::segment_ids(&log).unwrap(), [2]);
+            assert_eq!(inode(&log::segment_path(&log, 2)), file);
+            assert!(log.join(log::SPARE_FILE).exists());
+        }
+        // A crash leaves the file's old records behind the new ones (a
+        // clean close cuts them off): rebuild that.
+        let new_bytes = std::fs::read(log::segment_path(&log, 2)).unwrap();
+        assert!(new_bytes.len() < old_bytes.len());
+        let mut crashed = new_bytes.clone();
+        crashed.extend_from_slice(&old_bytes[new_bytes.len()..]);
+        std::fs::write(log::segment_path(&log, 2), &crashed).unwrap();
+        // Process 4 finds `new` interrupted with its one entry, and
+        // nothing of `old`; the stale tail is cut off.
+        let journal = open_at(dir.path());
+        assert_eq!(interrupted_ids(&journal), ["new"]);
+        assert_eq!(root_payloads(&journal, "new"), [b"n".to_vec()]);
+        assert!(journal.run("old").unwrap().is_none());
+        assert!(journal.all_entries("old").unwrap().is_empty());
+        assert_eq!(
+            std::fs::read(log::segment_path(&log, 2)).unwrap(),
+            new_bytes
+        );
     }
 }
