@@ -36,9 +36,8 @@
 
 use super::mapped::{self, SegmentFile};
 use super::segments::Segments;
-use super::{EntryKind, JournalEntry, JournalRun};
+use super::{EntryKind, JournalEntry, JournalRun, RunMap};
 use crate::store::{StoreError, StoreSync};
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,6 +77,9 @@ const START: u8 = 1;
 const ENTRY: u8 = 2;
 const FINISH: u8 = 3;
 const DROP: u8 = 4;
+/// A run's start in postcard ([`CompactStart`]); [`START`] is JSON, as
+/// written before.
+const START_COMPACT: u8 = 5;
 
 /// A decoded record, borrowing from the bytes it was read from.
 #[derive(Debug)]
@@ -176,11 +178,80 @@ fn put_str(body: &mut Vec<u8>, text: &str, what: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// A run's record as a compact start record holds it: postcard, with the
+/// two free-form JSON values (which postcard cannot read back) as JSON
+/// text. Field for field [`JournalRun`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CompactStart<S, T> {
+    run: S,
+    tenant: S,
+    user: Option<S>,
+    session: Option<S>,
+    agent: Option<S>,
+    architecture: S,
+    prompt: S,
+    output_schema: Option<String>,
+    metadata: T,
+    component: S,
+    origin: String,
+    format: super::JournalFormat,
+    status: super::JournalStatus,
+    started_ms: u64,
+    updated_ms: u64,
+}
+
 /// The framed record of a run's start.
 pub(super) fn start_record(run: &JournalRun) -> Result<Vec<u8>, StoreError> {
-    let mut body = vec![START];
-    serde_json::to_writer(&mut body, run).map_err(crate::store::io)?;
-    Ok(frame(&body))
+    let json = |value: &serde_json::Value| serde_json::to_string(value).map_err(crate::store::io);
+    let compact = CompactStart {
+        run: run.run.as_str(),
+        tenant: run.tenant.as_str(),
+        user: run.user.as_deref(),
+        session: run.session.as_deref(),
+        agent: run.agent.as_deref(),
+        architecture: run.architecture.as_str(),
+        prompt: run.prompt.as_str(),
+        output_schema: run.output_schema.as_ref().map(json).transpose()?,
+        metadata: run.metadata.as_slice(),
+        component: run.component.as_str(),
+        origin: json(&run.origin)?,
+        format: run.format,
+        status: run.status,
+        started_ms: run.started_ms,
+        updated_ms: run.updated_ms,
+    };
+    let mut bytes = Vec::with_capacity(
+        RECORD_HEADER + 96 + run.run.len() + run.tenant.len() + run.prompt.len(),
+    );
+    bytes.extend_from_slice(&[0; RECORD_HEADER]);
+    bytes.push(START_COMPACT);
+    postcard::serialize_with_flavor(&compact, super::VecFlavor(&mut bytes))
+        .map_err(crate::store::io)?;
+    Ok(set_length(bytes))
+}
+
+/// A compact start record's body, decoded.
+fn decode_compact_start(body: &[u8]) -> Result<JournalRun, String> {
+    let compact: CompactStart<String, Vec<(String, String)>> =
+        postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let json = |text: &str| serde_json::from_str(text).map_err(|e| e.to_string());
+    Ok(JournalRun {
+        run: compact.run,
+        tenant: compact.tenant,
+        user: compact.user,
+        session: compact.session,
+        agent: compact.agent,
+        architecture: compact.architecture,
+        prompt: compact.prompt,
+        output_schema: compact.output_schema.as_deref().map(json).transpose()?,
+        metadata: compact.metadata,
+        component: compact.component,
+        origin: json(&compact.origin)?,
+        format: compact.format,
+        status: compact.status,
+        started_ms: compact.started_ms,
+        updated_ms: compact.updated_ms,
+    })
 }
 
 /// The framed record of an entry.
@@ -238,6 +309,9 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
     let (&tag, mut rest) = body.split_first().ok_or("an empty record")?;
     match tag {
         START => serde_json::from_slice(rest)
+            .map(|run| Record::Start(Box::new(run)))
+            .map_err(|e| format!("a run record: {e}")),
+        START_COMPACT => decode_compact_start(rest)
             .map(|run| Record::Start(Box::new(run)))
             .map_err(|e| format!("a run record: {e}")),
         ENTRY => {
@@ -479,7 +553,7 @@ pub(super) enum Mark {
 /// The visible state and the queue, behind one lock.
 pub(super) struct State {
     /// The runs the log holds (started, not dropped), as last recorded.
-    pub(super) runs: HashMap<String, JournalRun>,
+    pub(super) runs: RunMap<JournalRun>,
     /// Framed records queued for the next write.
     pending: Vec<u8>,
     /// Their effect on the accounting, in order.
@@ -538,7 +612,7 @@ impl Shared {
     pub(super) fn new(
         dir: PathBuf,
         sync: StoreSync,
-        runs: HashMap<String, JournalRun>,
+        runs: RunMap<JournalRun>,
         segments: Segments,
         active: u64,
         spare: Option<u32>,
@@ -580,7 +654,7 @@ impl Shared {
         &self,
         record: &[u8],
         mark: Mark,
-        update: impl FnOnce(&mut HashMap<String, JournalRun>),
+        update: impl FnOnce(&mut RunMap<JournalRun>),
     ) -> Result<(), StoreError> {
         if !self.writes_in_place() {
             let (done, written) = oneshot::channel();
@@ -596,15 +670,18 @@ impl Shared {
     /// Queue `record` with its `mark`; `update` changes the visible runs
     /// in the same step. `waiter` hears when it is written; a
     /// [`Waiter::Task`] has it written at once, a callback within
-    /// [`QUEUED_DELAY`]. A record nobody waits for wakes no one: it goes
-    /// out with the next write (every run's last record is waited for).
-    /// Returns whether it was queued: not once the log is closed (the
-    /// waiter then hears so).
+    /// [`QUEUED_DELAY`], or, when callers write in place
+    /// ([`Self::writes_in_place`]), with the next write anyone makes (the
+    /// writer thread makes one at its next sync at the latest, and is
+    /// woken when no sync is due). A record nobody waits for wakes no one:
+    /// it goes out with the next write (every run's last record is waited
+    /// for). Returns whether it was queued: not once the log is closed
+    /// (the waiter then hears so).
     pub(super) fn push(
         &self,
         record: &[u8],
         mark: Mark,
-        update: impl FnOnce(&mut HashMap<String, JournalRun>),
+        update: impl FnOnce(&mut RunMap<JournalRun>),
         waiter: Option<Waiter>,
     ) -> bool {
         let mut state = self.state();
@@ -622,9 +699,13 @@ impl Shared {
             Some(waiter) => {
                 let urgent = matches!(waiter, Waiter::Task(_));
                 let first = state.waiters.is_empty() || (urgent && !state.urgent);
+                // Written in place, a callback rides on the next write; the
+                // writer thread, asleep until its next sync, makes that
+                // write then, so it needs waking only when no sync is due.
+                let rides = !urgent && self.writes_in_place() && state.unsynced_since.is_some();
                 state.waiters.push(waiter);
                 state.urgent |= urgent;
-                first
+                first && !rides
             }
             None => false,
         };
@@ -1114,6 +1195,57 @@ mod tests {
         assert!(problem.unwrap().contains("zeroed"));
     }
 
+    fn full_run() -> JournalRun {
+        JournalRun {
+            run: "run-9".into(),
+            tenant: "acme".into(),
+            user: Some("ann".into()),
+            session: Some("s1".into()),
+            agent: Some("helper".into()),
+            architecture: "react".into(),
+            prompt: "say \"hi\"\n".into(),
+            output_schema: Some(serde_json::json!({"type": "object", "required": ["a"]})),
+            metadata: vec![("k".into(), "v".into())],
+            component: "ab12".into(),
+            origin: serde_json::json!({"agent": "helper", "model": "echo"}),
+            format: super::super::JournalFormat::Compact,
+            status: super::super::JournalStatus::Running,
+            started_ms: 17,
+            updated_ms: 18,
+        }
+    }
+
+    #[test]
+    fn a_start_record_round_trips_compact_and_json_ones_still_read() {
+        for run in [full_run(), {
+            let mut bare = full_run();
+            bare.user = None;
+            bare.session = None;
+            bare.agent = None;
+            bare.output_schema = None;
+            bare.metadata.clear();
+            bare.origin = serde_json::Value::Null;
+            bare
+        }] {
+            let mut bytes = start_record(&run).unwrap();
+            assert_eq!(bytes[RECORD_HEADER], START_COMPACT);
+            seal_batch(&mut bytes, 3);
+            let (found, _, problem) = bodies(&bytes, Framing::Sealed(3));
+            assert_eq!((found.len(), problem), (1, None));
+            match decode(found[0]).unwrap() {
+                Record::Start(decoded) => assert_eq!(*decoded, run),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A start record written before the compact one: JSON.
+        let mut legacy = vec![START];
+        serde_json::to_writer(&mut legacy, &full_run()).unwrap();
+        match decode(&legacy).unwrap() {
+            Record::Start(decoded) => assert_eq!(*decoded, full_run()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The generation the tests seal with.
     const SEALED: Framing = Framing::Sealed(7);
 
@@ -1199,6 +1331,8 @@ mod tests {
             &[ENTRY, 0xff, 0xff, b'a'],
             &[ENTRY, 1, 0, b'r', 1, 0, b's', 0, 0, 0, 0, 99],
             &[START, b'{'],
+            &[START_COMPACT],
+            &[START_COMPACT, 0xff, 0xff],
             &[FINISH],
             &[DROP, 0xff, 0xfe],
         ] {

@@ -35,6 +35,18 @@ use segments::Segments;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The journal's maps keyed by run id hash with foldhash, keyed per
+/// process: every record of every run looks its run up in them (SipHash
+/// was a visible share of a journaled turn), and a random key still keeps
+/// callers from choosing colliding run ids.
+pub(super) type RunHasher = foldhash::fast::RandomState;
+
+/// A map keyed by run id.
+pub(super) type RunMap<V> = HashMap<String, V, RunHasher>;
+
+/// A set of run ids.
+pub(super) type RunSet = HashSet<String, RunHasher>;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -388,7 +400,7 @@ pub struct Journal {
     /// Stops the log's writer when the last handle goes.
     _writer: Arc<Writer>,
     /// Runs this process is executing now.
-    live: Arc<Mutex<HashSet<String>>>,
+    live: Arc<Mutex<RunSet>>,
 }
 
 /// The log's writer thread; dropping it writes what is queued and stops it.
@@ -410,7 +422,7 @@ impl Drop for Writer {
 
 /// A run this process is executing; dropping it ends that.
 pub struct LiveRun {
-    live: Arc<Mutex<HashSet<String>>>,
+    live: Arc<Mutex<RunSet>>,
     run: String,
 }
 
@@ -438,7 +450,7 @@ impl Journal {
         })?;
         drop_legacy_tables(&store)?;
         let ids = log::segment_ids(&dir)?;
-        let mut runs: HashMap<String, JournalRun> = HashMap::new();
+        let mut runs: RunMap<JournalRun> = RunMap::default();
         let mut segments = Segments::default();
         for &id in &ids {
             let Some((framing, bytes)) = log::read_segment(&dir, id, true) else {
@@ -619,9 +631,10 @@ impl Journal {
 
     /// [`Self::finish`] without waiting; `live` (the run's mark as executed
     /// by this process) is dropped once the log has the record, so the run
-    /// is never listed as interrupted in between.
-    /// When writes need no `fdatasync` each, the record is written at
-    /// once on the caller's thread.
+    /// is never listed as interrupted in between. When writes need no
+    /// `fdatasync` each, the record goes out with the next write anyone
+    /// makes (another run's step, or the writer's next sync), instead of
+    /// a write of its own.
     pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
         let closed = move |result: Result<(), StoreError>| {
             if let Err(error) = result {
@@ -629,12 +642,7 @@ impl Journal {
             }
             drop(live);
         };
-        if self.log.writes_in_place() {
-            self.push_finish(run, drop_entries, None);
-            closed(self.log.write_now());
-        } else {
-            self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
-        }
+        self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
     }
 
     /// Queue `run`'s finish.
@@ -773,12 +781,7 @@ fn entry_record(
 
 /// Apply one record read back from segment `id` to the runs and the
 /// segment accounting.
-fn replay(
-    record: Record<'_>,
-    id: u64,
-    runs: &mut HashMap<String, JournalRun>,
-    segments: &mut Segments,
-) {
+fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: &mut Segments) {
     match record {
         Record::Start(run) => {
             segments.record(&run.run, id);
@@ -1231,5 +1234,35 @@ mod tests {
             std::fs::read(log::segment_path(&log, 2)).unwrap(),
             new_bytes
         );
+    }
+
+    #[tokio::test]
+    async fn a_queued_finish_is_written_with_no_other_write_to_carry_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        {
+            let journal = open_at(dir.path());
+            // Round 0: a sync is due, and the writer makes the write then;
+            // round 1: everything is synced, and the finish wakes the writer.
+            for round in 0..2 {
+                let run = format!("r{round}");
+                let live = journal.mark_live(&run).unwrap();
+                journal.start(record(&run, 1)).await.unwrap();
+                if round == 1 {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                journal.finish_queued(&run, true, live);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                // Live until the finish is written.
+                while journal.mark_live(&run).is_none() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the finish of {run} was never written"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
     }
 }

@@ -15,20 +15,21 @@
 //! record here only once it is written, and replays every segment through
 //! it when the log is opened.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use super::{RunMap, RunSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Segment ids, their pins and drop markers.
 #[derive(Debug, Default)]
 pub(super) struct Segments {
     /// Every segment file that exists, with the runs pinning it.
-    pins: BTreeMap<u64, HashSet<String>>,
+    pins: BTreeMap<u64, RunSet>,
     /// Each live run's segments.
-    runs: HashMap<String, BTreeSet<u64>>,
+    runs: RunMap<BTreeSet<u64>>,
     /// A dropped run whose data outlives its marker's need: run → (the
     /// marker's segment, the segments of its data not yet deleted).
-    tombstones: HashMap<String, (u64, BTreeSet<u64>)>,
+    tombstones: RunMap<(u64, BTreeSet<u64>)>,
     /// Segment → the dropped runs whose markers it holds.
-    markers: BTreeMap<u64, HashSet<String>>,
+    markers: BTreeMap<u64, RunSet>,
 }
 
 impl Segments {
