@@ -6,7 +6,7 @@
 //! [`OnLimit`] either waits for the next token or rejects with the time
 //! until one is due.
 
-use crate::tenancy::ids::{TenantId, UserId};
+use crate::tenancy::ids::{NamedUser, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +23,14 @@ pub enum RateKind {
 }
 
 impl RateKind {
+    /// Its slot in an owner's [`Kinds`].
+    fn index(self) -> usize {
+        match self {
+            RateKind::Runs => 0,
+            RateKind::ModelCalls => 1,
+        }
+    }
+
     /// The configuration key: `runs_per_minute`, `model_calls_per_minute`.
     pub fn key(self) -> &'static str {
         match self {
@@ -121,16 +129,86 @@ struct Bucket {
     updated: Instant,
 }
 
-/// Most buckets kept; idle full ones are dropped past it.
+/// Most owners (tenants and users) whose buckets are kept; past it, idle
+/// buckets (full by then) are dropped.
 const MAX_BUCKETS: usize = 200_000;
 
-/// A bucket's owner: the tenant (`None`) or one of its users.
-type BucketKey = (TenantId, Option<UserId>, RateKind);
+/// How long a bucket goes untouched before it counts as idle: long enough
+/// to refill completely at any rate.
+const IDLE: Duration = Duration::from_secs(120);
+
+/// One owner's buckets, one per [`RateKind`] ([`RateKind::index`]).
+type Kinds = [Option<Bucket>; 2];
+
+/// The buckets' maps hash with foldhash, keyed per process: every run and
+/// every model call looks its tenant and user up, and a random key still
+/// keeps callers from choosing colliding ids.
+type FastState = foldhash::fast::RandomState;
+
+/// A tenant's buckets and its users'.
+#[derive(Default)]
+struct TenantBuckets {
+    own: Kinds,
+    /// The tenant's anonymous calls, which share one bucket per kind.
+    anonymous: Kinds,
+    users: HashMap<NamedUser, Kinds, FastState>,
+}
+
+/// Every owner's buckets, looked up by borrowed ids (nothing is allocated
+/// but an owner's first entry).
+#[derive(Default)]
+struct Buckets {
+    tenants: HashMap<TenantId, TenantBuckets, FastState>,
+    /// Tenants and users held.
+    owners: usize,
+}
+
+impl Buckets {
+    /// Drop the buckets idle at `now`, and the owners left with none.
+    fn prune(&mut self, now: Instant) {
+        let keep = |kinds: &mut Kinds| {
+            for slot in kinds.iter_mut() {
+                if slot.is_some_and(|b| now.duration_since(b.updated) >= IDLE) {
+                    *slot = None;
+                }
+            }
+            kinds.iter().any(Option::is_some)
+        };
+        let mut owners = 0;
+        self.tenants.retain(|_, tenant| {
+            tenant.users.retain(|_, kinds| keep(kinds));
+            let own = keep(&mut tenant.own) | keep(&mut tenant.anonymous);
+            let kept = own || !tenant.users.is_empty();
+            if kept {
+                owners += 1 + tenant.users.len();
+            }
+            kept
+        });
+        self.owners = owners;
+    }
+}
+
+/// `key`'s entry in `map`, made (counted in `owners`) when missing.
+fn entry<'m, K, V>(
+    map: &'m mut HashMap<K, V, FastState>,
+    key: &K,
+    owners: &mut usize,
+) -> Option<&'m mut V>
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq + Clone,
+    V: Default,
+{
+    if !map.contains_key(key.borrow()) {
+        map.insert(key.clone(), V::default());
+        *owners += 1;
+    }
+    map.get_mut(key.borrow())
+}
 
 /// Every tenant's and user's buckets.
 #[derive(Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
 impl RateLimiter {
@@ -189,26 +267,36 @@ impl RateLimiter {
         user_rate: Option<f64>,
     ) -> Result<(), RateLimited> {
         let now = Instant::now();
-        let mut buckets = match self.buckets.lock() {
+        let mut guard = match self.buckets.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if buckets.len() > MAX_BUCKETS {
-            buckets.retain(|_, b| now.duration_since(b.updated) < Duration::from_secs(120));
+        let buckets = &mut *guard;
+        if buckets.owners > MAX_BUCKETS {
+            buckets.prune(now);
         }
-        let levels = [
-            (None, tenant_rate, "tenant"),
-            (Some(user.clone()), user_rate, "user"),
+        let index = kind.index();
+        let Some(owner) = entry(&mut buckets.tenants, tenant, &mut buckets.owners) else {
+            return Ok(());
+        };
+        let user_kinds = match (user_rate, user) {
+            (None, _) => None,
+            (Some(_), UserId::Anonymous) => Some(&mut owner.anonymous),
+            (Some(_), UserId::Named(name)) => entry(&mut owner.users, name, &mut buckets.owners),
+        };
+        let mut levels = [
+            tenant_rate.map(|rate| (&mut owner.own[index], rate, "tenant")),
+            user_rate
+                .zip(user_kinds)
+                .map(|(rate, kinds)| (&mut kinds[index], rate, "user")),
         ];
         // Refill, then check both before taking from either.
-        for (who, rate, level) in &levels {
-            let Some(rate) = rate else { continue };
-            let bucket = buckets
-                .entry((tenant.clone(), who.clone(), kind))
-                .or_insert(Bucket {
-                    tokens: *rate,
-                    updated: now,
-                });
+        for (slot, rate, level) in levels.iter_mut().flatten() {
+            let rate = *rate;
+            let bucket = slot.get_or_insert(Bucket {
+                tokens: rate,
+                updated: now,
+            });
             let per_second = rate / 60.0;
             let elapsed = now.duration_since(bucket.updated).as_secs_f64();
             bucket.tokens = (bucket.tokens + elapsed * per_second).min(rate.max(1.0));
@@ -218,15 +306,13 @@ impl RateLimiter {
                 return Err(RateLimited {
                     kind,
                     level,
-                    rate: *rate,
+                    rate,
                     retry_after_ms: (wait * 1000.0).ceil() as u64,
                 });
             }
         }
-        for (who, rate, _) in &levels {
-            if rate.is_some()
-                && let Some(bucket) = buckets.get_mut(&(tenant.clone(), who.clone(), kind))
-            {
+        for (slot, _, _) in levels.iter_mut().flatten() {
+            if let Some(bucket) = slot {
                 bucket.tokens -= 1.0;
             }
         }
@@ -237,6 +323,43 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_buckets_and_owners_left_without_any_are_pruned() {
+        let now = Instant::now();
+        let Some(old) = now.checked_sub(IDLE + Duration::from_secs(1)) else {
+            return; // a clock too young to hold an idle bucket
+        };
+        let mut buckets = Buckets::default();
+        let bucket = |updated| {
+            Some(Bucket {
+                tokens: 1.0,
+                updated,
+            })
+        };
+        let acme = TenantId::new("acme").unwrap();
+        let idle = TenantId::new("idle").unwrap();
+        let mut owners = 0;
+        let tenant = entry(&mut buckets.tenants, &acme, &mut owners).unwrap();
+        tenant.own[0] = bucket(old);
+        for (name, updated) in [("fresh", now), ("stale", old)] {
+            let user = NamedUser::new(name).unwrap();
+            entry(&mut tenant.users, &user, &mut owners).unwrap()[1] = bucket(updated);
+        }
+        entry(&mut buckets.tenants, &idle, &mut owners)
+            .unwrap()
+            .anonymous[0] = bucket(old);
+        buckets.owners = owners;
+        assert_eq!(buckets.owners, 4);
+        buckets.prune(now);
+        // acme stays for its fresh user; its own idle bucket and the stale
+        // user go, and the idle tenant goes entirely.
+        assert_eq!(buckets.owners, 2);
+        let acme = &buckets.tenants["acme"];
+        assert!(acme.own[0].is_none());
+        assert!(acme.users.contains_key("fresh") && !acme.users.contains_key("stale"));
+        assert!(!buckets.tenants.contains_key("idle"));
+    }
 
     #[tokio::test]
     async fn a_user_bucket_rejects_with_retry_after_and_spares_other_users() {

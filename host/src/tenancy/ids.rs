@@ -69,6 +69,14 @@ macro_rules! string_id {
             }
         }
 
+        /// Looks an id up by its text in maps keyed by the id (its hash
+        /// and equality are the text's).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
