@@ -408,9 +408,7 @@ async fn reflexion_over_a_supervisor_over_two_workers_carries_the_user_budget_an
     assert_eq!(result.usage.input_tokens, 10 * calls);
     assert_eq!(result.usage.output_tokens, 5 * calls);
     host.flush().await.unwrap();
-    let budgets = &host.config().tenants[&"acme".parse().unwrap()]
-        .governance
-        .budgets;
+    let budgets = &host.config().tenants["acme"].governance.budgets;
     let ann = loom_host::UserId::named("ann").unwrap();
     let usage = host
         .governance()

@@ -147,9 +147,7 @@ async fn budgets_stop_only_the_offender_sit_under_the_tenant_and_survive_a_resta
         .usage(
             &"acme".parse().unwrap(),
             Some(&loom_host::UserId::named("alice").unwrap()),
-            &host.config().tenants[&"acme".parse().unwrap()]
-                .governance
-                .budgets,
+            &host.config().tenants["acme"].governance.budgets,
         )
         .unwrap();
     let alice = usage
@@ -570,9 +568,7 @@ async fn fifty_users_three_turns_never_cross_in_sessions_budgets_or_audit() {
     }
     host.flush().await.unwrap();
     let sessions = host.sessions();
-    let budgets = &host.config().tenants[&"acme".parse().unwrap()]
-        .governance
-        .budgets;
+    let budgets = &host.config().tenants["acme"].governance.budgets;
     for u in 0..50 {
         let user = loom_host::UserId::named(format!("user{u}")).unwrap();
         let messages = sessions
