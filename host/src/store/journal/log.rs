@@ -14,9 +14,9 @@
 //! also `fdatasync`ed, with [`StoreSync::Interval`] synced that often.
 //!
 //! A segment file (`<id>.seg`, ids increasing, a new one per process and
-//! every [`SEGMENT_BYTES`]) starts with [`MAGIC`] and its generation
-//! (`u32 LE`, then four zero bytes). Record: `len: u32 LE`, `generation:
-//! u32 LE`, `crc32(generation, body): u32 LE`, `body`. Opening the log
+//! every [`SEGMENT_BYTES`]) starts with [`MAGIC`], its generation and its
+//! salt (`u32 LE` each). Record: `len: u32 LE`, `generation: u32 LE`,
+//! `crc32(generation, salt, body): u32 LE`, `body`. Opening the log
 //! replays every segment; a torn record at a segment's end (a crash in a
 //! write) is cut off, and whatever follows a corrupt record is ignored
 //! with a warning.
@@ -29,7 +29,10 @@
 //! dropped). The records of the file's earlier lives stay behind the new
 //! ones until overwritten; they carry an older generation, so a reader
 //! takes the first of them as the end of the segment, exactly as it does
-//! the zeroed tail of a new one, and never as a record.
+//! the zeroed tail of a new one, and never as a record. The salt, random
+//! for each life, keeps the bytes of an earlier life's payloads (a prompt,
+//! a tool's output: text a caller chose) from being made to look like a
+//! record of the new one: the generation is predictable, the salt is not.
 //!
 //! Segments written before generations (`LOOMJNL1`: `len`, `crc32(body)`,
 //! `body`) are still read, and never recycled.
@@ -51,9 +54,37 @@ pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL2";
 /// The first bytes of a segment written before generations.
 const LEGACY_MAGIC: &[u8; 8] = b"LOOMJNL1";
 
-/// A segment's header: [`MAGIC`], its generation (`u32 LE`), four zero
-/// bytes.
+/// A segment's header: [`MAGIC`], its generation, its salt (`u32 LE`
+/// each).
 pub(super) const SEGMENT_HEADER: usize = 16;
+
+/// What seals a segment's records: its generation (one above its file's
+/// previous life, 1 for a new file) and a salt drawn at random for this
+/// life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seal {
+    /// The life of the file.
+    pub(super) generation: u32,
+    /// Unpredictable, so no earlier content can be crafted to pass.
+    pub(super) salt: u32,
+}
+
+impl Seal {
+    /// The seal of a new life `generation`, with a fresh salt.
+    pub(super) fn fresh(generation: u32) -> Seal {
+        let salt = getrandom::u32().unwrap_or_else(|error| {
+            tracing::debug!(%error, "no system randomness for a journal segment's salt");
+            fastrand::u32(..)
+        });
+        Seal { generation, salt }
+    }
+
+    /// Whether the segment's file had an earlier life (whose records may
+    /// follow the segment's own).
+    fn reused(self) -> bool {
+        self.generation > 1
+    }
+}
 
 /// A record's header: length, generation, checksum (`u32 LE` each).
 const RECORD_HEADER: usize = 12;
@@ -140,25 +171,26 @@ fn set_length(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// The checksum of a record of `generation`.
-fn checksum(generation: u32, body: &[u8]) -> u32 {
+/// The checksum of a record sealed with `seal`.
+fn checksum(seal: Seal, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&generation.to_le_bytes());
+    hasher.update(&seal.generation.to_le_bytes());
+    hasher.update(&seal.salt.to_le_bytes());
     hasher.update(body);
     hasher.finalize()
 }
 
-/// Stamp every framed record in `batch` with `generation` and its
-/// checksum, as they go to a segment of that generation.
-pub(super) fn seal_batch(batch: &mut [u8], generation: u32) {
+/// Stamp every framed record in `batch` with `seal`'s generation and its
+/// checksum, as they go to a segment sealed with it.
+pub(super) fn seal_batch(batch: &mut [u8], seal: Seal) {
     let mut at = 0;
     while let Some(header) = batch.get(at..at + RECORD_HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
             return;
         };
-        let crc = checksum(generation, body);
-        batch[at + 4..at + 8].copy_from_slice(&generation.to_le_bytes());
+        let crc = checksum(seal, body);
+        batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
         batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
         at += RECORD_HEADER + len;
     }
@@ -357,10 +389,10 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
 /// How the records in some bytes are framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Framing {
-    /// Records of a segment of this generation. A record of another
+    /// Records of a segment sealed with this. A record of another
     /// generation is a stale one, left by an earlier life of the file
     /// (see [`SPARE_FILE`]): the segment's records end before it.
-    Sealed(u32),
+    Sealed(Seal),
     /// Records of a segment written before generations.
     Legacy,
     /// Records framed in memory and not yet sealed: the queue.
@@ -395,6 +427,12 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
             return (found, at, Some("a record header cut short".into()));
         };
         if header.iter().all(|&b| b == 0) {
+            // In a reused file, zeros may be an earlier life's payload.
+            if let Framing::Sealed(seal) = framing
+                && seal.reused()
+            {
+                return (found, at, None);
+            }
             return (
                 found,
                 at,
@@ -404,8 +442,8 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
         let word =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let len = word(0) as usize;
-        if let Framing::Sealed(generation) = framing
-            && word(4) != generation
+        if let Framing::Sealed(seal) = framing
+            && word(4) != seal.generation
         {
             return (found, at, None);
         }
@@ -413,7 +451,7 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
             return (found, at, Some("a record cut short".into()));
         };
         let intact = match framing {
-            Framing::Sealed(generation) => checksum(generation, body) == word(8),
+            Framing::Sealed(seal) => checksum(seal, body) == word(8),
             Framing::Legacy => crc32fast::hash(body) == word(4),
             Framing::Unsealed => true,
         };
@@ -457,10 +495,14 @@ pub(super) fn segment_ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
 /// how long its header is; `None`: not a segment.
 pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
     if head.starts_with(MAGIC) {
-        let generation = head.get(8..12)?;
-        let generation =
-            u32::from_le_bytes([generation[0], generation[1], generation[2], generation[3]]);
-        Some((Framing::Sealed(generation), SEGMENT_HEADER))
+        let header = head.get(..SEGMENT_HEADER)?;
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let seal = Seal {
+            generation: word(8),
+            salt: word(12),
+        };
+        Some((Framing::Sealed(seal), SEGMENT_HEADER))
     } else if head.starts_with(LEGACY_MAGIC) {
         Some((Framing::Legacy, LEGACY_MAGIC.len()))
     } else {
@@ -468,11 +510,12 @@ pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
     }
 }
 
-/// The header of a segment of `generation`.
-pub(super) fn segment_header(generation: u32) -> [u8; SEGMENT_HEADER] {
+/// The header of a segment sealed with `seal`.
+pub(super) fn segment_header(seal: Seal) -> [u8; SEGMENT_HEADER] {
     let mut header = [0; SEGMENT_HEADER];
     header[..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&generation.to_le_bytes());
+    header[8..12].copy_from_slice(&seal.generation.to_le_bytes());
+    header[12..].copy_from_slice(&seal.salt.to_le_bytes());
     header
 }
 
@@ -774,8 +817,8 @@ enum Next {
 /// The file being appended to.
 struct Active {
     id: u64,
-    /// Its generation, which seals its records.
-    generation: u32,
+    /// What seals its records.
+    seal: Seal,
     file: SegmentFile,
 }
 
@@ -792,7 +835,16 @@ pub(super) fn write_loop(shared: &Shared) {
                 sync_now(shared, &lock(&shared.io));
                 return;
             }
-            Next::Sync => sync_now(shared, &lock(&shared.io)),
+            Next::Sync => {
+                // What rode waiting for a write goes out with the sync.
+                let mut io = lock(&shared.io);
+                let (result, waiters) = write_batch(shared, &mut io);
+                sync_now(shared, &io);
+                drop(io);
+                for waiter in waiters {
+                    waiter.send(result.clone());
+                }
+            }
             Next::Write => {
                 let mut io = lock(&shared.io);
                 let (result, waiters) = write_batch(shared, &mut io);
@@ -968,7 +1020,7 @@ fn append(
     let Some(segment) = active.as_mut() else {
         return Err(StoreError::Closed);
     };
-    seal_batch(bytes, segment.generation);
+    seal_batch(bytes, segment.seal);
     segment.file.append(bytes).map_err(crate::store::io)?;
     if segment.file.len() >= SEGMENT_BYTES {
         let mut state = shared.state();
@@ -984,29 +1036,33 @@ fn append(
 fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
     let spare = shared.state().spare.take();
-    let (file, generation) = match spare.and_then(|generation| {
-        reuse_spare(shared)
-            .inspect_err(|error| {
-                tracing::warn!(%error, "the journal's spare segment could not be reused; starting a new one");
-                let _ = std::fs::remove_file(shared.dir.join(SPARE_FILE));
-            })
-            .ok()
-            .map(|file| (file, generation))
-    }) {
+    let reused = spare.and_then(|generation| match reuse_spare(shared) {
+        Ok(file) => Some((file, generation)),
+        Err(error) => {
+            tracing::warn!(%error, "the journal's spare segment could not be reused; starting a new one");
+            let _ = std::fs::remove_file(shared.dir.join(SPARE_FILE));
+            None
+        }
+    });
+    let is_reused = reused.is_some();
+    let (mut file, generation) = match reused {
         Some(reused) => reused,
-        None => (mapped::create(&path)
-            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?, 1),
+        None => {
+            let file = mapped::create(&path)
+                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+            (file, 1)
+        }
     };
-    let mut file = file;
-    file.write_all(&segment_header(generation))
+    let seal = Seal::fresh(generation);
+    file.write_all(&segment_header(seal))
         .map_err(crate::store::io)?;
-    if spare.is_some() || shared.sync == StoreSync::Always {
+    if is_reused || shared.sync == StoreSync::Always {
         // A reused file's new generation must be on disk before its new
         // name: else, after a power loss, its stale records could read as
         // records of the segment.
         file.sync_data().map_err(crate::store::io)?;
     }
-    if spare.is_some() {
+    if is_reused {
         std::fs::rename(shared.dir.join(SPARE_FILE), &path).map_err(|e| {
             StoreError::Io(format!(
                 "cannot rename the spare segment to {}: {e}",
@@ -1014,8 +1070,10 @@ fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreE
             ))
         })?;
     }
-    if shared.sync == StoreSync::Always {
-        // The new file's name must survive a power loss too.
+    if is_reused || shared.sync == StoreSync::Always {
+        // The new file's name must survive a power loss too (a renamed
+        // spare's in every mode: lost, the records synced into it would
+        // be in a file no open replays).
         if let Ok(dir) = File::open(&shared.dir) {
             let _ = dir.sync_all();
         }
@@ -1025,7 +1083,7 @@ fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreE
     let capacity = SEGMENT_BYTES.max(len + batch as u64);
     Ok(Active {
         id,
-        generation,
+        seal,
         file: SegmentFile::new(file, len, capacity, true),
     })
 }
@@ -1075,7 +1133,7 @@ pub(super) fn next_generation(path: &Path) -> Option<u32> {
     let mut file = File::open(path).ok()?;
     std::io::Read::read_exact(&mut file, &mut head).ok()?;
     match framing_of(&head)? {
-        (Framing::Sealed(generation), _) => Some(generation.wrapping_add(1).max(1)),
+        (Framing::Sealed(seal), _) => Some(seal.generation.wrapping_add(1).max(2)),
         _ => None,
     }
 }
@@ -1129,7 +1187,7 @@ mod tests {
         bytes.extend(drop_record("run-2"));
         // Queued records are walked before they are sealed.
         assert_eq!(bodies(&bytes, Framing::Unsealed).0.len(), 3);
-        seal_batch(&mut bytes, 7);
+        seal_batch(&mut bytes, FRESH);
         let (found, valid, problem) = bodies(&bytes, SEALED);
         assert_eq!((found.len(), valid, problem), (3, bytes.len(), None));
         match decode(found[0]).unwrap() {
@@ -1188,7 +1246,7 @@ mod tests {
         let mut gap = bytes.clone();
         gap.extend_from_slice(&[0; RECORD_HEADER]);
         let mut dropped = drop_record("run-3");
-        seal_batch(&mut dropped, 7);
+        seal_batch(&mut dropped, FRESH);
         gap.extend(dropped);
         let (found, valid, problem) = bodies(&gap, SEALED);
         assert_eq!((found.len(), valid), (3, bytes.len()));
@@ -1229,8 +1287,12 @@ mod tests {
         }] {
             let mut bytes = start_record(&run).unwrap();
             assert_eq!(bytes[RECORD_HEADER], START_COMPACT);
-            seal_batch(&mut bytes, 3);
-            let (found, _, problem) = bodies(&bytes, Framing::Sealed(3));
+            let seal = Seal {
+                generation: 3,
+                salt: 9,
+            };
+            seal_batch(&mut bytes, seal);
+            let (found, _, problem) = bodies(&bytes, Framing::Sealed(seal));
             assert_eq!((found.len(), problem), (1, None));
             match decode(found[0]).unwrap() {
                 Record::Start(decoded) => assert_eq!(*decoded, run),
@@ -1246,8 +1308,14 @@ mod tests {
         }
     }
 
-    /// The generation the tests seal with.
-    const SEALED: Framing = Framing::Sealed(7);
+    /// A new file's seal, as the tests use it.
+    const FRESH: Seal = Seal {
+        generation: 1,
+        salt: 0x5a17_0001,
+    };
+
+    /// The framing of a segment sealed with [`FRESH`].
+    const SEALED: Framing = Framing::Sealed(FRESH);
 
     #[test]
     fn a_recycled_files_stale_records_end_the_segment_quietly() {
@@ -1256,10 +1324,18 @@ mod tests {
         for run in ["old-1", "old-2", "old-3"] {
             old.extend(finish_record(run, true, 1));
         }
-        seal_batch(&mut old, 6);
+        const OLD: Seal = Seal {
+            generation: 6,
+            salt: 0x0bad_cafe,
+        };
+        const NEW: Seal = Seal {
+            generation: 7,
+            salt: 0x600d_f00d,
+        };
+        seal_batch(&mut old, OLD);
         // Its new life (generation 7) overwrote the start with one record.
         let mut new = finish_record("new", false, 2);
-        seal_batch(&mut new, 7);
+        seal_batch(&mut new, NEW);
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         // Whether the new record ends on a boundary of the old ones or
@@ -1268,7 +1344,7 @@ mod tests {
         for cut in [0, 2, 5] {
             let mut bytes = file.clone();
             bytes.drain(new.len()..new.len() + cut);
-            let (found, valid, problem) = bodies(&bytes, SEALED);
+            let (found, valid, problem) = bodies(&bytes, Framing::Sealed(NEW));
             assert_eq!((found.len(), valid), (1, new.len()), "cut {cut}");
             assert_eq!(problem, None);
             assert!(matches!(
@@ -1278,12 +1354,34 @@ mod tests {
         }
         // Read as its old generation, the file's old records fail their
         // checksum where the new one overwrote them.
-        assert_eq!(bodies(&file, Framing::Sealed(6)).0.len(), 0);
+        assert_eq!(bodies(&file, Framing::Sealed(OLD)).0.len(), 0);
+        // Zeros in what an earlier life left (a payload's) end a reused
+        // segment quietly too.
+        let mut zeros = new.clone();
+        zeros.extend_from_slice(&[0; RECORD_HEADER]);
+        zeros.extend_from_slice(b"left by an earlier life");
+        assert_eq!(
+            bodies(&zeros, Framing::Sealed(NEW)),
+            (vec![&new[RECORD_HEADER..]], new.len(), None)
+        );
         // A record sealed with one generation never passes for another,
         // even with the generation field rewritten.
         let mut forged = new.clone();
         forged[4..8].copy_from_slice(&8u32.to_le_bytes());
-        let (found, _, problem) = bodies(&forged, Framing::Sealed(8));
+        let eighth = Seal {
+            generation: 8,
+            ..NEW
+        };
+        let (found, _, problem) = bodies(&forged, Framing::Sealed(eighth));
+        assert!(found.is_empty());
+        assert!(problem.unwrap().contains("checksum"));
+        // Nor for a record of the same generation under another salt: what
+        // an earlier life's content could hold cannot know the new salt.
+        let guessed = Seal {
+            salt: NEW.salt ^ 1,
+            ..NEW
+        };
+        let (found, _, problem) = bodies(&new, Framing::Sealed(guessed));
         assert!(found.is_empty());
         assert!(problem.unwrap().contains("checksum"));
     }
@@ -1317,9 +1415,23 @@ mod tests {
             "a legacy segment is never reused"
         );
         let current = dir.path().join("current.seg");
-        std::fs::write(&current, segment_header(41)).unwrap();
+        std::fs::write(
+            &current,
+            segment_header(Seal {
+                generation: 41,
+                salt: 5,
+            }),
+        )
+        .unwrap();
         assert_eq!(next_generation(&current), Some(42));
         assert_eq!(framing_of(b"junk"), None);
+        // A header cut short is not a segment (and no panic).
+        assert_eq!(framing_of(&segment_header(Seal::fresh(1))[..13]), None);
+        let fresh = Seal::fresh(1);
+        assert_eq!(
+            framing_of(&segment_header(fresh)),
+            Some((Framing::Sealed(fresh), SEGMENT_HEADER))
+        );
     }
 
     #[test]

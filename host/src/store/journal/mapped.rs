@@ -137,11 +137,11 @@ impl SegmentFile {
 }
 
 impl Drop for SegmentFile {
-    /// Unmap the file and cut its unused reserved tail off.
+    /// Unmap the file and cut off what follows its records: the unused
+    /// reserved tail, or a reused file's older records.
     fn drop(&mut self) {
-        if self.map.take().is_some() {
-            let _ = self.file.set_len(self.len);
-        }
+        self.map = None;
+        let _ = self.file.set_len(self.len);
     }
 }
 

@@ -632,9 +632,11 @@ impl Journal {
     /// [`Self::finish`] without waiting; `live` (the run's mark as executed
     /// by this process) is dropped once the log has the record, so the run
     /// is never listed as interrupted in between. When writes need no
-    /// `fdatasync` each, the record goes out with the next write anyone
-    /// makes (another run's step, or the writer's next sync), instead of
-    /// a write of its own.
+    /// `fdatasync` each and other runs are live here, the record goes out
+    /// with the next write anyone makes (another run's step, or the
+    /// writer's next sync at the latest) instead of a write of its own;
+    /// with no other run live, nobody's step would carry it, and it is
+    /// written at once on the caller's thread.
     pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
         let closed = move |result: Result<(), StoreError>| {
             if let Err(error) = result {
@@ -642,7 +644,12 @@ impl Journal {
             }
             drop(live);
         };
-        self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
+        if self.log.writes_in_place() && lock(&self.live).len() <= 1 {
+            self.push_finish(run, drop_entries, None);
+            closed(self.log.write_now());
+        } else {
+            self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
+        }
     }
 
     /// Queue `run`'s finish.
@@ -1083,10 +1090,13 @@ mod tests {
         }
         let segment = log::segment_path(&log_dir(dir.path()), 0);
         let whole = std::fs::read(&segment).unwrap();
-        // A write cut short by a crash: half of a last record (segment 0
-        // is a new file: generation 1).
+        // A write cut short by a crash: half of a last record, sealed as
+        // segment 0's records are.
         let mut torn = log::entry_record("r", ROOT_SCOPE, 3, &entry("lost")).unwrap();
-        log::seal_batch(&mut torn, 1);
+        let Some((log::Framing::Sealed(seal), _)) = log::framing_of(&whole) else {
+            panic!("segment 0 is not sealed");
+        };
+        log::seal_batch(&mut torn, seal);
         let mut bytes = whole.clone();
         bytes.extend_from_slice(&torn[..torn.len() / 2]);
         std::fs::write(&segment, &bytes).unwrap();
@@ -1242,6 +1252,8 @@ mod tests {
         std::fs::write(dir.path().join("interval"), "").unwrap();
         {
             let journal = open_at(dir.path());
+            // Another run is live here, idle: the finishes ride.
+            let other = journal.mark_live("other").unwrap();
             // Round 0: a sync is due, and the writer makes the write then;
             // round 1: everything is synced, and the finish wakes the writer.
             for round in 0..2 {
@@ -1262,6 +1274,12 @@ mod tests {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             }
+            drop(other);
+            // Alone, a run's finish has nothing to ride on: written at once.
+            let live = journal.mark_live("alone").unwrap();
+            journal.start(record("alone", 1)).await.unwrap();
+            journal.finish_queued("alone", true, live);
+            assert!(journal.mark_live("alone").is_some());
         }
         assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
     }
