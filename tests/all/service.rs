@@ -381,11 +381,21 @@ async fn bad_requests_name_what_is_wrong() {
             .expect("message")
             .contains("/v1")
     );
+    // Over the limit: read off the connection, then refused, so the
+    // client hears the answer instead of a broken pipe.
     let big = "x".repeat(2 << 20);
     let (status, body) = s
         .send("acme", "POST", "/v1/runs", json!({"input": big}))
         .await;
     assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("max_body_kib"),
+        "{body}"
+    );
 }
 
 /// The `data:` payloads of an SSE body, with their `event:` names.

@@ -131,10 +131,46 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(from_fn_with_state(body_limit as u64, refuse_oversized))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ))
         .with_state(service)
+}
+
+/// How much of a body declared larger than the limit is read, and
+/// dropped, before the 413 goes out. Answered at once, a client still
+/// sending the body finds its connection closed under it (a broken pipe
+/// instead of the answer); past this much, it is answered at once anyway.
+/// The body timeout bounds the reading.
+const DRAIN_OVERSIZED_BYTES: u64 = 8 << 20;
+
+/// Refuse a request whose declared body is over `limit` bytes with a 413
+/// that names the setting, after reading the body off the connection
+/// when it is not too large to ([`DRAIN_OVERSIZED_BYTES`]).
+async fn refuse_oversized(State(limit): State<u64>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .filter(|&declared| declared > limit);
+    let Some(declared) = declared else {
+        return next.run(request).await;
+    };
+    if declared <= DRAIN_OVERSIZED_BYTES {
+        let mut body = request.into_body();
+        while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "the request body is {declared} bytes; at most {limit} are accepted \
+             (raise [server] max_body_kib to allow larger bodies)"
+        ),
+    )
+    .into_response()
 }
 
 /// The tenant's tools over MCP (streamable HTTP): each new session is served
