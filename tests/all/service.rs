@@ -398,6 +398,36 @@ async fn bad_requests_name_what_is_wrong() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = serve(&["acme"], "").await;
+    let address = s.base.trim_start_matches("http://").to_owned();
+    // Declared over the limit; with or without `Expect: 100-continue`, the
+    // 413 comes at once, not after the body (never sent here) or the
+    // 30-second body timeout.
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /v1/runs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n{expect}\r\n",
+            s.key("acme"),
+            3 << 20
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+            .await
+            .expect("the 413 came before the body")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("body_too_large"), "{answer}");
+    }
+}
+
 /// The `data:` payloads of an SSE body, with their `event:` names.
 fn sse_events(body: &str) -> Vec<(String, Value)> {
     body.split("\n\n")

@@ -138,16 +138,17 @@ pub fn router(service: Arc<Service>, extra: Option<Router<Arc<Service>>>) -> Rou
         .with_state(service)
 }
 
-/// How much of a body declared larger than the limit is read, and
-/// dropped, before the 413 goes out. Answered at once, a client still
-/// sending the body finds its connection closed under it (a broken pipe
-/// instead of the answer); past this much, it is answered at once anyway.
-/// The body timeout bounds the reading.
+/// How much of a body declared larger than the limit is read off the
+/// connection, and dropped, after the 413 goes out: with nothing reading
+/// it, the connection closes under a client still sending the body, which
+/// then sees a broken pipe instead of the answer. Past this much, the
+/// connection closes. The body timeout bounds the reading too.
 const DRAIN_OVERSIZED_BYTES: u64 = 8 << 20;
 
-/// Refuse a request whose declared body is over `limit` bytes with a 413
-/// that names the setting, after reading the body off the connection
-/// when it is not too large to ([`DRAIN_OVERSIZED_BYTES`]).
+/// Refuse a request whose declared body is over `limit` bytes at once,
+/// with a 413 that names the setting; the body (up to
+/// [`DRAIN_OVERSIZED_BYTES`]) is read off the connection meanwhile, unless
+/// the client asked to hear first (`Expect: 100-continue`).
 async fn refuse_oversized(State(limit): State<u64>, request: Request, next: Next) -> Response {
     let declared = request
         .headers()
@@ -158,9 +159,15 @@ async fn refuse_oversized(State(limit): State<u64>, request: Request, next: Next
     let Some(declared) = declared else {
         return next.run(request).await;
     };
-    if declared <= DRAIN_OVERSIZED_BYTES {
+    let waits_to_send = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared <= DRAIN_OVERSIZED_BYTES && !waits_to_send {
         let mut body = request.into_body();
-        while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+        tokio::spawn(async move {
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+        });
     }
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
