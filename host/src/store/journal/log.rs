@@ -171,6 +171,11 @@ fn set_length(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// The little-endian `u32` at `at` in `bytes` (which must hold it).
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
 /// The checksum of a record sealed with `seal`.
 fn checksum(seal: Seal, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
@@ -185,7 +190,7 @@ fn checksum(seal: Seal, body: &[u8]) -> u32 {
 pub(super) fn seal_batch(batch: &mut [u8], seal: Seal) {
     let mut at = 0;
     while let Some(header) = batch.get(at..at + RECORD_HEADER) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let len = u32_at(header, 0) as usize;
         let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
             return;
         };
@@ -350,7 +355,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
             let run = take_str(&mut rest)?;
             let scope = take_str(&mut rest)?;
             let (seq, rest) = rest.split_at_checked(4).ok_or("an entry cut short")?;
-            let seq = u32::from_le_bytes([seq[0], seq[1], seq[2], seq[3]]);
+            let seq = u32_at(seq, 0);
             let (&kind, rest) = rest.split_first().ok_or("an entry cut short")?;
             let kind = EntryKind::from_byte(kind).ok_or(format!("entry kind {kind}"))?;
             let (print, payload) = rest.split_at_checked(32).ok_or("an entry cut short")?;
@@ -439,8 +444,7 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
                 Some("a zeroed record header before more data".into()),
             );
         }
-        let word =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let word = |i: usize| u32_at(header, i);
         let len = word(0) as usize;
         if let Framing::Sealed(seal) = framing
             && word(4) != seal.generation
@@ -496,11 +500,9 @@ pub(super) fn segment_ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
 pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
     if head.starts_with(MAGIC) {
         let header = head.get(..SEGMENT_HEADER)?;
-        let word =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let seal = Seal {
-            generation: word(8),
-            salt: word(12),
+            generation: u32_at(header, 8),
+            salt: u32_at(header, 12),
         };
         Some((Framing::Sealed(seal), SEGMENT_HEADER))
     } else if head.starts_with(LEGACY_MAGIC) {
@@ -836,22 +838,13 @@ pub(super) fn write_loop(shared: &Shared) {
                 return;
             }
             Next::Sync => {
-                // What rode waiting for a write goes out with the sync.
-                let mut io = lock(&shared.io);
-                let (result, waiters) = write_batch(shared, &mut io);
-                sync_now(shared, &io);
-                drop(io);
-                for waiter in waiters {
-                    waiter.send(result.clone());
-                }
+                // What rode waiting for a write goes out with the sync. A
+                // failed write is logged, and its waiters hear of it.
+                let _ = shared.write_now();
+                sync_now(shared, &lock(&shared.io));
             }
             Next::Write => {
-                let mut io = lock(&shared.io);
-                let (result, waiters) = write_batch(shared, &mut io);
-                drop(io);
-                for waiter in waiters {
-                    waiter.send(result.clone());
-                }
+                let _ = shared.write_now();
             }
         }
     }
@@ -1056,24 +1049,24 @@ fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreE
     let seal = Seal::fresh(generation);
     file.write_all(&segment_header(seal))
         .map_err(crate::store::io)?;
+    // A reused file is made durable in every mode, a new one when the
+    // store syncs every commit.
     if is_reused || shared.sync == StoreSync::Always {
         // A reused file's new generation must be on disk before its new
         // name: else, after a power loss, its stale records could read as
         // records of the segment.
         file.sync_data().map_err(crate::store::io)?;
-    }
-    if is_reused {
-        std::fs::rename(shared.dir.join(SPARE_FILE), &path).map_err(|e| {
-            StoreError::Io(format!(
-                "cannot rename the spare segment to {}: {e}",
-                path.display()
-            ))
-        })?;
-    }
-    if is_reused || shared.sync == StoreSync::Always {
-        // The new file's name must survive a power loss too (a renamed
-        // spare's in every mode: lost, the records synced into it would
-        // be in a file no open replays).
+        if is_reused {
+            std::fs::rename(shared.dir.join(SPARE_FILE), &path).map_err(|e| {
+                StoreError::Io(format!(
+                    "cannot rename the spare segment to {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        // The name must survive a power loss too (a renamed spare's
+        // lost, the records synced into it would be in a file no open
+        // replays).
         if let Ok(dir) = File::open(&shared.dir) {
             let _ = dir.sync_all();
         }
