@@ -23,8 +23,8 @@
 use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
-    EntryKind, Journal, JournalEntry, JournalFormat, JournalRun, LiveRun, ROOT_SCOPE, child_scope,
-    fingerprint, tool_scope,
+    EntryAt, EntryKind, Journal, JournalEntry, JournalFormat, JournalRun, ROOT_SCOPE, RunLog,
+    child_scope, fingerprint, tool_scope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -105,7 +105,8 @@ pub enum JournalError {
 
 /// The journal of one run and all its sub-agents.
 pub(crate) struct RunJournal {
-    journal: Journal,
+    /// The run's records, written in place (see [`RunLog`]).
+    log: RunLog,
     run: String,
     /// Entries recorded before the run was resumed: scope → seq → entry,
     /// taken as the steps replay.
@@ -123,9 +124,6 @@ pub(crate) struct RunJournal {
     format: JournalFormat,
     /// Entries recorded before a resume.
     recorded: u32,
-    /// The run's mark as executed by this process; handed to the write
-    /// that finishes it.
-    live: Mutex<Option<LiveRun>>,
     /// The budget counters written before each entry (see
     /// [`Self::guard_spend`]).
     spend: OnceLock<Option<BudgetLedger>>,
@@ -145,10 +143,11 @@ impl RunJournal {
         let live = journal
             .mark_live(&record.run)
             .ok_or_else(|| JournalError::Live(record.run.clone()))?;
-        let tree = Self::new(journal, &record, keep_on_finish, live, None);
-        // Committed with the run's first awaited entry.
-        journal.start_queued(record)?;
-        Ok(tree)
+        let format = record.format;
+        let component = record.component.clone();
+        // Written with the run's first awaited entry.
+        let log = journal.begin(record, live)?;
+        Ok(Self::new(log, format, component, keep_on_finish, None))
     }
 
     /// Resume `record`'s run: its entries are loaded for replay.
@@ -165,18 +164,27 @@ impl RunJournal {
             .mark_live(&record.run)
             .ok_or_else(|| JournalError::Live(record.run.clone()))?;
         let entries = journal.all_entries(&record.run)?;
-        let tree = Self::new(journal, &record, keep_on_finish, live, Some(entries));
-        journal.start(record).await?;
-        Ok(tree)
+        let format = record.format;
+        let component = record.component.clone();
+        let log = journal.begin(record, live)?;
+        log.flush().await?;
+        Ok(Self::new(
+            log,
+            format,
+            component,
+            keep_on_finish,
+            Some(entries),
+        ))
     }
 
-    /// The journal of `record`'s run; `recorded`: the entries a resumed
-    /// run replays (none for a new run).
+    /// The journal of the run `log` records, in `format`, on the component
+    /// with SHA-256 `component`; `recorded`: the entries a resumed run
+    /// replays (none for a new run).
     fn new(
-        journal: &Journal,
-        record: &JournalRun,
+        log: RunLog,
+        format: JournalFormat,
+        component: String,
         keep_on_finish: bool,
-        live: LiveRun,
         recorded: Option<Vec<(String, u32, JournalEntry)>>,
     ) -> Arc<Self> {
         let resumed = recorded.is_some();
@@ -189,18 +197,17 @@ impl RunJournal {
             replay.entry(scope).or_default().insert(seq, entry);
         }
         Arc::new(RunJournal {
-            journal: journal.clone(),
-            run: record.run.clone(),
+            run: log.run().to_owned(),
+            log,
             replay: Mutex::new(replay),
             resumed,
             failed: OnceLock::new(),
             entries: AtomicU32::new(count),
             bytes: AtomicU64::new(bytes),
             keep_on_finish,
-            component: record.component.clone(),
-            format: record.format,
+            component,
+            format,
             recorded: count,
-            live: Mutex::new(Some(live)),
             spend: OnceLock::new(),
         })
     }
@@ -213,17 +220,51 @@ impl RunJournal {
         let _ = self.spend.set(ledger);
     }
 
-    /// Write `entry` at (`scope`, `seq`), counted against the caps;
-    /// resolves once committed. A failure stops the journal.
-    async fn write(&self, scope: &str, seq: u32, entry: &JournalEntry) -> Result<(), JournalError> {
-        self.admit(entry.payload.len())?;
+    /// Write `value` as the entry at `at`, with every entry the run
+    /// queued before it; resolves once written. A failure stops the
+    /// journal.
+    async fn write<T: Serialize + ?Sized>(
+        &self,
+        at: EntryAt<'_>,
+        value: &T,
+    ) -> Result<(), JournalError> {
+        // The spend is committed before the entry is queued: no other
+        // write of the run can take the entry out ahead of it.
         if let Some(Some(ledger)) = self.spend.get() {
             ledger.flush().await.map_err(|e| self.fail(e.into()))?;
         }
-        self.journal
-            .append(&self.run, scope, seq, entry)
-            .await
-            .map_err(|e| self.fail(e.into()))
+        self.queue(at, value)?;
+        self.log.flush().await.map_err(|e| self.fail(e.into()))
+    }
+
+    /// Queue `value` as the entry at `at`, encoded in the run's format and
+    /// counted against the caps; it is written with the run's next write.
+    /// A failure stops the journal.
+    fn queue<T: Serialize + ?Sized>(&self, at: EntryAt<'_>, value: &T) -> Result<(), JournalError> {
+        let format = self.format;
+        let mut unencodable = None;
+        let queued = self.log.queue(
+            at,
+            |out| {
+                format
+                    .encode_into(value, out)
+                    .inspect_err(|message| unencodable = Some(message.clone()))
+            },
+            |len| self.admit(len).is_ok(),
+        );
+        match queued {
+            Ok(true) => Ok(()),
+            // `admit` noted the failure.
+            Ok(false) => Err(self.failure().unwrap_or(JournalError::Full)),
+            Err(error) => Err(self.fail(match unencodable {
+                Some(message) => JournalError::Corrupt {
+                    scope: at.scope.to_owned(),
+                    seq: at.seq,
+                    message,
+                },
+                None => error.into(),
+            })),
+        }
     }
 
     /// The journal of the top-level invocation.
@@ -250,14 +291,7 @@ impl RunJournal {
     /// committed with the store's next batch: until then the run still
     /// counts as live, never as interrupted.
     pub(crate) fn finish(&self) {
-        let live = match self.live.lock() {
-            Ok(mut live) => live.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(live) = live {
-            self.journal
-                .finish_queued(&self.run, !self.keep_on_finish, live);
-        }
+        self.log.finish(!self.keep_on_finish);
     }
 
     /// What stopped journaling, if anything did.
@@ -450,26 +484,14 @@ impl ScopeJournal {
         }))
     }
 
-    /// `value` as the entry of `step`, encoded in `tree`'s format.
-    fn entry<T: Serialize>(
-        &self,
-        tree: &RunJournal,
-        step: &LiveStep,
-        value: &T,
-    ) -> Result<JournalEntry, JournalError> {
-        let payload = tree
-            .format
-            .encode(value)
-            .map_err(|message| JournalError::Corrupt {
-                scope: self.scope.clone(),
-                seq: step.seq,
-                message,
-            })?;
-        Ok(JournalEntry {
+    /// Where `step`'s entry goes.
+    fn at<'a>(&'a self, step: &'a LiveStep) -> EntryAt<'a> {
+        EntryAt {
+            scope: &self.scope,
+            seq: step.seq,
             kind: step.kind,
-            fingerprint: step.fingerprint,
-            payload,
-        })
+            fingerprint: &step.fingerprint,
+        }
     }
 
     /// Record `value` as the result of `step`; resolves once durable.
@@ -486,27 +508,16 @@ impl ScopeJournal {
         let Some(tree) = &self.tree else {
             return Ok(());
         };
-        let entry = self.entry(tree, step, value)?;
-        tree.write(&self.scope, step.seq, &entry).await
+        tree.write(self.at(step), value).await
     }
 
     /// Record `value` as the result of `step` without waiting: it becomes
     /// durable with the next [`Self::record`] (for readings of clocks and
     /// randomness, which the host hands out synchronously).
     pub(crate) fn record_queued<T: Serialize>(&self, step: &LiveStep, value: &T) {
-        let Some(tree) = &self.tree else {
-            return;
-        };
-        let recorded = self
-            .entry(tree, step, value)
-            .and_then(|entry| tree.admit(entry.payload.len()).map(|()| entry));
-        match recorded {
-            Ok(entry) => tree
-                .journal
-                .append_queued(&self.run, &self.scope, step.seq, &entry),
-            Err(error) => {
-                tree.fail(error);
-            }
+        if let Some(tree) = &self.tree {
+            // A failure is kept by the journal; the next step reports it.
+            let _ = tree.queue(self.at(step), value);
         }
     }
 
@@ -590,19 +601,17 @@ impl CallRecorder {
     /// Record the `index`th call's `result`; `call` is the call's
     /// fingerprint ([`TurnJournal::call_fingerprint`]).
     pub(crate) async fn record<T: Serialize>(&self, index: usize, call: [u8; 32], result: &T) {
-        let Ok(payload) = self.tree.format.encode(result) else {
-            return;
-        };
         let Ok(seq) = u32::try_from(index) else {
             return;
         };
-        let entry = JournalEntry {
+        let at = EntryAt {
+            scope: &self.scope,
+            seq,
             kind: EntryKind::ToolResult,
-            fingerprint: call,
-            payload,
+            fingerprint: &call,
         };
         // A failure is kept by the journal; the run's next step reports it.
-        let _ = self.tree.write(&self.scope, seq, &entry).await;
+        let _ = self.tree.write(at, result).await;
     }
 }
 

@@ -1,8 +1,9 @@
 //! The journal's append-only log: segment files of checksummed,
 //! length-prefixed records, appended through a shared memory map. With
 //! [`StoreSync::Always`] one group-committing thread writes and syncs them;
-//! otherwise the caller appends in place (`Shared::write_now`) and the
-//! thread only syncs on the interval.
+//! otherwise the caller appends in place (`Shared::write_now` for the
+//! queue, `Shared::write_run` for one run's records) and the thread only
+//! syncs on the interval.
 //!
 //! A journal write is a few hundred bytes that is never updated in place,
 //! read back only when a run resumes, and deleted wholesale when the run
@@ -44,6 +45,7 @@ use crate::store::{StoreError, StoreSync};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -158,17 +160,25 @@ impl Record<'_> {
 /// ([`seal_batch`] fills them in once the segment it goes to is known).
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RECORD_HEADER + body.len());
-    bytes.extend_from_slice(&[0; RECORD_HEADER]);
+    let start = open_record(&mut bytes);
     bytes.extend_from_slice(body);
-    set_length(bytes)
+    close_record(&mut bytes, start);
+    bytes
 }
 
-/// Fill in the length of a record built after [`RECORD_HEADER`] reserved
-/// bytes.
-fn set_length(mut bytes: Vec<u8>) -> Vec<u8> {
-    let len = (bytes.len() - RECORD_HEADER) as u32;
-    bytes[..4].copy_from_slice(&len.to_le_bytes());
-    bytes
+/// Start a record at the end of `out`: its header, still blank. Returns
+/// where it starts, for [`close_record`].
+fn open_record(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    start
+}
+
+/// Fill in the length of the record started at `start`, whose body is
+/// the rest of `out`.
+fn close_record(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - RECORD_HEADER) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// The little-endian `u32` at `at` in `bytes` (which must hold it).
@@ -239,6 +249,15 @@ struct CompactStart<S, T> {
 
 /// The framed record of a run's start.
 pub(super) fn start_record(run: &JournalRun) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::with_capacity(
+        RECORD_HEADER + 96 + run.run.len() + run.tenant.len() + run.prompt.len(),
+    );
+    put_start(&mut bytes, run)?;
+    Ok(bytes)
+}
+
+/// Frame a run's start record onto `out` (left as it was on failure).
+pub(super) fn put_start(out: &mut Vec<u8>, run: &JournalRun) -> Result<(), StoreError> {
     let json = |value: &serde_json::Value| serde_json::to_string(value).map_err(crate::store::io);
     let compact = CompactStart {
         run: run.run.as_str(),
@@ -257,14 +276,14 @@ pub(super) fn start_record(run: &JournalRun) -> Result<Vec<u8>, StoreError> {
         started_ms: run.started_ms,
         updated_ms: run.updated_ms,
     };
-    let mut bytes = Vec::with_capacity(
-        RECORD_HEADER + 96 + run.run.len() + run.tenant.len() + run.prompt.len(),
-    );
-    bytes.extend_from_slice(&[0; RECORD_HEADER]);
-    bytes.push(START_COMPACT);
-    postcard::serialize_with_flavor(&compact, super::VecFlavor(&mut bytes))
-        .map_err(crate::store::io)?;
-    Ok(set_length(bytes))
+    let start = open_record(out);
+    out.push(START_COMPACT);
+    if let Err(error) = postcard::serialize_with_flavor(&compact, super::VecFlavor(out)) {
+        out.truncate(start);
+        return Err(crate::store::io(error));
+    }
+    close_record(out, start);
+    Ok(())
 }
 
 /// A compact start record's body, decoded.
@@ -298,26 +317,98 @@ pub(super) fn entry_record(
     seq: u32,
     entry: &JournalEntry,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut body = Vec::with_capacity(57 + run.len() + scope.len() + entry.payload.len());
-    body.extend_from_slice(&[0; RECORD_HEADER]);
-    body.push(ENTRY);
-    put_str(&mut body, run, "run id")?;
-    put_str(&mut body, scope, "scope")?;
-    body.extend_from_slice(&seq.to_le_bytes());
-    body.push(entry.kind as u8);
-    body.extend_from_slice(&entry.fingerprint);
-    body.extend_from_slice(&entry.payload);
-    Ok(set_length(body))
+    let mut bytes = Vec::with_capacity(57 + run.len() + scope.len() + entry.payload.len());
+    put_entry(
+        &mut bytes,
+        EntryHead {
+            run,
+            scope,
+            seq,
+            kind: entry.kind,
+            fingerprint: &entry.fingerprint,
+        },
+        |out| {
+            out.extend_from_slice(&entry.payload);
+            Ok(())
+        },
+    )?;
+    Ok(bytes)
+}
+
+/// What an entry record says before its payload.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EntryHead<'a> {
+    /// The run.
+    pub(super) run: &'a str,
+    /// The architecture invocation's scope.
+    pub(super) scope: &'a str,
+    /// The step in it.
+    pub(super) seq: u32,
+    /// What the entry records.
+    pub(super) kind: EntryKind,
+    /// The request's fingerprint.
+    pub(super) fingerprint: &'a [u8; 32],
+}
+
+/// Frame an entry record onto `out`, its payload whatever `encode`
+/// appends (encoded in place: no copy of it is made on the way); returns
+/// the payload's length. On failure `out` is left as it was.
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when `encode` fails, an id is longer than a record
+/// holds, or the payload is larger than [`super::MAX_PAYLOAD_BYTES`].
+pub(super) fn put_entry(
+    out: &mut Vec<u8>,
+    head: EntryHead<'_>,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<usize, StoreError> {
+    let start = open_record(out);
+    let framed = (|| {
+        out.push(ENTRY);
+        put_str(out, head.run, "run id")?;
+        put_str(out, head.scope, "scope")?;
+        out.extend_from_slice(&head.seq.to_le_bytes());
+        out.push(head.kind as u8);
+        out.extend_from_slice(head.fingerprint);
+        let payload = out.len();
+        encode(out).map_err(StoreError::Io)?;
+        let len = out.len() - payload;
+        if len > super::MAX_PAYLOAD_BYTES {
+            return Err(StoreError::Io(format!(
+                "a journal entry of {len} bytes; at most {} are kept",
+                super::MAX_PAYLOAD_BYTES
+            )));
+        }
+        Ok(len)
+    })();
+    match framed {
+        Ok(len) => {
+            close_record(out, start);
+            Ok(len)
+        }
+        Err(error) => {
+            out.truncate(start);
+            Err(error)
+        }
+    }
 }
 
 /// The framed record of a run's end at `updated_ms`.
 pub(super) fn finish_record(run: &str, drop: bool, updated_ms: u64) -> Vec<u8> {
-    let mut body = Vec::with_capacity(10 + run.len());
-    body.push(FINISH);
-    body.push(u8::from(drop));
-    body.extend_from_slice(&updated_ms.to_le_bytes());
-    body.extend_from_slice(run.as_bytes());
-    frame(&body)
+    let mut bytes = Vec::with_capacity(RECORD_HEADER + 10 + run.len());
+    put_finish(&mut bytes, run, drop, updated_ms);
+    bytes
+}
+
+/// Frame a run's end at `updated_ms` onto `out`.
+pub(super) fn put_finish(out: &mut Vec<u8>, run: &str, drop: bool, updated_ms: u64) {
+    let start = open_record(out);
+    out.push(FINISH);
+    out.push(u8::from(drop));
+    out.extend_from_slice(&updated_ms.to_le_bytes());
+    out.extend_from_slice(run.as_bytes());
+    close_record(out, start);
 }
 
 /// The framed record voiding a run.
@@ -611,12 +702,11 @@ pub(super) struct State {
     closed: bool,
     /// What is on disk, for deletion.
     pub(super) segments: Segments,
-    /// The segment being written.
-    active: u64,
     /// The generation the spare file ([`SPARE_FILE`]) takes when it
     /// becomes the next segment; `None`: there is no spare.
     spare: Option<u32>,
-    /// When the oldest write not yet `fdatasync`ed was made.
+    /// When the oldest write not yet `fdatasync`ed was made (changed
+    /// only under the `io` lock too, mirrored by [`Io::unsynced`]).
     unsynced_since: Option<Instant>,
 }
 
@@ -631,12 +721,23 @@ pub(super) struct Shared {
     /// batch until it is written, and by readers of segment files, so a
     /// reader sees every record either in a file or in the queue.
     io: Mutex<Io>,
+    /// The queue holds records: a run writing its own records in place
+    /// writes them first (read without the state lock, so a record queued
+    /// a moment ago may wait for the next write).
+    queued: AtomicBool,
 }
 
 /// The segment file being appended to.
 #[derive(Default)]
 struct Io {
     active: Option<Active>,
+    /// The id of the segment the next write goes to: `active`'s, until it
+    /// is full or a write to it failed.
+    active_id: u64,
+    /// A write was made since the last `fdatasync` (the state's
+    /// `unsynced_since` is set), so a write need not take the state lock
+    /// to say so.
+    unsynced: bool,
     /// The last batch's buffers, emptied, swapped in for the queue's so
     /// it does not grow from nothing for every batch.
     spare: Vec<u8>,
@@ -673,12 +774,15 @@ impl Shared {
                 urgent: false,
                 closed: false,
                 segments,
-                active,
                 spare,
                 unsynced_since: None,
             }),
             wake: Condvar::new(),
-            io: Mutex::new(Io::default()),
+            io: Mutex::new(Io {
+                active_id: active,
+                ..Io::default()
+            }),
+            queued: AtomicBool::new(false),
         })
     }
 
@@ -740,6 +844,7 @@ impl Shared {
         update(&mut state.runs);
         state.pending.extend_from_slice(record);
         state.marks.push(mark);
+        self.queued.store(true, Ordering::Release);
         let wake = match waiter {
             Some(waiter) => {
                 let urgent = matches!(waiter, Waiter::Task(_));
@@ -834,14 +939,14 @@ pub(super) fn write_loop(shared: &Shared) {
     loop {
         match wait(shared, interval) {
             Next::Stop => {
-                sync_now(shared, &lock(&shared.io));
+                sync_now(shared, &mut lock(&shared.io));
                 return;
             }
             Next::Sync => {
                 // What rode waiting for a write goes out with the sync. A
                 // failed write is logged, and its waiters hear of it.
                 let _ = shared.write_now();
-                sync_now(shared, &lock(&shared.io));
+                sync_now(shared, &mut lock(&shared.io));
             }
             Next::Write => {
                 let _ = shared.write_now();
@@ -873,8 +978,8 @@ impl Shared {
 
 /// `fdatasync` what was written, if anything (the caller holds `io`, so
 /// no write runs meanwhile).
-fn sync_now(shared: &Shared, io: &Io) {
-    if shared.state().unsynced_since.is_none() {
+fn sync_now(shared: &Shared, io: &mut Io) {
+    if !io.unsynced {
         return;
     }
     if let Some(active) = &io.active
@@ -883,6 +988,7 @@ fn sync_now(shared: &Shared, io: &Io) {
         tracing::error!(%error, "the journal could not be synced");
     }
     shared.state().unsynced_since = None;
+    io.unsynced = false;
 }
 
 /// Take the queue and write it to the active segment (synced when the
@@ -892,19 +998,20 @@ fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Wai
     let mut marks = std::mem::take(&mut io.spare_marks);
     bytes.clear();
     marks.clear();
-    let (waiters, id) = {
+    let waiters = {
         let mut state = shared.state();
         state.urgent = false;
         std::mem::swap(&mut state.pending, &mut bytes);
         std::mem::swap(&mut state.marks, &mut marks);
-        (std::mem::take(&mut state.waiters), state.active)
+        shared.queued.store(false, Ordering::Release);
+        std::mem::take(&mut state.waiters)
     };
     if bytes.is_empty() && marks.is_empty() {
         io.spare = bytes;
         io.spare_marks = marks;
         return (Ok(()), waiters);
     }
-    let result = append(shared, &mut io.active, id, &mut bytes).and_then(|()| {
+    let result = append(shared, io, &mut bytes).and_then(|()| {
         if shared.sync == StoreSync::Always {
             sync(&io.active)
         } else {
@@ -913,25 +1020,129 @@ fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Wai
     });
     io.spare = bytes;
     match &result {
-        Ok(()) => {
-            let first_unsynced = settle(shared, &io.active, &mut marks);
-            // The writer thread syncs it within the interval.
-            if first_unsynced {
-                shared.wake.notify_one();
-            }
-        }
+        Ok(()) => settle(shared, io, &mut marks),
         Err(error) => {
             tracing::error!(%error, records = marks.len(), "journal records could not be written");
-            // Never append after a torn write: start a new segment.
-            let mut state = shared.state();
-            if io.active.as_ref().is_some_and(|a| a.id == state.active) {
-                state.active += 1;
-            }
-            io.active = None;
+            abandon_segment(io);
         }
     }
     io.spare_marks = marks;
     (result, waiters)
+}
+
+/// Never append after a torn write: the next write starts a new segment.
+fn abandon_segment(io: &mut Io) {
+    if io.active.as_ref().is_some_and(|a| a.id == io.active_id) {
+        io.active_id += 1;
+    }
+    io.active = None;
+}
+
+/// How the records a run writes in place end it
+/// ([`Shared::write_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RunEnd {
+    /// The run finished and is kept (with its entries) until pruned, as
+    /// of `updated_ms`.
+    Kept {
+        /// When it finished, in milliseconds since the Unix epoch.
+        updated_ms: u64,
+    },
+    /// The run finished and is dropped: its records are void.
+    Dropped,
+}
+
+impl Shared {
+    /// Write `bytes`, framed records of `run` in order, on the caller's
+    /// thread (when [`Self::writes_in_place`]), after whatever the queue
+    /// holds; leaves `bytes` empty. `pinned` is the segment the accounting
+    /// already has the run pinned in, kept up to date, so that a run's
+    /// writes after its first in a segment take no lock but the file's;
+    /// `end`: the records finish the run.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails (the records are lost).
+    pub(super) fn write_run(
+        &self,
+        bytes: &mut Vec<u8>,
+        run: &str,
+        pinned: &mut Option<u64>,
+        end: Option<RunEnd>,
+    ) -> Result<(), StoreError> {
+        let mut io = lock(&self.io);
+        let queued = self
+            .queued
+            .load(Ordering::Acquire)
+            .then(|| write_batch(self, &mut io));
+        let result = append(self, &mut io, bytes);
+        bytes.clear();
+        match &result {
+            Ok(()) => settle_run(self, &mut io, run, pinned, end),
+            Err(error) => {
+                tracing::error!(%error, run, "a run's journal records could not be written");
+                abandon_segment(&mut io);
+            }
+        }
+        drop(io);
+        if let Some((result, waiters)) = queued {
+            for waiter in waiters {
+                waiter.send(result.clone());
+            }
+        }
+        result
+    }
+}
+
+/// A run's records were written in place to the active segment: pin it
+/// for the run unless it is already, end the run if they do, note the
+/// first write since the last sync, and retire what is spent. Takes the
+/// state lock only when one of these has something to do.
+fn settle_run(
+    shared: &Shared,
+    io: &mut Io,
+    run: &str,
+    pinned: &mut Option<u64>,
+    end: Option<RunEnd>,
+) {
+    let Some(written) = io.active.as_ref().map(|a| a.id) else {
+        return;
+    };
+    let first_unsynced = shared.sync != StoreSync::Always && !io.unsynced;
+    let newly_pinned = *pinned != Some(written);
+    if !newly_pinned && end.is_none() && !first_unsynced {
+        return;
+    }
+    let mut state = shared.state();
+    if newly_pinned {
+        state.segments.record(run, written);
+        *pinned = Some(written);
+    }
+    match end {
+        Some(RunEnd::Dropped) => {
+            state.segments.drop_run(run, written);
+            state.runs.remove(run);
+        }
+        Some(RunEnd::Kept { updated_ms }) => {
+            if let Some(record) = state.runs.get_mut(run) {
+                record.status = super::JournalStatus::Finished;
+                record.updated_ms = updated_ms;
+            }
+        }
+        None => {}
+    }
+    if first_unsynced {
+        state.unsynced_since = Some(Instant::now());
+        io.unsynced = true;
+    }
+    if newly_pinned || end.is_some() {
+        retire_spent(shared, &mut state, io.active_id.min(written));
+    }
+    drop(state);
+    // The writer thread syncs it within the interval.
+    if first_unsynced {
+        shared.wake.notify_one();
+    }
 }
 
 /// Wait for work: an awaited record, a queued one that waited long
@@ -979,47 +1190,37 @@ fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
     }
 }
 
-/// Append `bytes` to segment `id`, opening (creating) it first when the
-/// writer is on another; a failed write is cut back off the file.
-fn append(
-    shared: &Shared,
-    active: &mut Option<Active>,
-    id: u64,
-    bytes: &mut [u8],
-) -> Result<(), StoreError> {
+/// Append `bytes` to the segment being written (`io.active_id`), opening
+/// (creating) it first when the file open is another; a batch that does
+/// not fit the open segment starts the next one. A failed write is cut
+/// back off the file.
+fn append(shared: &Shared, io: &mut Io, bytes: &mut [u8]) -> Result<(), StoreError> {
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut id = id;
-    // A batch that does not fit the reserved segment starts the next one.
-    if let Some(segment) = active.as_ref()
-        && segment.id == id
-        && !segment.file.fits(bytes.len())
+    if io
+        .active
+        .as_ref()
+        .is_some_and(|a| a.id == io.active_id && !a.file.fits(bytes.len()))
     {
-        let mut state = shared.state();
-        if state.active == id {
-            state.active += 1;
-        }
-        id = state.active;
+        io.active_id += 1;
     }
-    if active.as_ref().is_none_or(|a| a.id != id) {
-        if let Some(old) = active.take()
+    let id = io.active_id;
+    if io.active.as_ref().is_none_or(|a| a.id != id) {
+        if let Some(old) = io.active.take()
             && shared.sync != StoreSync::Always
         {
             let _ = old.file.sync_data();
         }
-        *active = Some(open_segment(shared, id, bytes.len())?);
+        io.active = Some(open_segment(shared, id, bytes.len())?);
     }
-    let Some(segment) = active.as_mut() else {
+    let Some(segment) = io.active.as_mut() else {
         return Err(StoreError::Closed);
     };
     seal_batch(bytes, segment.seal);
     segment.file.append(bytes).map_err(crate::store::io)?;
     if segment.file.len() >= SEGMENT_BYTES {
-        let mut state = shared.state();
-        if state.active == id {
-            state.active += 1;
-        }
+        io.active_id += 1;
     }
     Ok(())
 }
@@ -1138,13 +1339,13 @@ fn sync(active: &Option<Active>) -> Result<(), StoreError> {
     }
 }
 
-/// A batch was written to `active`: apply its marks (leaving them
-/// empty) and delete the segments nothing needs any more. Returns whether
-/// the write is the first not yet synced (when the store syncs on an
-/// interval).
-fn settle(shared: &Shared, active: &Option<Active>, marks: &mut Vec<Mark>) -> bool {
-    let Some(written) = active.as_ref().map(|a| a.id) else {
-        return false;
+/// A batch was written to the active segment: apply its marks (leaving
+/// them empty), note the first write since the last sync (waking the
+/// writer thread to sync it within the interval), and retire the segments
+/// nothing needs any more.
+fn settle(shared: &Shared, io: &mut Io, marks: &mut Vec<Mark>) {
+    let Some(written) = io.active.as_ref().map(|a| a.id) else {
+        return;
     };
     let mut state = shared.state();
     for mark in marks.drain(..) {
@@ -1154,18 +1355,26 @@ fn settle(shared: &Shared, active: &Option<Active>, marks: &mut Vec<Mark>) -> bo
             Mark::None => {}
         }
     }
-    let first_unsynced = shared.sync != StoreSync::Always && state.unsynced_since.is_none();
+    let first_unsynced = shared.sync != StoreSync::Always && !io.unsynced;
     if first_unsynced {
         state.unsynced_since = Some(Instant::now());
+        io.unsynced = true;
     }
-    let below = state.active.min(written);
+    retire_spent(shared, &mut state, io.active_id.min(written));
+    drop(state);
+    if first_unsynced {
+        shared.wake.notify_one();
+    }
+}
+
+/// Retire every segment below `below` that nothing needs any more.
+fn retire_spent(shared: &Shared, state: &mut State, below: u64) {
     while let Some(id) = state.segments.next_deletable(below) {
-        if !retire(shared, &mut state, id) {
+        if !retire(shared, state, id) {
             break;
         }
         state.segments.deleted(id);
     }
-    first_unsynced
 }
 
 #[cfg(test)]

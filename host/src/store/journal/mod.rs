@@ -18,18 +18,23 @@
 //!
 //! The journal is an append-only log of segment files beside the store
 //! ([`log`]): an awaited append is written (and, with the store's default
-//! sync, `fdatasync`ed) in one batch with every other run's, before the
-//! caller hears back. The log holds each run's record too, so a crash
-//! leaves everything a resume needs in one place. A finished run is
+//! sync, `fdatasync`ed in one batch with every other run's) before the
+//! caller hears back. A run this process executes journals through its own
+//! [`RunLog`], which frames its records into a buffer of its own and
+//! writes them with its next awaited write. The log holds each run's
+//! record too, so a crash leaves everything a resume needs in one place. A finished run is
 //! dropped (or kept, with its entries, until pruned), and segments are
 //! deleted once no run needs them ([`segments`]).
 
 mod log;
 mod mapped;
+mod run_log;
 mod segments;
 
+pub use run_log::{EntryAt, RunLog};
+
 use super::{Store, StoreError, io, read_table};
-use log::{Mark, Record, Shared, Waiter, lock};
+use log::{Mark, Record, Shared, lock};
 use redb::{ReadableDatabase, TableDefinition};
 use segments::Segments;
 use serde::{Deserialize, Serialize};
@@ -273,16 +278,28 @@ impl JournalFormat {
     /// the compact format).
     pub fn encode<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
+        self.encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Append `value`, encoded in this format, to `out` (which may hold
+    /// other bytes before it; on failure some of the value may follow
+    /// them).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::encode`].
+    pub fn encode_into<T: serde::Serialize + ?Sized>(
+        self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         match self {
-            JournalFormat::Json => {
-                serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?;
-            }
+            JournalFormat::Json => serde_json::to_writer(out, value).map_err(|e| e.to_string()),
             JournalFormat::Compact => {
-                postcard::serialize_with_flavor(value, VecFlavor(&mut out))
-                    .map_err(|e| e.to_string())?;
+                postcard::serialize_with_flavor(value, VecFlavor(out)).map_err(|e| e.to_string())
             }
         }
-        Ok(out)
     }
 
     /// Decode a value this format encoded.
@@ -528,25 +545,6 @@ impl Journal {
             .await
     }
 
-    /// [`Self::start`] without waiting: the record is written, in order,
-    /// with the next write anyone awaits (a run's next step, or its end).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the record cannot be encoded.
-    pub fn start_queued(&self, run: JournalRun) -> Result<(), StoreError> {
-        let (record, id, run) = start_of(run)?;
-        self.log.push(
-            &record,
-            Mark::Pin(id.clone()),
-            move |runs| {
-                runs.insert(id, run);
-            },
-            None,
-        );
-        Ok(())
-    }
-
     /// Record `entry` at (`run`, `scope`, `seq`); resolves once written.
     ///
     /// # Errors
@@ -625,35 +623,12 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
-        self.push_finish(run, drop_entries, None);
+        self.push_finish(run, drop_entries);
         self.flush().await
     }
 
-    /// [`Self::finish`] without waiting; `live` (the run's mark as executed
-    /// by this process) is dropped once the log has the record, so the run
-    /// is never listed as interrupted in between. When writes need no
-    /// `fdatasync` each and other runs are live here, the record goes out
-    /// with the next write anyone makes (another run's step, or the
-    /// writer's next sync at the latest) instead of a write of its own;
-    /// with no other run live, nobody's step would carry it, and it is
-    /// written at once on the caller's thread.
-    pub fn finish_queued(&self, run: &str, drop_entries: bool, live: LiveRun) {
-        let closed = move |result: Result<(), StoreError>| {
-            if let Err(error) = result {
-                tracing::warn!(%error, "a finished run's journal could not be closed");
-            }
-            drop(live);
-        };
-        if self.log.writes_in_place() && lock(&self.live).len() <= 1 {
-            self.push_finish(run, drop_entries, None);
-            closed(self.log.write_now());
-        } else {
-            self.push_finish(run, drop_entries, Some(Waiter::Callback(Box::new(closed))));
-        }
-    }
-
     /// Queue `run`'s finish.
-    fn push_finish(&self, run: &str, drop_entries: bool, waiter: Option<Waiter>) {
+    fn push_finish(&self, run: &str, drop_entries: bool) {
         let now = now_ms();
         let mark = if drop_entries {
             Mark::Drop(run.to_owned())
@@ -671,7 +646,7 @@ impl Journal {
                     record.updated_ms = now;
                 }
             },
-            waiter,
+            None,
         );
     }
 
@@ -1246,41 +1221,167 @@ mod tests {
         );
     }
 
+    /// Queue `text` (JSON-encoded) as the entry at `seq` of `log`'s root
+    /// scope.
+    fn queue_text(log: &RunLog, seq: u32, text: &str) -> bool {
+        let print = fingerprint(text.as_bytes());
+        let at = EntryAt {
+            scope: ROOT_SCOPE,
+            seq,
+            kind: EntryKind::Completion,
+            fingerprint: &print,
+        };
+        log.queue(
+            at,
+            |out| JournalFormat::Json.encode_into(text, out),
+            |_| true,
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
-    async fn a_queued_finish_is_written_with_no_other_write_to_carry_it() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("interval"), "").unwrap();
+    async fn a_runs_log_writes_its_queued_records_in_order_with_its_next_write() {
+        for dir in both_modes() {
+            run_log_writes_in_order(&dir).await;
+        }
+    }
+
+    async fn run_log_writes_in_order(dir: &tempfile::TempDir) {
         {
             let journal = open_at(dir.path());
-            // Another run is live here, idle: the finishes ride.
-            let other = journal.mark_live("other").unwrap();
-            // Round 0: a sync is due, and the writer makes the write then;
-            // round 1: everything is synced, and the finish wakes the writer.
-            for round in 0..2 {
-                let run = format!("r{round}");
-                let live = journal.mark_live(&run).unwrap();
-                journal.start(record(&run, 1)).await.unwrap();
-                if round == 1 {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                }
-                journal.finish_queued(&run, true, live);
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                // Live until the finish is written.
-                while journal.mark_live(&run).is_none() {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the finish of {run} was never written"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let live = journal.mark_live("r").unwrap();
+            let log = journal.begin(record("r", 1), live).unwrap();
+            // Listed (as running, and live) at once; nothing written yet.
+            assert_eq!(journal.runs(true).unwrap().len(), 1);
+            assert!(journal.interrupted().unwrap().is_empty());
+            assert!(queue_text(&log, 0, "zero"));
+            assert!(queue_text(&log, 1, "one"));
+            assert!(journal.all_entries("r").unwrap().is_empty());
+            log.flush().await.unwrap();
+            assert_eq!(journal.all_entries("r").unwrap().len(), 2);
+            // Refused by the caps: nothing is queued.
+            let print = [0; 32];
+            let at = EntryAt {
+                scope: ROOT_SCOPE,
+                seq: 2,
+                kind: EntryKind::Completion,
+                fingerprint: &print,
+            };
+            let refused = log
+                .queue(
+                    at,
+                    |out| JournalFormat::Json.encode_into("two", out),
+                    |len| {
+                        assert_eq!(len, 5, "the payload's length");
+                        false
+                    },
+                )
+                .unwrap();
+            assert!(!refused);
+            // An encoding that fails queues nothing either.
+            assert!(log.queue(at, |_| Err("no".into()), |_| true).is_err());
+            assert!(queue_text(&log, 2, "two"));
+            // The run's log is dropped unfinished (a cancelled task): what
+            // it queued is written, and the run is interrupted.
+            drop(log);
+            if !journal.log.writes_in_place() {
+                journal.flush().await.unwrap();
+            }
+            assert_eq!(interrupted_ids(&journal), ["r"]);
+        }
+        let journal = open_at(dir.path());
+        assert_eq!(interrupted_ids(&journal), ["r"]);
+        let texts: Vec<String> = journal
+            .entries("r", ROOT_SCOPE)
+            .unwrap()
+            .iter()
+            .map(|e| JournalFormat::Json.decode(&e.payload).unwrap())
+            .collect();
+        assert_eq!(texts, ["zero", "one", "two"]);
+    }
+
+    #[tokio::test]
+    async fn a_finished_runs_log_drops_or_keeps_it_and_refuses_more() {
+        for dir in both_modes() {
+            finished_run_log_drops_or_keeps(&dir).await;
+        }
+    }
+
+    async fn finished_run_log_drops_or_keeps(dir: &tempfile::TempDir) {
+        {
+            let journal = open_at(dir.path());
+            for (run, keep) in [("dropped", false), ("kept", true)] {
+                let live = journal.mark_live(run).unwrap();
+                let log = journal.begin(record(run, 1), live).unwrap();
+                assert!(queue_text(&log, 0, run));
+                log.flush().await.unwrap();
+                assert!(queue_text(&log, 1, "queued, written with the finish"));
+                log.finish(!keep);
+                assert!(
+                    log.queue(
+                        EntryAt {
+                            scope: ROOT_SCOPE,
+                            seq: 2,
+                            kind: EntryKind::Completion,
+                            fingerprint: &[0; 32],
+                        },
+                        |_| Ok(()),
+                        |_| true,
+                    )
+                    .is_err()
+                );
+                // Live until the finish is written (the writer thread
+                // writes it when every write is synced).
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while journal.mark_live(run).is_none() {
+                    assert!(std::time::Instant::now() < deadline, "{run} never finished");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            drop(other);
-            // Alone, a run's finish has nothing to ride on: written at once.
-            let live = journal.mark_live("alone").unwrap();
-            journal.start(record("alone", 1)).await.unwrap();
-            journal.finish_queued("alone", true, live);
-            assert!(journal.mark_live("alone").is_some());
+            assert!(journal.run("dropped").unwrap().is_none());
+            assert_eq!(
+                journal.run("kept").unwrap().unwrap().status,
+                JournalStatus::Finished
+            );
         }
-        assert!(open_at(dir.path()).interrupted().unwrap().is_empty());
+        let journal = open_at(dir.path());
+        assert!(journal.interrupted().unwrap().is_empty());
+        assert!(journal.run("dropped").unwrap().is_none());
+        assert!(journal.all_entries("dropped").unwrap().is_empty());
+        assert_eq!(
+            journal.run("kept").unwrap().unwrap().status,
+            JournalStatus::Finished
+        );
+        assert_eq!(journal.entries("kept", ROOT_SCOPE).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn runs_logs_free_and_reuse_segments_as_their_runs_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let journal = open_at(dir.path());
+        // A long run pins the first segment; runs of 1 MiB entries fill
+        // segments behind it.
+        let live = journal.mark_live("long").unwrap();
+        let long = journal.begin(record("long", 1), live).unwrap();
+        assert!(queue_text(&long, 0, "first"));
+        long.flush().await.unwrap();
+        let big = "x".repeat(1 << 20);
+        for n in 0..80 {
+            let run = format!("short-{n}");
+            let live = journal.mark_live(&run).unwrap();
+            let log = journal.begin(record(&run, 1), live).unwrap();
+            assert!(queue_text(&log, 0, &big));
+            log.flush().await.unwrap();
+            log.finish(true);
+        }
+        // 80 MiB went through 32 MiB segments: the first is pinned by the
+        // long run, the spent ones between were reused or deleted.
+        assert!(journal.segment_files() <= 3, "{}", journal.segment_files());
+        assert!(queue_text(&long, 1, "second"));
+        long.flush().await.unwrap();
+        assert_eq!(journal.entries("long", ROOT_SCOPE).unwrap().len(), 2);
+        long.finish(true);
+        assert!(journal.segment_files() <= 2, "{}", journal.segment_files());
     }
 }

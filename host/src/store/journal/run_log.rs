@@ -1,0 +1,271 @@
+//! The journal of one run this process executes ([`RunLog`]): its records
+//! framed, as they come, into a buffer of the run's own, and written with
+//! the run's next awaited write.
+//!
+//! A journaled turn writes a handful of records of a few hundred bytes
+//! each, so what a record costs is nearly all bookkeeping: building it,
+//! queueing it, locking the log, accounting for it. A run's log does that
+//! bookkeeping once per run where the log's by-id calls ([`Journal::append`]
+//! and the like) do it per record: a payload is encoded straight into the
+//! framed record in the run's buffer; a record nobody awaits (a clock
+//! reading, the tool list, the run's start) waits there for the run's next
+//! awaited one; and an awaited write, when writes need no `fdatasync` each,
+//! is a copy into the segment under the file's lock alone: the run is
+//! pinned in a segment's accounting with its first write there, not with
+//! every record.
+//!
+//! A run's records are written in the order it made them (the buffer's
+//! lock is held through its write), so its start always precedes its
+//! entries and its finish follows them. They reach the log no later than
+//! the run's next awaited write, its finish, or the drop of its log: a run
+//! killed before its first awaited write leaves nothing that could be
+//! replayed, and is not listed as interrupted.
+
+use super::log::{self, EntryHead, Mark, RunEnd, Shared, Waiter, lock};
+use super::{EntryKind, Journal, JournalRun, JournalStatus, LiveRun, now_ms, start_of};
+use crate::store::StoreError;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A run's buffer is let go rather than kept once a write left it this
+/// large (a run that once journaled a large result keeps no large buffer).
+const KEEP_BYTES: usize = 64 << 10;
+
+/// The journal of one run this process executes, from [`Journal::begin`]
+/// to [`RunLog::finish`]. Dropping it unfinished writes what it holds and
+/// leaves the run interrupted (resumable).
+pub struct RunLog {
+    log: Arc<Shared>,
+    run: String,
+    queue: Mutex<RunQueue>,
+}
+
+/// What a run's log holds between writes.
+struct RunQueue {
+    /// Framed records not written yet, in order.
+    bytes: Vec<u8>,
+    /// The segment the log's accounting has the run pinned in.
+    pinned: Option<u64>,
+    /// The run's mark as executed by this process: dropped once its end
+    /// is written, so it is never listed as interrupted in between.
+    live: Option<LiveRun>,
+}
+
+/// Where one entry goes: its scope, its step, what it records and the
+/// fingerprint of the request it answers.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryAt<'a> {
+    /// The architecture invocation's scope.
+    pub scope: &'a str,
+    /// The step in it.
+    pub seq: u32,
+    /// What the entry records.
+    pub kind: EntryKind,
+    /// SHA-256 of the request it answers.
+    pub fingerprint: &'a [u8; 32],
+}
+
+impl Journal {
+    /// Begin journaling `run` in this process (`live`: its mark, from
+    /// [`Journal::mark_live`]). Its start record goes out with its first
+    /// write; it is listed among the journal's runs at once.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the run's record cannot be encoded.
+    pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
+        let (record, id, run) = start_of(run)?;
+        self.log.state().runs.insert(id.clone(), run);
+        Ok(RunLog {
+            log: self.log.clone(),
+            run: id,
+            queue: Mutex::new(RunQueue {
+                bytes: record,
+                pinned: None,
+                live: Some(live),
+            }),
+        })
+    }
+}
+
+impl RunLog {
+    /// The run's id.
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// Queue an entry at `at`, its payload whatever `encode` appends to
+    /// the buffer it is handed, if `accept` takes the payload's length
+    /// (caps on what a run may journal); it is written with the run's
+    /// next awaited write. Returns whether it was accepted (and queued).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when `encode` fails, the scope is longer than a
+    /// record holds, or the payload is larger than
+    /// [`super::MAX_PAYLOAD_BYTES`]; [`StoreError::Closed`] once the run
+    /// finished. Nothing is queued then.
+    pub fn queue(
+        &self,
+        at: EntryAt<'_>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        accept: impl FnOnce(usize) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut queue = lock(&self.queue);
+        if queue.live.is_none() {
+            return Err(StoreError::Closed);
+        }
+        let start = queue.bytes.len();
+        let len = log::put_entry(
+            &mut queue.bytes,
+            EntryHead {
+                run: &self.run,
+                scope: at.scope,
+                seq: at.seq,
+                kind: at.kind,
+                fingerprint: at.fingerprint,
+            },
+            encode,
+        )?;
+        if !accept(len) {
+            queue.bytes.truncate(start);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Write every queued record; resolves once they are in the log (on
+    /// disk, when the store syncs every commit).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails or the log is closed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let written = {
+            let mut queue = lock(&self.queue);
+            if queue.bytes.is_empty() {
+                return Ok(());
+            }
+            if self.log.writes_in_place() {
+                let RunQueue { bytes, pinned, .. } = &mut *queue;
+                let result = self.log.write_run(bytes, &self.run, pinned, None);
+                if bytes.capacity() > KEEP_BYTES {
+                    *bytes = Vec::new();
+                }
+                return result;
+            }
+            // The writer thread syncs it: queued in order under the
+            // run's lock, awaited without it.
+            let (done, written) = oneshot::channel();
+            let bytes = std::mem::take(&mut queue.bytes);
+            self.log.push(
+                &bytes,
+                Mark::Pin(self.run.clone()),
+                |_| {},
+                Some(Waiter::Task(done)),
+            );
+            written
+        };
+        written.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Record that the run finished: with `drop_entries` it is dropped
+    /// (its records void, their segments freed once no other run needs
+    /// them), else kept until pruned. Written at once when writes need no
+    /// `fdatasync` each, else by the writer thread; the run stays live
+    /// here until it is. Later records are refused.
+    pub fn finish(&self, drop_entries: bool) {
+        let mut queue = lock(&self.queue);
+        let Some(live) = queue.live.take() else {
+            return;
+        };
+        let updated_ms = now_ms();
+        log::put_finish(&mut queue.bytes, &self.run, drop_entries, updated_ms);
+        let end = if drop_entries {
+            RunEnd::Dropped
+        } else {
+            RunEnd::Kept { updated_ms }
+        };
+        self.close(&mut queue, end, live);
+    }
+
+    /// Write what `queue` holds, ending the run with `end` if given; `live`
+    /// is dropped once it is written.
+    fn close(&self, queue: &mut RunQueue, end: RunEnd, live: LiveRun) {
+        let closed = move |result: Result<(), StoreError>| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "a run's journal could not be closed");
+            }
+            drop(live);
+        };
+        let bytes = std::mem::take(&mut queue.bytes);
+        if self.log.writes_in_place() {
+            let mut bytes = bytes;
+            closed(
+                self.log
+                    .write_run(&mut bytes, &self.run, &mut queue.pinned, Some(end)),
+            );
+            return;
+        }
+        let run = self.run.clone();
+        let mark = match end {
+            RunEnd::Dropped => Mark::Drop(run.clone()),
+            RunEnd::Kept { .. } => Mark::Pin(run.clone()),
+        };
+        let update = move |runs: &mut super::RunMap<JournalRun>| match end {
+            RunEnd::Dropped => {
+                runs.remove(&run);
+            }
+            RunEnd::Kept { updated_ms } => {
+                if let Some(record) = runs.get_mut(&run) {
+                    record.status = JournalStatus::Finished;
+                    record.updated_ms = updated_ms;
+                }
+            }
+        };
+        self.log.push(
+            &bytes,
+            mark,
+            update,
+            Some(Waiter::Callback(Box::new(closed))),
+        );
+    }
+}
+
+impl Drop for RunLog {
+    /// A run dropped unfinished (its task cancelled, its stream dropped)
+    /// writes what it queued, so its records are complete up to where it
+    /// stopped, and stays interrupted.
+    fn drop(&mut self) {
+        let queue = match self.queue.get_mut() {
+            Ok(queue) => queue,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(live) = queue.live.take() else {
+            return;
+        };
+        if queue.bytes.is_empty() {
+            return;
+        }
+        let closed = move |result: Result<(), StoreError>| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "an unfinished run's journal records could not be written");
+            }
+            drop(live);
+        };
+        if self.log.writes_in_place() {
+            closed(
+                self.log
+                    .write_run(&mut queue.bytes, &self.run, &mut queue.pinned, None),
+            );
+        } else {
+            let bytes = std::mem::take(&mut queue.bytes);
+            self.log.push(
+                &bytes,
+                Mark::Pin(self.run.clone()),
+                |_| {},
+                Some(Waiter::Callback(Box::new(closed))),
+            );
+        }
+    }
+}
