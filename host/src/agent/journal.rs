@@ -24,7 +24,7 @@ use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
     EntryAt, EntryKind, Journal, JournalEntry, JournalFormat, JournalRun, ROOT_SCOPE, RunLog,
-    child_scope, fingerprint, tool_scope,
+    child_scope, tool_scope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -434,7 +434,7 @@ impl ScopeJournal {
         kind: EntryKind,
         request: &[u8],
     ) -> Result<Step<T>, JournalError> {
-        self.step_by(kind, |_| fingerprint(request))
+        self.step_by(kind, |tree| tree.format.digest_bytes(request))
     }
 
     /// The next step, with the request's fingerprint computed only when

@@ -1343,7 +1343,7 @@ async fn execute_inner(
                     metadata: scope.metadata.clone(),
                     component: plugin.sha256.clone(),
                     origin: request.origin.clone(),
-                    format: JournalFormat::Compact,
+                    format: JournalFormat::Compact2,
                     status: JournalStatus::Running,
                     started_ms: 0,
                     updated_ms: 0,

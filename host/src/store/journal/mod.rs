@@ -8,7 +8,7 @@
 //! parent's scope and the sequence of the delegation that started it, so
 //! it is the same on replay however the sub-agents of a batch interleave),
 //! and the sequence counts that invocation's harness results from 0. Each
-//! entry carries its kind, a SHA-256 fingerprint of the request it answers
+//! entry carries its kind, a fingerprint of the request it answers
 //! (replay refuses a request whose fingerprint differs), and the result as
 //! the caller encoded it.
 //!
@@ -40,6 +40,7 @@ use segments::Segments;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use xxhash_rust::xxh3::Xxh3;
 
 /// The journal's maps keyed by run id hash with foldhash, keyed per
 /// process: every record of every run looks its run up in them (SipHash
@@ -120,7 +121,8 @@ impl EntryKind {
 pub struct JournalEntry {
     /// What it records.
     pub kind: EntryKind,
-    /// SHA-256 of the request it answers.
+    /// The fingerprint of the request it answers (in its run's
+    /// [`JournalFormat`]).
     pub fingerprint: [u8; 32],
     /// The result, encoded by the caller.
     pub payload: Vec<u8>,
@@ -178,30 +180,80 @@ pub fn fingerprint_json<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
 /// A value postcard cannot encode (a map or sequence of unknown length)
 /// falls back to [`fingerprint_json`], which is just as deterministic.
 pub fn fingerprint_compact<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
-    match postcard::serialize_with_flavor(request, HashingFlavor::new()) {
+    match postcard::serialize_with_flavor(request, HashingFlavor::new(Sha256::new())) {
         Ok(hasher) => hasher.finalize().into(),
         Err(_) => fingerprint_json(request),
     }
 }
 
-/// Bytes a [`HashingFlavor`] gathers before it hands them to SHA-256.
+/// XXH3-128 of `request`'s compact binary encoding (as
+/// [`fingerprint_compact`] encodes it), in the first 16 bytes; the rest
+/// are zero. A fingerprint only tells a resumed run's request from the
+/// one its journal recorded (the component, its input or its
+/// configuration changed): a strong 128-bit hash does that as surely as
+/// SHA-256 at a small part of the cost, and a guest that made two
+/// requests collide would only be handed again the result it was handed
+/// before.
+pub fn fingerprint_quick<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
+    match postcard::serialize_with_flavor(request, HashingFlavor::new(Xxh3::new())) {
+        Ok(hasher) => quick_digest(&hasher),
+        Err(_) => {
+            let mut hasher = Xxh3::new();
+            hasher.update(&serde_json::to_vec(request).unwrap_or_default());
+            quick_digest(&hasher)
+        }
+    }
+}
+
+/// [`fingerprint_quick`] of raw bytes.
+pub fn fingerprint_quick_bytes(request: &[u8]) -> [u8; 32] {
+    let mut hasher = Xxh3::new();
+    hasher.update(request);
+    quick_digest(&hasher)
+}
+
+/// The fingerprint XXH3 `hasher` gives.
+fn quick_digest(hasher: &Xxh3) -> [u8; 32] {
+    let mut print = [0u8; 32];
+    print[..16].copy_from_slice(&hasher.digest128().to_le_bytes());
+    print
+}
+
+/// Bytes a [`HashingFlavor`] gathers before it hands them to its hash.
 const HASH_CHUNK: usize = 512;
+
+/// A hash a [`HashingFlavor`] feeds.
+trait Absorb {
+    fn absorb(&mut self, bytes: &[u8]);
+}
+
+impl Absorb for Sha256 {
+    fn absorb(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Absorb for Xxh3 {
+    fn absorb(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
 
 /// A postcard output that hashes instead of storing. postcard emits a
 /// request as many small pieces (each length and number a byte or two);
 /// they are gathered into a chunk on the stack and hashed a chunk at a
 /// time, which digests the same bytes as hashing each piece would, for a
 /// fraction of the calls.
-struct HashingFlavor {
-    hasher: Sha256,
+struct HashingFlavor<H> {
+    hasher: H,
     chunk: [u8; HASH_CHUNK],
     filled: usize,
 }
 
-impl HashingFlavor {
-    fn new() -> Self {
+impl<H: Absorb> HashingFlavor<H> {
+    fn new(hasher: H) -> Self {
         HashingFlavor {
-            hasher: Sha256::new(),
+            hasher,
             chunk: [0; HASH_CHUNK],
             filled: 0,
         }
@@ -209,13 +261,13 @@ impl HashingFlavor {
 
     /// Hash what the chunk holds and empty it.
     fn drain(&mut self) {
-        self.hasher.update(&self.chunk[..self.filled]);
+        self.hasher.absorb(&self.chunk[..self.filled]);
         self.filled = 0;
     }
 }
 
-impl postcard::ser_flavors::Flavor for HashingFlavor {
-    type Output = Sha256;
+impl<H: Absorb> postcard::ser_flavors::Flavor for HashingFlavor<H> {
+    type Output = H;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         if self.filled == HASH_CHUNK {
@@ -233,12 +285,12 @@ impl postcard::ser_flavors::Flavor for HashingFlavor {
         } else {
             // Larger than what is left: hash the chunk, then the bytes.
             self.drain();
-            self.hasher.update(bytes);
+            self.hasher.absorb(bytes);
         }
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<Sha256> {
+    fn finalize(mut self) -> postcard::Result<H> {
         self.drain();
         Ok(self.hasher)
     }
@@ -256,9 +308,13 @@ pub enum JournalFormat {
     #[default]
     Json,
     /// postcard: requests fingerprinted by [`fingerprint_compact`], results
-    /// stored in postcard's binary encoding. Every run started now: no
-    /// string is escaped on the way in or parsed on the way out.
+    /// stored in postcard's binary encoding: no string is escaped on the
+    /// way in or parsed on the way out.
     Compact,
+    /// As [`Self::Compact`], with requests fingerprinted by
+    /// [`fingerprint_quick`] (XXH3-128 instead of SHA-256). Every run
+    /// started now.
+    Compact2,
 }
 
 impl JournalFormat {
@@ -267,6 +323,16 @@ impl JournalFormat {
         match self {
             JournalFormat::Json => fingerprint_json(request),
             JournalFormat::Compact => fingerprint_compact(request),
+            JournalFormat::Compact2 => fingerprint_quick(request),
+        }
+    }
+
+    /// The fingerprint of a request identified by raw bytes in this
+    /// format.
+    pub fn digest_bytes(self, request: &[u8]) -> [u8; 32] {
+        match self {
+            JournalFormat::Json | JournalFormat::Compact => fingerprint(request),
+            JournalFormat::Compact2 => fingerprint_quick_bytes(request),
         }
     }
 
@@ -296,7 +362,7 @@ impl JournalFormat {
     ) -> Result<(), String> {
         match self {
             JournalFormat::Json => serde_json::to_writer(out, value).map_err(|e| e.to_string()),
-            JournalFormat::Compact => {
+            JournalFormat::Compact | JournalFormat::Compact2 => {
                 postcard::serialize_with_flavor(value, VecFlavor(out)).map_err(|e| e.to_string())
             }
         }
@@ -310,7 +376,9 @@ impl JournalFormat {
     pub fn decode<T: serde::de::DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
         match self {
             JournalFormat::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            JournalFormat::Compact => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+            JournalFormat::Compact | JournalFormat::Compact2 => {
+                postcard::from_bytes(bytes).map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -881,6 +949,41 @@ mod tests {
         let encoded = postcard::to_slice(&long, &mut buffer).expect("postcard");
         assert!(encoded.len() > 100 * HASH_CHUNK);
         assert_eq!(fingerprint_compact(&long), fingerprint(encoded));
+    }
+
+    #[test]
+    fn a_quick_fingerprint_is_xxh3_128_of_the_postcard_encoding() {
+        let request = (vec!["ab".to_owned(), "c".to_owned()], Some(3u32), 0.5f32);
+        let mut buffer = [0u8; 64];
+        let encoded = postcard::to_slice(&request, &mut buffer).expect("postcard");
+        let print = fingerprint_quick(&request);
+        assert_eq!(
+            print[..16],
+            xxhash_rust::xxh3::xxh3_128(encoded).to_le_bytes()
+        );
+        assert_eq!(print[16..], [0; 16]);
+        assert_eq!(print, fingerprint_quick_bytes(encoded));
+        assert_eq!(JournalFormat::Compact2.digest(&request), print);
+        assert_eq!(JournalFormat::Compact2.digest_bytes(encoded), print);
+        // The earlier formats keep SHA-256, so their runs still resume.
+        assert_eq!(
+            JournalFormat::Compact.digest_bytes(encoded),
+            fingerprint(encoded)
+        );
+        let moved = (vec!["a".to_owned(), "bc".to_owned()], Some(3u32), 0.5f32);
+        assert_ne!(print, fingerprint_quick(&moved));
+        // Across many chunks, still exactly the encoding's hash.
+        let long: Vec<(String, u64)> = (0..2000u64)
+            .map(|i| ("x".repeat((i % 700) as usize), i * 7919))
+            .collect();
+        let mut buffer = vec![0u8; 1 << 20];
+        let encoded = postcard::to_slice(&long, &mut buffer).expect("postcard");
+        assert_eq!(fingerprint_quick(&long), fingerprint_quick_bytes(encoded));
+        // The format's name in a run's record.
+        assert_eq!(
+            serde_json::to_string(&JournalFormat::Compact2).unwrap(),
+            "\"compact2\""
+        );
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct EntryAt<'a> {
     pub seq: u32,
     /// What the entry records.
     pub kind: EntryKind,
-    /// SHA-256 of the request it answers.
+    /// The fingerprint of the request it answers.
     pub fingerprint: &'a [u8; 32],
 }
 
