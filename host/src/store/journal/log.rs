@@ -939,14 +939,14 @@ pub(super) fn write_loop(shared: &Shared) {
     loop {
         match wait(shared, interval) {
             Next::Stop => {
-                sync_now(shared, &mut lock(&shared.io));
+                sync_now(shared);
                 return;
             }
             Next::Sync => {
                 // What rode waiting for a write goes out with the sync. A
                 // failed write is logged, and its waiters hear of it.
                 let _ = shared.write_now();
-                sync_now(shared, &mut lock(&shared.io));
+                sync_now(shared);
             }
             Next::Write => {
                 let _ = shared.write_now();
@@ -976,19 +976,37 @@ impl Shared {
     }
 }
 
-/// `fdatasync` what was written, if anything (the caller holds `io`, so
-/// no write runs meanwhile).
-fn sync_now(shared: &Shared, io: &mut Io) {
-    if !io.unsynced {
-        return;
+/// `fdatasync` what was written, if anything, without holding the file's
+/// lock through the sync: runs go on appending meanwhile (a sync takes
+/// milliseconds, a thousand appends' worth), and what they append is
+/// marked unsynced again, for the next sync. (A segment closed meanwhile
+/// was synced as it closed.)
+fn sync_now(shared: &Shared) {
+    let file = {
+        let mut io = lock(&shared.io);
+        if !io.unsynced {
+            return;
+        }
+        let Some(active) = &io.active else {
+            return;
+        };
+        let file = active.file.handle();
+        if file.is_ok() {
+            shared.state().unsynced_since = None;
+            io.unsynced = false;
+        }
+        file
+    };
+    let synced = file.and_then(|file| file.sync_data());
+    if let Err(error) = synced {
+        tracing::error!(%error, "the journal could not be synced; trying again at the next interval");
+        let mut io = lock(&shared.io);
+        let mut state = shared.state();
+        if state.unsynced_since.is_none() {
+            state.unsynced_since = Some(Instant::now());
+        }
+        io.unsynced = true;
     }
-    if let Some(active) = &io.active
-        && let Err(error) = active.file.sync_data()
-    {
-        tracing::error!(%error, "the journal could not be synced");
-    }
-    shared.state().unsynced_since = None;
-    io.unsynced = false;
 }
 
 /// Take the queue and write it to the active segment (synced when the

@@ -130,6 +130,11 @@ impl SegmentFile {
         Ok(())
     }
 
+    /// Another handle to the file, to sync it without holding this one.
+    pub(super) fn handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// `fdatasync` the file (pages stored through the mapping included).
     pub(super) fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
