@@ -98,8 +98,16 @@ const LEGACY_RECORD_HEADER: usize = 8;
 /// directory. Not a segment: never replayed.
 pub(super) const SPARE_FILE: &str = "spare.seg-recycled";
 
+/// The segment file the writer thread made ready to be the next segment
+/// (when callers write in place), in the log's directory. Not a segment:
+/// never replayed; one a crash left becomes the spare.
+pub(super) const PREPARED_FILE: &str = "next.seg-prepared";
+
 /// A segment is closed once it holds this much, at a batch boundary.
-pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
+/// Small enough that spent segments come back as new ones early on (their
+/// pages still in the page cache, where a new file's must each be
+/// allocated and zeroed), and that a run left pinning one keeps little.
+pub(super) const SEGMENT_BYTES: u64 = 4 << 20;
 
 /// How long a record nobody awaits may wait for company before the writer
 /// writes it anyway.
@@ -708,6 +716,9 @@ pub(super) struct State {
     /// When the oldest write not yet `fdatasync`ed was made (changed
     /// only under the `io` lock too, mirrored by [`Io::unsynced`]).
     unsynced_since: Option<Instant>,
+    /// The segment being written is half full and no file is ready to
+    /// follow it: the writer thread is to prepare one.
+    prepare: bool,
 }
 
 /// The log, shared by the journal's handles and its writer.
@@ -738,6 +749,16 @@ struct Io {
     /// `unsynced_since` is set), so a write need not take the state lock
     /// to say so.
     unsynced: bool,
+    /// The file made ready to be the next segment ([`PREPARED_FILE`]).
+    prepared: Option<Prepared>,
+    /// The writer thread was asked to prepare a file for the segment
+    /// after the one being written.
+    prepare_asked: bool,
+    /// Handles of segments closed since the last sync, which syncs them.
+    closing: Vec<File>,
+    /// A segment was named (a prepared file renamed) since the last sync,
+    /// which syncs the directory first.
+    dir_unsynced: bool,
     /// The last batch's buffers, emptied, swapped in for the queue's so
     /// it does not grow from nothing for every batch.
     spare: Vec<u8>,
@@ -776,6 +797,7 @@ impl Shared {
                 segments,
                 spare,
                 unsynced_since: None,
+                prepare: false,
             }),
             wake: Condvar::new(),
             io: Mutex::new(Io {
@@ -917,8 +939,17 @@ enum Next {
     Write,
     /// Sync what was written.
     Sync,
+    /// Make a file ready to be the next segment.
+    Prepare,
     /// Stop.
     Stop,
+}
+
+/// A file made ready to be the next segment, under [`PREPARED_FILE`]:
+/// its header written and synced, the rename all that is left.
+struct Prepared {
+    file: File,
+    seal: Seal,
 }
 
 /// The file being appended to.
@@ -951,6 +982,46 @@ pub(super) fn write_loop(shared: &Shared) {
             Next::Write => {
                 let _ = shared.write_now();
             }
+            Next::Prepare => prepare_next(shared),
+        }
+    }
+}
+
+/// Make a file ready to be the next segment, off the appending runs'
+/// path: the spare (renamed [`PREPARED_FILE`]) or a new file, with the
+/// header of its next life written and synced, so that the run whose
+/// append fills the segment only renames it and maps it.
+fn prepare_next(shared: &Shared) {
+    if lock(&shared.io).prepared.is_some() {
+        return;
+    }
+    let target = shared.dir.join(PREPARED_FILE);
+    let spare = shared.state().spare.take();
+    let made = (|| -> std::io::Result<Prepared> {
+        let (mut file, generation) = match spare {
+            Some(generation) => {
+                std::fs::rename(shared.dir.join(SPARE_FILE), &target)?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&target)?;
+                (file, generation)
+            }
+            None => (mapped::create(&target)?, 1),
+        };
+        let seal = Seal::fresh(generation);
+        file.write_all(&segment_header(seal))?;
+        // A reused file's new generation is on disk before it is named a
+        // segment (else, after a power loss, its stale records could read
+        // as the segment's).
+        file.sync_data()?;
+        Ok(Prepared { file, seal })
+    })();
+    match made {
+        Ok(prepared) => lock(&shared.io).prepared = Some(prepared),
+        Err(error) => {
+            tracing::warn!(%error, "the next journal segment could not be prepared; it will be made when needed");
+            let _ = std::fs::remove_file(&target);
         }
     }
 }
@@ -979,26 +1050,35 @@ impl Shared {
 /// `fdatasync` what was written, if anything, without holding the file's
 /// lock through the sync: runs go on appending meanwhile (a sync takes
 /// milliseconds, a thousand appends' worth), and what they append is
-/// marked unsynced again, for the next sync. (A segment closed meanwhile
-/// was synced as it closed.)
+/// marked unsynced again, for the next sync. Segments closed since the
+/// last sync are synced first, then the directory if a segment was named.
 fn sync_now(shared: &Shared) {
-    let file = {
+    let (closing, dir, file) = {
         let mut io = lock(&shared.io);
-        if !io.unsynced {
-            return;
-        }
-        let Some(active) = &io.active else {
-            return;
+        let closing = std::mem::take(&mut io.closing);
+        let dir = std::mem::take(&mut io.dir_unsynced);
+        let file = match &io.active {
+            Some(active) if io.unsynced => Some(active.file.handle()),
+            _ => None,
         };
-        let file = active.file.handle();
-        if file.is_ok() {
+        if matches!(file, Some(Ok(_))) {
             shared.state().unsynced_since = None;
             io.unsynced = false;
         }
-        file
+        (closing, dir, file)
     };
-    let synced = file.and_then(|file| file.sync_data());
-    if let Err(error) = synced {
+    for closed in closing {
+        if let Err(error) = closed.sync_data() {
+            tracing::error!(%error, "a closed journal segment could not be synced");
+        }
+    }
+    if dir && let Err(error) = File::open(&shared.dir).and_then(|dir| dir.sync_all()) {
+        tracing::error!(%error, "the journal's directory could not be synced");
+    }
+    let Some(file) = file else {
+        return;
+    };
+    if let Err(error) = file.and_then(|file| file.sync_data()) {
         tracing::error!(%error, "the journal could not be synced; trying again at the next interval");
         let mut io = lock(&shared.io);
         let mut state = shared.state();
@@ -1179,6 +1259,10 @@ fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
         if state.urgent {
             return Next::Write;
         }
+        if state.prepare {
+            state.prepare = false;
+            return Next::Prepare;
+        }
         let mut timeout: Option<Duration> = None;
         if !state.pending.is_empty() || !state.waiters.is_empty() {
             let since = *queued_since.get_or_insert_with(Instant::now);
@@ -1228,25 +1312,67 @@ fn append(shared: &Shared, io: &mut Io, bytes: &mut [u8]) -> Result<(), StoreErr
         if let Some(old) = io.active.take()
             && shared.sync != StoreSync::Always
         {
-            let _ = old.file.sync_data();
+            // Synced with the writer thread's next sync.
+            match old.file.handle() {
+                Ok(handle) => io.closing.push(handle),
+                Err(_) => {
+                    let _ = old.file.sync_data();
+                }
+            }
         }
-        io.active = Some(open_segment(shared, id, bytes.len())?);
+        io.active = Some(open_segment(shared, io, id, bytes.len())?);
+        io.prepare_asked = false;
     }
     let Some(segment) = io.active.as_mut() else {
         return Err(StoreError::Closed);
     };
     seal_batch(bytes, segment.seal);
     segment.file.append(bytes).map_err(crate::store::io)?;
-    if segment.file.len() >= SEGMENT_BYTES {
+    let len = segment.file.len();
+    if len >= SEGMENT_BYTES {
         io.active_id += 1;
+    }
+    // Half full: the writer thread makes the next segment's file ready.
+    if shared.sync != StoreSync::Always
+        && len >= SEGMENT_BYTES / 2
+        && !io.prepare_asked
+        && io.prepared.is_none()
+    {
+        io.prepare_asked = true;
+        shared.state().prepare = true;
+        shared.wake.notify_one();
     }
     Ok(())
 }
 
 /// Start segment `id`, with room reserved for at least `batch` bytes of
 /// records: the spare renamed, when there is one, else a new file.
-fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreError> {
+fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
+    let capacity = SEGMENT_BYTES.max(SEGMENT_HEADER as u64 + batch as u64);
+    if let Some(Prepared { file, seal }) = io.prepared.take() {
+        match std::fs::rename(shared.dir.join(PREPARED_FILE), &path) {
+            Ok(()) => {
+                if shared.sync == StoreSync::Always {
+                    if let Ok(dir) = File::open(&shared.dir) {
+                        let _ = dir.sync_all();
+                    }
+                } else {
+                    io.dir_unsynced = true;
+                }
+                shared.state().segments.add(id);
+                return Ok(Active {
+                    id,
+                    seal,
+                    file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the prepared journal segment could not be named; making one now");
+                let _ = std::fs::remove_file(shared.dir.join(PREPARED_FILE));
+            }
+        }
+    }
     let spare = shared.state().spare.take();
     let reused = spare.and_then(|generation| match reuse_spare(shared) {
         Ok(file) => Some((file, generation)),
@@ -1291,12 +1417,10 @@ fn open_segment(shared: &Shared, id: u64, batch: usize) -> Result<Active, StoreE
         }
     }
     shared.state().segments.add(id);
-    let len = SEGMENT_HEADER as u64;
-    let capacity = SEGMENT_BYTES.max(len + batch as u64);
     Ok(Active {
         id,
         seal,
-        file: SegmentFile::new(file, len, capacity, true),
+        file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true),
     })
 }
 

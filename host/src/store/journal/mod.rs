@@ -555,9 +555,24 @@ impl Journal {
         // A spent segment kept for reuse by the last process (never one
         // without generations).
         let spare_path = dir.join(log::SPARE_FILE);
-        let spare = log::next_generation(&spare_path);
+        let mut spare = log::next_generation(&spare_path);
         if spare.is_none() && spare_path.exists() {
             let _ = std::fs::remove_file(&spare_path);
+        }
+        // A file the last process made ready for its next segment and
+        // never used: the spare, if there is none.
+        let prepared = dir.join(log::PREPARED_FILE);
+        if prepared.exists() {
+            match log::next_generation(&prepared) {
+                Some(generation)
+                    if spare.is_none() && std::fs::rename(&prepared, &spare_path).is_ok() =>
+                {
+                    spare = Some(generation);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&prepared);
+                }
+            }
         }
         let log = Shared::new(dir, store.sync_mode(), runs, segments, active, spare);
         let thread = std::thread::Builder::new()
@@ -1486,5 +1501,69 @@ mod tests {
         assert_eq!(journal.entries("long", ROOT_SCOPE).unwrap().len(), 2);
         long.finish(true);
         assert!(journal.segment_files() <= 2, "{}", journal.segment_files());
+    }
+
+    #[tokio::test]
+    async fn the_writer_prepares_the_next_segment_and_a_crash_leaves_it_as_the_spare() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let log = log_dir(dir.path());
+        let prepared = log.join(log::PREPARED_FILE);
+        let inode = |path: &std::path::Path| std::fs::metadata(path).unwrap().ino();
+        let wait_for = |path: &std::path::Path| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !path.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never appeared",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let chunk = "x".repeat(256 << 10);
+        {
+            let journal = open_at(dir.path());
+            let live = journal.mark_live("r").unwrap();
+            let run = journal.begin(record("r", 1), live).unwrap();
+            // Past half of segment 0, the writer thread makes the next
+            // segment's file ready...
+            let mut seq = 0;
+            while seq * (256 << 10) < log::SEGMENT_BYTES as usize / 2 + (256 << 10) {
+                assert!(queue_text(&run, seq as u32, &chunk));
+                run.flush().await.unwrap();
+                seq += 1;
+            }
+            wait_for(&prepared);
+            // ...and there is no wait for it: the filling run only renames
+            // it.
+            let ready = inode(&prepared);
+            while log::segment_ids(&log).unwrap().len() < 2 {
+                assert!(queue_text(&run, seq as u32, &chunk));
+                run.flush().await.unwrap();
+                seq += 1;
+            }
+            assert_eq!(inode(&log::segment_path(&log, 1)), ready);
+            // Written past half of segment 1 too: a file is ready again
+            // when this "process" stops without having used it.
+            while seq * (256 << 10) < log::SEGMENT_BYTES as usize * 3 / 2 + (256 << 10) {
+                assert!(queue_text(&run, seq as u32, &chunk));
+                run.flush().await.unwrap();
+                seq += 1;
+            }
+            wait_for(&prepared);
+            drop(run);
+            journal.flush().await.unwrap();
+        }
+        let left = inode(&prepared);
+        // The next open takes the unused file as the spare, and every
+        // record the run made reads back.
+        let journal = open_at(dir.path());
+        assert!(!prepared.exists());
+        assert_eq!(inode(&log.join(log::SPARE_FILE)), left);
+        assert_eq!(interrupted_ids(&journal), ["r"]);
+        let entries = journal.entries("r", ROOT_SCOPE).unwrap();
+        assert!(entries.len() >= 16, "{} entries", entries.len());
     }
 }
