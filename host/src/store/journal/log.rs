@@ -996,11 +996,18 @@ fn prepare_next(shared: &Shared) {
         return;
     }
     let target = shared.dir.join(PREPARED_FILE);
-    let spare = shared.state().spare.take();
+    // Taken and renamed under the state lock: a segment retired meanwhile
+    // (renamed to the spare's name under the same lock) cannot take the
+    // spare's place between the two.
+    let spare = {
+        let mut state = shared.state();
+        state.spare.take().map(|generation| {
+            std::fs::rename(shared.dir.join(SPARE_FILE), &target).map(|()| generation)
+        })
+    };
     let made = (|| -> std::io::Result<Prepared> {
-        let (mut file, generation) = match spare {
+        let (mut file, generation) = match spare.transpose()? {
             Some(generation) => {
-                std::fs::rename(shared.dir.join(SPARE_FILE), &target)?;
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
