@@ -40,7 +40,7 @@ use segments::Segments;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// The journal's maps keyed by run id hash with foldhash, keyed per
 /// process: every record of every run looks its run up in them (SipHash
@@ -194,64 +194,63 @@ pub fn fingerprint_compact<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32
 /// SHA-256 at a small part of the cost, and a guest that made two
 /// requests collide would only be handed again the result it was handed
 /// before.
+///
+/// The request is encoded into a buffer each thread keeps and hashed in
+/// one pass: no hash state or chunk is carried on the stack, which for an
+/// architecture's import is the guest's fiber stack, whose untouched
+/// pages fault in.
 pub fn fingerprint_quick<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
-    match postcard::serialize_with_flavor(request, HashingFlavor::new(Xxh3::new())) {
-        Ok(hasher) => quick_digest(&hasher),
-        Err(_) => {
-            let mut hasher = Xxh3::new();
-            hasher.update(&serde_json::to_vec(request).unwrap_or_default());
-            quick_digest(&hasher)
-        }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    /// Past this, the buffer is let go rather than kept for the thread.
+    const KEEP: usize = 1 << 20;
+    let print = |buffer: &mut Vec<u8>| {
+        buffer.clear();
+        if postcard::serialize_with_flavor(request, VecFlavor(buffer)).is_err() {
+            buffer.clear();
+            if serde_json::to_writer(&mut *buffer, request).is_err() {
+                buffer.clear();
+            }
+        }
+        fingerprint_quick_bytes(buffer)
+    };
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            let digest = print(&mut buffer);
+            if buffer.capacity() > KEEP {
+                *buffer = Vec::new();
+            }
+            digest
+        }
+        // Re-entered from a `Serialize` impl: encode on the side.
+        Err(_) => print(&mut Vec::new()),
+    })
 }
 
 /// [`fingerprint_quick`] of raw bytes.
 pub fn fingerprint_quick_bytes(request: &[u8]) -> [u8; 32] {
-    let mut hasher = Xxh3::new();
-    hasher.update(request);
-    quick_digest(&hasher)
-}
-
-/// The fingerprint XXH3 `hasher` gives.
-fn quick_digest(hasher: &Xxh3) -> [u8; 32] {
     let mut print = [0u8; 32];
-    print[..16].copy_from_slice(&hasher.digest128().to_le_bytes());
+    print[..16].copy_from_slice(&xxh3_128(request).to_le_bytes());
     print
 }
 
-/// Bytes a [`HashingFlavor`] gathers before it hands them to its hash.
+/// Bytes a [`HashingFlavor`] gathers before it hands them to SHA-256.
 const HASH_CHUNK: usize = 512;
-
-/// A hash a [`HashingFlavor`] feeds.
-trait Absorb {
-    fn absorb(&mut self, bytes: &[u8]);
-}
-
-impl Absorb for Sha256 {
-    fn absorb(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
-}
-
-impl Absorb for Xxh3 {
-    fn absorb(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
-}
 
 /// A postcard output that hashes instead of storing. postcard emits a
 /// request as many small pieces (each length and number a byte or two);
 /// they are gathered into a chunk on the stack and hashed a chunk at a
 /// time, which digests the same bytes as hashing each piece would, for a
 /// fraction of the calls.
-struct HashingFlavor<H> {
-    hasher: H,
+struct HashingFlavor {
+    hasher: Sha256,
     chunk: [u8; HASH_CHUNK],
     filled: usize,
 }
 
-impl<H: Absorb> HashingFlavor<H> {
-    fn new(hasher: H) -> Self {
+impl HashingFlavor {
+    fn new(hasher: Sha256) -> Self {
         HashingFlavor {
             hasher,
             chunk: [0; HASH_CHUNK],
@@ -261,13 +260,13 @@ impl<H: Absorb> HashingFlavor<H> {
 
     /// Hash what the chunk holds and empty it.
     fn drain(&mut self) {
-        self.hasher.absorb(&self.chunk[..self.filled]);
+        self.hasher.update(&self.chunk[..self.filled]);
         self.filled = 0;
     }
 }
 
-impl<H: Absorb> postcard::ser_flavors::Flavor for HashingFlavor<H> {
-    type Output = H;
+impl postcard::ser_flavors::Flavor for HashingFlavor {
+    type Output = Sha256;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         if self.filled == HASH_CHUNK {
@@ -285,12 +284,12 @@ impl<H: Absorb> postcard::ser_flavors::Flavor for HashingFlavor<H> {
         } else {
             // Larger than what is left: hash the chunk, then the bytes.
             self.drain();
-            self.hasher.absorb(bytes);
+            self.hasher.update(bytes);
         }
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<H> {
+    fn finalize(mut self) -> postcard::Result<Sha256> {
         self.drain();
         Ok(self.hasher)
     }

@@ -143,10 +143,12 @@ impl RunLog {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = {
             let mut queue = lock(&self.queue);
-            if queue.bytes.is_empty() {
-                return Ok(());
-            }
             if self.log.writes_in_place() {
+                // Written under the run's lock: an empty buffer was
+                // written by whoever emptied it.
+                if queue.bytes.is_empty() {
+                    return Ok(());
+                }
                 let RunQueue { bytes, pinned, .. } = &mut *queue;
                 let result = self.log.write_run(bytes, &self.run, pinned, None);
                 if bytes.capacity() > KEEP_BYTES {
@@ -155,15 +157,18 @@ impl RunLog {
                 return result;
             }
             // The writer thread syncs it: queued in order under the
-            // run's lock, awaited without it.
+            // run's lock, awaited without it. An empty buffer may have
+            // been taken by another of the run's tasks whose write is not
+            // done yet: the waiter, queued after it, hears once it is.
             let (done, written) = oneshot::channel();
             let bytes = std::mem::take(&mut queue.bytes);
-            self.log.push(
-                &bytes,
-                Mark::Pin(self.run.clone()),
-                |_| {},
-                Some(Waiter::Task(done)),
-            );
+            let mark = if bytes.is_empty() {
+                Mark::None
+            } else {
+                Mark::Pin(self.run.clone())
+            };
+            self.log
+                .push(&bytes, mark, |_| {}, Some(Waiter::Task(done)));
             written
         };
         written.await.unwrap_or(Err(StoreError::Closed))
