@@ -1068,30 +1068,35 @@ fn sync_now(shared: &Shared) {
             Some(active) if io.unsynced => Some(active.file.handle()),
             _ => None,
         };
-        if matches!(file, Some(Ok(_))) {
+        // With no segment open (its write failed, or the next could not
+        // be made), what was written is among the closing ones.
+        if io.unsynced {
             shared.state().unsynced_since = None;
             io.unsynced = false;
         }
         (closing, dir, file)
     };
+    let mut failed = false;
     for closed in closing {
         if let Err(error) = closed.sync_data() {
             tracing::error!(%error, "a closed journal segment could not be synced");
         }
     }
     if dir && let Err(error) = File::open(&shared.dir).and_then(|dir| dir.sync_all()) {
-        tracing::error!(%error, "the journal's directory could not be synced");
+        tracing::error!(%error, "the journal's directory could not be synced; trying again at the next interval");
+        lock(&shared.io).dir_unsynced = true;
+        failed = true;
     }
-    let Some(file) = file else {
-        return;
-    };
-    if let Err(error) = file.and_then(|file| file.sync_data()) {
+    if let Some(file) = file
+        && let Err(error) = file.and_then(|file| file.sync_data())
+    {
         tracing::error!(%error, "the journal could not be synced; trying again at the next interval");
+        failed = true;
+    }
+    if failed {
+        // Not at once: at the next interval.
         let mut io = lock(&shared.io);
-        let mut state = shared.state();
-        if state.unsynced_since.is_none() {
-            state.unsynced_since = Some(Instant::now());
-        }
+        shared.state().unsynced_since = Some(Instant::now());
         io.unsynced = true;
     }
 }
@@ -1136,11 +1141,22 @@ fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Wai
 }
 
 /// Never append after a torn write: the next write starts a new segment.
+/// What was written to the abandoned one is still synced with the next
+/// sync.
 fn abandon_segment(io: &mut Io) {
     if io.active.as_ref().is_some_and(|a| a.id == io.active_id) {
         io.active_id += 1;
     }
-    io.active = None;
+    if let Some(old) = io.active.take()
+        && io.unsynced
+    {
+        match old.file.handle() {
+            Ok(handle) => io.closing.push(handle),
+            Err(_) => {
+                let _ = old.file.sync_data();
+            }
+        }
+    }
 }
 
 /// How the records a run writes in place end it
@@ -1422,6 +1438,9 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
         if let Ok(dir) = File::open(&shared.dir) {
             let _ = dir.sync_all();
         }
+    } else {
+        // A new file's name, with the next interval sync.
+        io.dir_unsynced = true;
     }
     shared.state().segments.add(id);
     Ok(Active {

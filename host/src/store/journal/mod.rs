@@ -1565,4 +1565,28 @@ mod tests {
         let entries = journal.entries("r", ROOT_SCOPE).unwrap();
         assert!(entries.len() >= 16, "{} entries", entries.len());
     }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_later_flush_of_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let journal = open_at(dir.path());
+        // The first segment cannot be created: a directory has its name.
+        std::fs::create_dir(log::segment_path(&log_dir(dir.path()), 0)).unwrap();
+        let live = journal.mark_live("r").unwrap();
+        let run = journal.begin(record("r", 1), live).unwrap();
+        assert!(queue_text(&run, 0, "lost"));
+        assert!(run.flush().await.is_err());
+        // Its records are lost: an empty buffer is no sign of a write, and
+        // nothing more is taken.
+        assert!(run.flush().await.is_err());
+        let print = [0; 32];
+        let at = EntryAt {
+            scope: ROOT_SCOPE,
+            seq: 1,
+            kind: EntryKind::Completion,
+            fingerprint: &print,
+        };
+        assert!(run.queue(at, |_| Ok(()), |_| true).is_err());
+    }
 }

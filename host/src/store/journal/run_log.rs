@@ -24,7 +24,7 @@
 use super::log::{self, EntryHead, Mark, RunEnd, Shared, Waiter, lock};
 use super::{EntryKind, Journal, JournalRun, JournalStatus, LiveRun, now_ms, start_of};
 use crate::store::StoreError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
 /// A run's buffer is let go rather than kept once a write left it this
@@ -38,6 +38,10 @@ pub struct RunLog {
     log: Arc<Shared>,
     run: String,
     queue: Mutex<RunQueue>,
+    /// A write of the run's records failed: they are lost, so every later
+    /// flush fails too (an empty buffer is then no sign of a write). Kept
+    /// outside the queue's lock: the writer thread sets it.
+    failed: Arc<OnceLock<StoreError>>,
 }
 
 /// What a run's log holds between writes.
@@ -84,6 +88,7 @@ impl Journal {
                 pinned: None,
                 live: Some(live),
             }),
+            failed: Arc::default(),
         })
     }
 }
@@ -112,6 +117,9 @@ impl RunLog {
         accept: impl FnOnce(usize) -> bool,
     ) -> Result<bool, StoreError> {
         let mut queue = lock(&self.queue);
+        if let Some(error) = self.failed.get() {
+            return Err(error.clone());
+        }
         if queue.live.is_none() {
             return Err(StoreError::Closed);
         }
@@ -143,9 +151,12 @@ impl RunLog {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = {
             let mut queue = lock(&self.queue);
+            if let Some(error) = self.failed.get() {
+                return Err(error.clone());
+            }
             if self.log.writes_in_place() {
                 // Written under the run's lock: an empty buffer was
-                // written by whoever emptied it.
+                // written by whoever emptied it (a failure would be kept).
                 if queue.bytes.is_empty() {
                     return Ok(());
                 }
@@ -153,6 +164,9 @@ impl RunLog {
                 let result = self.log.write_run(bytes, &self.run, pinned, None);
                 if bytes.capacity() > KEEP_BYTES {
                     *bytes = Vec::new();
+                }
+                if let Err(error) = &result {
+                    let _ = self.failed.set(error.clone());
                 }
                 return result;
             }
@@ -167,11 +181,23 @@ impl RunLog {
             } else {
                 Mark::Pin(self.run.clone())
             };
-            self.log
-                .push(&bytes, mark, |_| {}, Some(Waiter::Task(done)));
+            // A failure is kept on the writer thread, before any later
+            // batch's waiters hear back.
+            let failed = self.failed.clone();
+            let waiter = Waiter::Callback(Box::new(move |result: Result<(), StoreError>| {
+                if let Err(error) = &result {
+                    let _ = failed.set(error.clone());
+                }
+                let _ = done.send(result);
+            }));
+            self.log.push(&bytes, mark, |_| {}, Some(waiter));
             written
         };
-        written.await.unwrap_or(Err(StoreError::Closed))
+        written.await.unwrap_or(Err(StoreError::Closed))?;
+        match self.failed.get() {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Record that the run finished: with `drop_entries` it is dropped
