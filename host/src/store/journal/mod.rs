@@ -150,6 +150,18 @@ pub fn fingerprint(request: &[u8]) -> [u8; 32] {
 /// be encoded), encoded into a buffer each thread keeps instead of a new
 /// one per request.
 pub fn fingerprint_json<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
+    with_scratch(|buffer| {
+        if serde_json::to_writer(&mut *buffer, request).is_err() {
+            buffer.clear();
+        }
+        fingerprint(buffer)
+    })
+}
+
+/// Run `work` on an empty buffer this thread keeps for encoding requests
+/// (a fresh one when re-entered from a `Serialize` impl), instead of a new
+/// one per request.
+fn with_scratch<R>(work: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -158,17 +170,13 @@ pub fn fingerprint_json<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
-            if serde_json::to_writer(&mut *buffer, request).is_err() {
-                buffer.clear();
-            }
-            let digest = fingerprint(&buffer);
+            let result = work(&mut buffer);
             if buffer.capacity() > KEEP {
                 *buffer = Vec::new();
             }
-            digest
+            result
         }
-        // Re-entered from a `Serialize` impl: encode on the side.
-        Err(_) => fingerprint(&serde_json::to_vec(request).unwrap_or_default()),
+        Err(_) => work(&mut Vec::new()),
     })
 }
 
@@ -200,13 +208,7 @@ pub fn fingerprint_compact<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32
 /// architecture's import is the guest's fiber stack, whose untouched
 /// pages fault in.
 pub fn fingerprint_quick<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    /// Past this, the buffer is let go rather than kept for the thread.
-    const KEEP: usize = 1 << 20;
-    let print = |buffer: &mut Vec<u8>| {
-        buffer.clear();
+    with_scratch(|buffer| {
         if postcard::serialize_with_flavor(request, VecFlavor(buffer)).is_err() {
             buffer.clear();
             if serde_json::to_writer(&mut *buffer, request).is_err() {
@@ -214,17 +216,6 @@ pub fn fingerprint_quick<T: serde::Serialize + ?Sized>(request: &T) -> [u8; 32] 
             }
         }
         fingerprint_quick_bytes(buffer)
-    };
-    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut buffer) => {
-            let digest = print(&mut buffer);
-            if buffer.capacity() > KEEP {
-                *buffer = Vec::new();
-            }
-            digest
-        }
-        // Re-entered from a `Serialize` impl: encode on the side.
-        Err(_) => print(&mut Vec::new()),
     })
 }
 

@@ -217,42 +217,42 @@ impl RunLog {
         } else {
             RunEnd::Kept { updated_ms }
         };
-        self.close(&mut queue, end, live);
+        self.close(&mut queue, Some(end), live);
     }
 
     /// Write what `queue` holds, ending the run with `end` if given; `live`
     /// is dropped once it is written.
-    fn close(&self, queue: &mut RunQueue, end: RunEnd, live: LiveRun) {
+    fn close(&self, queue: &mut RunQueue, end: Option<RunEnd>, live: LiveRun) {
         let closed = move |result: Result<(), StoreError>| {
             if let Err(error) = result {
-                tracing::warn!(%error, "a run's journal could not be closed");
+                tracing::warn!(%error, "a run's journal records could not be written");
             }
             drop(live);
         };
-        let bytes = std::mem::take(&mut queue.bytes);
+        let mut bytes = std::mem::take(&mut queue.bytes);
         if self.log.writes_in_place() {
-            let mut bytes = bytes;
             closed(
                 self.log
-                    .write_run(&mut bytes, &self.run, &mut queue.pinned, Some(end)),
+                    .write_run(&mut bytes, &self.run, &mut queue.pinned, end),
             );
             return;
         }
         let run = self.run.clone();
         let mark = match end {
-            RunEnd::Dropped => Mark::Drop(run.clone()),
-            RunEnd::Kept { .. } => Mark::Pin(run.clone()),
+            Some(RunEnd::Dropped) => Mark::Drop(run.clone()),
+            Some(RunEnd::Kept { .. }) | None => Mark::Pin(run.clone()),
         };
         let update = move |runs: &mut super::RunMap<JournalRun>| match end {
-            RunEnd::Dropped => {
+            Some(RunEnd::Dropped) => {
                 runs.remove(&run);
             }
-            RunEnd::Kept { updated_ms } => {
+            Some(RunEnd::Kept { updated_ms }) => {
                 if let Some(record) = runs.get_mut(&run) {
                     record.status = JournalStatus::Finished;
                     record.updated_ms = updated_ms;
                 }
             }
+            None => {}
         };
         self.log.push(
             &bytes,
@@ -268,35 +268,13 @@ impl Drop for RunLog {
     /// writes what it queued, so its records are complete up to where it
     /// stopped, and stays interrupted.
     fn drop(&mut self) {
-        let queue = match self.queue.get_mut() {
-            Ok(queue) => queue,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut queue = lock(&self.queue);
         let Some(live) = queue.live.take() else {
             return;
         };
         if queue.bytes.is_empty() {
             return;
         }
-        let closed = move |result: Result<(), StoreError>| {
-            if let Err(error) = result {
-                tracing::warn!(%error, "an unfinished run's journal records could not be written");
-            }
-            drop(live);
-        };
-        if self.log.writes_in_place() {
-            closed(
-                self.log
-                    .write_run(&mut queue.bytes, &self.run, &mut queue.pinned, None),
-            );
-        } else {
-            let bytes = std::mem::take(&mut queue.bytes);
-            self.log.push(
-                &bytes,
-                Mark::Pin(self.run.clone()),
-                |_| {},
-                Some(Waiter::Callback(Box::new(closed))),
-            );
-        }
+        self.close(&mut queue, None, live);
     }
 }
