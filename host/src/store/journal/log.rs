@@ -1064,8 +1064,13 @@ fn sync_now(shared: &Shared) {
         let mut io = lock(&shared.io);
         let closing = std::mem::take(&mut io.closing);
         let dir = std::mem::take(&mut io.dir_unsynced);
-        let file = match &io.active {
-            Some(active) if io.unsynced => Some(active.file.handle()),
+        let unsynced = io.unsynced;
+        let file = match &mut io.active {
+            Some(active) if unsynced => {
+                // Synced unmapped: one TLB shootdown, not one per page.
+                active.file.release_written();
+                Some(active.file.handle())
+            }
             _ => None,
         };
         // With no segment open (its write failed, or the next could not

@@ -12,13 +12,19 @@
 //! zeros (in a reused file: records of an older generation), which the
 //! reader takes as the end of the records ([`super::log::bodies`]), and
 //! is cut off when the segment is closed.
+//!
+//! Before each interval sync, the pages wholly behind the appends are
+//! unmapped ([`SegmentFile::release_written`]): `fdatasync` must
+//! write-protect every mapped dirty page it writes back, which costs a TLB
+//! shootdown (an interrupt to every other core running the process) per
+//! page, where one `munmap` of the written range costs one. The appends
+//! go on in the mapping's tail.
 
 #![allow(
     unsafe_code,
     reason = "mapping a file and reserving its blocks are system calls without safe wrappers"
 )]
 
-use memmap2::{MmapMut, MmapOptions};
 use std::fs::File;
 use std::io::{self, Write};
 
@@ -39,7 +45,7 @@ pub(super) struct SegmentFile {
     /// Bytes of records (and magic) in the file.
     len: u64,
     /// The mapping of the reserved file, when blocks could be reserved.
-    map: Option<MmapMut>,
+    map: Option<Mapping>,
     /// How far the mapping has been populated ahead of the appends
     /// ([`POPULATE_AHEAD`]); its whole length once the kernel refused to,
     /// so that it is not asked again.
@@ -117,7 +123,7 @@ impl SegmentFile {
                         self.populations += 1;
                     }
                 }
-                map[start..end].copy_from_slice(bytes);
+                map.write(start, bytes)?;
             }
             None => {
                 if let Err(error) = self.file.write_all(bytes) {
@@ -128,6 +134,17 @@ impl SegmentFile {
         }
         self.len += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Unmap the pages wholly behind the appends, so that syncing them
+    /// needs no TLB shootdown per page (see the module's doc); the pages
+    /// stay in the page cache, dirty until synced. Returns the bytes
+    /// unmapped so far.
+    pub(super) fn release_written(&mut self) -> usize {
+        match &mut self.map {
+            Some(map) => map.release_below(self.len as usize),
+            None => 0,
+        }
     }
 
     /// Another handle to the file, to sync it without holding this one.
@@ -150,30 +167,120 @@ impl Drop for SegmentFile {
     }
 }
 
+/// The page size the mapping is released by (the smallest page Linux
+/// maps; a larger one only makes a release unmap less).
+const PAGE: usize = 4096;
+
+/// A shared writable mapping of a segment file from offset 0, whose
+/// written prefix can be unmapped while appends go on behind it (which
+/// `memmap2`'s mappings, unmapped whole, cannot do safely).
+struct Mapping {
+    /// The start of the mapping (page-aligned).
+    ptr: *mut u8,
+    /// Its length in bytes.
+    len: usize,
+    /// The prefix already unmapped, in bytes (a multiple of [`PAGE`]).
+    released: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by its `SegmentFile`,
+// which is used under one lock at a time; nothing in it is tied to a
+// thread.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copy `bytes` to offset `at`, which must be at or past the released
+    /// prefix and fit in the mapping (else an error, nothing written).
+    fn write(&mut self, at: usize, bytes: &[u8]) -> io::Result<()> {
+        let end = at.saturating_add(bytes.len());
+        if at < self.released || end > self.len {
+            return Err(io::Error::other(
+                "a journal append outside the mapped part of its segment",
+            ));
+        }
+        // SAFETY: `at..end` lies in the live (still mapped) part of the
+        // mapping, checked above, and nothing else refers to it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len());
+        }
+        Ok(())
+    }
+
+    /// Unmap the pages wholly below offset `upto`; returns the bytes
+    /// unmapped so far. A failed `munmap` leaves the pages mapped (they
+    /// are then synced the slower way).
+    fn release_below(&mut self, upto: usize) -> usize {
+        let upto = (upto.min(self.len) / PAGE) * PAGE;
+        if upto > self.released && unmap(self.ptr, self.released, upto) {
+            self.released = upto;
+        }
+        self.released
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unmap(self.ptr, self.released, self.len);
+    }
+}
+
+/// `munmap` the part `from..to` of the mapping at `ptr`; whether it was.
+#[cfg(target_os = "linux")]
+fn unmap(ptr: *mut u8, from: usize, to: usize) -> bool {
+    if to <= from {
+        return true;
+    }
+    // SAFETY: `from..to` is a page-aligned part of the mapping at `ptr`
+    // that is still mapped (the caller's `released` only grows, past
+    // what was unmapped), and no reference into it outlives this call.
+    unsafe { libc::munmap(ptr.add(from).cast(), to - from) == 0 }
+}
+
+/// No mapping is ever made elsewhere.
+#[cfg(not(target_os = "linux"))]
+fn unmap(_ptr: *mut u8, _from: usize, _to: usize) -> bool {
+    true
+}
+
 /// Populate the window of `map` that starts at the page holding `from`;
 /// returns how far it is populated, or the mapping's whole length where
 /// the kernel cannot (before Linux 5.14), so that it is not asked again. A
 /// refusal costs nothing but the faults the population would have saved.
 #[cfg(target_os = "linux")]
-fn populate_ahead(map: &MmapMut, from: usize) -> usize {
-    const PAGE: usize = 4096;
+fn populate_ahead(map: &Mapping, from: usize) -> usize {
     let start = from / PAGE * PAGE;
     let stop = (start + POPULATE_AHEAD).min(map.len());
     if stop <= start {
         return map.len();
     }
-    match map.advise_range(memmap2::Advice::PopulateWrite, start, stop - start) {
-        Ok(()) => stop,
-        Err(error) => {
-            tracing::debug!(%error, "the journal segment could not be populated ahead");
-            map.len()
-        }
+    // SAFETY: the range lies in the mapping's live part (`start` is at or
+    // past the released prefix: appends never go below it), and
+    // `MADV_POPULATE_WRITE` only faults its pages in.
+    let advised = unsafe {
+        libc::madvise(
+            map.ptr.add(start).cast(),
+            stop - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if advised == 0 {
+        stop
+    } else {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "the journal segment could not be populated ahead"
+        );
+        map.len()
     }
 }
 
 /// Other systems take the page faults.
 #[cfg(not(target_os = "linux"))]
-fn populate_ahead(map: &MmapMut, _from: usize) -> usize {
+fn populate_ahead(map: &Mapping, _from: usize) -> usize {
     map.len()
 }
 
@@ -181,7 +288,7 @@ fn populate_ahead(map: &MmapMut, _from: usize) -> usize {
 /// where the file system cannot reserve blocks (the caller then appends
 /// with `write`).
 #[cfg(target_os = "linux")]
-fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<MmapMut> {
+fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
     use std::os::fd::AsRawFd;
     let length = libc::off_t::try_from(capacity).ok()?;
     // SAFETY: `fallocate` reads only its integer arguments; the descriptor
@@ -194,23 +301,41 @@ fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<MmapMut> {
         );
         return None;
     }
-    // SAFETY: the segment was created by this process in the journal's own
-    // directory (the store, and with it the journal, is open in one process
-    // at a time), and is never truncated while mapped: only `Drop` cuts
-    // it, after unmapping. Its blocks are reserved, so no store faults.
-    match unsafe { MmapOptions::new().len(capacity as usize).map_mut(file) } {
-        Ok(map) => Some(map),
-        Err(error) => {
-            tracing::warn!(%error, "the journal segment could not be mapped; appending with write");
-            let _ = file.set_len(len);
-            None
-        }
+    let size = usize::try_from(capacity).ok().filter(|&size| size > 0)?;
+    // SAFETY: a new shared mapping of `size` bytes of the file from offset
+    // 0, placed by the kernel. The segment was created by this process in
+    // the journal's own directory (the store, and with it the journal, is
+    // open in one process at a time), and is never truncated while
+    // mapped: only `Drop` cuts it, after unmapping. Its blocks are
+    // reserved, so no store faults.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        tracing::warn!(
+            error = %io::Error::last_os_error(),
+            "the journal segment could not be mapped; appending with write"
+        );
+        let _ = file.set_len(len);
+        return None;
     }
+    Some(Mapping {
+        ptr: ptr.cast(),
+        len: size,
+        released: 0,
+    })
 }
 
 /// Other systems append with `write`.
 #[cfg(not(target_os = "linux"))]
-fn reserve_and_map(_file: &File, _len: u64, _capacity: u64) -> Option<MmapMut> {
+fn reserve_and_map(_file: &File, _len: u64, _capacity: u64) -> Option<Mapping> {
     None
 }
 
@@ -293,6 +418,40 @@ mod tests {
         assert_eq!(read.len(), len);
         assert_eq!(&read[..10], b"MAGICfirst");
         assert!(read[10..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn releasing_the_written_pages_keeps_them_and_appends_go_on_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, file) = new_segment(&dir);
+        let mut segment = SegmentFile::new(file, 5, 4 * PAGE as u64, true);
+        assert!(segment.is_mapped());
+        // Nothing below a whole page yet: nothing released.
+        segment.append(&[1u8; 100]).expect("append");
+        assert_eq!(segment.release_written(), 0);
+        segment.append(&[2u8; PAGE + 50]).expect("append");
+        assert_eq!(segment.release_written(), PAGE);
+        // The tail page stays mapped and takes the next appends, across
+        // the next page boundary, and a later release moves on.
+        segment.append(&[3u8; PAGE]).expect("append");
+        assert_eq!(segment.release_written(), 2 * PAGE);
+        assert_eq!(segment.release_written(), 2 * PAGE, "nothing new");
+        segment.sync_data().expect("sync");
+        let len = segment.len() as usize;
+        assert_eq!(len, 5 + 100 + PAGE + 50 + PAGE);
+        // Appends below the released prefix cannot happen; the mapping
+        // refuses one rather than write outside itself.
+        if let Some(map) = segment.map.as_mut() {
+            assert!(map.write(0, b"x").is_err());
+            assert!(map.write(4 * PAGE - 1, b"xy").is_err());
+        }
+        drop(segment);
+        let read = std::fs::read(&path).expect("read");
+        assert_eq!(read.len(), len);
+        assert_eq!(&read[..5], b"MAGIC");
+        assert!(read[5..105].iter().all(|&b| b == 1));
+        assert!(read[105..105 + PAGE + 50].iter().all(|&b| b == 2));
+        assert!(read[105 + PAGE + 50..].iter().all(|&b| b == 3));
     }
 
     #[test]
