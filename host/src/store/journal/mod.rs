@@ -53,6 +53,10 @@ pub(super) type RunMap<V> = HashMap<String, V, RunHasher>;
 
 /// A set of run ids.
 pub(super) type RunSet = HashSet<String, RunHasher>;
+
+/// The runs this process executes: each id allocated once, shared with
+/// its [`LiveRun`].
+type LiveSet = HashSet<Arc<str>, RunHasher>;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -475,7 +479,7 @@ pub struct Journal {
     /// Stops the log's writer when the last handle goes.
     _writer: Arc<Writer>,
     /// Runs this process is executing now.
-    live: Arc<Mutex<RunSet>>,
+    live: Arc<Mutex<LiveSet>>,
 }
 
 /// The log's writer thread; dropping it writes what is queued and stops it.
@@ -497,13 +501,13 @@ impl Drop for Writer {
 
 /// A run this process is executing; dropping it ends that.
 pub struct LiveRun {
-    live: Arc<Mutex<RunSet>>,
-    run: String,
+    live: Arc<Mutex<LiveSet>>,
+    run: Arc<str>,
 }
 
 impl Drop for LiveRun {
     fn drop(&mut self) {
-        lock(&self.live).remove(&self.run);
+        lock(&self.live).remove(&*self.run);
     }
 }
 
@@ -584,9 +588,15 @@ impl Journal {
 
     /// Note that this process executes `run`; `None` when it already does.
     pub fn mark_live(&self, run: &str) -> Option<LiveRun> {
-        lock(&self.live).insert(run.to_owned()).then(|| LiveRun {
+        let mut live = lock(&self.live);
+        if live.contains(run) {
+            return None;
+        }
+        let run: Arc<str> = Arc::from(run);
+        live.insert(run.clone());
+        Some(LiveRun {
             live: self.live.clone(),
-            run: run.to_owned(),
+            run,
         })
     }
 
@@ -599,7 +609,7 @@ impl Journal {
     pub fn interrupted(&self) -> Result<Vec<JournalRun>, StoreError> {
         let mut runs = self.runs(true)?;
         let live = lock(&self.live);
-        runs.retain(|run| !live.contains(&run.run));
+        runs.retain(|run| !live.contains(run.run.as_str()));
         Ok(runs)
     }
 
@@ -777,7 +787,7 @@ impl Journal {
             let live = lock(&self.live);
             self.runs(false)?
                 .into_iter()
-                .filter(|run| run.updated_ms < cutoff && !live.contains(&run.run))
+                .filter(|run| run.updated_ms < cutoff && !live.contains(run.run.as_str()))
                 .map(|run| run.run)
                 .collect()
         };

@@ -21,10 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Segment ids, their pins and drop markers.
 #[derive(Debug, Default)]
 pub(super) struct Segments {
-    /// Every segment file that exists, with the runs pinning it.
-    pins: BTreeMap<u64, RunSet>,
+    /// Every segment file that exists, with how many runs pin it (each
+    /// run once, as listed in `runs`).
+    pins: BTreeMap<u64, usize>,
     /// Each live run's segments.
-    runs: RunMap<BTreeSet<u64>>,
+    runs: RunMap<SegmentIds>,
     /// A dropped run whose data outlives its marker's need: run → (the
     /// marker's segment, the segments of its data not yet deleted).
     tombstones: RunMap<(u64, BTreeSet<u64>)>,
@@ -40,21 +41,24 @@ impl Segments {
 
     /// A record of `run` was written to segment `id`.
     pub(super) fn record(&mut self, run: &str, id: u64) {
-        if self.runs.get(run).is_some_and(|ids| ids.contains(&id)) {
-            return;
+        match self.runs.get_mut(run) {
+            Some(ids) => {
+                if !ids.insert(id) {
+                    return;
+                }
+            }
+            None => {
+                self.runs.insert(run.to_owned(), SegmentIds::One(id));
+            }
         }
-        self.add(id);
-        if let Some(runs) = self.pins.get_mut(&id) {
-            runs.insert(run.to_owned());
-        }
-        self.runs.entry(run.to_owned()).or_default().insert(id);
+        *self.pins.entry(id).or_default() += 1;
     }
 
     /// The segments holding `run`'s records, oldest first.
     pub(super) fn of(&self, run: &str) -> Vec<u64> {
         self.runs
             .get(run)
-            .map(|ids| ids.iter().copied().collect())
+            .map(SegmentIds::to_vec)
             .unwrap_or_default()
     }
 
@@ -62,14 +66,15 @@ impl Segments {
     /// void, and the marker is kept while they exist.
     pub(super) fn drop_run(&mut self, run: &str, id: u64) {
         self.add(id);
-        let mut data = self.runs.remove(run).unwrap_or_default();
-        for segment in &data {
-            if let Some(runs) = self.pins.get_mut(segment) {
-                runs.remove(run);
+        let held = self.runs.remove(run);
+        let held = held.iter().flat_map(SegmentIds::iter);
+        for segment in held.clone() {
+            if let Some(count) = self.pins.get_mut(&segment) {
+                *count = count.saturating_sub(1);
             }
         }
         // Data in the marker's own segment goes with it.
-        data.remove(&id);
+        let data: BTreeSet<u64> = held.filter(|&s| s != id).collect();
         if data.is_empty() {
             return;
         }
@@ -86,7 +91,7 @@ impl Segments {
     pub(super) fn next_deletable(&self, active: u64) -> Option<u64> {
         self.pins
             .range(..active)
-            .find(|(id, runs)| runs.is_empty() && !self.guards_data(**id))
+            .find(|(id, pins)| **pins == 0 && !self.guards_data(**id))
             .map(|(id, _)| *id)
     }
 
@@ -126,6 +131,49 @@ impl Segments {
     /// How many segment files exist.
     pub(super) fn count(&self) -> usize {
         self.pins.len()
+    }
+}
+
+/// A run's segments, ascending: inline while there is one (as for
+/// nearly every run), a short list past that.
+#[derive(Debug)]
+enum SegmentIds {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl SegmentIds {
+    /// Add `id`; whether it was not there yet.
+    fn insert(&mut self, id: u64) -> bool {
+        match self {
+            SegmentIds::One(only) if *only == id => false,
+            SegmentIds::One(only) => {
+                let mut ids = vec![*only, id];
+                ids.sort_unstable();
+                *self = SegmentIds::Many(ids);
+                true
+            }
+            SegmentIds::Many(ids) => match ids.binary_search(&id) {
+                Ok(_) => false,
+                Err(at) => {
+                    ids.insert(at, id);
+                    true
+                }
+            },
+        }
+    }
+
+    /// The ids, ascending.
+    fn iter(&self) -> impl Iterator<Item = u64> + Clone + '_ {
+        let (one, many) = match self {
+            SegmentIds::One(id) => (Some(*id), &[][..]),
+            SegmentIds::Many(ids) => (None, ids.as_slice()),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        self.iter().collect()
     }
 }
 
@@ -175,6 +223,24 @@ mod tests {
         s.drop_run("y", 3);
         assert_eq!(drain(&mut s, 3), [1, 2]);
         assert_eq!(drain(&mut s, 4), [3]);
+    }
+
+    #[test]
+    fn a_run_across_several_segments_pins_each_once() {
+        let mut s = Segments::default();
+        s.record("a", 2);
+        s.record("a", 1);
+        s.record("a", 2);
+        s.record("a", 3);
+        s.record("b", 1);
+        assert_eq!(s.of("a"), [1, 2, 3]);
+        s.add(4);
+        s.drop_run("b", 4);
+        assert_eq!(drain(&mut s, 4), Vec::<u64>::new());
+        // a's marker in 4 guards its data in 1..=3 until they go.
+        s.drop_run("a", 4);
+        assert_eq!(drain(&mut s, 4), [1, 2, 3]);
+        assert_eq!(drain(&mut s, 5), [4]);
     }
 
     #[test]
