@@ -59,8 +59,12 @@ pub(super) struct SegmentFile {
 /// mapped writable, `MADV_POPULATE_WRITE`) at a time, ahead of the appends.
 /// Without it, every first store to a page of the segment takes a page
 /// fault of its own on the appending run's thread; one call for a window
-/// of pages costs a fraction of that many faults.
-const POPULATE_AHEAD: usize = 1 << 20;
+/// of pages costs a fraction of that many faults. Small (16 pages), since
+/// a populated page is dirty: a sync that finds it still ahead of the
+/// appends writes it back as zeros and write-protects it with a TLB
+/// shootdown, which with a 1 MiB window was most of what the journal's
+/// syncs cost.
+const POPULATE_AHEAD: usize = 64 << 10;
 
 impl SegmentFile {
     /// `file`, holding `len` bytes, prepared for appends: mapped with
@@ -405,8 +409,8 @@ mod tests {
             segment.append(&chunk).expect("append");
         }
         assert_eq!(segment.populated, capacity as usize);
-        // About two windows per MiB, and none again once the end of the
-        // mapping is populated (768 appends of 4 KiB in all).
+        // About two populations per window, and none again once the end
+        // of the mapping is populated (48 appends of 4 KiB in all).
         assert!(
             segment.populations <= 8,
             "{} populations",
