@@ -59,11 +59,11 @@ pub(super) struct SegmentFile {
 /// mapped writable, `MADV_POPULATE_WRITE`) at a time, ahead of the appends.
 /// Without it, every first store to a page of the segment takes a page
 /// fault of its own on the appending run's thread; one call for a window
-/// of pages costs a fraction of that many faults. Small (16 pages), since
-/// a populated page is dirty: a sync that finds it still ahead of the
-/// appends writes it back as zeros and write-protects it with a TLB
-/// shootdown, which with a 1 MiB window was most of what the journal's
-/// syncs cost.
+/// of pages costs a fraction of that many faults. Small (16 pages of 4
+/// KiB), since a populated page is dirty: a sync that finds it still ahead
+/// of the appends writes it back before its records are in it and
+/// write-protects it with a TLB shootdown, which with a 1 MiB window was
+/// most of what the journal's syncs cost.
 const POPULATE_AHEAD: usize = 64 << 10;
 
 impl SegmentFile {
@@ -171,9 +171,27 @@ impl Drop for SegmentFile {
     }
 }
 
-/// The page size the mapping is released by (the smallest page Linux
-/// maps; a larger one only makes a release unmap less).
-const PAGE: usize = 4096;
+/// The system's page size: what a release and a population are aligned
+/// to (`munmap` rounds a length up to whole pages, so a release aligned
+/// to less than the real page would unmap the page being appended to).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: `sysconf` reads a system constant.
+            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            usize::try_from(size)
+                .ok()
+                .filter(|size| size.is_power_of_two())
+                .unwrap_or(4096)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            4096
+        }
+    })
+}
 
 /// A shared writable mapping of a segment file from offset 0, whose
 /// written prefix can be unmapped while appends go on behind it (which
@@ -183,7 +201,8 @@ struct Mapping {
     ptr: *mut u8,
     /// Its length in bytes.
     len: usize,
-    /// The prefix already unmapped, in bytes (a multiple of [`PAGE`]).
+    /// The prefix already unmapped, in bytes (a multiple of the page
+    /// size).
     released: usize,
 }
 
@@ -218,7 +237,8 @@ impl Mapping {
     /// unmapped so far. A failed `munmap` leaves the pages mapped (they
     /// are then synced the slower way).
     fn release_below(&mut self, upto: usize) -> usize {
-        let upto = (upto.min(self.len) / PAGE) * PAGE;
+        let page = page_size();
+        let upto = (upto.min(self.len) / page) * page;
         if upto > self.released && unmap(self.ptr, self.released, upto) {
             self.released = upto;
         }
@@ -256,7 +276,8 @@ fn unmap(_ptr: *mut u8, _from: usize, _to: usize) -> bool {
 /// refusal costs nothing but the faults the population would have saved.
 #[cfg(target_os = "linux")]
 fn populate_ahead(map: &Mapping, from: usize) -> usize {
-    let start = from / PAGE * PAGE;
+    let page = page_size();
+    let start = from / page * page;
     let stop = (start + POPULATE_AHEAD).min(map.len());
     if stop <= start {
         return map.len();
@@ -428,6 +449,11 @@ mod tests {
     fn releasing_the_written_pages_keeps_them_and_appends_go_on_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
+        const PAGE: usize = 4096;
+        if page_size() != PAGE {
+            // The offsets below assume 4 KiB pages.
+            return;
+        }
         let mut segment = SegmentFile::new(file, 5, 4 * PAGE as u64, true);
         assert!(segment.is_mapped());
         // Nothing below a whole page yet: nothing released.

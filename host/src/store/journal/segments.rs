@@ -70,6 +70,7 @@ impl Segments {
         let held = held.iter().flat_map(SegmentIds::iter);
         for segment in held.clone() {
             if let Some(count) = self.pins.get_mut(&segment) {
+                debug_assert!(*count > 0, "segment {segment} unpinned more than pinned");
                 *count = count.saturating_sub(1);
             }
         }
