@@ -1155,11 +1155,17 @@ fn abandon_segment(io: &mut Io) {
     if let Some(old) = io.active.take()
         && io.unsynced
     {
-        match old.file.handle() {
-            Ok(handle) => io.closing.push(handle),
-            Err(_) => {
-                let _ = old.file.sync_data();
-            }
+        sync_later(io, &old);
+    }
+}
+
+/// Have the writer thread's next sync `fdatasync` the segment `old`, which
+/// is being closed (synced at once if no handle to it can be kept).
+fn sync_later(io: &mut Io, old: &Active) {
+    match old.file.handle() {
+        Ok(handle) => io.closing.push(handle),
+        Err(_) => {
+            let _ = old.file.sync_data();
         }
     }
 }
@@ -1340,13 +1346,7 @@ fn append(shared: &Shared, io: &mut Io, bytes: &mut [u8]) -> Result<(), StoreErr
         if let Some(old) = io.active.take()
             && shared.sync != StoreSync::Always
         {
-            // Synced with the writer thread's next sync.
-            match old.file.handle() {
-                Ok(handle) => io.closing.push(handle),
-                Err(_) => {
-                    let _ = old.file.sync_data();
-                }
-            }
+            sync_later(io, &old);
         }
         io.active = Some(open_segment(shared, io, id, bytes.len())?);
         io.prepare_asked = false;
@@ -1381,19 +1381,15 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
     if let Some(Prepared { file, seal }) = io.prepared.take() {
         match std::fs::rename(shared.dir.join(PREPARED_FILE), &path) {
             Ok(()) => {
-                if shared.sync == StoreSync::Always {
-                    if let Ok(dir) = File::open(&shared.dir) {
-                        let _ = dir.sync_all();
-                    }
-                } else {
-                    io.dir_unsynced = true;
-                }
-                shared.state().segments.add(id);
-                return Ok(Active {
+                let sync_dir_now = shared.sync == StoreSync::Always;
+                return Ok(named_segment(
+                    shared,
+                    io,
                     id,
-                    seal,
-                    file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true),
-                });
+                    (file, seal),
+                    capacity,
+                    sync_dir_now,
+                ));
             }
             Err(error) => {
                 tracing::warn!(%error, "the prepared journal segment could not be named; making one now");
@@ -1437,22 +1433,46 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
                 ))
             })?;
         }
-        // The name must survive a power loss too (a renamed spare's
-        // lost, the records synced into it would be in a file no open
-        // replays).
+    }
+    // The name must survive a power loss too (a renamed spare's lost, the
+    // records synced into it would be in a file no open replays): synced
+    // now when the file was, else with the next interval sync.
+    let sync_dir_now = is_reused || shared.sync == StoreSync::Always;
+    Ok(named_segment(
+        shared,
+        io,
+        id,
+        (file, seal),
+        capacity,
+        sync_dir_now,
+    ))
+}
+
+/// Segment `id`, its file (with its header, `seal`'s) just given its
+/// name: the directory synced now when `sync_dir_now`, else marked for the
+/// next interval sync; counted in the accounting; mapped for appends with
+/// `capacity` bytes reserved.
+fn named_segment(
+    shared: &Shared,
+    io: &mut Io,
+    id: u64,
+    (file, seal): (File, Seal),
+    capacity: u64,
+    sync_dir_now: bool,
+) -> Active {
+    if sync_dir_now {
         if let Ok(dir) = File::open(&shared.dir) {
             let _ = dir.sync_all();
         }
     } else {
-        // A new file's name, with the next interval sync.
         io.dir_unsynced = true;
     }
     shared.state().segments.add(id);
-    Ok(Active {
+    Active {
         id,
         seal,
         file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true),
-    })
+    }
 }
 
 /// Open the spare file for reuse, positioned at its start (its old
