@@ -1341,16 +1341,20 @@ mod tests {
 
     /// Queue `text` (JSON-encoded) as the entry at `seq` of `log`'s root
     /// scope.
-    fn queue_text(log: &RunLog, seq: u32, text: &str) -> bool {
-        let print = fingerprint(text.as_bytes());
-        let at = EntryAt {
+    /// Where a test's completion at `seq` goes, in the root scope.
+    fn completion_at(seq: u32, print: &[u8; 32]) -> EntryAt<'_> {
+        EntryAt {
             scope: ROOT_SCOPE,
             seq,
             kind: EntryKind::Completion,
-            fingerprint: &print,
-        };
+            fingerprint: print,
+        }
+    }
+
+    fn queue_text(log: &RunLog, seq: u32, text: &str) -> bool {
+        let print = fingerprint(text.as_bytes());
         log.queue(
-            at,
+            completion_at(seq, &print),
             |out| JournalFormat::Json.encode_into(text, out),
             |_| true,
         )
@@ -1379,12 +1383,7 @@ mod tests {
             assert_eq!(journal.all_entries("r").unwrap().len(), 2);
             // Refused by the caps: nothing is queued.
             let print = [0; 32];
-            let at = EntryAt {
-                scope: ROOT_SCOPE,
-                seq: 2,
-                kind: EntryKind::Completion,
-                fingerprint: &print,
-            };
+            let at = completion_at(2, &print);
             let refused = log
                 .queue(
                     at,
@@ -1436,17 +1435,8 @@ mod tests {
                 assert!(queue_text(&log, 1, "queued, written with the finish"));
                 log.finish(!keep);
                 assert!(
-                    log.queue(
-                        EntryAt {
-                            scope: ROOT_SCOPE,
-                            seq: 2,
-                            kind: EntryKind::Completion,
-                            fingerprint: &[0; 32],
-                        },
-                        |_| Ok(()),
-                        |_| true,
-                    )
-                    .is_err()
+                    log.queue(completion_at(2, &[0; 32]), |_| Ok(()), |_| true,)
+                        .is_err()
                 );
                 // Live until the finish is written (the writer thread
                 // writes it when every write is synced).
@@ -1582,12 +1572,7 @@ mod tests {
         // nothing more is taken.
         assert!(run.flush().await.is_err());
         let print = [0; 32];
-        let at = EntryAt {
-            scope: ROOT_SCOPE,
-            seq: 1,
-            kind: EntryKind::Completion,
-            fingerprint: &print,
-        };
+        let at = completion_at(1, &print);
         assert!(run.queue(at, |_| Ok(()), |_| true).is_err());
     }
 }
