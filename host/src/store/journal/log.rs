@@ -35,6 +35,12 @@
 //! a tool's output: text a caller chose) from being made to look like a
 //! record of the new one: the generation is predictable, the salt is not.
 //!
+//! A body starts with its tag. A run written in place names itself in its
+//! records by a number of the process's instead of its id (see
+//! [`RunKey`]); its start record, or a bind record before its first
+//! record in a later segment, says which run the number is, so a segment
+//! is read from its start with the numbers it binds ([`Binds`]).
+//!
 //! Segments written before generations (`LOOMJNL1`: `len`, `crc32(body)`,
 //! `body`) are still read, and never recycled.
 
@@ -42,10 +48,11 @@ use super::mapped::{self, SegmentFile};
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun, RunMap};
 use crate::store::{StoreError, StoreSync};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -121,6 +128,20 @@ const DROP: u8 = 4;
 /// A run's start in postcard ([`CompactStart`]); [`START`] is JSON, as
 /// written before.
 const START_COMPACT: u8 = 5;
+/// [`ENTRY`] of a run named by its number in the segment (see
+/// [`RunKey::Bound`]): the number, the scope and step as varints, the kind
+/// (its top bit set when the fingerprint is 16 bytes, its second half
+/// being zero), the fingerprint, the payload.
+const ENTRY_BOUND: u8 = 6;
+/// [`FINISH`] of a run named by its number in the segment.
+const FINISH_BOUND: u8 = 7;
+/// [`START_COMPACT`] that also binds the run's number in the segment.
+const START_BOUND: u8 = 8;
+/// Binds a run's number to its id in the segment, for the run's records
+/// there when its start is in an earlier one.
+const BIND: u8 = 9;
+/// The bit of an entry's kind byte that says its fingerprint is 16 bytes.
+const SHORT_PRINT: u8 = 0x80;
 
 /// A decoded record, borrowing from the bytes it was read from.
 #[derive(Debug)]
@@ -152,6 +173,11 @@ pub(super) enum Record<'a> {
         /// The run.
         run: &'a str,
     },
+    /// The run has records in this segment under a number, bound here.
+    Bind {
+        /// The run.
+        run: &'a str,
+    },
 }
 
 impl Record<'_> {
@@ -159,7 +185,10 @@ impl Record<'_> {
     pub(super) fn run(&self) -> &str {
         match self {
             Record::Start(run) => &run.run,
-            Record::Entry { run, .. } | Record::Finish { run, .. } | Record::Drop { run } => run,
+            Record::Entry { run, .. }
+            | Record::Finish { run, .. }
+            | Record::Drop { run }
+            | Record::Bind { run } => run,
         }
     }
 }
@@ -233,6 +262,80 @@ fn put_str(body: &mut Vec<u8>, text: &str, what: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Append `value` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Split a LEB128 varint off `bytes`.
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && bits > 1 {
+            return Err("a varint past 64 bits".into());
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err("a record cut short in a varint".into())
+}
+
+/// Split a varint-length-prefixed string off `bytes`.
+fn take_short_str<'a>(bytes: &mut &'a [u8]) -> Result<&'a str, String> {
+    let len = usize::try_from(take_varint(bytes)?).map_err(|e| e.to_string())?;
+    let (text, rest) = bytes
+        .split_at_checked(len)
+        .ok_or("a record cut short in a string")?;
+    *bytes = rest;
+    std::str::from_utf8(text).map_err(|e| e.to_string())
+}
+
+/// How a record names its run.
+///
+/// A run this process writes in place is given a number when it begins
+/// (unique among the runs of the process, so of every segment it
+/// writes), and its records name it by that: a few bytes where its id
+/// takes about thirty, in every record. Its start record binds the number
+/// to the id in the segment it goes to, and a [`BIND`] record does in each
+/// later segment the run's records reach, before them; a reader learns
+/// the bindings as it reads a segment from its start ([`Binds`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum RunKey<'a> {
+    /// By its id.
+    Id(&'a str),
+    /// By its number in the segment.
+    Bound(u64),
+}
+
+/// The run numbers a reader of one segment (or of the queue) has seen
+/// bound so far, in order: a record naming a number not bound before it
+/// is corrupt.
+#[derive(Debug, Default)]
+pub(super) struct Binds<'a> {
+    runs: HashMap<u64, &'a str>,
+}
+
+impl<'a> Binds<'a> {
+    fn bind(&mut self, number: u64, run: &'a str) {
+        self.runs.insert(number, run);
+    }
+
+    fn run(&self, number: u64) -> Result<&'a str, String> {
+        self.runs
+            .get(&number)
+            .copied()
+            .ok_or_else(|| format!("run number {number} not bound before its record"))
+    }
+}
+
 /// A run's record as a compact start record holds it: postcard, with the
 /// two free-form JSON values (which postcard cannot read back) as JSON
 /// text. Field for field [`JournalRun`].
@@ -255,17 +358,23 @@ struct CompactStart<S, T> {
     updated_ms: u64,
 }
 
-/// The framed record of a run's start.
-pub(super) fn start_record(run: &JournalRun) -> Result<Vec<u8>, StoreError> {
+/// The framed record of a run's start; with `number`, it binds the run's
+/// number in the segment it goes to (see [`RunKey`]).
+pub(super) fn start_record(run: &JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
     let mut bytes = Vec::with_capacity(
         RECORD_HEADER + 96 + run.run.len() + run.tenant.len() + run.prompt.len(),
     );
-    put_start(&mut bytes, run)?;
+    put_start(&mut bytes, run, number)?;
     Ok(bytes)
 }
 
-/// Frame a run's start record onto `out` (left as it was on failure).
-pub(super) fn put_start(out: &mut Vec<u8>, run: &JournalRun) -> Result<(), StoreError> {
+/// Frame a run's start record onto `out` (left as it was on failure);
+/// with `number`, it binds the run's number.
+pub(super) fn put_start(
+    out: &mut Vec<u8>,
+    run: &JournalRun,
+    number: Option<u64>,
+) -> Result<(), StoreError> {
     let json = |value: &serde_json::Value| serde_json::to_string(value).map_err(crate::store::io);
     let compact = CompactStart {
         run: run.run.as_str(),
@@ -285,7 +394,13 @@ pub(super) fn put_start(out: &mut Vec<u8>, run: &JournalRun) -> Result<(), Store
         updated_ms: run.updated_ms,
     };
     let start = open_record(out);
-    out.push(START_COMPACT);
+    match number {
+        Some(number) => {
+            out.push(START_BOUND);
+            put_varint(out, number);
+        }
+        None => out.push(START_COMPACT),
+    }
     if let Err(error) = postcard::serialize_with_flavor(&compact, super::VecFlavor(out)) {
         out.truncate(start);
         return Err(crate::store::io(error));
@@ -329,7 +444,7 @@ pub(super) fn entry_record(
     put_entry(
         &mut bytes,
         EntryHead {
-            run,
+            run: RunKey::Id(run),
             scope,
             seq,
             kind: entry.kind,
@@ -347,7 +462,7 @@ pub(super) fn entry_record(
 #[derive(Clone, Copy, Debug)]
 pub(super) struct EntryHead<'a> {
     /// The run.
-    pub(super) run: &'a str,
+    pub(super) run: RunKey<'a>,
     /// The architecture invocation's scope.
     pub(super) scope: &'a str,
     /// The step in it.
@@ -373,12 +488,38 @@ pub(super) fn put_entry(
 ) -> Result<usize, StoreError> {
     let start = open_record(out);
     let framed = (|| {
-        out.push(ENTRY);
-        put_str(out, head.run, "run id")?;
-        put_str(out, head.scope, "scope")?;
-        out.extend_from_slice(&head.seq.to_le_bytes());
-        out.push(head.kind as u8);
-        out.extend_from_slice(head.fingerprint);
+        match head.run {
+            RunKey::Id(run) => {
+                out.push(ENTRY);
+                put_str(out, run, "run id")?;
+                put_str(out, head.scope, "scope")?;
+                out.extend_from_slice(&head.seq.to_le_bytes());
+                out.push(head.kind as u8);
+                out.extend_from_slice(head.fingerprint);
+            }
+            RunKey::Bound(number) => {
+                out.push(ENTRY_BOUND);
+                put_varint(out, number);
+                if head.scope.len() > usize::from(u16::MAX) {
+                    return Err(StoreError::Io(format!(
+                        "a journal scope of {} bytes; at most {} fit",
+                        head.scope.len(),
+                        u16::MAX
+                    )));
+                }
+                put_varint(out, head.scope.len() as u64);
+                out.extend_from_slice(head.scope.as_bytes());
+                put_varint(out, u64::from(head.seq));
+                let (first, second) = head.fingerprint.split_at(16);
+                if second.iter().all(|&b| b == 0) {
+                    out.push(head.kind as u8 | SHORT_PRINT);
+                    out.extend_from_slice(first);
+                } else {
+                    out.push(head.kind as u8);
+                    out.extend_from_slice(head.fingerprint);
+                }
+            }
+        }
         let payload = out.len();
         encode(out).map_err(StoreError::Io)?;
         let len = out.len() - payload;
@@ -405,16 +546,32 @@ pub(super) fn put_entry(
 /// The framed record of a run's end at `updated_ms`.
 pub(super) fn finish_record(run: &str, drop: bool, updated_ms: u64) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RECORD_HEADER + 10 + run.len());
-    put_finish(&mut bytes, run, drop, updated_ms);
+    put_finish(&mut bytes, RunKey::Id(run), drop, updated_ms);
     bytes
 }
 
 /// Frame a run's end at `updated_ms` onto `out`.
-pub(super) fn put_finish(out: &mut Vec<u8>, run: &str, drop: bool, updated_ms: u64) {
+pub(super) fn put_finish(out: &mut Vec<u8>, run: RunKey<'_>, drop: bool, updated_ms: u64) {
     let start = open_record(out);
-    out.push(FINISH);
+    match run {
+        RunKey::Id(_) => out.push(FINISH),
+        RunKey::Bound(_) => out.push(FINISH_BOUND),
+    }
     out.push(u8::from(drop));
     out.extend_from_slice(&updated_ms.to_le_bytes());
+    match run {
+        RunKey::Id(run) => out.extend_from_slice(run.as_bytes()),
+        RunKey::Bound(number) => put_varint(out, number),
+    }
+    close_record(out, start);
+}
+
+/// Frame the record binding run `number` to `run` in the segment it goes
+/// to onto `out`.
+fn put_bind(out: &mut Vec<u8>, number: u64, run: &str) {
+    let start = open_record(out);
+    out.push(BIND);
+    put_varint(out, number);
     out.extend_from_slice(run.as_bytes());
     close_record(out, start);
 }
@@ -440,8 +597,9 @@ fn take_str<'a>(bytes: &mut &'a [u8]) -> Result<&'a str, String> {
     std::str::from_utf8(text).map_err(|e| e.to_string())
 }
 
-/// Decode one record's body.
-pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
+/// Decode one record's body, the next in its segment (or queue) after
+/// those `binds` has seen.
+pub(super) fn decode<'a>(body: &'a [u8], binds: &mut Binds<'a>) -> Result<Record<'a>, String> {
     let (&tag, mut rest) = body.split_first().ok_or("an empty record")?;
     match tag {
         START => serde_json::from_slice(rest)
@@ -450,6 +608,56 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
         START_COMPACT => decode_compact_start(rest)
             .map(|run| Record::Start(Box::new(run)))
             .map_err(|e| format!("a run record: {e}")),
+        START_BOUND => {
+            let number = take_varint(&mut rest)?;
+            // The run's id is the first field of the postcard body.
+            let mut peek = rest;
+            let run = take_short_str(&mut peek)?;
+            let record = decode_compact_start(rest).map_err(|e| format!("a run record: {e}"))?;
+            binds.bind(number, run);
+            Ok(Record::Start(Box::new(record)))
+        }
+        BIND => {
+            let number = take_varint(&mut rest)?;
+            let run = std::str::from_utf8(rest).map_err(|e| e.to_string())?;
+            binds.bind(number, run);
+            Ok(Record::Bind { run })
+        }
+        ENTRY_BOUND => {
+            let run = binds.run(take_varint(&mut rest)?)?;
+            let scope = take_short_str(&mut rest)?;
+            let seq = u32::try_from(take_varint(&mut rest)?).map_err(|e| e.to_string())?;
+            let (&kind, rest) = rest.split_first().ok_or("an entry cut short")?;
+            let short = kind & SHORT_PRINT != 0;
+            let kind = kind & !SHORT_PRINT;
+            let kind = EntryKind::from_byte(kind).ok_or(format!("entry kind {kind}"))?;
+            let width = if short { 16 } else { 32 };
+            let (print, payload) = rest.split_at_checked(width).ok_or("an entry cut short")?;
+            let mut fingerprint = [0u8; 32];
+            fingerprint[..width].copy_from_slice(print);
+            Ok(Record::Entry {
+                run,
+                scope,
+                seq,
+                entry: JournalEntry {
+                    kind,
+                    fingerprint,
+                    payload: payload.to_vec(),
+                },
+            })
+        }
+        FINISH_BOUND => {
+            let (&drop, rest) = rest.split_first().ok_or("a finish cut short")?;
+            let (when, mut number) = rest.split_at_checked(8).ok_or("a finish cut short")?;
+            let mut millis = [0u8; 8];
+            millis.copy_from_slice(when);
+            let run = binds.run(take_varint(&mut number)?)?;
+            Ok(Record::Finish {
+                run,
+                drop: drop != 0,
+                updated_ms: u64::from_le_bytes(millis),
+            })
+        }
         ENTRY => {
             let run = take_str(&mut rest)?;
             let scope = take_str(&mut rest)?;
@@ -736,6 +944,8 @@ pub(super) struct Shared {
     /// writes them first (read without the state lock, so a record queued
     /// a moment ago may wait for the next write).
     queued: AtomicBool,
+    /// The next run number (see [`RunKey::Bound`]).
+    numbers: AtomicU64,
 }
 
 /// The segment file being appended to.
@@ -805,7 +1015,13 @@ impl Shared {
                 ..Io::default()
             }),
             queued: AtomicBool::new(false),
+            numbers: AtomicU64::new(1),
         })
+    }
+
+    /// A number for a run this process begins, unique among them.
+    pub(super) fn next_number(&self) -> u64 {
+        self.numbers.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The state, locked.
@@ -899,8 +1115,9 @@ impl Shared {
         let ids = self.state().segments.of(run);
         let mut found = Vec::new();
         let mut take = |bytes: &[u8], framing: Framing, found: &mut Vec<T>| {
+            let mut binds = Binds::default();
             for body in bodies(bytes, framing).0 {
-                match decode(body) {
+                match decode(body, &mut binds) {
                     Ok(record) if record.run() == run => {
                         if matches!(
                             record,
@@ -1126,7 +1343,7 @@ fn write_batch(shared: &Shared, io: &mut Io) -> (Result<(), StoreError>, Vec<Wai
         io.spare_marks = marks;
         return (Ok(()), waiters);
     }
-    let result = append(shared, io, &mut bytes).and_then(|()| {
+    let result = append(shared, io, &mut bytes, None).and_then(|()| {
         if shared.sync == StoreSync::Always {
             sync(&mut io.active)
         } else {
@@ -1198,7 +1415,7 @@ impl Shared {
     pub(super) fn write_run(
         &self,
         bytes: &mut Vec<u8>,
-        run: &str,
+        run: RunWriting<'_>,
         pinned: &mut Option<u64>,
         end: Option<RunEnd>,
     ) -> Result<(), StoreError> {
@@ -1207,7 +1424,13 @@ impl Shared {
             .queued
             .load(Ordering::Acquire)
             .then(|| write_batch(self, &mut io));
-        let result = append(self, &mut io, bytes);
+        let bind = run.number.map(|number| Bind {
+            number,
+            run: run.id,
+            pinned: *pinned,
+        });
+        let result = append(self, &mut io, bytes, bind);
+        let run = run.id;
         bytes.clear();
         match &result {
             Ok(()) => settle_run(self, &mut io, run, pinned, end),
@@ -1326,18 +1549,51 @@ fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
     }
 }
 
+/// A run whose records are written in place: its id, and its number
+/// when its records name it by that ([`RunKey::Bound`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RunWriting<'a> {
+    /// The run's id.
+    pub(super) id: &'a str,
+    /// Its number in the segments this process writes.
+    pub(super) number: Option<u64>,
+}
+
+/// What [`append`] needs to bind a run's number in the segment a batch
+/// of its records goes to.
+struct Bind<'a> {
+    number: u64,
+    run: &'a str,
+    /// The segment the run's records last went to (bound there).
+    pinned: Option<u64>,
+}
+
+/// The bytes of a bind record, at most: header, tag, number, id.
+fn bind_len(run: &str) -> usize {
+    RECORD_HEADER + 1 + 10 + run.len()
+}
+
 /// Append `bytes` to the segment being written (`io.active_id`), opening
 /// (creating) it first when the file open is another; a batch that does
-/// not fit the open segment starts the next one. A failed write is cut
+/// not fit the open segment starts the next one. With `bind`, the
+/// records name their run by number: a segment the run has not written
+/// to before gets the record binding it first, unless the batch starts
+/// with the run's start record (which binds it). A failed write is cut
 /// back off the file.
-fn append(shared: &Shared, io: &mut Io, bytes: &mut [u8]) -> Result<(), StoreError> {
+fn append(
+    shared: &Shared,
+    io: &mut Io,
+    bytes: &mut [u8],
+    bind: Option<Bind<'_>>,
+) -> Result<(), StoreError> {
     if bytes.is_empty() {
         return Ok(());
     }
+    let room = bytes.len() + bind.as_ref().map_or(0, |b| bind_len(b.run));
     if io
         .active
         .as_ref()
-        .is_some_and(|a| a.id == io.active_id && !a.file.fits(bytes.len()))
+        .is_some_and(|a| a.id == io.active_id && !a.file.fits(room))
     {
         io.active_id += 1;
     }
@@ -1348,12 +1604,21 @@ fn append(shared: &Shared, io: &mut Io, bytes: &mut [u8]) -> Result<(), StoreErr
         {
             sync_later(io, &old);
         }
-        io.active = Some(open_segment(shared, io, id, bytes.len())?);
+        io.active = Some(open_segment(shared, io, id, room)?);
         io.prepare_asked = false;
     }
     let Some(segment) = io.active.as_mut() else {
         return Err(StoreError::Closed);
     };
+    if let Some(bind) = bind
+        && bind.pinned != Some(id)
+        && bytes.get(RECORD_HEADER) != Some(&START_BOUND)
+    {
+        let mut record = Vec::with_capacity(bind_len(bind.run));
+        put_bind(&mut record, bind.number, bind.run);
+        seal_batch(&mut record, segment.seal);
+        segment.file.append(&record).map_err(crate::store::io)?;
+    }
     seal_batch(bytes, segment.seal);
     segment.file.append(bytes).map_err(crate::store::io)?;
     let len = segment.file.len();
@@ -1590,7 +1855,7 @@ mod tests {
         seal_batch(&mut bytes, FRESH);
         let (found, valid, problem) = bodies(&bytes, SEALED);
         assert_eq!((found.len(), valid, problem), (3, bytes.len(), None));
-        match decode(found[0]).unwrap() {
+        match decode(found[0], &mut Binds::default()).unwrap() {
             Record::Entry {
                 run,
                 scope,
@@ -1603,7 +1868,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decode(found[1]).unwrap(),
+            decode(found[1], &mut Binds::default()).unwrap(),
             Record::Finish {
                 run: "run-1",
                 drop: true,
@@ -1611,7 +1876,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            decode(found[2]).unwrap(),
+            decode(found[2], &mut Binds::default()).unwrap(),
             Record::Drop { run: "run-2" }
         ));
         // A torn last record: the first two still read.
@@ -1685,7 +1950,7 @@ mod tests {
             bare.origin = serde_json::Value::Null;
             bare
         }] {
-            let mut bytes = start_record(&run).unwrap();
+            let mut bytes = start_record(&run, None).unwrap();
             assert_eq!(bytes[RECORD_HEADER], START_COMPACT);
             let seal = Seal {
                 generation: 3,
@@ -1694,7 +1959,7 @@ mod tests {
             seal_batch(&mut bytes, seal);
             let (found, _, problem) = bodies(&bytes, Framing::Sealed(seal));
             assert_eq!((found.len(), problem), (1, None));
-            match decode(found[0]).unwrap() {
+            match decode(found[0], &mut Binds::default()).unwrap() {
                 Record::Start(decoded) => assert_eq!(*decoded, run),
                 other => panic!("{other:?}"),
             }
@@ -1702,7 +1967,7 @@ mod tests {
         // A start record written before the compact one: JSON.
         let mut legacy = vec![START];
         serde_json::to_writer(&mut legacy, &full_run()).unwrap();
-        match decode(&legacy).unwrap() {
+        match decode(&legacy, &mut Binds::default()).unwrap() {
             Record::Start(decoded) => assert_eq!(*decoded, full_run()),
             other => panic!("{other:?}"),
         }
@@ -1748,7 +2013,7 @@ mod tests {
             assert_eq!((found.len(), valid), (1, new.len()), "cut {cut}");
             assert_eq!(problem, None);
             assert!(matches!(
-                decode(found[0]).unwrap(),
+                decode(found[0], &mut Binds::default()).unwrap(),
                 Record::Finish { run: "new", .. }
             ));
         }
@@ -1799,7 +2064,7 @@ mod tests {
         let (found, valid, problem) = bodies(&file[header..], framing);
         assert_eq!((found.len(), valid, problem), (1, file.len() - 8, None));
         assert!(matches!(
-            decode(found[0]).unwrap(),
+            decode(found[0], &mut Binds::default()).unwrap(),
             Record::Finish {
                 run: "legacy",
                 drop: true,
@@ -1835,6 +2100,115 @@ mod tests {
     }
 
     #[test]
+    fn a_run_named_by_number_reads_back_by_its_id() {
+        let run = full_run();
+        let mut short = JournalEntry::new(EntryKind::Completion, b"q", b"answer".to_vec());
+        short.fingerprint = [0; 32];
+        short.fingerprint[..16].copy_from_slice(&[5; 16]);
+        let mut long = short.clone();
+        long.fingerprint = [7; 32];
+        fn head(seq: u32, entry: &JournalEntry) -> EntryHead<'_> {
+            EntryHead {
+                run: RunKey::Bound(300),
+                scope: "0.3:1",
+                seq,
+                kind: entry.kind,
+                fingerprint: &entry.fingerprint,
+            }
+        }
+        let payload = |entry: &JournalEntry| {
+            let payload = entry.payload.clone();
+            move |out: &mut Vec<u8>| {
+                out.extend_from_slice(&payload);
+                Ok(())
+            }
+        };
+        // In the segment the run starts in, its start binds the number.
+        let mut first = start_record(&run, Some(300)).unwrap();
+        put_entry(&mut first, head(1, &short), payload(&short)).unwrap();
+        // In a later one, a bind record does.
+        let mut later = Vec::new();
+        put_bind(&mut later, 300, &run.run);
+        put_entry(&mut later, head(200_000, &long), payload(&long)).unwrap();
+        put_finish(&mut later, RunKey::Bound(300), true, 9);
+        let by_id = entry_record(&run.run, "0.3:1", 1, &short).unwrap();
+        let mut by_number = Vec::new();
+        put_entry(&mut by_number, head(1, &short), payload(&short)).unwrap();
+        assert!(
+            // Neither the id nor the fingerprint's zero half.
+            by_number.len() + run.run.len() + 16 <= by_id.len(),
+            "{} bytes by number against {} by id",
+            by_number.len(),
+            by_id.len()
+        );
+        for bytes in [&mut first, &mut later] {
+            seal_batch(bytes, FRESH);
+        }
+        let (found, _, problem) = bodies(&first, SEALED);
+        assert_eq!((found.len(), problem), (2, None));
+        let mut binds = Binds::default();
+        match decode(found[0], &mut binds).unwrap() {
+            Record::Start(decoded) => assert_eq!(*decoded, run),
+            other => panic!("{other:?}"),
+        }
+        match decode(found[1], &mut binds).unwrap() {
+            Record::Entry {
+                run: id,
+                scope,
+                seq,
+                entry,
+            } => {
+                assert_eq!((id, scope, seq), (run.run.as_str(), "0.3:1", 1));
+                assert_eq!(entry, short);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (found, _, problem) = bodies(&later, SEALED);
+        assert_eq!((found.len(), problem), (3, None));
+        // Read alone, the later segment's entry is nobody's until bound.
+        assert!(decode(found[1], &mut Binds::default()).is_err());
+        let mut binds = Binds::default();
+        assert!(matches!(
+            decode(found[0], &mut binds).unwrap(),
+            Record::Bind { run: id } if id == run.run
+        ));
+        match decode(found[1], &mut binds).unwrap() {
+            Record::Entry {
+                run: id,
+                seq,
+                entry,
+                ..
+            } => {
+                assert_eq!((id, seq), (run.run.as_str(), 200_000));
+                // A fingerprint with a second half is kept whole.
+                assert_eq!(entry, long);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(found[2], &mut binds).unwrap(),
+            Record::Finish { run: id, drop: true, updated_ms: 9 } if id == run.run
+        ));
+    }
+
+    #[test]
+    fn varints_round_trip_and_overlong_ones_are_refused() {
+        for value in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            let mut bytes = &out[..];
+            assert_eq!(take_varint(&mut bytes).unwrap(), value);
+            assert!(bytes.is_empty());
+        }
+        // Eleven bytes, or a tenth with more than the 64th bit.
+        assert!(take_varint(&mut &[0xff; 11][..]).is_err());
+        let mut over = [0xff; 10];
+        over[9] = 0x02;
+        assert!(take_varint(&mut &over[..]).is_err());
+        assert!(take_varint(&mut &[0x80][..]).is_err());
+    }
+
+    #[test]
     fn hostile_bodies_are_errors_not_panics() {
         for body in [
             &[][..],
@@ -1847,8 +2221,27 @@ mod tests {
             &[START_COMPACT, 0xff, 0xff],
             &[FINISH],
             &[DROP, 0xff, 0xfe],
+            &[BIND, 0x80],
+            &[BIND, 1, 0xff],
+            &[
+                ENTRY_BOUND,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x7f,
+            ],
+            // Run 1 is not bound.
+            &[ENTRY_BOUND, 1, 0, 0, 0x80 | 5],
+            &[FINISH_BOUND, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[START_BOUND, 1],
         ] {
-            assert!(decode(body).is_err(), "{body:?}");
+            assert!(decode(body, &mut Binds::default()).is_err(), "{body:?}");
         }
         let too_long = "x".repeat(70_000);
         let entry = JournalEntry::new(EntryKind::Random, b"", Vec::new());

@@ -536,8 +536,9 @@ impl Journal {
                 continue;
             };
             segments.add(id);
+            let mut binds = log::Binds::default();
             for body in log::bodies(&bytes, framing).0 {
-                match log::decode(body) {
+                match log::decode(body, &mut binds) {
                     Ok(record) => replay(record, id, &mut runs, &mut segments),
                     Err(error) => {
                         tracing::warn!(segment = id, %error, "a journal record is corrupt; skipped");
@@ -620,7 +621,7 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
-        let (record, id, run) = start_of(run)?;
+        let (record, id, run) = start_of(run, None)?;
         self.log
             .write(&record, Mark::Pin(id.clone()), move |runs| {
                 runs.insert(id, run);
@@ -817,10 +818,13 @@ impl Journal {
 }
 
 /// `run` as a running record: its framed record, its id and itself.
-fn start_of(mut run: JournalRun) -> Result<(Vec<u8>, String, JournalRun), StoreError> {
+fn start_of(
+    mut run: JournalRun,
+    number: Option<u64>,
+) -> Result<(Vec<u8>, String, JournalRun), StoreError> {
     run.status = JournalStatus::Running;
     run.updated_ms = now_ms();
-    let record = log::start_record(&run)?;
+    let record = log::start_record(&run, number)?;
     Ok((record, run.run.clone(), run))
 }
 
@@ -865,6 +869,8 @@ fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: 
             runs.remove(run);
             segments.drop_run(run, id);
         }
+        // The run's records that follow pin the segment.
+        Record::Bind { .. } => {}
         Record::Finish {
             run, updated_ms, ..
         } => {
@@ -1491,6 +1497,54 @@ mod tests {
         assert_eq!(journal.entries("long", ROOT_SCOPE).unwrap().len(), 2);
         long.finish(true);
         assert!(journal.segment_files() <= 2, "{}", journal.segment_files());
+    }
+
+    #[tokio::test]
+    async fn a_run_that_writes_on_into_later_segments_reads_back_whole_when_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        {
+            let journal = open_at(dir.path());
+            let live = journal.mark_live("long").unwrap();
+            let long = journal.begin(record("long", 1), live).unwrap();
+            assert!(queue_text(&long, 0, "first"));
+            long.flush().await.unwrap();
+            // Other runs fill the segment the long run started in: its
+            // next records go to a later one, which binds its number
+            // before them.
+            let big = "x".repeat(1 << 20);
+            for n in 0..(log::SEGMENT_BYTES >> 20) + 2 {
+                let run = format!("short-{n}");
+                let live = journal.mark_live(&run).unwrap();
+                let log = journal.begin(record(&run, 1), live).unwrap();
+                assert!(queue_text(&log, 0, &big));
+                log.flush().await.unwrap();
+                log.finish(false);
+            }
+            assert!(queue_text(&long, 1, "second"));
+            long.flush().await.unwrap();
+            assert!(queue_text(&long, 2, "third, written as the log is dropped"));
+            drop(long);
+        }
+        let journal = open_at(dir.path());
+        assert_eq!(interrupted_ids(&journal), ["long"]);
+        assert!(journal.segment_files() >= 2, "{}", journal.segment_files());
+        let texts: Vec<String> = journal
+            .entries("long", ROOT_SCOPE)
+            .unwrap()
+            .iter()
+            .map(|e| JournalFormat::Json.decode(&e.payload).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            ["first", "second", "third, written as the log is dropped"]
+        );
+        // The short runs were kept, each with its one entry.
+        assert_eq!(
+            journal.runs(false).unwrap().len(),
+            1 + ((log::SEGMENT_BYTES >> 20) + 2) as usize
+        );
+        assert_eq!(journal.entries("short-0", ROOT_SCOPE).unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@
 //! killed before its first awaited write leaves nothing that could be
 //! replayed, and is not listed as interrupted.
 
-use super::log::{self, EntryHead, Mark, RunEnd, Shared, Waiter, lock};
+use super::log::{self, EntryHead, Mark, RunEnd, RunKey, RunWriting, Shared, Waiter, lock};
 use super::{EntryKind, Journal, JournalRun, JournalStatus, LiveRun, now_ms, start_of};
 use crate::store::StoreError;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,6 +37,9 @@ const KEEP_BYTES: usize = 64 << 10;
 pub struct RunLog {
     log: Arc<Shared>,
     run: String,
+    /// The run's number, when its records are written in place and name
+    /// it by that ([`RunKey::Bound`]).
+    number: Option<u64>,
     queue: Mutex<RunQueue>,
     /// A write of the run's records failed: they are lost, so every later
     /// flush fails too (an empty buffer is then no sign of a write). Kept
@@ -78,11 +81,13 @@ impl Journal {
     ///
     /// [`StoreError`] when the run's record cannot be encoded.
     pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        let (record, id, run) = start_of(run)?;
+        let number = self.log.writes_in_place().then(|| self.log.next_number());
+        let (record, id, run) = start_of(run, number)?;
         self.log.state().runs.insert(id.clone(), run);
         Ok(RunLog {
             log: self.log.clone(),
             run: id,
+            number,
             queue: Mutex::new(RunQueue {
                 bytes: record,
                 pinned: None,
@@ -97,6 +102,22 @@ impl RunLog {
     /// The run's id.
     pub fn run(&self) -> &str {
         &self.run
+    }
+
+    /// How the run's records name it.
+    fn key(&self) -> RunKey<'_> {
+        match self.number {
+            Some(number) => RunKey::Bound(number),
+            None => RunKey::Id(&self.run),
+        }
+    }
+
+    /// The run, as [`Shared::write_run`] writes its records.
+    fn writing(&self) -> RunWriting<'_> {
+        RunWriting {
+            id: &self.run,
+            number: self.number,
+        }
     }
 
     /// Queue an entry at `at`, its payload whatever `encode` appends to
@@ -127,7 +148,7 @@ impl RunLog {
         let len = log::put_entry(
             &mut queue.bytes,
             EntryHead {
-                run: &self.run,
+                run: self.key(),
                 scope: at.scope,
                 seq: at.seq,
                 kind: at.kind,
@@ -161,7 +182,7 @@ impl RunLog {
                     return Ok(());
                 }
                 let RunQueue { bytes, pinned, .. } = &mut *queue;
-                let result = self.log.write_run(bytes, &self.run, pinned, None);
+                let result = self.log.write_run(bytes, self.writing(), pinned, None);
                 if bytes.capacity() > KEEP_BYTES {
                     *bytes = Vec::new();
                 }
@@ -211,7 +232,7 @@ impl RunLog {
             return;
         };
         let updated_ms = now_ms();
-        log::put_finish(&mut queue.bytes, &self.run, drop_entries, updated_ms);
+        log::put_finish(&mut queue.bytes, self.key(), drop_entries, updated_ms);
         let end = if drop_entries {
             RunEnd::Dropped
         } else {
@@ -233,7 +254,7 @@ impl RunLog {
         if self.log.writes_in_place() {
             closed(
                 self.log
-                    .write_run(&mut bytes, &self.run, &mut queue.pinned, end),
+                    .write_run(&mut bytes, self.writing(), &mut queue.pinned, end),
             );
             return;
         }
