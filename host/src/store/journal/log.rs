@@ -1007,7 +1007,9 @@ impl Shared {
                 segments,
                 spare,
                 unsynced_since: None,
-                prepare: false,
+                // With in-place appends, the first segment's file is made
+                // ready (and warmed) at once, not by the first write.
+                prepare: sync != StoreSync::Always,
             }),
             wake: Condvar::new(),
             io: Mutex::new(Io {
@@ -1239,6 +1241,7 @@ fn prepare_next(shared: &Shared) {
         // segment (else, after a power loss, its stale records could read
         // as the segment's).
         file.sync_data()?;
+        mapped::warm(&file, SEGMENT_BYTES);
         Ok(Prepared { file, seal })
     })();
     match made {

@@ -1601,11 +1601,13 @@ mod tests {
             journal.flush().await.unwrap();
         }
         let left = inode(&prepared);
-        // The next open takes the unused file as the spare, and every
-        // record the run made reads back.
+        // The next open takes the unused file as the spare, which its
+        // writer makes ready again for its first segment, and every record
+        // the run made reads back.
         let journal = open_at(dir.path());
-        assert!(!prepared.exists());
-        assert_eq!(inode(&log.join(log::SPARE_FILE)), left);
+        wait_for(&prepared);
+        assert_eq!(inode(&prepared), left);
+        assert!(!log.join(log::SPARE_FILE).exists());
         assert_eq!(interrupted_ids(&journal), ["r"]);
         let entries = journal.entries("r", ROOT_SCOPE).unwrap();
         assert!(entries.len() >= 16, "{} entries", entries.len());
