@@ -301,8 +301,10 @@ fn take_short_str<'a>(bytes: &mut &'a [u8]) -> Result<&'a str, String> {
 /// How a record names its run.
 ///
 /// A run this process writes in place is given a number when it begins
-/// (unique among the runs of the process, so of every segment it
-/// writes), and its records name it by that: a few bytes where its id
+/// (unique among the runs begun through this open log; a store, and with
+/// it its journal, is open in one process at a time, and each open writes
+/// segments of its own, so a number is unique in every segment), and its
+/// records name it by that: a few bytes where its id
 /// takes about thirty, in every record. Its start record binds the number
 /// to the id in the segment it goes to, and a [`BIND`] record does in each
 /// later segment the run's records reach, before them; a reader learns
@@ -925,7 +927,8 @@ pub(super) struct State {
     /// only under the `io` lock too, mirrored by [`Io::unsynced`]).
     unsynced_since: Option<Instant>,
     /// The segment being written is half full and no file is ready to
-    /// follow it: the writer thread is to prepare one.
+    /// follow it: the writer thread is to prepare one. (The first
+    /// segment's file is prepared by the open.)
     prepare: bool,
 }
 
@@ -1007,9 +1010,7 @@ impl Shared {
                 segments,
                 spare,
                 unsynced_since: None,
-                // With in-place appends, the first segment's file is made
-                // ready (and warmed) at once, not by the first write.
-                prepare: sync != StoreSync::Always,
+                prepare: false,
             }),
             wake: Condvar::new(),
             io: Mutex::new(Io {
@@ -1021,7 +1022,7 @@ impl Shared {
         })
     }
 
-    /// A number for a run this process begins, unique among them.
+    /// A number for a run begun through this log, unique among them.
     pub(super) fn next_number(&self) -> u64 {
         self.numbers.fetch_add(1, Ordering::Relaxed)
     }
@@ -1208,9 +1209,12 @@ pub(super) fn write_loop(shared: &Shared) {
 
 /// Make a file ready to be the next segment, off the appending runs'
 /// path: the spare (renamed [`PREPARED_FILE`]) or a new file, with the
-/// header of its next life written and synced, so that the run whose
-/// append fills the segment only renames it and maps it.
-fn prepare_next(shared: &Shared) {
+/// header of its next life written and synced and its pages read in
+/// ([`mapped::warm`]), so that the run whose append fills the segment only
+/// renames it and maps it, and its appends find the pages cached. Called
+/// by the writer thread, and by [`super::Journal::open`] for the first
+/// segment.
+pub(super) fn prepare_next(shared: &Shared) {
     if lock(&shared.io).prepared.is_some() {
         return;
     }

@@ -309,6 +309,11 @@ fn populate_ahead(map: &Mapping, _from: usize) -> usize {
     map.len()
 }
 
+/// How much of a file one `readahead` call is asked to read in: at most a
+/// device's usual readahead limit.
+#[cfg(target_os = "linux")]
+const WARM_CHUNK: usize = 64 << 10;
+
 /// Make `file` ready to be mapped as a segment of `capacity` bytes, ahead
 /// of time and off the appending threads: reserve its blocks and read its
 /// pages into the page cache. A new file's reserved blocks read as zeros,
@@ -325,13 +330,20 @@ pub(super) fn warm(file: &File, capacity: u64) {
     else {
         return;
     };
+    let fd = file.as_raw_fd();
     // SAFETY: `fallocate` and `readahead` read only their integer
     // arguments; the descriptor is open for writing and stays open for
     // the calls.
-    let warmed = unsafe {
-        libc::fallocate(file.as_raw_fd(), 0, 0, length) == 0
-            && libc::readahead(file.as_raw_fd(), 0, count) == 0
-    };
+    let warmed = unsafe { libc::fallocate(fd, 0, 0, length) == 0 }
+        // A chunk at a time: one call reads in no more than the device's
+        // readahead limit (128 KiB by default), however much is asked.
+        && (0..count).step_by(WARM_CHUNK).all(|at| {
+            let Ok(offset) = at.try_into() else {
+                return false;
+            };
+            // SAFETY: as above.
+            unsafe { libc::readahead(fd, offset, WARM_CHUNK.min(count - at)) == 0 }
+        });
     if !warmed {
         tracing::debug!(
             error = %io::Error::last_os_error(),

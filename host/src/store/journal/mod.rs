@@ -570,6 +570,11 @@ impl Journal {
             }
         }
         let log = Shared::new(dir, store.sync_mode(), runs, segments, active, spare);
+        // With in-place appends, the first segment's file is made ready
+        // (and warmed) now rather than by the first write, on its path.
+        if log.writes_in_place() {
+            log::prepare_next(&log);
+        }
         let thread = std::thread::Builder::new()
             .name("loom-journal".into())
             .spawn({
