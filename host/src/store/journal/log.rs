@@ -262,6 +262,20 @@ fn put_str(body: &mut Vec<u8>, text: &str, what: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Append `text` with a varint length, as long as [`put_str`] allows.
+fn put_short_str(body: &mut Vec<u8>, text: &str, what: &str) -> Result<(), StoreError> {
+    if text.len() > usize::from(u16::MAX) {
+        return Err(StoreError::Io(format!(
+            "a journal {what} of {} bytes; at most {} fit",
+            text.len(),
+            u16::MAX
+        )));
+    }
+    put_varint(body, text.len() as u64);
+    body.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
 /// Append `value` as a LEB128 varint.
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
@@ -502,15 +516,7 @@ pub(super) fn put_entry(
             RunKey::Bound(number) => {
                 out.push(ENTRY_BOUND);
                 put_varint(out, number);
-                if head.scope.len() > usize::from(u16::MAX) {
-                    return Err(StoreError::Io(format!(
-                        "a journal scope of {} bytes; at most {} fit",
-                        head.scope.len(),
-                        u16::MAX
-                    )));
-                }
-                put_varint(out, head.scope.len() as u64);
-                out.extend_from_slice(head.scope.as_bytes());
+                put_short_str(out, head.scope, "scope")?;
                 put_varint(out, u64::from(head.seq));
                 let (first, second) = head.fingerprint.split_at(16);
                 if second.iter().all(|&b| b == 0) {
@@ -555,10 +561,10 @@ pub(super) fn finish_record(run: &str, drop: bool, updated_ms: u64) -> Vec<u8> {
 /// Frame a run's end at `updated_ms` onto `out`.
 pub(super) fn put_finish(out: &mut Vec<u8>, run: RunKey<'_>, drop: bool, updated_ms: u64) {
     let start = open_record(out);
-    match run {
-        RunKey::Id(_) => out.push(FINISH),
-        RunKey::Bound(_) => out.push(FINISH_BOUND),
-    }
+    out.push(match run {
+        RunKey::Id(_) => FINISH,
+        RunKey::Bound(_) => FINISH_BOUND,
+    });
     out.push(u8::from(drop));
     out.extend_from_slice(&updated_ms.to_le_bytes());
     match run {
@@ -629,68 +635,30 @@ pub(super) fn decode<'a>(body: &'a [u8], binds: &mut Binds<'a>) -> Result<Record
             let run = binds.run(take_varint(&mut rest)?)?;
             let scope = take_short_str(&mut rest)?;
             let seq = u32::try_from(take_varint(&mut rest)?).map_err(|e| e.to_string())?;
-            let (&kind, rest) = rest.split_first().ok_or("an entry cut short")?;
-            let short = kind & SHORT_PRINT != 0;
-            let kind = kind & !SHORT_PRINT;
-            let kind = EntryKind::from_byte(kind).ok_or(format!("entry kind {kind}"))?;
-            let width = if short { 16 } else { 32 };
-            let (print, payload) = rest.split_at_checked(width).ok_or("an entry cut short")?;
-            let mut fingerprint = [0u8; 32];
-            fingerprint[..width].copy_from_slice(print);
-            Ok(Record::Entry {
-                run,
-                scope,
-                seq,
-                entry: JournalEntry {
-                    kind,
-                    fingerprint,
-                    payload: payload.to_vec(),
-                },
-            })
+            entry_from(run, scope, seq, rest, true)
         }
         FINISH_BOUND => {
-            let (&drop, rest) = rest.split_first().ok_or("a finish cut short")?;
-            let (when, mut number) = rest.split_at_checked(8).ok_or("a finish cut short")?;
-            let mut millis = [0u8; 8];
-            millis.copy_from_slice(when);
+            let (drop, updated_ms, mut number) = finish_head(rest)?;
             let run = binds.run(take_varint(&mut number)?)?;
             Ok(Record::Finish {
                 run,
-                drop: drop != 0,
-                updated_ms: u64::from_le_bytes(millis),
+                drop,
+                updated_ms,
             })
         }
         ENTRY => {
             let run = take_str(&mut rest)?;
             let scope = take_str(&mut rest)?;
             let (seq, rest) = rest.split_at_checked(4).ok_or("an entry cut short")?;
-            let seq = u32_at(seq, 0);
-            let (&kind, rest) = rest.split_first().ok_or("an entry cut short")?;
-            let kind = EntryKind::from_byte(kind).ok_or(format!("entry kind {kind}"))?;
-            let (print, payload) = rest.split_at_checked(32).ok_or("an entry cut short")?;
-            let mut fingerprint = [0u8; 32];
-            fingerprint.copy_from_slice(print);
-            Ok(Record::Entry {
-                run,
-                scope,
-                seq,
-                entry: JournalEntry {
-                    kind,
-                    fingerprint,
-                    payload: payload.to_vec(),
-                },
-            })
+            entry_from(run, scope, u32_at(seq, 0), rest, false)
         }
         FINISH => {
-            let (&drop, rest) = rest.split_first().ok_or("a finish cut short")?;
-            let (when, run) = rest.split_at_checked(8).ok_or("a finish cut short")?;
-            let mut millis = [0u8; 8];
-            millis.copy_from_slice(when);
+            let (drop, updated_ms, run) = finish_head(rest)?;
             let run = std::str::from_utf8(run).map_err(|e| e.to_string())?;
             Ok(Record::Finish {
                 run,
-                drop: drop != 0,
-                updated_ms: u64::from_le_bytes(millis),
+                drop,
+                updated_ms,
             })
         }
         DROP => Ok(Record::Drop {
@@ -698,6 +666,50 @@ pub(super) fn decode<'a>(body: &'a [u8], binds: &mut Binds<'a>) -> Result<Record
         }),
         other => Err(format!("record tag {other}")),
     }
+}
+
+/// The entry of `run` at (`scope`, `seq`) whose body goes on with `rest`:
+/// its kind, its fingerprint, its payload. With `short_prints`, the kind's
+/// [`SHORT_PRINT`] bit says the fingerprint is 16 bytes (the rest zero).
+fn entry_from<'a>(
+    run: &'a str,
+    scope: &'a str,
+    seq: u32,
+    rest: &'a [u8],
+    short_prints: bool,
+) -> Result<Record<'a>, String> {
+    let (&kind, rest) = rest.split_first().ok_or("an entry cut short")?;
+    let short = short_prints && kind & SHORT_PRINT != 0;
+    let kind = if short_prints {
+        kind & !SHORT_PRINT
+    } else {
+        kind
+    };
+    let kind = EntryKind::from_byte(kind).ok_or(format!("entry kind {kind}"))?;
+    let width = if short { 16 } else { 32 };
+    let (print, payload) = rest.split_at_checked(width).ok_or("an entry cut short")?;
+    let mut fingerprint = [0u8; 32];
+    fingerprint[..width].copy_from_slice(print);
+    Ok(Record::Entry {
+        run,
+        scope,
+        seq,
+        entry: JournalEntry {
+            kind,
+            fingerprint,
+            payload: payload.to_vec(),
+        },
+    })
+}
+
+/// What a finish record's body says before it names its run: whether the
+/// run's entries are void, and when; and the rest of the body.
+fn finish_head(rest: &[u8]) -> Result<(bool, u64, &[u8]), String> {
+    let (&drop, rest) = rest.split_first().ok_or("a finish cut short")?;
+    let (when, rest) = rest.split_at_checked(8).ok_or("a finish cut short")?;
+    let mut millis = [0u8; 8];
+    millis.copy_from_slice(when);
+    Ok((drop != 0, u64::from_le_bytes(millis), rest))
 }
 
 /// How the records in some bytes are framed.

@@ -326,22 +326,19 @@ const WARM_CHUNK: usize = 64 << 10;
 #[cfg(target_os = "linux")]
 pub(super) fn warm(file: &File, capacity: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(length), Ok(count)) = (libc::off_t::try_from(capacity), usize::try_from(capacity))
-    else {
+    let Ok(count) = usize::try_from(capacity) else {
         return;
     };
     let fd = file.as_raw_fd();
-    // SAFETY: `fallocate` and `readahead` read only their integer
-    // arguments; the descriptor is open for writing and stays open for
-    // the calls.
-    let warmed = unsafe { libc::fallocate(fd, 0, 0, length) == 0 }
+    let warmed = reserve(file, capacity)
         // A chunk at a time: one call reads in no more than the device's
         // readahead limit (128 KiB by default), however much is asked.
         && (0..count).step_by(WARM_CHUNK).all(|at| {
             let Ok(offset) = at.try_into() else {
                 return false;
             };
-            // SAFETY: as above.
+            // SAFETY: `readahead` reads only its integer arguments; the
+            // descriptor is open and stays open for the call.
             unsafe { libc::readahead(fd, offset, WARM_CHUNK.min(count - at)) == 0 }
         });
     if !warmed {
@@ -350,6 +347,19 @@ pub(super) fn warm(file: &File, capacity: u64) {
             "the next journal segment could not be warmed"
         );
     }
+}
+
+/// Reserve the blocks of `file`'s first `capacity` bytes (`fallocate`);
+/// whether they were.
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, capacity: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(length) = libc::off_t::try_from(capacity) else {
+        return false;
+    };
+    // SAFETY: `fallocate` reads only its integer arguments; the descriptor
+    // is open for writing and stays open for the call.
+    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) == 0 }
 }
 
 /// Other systems are not warmed.
@@ -362,11 +372,7 @@ pub(super) fn warm(_file: &File, _capacity: u64) {}
 #[cfg(target_os = "linux")]
 fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
     use std::os::fd::AsRawFd;
-    let length = libc::off_t::try_from(capacity).ok()?;
-    // SAFETY: `fallocate` reads only its integer arguments; the descriptor
-    // is open for writing and stays open for the call.
-    let reserved = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) };
-    if reserved != 0 {
+    if !reserve(file, capacity) {
         tracing::debug!(
             error = %io::Error::last_os_error(),
             "the journal's file system cannot reserve blocks; appending with write"
