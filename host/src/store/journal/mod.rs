@@ -1119,6 +1119,14 @@ mod tests {
         [tempfile::tempdir().unwrap(), interval]
     }
 
+    /// The root scope's entries of `run`, each a JSON-encoded text.
+    fn root_texts(journal: &Journal, run: &str) -> Vec<String> {
+        root_payloads(journal, run)
+            .iter()
+            .map(|payload| JournalFormat::Json.decode(payload).unwrap())
+            .collect()
+    }
+
     fn root_payloads(journal: &Journal, run: &str) -> Vec<Vec<u8>> {
         journal
             .entries(run, ROOT_SCOPE)
@@ -1419,13 +1427,7 @@ mod tests {
         }
         let journal = open_at(dir.path());
         assert_eq!(interrupted_ids(&journal), ["r"]);
-        let texts: Vec<String> = journal
-            .entries("r", ROOT_SCOPE)
-            .unwrap()
-            .iter()
-            .map(|e| JournalFormat::Json.decode(&e.payload).unwrap())
-            .collect();
-        assert_eq!(texts, ["zero", "one", "two"]);
+        assert_eq!(root_texts(&journal, "r"), ["zero", "one", "two"]);
     }
 
     #[tokio::test]
@@ -1474,6 +1476,32 @@ mod tests {
         assert_eq!(journal.entries("kept", ROOT_SCOPE).unwrap().len(), 2);
     }
 
+    /// Begin run `long` and write its first entry, "first".
+    async fn begin_long_run(journal: &Journal) -> RunLog {
+        let live = journal.mark_live("long").unwrap();
+        let long = journal.begin(record("long", 1), live).unwrap();
+        assert!(queue_text(&long, 0, "first"));
+        long.flush().await.unwrap();
+        long
+    }
+
+    /// Runs of 1 MiB entries enough to fill a segment and start another.
+    const SHORT_RUNS_PAST_A_SEGMENT: usize = (log::SEGMENT_BYTES >> 20) as usize + 2;
+
+    /// Run `count` runs (`short-0`, ...) of one 1 MiB entry each, finished
+    /// with their entries dropped or kept.
+    async fn fill_with_short_runs(journal: &Journal, count: usize, drop_entries: bool) {
+        let big = "x".repeat(1 << 20);
+        for n in 0..count {
+            let run = format!("short-{n}");
+            let live = journal.mark_live(&run).unwrap();
+            let log = journal.begin(record(&run, 1), live).unwrap();
+            assert!(queue_text(&log, 0, &big));
+            log.flush().await.unwrap();
+            log.finish(drop_entries);
+        }
+    }
+
     #[tokio::test]
     async fn runs_logs_free_and_reuse_segments_as_their_runs_finish() {
         let dir = tempfile::tempdir().unwrap();
@@ -1481,19 +1509,8 @@ mod tests {
         let journal = open_at(dir.path());
         // A long run pins the first segment; runs of 1 MiB entries fill
         // segments behind it.
-        let live = journal.mark_live("long").unwrap();
-        let long = journal.begin(record("long", 1), live).unwrap();
-        assert!(queue_text(&long, 0, "first"));
-        long.flush().await.unwrap();
-        let big = "x".repeat(1 << 20);
-        for n in 0..80 {
-            let run = format!("short-{n}");
-            let live = journal.mark_live(&run).unwrap();
-            let log = journal.begin(record(&run, 1), live).unwrap();
-            assert!(queue_text(&log, 0, &big));
-            log.flush().await.unwrap();
-            log.finish(true);
-        }
+        let long = begin_long_run(&journal).await;
+        fill_with_short_runs(&journal, 80, true).await;
         // 80 MiB went through 32 MiB segments: the first is pinned by the
         // long run, the spent ones between were reused or deleted.
         assert!(journal.segment_files() <= 3, "{}", journal.segment_files());
@@ -1510,22 +1527,11 @@ mod tests {
         std::fs::write(dir.path().join("interval"), "").unwrap();
         {
             let journal = open_at(dir.path());
-            let live = journal.mark_live("long").unwrap();
-            let long = journal.begin(record("long", 1), live).unwrap();
-            assert!(queue_text(&long, 0, "first"));
-            long.flush().await.unwrap();
+            let long = begin_long_run(&journal).await;
             // Other runs fill the segment the long run started in: its
             // next records go to a later one, which binds its number
             // before them.
-            let big = "x".repeat(1 << 20);
-            for n in 0..(log::SEGMENT_BYTES >> 20) + 2 {
-                let run = format!("short-{n}");
-                let live = journal.mark_live(&run).unwrap();
-                let log = journal.begin(record(&run, 1), live).unwrap();
-                assert!(queue_text(&log, 0, &big));
-                log.flush().await.unwrap();
-                log.finish(false);
-            }
+            fill_with_short_runs(&journal, SHORT_RUNS_PAST_A_SEGMENT, false).await;
             assert!(queue_text(&long, 1, "second"));
             long.flush().await.unwrap();
             assert!(queue_text(&long, 2, "third, written as the log is dropped"));
@@ -1534,20 +1540,14 @@ mod tests {
         let journal = open_at(dir.path());
         assert_eq!(interrupted_ids(&journal), ["long"]);
         assert!(journal.segment_files() >= 2, "{}", journal.segment_files());
-        let texts: Vec<String> = journal
-            .entries("long", ROOT_SCOPE)
-            .unwrap()
-            .iter()
-            .map(|e| JournalFormat::Json.decode(&e.payload).unwrap())
-            .collect();
         assert_eq!(
-            texts,
+            root_texts(&journal, "long"),
             ["first", "second", "third, written as the log is dropped"]
         );
         // The short runs were kept, each with its one entry.
         assert_eq!(
             journal.runs(false).unwrap().len(),
-            1 + ((log::SEGMENT_BYTES >> 20) + 2) as usize
+            1 + SHORT_RUNS_PAST_A_SEGMENT
         );
         assert_eq!(journal.entries("short-0", ROOT_SCOPE).unwrap().len(), 1);
     }
