@@ -166,7 +166,7 @@ impl RunJournal {
         let entries = journal.all_entries(&record.run)?;
         let format = record.format;
         let component = record.component.clone();
-        let log = journal.begin(record, live)?;
+        let log = journal.begin_resumed(record, live)?;
         log.flush().await?;
         Ok(Self::new(
             log,

@@ -24,7 +24,8 @@
 //! writes them with its next awaited write. The log holds each run's
 //! record too, so a crash leaves everything a resume needs in one place. A finished run is
 //! dropped (or kept, with its entries, until pruned), and segments are
-//! deleted once no run needs them ([`segments`]).
+//! deleted once no run needs them ([`segments`]). The log is sharded (see
+//! [`Journal`]): each of a run's records goes to the shard it began in.
 
 mod log;
 mod mapped;
@@ -472,14 +473,35 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// The journal of every run: its log beside the host's store.
+/// The journal of every run: its log beside the host's store, in shards.
+///
+/// A shard is a log of its own (its segments, its accounting, its writer
+/// thread), and a run's records all go to one: the shard of the thread
+/// that began it (a resumed run goes back to the shard holding it). With
+/// one shard, the threads that run agents took turns at the log's locks,
+/// and each write moved the locks' and the log's state between the cores'
+/// caches; with a shard per core each thread mostly writes to its own.
+/// Runs written in place (the store syncs on an interval) are spread over
+/// as many shards as there are cores (at most 8); with a sync at
+/// every write, new runs all go to the first shard, so that one
+/// `fdatasync` serves every run of a batch. Every shard found on disk is
+/// read, whatever this process writes to.
 #[derive(Clone)]
 pub struct Journal {
-    log: Arc<Shared>,
-    /// Stops the log's writer when the last handle goes.
-    _writer: Arc<Writer>,
+    /// The shards; the first's directory is the journal's own, the others'
+    /// are `shard-N` inside it.
+    shards: Arc<[Shard]>,
+    /// New runs go to the first `writing` shards.
+    writing: usize,
     /// Runs this process is executing now.
     live: Arc<Mutex<LiveSet>>,
+}
+
+/// One shard of the journal: its log and the log's writer thread.
+struct Shard {
+    log: Arc<Shared>,
+    /// Stops the log's writer when the journal's last handle goes.
+    _writer: Writer,
 }
 
 /// The log's writer thread; dropping it writes what is queued and stops it.
@@ -498,6 +520,50 @@ impl Drop for Writer {
         }
     }
 }
+
+/// The slot of the calling thread: threads take slots in turn the first
+/// time they begin a run, and a run goes to the shard its slot names.
+fn thread_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
+/// The directory of shard `index` of the journal in `dir`.
+fn shard_dir(dir: &std::path::Path, index: usize) -> std::path::PathBuf {
+    if index == 0 {
+        dir.to_owned()
+    } else {
+        dir.join(format!("shard-{index}"))
+    }
+}
+
+/// How many shards the journal in `dir` has on disk (at least one): the
+/// highest `shard-N` directory found, plus one.
+fn shards_on_disk(dir: &std::path::Path) -> Result<usize, StoreError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::Io(format!("cannot read the journal {}: {e}", dir.display())))?;
+    let mut count = 1;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let index = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("shard-"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(index) = index
+            && (1..MAX_SHARDS).contains(&index)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            count = count.max(index + 1);
+        }
+    }
+    Ok(count)
+}
+
+/// The most shards a journal has (directories past it are not read).
+const MAX_SHARDS: usize = 64;
 
 /// A run this process is executing; dropping it ends that.
 pub struct LiveRun {
@@ -523,73 +589,62 @@ impl Journal {
     /// [`StoreError`] when the log's directory cannot be made or read, or
     /// its writer thread cannot start.
     pub fn open(store: Arc<Store>) -> Result<Self, StoreError> {
+        Self::open_with_shards(store, None)
+    }
+
+    /// [`Journal::open`], spreading runs written in place over `writing`
+    /// shards (`None`: one per core, at most 8).
+    ///
+    /// # Errors
+    ///
+    /// As [`Journal::open`].
+    pub fn open_with_shards(store: Arc<Store>, writing: Option<usize>) -> Result<Self, StoreError> {
         let dir = store.path().with_extension("journal");
         std::fs::create_dir_all(&dir).map_err(|e| {
             StoreError::Io(format!("cannot create the journal {}: {e}", dir.display()))
         })?;
         drop_legacy_tables(&store)?;
-        let ids = log::segment_ids(&dir)?;
-        let mut runs: RunMap<JournalRun> = RunMap::default();
-        let mut segments = Segments::default();
-        for &id in &ids {
-            let Some((framing, bytes)) = log::read_segment(&dir, id, true) else {
-                continue;
-            };
-            segments.add(id);
-            let mut binds = log::Binds::default();
-            for body in log::bodies(&bytes, framing).0 {
-                match log::decode(body, &mut binds) {
-                    Ok(record) => replay(record, id, &mut runs, &mut segments),
-                    Err(error) => {
-                        tracing::warn!(segment = id, %error, "a journal record is corrupt; skipped");
-                    }
-                }
-            }
-        }
-        let active = ids.last().map_or(0, |last| last + 1);
-        // A spent segment kept for reuse by the last process (never one
-        // without generations).
-        let spare_path = dir.join(log::SPARE_FILE);
-        let mut spare = log::next_generation(&spare_path);
-        if spare.is_none() && spare_path.exists() {
-            let _ = std::fs::remove_file(&spare_path);
-        }
-        // A file the last process made ready for its next segment and
-        // never used: the spare, if there is none.
-        let prepared = dir.join(log::PREPARED_FILE);
-        if prepared.exists() {
-            match log::next_generation(&prepared) {
-                Some(generation)
-                    if spare.is_none() && std::fs::rename(&prepared, &spare_path).is_ok() =>
-                {
-                    spare = Some(generation);
-                }
-                _ => {
-                    let _ = std::fs::remove_file(&prepared);
-                }
-            }
-        }
-        let log = Shared::new(dir, store.sync_mode(), runs, segments, active, spare);
-        // With in-place appends, the first segment's file is made ready
-        // (and warmed) now rather than by the first write, on its path.
-        if log.writes_in_place() {
-            log::prepare_next(&log);
-        }
-        let thread = std::thread::Builder::new()
-            .name("loom-journal".into())
-            .spawn({
-                let log = log.clone();
-                move || log::write_loop(&log)
+        let writing = if store.sync_mode() == crate::store::StoreSync::Always {
+            1
+        } else {
+            writing.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
             })
-            .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
+        }
+        .clamp(1, MAX_SHARDS);
+        let count = writing.max(shards_on_disk(&dir)?);
+        let shards = (0..count)
+            .map(|index| open_shard(&shard_dir(&dir, index), store.sync_mode()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Journal {
-            log: log.clone(),
-            _writer: Arc::new(Writer {
-                log,
-                thread: Some(thread),
-            }),
+            shards: shards.into(),
+            writing,
             live: Arc::default(),
         })
+    }
+
+    /// The log new runs begun on this thread go to.
+    fn writing_log(&self) -> &Arc<Shared> {
+        let index = if self.writing == 1 {
+            0
+        } else {
+            thread_slot() % self.writing
+        };
+        &self.shards[index].log
+    }
+
+    /// The log holding `run`'s record, if any shard does.
+    fn log_of(&self, run: &str) -> Option<&Arc<Shared>> {
+        self.shards
+            .iter()
+            .map(|shard| &shard.log)
+            .find(|log| log.state().runs.contains_key(run))
+    }
+
+    /// The log `run`'s records go to: the one holding its record, else
+    /// this thread's.
+    fn log_for(&self, run: &str) -> &Arc<Shared> {
+        self.log_of(run).unwrap_or_else(|| self.writing_log())
     }
 
     /// Note that this process executes `run`; `None` when it already does.
@@ -627,7 +682,7 @@ impl Journal {
     /// [`StoreError`] when the write fails.
     pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
         let (record, id, run) = start_of(run, None)?;
-        self.log
+        self.log_for(&id)
             .write(&record, Mark::Pin(id.clone()), move |runs| {
                 runs.insert(id, run);
             })
@@ -648,7 +703,7 @@ impl Journal {
         entry: &JournalEntry,
     ) -> Result<(), StoreError> {
         let record = entry_record(run, scope, seq, entry)?;
-        self.log
+        self.log_for(run)
             .write(&record, Mark::Pin(run.to_owned()), |_| {})
             .await
     }
@@ -660,7 +715,7 @@ impl Journal {
     pub fn append_queued(&self, run: &str, scope: &str, seq: u32, entry: &JournalEntry) {
         match entry_record(run, scope, seq, entry) {
             Ok(record) => {
-                self.log
+                self.log_for(run)
                     .push(&record, Mark::Pin(run.to_owned()), |_| {}, None);
             }
             Err(error) => tracing::warn!(run, scope, seq, %error, "a journal entry was dropped"),
@@ -688,15 +743,19 @@ impl Journal {
     ///
     /// [`StoreError`] when the log cannot be read.
     pub fn all_entries(&self, run: &str) -> Result<Vec<(String, u32, JournalEntry)>, StoreError> {
-        let found = self.log.read_run(run, |record| match record {
-            Record::Entry {
-                scope, seq, entry, ..
-            } => Some(((scope.to_owned(), seq), entry)),
-            _ => None,
+        // A run's records are in one shard; the others have no segment of
+        // it to read.
+        let found = self.shards.iter().flat_map(|shard| {
+            shard.log.read_run(run, |record| match record {
+                Record::Entry {
+                    scope, seq, entry, ..
+                } => Some(((scope.to_owned(), seq), entry)),
+                _ => None,
+            })
         });
         // A step recorded twice (the same result, written again by a
         // resumed run) counts once: the latest.
-        let sorted: BTreeMap<(String, u32), JournalEntry> = found.into_iter().collect();
+        let sorted: BTreeMap<(String, u32), JournalEntry> = found.collect();
         Ok(sorted
             .into_iter()
             .map(|((scope, seq), entry)| (scope, seq, entry))
@@ -712,43 +771,9 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
-        self.push_finish(run, drop_entries);
+        let log = self.log_for(run).clone();
+        push_finish(&log, run, drop_entries);
         self.flush().await
-    }
-
-    /// Queue `run`'s finish.
-    fn push_finish(&self, run: &str, drop_entries: bool) {
-        let now = now_ms();
-        let mark = if drop_entries {
-            Mark::Drop(run.to_owned())
-        } else {
-            Mark::Pin(run.to_owned())
-        };
-        self.log.push(
-            &log::finish_record(run, drop_entries, now),
-            mark,
-            |runs| {
-                if drop_entries {
-                    runs.remove(run);
-                } else if let Some(record) = runs.get_mut(run) {
-                    record.status = JournalStatus::Finished;
-                    record.updated_ms = now;
-                }
-            },
-            None,
-        );
-    }
-
-    /// Void `run`'s records in the log.
-    fn push_drop(&self, run: &str) {
-        self.log.push(
-            &log::drop_record(run),
-            Mark::Drop(run.to_owned()),
-            |runs| {
-                runs.remove(run);
-            },
-            None,
-        );
     }
 
     /// Every journaled run (unfinished, or finished and kept), optionally
@@ -759,14 +784,18 @@ impl Journal {
     ///
     /// None today; the signature leaves room for a log read.
     pub fn runs(&self, only_running: bool) -> Result<Vec<JournalRun>, StoreError> {
-        let mut runs: Vec<JournalRun> = self
-            .log
-            .state()
-            .runs
-            .values()
-            .filter(|run| !only_running || run.status == JournalStatus::Running)
-            .cloned()
-            .collect();
+        let mut runs: Vec<JournalRun> = Vec::new();
+        for shard in self.shards.iter() {
+            runs.extend(
+                shard
+                    .log
+                    .state()
+                    .runs
+                    .values()
+                    .filter(|run| !only_running || run.status == JournalStatus::Running)
+                    .cloned(),
+            );
+        }
         runs.sort_by_key(|run| std::cmp::Reverse(run.started_ms));
         Ok(runs)
     }
@@ -777,7 +806,10 @@ impl Journal {
     ///
     /// None today; the signature leaves room for a log read.
     pub fn run(&self, run: &str) -> Result<Option<JournalRun>, StoreError> {
-        Ok(self.log.state().runs.get(run).cloned())
+        Ok(self
+            .shards
+            .iter()
+            .find_map(|shard| shard.log.state().runs.get(run).cloned()))
     }
 
     /// Delete every run (its record and entries) whose record last changed
@@ -789,27 +821,36 @@ impl Journal {
     /// [`StoreError`] when the store cannot be read or written.
     pub async fn prune(&self, older_than: Duration) -> Result<usize, StoreError> {
         let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
-        let stale: Vec<String> = {
-            let live = lock(&self.live);
-            self.runs(false)?
-                .into_iter()
-                .filter(|run| run.updated_ms < cutoff && !live.contains(run.run.as_str()))
-                .map(|run| run.run)
-                .collect()
-        };
-        if stale.is_empty() {
-            return Ok(0);
+        let mut pruned = 0;
+        for shard in self.shards.iter() {
+            let stale: Vec<String> = {
+                let live = lock(&self.live);
+                shard
+                    .log
+                    .state()
+                    .runs
+                    .values()
+                    .filter(|run| run.updated_ms < cutoff && !live.contains(run.run.as_str()))
+                    .map(|run| run.run.clone())
+                    .collect()
+            };
+            for run in &stale {
+                push_drop(&shard.log, run);
+            }
+            pruned += stale.len();
         }
-        for run in &stale {
-            self.push_drop(run);
+        if pruned > 0 {
+            self.flush().await?;
         }
-        self.flush().await?;
-        Ok(stale.len())
+        Ok(pruned)
     }
 
     /// How many segment files the log has (for tests of retention).
     pub fn segment_files(&self) -> usize {
-        self.log.state().segments.count()
+        self.shards
+            .iter()
+            .map(|shard| shard.log.state().segments.count())
+            .sum()
     }
 
     /// Resolves once everything queued before the call is written.
@@ -818,8 +859,46 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.log.write(&[], Mark::None, |_| {}).await
+        for shard in self.shards.iter() {
+            shard.log.write(&[], Mark::None, |_| {}).await?;
+        }
+        Ok(())
     }
+}
+
+/// Queue `run`'s finish in `log`.
+fn push_finish(log: &Shared, run: &str, drop_entries: bool) {
+    let now = now_ms();
+    let mark = if drop_entries {
+        Mark::Drop(run.to_owned())
+    } else {
+        Mark::Pin(run.to_owned())
+    };
+    log.push(
+        &log::finish_record(run, drop_entries, now),
+        mark,
+        |runs| {
+            if drop_entries {
+                runs.remove(run);
+            } else if let Some(record) = runs.get_mut(run) {
+                record.status = JournalStatus::Finished;
+                record.updated_ms = now;
+            }
+        },
+        None,
+    );
+}
+
+/// Void `run`'s records in `log`.
+fn push_drop(log: &Shared, run: &str) {
+    log.push(
+        &log::drop_record(run),
+        Mark::Drop(run.to_owned()),
+        |runs| {
+            runs.remove(run);
+        },
+        None,
+    );
 }
 
 /// `run` as a running record: its framed record, its id and itself.
@@ -886,6 +965,74 @@ fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: 
             }
         }
     }
+}
+
+/// Open the journal shard in `dir`: its segments replayed to find its
+/// runs, its spare and prepared files taken up, its writer thread started.
+fn open_shard(dir: &std::path::Path, sync: crate::store::StoreSync) -> Result<Shard, StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Io(format!("cannot create the journal {}: {e}", dir.display())))?;
+    let ids = log::segment_ids(dir)?;
+    let mut runs: RunMap<JournalRun> = RunMap::default();
+    let mut segments = Segments::default();
+    for &id in &ids {
+        let Some((framing, bytes)) = log::read_segment(dir, id, true) else {
+            continue;
+        };
+        segments.add(id);
+        let mut binds = log::Binds::default();
+        for body in log::bodies(&bytes, framing).0 {
+            match log::decode(body, &mut binds) {
+                Ok(record) => replay(record, id, &mut runs, &mut segments),
+                Err(error) => {
+                    tracing::warn!(segment = id, %error, "a journal record is corrupt; skipped");
+                }
+            }
+        }
+    }
+    let active = ids.last().map_or(0, |last| last + 1);
+    // A spent segment kept for reuse by the last process (never one
+    // without generations).
+    let spare_path = dir.join(log::SPARE_FILE);
+    let mut spare = log::next_generation(&spare_path);
+    if spare.is_none() && spare_path.exists() {
+        let _ = std::fs::remove_file(&spare_path);
+    }
+    // A file the last process made ready for its next segment and
+    // never used: the spare, if there is none.
+    let prepared = dir.join(log::PREPARED_FILE);
+    if prepared.exists() {
+        match log::next_generation(&prepared) {
+            Some(generation)
+                if spare.is_none() && std::fs::rename(&prepared, &spare_path).is_ok() =>
+            {
+                spare = Some(generation);
+            }
+            _ => {
+                let _ = std::fs::remove_file(&prepared);
+            }
+        }
+    }
+    let log = Shared::new(dir.to_owned(), sync, runs, segments, active, spare);
+    // With in-place appends, the first segment's file is made ready
+    // (and warmed) now rather than by the first write, on its path.
+    if log.writes_in_place() {
+        log::prepare_next(&log);
+    }
+    let thread = std::thread::Builder::new()
+        .name("loom-journal".into())
+        .spawn({
+            let log = log.clone();
+            move || log::write_loop(&log)
+        })
+        .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
+    Ok(Shard {
+        log: log.clone(),
+        _writer: Writer {
+            log,
+            thread: Some(thread),
+        },
+    })
 }
 
 /// Delete the tables of the journal's first format, if the store has them.
@@ -1107,7 +1254,8 @@ mod tests {
         } else {
             crate::store::StoreSync::Always
         };
-        Journal::open(Store::open_with(&dir.join("loom.redb"), sync).unwrap()).unwrap()
+        let store = Store::open_with(&dir.join("loom.redb"), sync).unwrap();
+        Journal::open_with_shards(store, Some(1)).unwrap()
     }
 
     /// Temporary directories for a test: one whose journal syncs every
@@ -1420,7 +1568,7 @@ mod tests {
             // The run's log is dropped unfinished (a cancelled task): what
             // it queued is written, and the run is interrupted.
             drop(log);
-            if !journal.log.writes_in_place() {
+            if !journal.shards[0].log.writes_in_place() {
                 journal.flush().await.unwrap();
             }
             assert_eq!(interrupted_ids(&journal), ["r"]);
@@ -1635,5 +1783,74 @@ mod tests {
         let print = [0; 32];
         let at = completion_at(1, &print);
         assert!(run.queue(at, |_| Ok(()), |_| true).is_err());
+    }
+
+    #[tokio::test]
+    async fn runs_spread_over_shards_read_back_and_resume_in_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |writing| {
+            let store = Store::open_with(
+                &dir.path().join("loom.redb"),
+                crate::store::StoreSync::Interval(50),
+            )
+            .unwrap();
+            Journal::open_with_shards(store, Some(writing)).unwrap()
+        };
+        {
+            let journal = open(3);
+            for (shard, run) in ["zero", "one", "two"].into_iter().enumerate() {
+                let live = journal.mark_live(run).unwrap();
+                let log =
+                    run_log::begin_in(&journal.shards[shard].log, record(run, 1), live).unwrap();
+                assert!(queue_text(&log, 0, run));
+                log.flush().await.unwrap();
+                if run == "one" {
+                    log.finish(true);
+                }
+            }
+            // Begun on a thread of its own: one of the three shards.
+            let journal2 = journal.clone();
+            std::thread::spawn(move || {
+                let live = journal2.mark_live("threaded").unwrap();
+                let log = journal2.begin(record("threaded", 2), live).unwrap();
+                assert!(queue_text(&log, 0, "threaded"));
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(log.flush()).unwrap();
+            })
+            .join()
+            .unwrap();
+        }
+        assert!(log_dir(dir.path()).join("shard-1").is_dir());
+        assert!(log_dir(dir.path()).join("shard-2").is_dir());
+        // Opened to write one shard, it still reads all three.
+        let journal = open(1);
+        let mut interrupted = interrupted_ids(&journal);
+        interrupted.sort();
+        assert_eq!(interrupted, ["threaded", "two", "zero"]);
+        assert_eq!(root_texts(&journal, "two"), ["two"]);
+        assert!(journal.run("one").unwrap().is_none());
+        // A resumed run goes on in the shard that holds it.
+        let record = journal.run("two").unwrap().unwrap();
+        let live = journal.mark_live("two").unwrap();
+        let log = journal.begin_resumed(record, live).unwrap();
+        assert!(Arc::ptr_eq(log.shared(), &journal.shards[2].log));
+        assert!(queue_text(&log, 1, "two again"));
+        log.flush().await.unwrap();
+        log.finish(false);
+        journal.flush().await.unwrap();
+        drop(log);
+        drop(journal);
+        let journal = open(2);
+        assert_eq!(root_texts(&journal, "two"), ["two", "two again"]);
+        let two = journal.run("two").unwrap().unwrap();
+        assert_eq!(two.status, JournalStatus::Finished);
+        let mut interrupted = interrupted_ids(&journal);
+        interrupted.sort();
+        assert_eq!(interrupted, ["threaded", "zero"]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(journal.prune(Duration::ZERO).await.unwrap(), 3);
+        assert!(journal.runs(false).unwrap().is_empty());
     }
 }

@@ -81,27 +81,52 @@ impl Journal {
     ///
     /// [`StoreError`] when the run's record cannot be encoded.
     pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        let number = self.log.writes_in_place().then(|| self.log.next_number());
-        let (record, id, run) = start_of(run, number)?;
-        self.log.state().runs.insert(id.clone(), run);
-        Ok(RunLog {
-            log: self.log.clone(),
-            run: id,
-            number,
-            queue: Mutex::new(RunQueue {
-                bytes: record,
-                pinned: None,
-                live: Some(live),
-            }),
-            failed: Arc::default(),
-        })
+        begin_in(self.writing_log(), run, live)
     }
+
+    /// [`Journal::begin`] for a run being resumed: its records go on in
+    /// the shard that holds them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Journal::begin`].
+    pub fn begin_resumed(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
+        begin_in(self.log_for(&run.run), run, live)
+    }
+}
+
+/// Begin journaling `run` in `log` (`live`: its mark).
+pub(super) fn begin_in(
+    log: &Arc<Shared>,
+    run: JournalRun,
+    live: LiveRun,
+) -> Result<RunLog, StoreError> {
+    let number = log.writes_in_place().then(|| log.next_number());
+    let (record, id, run) = start_of(run, number)?;
+    log.state().runs.insert(id.clone(), run);
+    Ok(RunLog {
+        log: log.clone(),
+        run: id,
+        number,
+        queue: Mutex::new(RunQueue {
+            bytes: record,
+            pinned: None,
+            live: Some(live),
+        }),
+        failed: Arc::default(),
+    })
 }
 
 impl RunLog {
     /// The run's id.
     pub fn run(&self) -> &str {
         &self.run
+    }
+
+    /// The log (the journal's shard) the run writes to.
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.log
     }
 
     /// How the run's records name it.
