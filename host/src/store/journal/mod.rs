@@ -482,7 +482,7 @@ fn now_ms() -> u64 {
 /// and each write moved the locks' and the log's state between the cores'
 /// caches; with a shard per core each thread mostly writes to its own.
 /// Runs written in place (the store syncs on an interval) are spread over
-/// as many shards as there are cores (at most 8); with a sync at
+/// as many shards as there are cores (at most 4); with a sync at
 /// every write, new runs all go to the first shard, so that one
 /// `fdatasync` serves every run of a batch. Every shard found on disk is
 /// read, whatever this process writes to.
@@ -565,6 +565,12 @@ fn shards_on_disk(dir: &std::path::Path) -> Result<usize, StoreError> {
 /// The most shards a journal has (directories past it are not read).
 const MAX_SHARDS: usize = 64;
 
+/// The most shards runs are spread over by default. Each shard keeps up
+/// to three 4 MiB files reserved on disk (its active segment, the next
+/// one made ready, a spent one kept for reuse), and past a few shards the
+/// threads that share one rarely meet at its locks.
+const WRITING_SHARDS_MAX: usize = 4;
+
 /// A run this process is executing; dropping it ends that.
 pub struct LiveRun {
     live: Arc<Mutex<LiveSet>>,
@@ -593,7 +599,7 @@ impl Journal {
     }
 
     /// [`Journal::open`], spreading runs written in place over `writing`
-    /// shards (`None`: one per core, at most 8).
+    /// shards (`None`: one per core, at most 4).
     ///
     /// # Errors
     ///
@@ -608,7 +614,7 @@ impl Journal {
             1
         } else {
             writing.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(WRITING_SHARDS_MAX))
             })
         }
         .clamp(1, MAX_SHARDS);
