@@ -37,7 +37,9 @@ fn journal(config: &LoomConfig) -> anyhow::Result<Journal> {
             path.display()
         )
     })?;
-    Ok(Journal::open(store)?)
+    // Listing and pruning write no runs: one shard to write (every shard
+    // on disk is still read), not one per core made ready.
+    Ok(Journal::open_with_shards(store, Some(1))?)
 }
 
 /// List journaled runs, newest first.

@@ -1224,8 +1224,8 @@ pub(super) fn write_loop(shared: &Shared) {
 /// header of its next life written and synced and its pages read in
 /// ([`mapped::warm`]), so that the run whose append fills the segment only
 /// renames it and maps it, and its appends find the pages cached. Called
-/// by the writer thread, and by [`super::Journal::open`] for the first
-/// segment.
+/// by the writer thread, and when a shard of the journal is opened for its
+/// first segment.
 pub(super) fn prepare_next(shared: &Shared) {
     if lock(&shared.io).prepared.is_some() {
         return;

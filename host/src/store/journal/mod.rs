@@ -18,7 +18,7 @@
 //!
 //! The journal is an append-only log of segment files beside the store
 //! ([`log`]): an awaited append is written (and, with the store's default
-//! sync, `fdatasync`ed in one batch with every other run's) before the
+//! sync, `fdatasync`ed in one batch with every other run's of its shard) before the
 //! caller hears back. A run this process executes journals through its own
 //! [`RunLog`], which frames its records into a buffer of its own and
 //! writes them with its next awaited write. The log holds each run's
@@ -541,20 +541,28 @@ fn shard_dir(dir: &std::path::Path, index: usize) -> std::path::PathBuf {
 }
 
 /// How many shards the journal in `dir` has on disk (at least one): the
-/// highest `shard-N` directory found, plus one.
+/// highest `shard-N` directory found, plus one. Only names [`shard_dir`]
+/// makes count (`shard-01` is not shard 1).
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when the directory cannot be listed: a shard
+/// skipped would leave its runs unlisted, unresumable and unpruned.
 fn shards_on_disk(dir: &std::path::Path) -> Result<usize, StoreError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| StoreError::Io(format!("cannot read the journal {}: {e}", dir.display())))?;
+    let unreadable = |e: std::io::Error| {
+        StoreError::Io(format!("cannot read the journal {}: {e}", dir.display()))
+    };
     let mut count = 1;
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
         let name = entry.file_name();
         let index = name
             .to_str()
             .and_then(|name| name.strip_prefix("shard-"))
-            .and_then(|n| n.parse::<usize>().ok());
+            .and_then(|n| n.parse::<usize>().ok().filter(|i| i.to_string() == n));
         if let Some(index) = index
             && (1..MAX_SHARDS).contains(&index)
-            && entry.file_type().is_ok_and(|t| t.is_dir())
+            && entry.path().is_dir()
         {
             count = count.max(index + 1);
         }
@@ -643,8 +651,13 @@ impl Journal {
     fn log_of(&self, run: &str) -> Option<&Arc<Shared>> {
         self.shards
             .iter()
+            .find(|shard| Self::holds(shard, run))
             .map(|shard| &shard.log)
-            .find(|log| log.state().runs.contains_key(run))
+    }
+
+    /// Whether `shard` holds `run`'s record.
+    fn holds(shard: &Shard, run: &str) -> bool {
+        shard.log.state().runs.contains_key(run)
     }
 
     /// The log `run`'s records go to: the one holding its record, else
@@ -749,9 +762,13 @@ impl Journal {
     ///
     /// [`StoreError`] when the log cannot be read.
     pub fn all_entries(&self, run: &str) -> Result<Vec<(String, u32, JournalEntry)>, StoreError> {
-        // A run's records are in one shard; the others have no segment of
-        // it to read.
-        let found = self.shards.iter().flat_map(|shard| {
+        // A run's records are in the shard holding its record (entries
+        // with no record, which only the by-id calls make, may be in any).
+        let shards: Vec<&Shard> = match self.shards.iter().find(|s| Self::holds(s, run)) {
+            Some(shard) => vec![shard],
+            None => self.shards.iter().collect(),
+        };
+        let found = shards.into_iter().flat_map(|shard| {
             shard.log.read_run(run, |record| match record {
                 Record::Entry {
                     scope, seq, entry, ..
@@ -777,9 +794,9 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
-        let log = self.log_for(run).clone();
-        push_finish(&log, run, drop_entries);
-        self.flush().await
+        let log = self.log_for(run);
+        push_finish(log, run, drop_entries);
+        log.write(&[], Mark::None, |_| {}).await
     }
 
     /// Every journaled run (unfinished, or finished and kept), optionally
@@ -843,10 +860,10 @@ impl Journal {
             for run in &stale {
                 push_drop(&shard.log, run);
             }
+            if !stale.is_empty() {
+                shard.log.write(&[], Mark::None, |_| {}).await?;
+            }
             pruned += stale.len();
-        }
-        if pruned > 0 {
-            self.flush().await?;
         }
         Ok(pruned)
     }
@@ -865,10 +882,16 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // Every shard is flushed, a failing one or not; the first failure
+        // is reported.
+        let mut result = Ok(());
         for shard in self.shards.iter() {
-            shard.log.write(&[], Mark::None, |_| {}).await?;
+            let flushed = shard.log.write(&[], Mark::None, |_| {}).await;
+            if result.is_ok() {
+                result = flushed;
+            }
         }
-        Ok(())
+        result
     }
 }
 
@@ -976,8 +999,19 @@ fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: 
 /// Open the journal shard in `dir`: its segments replayed to find its
 /// runs, its spare and prepared files taken up, its writer thread started.
 fn open_shard(dir: &std::path::Path, sync: crate::store::StoreSync) -> Result<Shard, StoreError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Io(format!("cannot create the journal {}: {e}", dir.display())))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Io(format!("cannot create the journal {}: {e}", dir.display()))
+        })?;
+        // The new directory's entry is durable before any segment in it.
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|parent| parent.sync_all())
+                .map_err(|e| {
+                    StoreError::Io(format!("cannot sync the journal {}: {e}", parent.display()))
+                })?;
+        }
+    }
     let ids = log::segment_ids(dir)?;
     let mut runs: RunMap<JournalRun> = RunMap::default();
     let mut segments = Segments::default();

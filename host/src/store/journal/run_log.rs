@@ -73,14 +73,22 @@ pub struct EntryAt<'a> {
 }
 
 impl Journal {
-    /// Begin journaling `run` in this process (`live`: its mark, from
-    /// [`Journal::mark_live`]). Its start record goes out with its first
-    /// write; it is listed among the journal's runs at once.
+    /// Begin journaling the new run `run` in this process (`live`: its
+    /// mark, from [`Journal::mark_live`]), in the shard of the calling
+    /// thread. Its start record goes out with its first write; it is
+    /// listed among the journal's runs at once. A run the journal already
+    /// holds goes on with [`Journal::begin_resumed`] instead, in the shard
+    /// holding it (begun here, it would have a record in two shards).
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the run's record cannot be encoded.
     pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
+        debug_assert!(
+            self.log_of(&run.run).is_none(),
+            "run {} is journaled already: resume it with begin_resumed",
+            run.run
+        );
         begin_in(self.writing_log(), run, live)
     }
 
