@@ -84,11 +84,6 @@ impl Journal {
     ///
     /// [`StoreError`] when the run's record cannot be encoded.
     pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        debug_assert!(
-            self.log_of(&run.run).is_none(),
-            "run {} is journaled already: resume it with begin_resumed",
-            run.run
-        );
         begin_in(self.writing_log(), run, live)
     }
 
