@@ -1034,6 +1034,12 @@ impl Shared {
         })
     }
 
+    /// Have the writer thread make the next segment's file ready.
+    pub(super) fn ask_to_prepare(&self) {
+        self.state().prepare = true;
+        self.wake.notify_one();
+    }
+
     /// A number for a run begun through this log, unique among them.
     pub(super) fn next_number(&self) -> u64 {
         self.numbers.fetch_add(1, Ordering::Relaxed)
@@ -1224,8 +1230,8 @@ pub(super) fn write_loop(shared: &Shared) {
 /// header of its next life written and synced and its pages read in
 /// ([`mapped::warm`]), so that the run whose append fills the segment only
 /// renames it and maps it, and its appends find the pages cached. Called
-/// by the writer thread, and when a shard of the journal is opened for its
-/// first segment.
+/// by the writer thread, and when the journal's first shard is opened for
+/// its first segment.
 pub(super) fn prepare_next(shared: &Shared) {
     if lock(&shared.io).prepared.is_some() {
         return;

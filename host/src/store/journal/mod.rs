@@ -628,7 +628,7 @@ impl Journal {
         .clamp(1, MAX_SHARDS);
         let count = writing.max(shards_on_disk(&dir)?);
         let shards = (0..count)
-            .map(|index| open_shard(&shard_dir(&dir, index), store.sync_mode()))
+            .map(|index| open_shard(&shard_dir(&dir, index), store.sync_mode(), index == 0))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Journal {
             shards: shards.into(),
@@ -998,7 +998,15 @@ fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: 
 
 /// Open the journal shard in `dir`: its segments replayed to find its
 /// runs, its spare and prepared files taken up, its writer thread started.
-fn open_shard(dir: &std::path::Path, sync: crate::store::StoreSync) -> Result<Shard, StoreError> {
+/// With in-place appends, the `first` shard's first segment file is made
+/// ready before this returns; the other shards' writer threads make theirs
+/// ready meanwhile (each costs a sync, which a process's start need not
+/// wait for several times over).
+fn open_shard(
+    dir: &std::path::Path,
+    sync: crate::store::StoreSync,
+    first: bool,
+) -> Result<Shard, StoreError> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Io(format!("cannot create the journal {}: {e}", dir.display()))
@@ -1055,8 +1063,8 @@ fn open_shard(dir: &std::path::Path, sync: crate::store::StoreSync) -> Result<Sh
     }
     let log = Shared::new(dir.to_owned(), sync, runs, segments, active, spare);
     // With in-place appends, the first segment's file is made ready
-    // (and warmed) now rather than by the first write, on its path.
-    if log.writes_in_place() {
+    // (and warmed) ahead of the first write rather than on its path.
+    if log.writes_in_place() && first {
         log::prepare_next(&log);
     }
     let thread = std::thread::Builder::new()
@@ -1066,6 +1074,9 @@ fn open_shard(dir: &std::path::Path, sync: crate::store::StoreSync) -> Result<Sh
             move || log::write_loop(&log)
         })
         .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
+    if log.writes_in_place() && !first {
+        log.ask_to_prepare();
+    }
     Ok(Shard {
         log: log.clone(),
         _writer: Writer {
