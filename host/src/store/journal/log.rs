@@ -1050,6 +1050,16 @@ impl Shared {
         lock(&self.state)
     }
 
+    /// Resolves once everything queued in this log before the call is
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails or the log is closed.
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        self.write(&[], Mark::None, |_| {}).await
+    }
+
     /// Queue `record` with its `mark` and write it, with whatever was
     /// queued before it: on the caller's thread when writes need no
     /// `fdatasync` each ([`Self::writes_in_place`]), else by the writer

@@ -796,7 +796,7 @@ impl Journal {
     pub async fn finish(&self, run: &str, drop_entries: bool) -> Result<(), StoreError> {
         let log = self.log_for(run);
         push_finish(log, run, drop_entries);
-        log.write(&[], Mark::None, |_| {}).await
+        log.flush().await
     }
 
     /// Every journaled run (unfinished, or finished and kept), optionally
@@ -861,7 +861,7 @@ impl Journal {
                 push_drop(&shard.log, run);
             }
             if !stale.is_empty() {
-                shard.log.write(&[], Mark::None, |_| {}).await?;
+                shard.log.flush().await?;
             }
             pruned += stale.len();
         }
@@ -886,7 +886,7 @@ impl Journal {
         // is reported.
         let mut result = Ok(());
         for shard in self.shards.iter() {
-            let flushed = shard.log.write(&[], Mark::None, |_| {}).await;
+            let flushed = shard.log.flush().await;
             if result.is_ok() {
                 result = flushed;
             }
@@ -1313,9 +1313,15 @@ mod tests {
     /// write (written by the writer thread), one whose store syncs on an
     /// interval (written in place by the caller).
     fn both_modes() -> [tempfile::TempDir; 2] {
-        let interval = tempfile::tempdir().unwrap();
-        std::fs::write(interval.path().join("interval"), "").unwrap();
-        [tempfile::tempdir().unwrap(), interval]
+        [tempfile::tempdir().unwrap(), interval_dir()]
+    }
+
+    /// A temporary directory whose store syncs on an interval (its
+    /// journal written in place), for [`open_at`].
+    fn interval_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("interval"), "").unwrap();
+        dir
     }
 
     /// The root scope's entries of `run`, each a JSON-encoded text.
@@ -1703,8 +1709,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_logs_free_and_reuse_segments_as_their_runs_finish() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let dir = interval_dir();
         let journal = open_at(dir.path());
         // A long run pins the first segment; runs of 1 MiB entries fill
         // segments behind it.
@@ -1722,8 +1727,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_that_writes_on_into_later_segments_reads_back_whole_when_reopened() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let dir = interval_dir();
         {
             let journal = open_at(dir.path());
             let long = begin_long_run(&journal).await;
@@ -1754,8 +1758,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_prepares_the_next_segment_and_a_crash_leaves_it_as_the_spare() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let dir = interval_dir();
         let log = log_dir(dir.path());
         let prepared = log.join(log::PREPARED_FILE);
         let inode = |path: &std::path::Path| std::fs::metadata(path).unwrap().ino();
@@ -1819,8 +1822,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_fails_every_later_flush_of_its_run() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("interval"), "").unwrap();
+        let dir = interval_dir();
         let journal = open_at(dir.path());
         // The first segment cannot be created: a directory has its name.
         std::fs::create_dir(log::segment_path(&log_dir(dir.path()), 0)).unwrap();
