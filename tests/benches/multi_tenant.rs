@@ -43,8 +43,8 @@
 //!
 //! `journal` adds the run journal to any variant: every result the
 //! architecture receives (the input, each completion, each tool turn) is
-//! committed to redb before the guest sees it, as crash-resumable runs
-//! need.
+//! written to the journal's log before the guest sees it, as
+//! crash-resumable runs need.
 //!
 //! `journal-ab` measures what the journal costs: the same load through
 //! one agent without the journal and one with it, on one host, their
@@ -410,10 +410,10 @@ fn main() {
         // The first pass also fills the instance pool, the allocator's
         // heaps and the page tables; the second is the steady state of a
         // server that has been up for a while. Both are reported.
-        let first = rt.block_on(load(&agent, Kind::React1, users, turns, 0));
+        let first = rt.block_on(load(&agent, Kind::React1, users, turns, "", 0));
         println!("{users} users x {turns} turns (first pass): {first}");
         let mut steady: Vec<Report> = (0..steady_passes())
-            .map(|pass| rt.block_on(load(&agent, Kind::React1, users, turns, pass + 1)))
+            .map(|pass| rt.block_on(load(&agent, Kind::React1, users, turns, "", pass + 1)))
             .collect();
         steady.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
         let median = &steady[steady.len() / 2];
@@ -497,7 +497,7 @@ fn ladder_shape(
     turns: usize,
 ) {
     for (variant, _, agent) in hosts {
-        let first = rt.block_on(load(agent, Kind::React1, users, turns, 0));
+        let first = rt.block_on(load(agent, Kind::React1, users, turns, "", 0));
         println!("{users} users x {turns} turns, {variant} (first pass): {first}");
     }
     let mut rounds: Vec<Vec<Report>> = Vec::new();
@@ -505,7 +505,8 @@ fn ladder_shape(
         let mut round: Vec<Option<Report>> = hosts.iter().map(|_| None).collect();
         for step in 0..hosts.len() {
             let i = (pass + step) % hosts.len();
-            round[i] = Some(rt.block_on(load(&hosts[i].2, Kind::React1, users, turns, pass + 1)));
+            round[i] =
+                Some(rt.block_on(load(&hosts[i].2, Kind::React1, users, turns, "", pass + 1)));
         }
         rounds.push(round.into_iter().flatten().collect());
     }
@@ -546,18 +547,18 @@ fn journal_ab_shape(
     turns: usize,
 ) {
     for (label, agent) in [("A", a), ("B", b)] {
-        let first = rt.block_on(load(agent, Kind::React1, users, turns, 0));
+        let first = rt.block_on(load(agent, Kind::React1, users, turns, label, 0));
         println!("{users} users x {turns} turns, {label} (first pass): {first}");
     }
     let mut pairs = Vec::new();
     for pass in 0..steady_passes() {
         let (ra, rb) = if pass % 2 == 0 {
-            let ra = rt.block_on(load(a, Kind::React1, users, turns, pass + 1));
-            let rb = rt.block_on(load(b, Kind::React1, users, turns, pass + 1));
+            let ra = rt.block_on(load(a, Kind::React1, users, turns, "A", pass + 1));
+            let rb = rt.block_on(load(b, Kind::React1, users, turns, "B", pass + 1));
             (ra, rb)
         } else {
-            let rb = rt.block_on(load(b, Kind::React1, users, turns, pass + 1));
-            let ra = rt.block_on(load(a, Kind::React1, users, turns, pass + 1));
+            let rb = rt.block_on(load(b, Kind::React1, users, turns, "B", pass + 1));
+            let ra = rt.block_on(load(a, Kind::React1, users, turns, "A", pass + 1));
             (ra, rb)
         };
         pairs.push((ra, rb));
@@ -632,7 +633,7 @@ fn compose_shape(
     turns: usize,
 ) {
     for (kind, agent) in agents {
-        let first = rt.block_on(load(agent, *kind, users, turns, 0));
+        let first = rt.block_on(load(agent, *kind, users, turns, "", 0));
         println!(
             "{users} users x {turns} turns, {} (first pass): {first}",
             kind.label()
@@ -643,7 +644,7 @@ fn compose_shape(
         for i in 0..agents.len() {
             let k = (pass + i) % agents.len();
             let (kind, agent) = &agents[k];
-            steady[k].push(rt.block_on(load(agent, *kind, users, turns, pass + 1)));
+            steady[k].push(rt.block_on(load(agent, *kind, users, turns, "", pass + 1)));
         }
     }
     println!(
@@ -750,7 +751,10 @@ impl std::fmt::Display for Report {
 const SETTLE: Duration = Duration::from_millis(30);
 
 /// Run `users` × `turns` turns of `kind` through `agent`, all users
-/// starting together; each user's turns share a session of this pass.
+/// starting together; each user's turns share a session of this pass and
+/// `series`. Loads through different agents of one host (the two of
+/// `journal-ab`) name different series, so that neither continues the
+/// other's sessions (a turn's cost grows with its session's history).
 ///
 /// A turn is isolated when its answer names the caller's tenant and user
 /// and: for ReAct, the turn's own run id; for a composed turn, a run id
@@ -758,8 +762,15 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// from the turn's (`<session>:worker`). Every run
 /// id a pass sees (the turns' and the sub-agents') must be distinct; each
 /// repeat counts as a violation.
-async fn load(agent: &Agent, kind: Kind, users: usize, turns: usize, pass: usize) -> Report {
-    let label = kind.label().replace('>', "-");
+async fn load(
+    agent: &Agent,
+    kind: Kind,
+    users: usize,
+    turns: usize,
+    series: &str,
+    pass: usize,
+) -> Report {
+    let label = format!("{}{series}", kind.label().replace('>', "-"));
     let cpu_start = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(users);
