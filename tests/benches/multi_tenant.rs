@@ -64,16 +64,27 @@
 //! minus `bare`'s and minus the variant before it in the same round. As
 //! with `journal-ab`, these are the numbers to trust on a noisy machine.
 //!
+//! `provider` puts the real OpenAI provider in the scripted model's place
+//! (the `react-1-tool` turn only): each completion is a streamed Chat
+//! Completions request over loopback HTTP to a server in a process of its
+//! own (this binary, started as `model-server`), which plays the same
+//! script (a `run_context` call, then the tool's result as the answer).
+//! The turn then does what a deployed one does on the client side
+//! (encoding the request, HTTP, parsing the event stream, pricing the
+//! usage); the server's CPU is its own process's and is not counted.
+//!
 //! `store-fsync-ms=N` makes the store fsync every N ms instead of 100
 //! (commits are visible at once either way; see `[store] fsync`).
 //!
 //! `passes=N` measures N steady passes (or pairs, or rounds) per shape
 //! instead of 15: more passes, a steadier median on a noisy machine.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [compose] [ladder] [store-fsync-ms=N] [passes=N]`
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [provider] [compose] [ladder] [store-fsync-ms=N] [passes=N]`
 
 use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
+use loom_host::model::http::Connection;
 use loom_host::model::offline::{ScriptedModel, ScriptedToolCall, ScriptedTurn};
+use loom_host::model::openai::{OpenAiConfig, OpenAiModel};
 use loom_host::model::{
     BoxFuture, ChunkSink, FinishReason, Message, Model, ModelError, ModelRequest, ModelResponse,
     Role, Usage,
@@ -293,6 +304,10 @@ impl Kind {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("model-server") {
+        model_server::serve();
+        return;
+    }
     loom_host::allocator::tune();
     let shapes: Vec<(usize, usize)> = std::env::args()
         .skip(1)
@@ -315,6 +330,7 @@ fn main() {
     let journal_ab = std::env::args().skip(1).any(|a| a == "journal-ab");
     let telemetry = std::env::args().skip(1).any(|a| a == "telemetry");
     let ladder = std::env::args().skip(1).any(|a| a == "ladder");
+    let provider = std::env::args().skip(1).any(|a| a == "provider");
     let store_fsync_ms = std::env::args()
         .skip(1)
         .find_map(|a| a.strip_prefix("store-fsync-ms=").map(str::to_owned))
@@ -362,6 +378,17 @@ fn main() {
         .expect("telemetry")
     });
     let (_env, host) = governed_host(&rt, &variant, compose, store_fsync_ms);
+    // Kept for the whole bench: dropping it stops the server.
+    let server = provider.then(model_server::ModelServer::start);
+    let react1 = |base: AgentBuilder| match &server {
+        Some(server) => base.model(server.model()).build().expect("agent"),
+        None => Kind::React1.agent(base),
+    };
+    let model_label = if provider {
+        "OpenAI provider over loopback HTTP (server in another process)"
+    } else {
+        "scripted model"
+    };
     let base_with = |journal: bool| {
         let mut builder = Agent::builder("Report who you serve.").host(host.clone());
         if sessions {
@@ -380,6 +407,10 @@ fn main() {
         "governance `{variant}` (sessions {sessions}, budgets+permissions+rate limits {budgets}, audit {audit}), journal {journal}, telemetry file {telemetry}"
     );
     if compose {
+        assert!(
+            !provider,
+            "`provider` measures the react-1-tool turn; it does not go with `compose`"
+        );
         println!(
             "composition under load: 2 worker threads, {TENANTS} tenants, scripted models, run_context tool; {features}; \
              kinds of turn interleaved pass by pass"
@@ -392,19 +423,19 @@ fn main() {
     }
     if journal_ab {
         println!(
-            "journal A/B: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; {features}; \
+            "journal A/B: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, {model_label}, run_context tool; {features}; \
              A = no journal, B = journal, passes interleaved"
         );
-        let a = Kind::React1.agent(base_with(false));
-        let b = Kind::React1.agent(base_with(true));
+        let a = react1(base_with(false));
+        let b = react1(base_with(true));
         for (users, turns) in shapes {
             journal_ab_shape(&rt, &a, &b, users, turns);
         }
         return;
     }
-    let agent = Kind::React1.agent(base());
+    let agent = react1(base());
     println!(
-        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, scripted model, run_context tool; {features}"
+        "multi-tenant load: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, {model_label}, run_context tool; {features}"
     );
     for (users, turns) in shapes {
         // The first pass also fills the instance pool, the allocator's
@@ -837,5 +868,180 @@ async fn load(
         p99: pct(0.99),
         violations,
         peak_rss_mib: peak_rss_kib() / 1024,
+    }
+}
+
+/// The `provider` mode's model server: a process of its own speaking the
+/// OpenAI Chat Completions wire format (HTTP/1.1 with keep-alive, the
+/// response streamed as server-sent events), playing the react-1-tool
+/// script statelessly from each request: a `run_context` call, or, once
+/// the conversation's last message is a tool result, that result as the
+/// answer.
+mod model_server {
+    use super::{Arc, Connection, Model, OpenAiConfig, OpenAiModel};
+    use serde_json::{Value, json};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Child, Command, Stdio};
+
+    /// The server process, stopped when dropped.
+    pub struct ModelServer {
+        child: Child,
+        base_url: String,
+    }
+
+    impl ModelServer {
+        /// Start this binary as `model-server` and read the address it
+        /// listens on.
+        pub fn start() -> ModelServer {
+            let exe = std::env::current_exe().expect("the bench's own path");
+            let mut child = Command::new(exe)
+                .arg("model-server")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the model server");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("its stdout"))
+                .read_line(&mut line)
+                .expect("the model server's address");
+            let base_url = format!("http://{}/v1", line.trim());
+            ModelServer { child, base_url }
+        }
+
+        /// The OpenAI provider, talking to this server.
+        pub fn model(&self) -> Arc<dyn Model> {
+            let connection = Connection::new("openai:gpt-4.1-mini", "gpt-4.1-mini", &self.base_url);
+            Arc::new(
+                OpenAiModel::new(OpenAiConfig {
+                    connection,
+                    native_structured_output: true,
+                    max_tokens_field: "max_completion_tokens".into(),
+                })
+                .expect("provider"),
+            )
+        }
+    }
+
+    impl Drop for ModelServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Serve on a loopback port (printed on stdout) until killed: a thread
+    /// per connection.
+    pub fn serve() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        println!("{}", listener.local_addr().expect("address"));
+        std::io::stdout().flush().expect("stdout");
+        for socket in listener.incoming().flatten() {
+            std::thread::spawn(move || connection(socket));
+        }
+    }
+
+    /// Answer requests on one connection until the client closes it.
+    fn connection(socket: std::net::TcpStream) {
+        let _ = socket.set_nodelay(true);
+        let mut writer = match socket.try_clone() {
+            Ok(writer) => writer,
+            Err(_) => return,
+        };
+        let mut reader = BufReader::new(socket);
+        let mut calls = 0u64;
+        loop {
+            let mut length = 0usize;
+            let mut line = String::new();
+            // The request line, then headers up to the blank line.
+            let mut first = true;
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line == "\r\n" {
+                    if first {
+                        continue;
+                    }
+                    break;
+                }
+                first = false;
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            calls += 1;
+            let events = reply(&body, calls);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                events.len()
+            );
+            if writer.write_all(head.as_bytes()).is_err()
+                || writer.write_all(events.as_bytes()).is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The event stream answering the request `body` (`call`: a number
+    /// for the tool call's id).
+    fn reply(body: &[u8], call: u64) -> String {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let last = request["messages"]
+            .as_array()
+            .and_then(|messages| messages.last())
+            .cloned()
+            .unwrap_or(Value::Null);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "gpt-4.1-mini",
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            })
+        };
+        let (deltas, output_chars) = if last["role"] == "tool" {
+            let answer = last["content"].as_str().unwrap_or_default().to_owned();
+            let chars = answer.len();
+            (
+                vec![
+                    chunk(json!({"role": "assistant", "content": ""}), None),
+                    chunk(json!({"content": answer}), None),
+                    chunk(json!({}), Some("stop")),
+                ],
+                chars,
+            )
+        } else {
+            (
+                vec![
+                    chunk(
+                        json!({"role": "assistant", "content": null, "tool_calls": [{
+                            "index": 0, "id": format!("call_{call}"), "type": "function",
+                            "function": {"name": "run_context", "arguments": "{}"},
+                        }]}),
+                        None,
+                    ),
+                    chunk(json!({}), Some("tool_calls")),
+                ],
+                16,
+            )
+        };
+        let prompt_tokens = body.len().div_ceil(4);
+        let completion_tokens = output_chars.div_ceil(4);
+        let usage = json!({
+            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        });
+        let mut events: String = deltas.iter().map(|c| format!("data: {c}\n\n")).collect();
+        events.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+        events
     }
 }
