@@ -1,21 +1,35 @@
 //! The `file` sink: JSON lines, one per closed span and per metric.
 //!
-//! Lines go through a buffer behind a mutex and reach the file when a root
-//! span (a whole run) closes, when the buffer fills, and when the
-//! [`super::TelemetryGuard`] is dropped. A write that fails is reported once
-//! on stderr and its line dropped; telemetry never fails the work it
+//! A record is encoded on the thread that closes its span and appended to
+//! a buffer under a short lock; nothing waits for the disk there. A writer
+//! thread of the sink's own writes the buffer out every
+//! [`WRITE_INTERVAL`]; a buffer that reaches [`WRITE_AT_BYTES`] is written
+//! at once by the thread that filled it (so a burst cannot grow it without
+//! bound), and [`FileSink::flush`] and dropping the sink (the
+//! [`super::TelemetryGuard`]) write out whatever is left. Batches reach the
+//! file in the order they were taken. A write that fails is reported once
+//! on stderr and its lines dropped; telemetry never fails the work it
 //! observes.
 
 use super::TelemetryError;
 use super::record::{Record, RecordLayer, RecordSink};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
+
+/// How long a line may wait in the buffer before the writer thread writes
+/// it out.
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A buffer this large is written out at once by the thread that filled it.
+pub const WRITE_AT_BYTES: usize = 256 << 10;
 
 /// An open JSONL telemetry file (appended to). Cloning shares the file.
 #[derive(Clone)]
@@ -25,9 +39,15 @@ pub struct FileSink {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<BufWriter<File>>,
+    /// Lines not written yet.
+    pending: Mutex<Vec<u8>>,
+    /// The file; held from taking a batch to writing it, so batches reach
+    /// the file in order.
+    file: Mutex<File>,
     /// Whether a failure was already reported.
     reported: AtomicBool,
+    /// Dropped with the sink: the writer thread then stops.
+    _stop: mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -39,11 +59,13 @@ impl std::fmt::Debug for FileSink {
 }
 
 impl FileSink {
-    /// Open `path` for appending, creating it (and its directory).
+    /// Open `path` for appending, creating it (and its directory), and
+    /// start the sink's writer thread.
     ///
     /// # Errors
     ///
-    /// [`TelemetryError::File`] when the file cannot be opened.
+    /// [`TelemetryError::File`] when the file cannot be opened or the
+    /// writer thread cannot be started.
     pub fn open(path: &Path) -> Result<Self, TelemetryError> {
         let fail = |source| TelemetryError::File {
             path: path.to_owned(),
@@ -57,13 +79,29 @@ impl FileSink {
             .append(true)
             .open(path)
             .map_err(fail)?;
-        Ok(FileSink {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: Mutex::new(BufWriter::with_capacity(64 << 10, file)),
-                reported: AtomicBool::new(false),
-            }),
-        })
+        let (stop, stopped) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            path: path.to_owned(),
+            pending: Mutex::new(Vec::new()),
+            file: Mutex::new(file),
+            reported: AtomicBool::new(false),
+            _stop: stop,
+        });
+        // The thread holds the sink weakly: the last clone's drop writes
+        // out the rest and disconnects the channel, which stops it.
+        let sink = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("loom-telemetry-file".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(WRITE_INTERVAL) {
+                    match sink.upgrade() {
+                        Some(inner) => inner.write_pending(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(fail)?;
+        Ok(FileSink { inner })
     }
 
     /// The file.
@@ -71,15 +109,9 @@ impl FileSink {
         &self.inner.path
     }
 
-    /// Write out what is buffered.
+    /// Write out every line recorded so far.
     pub fn flush(&self) {
-        let result = match self.inner.writer.lock() {
-            Ok(mut writer) => writer.flush(),
-            Err(poisoned) => poisoned.into_inner().flush(),
-        };
-        if let Err(error) = result {
-            self.inner.report(&error);
-        }
+        self.inner.write_pending();
     }
 
     /// A `tracing` layer writing to this file, for embedders composing
@@ -92,7 +124,33 @@ impl FileSink {
     }
 }
 
+/// `mutex`'s guard, whether or not a panicking thread poisoned it (a
+/// buffer of lines or a file handle stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 impl Inner {
+    /// Take the buffered lines and write them to the file.
+    fn write_pending(&self) {
+        let mut file = lock(&self.file);
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        self.write(&mut file, &batch);
+    }
+
+    /// Write `batch` to `file`, reporting a failure once.
+    fn write(&self, file: &mut File, batch: &[u8]) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(error) = file.write_all(batch) {
+            self.report(&error);
+        }
+    }
+
     fn report(&self, error: &std::io::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
             eprintln!(
@@ -111,27 +169,41 @@ impl RecordSink for FileSink {
             Err(_) => return,
         };
         line.push(b'\n');
-        let result = match self.inner.writer.lock() {
-            Ok(mut writer) => writer.write_all(&line),
-            Err(poisoned) => poisoned.into_inner().write_all(&line),
+        let full = {
+            let mut pending = lock(&self.inner.pending);
+            if pending.is_empty() {
+                pending.reserve(16 << 10);
+            }
+            pending.extend_from_slice(&line);
+            pending.len() >= WRITE_AT_BYTES
         };
-        if let Err(error) = result {
-            self.inner.report(&error);
+        if full {
+            self.inner.write_pending();
         }
     }
+}
 
-    fn root_closed(&self) {
-        self.flush();
+impl Drop for FileSink {
+    /// Whatever was recorded reaches the file before any clone of the sink
+    /// is gone (the writer thread may hold the last reference a moment
+    /// longer).
+    fn drop(&mut self) {
+        self.inner.write_pending();
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let writer = match self.writer.get_mut() {
-            Ok(writer) => writer,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Err(error) = writer.flush() {
+        let batch = std::mem::take(self.pending.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let written = self
+            .file
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&batch);
+        if let Err(error) = written {
             self.report(&error);
         }
     }
@@ -177,7 +249,9 @@ mod tests {
             drop(chat);
             run.record("gen_ai.usage.input_tokens", 42u64);
         });
-        // The root closed: the lines are on disk before the sink is dropped.
+        // Written out by the writer thread within its interval; `flush`
+        // writes them at once.
+        sink.flush();
         let got = lines(&path);
         assert_eq!(got.len(), 3, "{got:?}");
         let metric = &got[0];
@@ -210,6 +284,59 @@ mod tests {
         // Each line reads back as a typed record.
         let typed: Record = serde_json::from_value(metric.clone()).unwrap();
         assert!(matches!(typed, Record::Metric(m) if m.kind == MetricKind::Histogram));
+    }
+
+    #[test]
+    fn telemetry_file_lines_reach_the_file_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let sink = FileSink::open(&path).unwrap();
+        let subscriber = tracing_subscriber::registry().with(sink.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("run").in_scope(|| {});
+            // The writer thread writes the line while the sink lives on.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(&path).unwrap().is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the line never reached the file"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        assert_eq!(lines(&path).len(), 1);
+    }
+
+    #[test]
+    fn telemetry_file_writes_a_full_buffer_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let sink = FileSink::open(&path).unwrap();
+        let record = |n: usize| {
+            Record::Span(crate::telemetry::record::SpanRecord {
+                name: format!("span {n}"),
+                trace_id: "0".repeat(32),
+                span_id: "0".repeat(16),
+                parent_span_id: None,
+                start_unix_nanos: 0,
+                duration_ns: 0,
+                attributes: [("pad".to_owned(), serde_json::Value::from("x".repeat(1000)))]
+                    .into_iter()
+                    .collect(),
+            })
+        };
+        // Past the threshold: the recording thread writes the batch itself.
+        let mut n = 0;
+        while n * 1000 < WRITE_AT_BYTES {
+            sink.record(record(n));
+            n += 1;
+        }
+        let written = std::fs::metadata(&path).unwrap().len() as usize;
+        assert!(written >= WRITE_AT_BYTES, "{written} bytes written");
+        drop(sink);
+        let got = lines(&path);
+        assert_eq!(got.len(), n);
+        assert_eq!(got[n - 1]["name"], format!("span {}", n - 1), "in order");
     }
 
     #[test]

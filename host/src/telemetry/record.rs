@@ -109,8 +109,6 @@ pub enum Record {
 pub(crate) trait RecordSink: Send + Sync + 'static {
     /// Take one record.
     fn record(&self, record: Record);
-    /// A root span closed: a good moment to flush.
-    fn root_closed(&self) {}
 }
 
 /// The `tracing` layer feeding the file and memory sinks.
@@ -358,7 +356,6 @@ where
         let Some(data) = span.extensions_mut().remove::<SpanData>() else {
             return;
         };
-        let root = data.parent_span_id.is_none();
         self.deliver(Record::Span(SpanRecord {
             name: data.name,
             trace_id: format!("{:032x}", data.trace_id),
@@ -368,10 +365,5 @@ where
             duration_ns: u64::try_from(data.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             attributes: data.attributes,
         }));
-        if root {
-            for sink in &self.sinks {
-                sink.root_closed();
-            }
-        }
     }
 }
