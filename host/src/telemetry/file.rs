@@ -12,7 +12,7 @@
 //! observes.
 
 use super::TelemetryError;
-use super::record::{Record, RecordLayer, RecordSink};
+use super::record::{RecordLayer, RecordRef, RecordSink};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -162,21 +162,26 @@ impl Inner {
     }
 }
 
+thread_local! {
+    /// The line being encoded, kept by each thread between records.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl RecordSink for FileSink {
-    fn record(&self, record: Record) {
-        let mut line = match serde_json::to_vec(&record) {
-            Ok(line) => line,
-            Err(_) => return,
-        };
-        line.push(b'\n');
-        let full = {
+    fn record(&self, record: &RecordRef<'_>) {
+        let full = LINE.with_borrow_mut(|line| {
+            line.clear();
+            if serde_json::to_writer(&mut *line, record).is_err() {
+                return false;
+            }
+            line.push(b'\n');
             let mut pending = lock(&self.inner.pending);
             if pending.is_empty() {
                 pending.reserve(16 << 10);
             }
-            pending.extend_from_slice(&line);
+            pending.extend_from_slice(line);
             pending.len() >= WRITE_AT_BYTES
-        };
+        });
         if full {
             self.inner.write_pending();
         }
@@ -212,7 +217,7 @@ impl Drop for Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::record::MetricKind;
+    use crate::telemetry::record::{MetricKind, Record};
     use tracing_subscriber::layer::SubscriberExt;
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -312,31 +317,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
         let sink = FileSink::open(&path).unwrap();
-        let record = |n: usize| {
-            Record::Span(crate::telemetry::record::SpanRecord {
-                name: format!("span {n}"),
-                trace_id: "0".repeat(32),
-                span_id: "0".repeat(16),
-                parent_span_id: None,
-                start_unix_nanos: 0,
-                duration_ns: 0,
-                attributes: [("pad".to_owned(), serde_json::Value::from("x".repeat(1000)))]
-                    .into_iter()
-                    .collect(),
-            })
-        };
-        // Past the threshold: the recording thread writes the batch itself.
+        let subscriber = tracing_subscriber::registry().with(sink.layer());
+        let pad = "x".repeat(1000);
         let mut n = 0;
-        while n * 1000 < WRITE_AT_BYTES {
-            sink.record(record(n));
-            n += 1;
-        }
-        let written = std::fs::metadata(&path).unwrap().len() as usize;
-        assert!(written >= WRITE_AT_BYTES, "{written} bytes written");
+        tracing::subscriber::with_default(subscriber, || {
+            // Past the threshold: the recording thread writes the batch
+            // itself, without waiting for the writer thread.
+            while n * 1000 < WRITE_AT_BYTES {
+                tracing::info_span!("span", n, pad = pad.as_str()).in_scope(|| {});
+                n += 1;
+            }
+            let written = std::fs::metadata(&path).unwrap().len() as usize;
+            assert!(written >= WRITE_AT_BYTES, "{written} bytes written");
+        });
         drop(sink);
         let got = lines(&path);
         assert_eq!(got.len(), n);
-        assert_eq!(got[n - 1]["name"], format!("span {}", n - 1), "in order");
+        assert_eq!(got[n - 1]["attributes"]["n"], n - 1, "in order");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `memory` sink: spans and metrics kept in memory for embedders and
 //! tests, the oldest dropped past a bound.
 
-use super::record::{MetricRecord, Record, RecordLayer, RecordSink, SpanRecord};
+use super::record::{MetricRecord, Record, RecordLayer, RecordRef, RecordSink, SpanRecord};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::Subscriber;
@@ -116,7 +116,8 @@ impl MemorySink {
 }
 
 impl RecordSink for MemorySink {
-    fn record(&self, record: Record) {
+    fn record(&self, record: &RecordRef<'_>) {
+        let record = record.to_record();
         let mut buffer = self.lock();
         if buffer.records.len() >= buffer.capacity {
             buffer.records.pop_front();

@@ -2,13 +2,20 @@
 //! and one [`MetricRecord`] per metric event, built by one `tracing` layer
 //! that hands them to its sinks.
 //!
+//! The layer hands a sink a [`RecordRef`], borrowed from its own state: a
+//! sink that writes records out (the file) serializes that, to the same
+//! JSON a [`Record`] has, without building one; a sink that keeps them
+//! (memory) makes the owned [`Record`].
+//!
 //! Metric events follow `tracing-opentelemetry`'s convention (see
 //! [`super::metrics`]): a field named `monotonic_counter.NAME`,
 //! `counter.NAME`, `histogram.NAME` or `gauge.NAME` is a measurement of
 //! metric NAME; the event's other fields are its attributes.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -108,7 +115,136 @@ pub enum Record {
 /// Where the record layer delivers.
 pub(crate) trait RecordSink: Send + Sync + 'static {
     /// Take one record.
-    fn record(&self, record: Record);
+    fn record(&self, record: &RecordRef<'_>);
+}
+
+/// A record as the layer hands it to its sinks, borrowed from the layer's
+/// state; it serializes to the same JSON as the [`Record`] it stands for.
+pub(crate) enum RecordRef<'a> {
+    /// A closed span.
+    Span(SpanRef<'a>),
+    /// A metric measurement.
+    Metric(MetricRef<'a>),
+}
+
+/// A closed span, borrowed (see [`SpanRecord`]).
+pub(crate) struct SpanRef<'a> {
+    name: &'a str,
+    trace_id: u128,
+    span_id: u64,
+    parent_span_id: Option<u64>,
+    start_unix_nanos: u64,
+    duration_ns: u64,
+    attributes: &'a Attributes,
+}
+
+/// A metric measurement, borrowed (see [`MetricRecord`]).
+pub(crate) struct MetricRef<'a> {
+    name: &'static str,
+    kind: MetricKind,
+    value: &'a serde_json::Number,
+    attributes: &'a Attributes,
+}
+
+impl RecordRef<'_> {
+    /// The owned record.
+    pub(crate) fn to_record(&self) -> Record {
+        match self {
+            RecordRef::Span(span) => Record::Span(SpanRecord {
+                name: span.name.to_owned(),
+                trace_id: format!("{:032x}", span.trace_id),
+                span_id: format!("{:016x}", span.span_id),
+                parent_span_id: span.parent_span_id.map(|p| format!("{p:016x}")),
+                start_unix_nanos: span.start_unix_nanos,
+                duration_ns: span.duration_ns,
+                attributes: span.attributes.to_map(),
+            }),
+            RecordRef::Metric(metric) => Record::Metric(MetricRecord {
+                name: metric.name.to_owned(),
+                kind: metric.kind,
+                value: metric.value.clone(),
+                attributes: metric.attributes.to_map(),
+            }),
+        }
+    }
+}
+
+/// An id as the fixed number of lowercase hex digits [`SpanRecord`]
+/// writes (32 for a trace, 16 for a span), serialized without a string
+/// being built.
+struct Hex<const DIGITS: usize>(u128);
+
+impl<const DIGITS: usize> Serialize for Hex<DIGITS> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:0width$x}", self.0, width = DIGITS))
+    }
+}
+
+impl Serialize for RecordRef<'_> {
+    /// The fields of [`Record`]'s JSON, in its order: the tag `type`, then
+    /// the span's or the metric's own.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RecordRef::Span(span) => {
+                let mut out = serializer.serialize_struct("SpanRecord", 8)?;
+                out.serialize_field("type", "span")?;
+                out.serialize_field("name", span.name)?;
+                out.serialize_field("trace_id", &Hex::<32>(span.trace_id))?;
+                out.serialize_field("span_id", &Hex::<16>(u128::from(span.span_id)))?;
+                out.serialize_field(
+                    "parent_span_id",
+                    &span.parent_span_id.map(|p| Hex::<16>(u128::from(p))),
+                )?;
+                out.serialize_field("start_unix_nanos", &span.start_unix_nanos)?;
+                out.serialize_field("duration_ns", &span.duration_ns)?;
+                out.serialize_field("attributes", span.attributes)?;
+                out.end()
+            }
+            RecordRef::Metric(metric) => {
+                let mut out = serializer.serialize_struct("MetricRecord", 5)?;
+                out.serialize_field("type", "metric")?;
+                out.serialize_field("name", metric.name)?;
+                out.serialize_field("kind", &metric.kind)?;
+                out.serialize_field("value", metric.value)?;
+                out.serialize_field("attributes", metric.attributes)?;
+                out.end()
+            }
+        }
+    }
+}
+
+/// A span's or an event's fields by name, each name once, sorted by name
+/// (as the [`BTreeMap`] of the owned records has them). Field names are
+/// the callsites' own `'static` strings: nothing is allocated per key.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Attributes(Vec<(&'static str, Value)>);
+
+impl Attributes {
+    /// Set `key` to `value` (a later value replaces an earlier one).
+    fn insert(&mut self, key: &'static str, value: Value) {
+        match self.0.binary_search_by(|(name, _)| (*name).cmp(key)) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (key, value)),
+        }
+    }
+
+    /// The owned map.
+    fn to_map(&self) -> BTreeMap<String, Value> {
+        self.0
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect()
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// The `tracing` layer feeding the file and memory sinks.
@@ -122,31 +258,29 @@ impl RecordLayer {
         RecordLayer { sinks }
     }
 
-    fn deliver(&self, record: Record) {
-        if let Some((last, rest)) = self.sinks.split_last() {
-            for sink in rest {
-                sink.record(record.clone());
-            }
-            last.record(record);
+    fn deliver(&self, record: &RecordRef<'_>) {
+        for sink in &self.sinks {
+            sink.record(record);
         }
     }
 }
 
 /// What the layer keeps on each live span.
 struct SpanData {
-    name: String,
+    /// The callsite's name, or the `otel.name` the span set.
+    name: Cow<'static, str>,
     trace_id: u128,
     span_id: u64,
     parent_span_id: Option<u64>,
     start_unix_nanos: u64,
     started: Instant,
-    attributes: BTreeMap<String, Value>,
+    attributes: Attributes,
 }
 
 /// Records span fields as JSON values.
 struct SpanVisitor<'a> {
-    name: &'a mut String,
-    attributes: &'a mut BTreeMap<String, Value>,
+    name: &'a mut Cow<'static, str>,
+    attributes: &'a mut Attributes,
 }
 
 impl SpanVisitor<'_> {
@@ -154,10 +288,10 @@ impl SpanVisitor<'_> {
         let key = field.name();
         if key == "otel.name" {
             if let Value::String(name) = value {
-                *self.name = name;
+                *self.name = Cow::Owned(name);
             }
         } else if !key.starts_with("otel.") {
-            self.attributes.insert(key.to_owned(), value);
+            self.attributes.insert(key, value);
         }
     }
 }
@@ -206,8 +340,8 @@ fn wide(fits: Option<Value>, value: impl std::fmt::Display) -> Value {
 /// Splits a metric event into its measurements and attributes.
 #[derive(Default)]
 struct MetricVisitor {
-    measurements: Vec<(String, MetricKind, serde_json::Number)>,
-    attributes: BTreeMap<String, Value>,
+    measurements: Vec<(&'static str, MetricKind, serde_json::Number)>,
+    attributes: Attributes,
 }
 
 /// The metric and instrument a field name declares, if it declares one.
@@ -226,10 +360,10 @@ impl MetricVisitor {
     fn number(&mut self, field: &Field, number: Option<serde_json::Number>, value: Value) {
         match (metric_field(field.name()), number) {
             (Some((metric, kind)), Some(number)) => {
-                self.measurements.push((metric.to_owned(), kind, number));
+                self.measurements.push((metric, kind, number));
             }
             _ => {
-                self.attributes.insert(field.name().to_owned(), value);
+                self.attributes.insert(field.name(), value);
             }
         }
     }
@@ -239,16 +373,15 @@ impl Visit for MetricVisitor {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() != "message" {
             self.attributes
-                .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+                .insert(field.name(), Value::String(format!("{value:?}")));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.attributes
-            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+            .insert(field.name(), Value::String(value.to_owned()));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.attributes
-            .insert(field.name().to_owned(), Value::Bool(value));
+        self.attributes.insert(field.name(), Value::Bool(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.number(field, Some(value.into()), Value::from(value));
@@ -301,13 +434,13 @@ where
             None => (fastrand::u128(1..), None),
         };
         let mut data = SpanData {
-            name: attrs.metadata().name().to_owned(),
+            name: Cow::Borrowed(attrs.metadata().name()),
             trace_id,
             span_id: fastrand::u64(1..),
             parent_span_id,
             start_unix_nanos: unix_nanos(),
             started: Instant::now(),
-            attributes: BTreeMap::new(),
+            attributes: Attributes::default(),
         };
         attrs.record(&mut SpanVisitor {
             name: &mut data.name,
@@ -339,12 +472,12 @@ where
             measurements,
             attributes,
         } = visitor;
-        for (name, kind, value) in measurements {
-            self.deliver(Record::Metric(MetricRecord {
+        for (name, kind, value) in &measurements {
+            self.deliver(&RecordRef::Metric(MetricRef {
                 name,
-                kind,
+                kind: *kind,
                 value,
-                attributes: attributes.clone(),
+                attributes: &attributes,
             }));
         }
     }
@@ -356,14 +489,14 @@ where
         let Some(data) = span.extensions_mut().remove::<SpanData>() else {
             return;
         };
-        self.deliver(Record::Span(SpanRecord {
-            name: data.name,
-            trace_id: format!("{:032x}", data.trace_id),
-            span_id: format!("{:016x}", data.span_id),
-            parent_span_id: data.parent_span_id.map(|p| format!("{p:016x}")),
+        self.deliver(&RecordRef::Span(SpanRef {
+            name: &data.name,
+            trace_id: data.trace_id,
+            span_id: data.span_id,
+            parent_span_id: data.parent_span_id,
             start_unix_nanos: data.start_unix_nanos,
             duration_ns: u64::try_from(data.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            attributes: data.attributes,
+            attributes: &data.attributes,
         }));
     }
 }
