@@ -40,7 +40,10 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     };
-    // Flush the file and export the rest over OTLP before exiting.
+    // Spans closed as the runtime shuts its tasks down are recorded too:
+    // then the file is written out and OTLP (on its own runtime) exports
+    // the rest.
+    drop(runtime);
     drop(telemetry);
     code
 }

@@ -1,35 +1,43 @@
 //! The `file` sink: JSON lines, one per closed span and per metric.
 //!
-//! A record is encoded on the thread that closes its span and appended to
-//! a buffer under a short lock; nothing waits for the disk there. A writer
-//! thread of the sink's own writes the buffer out every
-//! [`WRITE_INTERVAL`]; a buffer that reaches [`WRITE_AT_BYTES`] is written
-//! at once by the thread that filled it (so a burst cannot grow it without
-//! bound), and [`FileSink::flush`] and dropping the sink (the
+//! A record is encoded on the thread that closes its span or emits its
+//! metric and appended to a buffer under a short lock; nothing waits for
+//! the disk there. When the buffer stops being empty, the sink's writer
+//! thread is woken; it lets lines gather for [`WRITE_INTERVAL`] and writes
+//! them out (an idle sink's thread sleeps until there is something to
+//! write). The record that takes the buffer past [`WRITE_AT_BYTES`] writes
+//! it at once (so a burst cannot grow it without bound), and
+//! [`FileSink::flush`] and dropping the sink (the
 //! [`super::TelemetryGuard`]) write out whatever is left. Batches reach the
-//! file in the order they were taken. A write that fails is reported once
-//! on stderr and its lines dropped; telemetry never fails the work it
-//! observes.
+//! file in the order they were taken. A write that fails is reported on
+//! stderr (once per outage) and its lines dropped; the next batch starts on
+//! a line of its own. Telemetry never fails the work it observes.
 
 use super::TelemetryError;
 use super::record::{RecordLayer, RecordRef, RecordSink};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-/// How long a line may wait in the buffer before the writer thread writes
-/// it out.
+/// How long the writer thread lets lines gather, once woken by the first
+/// of them, before it writes them out.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A buffer this large is written out at once by the thread that filled it.
+/// The record that takes the buffer past this many bytes writes it at
+/// once, on its own thread.
 pub const WRITE_AT_BYTES: usize = 256 << 10;
+
+/// A thread's line buffer is let go rather than kept once a record made it
+/// this large.
+const KEEP_LINE_BYTES: usize = 64 << 10;
 
 /// An open JSONL telemetry file (appended to). Cloning shares the file.
 #[derive(Clone)]
@@ -41,13 +49,14 @@ struct Inner {
     path: PathBuf,
     /// Lines not written yet.
     pending: Mutex<Vec<u8>>,
-    /// The file; held from taking a batch to writing it, so batches reach
-    /// the file in order.
-    file: Mutex<File>,
-    /// Whether a failure was already reported.
+    /// The file, and whether the last write to it failed (so the next
+    /// batch starts a line of its own); held from taking a batch to
+    /// writing it, so batches reach the file in order.
+    file: Mutex<(File, bool)>,
+    /// Whether the current outage was already reported.
     reported: AtomicBool,
-    /// Dropped with the sink: the writer thread then stops.
-    _stop: mpsc::Sender<()>,
+    /// Wakes the writer thread; dropped with the sink, which stops it.
+    wake: SyncSender<()>,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -67,6 +76,12 @@ impl FileSink {
     /// [`TelemetryError::File`] when the file cannot be opened or the
     /// writer thread cannot be started.
     pub fn open(path: &Path) -> Result<Self, TelemetryError> {
+        Self::open_writing_every(path, WRITE_INTERVAL)
+    }
+
+    /// [`Self::open`], the writer thread letting lines gather for
+    /// `interval`.
+    fn open_writing_every(path: &Path, interval: Duration) -> Result<Self, TelemetryError> {
         let fail = |source| TelemetryError::File {
             path: path.to_owned(),
             source,
@@ -79,13 +94,13 @@ impl FileSink {
             .append(true)
             .open(path)
             .map_err(fail)?;
-        let (stop, stopped) = mpsc::channel();
+        let (wake, woken) = mpsc::sync_channel(1);
         let inner = Arc::new(Inner {
             path: path.to_owned(),
             pending: Mutex::new(Vec::new()),
-            file: Mutex::new(file),
+            file: Mutex::new((file, false)),
             reported: AtomicBool::new(false),
-            _stop: stop,
+            wake,
         });
         // The thread holds the sink weakly: the last clone's drop writes
         // out the rest and disconnects the channel, which stops it.
@@ -93,7 +108,16 @@ impl FileSink {
         std::thread::Builder::new()
             .name("loom-telemetry-file".into())
             .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(WRITE_INTERVAL) {
+                while woken.recv().is_ok() {
+                    // The whole interval, whatever wakes it meanwhile.
+                    let until = Instant::now() + interval;
+                    loop {
+                        match woken.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(()) => {}
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
                     match sink.upgrade() {
                         Some(inner) => inner.write_pending(),
                         None => return,
@@ -138,52 +162,109 @@ impl Inner {
     fn write_pending(&self) {
         let mut file = lock(&self.file);
         let batch = std::mem::take(&mut *lock(&self.pending));
-        self.write(&mut file, &batch);
+        let (file, torn) = &mut *file;
+        self.write(file, torn, &batch);
     }
 
-    /// Write `batch` to `file`, reporting a failure once.
-    fn write(&self, file: &mut File, batch: &[u8]) {
+    /// Write `batch` to `file`; `torn`: whether the last write failed,
+    /// perhaps part-way through a line.
+    fn write(&self, file: &mut File, torn: &mut bool, batch: &[u8]) {
         if batch.is_empty() {
             return;
         }
-        if let Err(error) = file.write_all(batch) {
-            self.report(&error);
+        let written = if *torn {
+            file.write_all(b"\n").and_then(|()| file.write_all(batch))
+        } else {
+            file.write_all(batch)
+        };
+        match written {
+            Ok(()) => {
+                *torn = false;
+                self.reported.store(false, Ordering::Relaxed);
+            }
+            Err(error) => {
+                *torn = true;
+                self.report(&error);
+            }
         }
     }
 
     fn report(&self, error: &std::io::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            // Best effort: a closed stderr is no reason to fail anything.
+            let _ = writeln!(
+                std::io::stderr(),
                 "loom: cannot write the telemetry file {}: {error}; its lines are dropped while \
                  this lasts",
                 self.path.display()
             );
         }
     }
+
+    /// Append the encoded `line` to the buffer: wake the writer thread if
+    /// it was empty, write the buffer out if the line took it past
+    /// [`WRITE_AT_BYTES`].
+    fn append(&self, line: &[u8]) {
+        let (was_empty, crossed) = {
+            let mut pending = lock(&self.pending);
+            let before = pending.len();
+            if before == 0 {
+                pending.reserve(16 << 10);
+            }
+            pending.extend_from_slice(line);
+            (
+                before == 0,
+                before < WRITE_AT_BYTES && pending.len() >= WRITE_AT_BYTES,
+            )
+        };
+        if crossed {
+            self.write_pending();
+        } else if was_empty {
+            // Full: a wake-up is already on its way.
+            if let Err(TrySendError::Disconnected(())) = self.wake.try_send(()) {
+                self.write_pending();
+            }
+        }
+    }
 }
 
 thread_local! {
     /// The line being encoded, kept by each thread between records.
-    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `record` as one JSON line in `line` (emptied first); whether it could
+/// be encoded.
+fn encode_line(record: &RecordRef<'_>, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    if serde_json::to_writer(&mut *line, record).is_err() {
+        return false;
+    }
+    line.push(b'\n');
+    true
 }
 
 impl RecordSink for FileSink {
     fn record(&self, record: &RecordRef<'_>) {
-        let full = LINE.with_borrow_mut(|line| {
-            line.clear();
-            if serde_json::to_writer(&mut *line, record).is_err() {
-                return false;
+        // The thread's own line buffer, or (while it is in use, or the
+        // thread is shutting down) one for this record.
+        let kept = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                if encode_line(record, &mut line) {
+                    self.inner.append(&line);
+                }
+                if line.capacity() > KEEP_LINE_BYTES {
+                    *line = Vec::new();
+                }
+                true
             }
-            line.push(b'\n');
-            let mut pending = lock(&self.inner.pending);
-            if pending.is_empty() {
-                pending.reserve(16 << 10);
-            }
-            pending.extend_from_slice(line);
-            pending.len() >= WRITE_AT_BYTES
+            Err(_) => false,
         });
-        if full {
-            self.inner.write_pending();
+        if kept != Ok(true) {
+            let mut line = Vec::new();
+            if encode_line(record, &mut line) {
+                self.inner.append(&line);
+            }
         }
     }
 }
@@ -198,19 +279,9 @@ impl Drop for FileSink {
 }
 
 impl Drop for Inner {
+    /// The rest, should the writer thread have held the last reference.
     fn drop(&mut self) {
-        let batch = std::mem::take(self.pending.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return;
-        }
-        let written = self
-            .file
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&batch);
-        if let Err(error) = written {
-            self.report(&error);
-        }
+        self.write_pending();
     }
 }
 
@@ -316,7 +387,8 @@ mod tests {
     fn telemetry_file_writes_a_full_buffer_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
-        let sink = FileSink::open(&path).unwrap();
+        // The writer thread waits an hour: only the threshold writes.
+        let sink = FileSink::open_writing_every(&path, Duration::from_secs(3600)).unwrap();
         let subscriber = tracing_subscriber::registry().with(sink.layer());
         let pad = "x".repeat(1000);
         let mut n = 0;
