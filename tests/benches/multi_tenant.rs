@@ -303,6 +303,27 @@ impl Kind {
     }
 }
 
+/// Raise the soft limit on open files to the hard one: 500 users over two
+/// agents keep a thousand connections to the model server open.
+#[allow(
+    unsafe_code,
+    reason = "reading and setting a resource limit are single libc calls"
+)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to write to and to read from.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("model-server") {
         model_server::serve();
@@ -379,6 +400,9 @@ fn main() {
     });
     let (_env, host) = governed_host(&rt, &variant, compose, store_fsync_ms);
     // Kept for the whole bench: dropping it stops the server.
+    if provider {
+        raise_open_files_limit();
+    }
     let server = provider.then(model_server::ModelServer::start);
     let react1 = |base: AgentBuilder| match &server {
         Some(server) => base.model(server.model()).build().expect("agent"),
@@ -883,7 +907,8 @@ mod model_server {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::{Child, Command, Stdio};
 
-    /// The server process, stopped when dropped.
+    /// The server process, stopped when dropped (and, should the bench
+    /// die first, when its stdin closes).
     pub struct ModelServer {
         child: Child,
         base_url: String,
@@ -896,6 +921,7 @@ mod model_server {
             let exe = std::env::current_exe().expect("the bench's own path");
             let mut child = Command::new(exe)
                 .arg("model-server")
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("start the model server");
@@ -928,24 +954,34 @@ mod model_server {
         }
     }
 
-    /// Serve on a loopback port (printed on stdout) until killed: a thread
-    /// per connection.
+    /// Serve on a loopback port (printed on stdout) until killed or until
+    /// stdin closes (the bench is gone): a thread per connection.
     pub fn serve() {
+        super::raise_open_files_limit();
+        std::thread::spawn(|| {
+            let mut rest = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut rest);
+            std::process::exit(0);
+        });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         println!("{}", listener.local_addr().expect("address"));
         std::io::stdout().flush().expect("stdout");
-        for socket in listener.incoming().flatten() {
-            std::thread::spawn(move || connection(socket));
+        for socket in listener.incoming() {
+            match socket {
+                Ok(socket) => {
+                    std::thread::spawn(move || connection(&socket));
+                }
+                // Out of descriptors or threads for a moment: let the
+                // client wait rather than spin.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
         }
     }
 
     /// Answer requests on one connection until the client closes it.
-    fn connection(socket: std::net::TcpStream) {
+    fn connection(socket: &std::net::TcpStream) {
         let _ = socket.set_nodelay(true);
-        let mut writer = match socket.try_clone() {
-            Ok(writer) => writer,
-            Err(_) => return,
-        };
+        let mut writer = socket;
         let mut reader = BufReader::new(socket);
         let mut calls = 0u64;
         loop {
