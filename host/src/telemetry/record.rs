@@ -152,9 +152,11 @@ impl RecordRef<'_> {
         match self {
             RecordRef::Span(span) => Record::Span(SpanRecord {
                 name: span.name.to_owned(),
-                trace_id: format!("{:032x}", span.trace_id),
-                span_id: format!("{:016x}", span.span_id),
-                parent_span_id: span.parent_span_id.map(|p| format!("{p:016x}")),
+                trace_id: Hex::<32>(span.trace_id).to_string(),
+                span_id: Hex::<16>(u128::from(span.span_id)).to_string(),
+                parent_span_id: span
+                    .parent_span_id
+                    .map(|p| Hex::<16>(u128::from(p)).to_string()),
                 start_unix_nanos: span.start_unix_nanos,
                 duration_ns: span.duration_ns,
                 attributes: span.attributes.to_map(),
@@ -170,13 +172,19 @@ impl RecordRef<'_> {
 }
 
 /// An id as the fixed number of lowercase hex digits [`SpanRecord`]
-/// writes (32 for a trace, 16 for a span), serialized without a string
+/// holds (32 for a trace, 16 for a span); serialized without a string
 /// being built.
 struct Hex<const DIGITS: usize>(u128);
 
+impl<const DIGITS: usize> std::fmt::Display for Hex<DIGITS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:0width$x}", self.0, width = DIGITS)
+    }
+}
+
 impl<const DIGITS: usize> Serialize for Hex<DIGITS> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:0width$x}", self.0, width = DIGITS))
+        serializer.collect_str(self)
     }
 }
 
@@ -498,5 +506,61 @@ where
             duration_ns: u64::try_from(data.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             attributes: &data.attributes,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file writes a borrowed record; the memory sink keeps the owned
+    /// one. Both must be the same JSON, and the line must read back.
+    #[test]
+    fn a_borrowed_record_serializes_as_its_owned_record() {
+        let mut attributes = Attributes::default();
+        attributes.insert("loom.tenant", Value::from("acme"));
+        attributes.insert("gen_ai.usage.input_tokens", Value::from(1u64));
+        attributes.insert("gen_ai.usage.input_tokens", Value::from(42u64));
+        let value = serde_json::Number::from(7u64);
+        let records = [
+            RecordRef::Span(SpanRef {
+                name: "chat echo",
+                trace_id: 0xab,
+                span_id: 0xcd,
+                parent_span_id: Some(0xef),
+                start_unix_nanos: 1,
+                duration_ns: 2,
+                attributes: &attributes,
+            }),
+            RecordRef::Span(SpanRef {
+                name: "invoke_agent",
+                trace_id: u128::MAX,
+                span_id: u64::MAX,
+                parent_span_id: None,
+                start_unix_nanos: 3,
+                duration_ns: 4,
+                attributes: &Attributes::default(),
+            }),
+            RecordRef::Metric(MetricRef {
+                name: "loom.tool.duration",
+                kind: MetricKind::Histogram,
+                value: &value,
+                attributes: &attributes,
+            }),
+        ];
+        for record in &records {
+            let line = serde_json::to_string(record).unwrap();
+            let owned = record.to_record();
+            assert_eq!(line, serde_json::to_string(&owned).unwrap());
+            assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), owned);
+        }
+        let RecordRef::Span(span) = &records[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            span.attributes.to_map()["gen_ai.usage.input_tokens"],
+            42,
+            "a field recorded twice keeps the later value"
+        );
     }
 }
