@@ -44,6 +44,7 @@ pub mod retrieval;
 pub mod secret;
 pub mod service;
 pub mod store;
+mod sync;
 pub mod telemetry;
 pub mod tenancy;
 pub mod tls;

@@ -585,10 +585,7 @@ impl Harness for Gate {
 
 impl Gate {
     fn fill_random(&self, bytes: &mut [u8]) {
-        let mut rng = match self.random.lock() {
-            Ok(rng) => rng,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut rng = crate::sync::lock(&self.random);
         rng.fill_bytes(bytes);
     }
 }
@@ -647,18 +644,12 @@ impl MonotonicClock {
 
     /// A recorded reading replayed: live readings continue from it.
     fn replayed(&self, value: u64) {
-        if let Ok(mut origin) = self.origin.lock() {
-            *origin = (Instant::now(), value);
-        }
+        *crate::sync::lock(&self.origin) = (Instant::now(), value);
         self.last.fetch_max(value, Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
-        let (instant, base) = self
-            .origin
-            .lock()
-            .map(|origin| *origin)
-            .unwrap_or_else(|poisoned| *poisoned.into_inner());
+        let (instant, base) = *crate::sync::lock(&self.origin);
         let elapsed = u64::try_from(instant.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let now = base.saturating_add(elapsed);
         self.last.fetch_max(now, Ordering::Relaxed).max(now)

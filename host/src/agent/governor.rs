@@ -22,6 +22,7 @@ use crate::governance::ratelimit::{RateKind, RateLimited, Rates};
 use crate::governance::{Governance, PolicyRef, TenantGovernance};
 use crate::host::Host;
 use crate::model::Usage;
+use crate::sync::lock;
 use crate::tenancy::ids::Scope;
 use serde_json::json;
 use sha2::Digest;
@@ -75,13 +76,6 @@ pub(crate) struct Governor {
 
 /// Output tokens reserved for a model call that names no cap of its own.
 const DEFAULT_OUTPUT_RESERVE: u32 = 4096;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// What the permission chain knows of a tool: its spec and whether it is
 /// tagged as a file edit. Tools of components and the host's own tools

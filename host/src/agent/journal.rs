@@ -308,10 +308,7 @@ impl RunJournal {
         if !self.resumed {
             return None;
         }
-        let mut replay = match self.replay.lock() {
-            Ok(replay) => replay,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut replay = crate::sync::lock(&self.replay);
         let entries = replay.get_mut(scope)?;
         let entry = entries.remove(&seq);
         if entries.is_empty() {

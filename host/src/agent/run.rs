@@ -99,18 +99,14 @@ impl RunState {
     }
 
     fn charge(&self, usage: Usage, cost: f64) {
-        if let Ok(mut total) = self.usage.lock() {
-            total.add(usage);
-        }
-        if let Ok(mut total) = self.cost.lock() {
-            *total += cost;
-        }
+        crate::sync::lock(&self.usage).add(usage);
+        *crate::sync::lock(&self.cost) += cost;
     }
 
     fn totals(&self) -> (Usage, f64) {
         (
-            self.usage.lock().map(|u| *u).unwrap_or_default(),
-            self.cost.lock().map(|c| *c).unwrap_or_default(),
+            *crate::sync::lock(&self.usage),
+            *crate::sync::lock(&self.cost),
         )
     }
 }

@@ -92,10 +92,7 @@ impl DiskLedger {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
-        match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.state)
     }
 
     /// Whether the directories have never been measured.

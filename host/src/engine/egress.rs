@@ -59,9 +59,8 @@ pub type DenialLog = Arc<Mutex<Vec<String>>>;
 /// Push a denial message, keeping at most 32 per call.
 fn record(denials: &DenialLog, message: String) {
     tracing::warn!(target: "loom::egress", "{message}");
-    if let Ok(mut list) = denials.lock()
-        && list.len() < 32
-    {
+    let mut list = crate::sync::lock(denials);
+    if list.len() < 32 {
         list.push(message);
     }
 }

@@ -90,10 +90,8 @@ impl Refusals {
     const MAX: usize = 8;
 
     fn note(&self, reason: String) {
-        if let Ok(mut notes) = self.0.lock()
-            && notes.len() < Self::MAX
-            && !notes.contains(&reason)
-        {
+        let mut notes = crate::sync::lock(&self.0);
+        if notes.len() < Self::MAX && !notes.contains(&reason) {
             notes.push(reason);
         }
     }

@@ -254,21 +254,14 @@ impl CappedPipe {
     /// The captured text so far and whether anything was dropped, leaving it
     /// in place.
     pub(crate) fn peek(&self) -> (String, bool) {
-        match self.inner.lock() {
-            Ok(guard) => (String::from_utf8_lossy(&guard.0).into_owned(), guard.1),
-            Err(_) => (String::new(), false),
-        }
+        let guard = crate::sync::lock(&self.inner);
+        (String::from_utf8_lossy(&guard.0).into_owned(), guard.1)
     }
 
     /// The captured text and whether anything was dropped.
     pub(crate) fn take(&self) -> (String, bool) {
-        match self.inner.lock() {
-            Ok(mut guard) => {
-                let (bytes, truncated) = std::mem::take(&mut *guard);
-                (String::from_utf8_lossy(&bytes).into_owned(), truncated)
-            }
-            Err(_) => (String::new(), false),
-        }
+        let (bytes, truncated) = std::mem::take(&mut *crate::sync::lock(&self.inner));
+        (String::from_utf8_lossy(&bytes).into_owned(), truncated)
     }
 }
 
@@ -290,13 +283,12 @@ impl tokio::io::AsyncWrite for CappedPipe {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if let Ok(mut guard) = self.inner.lock() {
-            let room = self.capacity.saturating_sub(guard.0.len());
-            let take = room.min(buf.len());
-            guard.0.extend_from_slice(&buf[..take]);
-            if take < buf.len() {
-                guard.1 = true;
-            }
+        let mut guard = crate::sync::lock(&self.inner);
+        let room = self.capacity.saturating_sub(guard.0.len());
+        let take = room.min(buf.len());
+        guard.0.extend_from_slice(&buf[..take]);
+        if take < buf.len() {
+            guard.1 = true;
         }
         std::task::Poll::Ready(Ok(buf.len()))
     }

@@ -669,10 +669,7 @@ impl Drop for Inner {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let done = match self.done.get_mut() {
-            Ok(done) => done,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let done = crate::sync::get_mut(&mut self.done);
         match done.recv_timeout(SHUTDOWN_WAIT) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if thread.join().is_err() {

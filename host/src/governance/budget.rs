@@ -587,14 +587,11 @@ struct RunSpendInner {
 impl RunSpend {
     /// What the run has spent so far.
     pub fn used(&self) -> Amounts {
-        self.inner.lock().map(|i| i.used).unwrap_or_default()
+        self.lock().used
     }
 
     fn lock(&self) -> MutexGuard<'_, RunSpendInner> {
-        match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.inner)
     }
 }
 
@@ -896,10 +893,7 @@ impl BudgetLedger {
 
 impl LedgerInner {
     fn lock(&self) -> MutexGuard<'_, LedgerState> {
-        match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.state)
     }
 
     fn clock(&self) -> Clock {
@@ -1150,10 +1144,7 @@ impl LedgerInner {
         // syncs the store after it.
         store.write_later(
             Box::new(move |txn| {
-                let mut taken = match snapshot.lock() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
+                let mut taken = crate::sync::lock(&snapshot);
                 if taken.is_none() {
                     *taken = Some(ledger.upgrade().map(|l| l.take_dirty()).unwrap_or_default());
                 }
@@ -1162,10 +1153,7 @@ impl LedgerInner {
             Box::new(move |result| {
                 if let Err(error) = result {
                     tracing::error!(%error, "budget counters could not be saved; they will be written with the next change");
-                    let rows = match taken_rows.lock() {
-                        Ok(mut guard) => guard.take(),
-                        Err(poisoned) => poisoned.into_inner().take(),
-                    };
+                    let rows = crate::sync::lock(&taken_rows).take();
                     if let Some(ledger) = on_failure.upgrade() {
                         match rows {
                             Some(rows) => {

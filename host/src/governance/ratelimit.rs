@@ -267,10 +267,7 @@ impl RateLimiter {
         user_rate: Option<f64>,
     ) -> Result<(), RateLimited> {
         let now = Instant::now();
-        let mut guard = match self.buckets.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::sync::lock(&self.buckets);
         let buckets = &mut *guard;
         if buckets.owners > MAX_BUCKETS {
             buckets.prune(now);

@@ -567,11 +567,10 @@ async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<std::sync:
         match stderr.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(read) => {
-                if let Ok(mut tail) = tail.lock() {
-                    tail.extend_from_slice(&buffer[..read]);
-                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-                    tail.drain(..excess);
-                }
+                let mut tail = crate::sync::lock(&tail);
+                tail.extend_from_slice(&buffer[..read]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                tail.drain(..excess);
             }
         }
     }

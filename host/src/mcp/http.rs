@@ -108,10 +108,7 @@ pub fn streamable_http_service_from(
 }
 
 fn lock(owners: &Owners) -> std::sync::MutexGuard<'_, HashMap<String, (TenantId, UserId)>> {
-    match owners.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    crate::sync::lock(owners)
 }
 
 fn plain(status: http::StatusCode, text: &'static str) -> McpResponse {

@@ -31,6 +31,7 @@ pub use timestamp::Timestamp;
 use crate::model::Message;
 use crate::store::sessions::{self as session_rows, user_key};
 use crate::store::{SessionStore, Store, StoreError, io, read_table};
+use crate::sync::lock;
 use crate::tenancy::ids::{TenantId, UserId};
 use redb::ReadableDatabase;
 use serde::Serialize;
@@ -1378,12 +1379,5 @@ fn next_number(last: &AtomicU64) -> u64 {
             Ok(_) => return next,
             Err(seen) => current = seen,
         }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }

@@ -378,10 +378,7 @@ impl PluginRegistry {
     /// The current snapshot (groups still loading for the first time are
     /// missing from it; see [`Self::ready`]).
     pub fn catalog(&self) -> Arc<Catalog> {
-        match self.catalog.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.catalog).clone()
     }
 
     /// Wait until the built-in and global groups and `tenant`'s group (every
@@ -431,19 +428,14 @@ impl PluginRegistry {
             let read = match std::fs::read_dir(&dir) {
                 Ok(read) => read,
                 Err(error) => {
-                    let first = match self.warned_missing.lock() {
-                        Ok(mut warned) => warned.insert(dir.clone()),
-                        Err(_) => false,
-                    };
+                    let first = crate::sync::lock(&self.warned_missing).insert(dir.clone());
                     if first {
                         tracing::warn!(dir = %dir.display(), %error, "plugin directory cannot be read; create it or fix plugin_dirs");
                     }
                     continue;
                 }
             };
-            if let Ok(mut warned) = self.warned_missing.lock() {
-                warned.remove(&dir);
-            }
+            crate::sync::lock(&self.warned_missing).remove(&dir);
             let mut found: Vec<PathBuf> = read
                 .filter_map(Result::ok)
                 .map(|e| e.path())
@@ -476,10 +468,10 @@ impl PluginRegistry {
             return ScanReport::default();
         };
         let _guard = lock.lock().await;
-        let previous: Vec<PluginEntry> = match self.groups.lock() {
-            Ok(groups) => groups.get(group).cloned().unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let previous: Vec<PluginEntry> = crate::sync::lock(&self.groups)
+            .get(group)
+            .cloned()
+            .unwrap_or_default();
         let mut report = ScanReport::default();
         let mut entries = Vec::new();
         if *group == Visibility::Builtin {
@@ -542,17 +534,11 @@ impl PluginRegistry {
         }
         // Record, build and publish under one lock, so two groups finishing
         // together cannot publish out of order.
-        let mut groups = match self.groups.lock() {
-            Ok(groups) => groups,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut groups = crate::sync::lock(&self.groups);
         groups.insert(group.clone(), entries);
         let all: Vec<PluginEntry> = groups.values().flatten().cloned().collect();
         let catalog = Arc::new(build_catalog(all, &self.config));
-        match self.catalog.write() {
-            Ok(mut guard) => *guard = catalog,
-            Err(poisoned) => *poisoned.into_inner() = catalog,
-        }
+        *crate::sync::write(&self.catalog) = catalog;
         drop(groups);
         self.ready.send_modify(|loaded| {
             loaded.insert(group.clone());

@@ -252,10 +252,7 @@ impl DocStore {
 
     /// The tenant's index, opened or created on first use.
     fn tenant(&self, tenant: &TenantId) -> Result<Arc<TenantIndex>, RetrievalError> {
-        let mut tenants = match self.inner.tenants.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut tenants = crate::sync::lock(&self.inner.tenants);
         if let Some(index) = tenants.get(tenant) {
             return Ok(index.clone());
         }

@@ -54,7 +54,7 @@ pub enum DecideError {
 
 impl PendingApprovals {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Pending>>> {
-        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.tenants)
     }
 
     /// The tenant's pending calls, oldest first.

@@ -99,7 +99,7 @@ impl FailureLimiter {
     /// Whether `client` is over its limit now (then its requests are
     /// refused before any key is checked).
     pub fn blocked(&self, client: IpAddr) -> bool {
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let windows = crate::sync::lock(&self.windows);
         windows.get(&client).is_some_and(|(start, count)| {
             start.elapsed() < Duration::from_secs(60) && *count >= self.per_minute
         })
@@ -108,7 +108,7 @@ impl FailureLimiter {
     /// Count a failure of `client`; whether it is still within the limit
     /// (the failures past it are not audited one by one).
     pub fn fail(&self, client: IpAddr) -> bool {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = crate::sync::lock(&self.windows);
         let now = Instant::now();
         if windows.len() >= MAX_TRACKED && !windows.contains_key(&client) {
             windows.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));

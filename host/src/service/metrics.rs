@@ -106,17 +106,10 @@ pub struct Metrics {
 impl Metrics {
     /// The counters of `tenant`.
     pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantMetrics> {
-        if let Some(found) = self
-            .tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-        {
+        if let Some(found) = crate::sync::read(&self.tenants).get(tenant) {
             return found.clone();
         }
-        self.tenants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.tenants)
             .entry(tenant.clone())
             .or_default()
             .clone()
@@ -130,7 +123,7 @@ impl Metrics {
     /// The Prometheus text of `only` (a tenant's own view), or of every
     /// tenant (the operator's), with `in_flight` runs per tenant.
     pub fn render(&self, only: Option<&TenantId>, in_flight: &BTreeMap<TenantId, u64>) -> String {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let tenants = crate::sync::read(&self.tenants);
         let shown: Vec<(&TenantId, &Arc<TenantMetrics>)> = tenants
             .iter()
             .filter(|(id, _)| only.is_none_or(|o| o == *id))

@@ -80,7 +80,7 @@ impl Generation {
         approver: &Arc<ApiApprover>,
     ) -> Result<Agent, ConfiguredAgentError> {
         let key = name.map(str::to_owned);
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = crate::sync::lock(&self.agents);
         if let Some(agent) = agents.get(&key) {
             return Ok(agent.clone());
         }
@@ -149,10 +149,7 @@ impl Service {
 
     /// The current generation.
     pub fn generation(&self) -> Arc<Generation> {
-        self.generation
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.generation).clone()
     }
 
     /// The current host.
@@ -209,17 +206,14 @@ impl Service {
             number,
             &self.ephemeral_keys,
         ));
-        *self.generation.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *crate::sync::write(&self.generation) = next;
         tracing::info!(generation = number, "configuration reloaded");
         Ok(number)
     }
 
     /// A run slot of `tenant`, if it has one free.
     pub(crate) fn run_slot(&self, tenant: &TenantId) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let semaphore = self
-            .run_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let semaphore = crate::sync::lock(&self.run_slots)
             .entry(tenant.clone())
             .or_insert_with(|| {
                 Arc::new(Semaphore::new(self.settings.max_concurrent_runs_per_tenant))
@@ -230,10 +224,7 @@ impl Service {
 
     /// A stream slot of `tenant`, released when the guard drops.
     fn stream_slot(&self, tenant: &TenantId) -> Option<StreamSlot> {
-        let count = self
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let count = crate::sync::lock(&self.streams)
             .entry(tenant.clone())
             .or_default()
             .clone();

@@ -134,7 +134,7 @@ pub enum Read {
 
 impl RunEntry {
     fn lock(&self) -> MutexGuard<'_, RunState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// The run's id.
@@ -312,7 +312,7 @@ impl RunRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, TenantRuns>> {
-        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.tenants)
     }
 
     /// Register a run and drive `stream` to its end on a task of its own,

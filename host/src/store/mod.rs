@@ -327,9 +327,7 @@ impl Store {
         self.write_then(
             Box::new(move |txn| {
                 let result = op(txn)?;
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(result);
-                }
+                *crate::sync::lock(&slot) = Some(result);
                 Ok(())
             }),
             Box::new(move |result| {
@@ -340,10 +338,7 @@ impl Store {
             }),
         );
         committed.await.unwrap_or(Err(StoreError::Closed))?;
-        let taken = match value.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let taken = crate::sync::lock(&value).take();
         taken.ok_or_else(|| StoreError::Io("a committed write left no result".into()))
     }
 

@@ -293,10 +293,7 @@ impl SessionStore {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
-        match self.cache.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.cache)
     }
 
     /// The database the sessions live in.
@@ -433,10 +430,7 @@ impl SessionStore {
             &self.store,
             op,
             Box::new(move |result| {
-                let mut cache = match cache.lock() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
+                let mut cache = crate::sync::lock(&cache);
                 let written = match &result {
                     Ok(()) => Ok(!skipped_after.load(std::sync::atomic::Ordering::Relaxed)),
                     Err(_) => Err(()),
@@ -501,9 +495,8 @@ impl SessionStore {
             Box::new(move |result| {
                 // A save queued before the delete has committed by now; one
                 // queued after it is still pending and stays.
-                if let Ok(mut cache) = cache.lock()
-                    && cache.entries.get(&key).is_some_and(|e| e.pending.is_none())
-                {
+                let mut cache = crate::sync::lock(&cache);
+                if cache.entries.get(&key).is_some_and(|e| e.pending.is_none()) {
                     cache.remove(&key);
                 }
                 let _ = done.send(result);
@@ -583,10 +576,7 @@ impl SessionStore {
         let cache = self.cache.clone();
         let prefix = user_prefix(tenant.as_str(), user_key(user));
         move || {
-            let mut cache = match cache.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut cache = crate::sync::lock(&cache);
             let doomed: Vec<Key> = cache
                 .entries
                 .keys()

@@ -15,13 +15,14 @@
 
 use super::TelemetryError;
 use super::record::{RecordLayer, RecordRef, RecordSink};
+use crate::sync::lock;
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
@@ -145,15 +146,6 @@ impl FileSink {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         RecordLayer::new(vec![Arc::new(self.clone()) as Arc<dyn RecordSink>])
-    }
-}
-
-/// `mutex`'s guard, whether or not a panicking thread poisoned it (a
-/// buffer of lines or a file handle stays usable).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -59,10 +59,7 @@ impl MemorySink {
     }
 
     fn lock(&self) -> MutexGuard<'_, Buffer> {
-        match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.inner)
     }
 
     /// Every record kept, oldest first.

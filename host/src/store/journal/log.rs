@@ -48,6 +48,7 @@ use super::mapped::{self, SegmentFile};
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun, RunMap};
 use crate::store::{StoreError, StoreSync};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -990,14 +991,6 @@ struct Io {
     spare_marks: Vec<Mark>,
 }
 
-/// Lock `mutex`, through a poisoning (the guarded state stays usable).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
 impl Shared {
     /// The log in `dir` with the state replayed from its segments; new
     /// records go to segment `active`.
@@ -1572,14 +1565,8 @@ fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         state = match timeout {
-            Some(timeout) => match shared.wake.wait_timeout(state, timeout) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            },
-            None => match shared.wake.wait(state) {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            },
+            Some(timeout) => crate::sync::wait_timeout(&shared.wake, state, timeout),
+            None => crate::sync::wait(&shared.wake, state),
         };
     }
 }

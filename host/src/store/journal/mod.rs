@@ -35,7 +35,8 @@ mod segments;
 pub use run_log::{EntryAt, RunLog};
 
 use super::{Store, StoreError, io, read_table};
-use log::{Mark, Record, Shared, lock};
+use crate::sync::lock;
+use log::{Mark, Record, Shared};
 use redb::{ReadableDatabase, TableDefinition};
 use segments::Segments;
 use serde::{Deserialize, Serialize};

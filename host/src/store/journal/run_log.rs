@@ -21,9 +21,10 @@
 //! killed before its first awaited write leaves nothing that could be
 //! replayed, and is not listed as interrupted.
 
-use super::log::{self, EntryHead, Mark, RunEnd, RunKey, RunWriting, Shared, Waiter, lock};
+use super::log::{self, EntryHead, Mark, RunEnd, RunKey, RunWriting, Shared, Waiter};
 use super::{EntryKind, Journal, JournalRun, JournalStatus, LiveRun, now_ms, start_of};
 use crate::store::StoreError;
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
