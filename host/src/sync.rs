@@ -1,12 +1,14 @@
 //! Locks that outlive a panic.
 //!
 //! A `std` lock is poisoned when a thread panics while holding it, and
-//! every later `lock` returns an error. Nothing the host keeps behind a
-//! lock is left half-changed in a way a panic could make unsafe to read
-//! (counters, caches, queues, maps of ids), and a panic in one run must
-//! not stop every other tenant's runs from taking the same lock. So the
-//! host takes its locks through these helpers, which hand back the guard
-//! whether or not the lock was poisoned.
+//! every later `lock` returns an error. What the host keeps behind its
+//! locks (counters, caches, queues, buffers, maps of ids, file handles, a
+//! random generator) is changed a step at a time, none of which leaves it
+//! in a state a later reader cannot use, and a panic in one run must not
+//! stop every other tenant's runs from taking the same lock, nor make
+//! them drop what they record there (usage, refusals, captured output).
+//! So the host takes its locks through these helpers, which hand back the
+//! guard whether or not the lock was poisoned.
 
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;

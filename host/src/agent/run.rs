@@ -104,10 +104,9 @@ impl RunState {
     }
 
     fn totals(&self) -> (Usage, f64) {
-        (
-            *crate::sync::lock(&self.usage),
-            *crate::sync::lock(&self.cost),
-        )
+        let usage = *crate::sync::lock(&self.usage);
+        let cost = *crate::sync::lock(&self.cost);
+        (usage, cost)
     }
 }
 

@@ -98,10 +98,7 @@ impl Refusals {
 
     /// The refusals noted so far, cleared.
     pub(crate) fn take(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|mut notes| std::mem::take(&mut *notes))
-            .unwrap_or_default()
+        std::mem::take(&mut *crate::sync::lock(&self.0))
     }
 }
 

@@ -323,10 +323,9 @@ fn died_because(
         .try_lock()
         .ok()
         .and_then(|mut child| child.try_wait().ok().flatten());
-    let tail = stderr
-        .lock()
-        .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
-        .unwrap_or_default();
+    let tail = String::from_utf8_lossy(&crate::sync::lock(stderr))
+        .trim()
+        .to_owned();
     let mut text = String::new();
     if let Some(status) = status {
         text.push_str(&format!(" (the server process exited: {status})"));

@@ -499,6 +499,7 @@ impl SessionStore {
                 if cache.entries.get(&key).is_some_and(|e| e.pending.is_none()) {
                     cache.remove(&key);
                 }
+                drop(cache);
                 let _ = done.send(result);
             }),
         );
