@@ -52,7 +52,12 @@
 //! same machine; it reports both and the median over passes of B's cost
 //! against the A pass next to it. On a shared, noisy machine this is the
 //! number to trust; separate runs of `all` and `all journal` drift apart by
-//! more than the journal costs.
+//! more than the journal costs. Next to the median it prints the middle
+//! half of the pairs (from the first to the third quartile), which shows
+//! how far a single run's median can be trusted.
+//!
+//! `journal-aa` is `journal-ab` with no journal in B either: the pairing's
+//! own noise, which a difference `journal-ab` reports must clear.
 //!
 //! `telemetry` installs the `[telemetry]` file sink (every span and metric
 //! of every run as a JSON line, at level `info`) before the load starts.
@@ -79,7 +84,7 @@
 //! `passes=N` measures N steady passes (or pairs, or rounds) per shape
 //! instead of 15: more passes, a steadier median on a noisy machine.
 //!
-//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab] [telemetry] [provider] [compose] [ladder] [store-fsync-ms=N] [passes=N]`
+//! Run: `cargo bench -p loom-tests --bench multi_tenant -- 100x3 500x3 [bare|sessions|budgets|all] [journal|journal-ab|journal-aa] [telemetry] [provider] [compose] [ladder] [store-fsync-ms=N] [passes=N]`
 
 use loom_host::agent::{Agent, AgentBuilder, JournalSettings, RunRequest};
 use loom_host::model::http::Connection;
@@ -349,6 +354,7 @@ fn main() {
     let compose = std::env::args().skip(1).any(|a| a == "compose");
     let journal = std::env::args().skip(1).any(|a| a == "journal");
     let journal_ab = std::env::args().skip(1).any(|a| a == "journal-ab");
+    let journal_aa = std::env::args().skip(1).any(|a| a == "journal-aa");
     let telemetry = std::env::args().skip(1).any(|a| a == "telemetry");
     let ladder = std::env::args().skip(1).any(|a| a == "ladder");
     let provider = std::env::args().skip(1).any(|a| a == "provider");
@@ -445,13 +451,18 @@ fn main() {
         }
         return;
     }
-    if journal_ab {
+    if journal_ab || journal_aa {
+        let b_label = if journal_aa {
+            "no journal either (A/A: the pairing's own noise)"
+        } else {
+            "journal"
+        };
         println!(
             "journal A/B: 2 worker threads, {TENANTS} tenants, ReAct in its sandbox, {model_label}, run_context tool; {features}; \
-             A = no journal, B = journal, passes interleaved"
+             A = no journal, B = {b_label}, passes interleaved"
         );
         let a = react1(base_with(false));
-        let b = react1(base_with(true));
+        let b = react1(base_with(!journal_aa));
         for (users, turns) in shapes {
             journal_ab_shape(&rt, &a, &b, users, turns);
         }
@@ -641,11 +652,13 @@ fn journal_ab_shape(
         .map(|(_, b)| b.p50.as_secs_f64() * 1e3)
         .collect();
     let violations: usize = pairs.iter().map(|(a, b)| a.violations + b.violations).sum();
+    let (added_low, added_high) = middle_half(&mut cpu_added);
     println!(
         "{users} users x {turns} turns, steady state, median of {} interleaved pairs: \
          A {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
          B (journal) {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
-         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} % ({:+.0} µs); violations {violations}",
+         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} % ({:+.0} µs), \
+         middle half of pairs {added_low:+.0}..{added_high:+.0} µs; violations {violations}",
         steady_passes(),
         median(&mut ta),
         median(&mut ca),
@@ -670,6 +683,14 @@ fn steady_passes() -> usize {
             .filter(|&n: &usize| n > 0)
             .unwrap_or(15)
     })
+}
+
+/// The first and third quartiles of `values` (sorted here): the range of
+/// the middle half.
+fn middle_half(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let last = values.len().saturating_sub(1);
+    (values[last / 4], values[(3 * last).div_ceil(4)])
 }
 
 /// The median of `values` (sorted here).
