@@ -28,6 +28,7 @@ use crate::store::journal::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -104,29 +105,37 @@ pub enum JournalError {
 }
 
 /// The journal of one run and all its sub-agents.
+///
+/// The fields every step reads come first and in declaration order
+/// (`repr(C)`): with hundreds of runs in flight, a run's journal is cold
+/// whenever the run comes back from a model call, and each cache line a
+/// step touches is a trip to memory. What only a failure, a resume or the
+/// run's end reads follows.
+#[repr(C)]
 pub(crate) struct RunJournal {
     /// The run's records, written in place (see [`RunLog`]).
     log: RunLog,
-    run: String,
-    /// Entries recorded before the run was resumed: scope → seq → entry,
-    /// taken as the steps replay.
-    replay: Mutex<HashMap<String, BTreeMap<u32, JournalEntry>>>,
-    resumed: bool,
-    /// The first divergence or failure; every later step refuses.
-    failed: OnceLock<JournalError>,
-    entries: AtomicU32,
-    bytes: AtomicU64,
-    /// Whether the journal keeps the run's entries when it finishes.
-    keep_on_finish: bool,
-    /// SHA-256 of the architecture component the run started on.
-    component: String,
-    /// How the run's requests are fingerprinted and its results encoded.
-    format: JournalFormat,
-    /// Entries recorded before a resume.
-    recorded: u32,
     /// The budget counters written before each entry (see
     /// [`Self::guard_spend`]).
     spend: OnceLock<Option<BudgetLedger>>,
+    bytes: AtomicU64,
+    entries: AtomicU32,
+    /// How the run's requests are fingerprinted and its results encoded.
+    format: JournalFormat,
+    resumed: bool,
+    /// Whether the journal keeps the run's entries when it finishes.
+    keep_on_finish: bool,
+    /// Set once `failed` is: what a step checks.
+    failing: AtomicBool,
+    /// The first divergence or failure; every later step refuses.
+    failed: OnceLock<JournalError>,
+    /// Entries recorded before the run was resumed: scope → seq → entry,
+    /// taken as the steps replay.
+    replay: Mutex<HashMap<String, BTreeMap<u32, JournalEntry>>>,
+    /// SHA-256 of the architecture component the run started on.
+    component: String,
+    /// Entries recorded before a resume.
+    recorded: u32,
 }
 
 impl RunJournal {
@@ -197,10 +206,10 @@ impl RunJournal {
             replay.entry(scope).or_default().insert(seq, entry);
         }
         Arc::new(RunJournal {
-            run: log.run().to_owned(),
             log,
             replay: Mutex::new(replay),
             resumed,
+            failing: AtomicBool::new(false),
             failed: OnceLock::new(),
             entries: AtomicU32::new(count),
             bytes: AtomicU64::new(bytes),
@@ -269,7 +278,11 @@ impl RunJournal {
 
     /// The journal of the top-level invocation.
     pub(crate) fn root(self: &Arc<Self>) -> ScopeJournal {
-        ScopeJournal::new(Some(self.clone()), self.run.clone(), ROOT_SCOPE.to_owned())
+        ScopeJournal::new(
+            Some(self.clone()),
+            self.log.run_id().clone(),
+            Cow::Borrowed(ROOT_SCOPE),
+        )
     }
 
     /// Whether this run was resumed from a crash.
@@ -296,11 +309,15 @@ impl RunJournal {
 
     /// What stopped journaling, if anything did.
     pub(crate) fn failure(&self) -> Option<JournalError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
         self.failed.get().cloned()
     }
 
     fn fail(&self, error: JournalError) -> JournalError {
         let _ = self.failed.set(error.clone());
+        self.failing.store(true, Ordering::Release);
         self.failed.get().cloned().unwrap_or(error)
     }
 
@@ -360,15 +377,15 @@ pub(crate) enum Step<T> {
 pub(crate) struct ScopeJournal {
     tree: Option<Arc<RunJournal>>,
     /// The top-level run's id.
-    run: String,
-    scope: String,
+    run: Arc<str>,
+    scope: Cow<'static, str>,
     seq: AtomicU32,
     /// No live step has run yet in this invocation.
     fresh: AtomicBool,
 }
 
 impl ScopeJournal {
-    fn new(tree: Option<Arc<RunJournal>>, run: String, scope: String) -> Self {
+    fn new(tree: Option<Arc<RunJournal>>, run: Arc<str>, scope: Cow<'static, str>) -> Self {
         ScopeJournal {
             tree,
             run,
@@ -379,8 +396,8 @@ impl ScopeJournal {
     }
 
     /// An invocation of a run that is not journaled.
-    pub(crate) fn unjournaled(run: String) -> Self {
-        ScopeJournal::new(None, run, ROOT_SCOPE.to_owned())
+    pub(crate) fn unjournaled(run: &str) -> Self {
+        ScopeJournal::new(None, Arc::from(run), Cow::Borrowed(ROOT_SCOPE))
     }
 
     /// The journal of the sub-agent started by the delegation at `seq`,
@@ -389,7 +406,7 @@ impl ScopeJournal {
         ScopeJournal::new(
             self.tree.clone(),
             self.run.clone(),
-            child_scope(&self.scope, seq, index),
+            Cow::Owned(child_scope(&self.scope, seq, index)),
         )
     }
 
@@ -457,7 +474,7 @@ impl ScopeJournal {
         if let Some(entry) = tree.take(&self.scope, seq) {
             if entry.kind != kind || entry.fingerprint != print {
                 return Err(tree.fail(JournalError::Diverged {
-                    scope: self.scope.clone(),
+                    scope: self.scope.to_string(),
                     seq,
                     recorded: kind_name(entry.kind).to_owned(),
                     asked: kind_name(kind).to_owned(),
@@ -465,7 +482,7 @@ impl ScopeJournal {
             }
             let value = tree.format.decode(&entry.payload).map_err(|message| {
                 tree.fail(JournalError::Corrupt {
-                    scope: self.scope.clone(),
+                    scope: self.scope.to_string(),
                     seq,
                     message,
                 })

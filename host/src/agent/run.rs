@@ -1347,7 +1347,7 @@ async fn execute_inner(
                     RunJournal::start(&settings.journal, record, settings.keep_finished).await?;
                 Arc::new(tree.root())
             }
-            _ => Arc::new(ScopeJournal::unjournaled(scope.run.to_string())),
+            _ => Arc::new(ScopeJournal::unjournaled(scope.run.as_str())),
         },
     };
     if root && let Some(tree) = journal.tree() {

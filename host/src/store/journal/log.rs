@@ -365,10 +365,10 @@ struct CompactStart<S, T> {
     agent: Option<S>,
     architecture: S,
     prompt: S,
-    output_schema: Option<String>,
+    output_schema: Option<S>,
     metadata: T,
     component: S,
-    origin: String,
+    origin: S,
     format: super::JournalFormat,
     status: super::JournalStatus,
     started_ms: u64,
@@ -378,8 +378,26 @@ struct CompactStart<S, T> {
 /// The framed record of a run's start; with `number`, it binds the run's
 /// number in the segment it goes to (see [`RunKey`]).
 pub(super) fn start_record(run: &JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
+    // Room for the whole record (each field's length prefix and the
+    // fixed fields fit in the 96), so encoding it never grows the vector.
+    let optional = |field: &Option<String>| field.as_ref().map_or(0, String::len);
+    let metadata: usize = run
+        .metadata
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 10)
+        .sum();
     let mut bytes = Vec::with_capacity(
-        RECORD_HEADER + 96 + run.run.len() + run.tenant.len() + run.prompt.len(),
+        RECORD_HEADER
+            + 96
+            + run.run.len()
+            + run.tenant.len()
+            + optional(&run.user)
+            + optional(&run.session)
+            + optional(&run.agent)
+            + run.architecture.len()
+            + run.prompt.len()
+            + run.component.len()
+            + metadata,
     );
     put_start(&mut bytes, run, number)?;
     Ok(bytes)
@@ -392,7 +410,17 @@ pub(super) fn put_start(
     run: &JournalRun,
     number: Option<u64>,
 ) -> Result<(), StoreError> {
-    let json = |value: &serde_json::Value| serde_json::to_string(value).map_err(crate::store::io);
+    // JSON text; `null` (a run with no origin or schema) allocates nothing.
+    let json = |value: &serde_json::Value| -> Result<std::borrow::Cow<'static, str>, StoreError> {
+        if value.is_null() {
+            return Ok(std::borrow::Cow::Borrowed("null"));
+        }
+        serde_json::to_string(value)
+            .map(std::borrow::Cow::Owned)
+            .map_err(crate::store::io)
+    };
+    let output_schema = run.output_schema.as_ref().map(json).transpose()?;
+    let origin = json(&run.origin)?;
     let compact = CompactStart {
         run: run.run.as_str(),
         tenant: run.tenant.as_str(),
@@ -401,10 +429,10 @@ pub(super) fn put_start(
         agent: run.agent.as_deref(),
         architecture: run.architecture.as_str(),
         prompt: run.prompt.as_str(),
-        output_schema: run.output_schema.as_ref().map(json).transpose()?,
+        output_schema: output_schema.as_deref(),
         metadata: run.metadata.as_slice(),
         component: run.component.as_str(),
-        origin: json(&run.origin)?,
+        origin: &origin,
         format: run.format,
         status: run.status,
         started_ms: run.started_ms,
@@ -910,9 +938,9 @@ impl Waiter {
 #[derive(Debug)]
 pub(super) enum Mark {
     /// A record of the run: it pins the segment.
-    Pin(String),
+    Pin(Arc<str>),
     /// The run's drop marker.
-    Drop(String),
+    Drop(Arc<str>),
     /// Nothing (a flush).
     None,
 }
@@ -1463,7 +1491,7 @@ impl Shared {
         match &result {
             Ok(()) => settle_run(self, &mut io, run, pinned, end),
             Err(error) => {
-                tracing::error!(%error, run, "a run's journal records could not be written");
+                tracing::error!(%error, run = &**run, "a run's journal records could not be written");
                 abandon_segment(&mut io);
             }
         }
@@ -1484,7 +1512,7 @@ impl Shared {
 fn settle_run(
     shared: &Shared,
     io: &mut Io,
-    run: &str,
+    run: &Arc<str>,
     pinned: &mut Option<u64>,
     end: Option<RunEnd>,
 ) {
@@ -1504,10 +1532,10 @@ fn settle_run(
     match end {
         Some(RunEnd::Dropped) => {
             state.segments.drop_run(run, written);
-            state.runs.remove(run);
+            state.runs.remove(&**run);
         }
         Some(RunEnd::Kept { updated_ms }) => {
-            if let Some(record) = state.runs.get_mut(run) {
+            if let Some(record) = state.runs.get_mut(&**run) {
                 record.status = super::JournalStatus::Finished;
                 record.updated_ms = updated_ms;
             }
@@ -1576,7 +1604,7 @@ fn wait(shared: &Shared, interval: Option<Duration>) -> Next {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RunWriting<'a> {
     /// The run's id.
-    pub(super) id: &'a str,
+    pub(super) id: &'a Arc<str>,
     /// Its number in the segments this process writes.
     pub(super) number: Option<u64>,
 }

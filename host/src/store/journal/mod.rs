@@ -50,11 +50,12 @@ use xxhash_rust::xxh3::xxh3_128;
 /// callers from choosing colliding run ids.
 pub(super) type RunHasher = foldhash::fast::RandomState;
 
-/// A map keyed by run id.
-pub(super) type RunMap<V> = HashMap<String, V, RunHasher>;
+/// A map keyed by run id. A run this process executes has its id
+/// allocated once ([`LiveRun`]) and shared by every map that names it.
+pub(super) type RunMap<V> = HashMap<Arc<str>, V, RunHasher>;
 
 /// A set of run ids.
-pub(super) type RunSet = HashSet<String, RunHasher>;
+pub(super) type RunSet = HashSet<Arc<str>, RunHasher>;
 
 /// The runs this process executes: each id allocated once, shared with
 /// its [`LiveRun`].
@@ -586,6 +587,14 @@ pub struct LiveRun {
     run: Arc<str>,
 }
 
+impl LiveRun {
+    /// The run's id, as the live set holds it: shared by the journal's
+    /// maps while the run's records are written in place.
+    pub(super) fn id(&self) -> &Arc<str> {
+        &self.run
+    }
+}
+
 impl Drop for LiveRun {
     fn drop(&mut self) {
         lock(&self.live).remove(&*self.run);
@@ -701,7 +710,8 @@ impl Journal {
     ///
     /// [`StoreError`] when the write fails.
     pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
-        let (record, id, run) = start_of(run, None)?;
+        let (record, run) = start_of(run, None)?;
+        let id: Arc<str> = Arc::from(run.run.as_str());
         self.log_for(&id)
             .write(&record, Mark::Pin(id.clone()), move |runs| {
                 runs.insert(id, run);
@@ -724,7 +734,7 @@ impl Journal {
     ) -> Result<(), StoreError> {
         let record = entry_record(run, scope, seq, entry)?;
         self.log_for(run)
-            .write(&record, Mark::Pin(run.to_owned()), |_| {})
+            .write(&record, Mark::Pin(Arc::from(run)), |_| {})
             .await
     }
 
@@ -736,7 +746,7 @@ impl Journal {
         match entry_record(run, scope, seq, entry) {
             Ok(record) => {
                 self.log_for(run)
-                    .push(&record, Mark::Pin(run.to_owned()), |_| {}, None);
+                    .push(&record, Mark::Pin(Arc::from(run)), |_| {}, None);
             }
             Err(error) => tracing::warn!(run, scope, seq, %error, "a journal entry was dropped"),
         }
@@ -900,9 +910,9 @@ impl Journal {
 fn push_finish(log: &Shared, run: &str, drop_entries: bool) {
     let now = now_ms();
     let mark = if drop_entries {
-        Mark::Drop(run.to_owned())
+        Mark::Drop(Arc::from(run))
     } else {
-        Mark::Pin(run.to_owned())
+        Mark::Pin(Arc::from(run))
     };
     log.push(
         &log::finish_record(run, drop_entries, now),
@@ -923,7 +933,7 @@ fn push_finish(log: &Shared, run: &str, drop_entries: bool) {
 fn push_drop(log: &Shared, run: &str) {
     log.push(
         &log::drop_record(run),
-        Mark::Drop(run.to_owned()),
+        Mark::Drop(Arc::from(run)),
         |runs| {
             runs.remove(run);
         },
@@ -932,14 +942,11 @@ fn push_drop(log: &Shared, run: &str) {
 }
 
 /// `run` as a running record: its framed record, its id and itself.
-fn start_of(
-    mut run: JournalRun,
-    number: Option<u64>,
-) -> Result<(Vec<u8>, String, JournalRun), StoreError> {
+fn start_of(mut run: JournalRun, number: Option<u64>) -> Result<(Vec<u8>, JournalRun), StoreError> {
     run.status = JournalStatus::Running;
     run.updated_ms = now_ms();
     let record = log::start_record(&run, number)?;
-    Ok((record, run.run.clone(), run))
+    Ok((record, run))
 }
 
 /// The framed record of `entry` at (`run`, `scope`, `seq`).
@@ -967,21 +974,25 @@ fn entry_record(
 fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: &mut Segments) {
     match record {
         Record::Start(run) => {
-            segments.record(&run.run, id);
-            runs.insert(run.run.clone(), *run);
+            let key: Arc<str> = Arc::from(run.run.as_str());
+            segments.record(&key, id);
+            runs.insert(key, *run);
         }
         // An entry of a run with no start is void (its run was dropped).
         Record::Entry { run, .. } => {
-            if runs.contains_key(run) {
-                segments.record(run, id);
+            if let Some((key, _)) = runs.get_key_value(run) {
+                segments.record(key, id);
             }
         }
         Record::Finish {
             run, drop: true, ..
         }
         | Record::Drop { run } => {
-            runs.remove(run);
-            segments.drop_run(run, id);
+            let key = match runs.remove_entry(run) {
+                Some((key, _)) => key,
+                None => Arc::from(run),
+            };
+            segments.drop_run(&key, id);
         }
         // The run's records that follow pin the segment.
         Record::Bind { .. } => {}
@@ -991,7 +1002,9 @@ fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: 
             if let Some(record) = runs.get_mut(run) {
                 record.status = JournalStatus::Finished;
                 record.updated_ms = updated_ms;
-                segments.record(run, id);
+            }
+            if let Some((key, _)) = runs.get_key_value(run) {
+                segments.record(key, id);
             }
         }
     }

@@ -35,17 +35,23 @@ const KEEP_BYTES: usize = 64 << 10;
 /// The journal of one run this process executes, from [`Journal::begin`]
 /// to [`RunLog::finish`]. Dropping it unfinished writes what it holds and
 /// leaves the run interrupted (resumable).
+///
+/// What every step of the run reads (the queue and its lock, the log, the
+/// run's number) comes first and in declaration order (`repr(C)`), so that
+/// a step finds it in as few cache lines as possible: with hundreds of
+/// runs in flight, a run's log is cold whenever the run comes back from a
+/// model call.
+#[repr(C)]
 pub struct RunLog {
+    queue: Mutex<RunQueue>,
     log: Arc<Shared>,
-    run: String,
     /// The run's number, when its records are written in place and name
     /// it by that ([`RunKey::Bound`]).
     number: Option<u64>,
-    queue: Mutex<RunQueue>,
-    /// A write of the run's records failed: they are lost, so every later
-    /// flush fails too (an empty buffer is then no sign of a write). Kept
-    /// outside the queue's lock: the writer thread sets it.
-    failed: Arc<OnceLock<StoreError>>,
+    run: Arc<str>,
+    /// When the writer thread writes the run's records: where it keeps a
+    /// failed write, outside the queue's lock (see [`RunQueue::failed`]).
+    written_by_writer: Option<Arc<OnceLock<StoreError>>>,
 }
 
 /// What a run's log holds between writes.
@@ -57,6 +63,10 @@ struct RunQueue {
     /// The run's mark as executed by this process: dropped once its end
     /// is written, so it is never listed as interrupted in between.
     live: Option<LiveRun>,
+    /// A write of the run's records in place failed: they are lost, so
+    /// every later flush fails too (an empty buffer is then no sign of a
+    /// write).
+    failed: Option<StoreError>,
 }
 
 /// Where one entry goes: its scope, its step, what it records and the
@@ -106,7 +116,13 @@ pub(super) fn begin_in(
     live: LiveRun,
 ) -> Result<RunLog, StoreError> {
     let number = log.writes_in_place().then(|| log.next_number());
-    let (record, id, run) = start_of(run, number)?;
+    let (record, run) = start_of(run, number)?;
+    // The id the live set holds, allocated once for every map naming it.
+    let id = if **live.id() == *run.run {
+        live.id().clone()
+    } else {
+        Arc::from(run.run.as_str())
+    };
     log.state().runs.insert(id.clone(), run);
     Ok(RunLog {
         log: log.clone(),
@@ -116,14 +132,20 @@ pub(super) fn begin_in(
             bytes: record,
             pinned: None,
             live: Some(live),
+            failed: None,
         }),
-        failed: Arc::default(),
+        written_by_writer: (!log.writes_in_place()).then(Arc::default),
     })
 }
 
 impl RunLog {
     /// The run's id.
     pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// The run's id, shared (allocated once per run).
+    pub fn run_id(&self) -> &Arc<str> {
         &self.run
     }
 
@@ -167,8 +189,8 @@ impl RunLog {
         accept: impl FnOnce(usize) -> bool,
     ) -> Result<bool, StoreError> {
         let mut queue = lock(&self.queue);
-        if let Some(error) = self.failed.get() {
-            return Err(error.clone());
+        if let Some(error) = self.failure(&queue) {
+            return Err(error);
         }
         if queue.live.is_none() {
             return Err(StoreError::Closed);
@@ -201,12 +223,13 @@ impl RunLog {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = {
             let mut queue = lock(&self.queue);
-            if let Some(error) = self.failed.get() {
-                return Err(error.clone());
+            if let Some(error) = self.failure(&queue) {
+                return Err(error);
             }
-            if self.log.writes_in_place() {
-                // Written under the run's lock: an empty buffer was
-                // written by whoever emptied it (a failure would be kept).
+            let Some(kept_by_writer) = &self.written_by_writer else {
+                // Written in place, under the run's lock: an empty buffer
+                // was written by whoever emptied it (a failure would be
+                // kept).
                 if queue.bytes.is_empty() {
                     return Ok(());
                 }
@@ -216,10 +239,10 @@ impl RunLog {
                     *bytes = Vec::new();
                 }
                 if let Err(error) = &result {
-                    let _ = self.failed.set(error.clone());
+                    queue.failed = Some(error.clone());
                 }
                 return result;
-            }
+            };
             // The writer thread syncs it: queued in order under the
             // run's lock, awaited without it. An empty buffer may have
             // been taken by another of the run's tasks whose write is not
@@ -233,7 +256,7 @@ impl RunLog {
             };
             // A failure is kept on the writer thread, before any later
             // batch's waiters hear back.
-            let failed = self.failed.clone();
+            let failed = kept_by_writer.clone();
             let waiter = Waiter::Callback(Box::new(move |result: Result<(), StoreError>| {
                 if let Err(error) = &result {
                     let _ = failed.set(error.clone());
@@ -244,10 +267,23 @@ impl RunLog {
             written
         };
         written.await.unwrap_or(Err(StoreError::Closed))?;
-        match self.failed.get() {
+        match self
+            .written_by_writer
+            .as_ref()
+            .and_then(|failed| failed.get())
+        {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
+    }
+
+    /// The failed write that stopped the run's log, if one did.
+    fn failure(&self, queue: &RunQueue) -> Option<StoreError> {
+        if let Some(error) = &queue.failed {
+            return Some(error.clone());
+        }
+        let failed = self.written_by_writer.as_ref()?;
+        failed.get().cloned()
     }
 
     /// Record that the run finished: with `drop_entries` it is dropped
@@ -294,10 +330,10 @@ impl RunLog {
         };
         let update = move |runs: &mut super::RunMap<JournalRun>| match end {
             Some(RunEnd::Dropped) => {
-                runs.remove(&run);
+                runs.remove(&*run);
             }
             Some(RunEnd::Kept { updated_ms }) => {
-                if let Some(record) = runs.get_mut(&run) {
+                if let Some(record) = runs.get_mut(&*run) {
                     record.status = JournalStatus::Finished;
                     record.updated_ms = updated_ms;
                 }

@@ -17,6 +17,7 @@
 
 use super::{RunMap, RunSet};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Segment ids, their pins and drop markers.
 #[derive(Debug, Default)]
@@ -40,15 +41,15 @@ impl Segments {
     }
 
     /// A record of `run` was written to segment `id`.
-    pub(super) fn record(&mut self, run: &str, id: u64) {
-        match self.runs.get_mut(run) {
+    pub(super) fn record(&mut self, run: &Arc<str>, id: u64) {
+        match self.runs.get_mut(&**run) {
             Some(ids) => {
                 if !ids.insert(id) {
                     return;
                 }
             }
             None => {
-                self.runs.insert(run.to_owned(), SegmentIds::One(id));
+                self.runs.insert(run.clone(), SegmentIds::One(id));
             }
         }
         *self.pins.entry(id).or_default() += 1;
@@ -64,9 +65,9 @@ impl Segments {
 
     /// A drop marker of `run` was written to segment `id`: its records are
     /// void, and the marker is kept while they exist.
-    pub(super) fn drop_run(&mut self, run: &str, id: u64) {
+    pub(super) fn drop_run(&mut self, run: &Arc<str>, id: u64) {
         self.add(id);
-        let held = self.runs.remove(run);
+        let held = self.runs.remove(&**run);
         let held = held.iter().flat_map(SegmentIds::iter);
         for segment in held.clone() {
             if let Some(count) = self.pins.get_mut(&segment) {
@@ -79,13 +80,13 @@ impl Segments {
         if data.is_empty() {
             return;
         }
-        if let Some((old, _)) = self.tombstones.remove(run)
+        if let Some((old, _)) = self.tombstones.remove(&**run)
             && let Some(markers) = self.markers.get_mut(&old)
         {
-            markers.remove(run);
+            markers.remove(&**run);
         }
-        self.markers.entry(id).or_default().insert(run.to_owned());
-        self.tombstones.insert(run.to_owned(), (id, data));
+        self.markers.entry(id).or_default().insert(run.clone());
+        self.tombstones.insert(run.clone(), (id, data));
     }
 
     /// The oldest segment below `active` that nothing needs any more.
@@ -112,7 +113,7 @@ impl Segments {
                 self.tombstones.remove(&run);
             }
         }
-        let settled: Vec<String> = self
+        let settled: Vec<Arc<str>> = self
             .tombstones
             .iter_mut()
             .filter_map(|(run, (_, data))| {
@@ -194,14 +195,14 @@ mod tests {
     #[test]
     fn a_live_run_pins_its_segments() {
         let mut s = Segments::default();
-        s.record("a", 1);
-        s.record("a", 2);
-        s.record("b", 2);
+        s.record(&"a".into(), 1);
+        s.record(&"a".into(), 2);
+        s.record(&"b".into(), 2);
         s.add(3);
         assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
-        s.drop_run("b", 3);
+        s.drop_run(&"b".into(), 3);
         assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
-        s.drop_run("a", 3);
+        s.drop_run(&"a".into(), 3);
         assert_eq!(drain(&mut s, 3), [1, 2]);
         // The active segment is never deleted.
         assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
@@ -212,16 +213,16 @@ mod tests {
     fn a_marker_outlives_the_data_it_voids() {
         let mut s = Segments::default();
         // `x` has data in 1; `y` runs long in 1 and pins it.
-        s.record("x", 1);
-        s.record("y", 1);
-        s.record("z", 2);
+        s.record(&"x".into(), 1);
+        s.record(&"y".into(), 1);
+        s.record(&"z".into(), 2);
         // x is dropped: its marker is in 2; z is dropped too, in 2.
-        s.drop_run("x", 2);
-        s.drop_run("z", 2);
+        s.drop_run(&"x".into(), 2);
+        s.drop_run(&"z".into(), 2);
         s.add(3);
         // 2 holds nobody's records, but its marker guards x's data in 1.
         assert_eq!(drain(&mut s, 3), Vec::<u64>::new());
-        s.drop_run("y", 3);
+        s.drop_run(&"y".into(), 3);
         assert_eq!(drain(&mut s, 3), [1, 2]);
         assert_eq!(drain(&mut s, 4), [3]);
     }
@@ -229,17 +230,17 @@ mod tests {
     #[test]
     fn a_run_across_several_segments_pins_each_once() {
         let mut s = Segments::default();
-        s.record("a", 2);
-        s.record("a", 1);
-        s.record("a", 2);
-        s.record("a", 3);
-        s.record("b", 1);
+        s.record(&"a".into(), 2);
+        s.record(&"a".into(), 1);
+        s.record(&"a".into(), 2);
+        s.record(&"a".into(), 3);
+        s.record(&"b".into(), 1);
         assert_eq!(s.of("a"), [1, 2, 3]);
         s.add(4);
-        s.drop_run("b", 4);
+        s.drop_run(&"b".into(), 4);
         assert_eq!(drain(&mut s, 4), Vec::<u64>::new());
         // a's marker in 4 guards its data in 1..=3 until they go.
-        s.drop_run("a", 4);
+        s.drop_run(&"a".into(), 4);
         assert_eq!(drain(&mut s, 4), [1, 2, 3]);
         assert_eq!(drain(&mut s, 5), [4]);
     }
@@ -247,9 +248,9 @@ mod tests {
     #[test]
     fn a_run_restarted_after_its_drop_pins_again() {
         let mut s = Segments::default();
-        s.record("r", 1);
-        s.drop_run("r", 1);
-        s.record("r", 2);
+        s.record(&"r".into(), 1);
+        s.drop_run(&"r".into(), 1);
+        s.record(&"r".into(), 2);
         s.add(3);
         assert_eq!(drain(&mut s, 3), [1]);
         assert_eq!(s.of("r"), [2]);
