@@ -112,7 +112,7 @@ impl SandboxEngine {
             state.logs.push(&plugin, &scope, LogLevel::Stderr, err_text);
         }
         let logs = std::mem::take(&mut state.logs.lines);
-        let denials = std::mem::take(&mut *crate::sync::lock(&state.hooks.denials));
+        let denials = state.hooks.denials.take();
         *cpu = std::time::Duration::from_nanos(meter.cpu_ns());
         let cpu = *cpu;
         crate::telemetry::metrics::component_cpu(&request.scope, &request.plugin, "tool", cpu);

@@ -11,7 +11,7 @@
 
 use crate::tenancy::grants::HostPattern;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Whether `ip` is loopback, private, link-local (cloud metadata included),
@@ -53,16 +53,14 @@ fn is_restricted_v4(v4: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
-/// A record of one refused connection attempt, for the call's report.
-pub type DenialLog = Arc<Mutex<Vec<String>>>;
+/// The refused connection attempts of one call, for its report: at most
+/// 32, repeats not kept.
+pub type DenialLog = super::notes::CallNotes<32>;
 
-/// Push a denial message, keeping at most 32 per call.
+/// Log a denial and note it for the call's report.
 fn record(denials: &DenialLog, message: String) {
     tracing::warn!(target: "loom::egress", "{message}");
-    let mut list = crate::sync::lock(denials);
-    if list.len() < 32 {
-        list.push(message);
-    }
+    denials.note(message);
 }
 
 /// The `wasi:http` hooks of one call: the tenant's HTTP grants for this plugin.

@@ -81,26 +81,9 @@ pub(crate) struct FsGuard {
     refusals: Option<Refusals>,
 }
 
-/// The refusals of one call, shared with the streams it opened.
-#[derive(Clone, Default)]
-pub(crate) struct Refusals(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl Refusals {
-    /// Most refusals kept per call; repeats of the same reason are not kept.
-    const MAX: usize = 8;
-
-    fn note(&self, reason: String) {
-        let mut notes = crate::sync::lock(&self.0);
-        if notes.len() < Self::MAX && !notes.contains(&reason) {
-            notes.push(reason);
-        }
-    }
-
-    /// The refusals noted so far, cleared.
-    pub(crate) fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *crate::sync::lock(&self.0))
-    }
-}
+/// The refusals of one call, shared with the streams it opened: at most
+/// eight, repeats not kept.
+pub(crate) type Refusals = super::notes::CallNotes<8>;
 
 impl FsGuard {
     /// A guard for one call.

@@ -39,6 +39,7 @@ mod harness;
 mod imports;
 mod kv;
 mod load;
+pub mod notes;
 mod sandbox;
 mod setup;
 mod state;
