@@ -657,8 +657,8 @@ fn journal_ab_shape(
         "{users} users x {turns} turns, steady state, median of {} interleaved pairs: \
          A {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
          B (journal) {:.0} turns/s, {:.0} µs CPU per turn, p50 {:.2} ms; \
-         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} % ({:+.0} µs), \
-         middle half of pairs {added_low:+.0}..{added_high:+.0} µs; violations {violations}",
+         journal effect per pair (median): throughput {:+.1} %, CPU per turn {:+.1} % ({:+.1} µs), \
+         middle half of pairs {added_low:+.1}..{added_high:+.1} µs; violations {violations}",
         steady_passes(),
         median(&mut ta),
         median(&mut ca),
