@@ -8,9 +8,10 @@
 
 use std::sync::{Arc, Mutex};
 
-/// The notes of one call, shared by the objects that refuse on its behalf
-/// (its file guard and the streams it opened, its HTTP hooks, its socket
-/// check): at most `MAX`, no two the same.
+/// One kind of note of one call, shared by the objects that note it (the
+/// file guard's refusals, with the streams it opened; the denied
+/// connections, with the HTTP hooks and the socket check): at most `MAX`,
+/// no two the same.
 #[derive(Debug, Default, Clone)]
 pub struct CallNotes<const MAX: usize>(Arc<Mutex<Vec<String>>>);
 

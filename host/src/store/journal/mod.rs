@@ -50,8 +50,9 @@ use xxhash_rust::xxh3::xxh3_128;
 /// callers from choosing colliding run ids.
 pub(super) type RunHasher = foldhash::fast::RandomState;
 
-/// A map keyed by run id. A run this process executes has its id
-/// allocated once ([`LiveRun`]) and shared by every map that names it.
+/// A map keyed by run id. A run this process begins has its id allocated
+/// once ([`LiveRun`]) and shared by the maps it is entered in from then
+/// on (a run read back from the log keeps the id it was read with).
 pub(super) type RunMap<V> = HashMap<Arc<str>, V, RunHasher>;
 
 /// A set of run ids.
@@ -588,8 +589,8 @@ pub struct LiveRun {
 }
 
 impl LiveRun {
-    /// The run's id, as the live set holds it: shared by the journal's
-    /// maps while the run's records are written in place.
+    /// The run's id, as the live set holds it: shared with the maps the
+    /// run is entered in when it begins (see [`RunMap`]).
     pub(super) fn id(&self) -> &Arc<str> {
         &self.run
     }
@@ -941,7 +942,7 @@ fn push_drop(log: &Shared, run: &str) {
     );
 }
 
-/// `run` as a running record: its framed record, its id and itself.
+/// `run` as a running record: its framed record and itself.
 fn start_of(mut run: JournalRun, number: Option<u64>) -> Result<(Vec<u8>, JournalRun), StoreError> {
     run.status = JournalStatus::Running;
     run.updated_ms = now_ms();

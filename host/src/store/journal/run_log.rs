@@ -36,11 +36,11 @@ const KEEP_BYTES: usize = 64 << 10;
 /// to [`RunLog::finish`]. Dropping it unfinished writes what it holds and
 /// leaves the run interrupted (resumable).
 ///
-/// What every step of the run reads (the queue and its lock, the log, the
-/// run's number) comes first and in declaration order (`repr(C)`), so that
-/// a step finds it in as few cache lines as possible: with hundreds of
-/// runs in flight, a run's log is cold whenever the run comes back from a
-/// model call.
+/// Its fields are all small (128 bytes in all, a failure is boxed) and
+/// laid out in declaration order (`repr(C)`), the queue and its lock
+/// first, so that a step finds them in as few cache lines as possible:
+/// with hundreds of runs in flight, a run's log is cold whenever the run
+/// comes back from a model call.
 #[repr(C)]
 pub struct RunLog {
     queue: Mutex<RunQueue>,
@@ -54,6 +54,9 @@ pub struct RunLog {
     written_by_writer: Option<Arc<OnceLock<StoreError>>>,
 }
 
+// The layout its doc promises.
+const _: () = assert!(std::mem::size_of::<RunLog>() <= 128);
+
 /// What a run's log holds between writes.
 struct RunQueue {
     /// Framed records not written yet, in order.
@@ -66,7 +69,7 @@ struct RunQueue {
     /// A write of the run's records in place failed: they are lost, so
     /// every later flush fails too (an empty buffer is then no sign of a
     /// write).
-    failed: Option<StoreError>,
+    failed: Option<Box<StoreError>>,
 }
 
 /// Where one entry goes: its scope, its step, what it records and the
@@ -239,7 +242,7 @@ impl RunLog {
                     *bytes = Vec::new();
                 }
                 if let Err(error) = &result {
-                    queue.failed = Some(error.clone());
+                    queue.failed = Some(Box::new(error.clone()));
                 }
                 return result;
             };
@@ -280,7 +283,7 @@ impl RunLog {
     /// The failed write that stopped the run's log, if one did.
     fn failure(&self, queue: &RunQueue) -> Option<StoreError> {
         if let Some(error) = &queue.failed {
-            return Some(error.clone());
+            return Some(StoreError::clone(error));
         }
         let failed = self.written_by_writer.as_ref()?;
         failed.get().cloned()
