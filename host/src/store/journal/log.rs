@@ -378,28 +378,7 @@ struct CompactStart<S, T> {
 /// The framed record of a run's start; with `number`, it binds the run's
 /// number in the segment it goes to (see [`RunKey`]).
 pub(super) fn start_record(run: &JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
-    // Room for the record's text fields (each field's length prefix and
-    // the fixed fields fit in the 96); `put_start` reserves room for the
-    // JSON text of an origin or schema once it has it.
-    let optional = |field: &Option<String>| field.as_ref().map_or(0, String::len);
-    let metadata: usize = run
-        .metadata
-        .iter()
-        .map(|(key, value)| key.len() + value.len() + 10)
-        .sum();
-    let mut bytes = Vec::with_capacity(
-        RECORD_HEADER
-            + 96
-            + run.run.len()
-            + run.tenant.len()
-            + optional(&run.user)
-            + optional(&run.session)
-            + optional(&run.agent)
-            + run.architecture.len()
-            + run.prompt.len()
-            + run.component.len()
-            + metadata,
-    );
+    let mut bytes = Vec::new();
     put_start(&mut bytes, run, number)?;
     Ok(bytes)
 }
@@ -422,7 +401,29 @@ pub(super) fn put_start(
     };
     let output_schema = run.output_schema.as_ref().map(json).transpose()?;
     let origin = json(&run.origin)?;
-    out.reserve(origin.len() + output_schema.as_ref().map_or(0, |schema| schema.len()));
+    // Room for the whole record at once (each field's length prefix and
+    // the fixed fields fit in the 96), so encoding it never grows `out`.
+    let optional = |field: &Option<String>| field.as_ref().map_or(0, String::len);
+    let metadata: usize = run
+        .metadata
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 10)
+        .sum();
+    out.reserve(
+        RECORD_HEADER
+            + 96
+            + run.run.len()
+            + run.tenant.len()
+            + optional(&run.user)
+            + optional(&run.session)
+            + optional(&run.agent)
+            + run.architecture.len()
+            + run.prompt.len()
+            + run.component.len()
+            + metadata
+            + origin.len()
+            + output_schema.as_ref().map_or(0, |schema| schema.len()),
+    );
     let compact = CompactStart {
         run: run.run.as_str(),
         tenant: run.tenant.as_str(),
