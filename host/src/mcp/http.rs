@@ -18,6 +18,7 @@
 
 use super::server::{LoomMcpServer, McpServerOptions};
 use crate::host::Host;
+use crate::sync::lock;
 use crate::tenancy::ids::{Scope, TenantId, UserId};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -105,10 +106,6 @@ pub fn streamable_http_service_from(
         sessions,
         owners: Arc::new(Mutex::new(HashMap::new())),
     }
-}
-
-fn lock(owners: &Owners) -> std::sync::MutexGuard<'_, HashMap<String, (TenantId, UserId)>> {
-    crate::sync::lock(owners)
 }
 
 fn plain(status: http::StatusCode, text: &'static str) -> McpResponse {
