@@ -1,5 +1,6 @@
 //! The journal's append-only log: segment files of checksummed,
-//! length-prefixed records, appended through a shared memory map. With
+//! length-prefixed records, appended through the shard's staging ring
+//! ([`super::ring`]) or a shared memory map ([`super::mapped`]). With
 //! [`StoreSync::Always`] one group-committing thread writes and syncs them;
 //! otherwise the caller appends in place (`Shared::write_now` for the
 //! queue, `Shared::write_run` for one run's records) and the thread only
@@ -45,6 +46,7 @@
 //! `body`) are still read, and never recycled.
 
 use super::mapped::{self, SegmentFile};
+use super::ring::Ring;
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun, RunMap};
 use crate::store::{StoreError, StoreSync};
@@ -196,7 +198,7 @@ impl Record<'_> {
 
 /// Frame `body` as a record, its generation and checksum still open
 /// ([`seal_batch`] fills them in once the segment it goes to is known).
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RECORD_HEADER + body.len());
     let start = open_record(&mut bytes);
     bytes.extend_from_slice(body);
@@ -1016,6 +1018,10 @@ struct Io {
     /// A segment was named (a prepared file renamed) since the last sync,
     /// which syncs the directory first.
     dir_unsynced: bool,
+    /// The shard's staging ring ([`super::ring`]), while no segment is
+    /// open to lend it to; `None` when the store syncs every commit, or
+    /// where there is none.
+    ring: Option<Ring>,
     /// The last batch's buffers, emptied, swapped in for the queue's so
     /// it does not grow from nothing for every batch.
     spare: Vec<u8>,
@@ -1034,7 +1040,7 @@ impl Shared {
         spare: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Shared {
-            dir,
+            dir: dir.clone(),
             sync,
             state: Mutex::new(State {
                 runs,
@@ -1051,6 +1057,9 @@ impl Shared {
             wake: Condvar::new(),
             io: Mutex::new(Io {
                 active_id: active,
+                ring: (sync != StoreSync::Always)
+                    .then(|| Ring::open(&dir))
+                    .flatten(),
                 ..Io::default()
             }),
             queued: AtomicBool::new(false),
@@ -1166,7 +1175,13 @@ impl Shared {
         run: &str,
         mut visit: impl FnMut(Record<'_>) -> Option<T>,
     ) -> Vec<T> {
-        let _io = lock(&self.io);
+        let mut io = lock(&self.io);
+        // The segment being written holds its staged appends too.
+        if let Some(active) = &mut io.active
+            && let Err(error) = active.file.catch_up()
+        {
+            tracing::warn!(%error, "staged journal appends could not be copied to their segment");
+        }
         let ids = self.state().segments.of(run);
         let mut found = Vec::new();
         let mut take = |bytes: &[u8], framing: Framing, found: &mut Vec<T>| {
@@ -1343,9 +1358,9 @@ fn sync_now(shared: &Shared) {
         let unsynced = io.unsynced;
         let file = match &mut io.active {
             Some(active) if unsynced => {
-                // Synced unmapped: one TLB shootdown, not one per page.
-                active.file.release_written();
-                Some(active.file.handle())
+                // With its staged appends copied to it; synced unmapped:
+                // one TLB shootdown, not one per page.
+                Some(active.file.catch_up().and_then(|()| active.file.handle()))
             }
             _ => None,
         };
@@ -1428,16 +1443,17 @@ fn abandon_segment(io: &mut Io) {
     if io.active.as_ref().is_some_and(|a| a.id == io.active_id) {
         io.active_id += 1;
     }
-    if let Some(old) = io.active.take()
-        && io.unsynced
-    {
-        sync_later(io, &old);
+    if let Some(mut old) = io.active.take() {
+        io.ring = old.file.take_ring();
+        if io.unsynced {
+            sync_later(io, &mut old);
+        }
     }
 }
 
 /// Have the writer thread's next sync `fdatasync` the segment `old`, which
 /// is being closed (synced at once if no handle to it can be kept).
-fn sync_later(io: &mut Io, old: &Active) {
+fn sync_later(io: &mut Io, old: &mut Active) {
     match old.file.handle() {
         Ok(handle) => io.closing.push(handle),
         Err(_) => {
@@ -1652,10 +1668,12 @@ fn append(
     }
     let id = io.active_id;
     if io.active.as_ref().is_none_or(|a| a.id != id) {
-        if let Some(old) = io.active.take()
-            && shared.sync != StoreSync::Always
-        {
-            sync_later(io, &old);
+        if let Some(mut old) = io.active.take() {
+            // Its staged appends copied to it, the ring goes to the next.
+            io.ring = old.file.take_ring();
+            if shared.sync != StoreSync::Always {
+                sync_later(io, &mut old);
+            }
         }
         io.active = Some(open_segment(shared, io, id, room)?);
         io.prepare_asked = false;
@@ -1786,10 +1804,14 @@ fn named_segment(
         io.dir_unsynced = true;
     }
     shared.state().segments.add(id);
+    let ring = io.ring.take().map(|mut ring| {
+        ring.begin(id, seal, SEGMENT_HEADER as u64);
+        ring
+    });
     Active {
         id,
         seal,
-        file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true),
+        file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true, ring),
     }
 }
 
@@ -1847,10 +1869,7 @@ pub(super) fn next_generation(path: &Path) -> Option<u32> {
 /// TLB shootdown instead of one per page written back).
 fn sync(active: &mut Option<Active>) -> Result<(), StoreError> {
     match active {
-        Some(active) => {
-            active.file.release_written();
-            active.file.sync_data().map_err(crate::store::io)
-        }
+        Some(active) => active.file.sync_data().map_err(crate::store::io),
         None => Ok(()),
     }
 }

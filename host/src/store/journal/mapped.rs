@@ -1,7 +1,15 @@
 //! The journal segment being appended to: a file whose blocks are reserved
-//! up front and which is written through a shared memory map, so that an
-//! append is a copy into the page cache with no system call; or, where the
-//! file system cannot reserve blocks, a file appended to with `write`.
+//! up front, appended to with no system call per append, by one of two
+//! copies into the page cache:
+//!
+//! - staged in the shard's ring ([`super::ring`]), which is copied on to
+//!   the segment with `pwrite` once half full and before every sync: what
+//!   a shard whose runs write in place uses on Linux;
+//! - written through a shared memory map of the segment itself, where
+//!   there is no ring;
+//!
+//! or, where the file system cannot reserve blocks, a file appended to
+//! with `write`.
 //!
 //! A copy into a shared mapping is in the kernel's page cache the moment
 //! it is made: it survives a crash of the process exactly as a `write`
@@ -13,8 +21,8 @@
 //! reader takes as the end of the records ([`super::log::bodies`]), and
 //! is cut off when the segment is closed.
 //!
-//! Before each interval sync, the pages wholly behind the appends are
-//! unmapped ([`SegmentFile::release_written`]): `fdatasync` must
+//! Before each interval sync of a mapped segment, the pages wholly behind
+//! the appends are unmapped ([`SegmentFile::release_written`]): `fdatasync` must
 //! write-protect every mapped dirty page it writes back, which costs a TLB
 //! shootdown (an interrupt to every other core running the process) per
 //! page, where one `munmap` of the written range costs one. The appends
@@ -25,6 +33,7 @@
     reason = "mapping a file and reserving its blocks are system calls without safe wrappers"
 )]
 
+use super::ring::Ring;
 use std::fs::File;
 use std::io::{self, Write};
 
@@ -44,8 +53,16 @@ pub(super) struct SegmentFile {
     file: File,
     /// Bytes of records (and magic) in the file.
     len: u64,
-    /// The mapping of the reserved file, when blocks could be reserved.
+    /// The mapping of the reserved file, when blocks could be reserved
+    /// and appends are not staged.
     map: Option<Mapping>,
+    /// The shard's staging ring, lent to the segment while it is written.
+    ring: Option<Ring>,
+    /// Appends are staged in `ring` and copied on with `pwrite`, into
+    /// blocks reserved up to `capacity`.
+    staged: bool,
+    /// The bytes reserved for the segment, when its appends are staged.
+    capacity: u64,
     /// How far the mapping has been populated ahead of the appends
     /// ([`POPULATE_AHEAD`]); its whole length once the kernel refused to,
     /// so that it is not asked again.
@@ -67,10 +84,13 @@ pub(super) struct SegmentFile {
 const POPULATE_AHEAD: usize = 64 << 10;
 
 impl SegmentFile {
-    /// `file`, holding `len` bytes, prepared for appends: mapped with
-    /// `capacity` bytes reserved when `map` and the file system allows it.
-    pub(super) fn new(file: File, len: u64, capacity: u64, map: bool) -> Self {
-        let map = if map {
+    /// `file`, holding `len` bytes, prepared for appends with `capacity`
+    /// bytes reserved, where the file system allows it: staged in `ring`
+    /// when one is lent (begun for this segment at `len`), else mapped when
+    /// `map`. Otherwise appended to with `write`.
+    pub(super) fn new(file: File, len: u64, capacity: u64, map: bool, ring: Option<Ring>) -> Self {
+        let staged = ring.is_some() && reserve(&file, capacity);
+        let map = if map && !staged {
             reserve_and_map(&file, len, capacity)
         } else {
             None
@@ -79,6 +99,9 @@ impl SegmentFile {
             file,
             len,
             map,
+            ring,
+            staged,
+            capacity,
             populated: 0,
             #[cfg(test)]
             populations: 0,
@@ -93,6 +116,9 @@ impl SegmentFile {
     /// Whether `bytes` more fit in the reserved file (a file appended to
     /// with `write` grows as needed).
     pub(super) fn fits(&self, bytes: usize) -> bool {
+        if self.staged {
+            return self.len + bytes as u64 <= self.capacity;
+        }
         self.map
             .as_ref()
             .is_none_or(|map| self.len as usize + bytes <= map.len())
@@ -107,6 +133,11 @@ impl SegmentFile {
     /// Append `bytes` (which must [`Self::fits`]). A failed `write` is cut
     /// back off the file.
     pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.staged
+            && let Some(ring) = &mut self.ring
+        {
+            return stage(ring, &self.file, &mut self.len, self.capacity, bytes);
+        }
         let start = self.len as usize;
         match &mut self.map {
             Some(map) => {
@@ -116,12 +147,14 @@ impl SegmentFile {
                         "a journal batch larger than its segment's reserved space",
                     ));
                 }
-                // Past half the populated window, the next one; none once
-                // the end of the mapping is reached (or the kernel refused).
+                // Past half the populated window, the pages up to a window
+                // ahead of this append that are not populated yet (those
+                // that are would only be walked again); none once the end
+                // of the mapping is reached (or the kernel refused).
                 if end > self.populated.saturating_sub(POPULATE_AHEAD / 2)
                     && self.populated < map.len()
                 {
-                    self.populated = populate_ahead(map, start);
+                    self.populated = populate_ahead(map, start, self.populated);
                     #[cfg(test)]
                     {
                         self.populations += 1;
@@ -140,10 +173,44 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// Unmap the pages wholly behind the appends, so that syncing them
-    /// needs no TLB shootdown per page (see the module's doc); the pages
-    /// stay in the page cache, dirty until synced. Returns the bytes
-    /// unmapped so far.
+    /// Make the file hold every append, ready for `fdatasync`: what is
+    /// staged is copied on; of a mapping, the pages wholly behind the
+    /// appends are unmapped, so that syncing them needs no TLB shootdown
+    /// per page (see the module's doc).
+    ///
+    /// # Errors
+    ///
+    /// The failed copy of staged appends (they stay staged, for the next
+    /// try).
+    pub(super) fn catch_up(&mut self) -> io::Result<()> {
+        if self.staged
+            && let Some(ring) = &mut self.ring
+        {
+            return ring.copy_out(&self.file);
+        }
+        self.release_written();
+        Ok(())
+    }
+
+    /// The ring lent to the segment, once what it stages is copied on;
+    /// kept (and `None` returned) when the copy fails, so that the staged
+    /// appends are neither overwritten nor lost to the next open of the
+    /// shard, which copies them ([`super::ring::recover`]).
+    pub(super) fn take_ring(&mut self) -> Option<Ring> {
+        if self.staged
+            && let Some(ring) = &mut self.ring
+            && let Err(error) = ring.copy_out(&self.file)
+        {
+            tracing::error!(%error, "a journal segment's staged appends could not be copied to it; its staging ring is retired");
+            return None;
+        }
+        self.staged = false;
+        self.ring.take()
+    }
+
+    /// Unmap the pages wholly behind the appends (see
+    /// [`Self::catch_up`]); the pages stay in the page cache, dirty until
+    /// synced. Returns the bytes unmapped so far.
     pub(super) fn release_written(&mut self) -> usize {
         match &mut self.map {
             Some(map) => map.release_below(self.len as usize),
@@ -156,19 +223,63 @@ impl SegmentFile {
         self.file.try_clone()
     }
 
-    /// `fdatasync` the file (pages stored through the mapping included).
-    pub(super) fn sync_data(&self) -> io::Result<()> {
+    /// `fdatasync` the file (pages stored through the mapping included,
+    /// appends staged copied on first).
+    pub(super) fn sync_data(&mut self) -> io::Result<()> {
+        self.catch_up()?;
         self.file.sync_data()
     }
 }
 
 impl Drop for SegmentFile {
-    /// Unmap the file and cut off what follows its records: the unused
-    /// reserved tail, or a reused file's older records.
+    /// Copy on what is staged, unmap the file and cut off what follows its
+    /// records: the unused reserved tail, or a reused file's older records.
+    /// A segment whose staged appends cannot be copied is not cut: the
+    /// ring keeps them for the next open.
     fn drop(&mut self) {
+        if self.staged && self.take_ring().is_none() {
+            return;
+        }
         self.map = None;
         let _ = self.file.set_len(self.len);
     }
+}
+
+/// Append `bytes` to the segment `file` of `len` bytes (`capacity`
+/// reserved) through `ring`: staged, the ring copied on first when they
+/// would not fit beside what it holds, and once it is half full; a batch
+/// larger than the ring is written past it.
+fn stage(
+    ring: &mut Ring,
+    file: &File,
+    len: &mut u64,
+    capacity: u64,
+    bytes: &[u8],
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if *len + bytes.len() as u64 > capacity {
+        return Err(io::Error::other(
+            "a journal batch larger than its segment's reserved space",
+        ));
+    }
+    if ring.staged() + bytes.len() > ring.size() {
+        ring.copy_out(file)?;
+    }
+    if bytes.len() > ring.size() {
+        file.write_all_at(bytes, *len)?;
+        ring.skip(bytes.len());
+    } else {
+        ring.stage(bytes);
+    }
+    *len += bytes.len() as u64;
+    if ring.staged() >= ring.size() / 2
+        && let Err(error) = ring.copy_out(file)
+    {
+        // Staged, so written as far as a crash of the process goes; the
+        // next copy tries again.
+        tracing::warn!(%error, "staged journal appends could not be copied to their segment yet");
+    }
+    Ok(())
 }
 
 /// The system's page size: what a release and a population are aligned
@@ -270,17 +381,22 @@ fn unmap(_ptr: *mut u8, _from: usize, _to: usize) -> bool {
     true
 }
 
-/// Populate the window of `map` that starts at the page holding `from`;
-/// returns how far it is populated, or the mapping's whole length where
-/// the kernel cannot (before Linux 5.14), so that it is not asked again. A
-/// refusal costs nothing but the faults the population would have saved.
+/// Populate the window of `map` that starts at the page holding `from`,
+/// skipping its part below `done` (populated already, and only walked
+/// again if asked for); returns how far it is populated, or the mapping's
+/// whole length where the kernel cannot (before Linux 5.14), so that it is
+/// not asked again. A refusal costs nothing but the faults the population
+/// would have saved.
 #[cfg(target_os = "linux")]
-fn populate_ahead(map: &Mapping, from: usize) -> usize {
+fn populate_ahead(map: &Mapping, from: usize, done: usize) -> usize {
     let page = page_size();
-    let start = from / page * page;
-    let stop = (start + POPULATE_AHEAD).min(map.len());
+    let window = from / page * page;
+    let stop = (window + POPULATE_AHEAD).min(map.len());
+    let start = window.max(done / page * page);
     if stop <= start {
-        return map.len();
+        // At the mapping's end, or a batch larger than half a window
+        // starts below what is populated.
+        return if stop >= map.len() { map.len() } else { done };
     }
     // SAFETY: the range lies in the mapping's live part (`start` is at or
     // past the released prefix: appends never go below it), and
@@ -305,7 +421,7 @@ fn populate_ahead(map: &Mapping, from: usize) -> usize {
 
 /// Other systems take the page faults.
 #[cfg(not(target_os = "linux"))]
-fn populate_ahead(map: &Mapping, _from: usize) -> usize {
+fn populate_ahead(map: &Mapping, _from: usize, _done: usize) -> usize {
     map.len()
 }
 
@@ -360,6 +476,12 @@ fn reserve(file: &File, capacity: u64) -> bool {
     // SAFETY: `fallocate` reads only its integer arguments; the descriptor
     // is open for writing and stays open for the call.
     unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) == 0 }
+}
+
+/// Other systems reserve nothing.
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _capacity: u64) -> bool {
+    false
 }
 
 /// Other systems are not warmed.
@@ -432,7 +554,7 @@ mod tests {
     fn a_mapped_segment_holds_its_appends_and_is_cut_to_them_when_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 4096, true);
+        let mut segment = SegmentFile::new(file, 5, 4096, true, None);
         assert!(segment.is_mapped(), "ext4 and tmpfs reserve blocks");
         segment.append(b"one").expect("append");
         segment.append(b"two").expect("append");
@@ -454,7 +576,7 @@ mod tests {
     fn an_append_past_the_reservation_is_refused_not_a_fault() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 8, true);
+        let mut segment = SegmentFile::new(file, 5, 8, true, None);
         assert!(segment.is_mapped());
         assert!(segment.append(b"toolong").is_err());
         assert_eq!(segment.len(), 5);
@@ -466,7 +588,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
         let capacity = 3 * POPULATE_AHEAD as u64;
-        let mut segment = SegmentFile::new(file, 5, capacity, true);
+        let mut segment = SegmentFile::new(file, 5, capacity, true, None);
         assert!(segment.is_mapped());
         segment.append(b"first").expect("append");
         // Linux 5.14+ populates a window from the first append's page;
@@ -547,7 +669,7 @@ mod tests {
             // The offsets below assume 4 KiB pages.
             return;
         }
-        let mut segment = SegmentFile::new(file, 5, 4 * PAGE as u64, true);
+        let mut segment = SegmentFile::new(file, 5, 4 * PAGE as u64, true, None);
         assert!(segment.is_mapped());
         // Nothing below a whole page yet: nothing released.
         segment.append(&[1u8; 100]).expect("append");
@@ -581,10 +703,54 @@ mod tests {
     fn an_unmapped_segment_appends_with_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 4096, false);
+        let mut segment = SegmentFile::new(file, 5, 4096, false, None);
         assert!(!segment.is_mapped());
         assert!(segment.fits(1 << 20));
         segment.append(b"abc").expect("append");
         assert_eq!(std::fs::read(&path).expect("read"), b"MAGICabc");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_staged_segment_reaches_its_file_by_the_sync_and_is_cut_to_its_appends_when_closed() {
+        use super::super::log::Seal;
+        use super::super::ring::RING_BYTES;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(mut ring) = Ring::open(dir.path()) else {
+            return;
+        };
+        let (path, file) = new_segment(&dir);
+        ring.begin(
+            1,
+            Seal {
+                generation: 1,
+                salt: 5,
+            },
+            5,
+        );
+        let capacity = 4 * RING_BYTES as u64;
+        let mut segment = SegmentFile::new(file, 5, capacity, true, Some(ring));
+        assert!(segment.staged && !segment.is_mapped());
+        segment.append(b"one").expect("append");
+        // Staged: not in the segment's file until a sync copies it.
+        assert_eq!(&std::fs::read(&path).expect("read")[..8], b"MAGIC\0\0\0");
+        segment.sync_data().expect("sync");
+        assert_eq!(&std::fs::read(&path).expect("read")[..8], b"MAGICone");
+        // Past half the ring, appends are copied on as they go; a batch
+        // larger than the ring is written past it.
+        let chunk = vec![7u8; RING_BYTES / 3];
+        segment.append(&chunk).expect("append");
+        segment.append(&chunk).expect("append");
+        let large = vec![9u8; RING_BYTES + 1];
+        segment.append(&large).expect("append");
+        assert!(!segment.fits(capacity as usize));
+        let len = segment.len() as usize;
+        drop(segment);
+        let read = std::fs::read(&path).expect("read");
+        assert_eq!(read.len(), len, "cut to its appends");
+        assert_eq!(&read[..8], b"MAGICone");
+        let chunks = 8 + 2 * chunk.len();
+        assert!(read[8..chunks].iter().all(|&b| b == 7));
+        assert!(read[chunks..].iter().all(|&b| b == 9));
     }
 }

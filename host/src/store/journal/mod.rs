@@ -29,6 +29,11 @@
 
 mod log;
 mod mapped;
+#[cfg(target_os = "linux")]
+mod ring;
+#[cfg(not(target_os = "linux"))]
+#[path = "ring_elsewhere.rs"]
+mod ring;
 mod run_log;
 mod segments;
 
@@ -1035,6 +1040,9 @@ fn open_shard(
                 })?;
         }
     }
+    // Appends a crash of the last process left staged go to their
+    // segment before it is read.
+    ring::recover(dir);
     let ids = log::segment_ids(dir)?;
     let mut runs: RunMap<JournalRun> = RunMap::default();
     let mut segments = Segments::default();
