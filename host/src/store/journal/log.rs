@@ -228,8 +228,9 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 /// The CRC-32 of `seal`'s generation and salt (`u32 LE` each), which
 /// every record's checksum in a segment starts from (a record's checksum
-/// is the CRC-32 of those eight bytes and its body): computed once per batch rather than
-/// twice per record (eight bytes take the slow path of the CRC).
+/// is the CRC-32 of those eight bytes and its body): computed once per
+/// batch rather than twice per record (eight bytes take the CRC's slow
+/// path).
 fn seal_crc(seal: Seal) -> u32 {
     let mut prefix = [0u8; 8];
     prefix[..4].copy_from_slice(&seal.generation.to_le_bytes());
