@@ -69,6 +69,10 @@ const TAIL_AT: usize = 72;
 /// records at once.
 pub(super) const RING_BYTES: usize = 256 << 10;
 
+/// The largest ring [`recover`] reads (a later build may make larger ones
+/// than [`RING_BYTES`]).
+const MAX_RING_BYTES: usize = 16 << 20;
+
 /// A shard's staging ring, mapped (see the module's doc). Holds at most
 /// [`Ring::size`] bytes not yet copied to their segment.
 pub(super) struct Ring {
@@ -274,6 +278,16 @@ fn boot_id() -> Option<[u8; BOOT_LEN]> {
 /// Returns how many bytes were copied.
 pub(super) fn recover(dir: &Path) -> usize {
     let path = dir.join(RING_FILE);
+    // Never read more than a ring of the largest size this code makes
+    // could hold (a file grown past it was not written by a ring).
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() <= (HEADER + MAX_RING_BYTES) as u64 => {}
+        Ok(meta) => {
+            tracing::warn!(path = %path.display(), bytes = meta.len(), "the journal's staging ring is larger than any ring; ignored");
+            return 0;
+        }
+        Err(_) => return 0,
+    }
     let Ok(bytes) = std::fs::read(&path) else {
         return 0;
     };
@@ -442,6 +456,18 @@ mod tests {
             recover_from(dir.path(), &ring_bytes, Some(other)).expect("other boot"),
             0
         );
+        // A ring file grown past any ring's size is not read at all.
+        let ring_file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(RING_FILE))
+            .expect("ring file");
+        ring_file
+            .set_len((HEADER + MAX_RING_BYTES + 1) as u64)
+            .expect("grow");
+        assert_eq!(recover(dir.path()), 0);
+        ring_file
+            .set_len(ring_bytes.len() as u64)
+            .expect("shrink back");
         // Copied from the end of the last whole record in the file: the
         // copy before the crash cut the second record in two.
         let whole = records.len() / 3;
