@@ -1035,9 +1035,14 @@ struct Io {
     /// which syncs the directory first.
     dir_unsynced: bool,
     /// The shard's staging ring ([`super::ring`]), while no segment is
-    /// open to lend it to; `None` when the store syncs every commit, or
-    /// where there is none.
+    /// open to lend it to; `None` when the store syncs every commit, where
+    /// there is none, and while a stranded segment keeps it.
     ring: Option<Ring>,
+    /// Whether the ring was made (or tried): when the first segment opens.
+    ring_tried: bool,
+    /// A segment closed while its staged appends could not be copied to
+    /// it: it keeps the ring until a sync copies them, then is synced.
+    stranded: Option<Active>,
     /// The last batch's buffers, emptied, swapped in for the queue's so
     /// it does not grow from nothing for every batch.
     spare: Vec<u8>,
@@ -1056,7 +1061,7 @@ impl Shared {
         spare: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Shared {
-            dir: dir.clone(),
+            dir,
             sync,
             state: Mutex::new(State {
                 runs,
@@ -1073,9 +1078,6 @@ impl Shared {
             wake: Condvar::new(),
             io: Mutex::new(Io {
                 active_id: active,
-                ring: (sync != StoreSync::Always)
-                    .then(|| Ring::open(&dir))
-                    .flatten(),
                 ..Io::default()
             }),
             queued: AtomicBool::new(false),
@@ -1192,11 +1194,14 @@ impl Shared {
         mut visit: impl FnMut(Record<'_>) -> Option<T>,
     ) -> Vec<T> {
         let mut io = lock(&self.io);
-        // The segment being written holds its staged appends too.
-        if let Some(active) = &mut io.active
-            && let Err(error) = active.file.catch_up()
-        {
-            tracing::warn!(%error, "staged journal appends could not be copied to their segment");
+        // The segments being written hold their staged appends too.
+        let Io {
+            active, stranded, ..
+        } = &mut *io;
+        for segment in [active, stranded].into_iter().flatten() {
+            if let Err(error) = segment.file.copy_staged() {
+                tracing::warn!(%error, segment = segment.id, "staged journal appends could not be copied to their segment; they are not read back");
+            }
         }
         let ids = self.state().segments.of(run);
         let mut found = Vec::new();
@@ -1369,6 +1374,7 @@ impl Shared {
 fn sync_now(shared: &Shared) {
     let (closing, dir, file) = {
         let mut io = lock(&shared.io);
+        unstrand(&mut io);
         let closing = std::mem::take(&mut io.closing);
         let dir = std::mem::take(&mut io.dir_unsynced);
         let unsynced = io.unsynced;
@@ -1459,10 +1465,49 @@ fn abandon_segment(io: &mut Io) {
     if io.active.as_ref().is_some_and(|a| a.id == io.active_id) {
         io.active_id += 1;
     }
-    if let Some(mut old) = io.active.take() {
-        io.ring = old.file.take_ring();
-        if io.unsynced {
-            sync_later(io, &mut old);
+    if let Some(old) = io.active.take() {
+        let unsynced = io.unsynced;
+        close_segment(io, old, unsynced);
+    }
+}
+
+/// Segment `old` is no longer written: its staged appends copied to it,
+/// the ring goes back to the shard, and with `sync` it is synced at the
+/// next sync. When the copy fails the segment is stranded: it keeps the
+/// ring (and its appends) until a sync copies them ([`unstrand`]).
+fn close_segment(io: &mut Io, mut old: Active, sync: bool) {
+    match old.file.take_ring() {
+        Ok(ring) => {
+            io.ring = io.ring.take().or(ring);
+            if sync {
+                sync_later(io, &mut old);
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, segment = old.id, "a closed journal segment's staged appends could not be copied to it; trying again at the next sync");
+            if let Some(earlier) = io.stranded.replace(old) {
+                // Only a segment with a ring is stranded, and the shard
+                // has one ring: there is never an earlier one.
+                tracing::error!(segment = earlier.id, "a second stranded journal segment");
+            }
+        }
+    }
+}
+
+/// Copy a stranded segment's staged appends to it at last: then it gives
+/// back the ring and is synced with the closed segments.
+fn unstrand(io: &mut Io) {
+    let Some(mut stranded) = io.stranded.take() else {
+        return;
+    };
+    match stranded.file.take_ring() {
+        Ok(ring) => {
+            io.ring = io.ring.take().or(ring);
+            sync_later(io, &mut stranded);
+        }
+        Err(error) => {
+            tracing::error!(%error, segment = stranded.id, "a closed journal segment's staged appends still could not be copied to it; trying again at the next sync");
+            io.stranded = Some(stranded);
         }
     }
 }
@@ -1684,12 +1729,9 @@ fn append(
     }
     let id = io.active_id;
     if io.active.as_ref().is_none_or(|a| a.id != id) {
-        if let Some(mut old) = io.active.take() {
+        if let Some(old) = io.active.take() {
             // Its staged appends copied to it, the ring goes to the next.
-            io.ring = old.file.take_ring();
-            if shared.sync != StoreSync::Always {
-                sync_later(io, &mut old);
-            }
+            close_segment(io, old, shared.sync != StoreSync::Always);
         }
         io.active = Some(open_segment(shared, io, id, room)?);
         io.prepare_asked = false;
@@ -1820,6 +1862,10 @@ fn named_segment(
         io.dir_unsynced = true;
     }
     shared.state().segments.add(id);
+    if !io.ring_tried && shared.sync != StoreSync::Always {
+        io.ring_tried = true;
+        io.ring = Ring::open(&shared.dir);
+    }
     let ring = io.ring.take().map(|mut ring| {
         ring.begin(id, seal, SEGMENT_HEADER as u64);
         ring

@@ -192,20 +192,31 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// The ring lent to the segment, once what it stages is copied on;
-    /// kept (and `None` returned) when the copy fails, so that the staged
-    /// appends are neither overwritten nor lost to the next open of the
-    /// shard, which copies them ([`super::ring::recover`]).
-    pub(super) fn take_ring(&mut self) -> Option<Ring> {
-        if self.staged
-            && let Some(ring) = &mut self.ring
-            && let Err(error) = ring.copy_out(&self.file)
-        {
-            tracing::error!(%error, "a journal segment's staged appends could not be copied to it; its staging ring is retired");
-            return None;
+    /// Copy on what is staged, if anything (a mapped segment is left as
+    /// it is): what a reader of the file needs first.
+    ///
+    /// # Errors
+    ///
+    /// The failed copy (what was not copied stays staged).
+    pub(super) fn copy_staged(&mut self) -> io::Result<()> {
+        match &mut self.ring {
+            Some(ring) if self.staged => ring.copy_out(&self.file),
+            _ => Ok(()),
         }
+    }
+
+    /// The ring lent to the segment (`None` if none was), once what it
+    /// stages is copied on.
+    ///
+    /// # Errors
+    ///
+    /// The failed copy: the segment keeps the ring, so that its staged
+    /// appends are not overwritten, for a later try (or the next open of
+    /// the shard, which copies them: [`super::ring::recover`]).
+    pub(super) fn take_ring(&mut self) -> io::Result<Option<Ring>> {
+        self.copy_staged()?;
         self.staged = false;
-        self.ring.take()
+        Ok(self.ring.take())
     }
 
     /// Unmap the pages wholly behind the appends (see
@@ -237,7 +248,7 @@ impl Drop for SegmentFile {
     /// A segment whose staged appends cannot be copied is not cut: the
     /// ring keeps them for the next open.
     fn drop(&mut self) {
-        if self.staged && self.take_ring().is_none() {
+        if self.staged && self.take_ring().is_err() {
             return;
         }
         self.map = None;
@@ -267,9 +278,9 @@ fn stage(
     }
     if bytes.len() > ring.size() {
         file.write_all_at(bytes, *len)?;
-        ring.skip(bytes.len());
+        ring.skip(bytes.len())?;
     } else {
-        ring.stage(bytes);
+        ring.stage(bytes)?;
     }
     *len += bytes.len() as u64;
     if ring.staged() >= ring.size() / 2

@@ -583,7 +583,9 @@ const MAX_SHARDS: usize = 64;
 
 /// The most shards runs are spread over by default. Each shard keeps up
 /// to three 4 MiB files reserved on disk (its active segment, the next
-/// one made ready, a spent one kept for reuse), and past a few shards the
+/// one made ready, a spent one kept for reuse) and, written in place, a
+/// 260 KiB staging ring (made when its first segment opens), and past a
+/// few shards the
 /// threads that share one rarely meet at its locks.
 const WRITING_SHARDS_MAX: usize = 4;
 
@@ -1042,7 +1044,7 @@ fn open_shard(
     }
     // Appends a crash of the last process left staged go to their
     // segment before it is read.
-    ring::recover(dir);
+    ring::recover(dir)?;
     let ids = log::segment_ids(dir)?;
     let mut runs: RunMap<JournalRun> = RunMap::default();
     let mut segments = Segments::default();

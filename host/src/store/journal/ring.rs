@@ -24,7 +24,11 @@
 //! names the boot it was written in; after a crash of the machine its
 //! pages may have been written back in any order, so a ring from another
 //! boot is ignored, and the segments hold what the last sync made durable,
-//! as without the ring.
+//! as without the ring. That also holds after a clean restart of the
+//! machine between a crash of the process and the next open: the appends
+//! staged since the last sync (at most an interval's) are lost then, where
+//! a segment written through its own mapping kept them. A ring that cannot
+//! be copied is renamed aside, never overwritten.
 //!
 //! File (`RING_FILE` in the shard's directory): a header page, then the
 //! ring's bytes. Header: `LOOMRNG1`, the boot id (36 bytes of text), the
@@ -40,6 +44,7 @@
 )]
 
 use super::log::{Seal, bodies, framing_of, segment_path};
+use crate::store::StoreError;
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -47,6 +52,11 @@ use std::path::Path;
 /// The ring's file in a shard's directory (not a segment: never replayed
 /// as one).
 pub(super) const RING_FILE: &str = "appends.ring";
+
+/// How a ring that could not be copied to its segment is renamed, with
+/// the time in milliseconds appended: kept aside for an operator to look
+/// at, never read again.
+pub(super) const UNRECOVERED_PREFIX: &str = "appends.ring-unrecovered-";
 
 /// The ring's first bytes.
 const RING_MAGIC: &[u8; 8] = b"LOOMRNG1";
@@ -93,8 +103,9 @@ pub(super) struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// The ring in `dir` (created, or reused from an earlier process that
-    /// [`recover`] already drained), mapped with its pages faulted in;
+    /// The ring in `dir` (created, or reused from an earlier process once
+    /// [`recover`] copied what it held, or set it aside), mapped with its
+    /// pages faulted in;
     /// `None` where there is no boot id to name (the shard then writes
     /// through the segment's own mapping) or the file cannot be made.
     pub(super) fn open(dir: &Path) -> Option<Ring> {
@@ -156,8 +167,11 @@ impl Ring {
         self.copied = len;
         self.tail = len;
         // The tail first: a crash between these stores leaves a header
-        // whose offsets hold nothing to copy, for either segment.
+        // whose offsets hold nothing to copy, for either segment. (The
+        // fence keeps the compiler from moving the plain stores below
+        // ahead of it; the processor keeps stores in order for a kill.)
         self.store_tail(len);
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         let header = self.header_mut();
         header[START_AT..START_AT + 8].copy_from_slice(&len.to_le_bytes());
         header[SEGMENT_AT..SEGMENT_AT + 8].copy_from_slice(&id.to_le_bytes());
@@ -165,10 +179,18 @@ impl Ring {
         header[SALT_AT..SALT_AT + 4].copy_from_slice(&seal.salt.to_le_bytes());
     }
 
-    /// Stage `bytes`, the segment's next, which must fit beside what is
-    /// staged (`staged() + bytes.len() <= size()`).
-    pub(super) fn stage(&mut self, bytes: &[u8]) {
-        debug_assert!(self.staged() + bytes.len() <= self.size);
+    /// Stage `bytes`, the segment's next.
+    ///
+    /// # Errors
+    ///
+    /// When they do not fit beside what is staged (`staged() +
+    /// bytes.len() > size()`): nothing is staged.
+    pub(super) fn stage(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.staged() + bytes.len() > self.size {
+            return Err(io::Error::other(
+                "journal appends larger than the room left in the staging ring",
+            ));
+        }
         let at = (self.tail % self.size as u64) as usize;
         let first = bytes.len().min(self.size - at);
         // SAFETY: `at + first <= size` and `bytes.len() - first <= size`:
@@ -181,21 +203,32 @@ impl Ring {
         }
         self.tail += bytes.len() as u64;
         self.store_tail(self.tail);
+        Ok(())
     }
 
     /// Note `len` bytes written to the segment file past the ring (a
-    /// batch larger than the ring), which must hold nothing staged.
-    pub(super) fn skip(&mut self, len: usize) {
-        debug_assert_eq!(self.staged(), 0);
+    /// batch larger than the ring).
+    ///
+    /// # Errors
+    ///
+    /// When the ring still holds staged bytes (they would be skipped):
+    /// nothing changes.
+    pub(super) fn skip(&mut self, len: usize) -> io::Result<()> {
+        if self.staged() > 0 {
+            return Err(io::Error::other(
+                "a journal batch written past the staging ring while it holds appends",
+            ));
+        }
         self.tail += len as u64;
         self.copied = self.tail;
         self.store_tail(self.tail);
+        Ok(())
     }
 
     /// Copy what is staged to `segment`'s file, at the offsets it was
-    /// staged for. On failure nothing counts as copied: the bytes stay
-    /// staged (and in the ring's file for a later open) and the next copy
-    /// tries them again.
+    /// staged for. On failure what was not copied stays staged (and in
+    /// the ring's file for a later open) and the next copy tries it
+    /// again.
     pub(super) fn copy_out(&mut self, segment: &File) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         while self.copied < self.tail {
@@ -276,27 +309,51 @@ fn boot_id() -> Option<[u8; BOOT_LEN]> {
 /// ring from another boot, for a segment that is gone or sealed otherwise,
 /// or that holds nothing past the segment's records, is left alone.
 /// Returns how many bytes were copied.
-pub(super) fn recover(dir: &Path) -> usize {
+///
+/// A ring that could not be read or copied is renamed aside
+/// ([`UNRECOVERED_PREFIX`], with a warning), so that the shard's new ring
+/// does not overwrite what it may hold.
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when such a ring cannot even be renamed aside: the
+/// shard does not open rather than lose it.
+pub(super) fn recover(dir: &Path) -> Result<usize, StoreError> {
     let path = dir.join(RING_FILE);
-    // Never read more than a ring of the largest size this code makes
-    // could hold (a file grown past it was not written by a ring).
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.len() <= (HEADER + MAX_RING_BYTES) as u64 => {}
-        Ok(meta) => {
+    let failure = match std::fs::metadata(&path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        // Never read more than a ring of the largest size this code makes
+        // could hold (a file grown past it was not written by a ring).
+        Ok(meta) if meta.len() > (HEADER + MAX_RING_BYTES) as u64 => {
             tracing::warn!(path = %path.display(), bytes = meta.len(), "the journal's staging ring is larger than any ring; ignored");
-            return 0;
+            return Ok(0);
         }
-        Err(_) => return 0,
-    }
-    let Ok(bytes) = std::fs::read(&path) else {
-        return 0;
+        Err(error) => error,
+        Ok(_) => {
+            match std::fs::read(&path).and_then(|bytes| recover_from(dir, &bytes, boot_id())) {
+                Ok(copied) => return Ok(copied),
+                Err(error) => error,
+            }
+        }
     };
-    match recover_from(dir, &bytes, boot_id()) {
-        Ok(copied) => copied,
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "the journal's staging ring could not be copied to its segment");
-            0
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    let aside = dir.join(format!("{UNRECOVERED_PREFIX}{now_ms}"));
+    match std::fs::rename(&path, &aside) {
+        Ok(()) => {
+            tracing::warn!(
+                path = %path.display(),
+                kept = %aside.display(),
+                error = %failure,
+                "the journal's staging ring could not be copied to its segment; kept aside, the records it held since the last sync are not replayed"
+            );
+            Ok(0)
         }
+        Err(error) => Err(StoreError::Io(format!(
+            "the journal's staging ring {} may hold records its segment lacks, and could be neither copied ({failure}) nor renamed aside ({error}); move it away to open the journal without them",
+            path.display()
+        ))),
     }
 }
 
@@ -333,12 +390,16 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
         return Ok(0);
     }
     let segment = segment_path(dir, id);
-    let Ok(file) = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&segment)
-    else {
-        return Ok(0);
+    {
+        Ok(file) => file,
+        // Retired since (a segment is retired only once every run in it
+        // ended): nothing it staged is needed.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error),
     };
     let written = std::fs::read(&segment)?;
     let Some((framing, header_len)) = framing_of(&written) else {
@@ -368,6 +429,9 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
         at += len as u64;
     }
     file.sync_data()?;
+    // The crashed process may have named the segment without syncing the
+    // directory yet.
+    File::open(dir)?.sync_all()?;
     tracing::info!(
         segment = id,
         bytes = tail - from,
@@ -416,7 +480,7 @@ mod tests {
             if ring.staged() + piece.len() > ring.size() {
                 ring.copy_out(&file).expect("copy");
             }
-            ring.stage(&piece);
+            ring.stage(&piece).expect("stage");
             expected.extend_from_slice(&piece);
             n = n.wrapping_add(1);
         }
@@ -444,9 +508,9 @@ mod tests {
             records.append(&mut record);
         }
         let half = records.len() / 2;
-        ring.stage(&records[..half]);
+        ring.stage(&records[..half]).expect("stage");
         ring.copy_out(&file).expect("copy");
-        ring.stage(&records[half..]);
+        ring.stage(&records[half..]).expect("stage");
         // The process dies here: the second half is only in the ring.
         std::mem::forget(ring);
         let ring_bytes = std::fs::read(dir.path().join(RING_FILE)).expect("ring file");
@@ -464,7 +528,7 @@ mod tests {
         ring_file
             .set_len((HEADER + MAX_RING_BYTES + 1) as u64)
             .expect("grow");
-        assert_eq!(recover(dir.path()), 0);
+        assert_eq!(recover(dir.path()).expect("recover"), 0);
         ring_file
             .set_len(ring_bytes.len() as u64)
             .expect("shrink back");
@@ -472,10 +536,45 @@ mod tests {
         // copy before the crash cut the second record in two.
         let whole = records.len() / 3;
         assert!(half > whole && half < 2 * whole);
-        assert_eq!(recover(dir.path()), records.len() - whole);
+        assert_eq!(recover(dir.path()).expect("recover"), records.len() - whole);
         let written = std::fs::read(segment_path(dir.path(), 4)).expect("read");
         assert_eq!(&written[SEGMENT_HEADER..], &records[..]);
         // Copying again finds nothing more to do.
-        assert_eq!(recover(dir.path()), 0);
+        assert_eq!(recover(dir.path()).expect("recover"), 0);
+    }
+
+    #[test]
+    fn a_ring_that_cannot_be_copied_is_kept_aside_not_overwritten() {
+        let Some(_) = boot_id() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seal = Seal {
+            generation: 1,
+            salt: 3,
+        };
+        let _file = segment(dir.path(), 2, seal);
+        let mut ring = Ring::open(dir.path()).expect("ring");
+        ring.begin(2, seal, SEGMENT_HEADER as u64);
+        ring.stage(&[1u8; 100]).expect("stage");
+        std::mem::forget(ring);
+        // A tail the ring cannot hold the bytes before: it cannot be
+        // applied, so it is renamed aside rather than reused.
+        let path = dir.path().join(RING_FILE);
+        let mut bytes = std::fs::read(&path).expect("ring file");
+        let tail = (SEGMENT_HEADER + 2 * RING_BYTES) as u64;
+        bytes[TAIL_AT..TAIL_AT + 8].copy_from_slice(&tail.to_le_bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(recover(dir.path()).expect("recover"), 0);
+        assert!(!path.exists());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|item| {
+                item.file_name()
+                    .to_string_lossy()
+                    .starts_with(UNRECOVERED_PREFIX)
+            })
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(std::fs::read(kept[0].path()).expect("kept"), bytes);
     }
 }
