@@ -183,10 +183,8 @@ impl SegmentFile {
     /// The failed copy of staged appends (they stay staged, for the next
     /// try).
     pub(super) fn catch_up(&mut self) -> io::Result<()> {
-        if self.staged
-            && let Some(ring) = &mut self.ring
-        {
-            return ring.copy_out(&self.file);
+        if self.staged {
+            return self.copy_staged();
         }
         self.release_written();
         Ok(())
@@ -376,7 +374,7 @@ impl Drop for Mapping {
 
 /// `munmap` the part `from..to` of the mapping at `ptr`; whether it was.
 #[cfg(target_os = "linux")]
-fn unmap(ptr: *mut u8, from: usize, to: usize) -> bool {
+pub(super) fn unmap(ptr: *mut u8, from: usize, to: usize) -> bool {
     if to <= from {
         return true;
     }
@@ -479,7 +477,7 @@ pub(super) fn warm(file: &File, capacity: u64) {
 /// Reserve the blocks of `file`'s first `capacity` bytes (`fallocate`);
 /// whether they were.
 #[cfg(target_os = "linux")]
-fn reserve(file: &File, capacity: u64) -> bool {
+pub(super) fn reserve(file: &File, capacity: u64) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(length) = libc::off_t::try_from(capacity) else {
         return false;
@@ -504,7 +502,6 @@ pub(super) fn warm(_file: &File, _capacity: u64) {}
 /// with `write`).
 #[cfg(target_os = "linux")]
 fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
-    use std::os::fd::AsRawFd;
     if !reserve(file, capacity) {
         tracing::debug!(
             error = %io::Error::last_os_error(),
@@ -513,16 +510,42 @@ fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
         return None;
     }
     let size = usize::try_from(capacity).ok().filter(|&size| size > 0)?;
-    // SAFETY: a new shared mapping of `size` bytes of the file from offset
-    // 0, placed by the kernel. The segment was created by this process in
-    // the journal's own directory (the store, and with it the journal, is
-    // open in one process at a time), and is never truncated while
-    // mapped: only `Drop` cuts it, after unmapping. Its blocks are
-    // reserved, so no store faults.
+    // The segment was created by this process in the journal's own
+    // directory (the store, and with it the journal, is open in one
+    // process at a time), and is never truncated while mapped: only `Drop`
+    // cuts it, after unmapping. Its blocks are reserved, so no store
+    // faults.
+    let ptr = match map_shared(file, size) {
+        Ok(ptr) => ptr,
+        Err(error) => {
+            tracing::warn!(%error, "the journal segment could not be mapped; appending with write");
+            let _ = file.set_len(len);
+            return None;
+        }
+    };
+    Some(Mapping {
+        ptr,
+        len: size,
+        released: 0,
+    })
+}
+
+/// A new shared, writable mapping of `file`'s first `len` bytes (which
+/// must exist), placed by the kernel: what a segment and the staging ring
+/// ([`super::ring`]) are written through.
+///
+/// # Errors
+///
+/// The system's, when it cannot be made.
+#[cfg(target_os = "linux")]
+pub(super) fn map_shared(file: &File, len: usize) -> io::Result<*mut u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new mapping, placed by the kernel, of an open descriptor;
+    // it refers to no memory of the process's before it is made.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            size,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             file.as_raw_fd(),
@@ -530,18 +553,9 @@ fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
         )
     };
     if ptr == libc::MAP_FAILED {
-        tracing::warn!(
-            error = %io::Error::last_os_error(),
-            "the journal segment could not be mapped; appending with write"
-        );
-        let _ = file.set_len(len);
-        return None;
+        return Err(io::Error::last_os_error());
     }
-    Some(Mapping {
-        ptr: ptr.cast(),
-        len: size,
-        released: 0,
-    })
+    Ok(ptr.cast())
 }
 
 /// Other systems append with `write`.

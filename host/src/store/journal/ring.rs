@@ -44,6 +44,7 @@
 )]
 
 use super::log::{Seal, bodies, framing_of, segment_path};
+use super::mapped;
 use crate::store::StoreError;
 use std::fs::File;
 use std::io;
@@ -258,43 +259,22 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // SAFETY: the whole mapping, made in `open`, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.cast(), HEADER + self.size);
-        }
+        // The whole mapping, made in `open`, unmapped once.
+        mapped::unmap(self.ptr, 0, HEADER + self.size);
     }
 }
 
-/// Map `len` bytes of `file` shared and writable, its pages faulted in.
+/// Map `len` bytes of `file` shared and writable, their blocks reserved
+/// first (so a store never faults on a full disk) and their pages faulted
+/// in.
 fn map(file: &File, len: usize) -> io::Result<*mut u8> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a new shared mapping of the file's first `len` bytes
-    // (`set_len` made them exist), placed by the kernel.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
+    if !mapped::reserve(file, len as u64) {
         return Err(io::Error::last_os_error());
     }
-    // Reserve the blocks, so that a store never faults on a full disk.
-    // SAFETY: `fallocate` reads only its integer arguments.
-    let reserved = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } == 0;
-    if !reserved {
-        let error = io::Error::last_os_error();
-        // SAFETY: the mapping just made.
-        unsafe { libc::munmap(ptr, len) };
-        return Err(error);
-    }
+    let ptr = mapped::map_shared(file, len)?;
     // SAFETY: the mapping just made; population only faults pages in.
-    unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_WRITE) };
-    Ok(ptr.cast())
+    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_POPULATE_WRITE) };
+    Ok(ptr)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), as text.
@@ -459,6 +439,15 @@ mod tests {
         file
     }
 
+    /// Segment `id` in `dir`, sealed with `seal` (its header written), and
+    /// the shard's ring begun for it.
+    fn begun(dir: &Path, id: u64, seal: Seal) -> (File, Ring) {
+        let file = segment(dir, id, seal);
+        let mut ring = Ring::open(dir).expect("ring");
+        ring.begin(id, seal, SEGMENT_HEADER as u64);
+        (file, ring)
+    }
+
     #[test]
     fn staged_bytes_wrap_around_and_reach_the_segment_in_order() {
         let Some(_) = boot_id() else { return };
@@ -467,9 +456,7 @@ mod tests {
             generation: 3,
             salt: 7,
         };
-        let file = segment(dir.path(), 1, seal);
-        let mut ring = Ring::open(dir.path()).expect("ring");
-        ring.begin(1, seal, SEGMENT_HEADER as u64);
+        let (file, mut ring) = begun(dir.path(), 1, seal);
         let mut expected = Vec::new();
         let mut n = 0u8;
         // Three times around the ring, in uneven pieces.
@@ -498,9 +485,7 @@ mod tests {
             generation: 1,
             salt: 99,
         };
-        let file = segment(dir.path(), 4, seal);
-        let mut ring = Ring::open(dir.path()).expect("ring");
-        ring.begin(4, seal, SEGMENT_HEADER as u64);
+        let (file, mut ring) = begun(dir.path(), 4, seal);
         let mut records = Vec::new();
         for i in 0..3u8 {
             let mut record = frame(&[i; 40]);
@@ -551,9 +536,7 @@ mod tests {
             generation: 1,
             salt: 3,
         };
-        let _file = segment(dir.path(), 2, seal);
-        let mut ring = Ring::open(dir.path()).expect("ring");
-        ring.begin(2, seal, SEGMENT_HEADER as u64);
+        let (_file, mut ring) = begun(dir.path(), 2, seal);
         ring.stage(&[1u8; 100]).expect("stage");
         std::mem::forget(ring);
         // A tail the ring cannot hold the bytes before: it cannot be
