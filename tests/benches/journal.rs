@@ -1,0 +1,114 @@
+//! The run journal's own cost per turn, without the harness around it.
+//!
+//! One iteration is what a journaled `bare` turn of the multi-tenant bench
+//! asks of the journal's store layer, with the payload sizes that bench
+//! writes: a run begun, its input (37 bytes) and tool list (120 bytes)
+//! queued, then three awaited steps (a completion of 42 bytes, tool results
+//! of 200, a completion of 194), each queued and flushed, and the run
+//! finished and dropped: seven records in four appends. The store fsyncs
+//! every 100 ms, as in that bench, so the appends are written in place
+//! (through the shard's staging ring) and the journal's writer thread syncs
+//! them on that interval; a new run id each time, so segments fill, rotate
+//! and are retired as under load.
+//!
+//! Not included: what the agent side adds (fingerprinting requests and
+//! encoding results, a few hundred nanoseconds), and the cache misses a
+//! turn's other work causes; the multi-tenant bench's `journal-ab` mode
+//! measures the whole.
+//!
+//! Run: `cargo bench -p loom-tests --bench journal`
+
+use criterion::Criterion;
+use loom_host::store::journal::{
+    EntryAt, EntryKind, Journal, JournalFormat, JournalRun, JournalStatus, RunLog,
+};
+use loom_host::store::{Store, StoreSync};
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+/// The start record of run `id`, as the multi-tenant bench's runs have it.
+fn record(id: &str) -> JournalRun {
+    JournalRun {
+        run: id.to_owned(),
+        tenant: "tenant-3".to_owned(),
+        user: Some("user-17".to_owned()),
+        session: None,
+        agent: None,
+        architecture: "react".to_owned(),
+        prompt: "What does my run context say?".to_owned(),
+        output_schema: None,
+        metadata: Vec::new(),
+        component: "9f".repeat(32),
+        origin: serde_json::Value::Null,
+        format: JournalFormat::Compact2,
+        status: JournalStatus::Running,
+        started_ms: 0,
+        updated_ms: 0,
+    }
+}
+
+/// Queue `len` bytes at step `seq` of the root scope.
+fn queue(log: &RunLog, seq: u32, kind: EntryKind, len: usize) {
+    let fingerprint = [seq as u8; 32];
+    let at = EntryAt {
+        scope: "0",
+        seq,
+        kind,
+        fingerprint: &fingerprint,
+    };
+    let queued = log.queue(
+        at,
+        |out| {
+            out.resize(out.len() + len, b'x');
+            Ok(())
+        },
+        |_| true,
+    );
+    assert!(matches!(queued, Ok(true)), "queue: {queued:?}");
+}
+
+/// Poll `future` once: a flush written in place is done when it returns.
+fn now<T>(future: impl Future<Output = T>) -> T {
+    let mut context = Context::from_waker(Waker::noop());
+    match pin!(future).as_mut().poll(&mut context) {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("an in-place journal flush waited"),
+    }
+}
+
+/// One journaled turn's records (see the module's doc).
+fn turn(journal: &Journal, id: &str) {
+    let live = journal.mark_live(id).expect("not live");
+    let log = journal.begin(record(id), live).expect("begin");
+    queue(&log, 0, EntryKind::Input, 37);
+    queue(&log, 1, EntryKind::Tools, 120);
+    queue(&log, 2, EntryKind::Completion, 42);
+    now(log.flush()).expect("flush");
+    queue(&log, 3, EntryKind::ToolResults, 200);
+    now(log.flush()).expect("flush");
+    queue(&log, 4, EntryKind::Completion, 194);
+    now(log.flush()).expect("flush");
+    log.finish(true);
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::open_with(&dir.path().join("loom.redb"), StoreSync::Interval(100)).expect("store");
+    let journal = Journal::open(store).expect("journal");
+    let mut n = 0u64;
+    let mut id = String::new();
+    criterion.bench_function("journal/bare_turn_in_place", |b| {
+        b.iter(|| {
+            use std::fmt::Write;
+            n += 1;
+            id.clear();
+            let _ = write!(id, "run-{n:016x}");
+            turn(&journal, black_box(&id));
+        })
+    });
+    criterion.final_summary();
+}
