@@ -389,10 +389,16 @@ struct CompactStart<S, T> {
     updated_ms: u64,
 }
 
-/// The framed record of a run's start; with `number`, it binds the run's
-/// number in the segment it goes to (see [`RunKey`]).
+/// Room a run's buffer is made with beyond its start record: what a turn
+/// queues before its first awaited write (its input, the tool list and
+/// the step itself) fits without growing it.
+const QUEUE_ROOM: usize = 1 << 10;
+
+/// The framed record of a run's start, in a buffer with room for the
+/// records queued after it ([`QUEUE_ROOM`]); with `number`, it binds the
+/// run's number in the segment it goes to (see [`RunKey`]).
 pub(super) fn start_record(run: &JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(QUEUE_ROOM);
     put_start(&mut bytes, run, number)?;
     Ok(bytes)
 }

@@ -299,7 +299,8 @@ impl RunLog {
         let Some(live) = queue.live.take() else {
             return;
         };
-        let updated_ms = now_ms();
+        // A dropped run's record is void: nothing reads when it changed.
+        let updated_ms = if drop_entries { 0 } else { now_ms() };
         log::put_finish(&mut queue.bytes, self.key(), drop_entries, updated_ms);
         let end = if drop_entries {
             RunEnd::Dropped
