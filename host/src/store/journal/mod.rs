@@ -717,8 +717,8 @@ impl Journal {
     /// # Errors
     ///
     /// [`StoreError`] when the write fails.
-    pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
-        let (record, run) = start_of(run, None)?;
+    pub async fn start(&self, mut run: JournalRun) -> Result<(), StoreError> {
+        let record = start_of(&mut run, None)?;
         let id: Arc<str> = Arc::from(run.run.as_str());
         self.log_for(&id)
             .write(&record, Mark::Pin(id.clone()), move |runs| {
@@ -949,12 +949,12 @@ fn push_drop(log: &Shared, run: &str) {
     );
 }
 
-/// `run` as a running record: its framed record and itself.
-fn start_of(mut run: JournalRun, number: Option<u64>) -> Result<(Vec<u8>, JournalRun), StoreError> {
+/// Mark `run` running, now, and frame its start record (in place: the
+/// record is a few hundred bytes, moved once into the log's map after).
+fn start_of(run: &mut JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
     run.status = JournalStatus::Running;
     run.updated_ms = now_ms();
-    let record = log::start_record(&run, number)?;
-    Ok((record, run))
+    log::start_record(run, number)
 }
 
 /// The framed record of `entry` at (`run`, `scope`, `seq`).

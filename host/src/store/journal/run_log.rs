@@ -115,11 +115,11 @@ impl Journal {
 /// Begin journaling `run` in `log` (`live`: its mark).
 pub(super) fn begin_in(
     log: &Arc<Shared>,
-    run: JournalRun,
+    mut run: JournalRun,
     live: LiveRun,
 ) -> Result<RunLog, StoreError> {
     let number = log.writes_in_place().then(|| log.next_number());
-    let (record, run) = start_of(run, number)?;
+    let record = start_of(&mut run, number)?;
     // The id the live set holds, allocated once for every map naming it.
     let id = if **live.id() == *run.run {
         live.id().clone()
