@@ -18,10 +18,12 @@
 //! A segment file (`<id>.seg`, ids increasing, a new one per process and
 //! every [`SEGMENT_BYTES`]) starts with [`MAGIC`], its generation and its
 //! salt (`u32 LE` each). Record: `len: u32 LE`, `generation: u32 LE`,
-//! `crc32(generation, salt, body): u32 LE`, `body`. Opening the log
-//! replays every segment; a torn record at a segment's end (a crash in a
-//! write) is cut off, and whatever follows a corrupt record is ignored
-//! with a warning.
+//! `crc32(generation, salt, offset, body): u32 LE`, `body`, where `offset`
+//! is where the record starts in the file (`u64 LE`): a record checks only
+//! where it was written, never copied to another place (see the staging
+//! ring's recovery, [`super::ring`]). Opening the log replays every
+//! segment; a torn record at a segment's end (a crash in a write) is cut
+//! off, and whatever follows a corrupt record is ignored with a warning.
 //!
 //! A segment nothing needs any more is not deleted but kept as the spare
 //! ([`SPARE_FILE`]), and the next segment is the spare renamed, its
@@ -42,8 +44,10 @@
 //! record in a later segment, says which run the number is, so a segment
 //! is read from its start with the numbers it binds ([`Binds`]).
 //!
-//! Segments written before generations (`LOOMJNL1`: `len`, `crc32(body)`,
-//! `body`) are still read, and never recycled.
+//! Segments written before checksums covered offsets (`LOOMJNL2`) are
+//! still read, and recycled like the others; those written before
+//! generations (`LOOMJNL1`: `len`, `crc32(body)`, `body`) are still read,
+//! and never recycled.
 
 use super::mapped::{self, SegmentFile};
 use super::ring::Ring;
@@ -61,7 +65,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The first bytes of every segment file.
-pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL2";
+pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL3";
+
+/// The first bytes of a segment whose checksums do not cover their
+/// records' offsets (written before they did; read, never written).
+const UNPLACED_MAGIC: &[u8; 8] = b"LOOMJNL2";
 
 /// The first bytes of a segment written before generations.
 const LEGACY_MAGIC: &[u8; 8] = b"LOOMJNL1";
@@ -238,17 +246,28 @@ fn seal_crc(seal: Seal) -> u32 {
     crc32fast::hash(&prefix)
 }
 
-/// The checksum of a record's `body` in a segment whose seal's CRC is
-/// `seal_crc` ([`seal_crc`]).
+/// The checksum of a record's `body` in a segment of [`UNPLACED_MAGIC`]
+/// whose seal's CRC is `seal_crc` ([`seal_crc`]).
 fn checksum_after(seal_crc: u32, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(seal_crc);
     hasher.update(body);
     hasher.finalize()
 }
 
+/// The checksum of a record's `body` at `offset` of a segment whose
+/// seal's CRC is `seal_crc` ([`seal_crc`]): a record copied anywhere else,
+/// even into the same segment, does not check.
+fn checksum_at(seal_crc: u32, offset: u64, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(seal_crc);
+    hasher.update(&offset.to_le_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
 /// Stamp every framed record in `batch` with `seal`'s generation and its
-/// checksum, as they go to a segment sealed with it.
-pub(super) fn seal_batch(batch: &mut [u8], seal: Seal) {
+/// checksum, as they go to a segment sealed with it, `batch` starting at
+/// segment offset `offset`.
+pub(super) fn seal_batch(batch: &mut [u8], seal: Seal, offset: u64) {
     let seal_crc = seal_crc(seal);
     let mut at = 0;
     while let Some(header) = batch.get(at..at + RECORD_HEADER) {
@@ -256,7 +275,7 @@ pub(super) fn seal_batch(batch: &mut [u8], seal: Seal) {
         let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
             return;
         };
-        let crc = checksum_after(seal_crc, body);
+        let crc = checksum_at(seal_crc, offset + at as u64, body);
         batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
         batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
         at += RECORD_HEADER + len;
@@ -767,10 +786,13 @@ fn finish_head(rest: &[u8]) -> Result<(bool, u64, &[u8]), String> {
 /// How the records in some bytes are framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Framing {
-    /// Records of a segment sealed with this. A record of another
-    /// generation is a stale one, left by an earlier life of the file
-    /// (see [`SPARE_FILE`]): the segment's records end before it.
+    /// Records of a segment sealed with this, each checksum covering the
+    /// record's offset. A record of another generation is a stale one,
+    /// left by an earlier life of the file (see [`SPARE_FILE`]): the
+    /// segment's records end before it.
     Sealed(Seal),
+    /// [`Framing::Sealed`], written before checksums covered offsets.
+    SealedUnplaced(Seal),
     /// Records of a segment written before generations.
     Legacy,
     /// Records framed in memory and not yet sealed: the queue.
@@ -782,7 +804,15 @@ impl Framing {
     fn header(self) -> usize {
         match self {
             Framing::Legacy => LEGACY_RECORD_HEADER,
-            Framing::Sealed(_) | Framing::Unsealed => RECORD_HEADER,
+            Framing::Sealed(_) | Framing::SealedUnplaced(_) | Framing::Unsealed => RECORD_HEADER,
+        }
+    }
+
+    /// The seal of a sealed segment's records.
+    pub(super) fn seal(self) -> Option<Seal> {
+        match self {
+            Framing::Sealed(seal) | Framing::SealedUnplaced(seal) => Some(seal),
+            Framing::Legacy | Framing::Unsealed => None,
         }
     }
 }
@@ -794,11 +824,18 @@ impl Framing {
 /// empty. So does a record of an older generation: the rest of a
 /// recycled file.
 pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Option<String>) {
+    bodies_at(bytes, framing, SEGMENT_HEADER as u64)
+}
+
+/// [`bodies`] of `bytes` that start at offset `base` of their segment
+/// (right after its header, for [`bodies`]).
+pub(super) fn bodies_at(
+    bytes: &[u8],
+    framing: Framing,
+    base: u64,
+) -> (Vec<&[u8]>, usize, Option<String>) {
     let header_len = framing.header();
-    let sealed_from = match framing {
-        Framing::Sealed(seal) => seal_crc(seal),
-        _ => 0,
-    };
+    let sealed_from = framing.seal().map_or(0, seal_crc);
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -810,7 +847,7 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
         };
         if header.iter().all(|&b| b == 0) {
             // In a reused file, zeros may be an earlier life's payload.
-            if let Framing::Sealed(seal) = framing
+            if let Some(seal) = framing.seal()
                 && seal.reused()
             {
                 return (found, at, None);
@@ -823,7 +860,7 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
         }
         let word = |i: usize| u32_at(header, i);
         let len = word(0) as usize;
-        if let Framing::Sealed(seal) = framing
+        if let Some(seal) = framing.seal()
             && word(4) != seal.generation
         {
             return (found, at, None);
@@ -832,7 +869,8 @@ pub(super) fn bodies(bytes: &[u8], framing: Framing) -> (Vec<&[u8]>, usize, Opti
             return (found, at, Some("a record cut short".into()));
         };
         let intact = match framing {
-            Framing::Sealed(_) => checksum_after(sealed_from, body) == word(8),
+            Framing::Sealed(_) => checksum_at(sealed_from, base + at as u64, body) == word(8),
+            Framing::SealedUnplaced(_) => checksum_after(sealed_from, body) == word(8),
             Framing::Legacy => crc32fast::hash(body) == word(4),
             Framing::Unsealed => true,
         };
@@ -875,13 +913,17 @@ pub(super) fn segment_ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
 /// How a segment file's records are framed, from its first bytes, and
 /// how long its header is; `None`: not a segment.
 pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
-    if head.starts_with(MAGIC) {
+    let sealed = |head: &[u8]| {
         let header = head.get(..SEGMENT_HEADER)?;
-        let seal = Seal {
+        Some(Seal {
             generation: u32_at(header, 8),
             salt: u32_at(header, 12),
-        };
-        Some((Framing::Sealed(seal), SEGMENT_HEADER))
+        })
+    };
+    if head.starts_with(MAGIC) {
+        Some((Framing::Sealed(sealed(head)?), SEGMENT_HEADER))
+    } else if head.starts_with(UNPLACED_MAGIC) {
+        Some((Framing::SealedUnplaced(sealed(head)?), SEGMENT_HEADER))
     } else if head.starts_with(LEGACY_MAGIC) {
         Some((Framing::Legacy, LEGACY_MAGIC.len()))
     } else {
@@ -1751,10 +1793,10 @@ fn append(
     {
         let mut record = Vec::with_capacity(bind_len(bind.run));
         put_bind(&mut record, bind.number, bind.run);
-        seal_batch(&mut record, segment.seal);
+        seal_batch(&mut record, segment.seal, segment.file.len());
         segment.file.append(&record).map_err(crate::store::io)?;
     }
-    seal_batch(bytes, segment.seal);
+    seal_batch(bytes, segment.seal, segment.file.len());
     segment.file.append(bytes).map_err(crate::store::io)?;
     let len = segment.file.len();
     if len >= SEGMENT_BYTES {
@@ -1927,10 +1969,8 @@ pub(super) fn next_generation(path: &Path) -> Option<u32> {
     let mut head = [0u8; SEGMENT_HEADER];
     let mut file = File::open(path).ok()?;
     std::io::Read::read_exact(&mut file, &mut head).ok()?;
-    match framing_of(&head)? {
-        (Framing::Sealed(seal), _) => Some(seal.generation.wrapping_add(1).max(2)),
-        _ => None,
-    }
+    let seal = framing_of(&head)?.0.seal()?;
+    Some(seal.generation.wrapping_add(1).max(2))
 }
 
 /// `fdatasync` the active segment, its written pages unmapped first (one
@@ -1992,7 +2032,7 @@ mod tests {
         bytes.extend(drop_record("run-2"));
         // Queued records are walked before they are sealed.
         assert_eq!(bodies(&bytes, Framing::Unsealed).0.len(), 3);
-        seal_batch(&mut bytes, FRESH);
+        seal_batch(&mut bytes, FRESH, AT);
         let (found, valid, problem) = bodies(&bytes, SEALED);
         assert_eq!((found.len(), valid, problem), (3, bytes.len(), None));
         match decode(found[0], &mut Binds::default()).unwrap() {
@@ -2051,7 +2091,7 @@ mod tests {
         let mut gap = bytes.clone();
         gap.extend_from_slice(&[0; RECORD_HEADER]);
         let mut dropped = drop_record("run-3");
-        seal_batch(&mut dropped, FRESH);
+        seal_batch(&mut dropped, FRESH, AT + gap.len() as u64);
         gap.extend(dropped);
         let (found, valid, problem) = bodies(&gap, SEALED);
         assert_eq!((found.len(), valid), (3, bytes.len()));
@@ -2096,7 +2136,7 @@ mod tests {
                 generation: 3,
                 salt: 9,
             };
-            seal_batch(&mut bytes, seal);
+            seal_batch(&mut bytes, seal, AT);
             let (found, _, problem) = bodies(&bytes, Framing::Sealed(seal));
             assert_eq!((found.len(), problem), (1, None));
             match decode(found[0], &mut Binds::default()).unwrap() {
@@ -2122,6 +2162,60 @@ mod tests {
     /// The framing of a segment sealed with [`FRESH`].
     const SEALED: Framing = Framing::Sealed(FRESH);
 
+    /// Where a segment's records start: right after its header.
+    const AT: u64 = SEGMENT_HEADER as u64;
+
+    #[test]
+    fn a_record_checks_only_at_the_offset_it_was_sealed_for() {
+        let mut first = finish_record("run-1", true, 1);
+        seal_batch(&mut first, FRESH, AT);
+        let mut second = finish_record("run-2", true, 2);
+        seal_batch(&mut second, FRESH, AT + first.len() as u64);
+        let mut both = first.clone();
+        both.extend_from_slice(&second);
+        assert_eq!(bodies(&both, SEALED).0.len(), 2);
+        // The same record one lap of a ring earlier or later, or swapped
+        // with its neighbour, is not a record there.
+        let mut swapped = second.clone();
+        swapped.extend_from_slice(&first);
+        let (found, valid, problem) = bodies(&swapped, SEALED);
+        assert_eq!((found.len(), valid), (0, 0));
+        assert!(problem.unwrap().contains("checksum"));
+        let (found, _, _) = bodies_at(&first, SEALED, AT + (256 << 10));
+        assert!(found.is_empty());
+        assert_eq!(
+            bodies_at(&second, SEALED, AT + first.len() as u64).0.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn segments_whose_checksums_do_not_cover_offsets_still_read() {
+        // Framed as before offsets were covered: crc32(seal, body).
+        let mut record = finish_record("run-1", true, 1);
+        let body = record[RECORD_HEADER..].to_vec();
+        let crc = checksum_after(seal_crc(FRESH), &body);
+        record[4..8].copy_from_slice(&FRESH.generation.to_le_bytes());
+        record[8..12].copy_from_slice(&crc.to_le_bytes());
+        let mut file = UNPLACED_MAGIC.to_vec();
+        file.extend_from_slice(&segment_header(FRESH)[8..]);
+        file.extend_from_slice(&record);
+        let (framing, header) = framing_of(&file).unwrap();
+        assert_eq!(
+            (framing, header),
+            (Framing::SealedUnplaced(FRESH), SEGMENT_HEADER)
+        );
+        let (found, valid, problem) = bodies(&file[header..], framing);
+        assert_eq!((found.len(), valid, problem), (1, record.len(), None));
+        // Read as a segment of today's framing, it does not check.
+        assert!(bodies(&file[header..], SEALED).0.is_empty());
+        // Such a file is reused like any sealed one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.seg");
+        std::fs::write(&path, &file).unwrap();
+        assert_eq!(next_generation(&path), Some(2));
+    }
+
     #[test]
     fn a_recycled_files_stale_records_end_the_segment_quietly() {
         // A file's earlier life: three records of generation 6.
@@ -2137,10 +2231,10 @@ mod tests {
             generation: 7,
             salt: 0x600d_f00d,
         };
-        seal_batch(&mut old, OLD);
+        seal_batch(&mut old, OLD, AT);
         // Its new life (generation 7) overwrote the start with one record.
         let mut new = finish_record("new", false, 2);
-        seal_batch(&mut new, NEW);
+        seal_batch(&mut new, NEW, AT);
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         // Whether the new record ends on a boundary of the old ones or
@@ -2282,7 +2376,7 @@ mod tests {
             by_id.len()
         );
         for bytes in [&mut first, &mut later] {
-            seal_batch(bytes, FRESH);
+            seal_batch(bytes, FRESH, AT);
         }
         let (found, _, problem) = bodies(&first, SEALED);
         assert_eq!((found.len(), problem), (2, None));

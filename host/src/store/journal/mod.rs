@@ -1438,7 +1438,7 @@ mod tests {
         let Some((log::Framing::Sealed(seal), _)) = log::framing_of(&whole) else {
             panic!("segment 0 is not sealed");
         };
-        log::seal_batch(&mut torn, seal);
+        log::seal_batch(&mut torn, seal, whole.len() as u64);
         let mut bytes = whole.clone();
         bytes.extend_from_slice(&torn[..torn.len() / 2]);
         std::fs::write(&segment, &bytes).unwrap();

@@ -20,15 +20,21 @@
 //!
 //! After a crash of the process, the ring holds whatever the appends had
 //! reached and the copies had not: the next open of the shard copies that
-//! into the segment ([`recover`]) before replaying it. The ring's header
-//! names the boot it was written in; after a crash of the machine its
-//! pages may have been written back in any order, so a ring from another
-//! boot is ignored, and the segments hold what the last sync made durable,
-//! as without the ring. That also holds after a clean restart of the
-//! machine between a crash of the process and the next open: the appends
-//! staged since the last sync (at most an interval's) are lost then, where
-//! a segment written through its own mapping kept them. A ring that cannot
-//! be copied is renamed aside, never overwritten.
+//! into the segment ([`recover`]) before replaying it, from the end of the
+//! segment's valid records on, up to the first record whose checksum does
+//! not check at the offset it would take. A record's checksum covers its
+//! offset (see [`super::log`]), so that also holds when the machine went
+//! down or was restarted before the next open: the ring is never synced,
+//! and the kernel may have written back some of its pages and not others,
+//! so a page may hold what a lap before left there, records of the same
+//! segment and seal but for offsets a ring's size lower; they do not check
+//! where the new ones would go, and the copy stops before them. What a
+//! crash of the machine keeps is then at least what the last sync made
+//! durable, and whatever of the staged appends reached the disk in order.
+//! (The ring's header names the boot it was written in: a segment written
+//! before checksums covered offsets takes nothing from a ring of another
+//! boot.) A ring that cannot be copied is renamed aside, never
+//! overwritten.
 //!
 //! File (`RING_FILE` in the shard's directory): a header page, then the
 //! ring's bytes. Header: `LOOMRNG1`, the boot id (36 bytes of text), the
@@ -43,7 +49,7 @@
     reason = "the ring is a shared file mapping, written through a raw pointer"
 )]
 
-use super::log::{Seal, bodies, framing_of, segment_path};
+use super::log::{Framing, Seal, bodies, bodies_at, framing_of, segment_path};
 use super::mapped;
 use crate::store::StoreError;
 use std::fs::File;
@@ -346,12 +352,7 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
     if field(0, 8) != Some(RING_MAGIC) {
         return Ok(0);
     }
-    let Some(boot) = boot else {
-        return Ok(0);
-    };
-    if field(BOOT_AT, BOOT_LEN) != Some(&boot[..]) {
-        return Ok(0);
-    }
+    let same_boot = boot.is_some_and(|boot| field(BOOT_AT, BOOT_LEN) == Some(&boot[..]));
     let (Some(size), Some(id), Some(generation), Some(salt), Some(start), Some(tail)) = (
         u32_at(SIZE_AT),
         u64_at(SEGMENT_AT),
@@ -385,39 +386,59 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
     let Some((framing, header_len)) = framing_of(&written) else {
         return Ok(0);
     };
-    if !matches!(framing, super::log::Framing::Sealed(seal) if seal == Seal { generation, salt }) {
+    let placed = match framing {
+        Framing::Sealed(seal) if seal == Seal { generation, salt } => true,
+        Framing::SealedUnplaced(seal) if seal == Seal { generation, salt } => false,
+        _ => return Ok(0),
+    };
+    // Written back by the kernel in another boot, the ring's pages may be
+    // of different laps; only checksums that cover their records' offsets
+    // tell a record staged there from one staged a lap before.
+    if !placed && !same_boot {
         return Ok(0);
     }
     let valid = (header_len + bodies(&written[header_len..], framing).1) as u64;
     // The ring holds offsets `tail - size..tail` of the segment, from
-    // `start` on.
-    let from = valid.max(start);
-    if from >= tail {
+    // `start` on: it can go on from the segment's records only if they
+    // reach its start.
+    if valid < start || valid >= tail {
         return Ok(0);
     }
-    if tail - from > size as u64 {
+    if tail - valid > size as u64 {
         return Err(io::Error::other(format!(
             "the segment's records end at {valid}, and the ring holds only {} bytes before {tail}",
             size
         )));
     }
-    let mut at = from;
+    let mut staged = Vec::with_capacity((tail - valid) as usize);
+    let mut at = valid;
     while at < tail {
         let index = (at % size as u64) as usize;
         let len = ((tail - at) as usize).min(size - index);
-        file.write_all_at(&data[index..index + len], at)?;
+        staged.extend_from_slice(&data[index..index + len]);
         at += len as u64;
     }
+    // The records that check where they would go, up to the first that
+    // does not (all of them, unless the machine went down).
+    let keep = if placed {
+        bodies_at(&staged, framing, valid).1
+    } else {
+        staged.len()
+    };
+    if keep == 0 {
+        return Ok(0);
+    }
+    file.write_all_at(&staged[..keep], valid)?;
     file.sync_data()?;
     // The crashed process may have named the segment without syncing the
     // directory yet.
     File::open(dir)?.sync_all()?;
     tracing::info!(
         segment = id,
-        bytes = tail - from,
+        bytes = keep,
         "journal records a crash left staged were copied to their segment"
     );
-    Ok((tail - from) as usize)
+    Ok(keep)
 }
 
 #[cfg(test)]
@@ -477,21 +498,29 @@ mod tests {
         assert_eq!(&written[SEGMENT_HEADER..], &expected[..]);
     }
 
+    /// Three records of 40-byte payloads (0s, 1s, 2s), each sealed with
+    /// `seal` for the offset it takes from the start of a segment's
+    /// records.
+    fn three_records(seal: Seal) -> Vec<u8> {
+        let mut records = Vec::new();
+        for i in 0..3u8 {
+            let mut record = frame(&[i; 40]);
+            seal_batch(&mut record, seal, (SEGMENT_HEADER + records.len()) as u64);
+            records.append(&mut record);
+        }
+        records
+    }
+
     #[test]
-    fn a_crash_leaves_staged_records_that_the_next_open_copies_and_another_boot_does_not() {
-        let Some(boot) = boot_id() else { return };
+    fn a_crash_leaves_staged_records_that_the_next_open_copies() {
+        let Some(_) = boot_id() else { return };
         let dir = tempfile::tempdir().expect("tempdir");
         let seal = Seal {
             generation: 1,
             salt: 99,
         };
         let (file, mut ring) = begun(dir.path(), 4, seal);
-        let mut records = Vec::new();
-        for i in 0..3u8 {
-            let mut record = frame(&[i; 40]);
-            seal_batch(&mut record, seal);
-            records.append(&mut record);
-        }
+        let records = three_records(seal);
         let half = records.len() / 2;
         ring.stage(&records[..half]).expect("stage");
         ring.copy_out(&file).expect("copy");
@@ -499,12 +528,6 @@ mod tests {
         // The process dies here: the second half is only in the ring.
         std::mem::forget(ring);
         let ring_bytes = std::fs::read(dir.path().join(RING_FILE)).expect("ring file");
-        let mut other = boot;
-        other[0] ^= 1;
-        assert_eq!(
-            recover_from(dir.path(), &ring_bytes, Some(other)).expect("other boot"),
-            0
-        );
         // A ring file grown past any ring's size is not read at all.
         let ring_file = std::fs::OpenOptions::new()
             .write(true)
@@ -526,6 +549,50 @@ mod tests {
         assert_eq!(&written[SEGMENT_HEADER..], &records[..]);
         // Copying again finds nothing more to do.
         assert_eq!(recover(dir.path()).expect("recover"), 0);
+    }
+
+    #[test]
+    fn after_a_restart_of_the_machine_only_records_that_check_where_they_go_are_copied() {
+        let Some(boot) = boot_id() else { return };
+        let mut other = boot;
+        other[0] ^= 1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seal = Seal {
+            generation: 2,
+            salt: 41,
+        };
+        let (_file, mut ring) = begun(dir.path(), 6, seal);
+        let records = three_records(seal);
+        ring.stage(&records).expect("stage");
+        std::mem::forget(ring);
+        let mut ring_bytes = std::fs::read(dir.path().join(RING_FILE)).expect("ring file");
+        // The machine went down with the third record's page never written
+        // back: it holds what a lap before left there, a record of the same
+        // segment (its first, here) sealed for another offset.
+        let whole = records.len() / 3;
+        let third = HEADER + SEGMENT_HEADER + 2 * whole;
+        ring_bytes[third..third + whole].copy_from_slice(&records[..whole]);
+        assert_eq!(
+            recover_from(dir.path(), &ring_bytes, Some(other)).expect("other boot"),
+            2 * whole
+        );
+        let written = std::fs::read(segment_path(dir.path(), 6)).expect("read");
+        assert_eq!(&written[SEGMENT_HEADER..], &records[..2 * whole]);
+        // A segment framed before checksums covered offsets takes nothing
+        // from a ring of another boot, and all it holds from this boot's.
+        let path = segment_path(dir.path(), 6);
+        let mut unplaced = std::fs::read(&path).expect("read");
+        unplaced.truncate(SEGMENT_HEADER);
+        unplaced[..8].copy_from_slice(b"LOOMJNL2");
+        std::fs::write(&path, &unplaced).expect("write");
+        assert_eq!(
+            recover_from(dir.path(), &ring_bytes, Some(other)).expect("other boot"),
+            0
+        );
+        assert_eq!(
+            recover_from(dir.path(), &ring_bytes, Some(boot)).expect("this boot"),
+            records.len()
+        );
     }
 
     #[test]
