@@ -28,9 +28,11 @@
 //! and the kernel may have written back some of its pages and not others,
 //! so a page may hold what a lap before left there, records of the same
 //! segment and seal but for offsets a ring's size lower; they do not check
-//! where the new ones would go, and the copy stops before them. What a
-//! crash of the machine keeps is then at least what the last sync made
-//! durable, and whatever of the staged appends reached the disk in order.
+//! where the new ones would go, and the copy stops before them. A crash of
+//! the machine keeps what the last sync made durable, and may keep some
+//! of the appends staged after it: those the kernel had written back, up
+//! to the first it had not, and below the tail in the header page as it
+//! was written back.
 //! (The ring's header names the boot it was written in: a segment written
 //! before checksums covered offsets takes nothing from a ring of another
 //! boot.) A ring that cannot be copied is renamed aside, never
@@ -291,10 +293,13 @@ fn boot_id() -> Option<[u8; BOOT_LEN]> {
 
 /// Copy into its segment what the ring in `dir` holds for it beyond the
 /// segment file's valid records: the appends a crash of the last process
-/// left staged. Done when a shard opens, before its segments are read. A
-/// ring from another boot, for a segment that is gone or sealed otherwise,
-/// or that holds nothing past the segment's records, is left alone.
-/// Returns how many bytes were copied.
+/// left staged, up to the first record that does not check at the offset
+/// it would take (see the module's doc). Done when a shard opens, before
+/// its segments are read. A ring for a segment that is gone or sealed
+/// otherwise, that holds nothing past the segment's records, or (from
+/// another boot) whose bytes do not reach back to them, is left alone; so
+/// is a ring from another boot for a segment whose checksums do not cover
+/// offsets. Returns how many bytes were copied.
 ///
 /// A ring that could not be read or copied is renamed aside
 /// ([`UNRECOVERED_PREFIX`], with a warning), so that the shard's new ring
@@ -405,6 +410,19 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
         return Ok(0);
     }
     if tail - valid > size as u64 {
+        // From another boot that is the ring's header page written back
+        // after more than a ring's worth of appends since the last sync:
+        // what the ring holds does not join the segment's records, and
+        // nothing can be copied.
+        if !same_boot {
+            tracing::info!(
+                segment = id,
+                valid,
+                tail,
+                "the journal's staging ring from before the restart does not reach back to its segment's records; nothing to copy"
+            );
+            return Ok(0);
+        }
         return Err(io::Error::other(format!(
             "the segment's records end at {valid}, and the ring holds only {} bytes before {tail}",
             size
@@ -425,6 +443,15 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
     } else {
         staged.len()
     };
+    if keep < staged.len() && same_boot {
+        // Within one boot every staged record checks: this is a fault.
+        tracing::warn!(
+            segment = id,
+            kept = keep,
+            staged = staged.len(),
+            "some journal records the staging ring held do not check where they go; copied up to them"
+        );
+    }
     if keep == 0 {
         return Ok(0);
     }
@@ -593,6 +620,68 @@ mod tests {
             recover_from(dir.path(), &ring_bytes, Some(boot)).expect("this boot"),
             records.len()
         );
+    }
+
+    #[test]
+    fn staged_records_across_the_rings_end_are_recovered_in_order_from_any_boot() {
+        let Some(boot) = boot_id() else { return };
+        let mut other = boot;
+        other[0] ^= 1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seal = Seal {
+            generation: 5,
+            salt: 0x77,
+        };
+        let (file, mut ring) = begun(dir.path(), 8, seal);
+        // Records of about a KiB, each sealed for where it goes.
+        let record = |n: usize, at: usize| {
+            let mut record = frame(&vec![n as u8; 1000 + n % 7]);
+            seal_batch(&mut record, seal, at as u64);
+            record
+        };
+        let mut all = Vec::new();
+        // Around the ring once, copied on as it fills, up to the record
+        // that would cross its end.
+        loop {
+            let at = SEGMENT_HEADER + all.len();
+            let next = record(all.len(), at);
+            if all.len() > RING_BYTES / 2 && at % RING_BYTES + next.len() > RING_BYTES {
+                break;
+            }
+            if ring.staged() + next.len() > ring.size() / 2 {
+                ring.copy_out(&file).expect("copy");
+            }
+            ring.stage(&next).expect("stage");
+            all.extend_from_slice(&next);
+        }
+        ring.copy_out(&file).expect("copy");
+        let copied = all.len();
+        // The last appends before the crash cross the ring's end and were
+        // never copied.
+        for _ in 0..3 {
+            let next = record(all.len(), SEGMENT_HEADER + all.len());
+            ring.stage(&next).expect("stage");
+            all.extend_from_slice(&next);
+        }
+        std::mem::forget(ring);
+        let ring_bytes = std::fs::read(dir.path().join(RING_FILE)).expect("ring file");
+        assert_eq!(
+            recover_from(dir.path(), &ring_bytes, Some(other)).expect("other boot"),
+            all.len() - copied
+        );
+        let written = std::fs::read(segment_path(dir.path(), 8)).expect("read");
+        assert_eq!(&written[SEGMENT_HEADER..], &all[..]);
+        // A header written back past more than the ring holds since the
+        // segment's records: from another boot nothing joins them, which
+        // is no fault; in this boot it is one.
+        let mut far = ring_bytes.clone();
+        let tail = (SEGMENT_HEADER + all.len() + 2 * RING_BYTES) as u64;
+        far[TAIL_AT..TAIL_AT + 8].copy_from_slice(&tail.to_le_bytes());
+        assert_eq!(
+            recover_from(dir.path(), &far, Some(other)).expect("other boot"),
+            0
+        );
+        assert!(recover_from(dir.path(), &far, Some(boot)).is_err());
     }
 
     #[test]

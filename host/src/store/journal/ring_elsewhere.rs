@@ -1,7 +1,7 @@
-//! The staging ring where there is none: systems other than Linux name no
-//! boot, so a ring's contents could not be told fresh from stale after a
-//! restart. Their shards append through the segment's own mapping or with
-//! `write` (see [`super::mapped`]).
+//! The staging ring where there is none: the ring relies on Linux's
+//! `MADV_POPULATE_WRITE`, `fallocate` and boot id. Shards elsewhere append
+//! through the segment's own mapping or with `write` (see
+//! [`super::mapped`]).
 
 use super::log::Seal;
 use std::fs::File;
