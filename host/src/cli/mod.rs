@@ -128,7 +128,9 @@ enum RunsCommand {
 #[derive(Debug, Subcommand)]
 enum RuntimeCommand {
     /// Delete the journals of runs not changed for longer than
-    /// --older-than (default: [journal] max_age_hours), finished or not.
+    /// --older-than (default: [journal] max_age_hours), finished or not,
+    /// and staging rings a crash left set aside (appends.ring-unrecovered-*)
+    /// that are older.
     Prune {
         #[command(flatten)]
         config: ConfigArg,

@@ -113,7 +113,8 @@ pub fn list(config: &LoomConfig, args: &ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Delete the journals of runs older than `older_than` (an age such as
-/// 12h or 7d; default `[journal] max_age_hours`).
+/// 12h or 7d; default `[journal] max_age_hours`), and the staging rings
+/// set aside before then.
 pub async fn prune(config: &LoomConfig, older_than: Option<&str>) -> anyhow::Result<ExitCode> {
     let age = match older_than {
         Some(text) => {

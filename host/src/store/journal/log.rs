@@ -1586,6 +1586,11 @@ pub(super) enum RunEnd {
 }
 
 impl Shared {
+    /// The shard's directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Write `bytes`, framed records of `run` in order, on the caller's
     /// thread (when [`Self::writes_in_place`]), after whatever the queue
     /// holds; leaves `bytes` empty. `pinned` is the segment the accounting

@@ -856,7 +856,8 @@ impl Journal {
 
     /// Delete every run (its record and entries) whose record last changed
     /// more than `older_than` ago, finished or not; the number deleted.
-    /// Runs executing now are kept.
+    /// Runs executing now are kept. Staging rings a crash left that could
+    /// not be copied, set aside before then, are deleted too.
     ///
     /// # Errors
     ///
@@ -883,6 +884,13 @@ impl Journal {
                 shard.log.flush().await?;
             }
             pruned += stale.len();
+            let rings = ring::prune_unrecovered(shard.log.dir(), cutoff);
+            if rings > 0 {
+                tracing::info!(
+                    rings,
+                    "deleted journal staging rings set aside before the cutoff"
+                );
+            }
         }
         Ok(pruned)
     }

@@ -348,6 +348,37 @@ pub(super) fn recover(dir: &Path) -> Result<usize, StoreError> {
     }
 }
 
+/// Delete the rings [`recover`] set aside in `dir` before `cutoff_ms`
+/// (milliseconds since the Unix epoch, as their names carry): kept for an
+/// operator to look at, they go with the journals of their age. Returns
+/// how many were deleted.
+pub(super) fn prune_unrecovered(dir: &Path, cutoff_ms: u64) -> usize {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for item in items.flatten() {
+        let name = item.file_name();
+        let Some(set_aside_ms) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(UNRECOVERED_PREFIX))
+            .and_then(|ms| ms.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if set_aside_ms >= cutoff_ms {
+            continue;
+        }
+        match std::fs::remove_file(item.path()) {
+            Ok(()) => deleted += 1,
+            Err(error) => {
+                tracing::warn!(path = %item.path().display(), %error, "a journal staging ring set aside could not be deleted");
+            }
+        }
+    }
+    deleted
+}
+
 fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     let field = |at: usize, len: usize| ring.get(at..at + len);
@@ -715,5 +746,24 @@ mod tests {
             .collect();
         assert_eq!(kept.len(), 1);
         assert_eq!(std::fs::read(kept[0].path()).expect("kept"), bytes);
+        // Pruning takes it once it is older than the cutoff, and nothing
+        // else in the directory.
+        let set_aside: u64 = kept[0]
+            .file_name()
+            .to_string_lossy()
+            .strip_prefix(UNRECOVERED_PREFIX)
+            .and_then(|ms| ms.parse().ok())
+            .expect("named with its time");
+        let newer = dir
+            .path()
+            .join(format!("{UNRECOVERED_PREFIX}{}", set_aside + 10));
+        std::fs::write(&newer, b"ring").expect("write");
+        let other = dir.path().join(format!("{UNRECOVERED_PREFIX}notatime"));
+        std::fs::write(&other, b"ring").expect("write");
+        assert_eq!(prune_unrecovered(dir.path(), set_aside), 0);
+        assert_eq!(prune_unrecovered(dir.path(), set_aside + 1), 1);
+        assert!(!kept[0].path().exists());
+        assert!(newer.exists() && other.exists());
+        assert!(segment_path(dir.path(), 2).exists());
     }
 }
