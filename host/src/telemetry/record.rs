@@ -366,7 +366,6 @@ fn wide(fits: Option<Value>, value: impl std::fmt::Display) -> Value {
 }
 
 /// Splits a metric event into its measurements and attributes.
-#[derive(Default)]
 struct MetricVisitor {
     measurements: Vec<(&'static str, MetricKind, serde_json::Number)>,
     attributes: Attributes,

@@ -1542,21 +1542,12 @@ fn close_segment(io: &mut Io, mut old: Active, sync: bool) {
     }
 }
 
-/// Copy a stranded segment's staged appends to it at last: then it gives
-/// back the ring and is synced with the closed segments.
+/// Close a stranded segment again: once its staged appends are copied to
+/// it at last, it gives back the ring and is synced with the closed
+/// segments; else it stays stranded until the next sync.
 fn unstrand(io: &mut Io) {
-    let Some(mut stranded) = io.stranded.take() else {
-        return;
-    };
-    match stranded.file.take_ring() {
-        Ok(ring) => {
-            io.ring = io.ring.take().or(ring);
-            sync_later(io, &mut stranded);
-        }
-        Err(error) => {
-            tracing::error!(%error, segment = stranded.id, "a closed journal segment's staged appends still could not be copied to it; trying again at the next sync");
-            io.stranded = Some(stranded);
-        }
+    if let Some(stranded) = io.stranded.take() {
+        close_segment(io, stranded, true);
     }
 }
 
