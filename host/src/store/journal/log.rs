@@ -21,7 +21,11 @@
 //! `crc32(generation, salt, offset, body): u32 LE`, `body`, where `offset`
 //! is where the record starts in the file (`u64 LE`): a record checks only
 //! where it was written, never copied to another place (see the staging
-//! ring's recovery, [`super::ring`]). Opening the log replays every
+//! ring's recovery, [`super::ring`]). A skip record (a length word with
+//! its top bit set, [`SKIP`]) is a header alone, its checksum covering its
+//! offset and length word: the bytes it spans are a hole a reader steps
+//! over, where the staging ring left out the records of runs dropped
+//! before they were copied. Opening the log replays every
 //! segment; a torn record at a segment's end (a crash in a write) is cut
 //! off, and whatever follows a corrupt record is ignored with a warning.
 //!
@@ -44,13 +48,14 @@
 //! record in a later segment, says which run the number is, so a segment
 //! is read from its start with the numbers it binds ([`Binds`]).
 //!
-//! Segments written before checksums covered offsets (`LOOMJNL2`) are
+//! Segments written before skip records (`LOOMJNL3`, which read as the
+//! current ones) and before checksums covered offsets (`LOOMJNL2`) are
 //! still read, and recycled like the others; those written before
 //! generations (`LOOMJNL1`: `len`, `crc32(body)`, `body`) are still read,
 //! and never recycled.
 
 use super::mapped::{self, SegmentFile};
-use super::ring::Ring;
+use super::ring::{Ring, StagedRun};
 use super::segments::Segments;
 use super::{EntryKind, JournalEntry, JournalRun, RunMap};
 use crate::store::{StoreError, StoreSync};
@@ -65,7 +70,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The first bytes of every segment file.
-pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL3";
+pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL4";
+
+/// The first bytes of a segment written before skip records (read as one
+/// of [`MAGIC`], which it is but for never holding one; never written).
+const UNSKIPPED_MAGIC: &[u8; 8] = b"LOOMJNL3";
 
 /// The first bytes of a segment whose checksums do not cover their
 /// records' offsets (written before they did; read, never written).
@@ -108,6 +117,16 @@ impl Seal {
 
 /// A record's header: length, generation, checksum (`u32 LE` each).
 const RECORD_HEADER: usize = 12;
+
+/// Set in a record's length word, it makes the record a skip record: a
+/// header alone, followed by a hole of that many bytes (the records of
+/// dropped runs the staging ring left out, see [`super::ring`]) which a
+/// reader steps over. Its checksum covers its offset and its length word.
+/// A record's length is far below it.
+const SKIP: u32 = 1 << 31;
+
+/// The length of a skip record: the least a hole can be.
+pub(super) const SKIP_HEADER: usize = RECORD_HEADER;
 
 /// A legacy record's header: length, checksum.
 const LEGACY_RECORD_HEADER: usize = 8;
@@ -262,6 +281,20 @@ fn checksum_at(seal_crc: u32, offset: u64, body: &[u8]) -> u32 {
     hasher.update(&offset.to_le_bytes());
     hasher.update(body);
     hasher.finalize()
+}
+
+/// The skip record at segment `offset` of a segment sealed with `seal`,
+/// for a hole of `hole` bytes from `offset` on, the record included (at
+/// least [`SKIP_HEADER`], less than 2 GiB).
+pub(super) fn skip_header(seal: Seal, offset: u64, hole: usize) -> [u8; RECORD_HEADER] {
+    let skipped = u32::try_from(hole.saturating_sub(RECORD_HEADER)).unwrap_or(u32::MAX) & !SKIP;
+    let word = SKIP | skipped;
+    let crc = checksum_at(seal_crc(seal), offset, &word.to_le_bytes());
+    let mut header = [0u8; RECORD_HEADER];
+    header[..4].copy_from_slice(&word.to_le_bytes());
+    header[4..8].copy_from_slice(&seal.generation.to_le_bytes());
+    header[8..].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// Stamp every framed record in `batch` with `seal`'s generation and its
@@ -865,6 +898,24 @@ pub(super) fn bodies_at(
         {
             return (found, at, None);
         }
+        if let Framing::Sealed(_) = framing
+            && word(0) & SKIP != 0
+        {
+            let offset = base + at as u64;
+            if checksum_at(sealed_from, offset, &word(0).to_le_bytes()) != word(8) {
+                return (
+                    found,
+                    at,
+                    Some("a skip record whose checksum does not match".into()),
+                );
+            }
+            let hole = header_len + (word(0) & !SKIP) as usize;
+            if bytes.len() - at < hole {
+                return (found, at, Some("a skipped stretch cut short".into()));
+            }
+            at += hole;
+            continue;
+        }
         let Some(body) = bytes.get(at + header_len..at + header_len + len) else {
             return (found, at, Some("a record cut short".into()));
         };
@@ -920,7 +971,7 @@ pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
             salt: u32_at(header, 12),
         })
     };
-    if head.starts_with(MAGIC) {
+    if head.starts_with(MAGIC) || head.starts_with(UNSKIPPED_MAGIC) {
         Some((Framing::Sealed(sealed(head)?), SEGMENT_HEADER))
     } else if head.starts_with(UNPLACED_MAGIC) {
         Some((Framing::SealedUnplaced(sealed(head)?), SEGMENT_HEADER))
@@ -1608,8 +1659,16 @@ impl Shared {
             number,
             run: run.id,
             pinned: *pinned,
+            fresh: run.fresh,
         });
         let result = append(self, &mut io, bytes, bind);
+        if result.is_ok()
+            && run.fresh
+            && let (Some(number), Some(RunEnd::Dropped)) = (run.number, end)
+            && let Some(active) = io.active.as_mut()
+        {
+            active.file.drop_run(number);
+        }
         let run = run.id;
         bytes.clear();
         match &result {
@@ -1731,6 +1790,10 @@ pub(super) struct RunWriting<'a> {
     pub(super) id: &'a Arc<str>,
     /// Its number in the segments this process writes.
     pub(super) number: Option<u64>,
+    /// Begun by this process, not resumed: all its records are in the
+    /// segments this process writes (so, dropped before any of them were
+    /// copied from the staging ring, none need be).
+    pub(super) fresh: bool,
 }
 
 /// What [`append`] needs to bind a run's number in the segment a batch
@@ -1740,6 +1803,8 @@ struct Bind<'a> {
     run: &'a str,
     /// The segment the run's records last went to (bound there).
     pinned: Option<u64>,
+    /// The run was begun by this process ([`RunWriting::fresh`]).
+    fresh: bool,
 }
 
 /// The bytes of a bind record, at most: header, tag, number, id.
@@ -1783,7 +1848,7 @@ fn append(
     let Some(segment) = io.active.as_mut() else {
         return Err(StoreError::Closed);
     };
-    if let Some(bind) = bind
+    if let Some(bind) = &bind
         && bind.pinned != Some(id)
         && bytes.get(RECORD_HEADER) != Some(&START_BOUND)
     {
@@ -1793,7 +1858,16 @@ fn append(
         segment.file.append(&record).map_err(crate::store::io)?;
     }
     seal_batch(bytes, segment.seal, segment.file.len());
-    segment.file.append(bytes).map_err(crate::store::io)?;
+    // A batch that starts a run begun here is tracked as that run's, and
+    // so are the run's later batches while all of them are staged.
+    let staged_run = bind.as_ref().map(|bind| StagedRun {
+        number: bind.number,
+        starts: bind.fresh && bytes.get(RECORD_HEADER) == Some(&START_BOUND),
+    });
+    segment
+        .file
+        .append_for(bytes, staged_run)
+        .map_err(crate::store::io)?;
     let len = segment.file.len();
     if len >= SEGMENT_BYTES {
         io.active_id += 1;

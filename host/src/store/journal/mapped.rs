@@ -3,8 +3,10 @@
 //! copies into the page cache:
 //!
 //! - staged in the shard's ring ([`super::ring`]), which is copied on to
-//!   the segment with `pwrite` once half full and before every sync: what
-//!   a shard whose runs write in place uses on Linux;
+//!   the segment with `pwrite`, its older part once half full and all of
+//!   it before every sync, leaving out the records of runs dropped before
+//!   any of them were copied: what a shard whose runs write in place uses
+//!   on Linux;
 //! - written through a shared memory map of the segment itself, where
 //!   there is no ring;
 //!
@@ -33,7 +35,7 @@
     reason = "mapping a file and reserving its blocks are system calls without safe wrappers"
 )]
 
-use super::ring::Ring;
+use super::ring::{Ring, StagedRun};
 use std::fs::File;
 use std::io::{self, Write};
 
@@ -133,10 +135,20 @@ impl SegmentFile {
     /// Append `bytes` (which must [`Self::fits`]). A failed `write` is cut
     /// back off the file.
     pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.append_for(bytes, None)
+    }
+
+    /// [`Self::append`] one run's records: staged, they are tracked as
+    /// that run's (see [`Ring::stage_for`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::append`].
+    pub(super) fn append_for(&mut self, bytes: &[u8], run: Option<StagedRun>) -> io::Result<()> {
         if self.staged
             && let Some(ring) = &mut self.ring
         {
-            return stage(ring, &self.file, &mut self.len, self.capacity, bytes);
+            return stage(ring, &self.file, &mut self.len, self.capacity, bytes, run);
         }
         let start = self.len as usize;
         match &mut self.map {
@@ -171,6 +183,16 @@ impl SegmentFile {
         }
         self.len += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Run `number`'s records were dropped: those still staged need not be
+    /// copied on ([`Ring::drop_run`]).
+    pub(super) fn drop_run(&mut self, number: u64) {
+        if self.staged
+            && let Some(ring) = &mut self.ring
+        {
+            ring.drop_run(number);
+        }
     }
 
     /// Make the file hold every append, ready for `fdatasync`: what is
@@ -256,7 +278,8 @@ impl Drop for SegmentFile {
 
 /// Append `bytes` to the segment `file` of `len` bytes (`capacity`
 /// reserved) through `ring`: staged, the ring copied on first when they
-/// would not fit beside what it holds, and once it is half full; a batch
+/// would not fit beside what it holds, and its older part once it is half
+/// full (see [`Ring::copy_out_older`]); a batch
 /// larger than the ring is written past it.
 fn stage(
     ring: &mut Ring,
@@ -264,6 +287,7 @@ fn stage(
     len: &mut u64,
     capacity: u64,
     bytes: &[u8],
+    run: Option<StagedRun>,
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     if *len + bytes.len() as u64 > capacity {
@@ -278,11 +302,11 @@ fn stage(
         file.write_all_at(bytes, *len)?;
         ring.skip(bytes.len())?;
     } else {
-        ring.stage(bytes)?;
+        ring.stage_for(bytes, run)?;
     }
     *len += bytes.len() as u64;
     if ring.staged() >= ring.size() / 2
-        && let Err(error) = ring.copy_out(file)
+        && let Err(error) = ring.copy_out_older(file, ring.size() / 4)
     {
         // Staged, so written as far as a crash of the process goes; the
         // next copy tries again.

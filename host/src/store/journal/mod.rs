@@ -633,9 +633,8 @@ const MAX_SHARDS: usize = 64;
 /// The most shards runs are spread over by default. Each shard keeps up
 /// to three 4 MiB files reserved on disk (its active segment, the next
 /// one made ready, a spent one kept for reuse) and, written in place, a
-/// 260 KiB staging ring (made when its first segment opens), and past a
-/// few shards the
-/// threads that share one rarely meet at its locks.
+/// 2 MiB staging ring (made when its first segment opens), and past a few
+/// shards the threads that share one rarely meet at its locks.
 const WRITING_SHARDS_MAX: usize = 4;
 
 /// A run this process is executing; dropping it ends that.
@@ -1756,6 +1755,71 @@ mod tests {
         assert_eq!(root_texts(&journal, "r"), ["zero", "one", "two"]);
     }
 
+    /// The segment files of the journal in `dir`, concatenated.
+    fn segment_bytes(dir: &std::path::Path) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for item in std::fs::read_dir(log_dir(dir)).unwrap() {
+            let path = item.unwrap().path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                bytes.extend(std::fs::read(path).unwrap());
+            }
+        }
+        bytes
+    }
+
+    /// Runs written in place and dropped before the staging ring was
+    /// copied leave nothing in the segments (their records are left out);
+    /// kept, unfinished and resumed runs are all there after a reopen.
+    #[tokio::test]
+    async fn runs_dropped_while_staged_leave_nothing_and_the_rest_replay() {
+        let dir = interval_dir();
+        {
+            let journal = open_at(dir.path());
+            for (run, keep) in [("gone-run", false), ("kept-run", true)] {
+                let live = journal.mark_live(run).unwrap();
+                let log = journal.begin(record(run, 1), live).unwrap();
+                assert!(queue_text(&log, 0, &format!("text of {run}")));
+                log.flush().await.unwrap();
+                log.finish(!keep);
+            }
+            for run in ["open-run", "resumed-run"] {
+                let live = journal.mark_live(run).unwrap();
+                let log = journal.begin(record(run, 1), live).unwrap();
+                assert!(queue_text(&log, 0, &format!("text of {run}")));
+                log.flush().await.unwrap();
+                drop(log);
+            }
+        }
+        let bytes = segment_bytes(dir.path());
+        assert!(!bytes.windows(8).any(|w| w == b"gone-run"));
+        assert!(bytes.windows(8).any(|w| w == b"kept-run"));
+        {
+            let journal = open_at(dir.path());
+            assert!(journal.run("gone-run").unwrap().is_none());
+            assert_eq!(
+                journal.run("kept-run").unwrap().unwrap().status,
+                JournalStatus::Finished
+            );
+            let mut interrupted = interrupted_ids(&journal);
+            interrupted.sort();
+            assert_eq!(interrupted, ["open-run", "resumed-run"]);
+            // Resumed, then dropped at once, before any copy: its records
+            // of the first process are in another segment, so its finish
+            // must reach this one.
+            let live = journal.mark_live("resumed-run").unwrap();
+            let log = journal
+                .begin_resumed(record("resumed-run", 1), live)
+                .unwrap();
+            log.flush().await.unwrap();
+            log.finish(true);
+        }
+        let journal = open_at(dir.path());
+        assert!(journal.run("resumed-run").unwrap().is_none());
+        assert_eq!(interrupted_ids(&journal), ["open-run"]);
+        assert_eq!(root_texts(&journal, "open-run"), ["text of open-run"]);
+        assert_eq!(root_texts(&journal, "kept-run"), ["text of kept-run"]);
+    }
+
     #[tokio::test]
     async fn a_finished_runs_log_drops_or_keeps_it_and_refuses_more() {
         for dir in both_modes() {
@@ -1974,8 +2038,8 @@ mod tests {
             let journal = open(3);
             for (shard, run) in ["zero", "one", "two"].into_iter().enumerate() {
                 let live = journal.mark_live(run).unwrap();
-                let log =
-                    run_log::begin_in(&journal.shards[shard].log, record(run, 1), live).unwrap();
+                let log = run_log::begin_in(&journal.shards[shard].log, record(run, 1), live, true)
+                    .unwrap();
                 assert!(queue_text(&log, 0, run));
                 log.flush().await.unwrap();
                 if run == "one" {

@@ -11,6 +11,15 @@ use std::path::Path;
 /// Never made: [`Ring::open`] always declines.
 pub(super) enum Ring {}
 
+/// A staged append's run (never staged here).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StagedRun {
+    /// The run's number in the segment.
+    pub(super) number: u64,
+    /// The append starts the run.
+    pub(super) starts: bool,
+}
+
 impl Ring {
     /// No ring here.
     pub(super) fn open(_dir: &Path) -> Option<Ring> {
@@ -33,7 +42,12 @@ impl Ring {
     }
 
     /// Never called: no ring exists.
-    pub(super) fn stage(&mut self, _bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn stage_for(&mut self, _bytes: &[u8], _run: Option<StagedRun>) -> io::Result<()> {
+        match *self {}
+    }
+
+    /// Never called: no ring exists.
+    pub(super) fn drop_run(&mut self, _number: u64) {
         match *self {}
     }
 

@@ -46,13 +46,20 @@ pub struct RunLog {
     queue: Mutex<RunQueue>,
     log: Arc<Shared>,
     /// The run's number, when its records are written in place and name
-    /// it by that ([`RunKey::Bound`]).
-    number: Option<u64>,
+    /// it by that ([`RunKey::Bound`]); else [`NO_NUMBER`]. (Not an
+    /// `Option`, whose tag would take the room of `fresh`.)
+    number: u64,
+    /// Begun by this process, not resumed ([`RunWriting::fresh`]).
+    fresh: bool,
     run: Arc<str>,
     /// When the writer thread writes the run's records: where it keeps a
     /// failed write, outside the queue's lock (see [`RunQueue::failed`]).
     written_by_writer: Option<Arc<OnceLock<StoreError>>>,
 }
+
+/// [`RunLog::number`] of a run whose records name it by its id. (A
+/// shard's numbers count up from zero, one per run, and never reach it.)
+const NO_NUMBER: u64 = u64::MAX;
 
 // The layout its doc promises.
 const _: () = assert!(std::mem::size_of::<RunLog>() <= 128);
@@ -98,7 +105,7 @@ impl Journal {
     ///
     /// [`StoreError`] when the run's record cannot be encoded.
     pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        begin_in(self.writing_log(), run, live)
+        begin_in(self.writing_log(), run, live, true)
     }
 
     /// [`Journal::begin`] for a run being resumed: its records go on in
@@ -108,15 +115,17 @@ impl Journal {
     ///
     /// As [`Journal::begin`].
     pub fn begin_resumed(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        begin_in(self.log_for(&run.run), run, live)
+        begin_in(self.log_for(&run.run), run, live, false)
     }
 }
 
-/// Begin journaling `run` in `log` (`live`: its mark).
+/// Begin journaling `run` in `log` (`live`: its mark; `fresh`: begun
+/// here, not resumed).
 pub(super) fn begin_in(
     log: &Arc<Shared>,
     mut run: JournalRun,
     live: LiveRun,
+    fresh: bool,
 ) -> Result<RunLog, StoreError> {
     let number = log.writes_in_place().then(|| log.next_number());
     let record = start_of(&mut run, number)?;
@@ -130,7 +139,8 @@ pub(super) fn begin_in(
     Ok(RunLog {
         log: log.clone(),
         run: id,
-        number,
+        number: number.unwrap_or(NO_NUMBER),
+        fresh,
         queue: Mutex::new(RunQueue {
             bytes: record,
             pinned: None,
@@ -158,9 +168,14 @@ impl RunLog {
         &self.log
     }
 
+    /// The run's number, when its records name it by that.
+    fn number(&self) -> Option<u64> {
+        (self.number != NO_NUMBER).then_some(self.number)
+    }
+
     /// How the run's records name it.
     fn key(&self) -> RunKey<'_> {
-        match self.number {
+        match self.number() {
             Some(number) => RunKey::Bound(number),
             None => RunKey::Id(&self.run),
         }
@@ -170,7 +185,8 @@ impl RunLog {
     fn writing(&self) -> RunWriting<'_> {
         RunWriting {
             id: &self.run,
-            number: self.number,
+            number: self.number(),
+            fresh: self.fresh,
         }
     }
 
