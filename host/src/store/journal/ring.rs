@@ -15,8 +15,8 @@
 //! the ring; the kernel writes it back on its own schedule, a few dozen
 //! faults a minute). The copy to the segment file is a `pwrite` into
 //! cached pages, made for the older part of what is staged once the ring
-//! is half full, and for all of it before every sync, so what `fdatasync`
-//! makes durable is exactly what it was before.
+//! is half full, and for all of it before every sync, so that `fdatasync`
+//! makes durable every record staged before it that a replay needs.
 //!
 //! Most runs end, and are dropped, long before the ring is copied: their
 //! records void each other, and nothing of them need reach the segment at
@@ -157,6 +157,12 @@ pub(super) struct Ring {
 /// copy, cost a third of the copies it spared). A run that begins after
 /// its slot was let go (a number drawn long before its first append) is
 /// not tracked: its records are copied, as any untracked run's.
+/// The most slots [`RunSlots`] holds: a run whose number was drawn long
+/// before its first append (it waited that long) can be the oldest
+/// tracked, and the runs begun after it must not grow the slots without
+/// bound.
+const MAX_RUN_SLOTS: usize = 1 << 16;
+
 #[derive(Debug, Default)]
 struct RunSlots {
     /// The number of the run in `slots[0]`.
@@ -165,7 +171,9 @@ struct RunSlots {
 }
 
 impl RunSlots {
-    /// Track run `number` from its first append on.
+    /// Track run `number` from its first append on (unless it is too far
+    /// past the oldest tracked: then it is not, and its records are
+    /// copied).
     fn insert(&mut self, number: u64, run: Elidable) {
         if self.slots.is_empty() {
             self.base = number;
@@ -173,6 +181,7 @@ impl RunSlots {
         let Some(index) = number
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
+            .filter(|&index| index < MAX_RUN_SLOTS)
         else {
             return;
         };
@@ -490,15 +499,19 @@ impl Ring {
                 let header = super::log::skip_header(self.seal, self.copied, hole);
                 segment.write_all_at(&header, self.copied)?;
             } else {
-                while self.copied < end {
-                    let at = (self.copied % self.size as u64) as usize;
-                    let len = ((end - self.copied) as usize).min(self.size - at);
+                // `copied` moves only once the whole piece is written: a
+                // piece is what the spans and the runs' tracking describe,
+                // and a failed copy is tried again from its start.
+                let mut written = self.copied;
+                while written < end {
+                    let at = (written % self.size as u64) as usize;
+                    let len = ((end - written) as usize).min(self.size - at);
                     // SAFETY: `at + len <= size`: the ring's part of the
                     // mapping.
                     let staged =
                         unsafe { std::slice::from_raw_parts(self.ptr.add(HEADER + at), len) };
-                    segment.write_all_at(staged, self.copied)?;
-                    self.copied += len as u64;
+                    segment.write_all_at(staged, written)?;
+                    written += len as u64;
                 }
             }
             self.settle_piece(end, elided);
@@ -989,6 +1002,47 @@ mod tests {
         assert_eq!(valid as u64, ring.tail);
         assert_eq!(found.last().map(Vec::as_slice), Some(&b"finish of 8"[..]));
         assert!(ring.runs.is_empty() && ring.spans.is_empty());
+    }
+
+    /// A copy that fails leaves `copied` where it was (a piece counts as
+    /// copied only once all of it is written): the next copy starts the
+    /// piece again, and leaves out the runs dropped meanwhile.
+    #[test]
+    fn a_failed_copy_is_tried_again_from_the_start_of_its_piece() {
+        let Some(_) = boot_id() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seal = Seal {
+            generation: 2,
+            salt: 8,
+        };
+        let (file, mut ring) = begun(dir.path(), 3, seal);
+        // Up to near the ring's end, copied; then a kept run's record and
+        // a run of its own across the end, both staged.
+        let body = vec![b'k'; 1000];
+        while ring.tail + 1500 < ring.size() as u64 {
+            stage_record(&mut ring, seal, &body, None);
+            if ring.staged() > ring.size() / 4 {
+                ring.copy_out(&file).expect("copy");
+            }
+        }
+        ring.copy_out(&file).expect("copy");
+        let before = ring.copied;
+        stage_record(&mut ring, seal, &body, Some((1, true)));
+        stage_record(&mut ring, seal, &body, Some((2, true)));
+        // A read-only handle: every write fails.
+        let read_only = std::fs::File::open(segment_path(dir.path(), 3)).expect("open");
+        assert!(ring.copy_out(&read_only).is_err());
+        assert_eq!(ring.copied, before, "nothing counts as copied");
+        // Run 2, across the ring's end, is dropped meanwhile.
+        ring.drop_run(2);
+        stage_record(&mut ring, seal, b"last", None);
+        ring.copy_out(&file).expect("copy");
+        let (found, valid, problem) = segment_bodies(dir.path(), 3);
+        assert_eq!(problem, None);
+        assert_eq!(valid as u64, ring.tail);
+        let n = found.len();
+        assert_eq!(found[n - 2], body, "run 1's record, kept");
+        assert_eq!(found[n - 1], b"last");
     }
 
     /// Appends of dropped runs on both sides of the ring's end make one

@@ -99,7 +99,10 @@ impl Journal {
     /// thread. Its start record goes out with its first write; it is
     /// listed among the journal's runs at once. A run the journal already
     /// holds goes on with [`Journal::begin_resumed`] instead, in the shard
-    /// holding it (begun here, it would have a record in two shards).
+    /// holding it (begun here, it would have a record in two shards, and,
+    /// dropped before its records left the staging ring, its drop would be
+    /// left out with them and its older records come back at the next
+    /// open).
     ///
     /// # Errors
     ///
