@@ -13,6 +13,10 @@ pub(super) enum Ring {}
 
 /// A staged append's run (never staged here).
 #[derive(Clone, Copy, Debug)]
+#[allow(
+    dead_code,
+    reason = "made by the log for every append, read only by the Linux ring"
+)]
 pub(super) struct StagedRun {
     /// The run's number in the segment.
     pub(super) number: u64,
