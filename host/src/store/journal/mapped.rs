@@ -279,7 +279,7 @@ impl Drop for SegmentFile {
 /// Append `bytes` to the segment `file` of `len` bytes (`capacity`
 /// reserved) through `ring`: staged, the ring copied on first when they
 /// would not fit beside what it holds, and its older part once it is half
-/// full (see [`Ring::copy_out_older`]); a batch
+/// full ([`Ring::copy_out_older`]); a batch
 /// larger than the ring is written past it.
 fn stage(
     ring: &mut Ring,
@@ -305,9 +305,7 @@ fn stage(
         ring.stage_for(bytes, run)?;
     }
     *len += bytes.len() as u64;
-    if ring.staged() >= ring.size() / 2
-        && let Err(error) = ring.copy_out_older(file, ring.size() / 4)
-    {
+    if let Err(error) = ring.copy_out_older(file) {
         // Staged, so written as far as a crash of the process goes; the
         // next copy tries again.
         tracing::warn!(%error, "staged journal appends could not be copied to their segment yet");

@@ -913,7 +913,7 @@ impl Journal {
         let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
         let mut pruned = 0;
         for shard in self.shards.iter() {
-            let old: Vec<String> = shard
+            let mut stale: Vec<String> = shard
                 .log
                 .state()
                 .runs
@@ -921,10 +921,9 @@ impl Journal {
                 .filter(|run| run.updated_ms < cutoff)
                 .map(|run| run.run.clone())
                 .collect();
-            let stale: Vec<String> = old
-                .into_iter()
-                .filter(|run| !self.live.contains(run))
-                .collect();
+            // Runs executing now are kept (their stripes are locked after
+            // the state lock is let go).
+            stale.retain(|run| !self.live.contains(run));
             for run in &stale {
                 push_drop(&shard.log, run);
             }
@@ -1757,14 +1756,12 @@ mod tests {
 
     /// The segment files of the journal in `dir`, concatenated.
     fn segment_bytes(dir: &std::path::Path) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for item in std::fs::read_dir(log_dir(dir)).unwrap() {
-            let path = item.unwrap().path();
-            if path.extension().is_some_and(|e| e == "seg") {
-                bytes.extend(std::fs::read(path).unwrap());
-            }
-        }
-        bytes
+        let log = log_dir(dir);
+        log::segment_ids(&log)
+            .unwrap()
+            .into_iter()
+            .flat_map(|id| std::fs::read(log::segment_path(&log, id)).unwrap())
+            .collect()
     }
 
     /// Runs written in place and dropped before the staging ring was

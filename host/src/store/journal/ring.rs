@@ -149,6 +149,12 @@ pub(super) struct Ring {
     runs: RunSlots,
 }
 
+/// The most slots [`RunSlots`] holds: a run whose number was drawn long
+/// before its first append (it waited that long) can be the oldest
+/// tracked, and the runs begun after it must not grow the slots without
+/// bound.
+const MAX_RUN_SLOTS: usize = 1 << 16;
+
 /// The runs a [`Ring`] tracks, by number: a shard numbers its runs in
 /// the order they begin, and they begin and end within about a ring's
 /// appends of each other, so a slot per number from the oldest tracked on
@@ -157,12 +163,6 @@ pub(super) struct Ring {
 /// copy, cost a third of the copies it spared). A run that begins after
 /// its slot was let go (a number drawn long before its first append) is
 /// not tracked: its records are copied, as any untracked run's.
-/// The most slots [`RunSlots`] holds: a run whose number was drawn long
-/// before its first append (it waited that long) can be the oldest
-/// tracked, and the runs begun after it must not grow the slots without
-/// bound.
-const MAX_RUN_SLOTS: usize = 1 << 16;
-
 #[derive(Debug, Default)]
 struct RunSlots {
     /// The number of the run in `slots[0]`.
@@ -178,11 +178,7 @@ impl RunSlots {
         if self.slots.is_empty() {
             self.base = number;
         }
-        let Some(index) = number
-            .checked_sub(self.base)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|&index| index < MAX_RUN_SLOTS)
-        else {
+        let Some(index) = self.index(number).filter(|&index| index < MAX_RUN_SLOTS) else {
             return;
         };
         if index >= self.slots.len() {
@@ -191,22 +187,25 @@ impl RunSlots {
         self.slots[index] = Some(run);
     }
 
+    /// Where run `number`'s slot is, or would be: `None` behind the
+    /// oldest.
+    fn index(&self, number: u64) -> Option<usize> {
+        usize::try_from(number.checked_sub(self.base)?).ok()
+    }
+
     fn get(&self, number: u64) -> Option<&Elidable> {
-        let index = usize::try_from(number.checked_sub(self.base)?).ok()?;
-        self.slots.get(index)?.as_ref()
+        self.slots.get(self.index(number)?)?.as_ref()
     }
 
     fn get_mut(&mut self, number: u64) -> Option<&mut Elidable> {
-        let index = usize::try_from(number.checked_sub(self.base)?).ok()?;
+        let index = self.index(number)?;
         self.slots.get_mut(index)?.as_mut()
     }
 
     /// Track run `number` no longer; let go of the slots before the oldest
     /// still tracked.
     fn remove(&mut self, number: u64) {
-        if let Some(index) = number
-            .checked_sub(self.base)
-            .and_then(|i| usize::try_from(i).ok())
+        if let Some(index) = self.index(number)
             && let Some(slot) = self.slots.get_mut(index)
         {
             *slot = None;
@@ -418,9 +417,10 @@ impl Ring {
     /// Ask for the cache lines the next append will store to, in the
     /// state a store needs (`prefetchw`), without waiting for them.
     ///
-    /// A lap of the ring is a few hundred turns, so by the time an append
-    /// comes back to a line, the line has long left the core's cache (and
-    /// the copy to the segment may have read it on the other core). Stored
+    /// A lap of the ring is a couple of thousand turns, so by the time an
+    /// append comes back to a line, the line has long left the core's
+    /// cache (and the copy to the segment may have read it on the other
+    /// core). Stored
     /// to cold, an append's bytes sat in the store buffer until the next
     /// locked instruction (the file lock's release) waited for all of
     /// them: in profiles of the multi-tenant bench that wait was most of
@@ -475,16 +475,20 @@ impl Ring {
         self.copy_out_before(segment, self.tail)
     }
 
-    /// [`Self::copy_out`] of the appends staged before the last `recent`
-    /// bytes, which stay staged: the runs that made them are the likeliest
-    /// to be still under way, and those that end and are dropped before
-    /// the next copy are left out of it.
+    /// Once the ring is half full, [`Self::copy_out`] of the appends
+    /// staged before its most recent quarter, which stays staged: the runs
+    /// that made those are the likeliest to be still under way, and those
+    /// that end and are dropped before the next copy are left out of it.
     ///
     /// # Errors
     ///
     /// As [`Self::copy_out`].
-    pub(super) fn copy_out_older(&mut self, segment: &File, recent: usize) -> io::Result<()> {
-        self.copy_out_before(segment, self.tail.saturating_sub(recent as u64))
+    pub(super) fn copy_out_older(&mut self, segment: &File) -> io::Result<()> {
+        if self.staged() < self.size / 2 {
+            return Ok(());
+        }
+        let recent = (self.size / 4) as u64;
+        self.copy_out_before(segment, self.tail.saturating_sub(recent))
     }
 
     /// Copy the staged appends that end by segment offset `limit`.
@@ -887,9 +891,8 @@ mod tests {
     fn three_records(seal: Seal) -> Vec<u8> {
         let mut records = Vec::new();
         for i in 0..3u8 {
-            let mut record = frame(&[i; 40]);
-            seal_batch(&mut record, seal, (SEGMENT_HEADER + records.len()) as u64);
-            records.append(&mut record);
+            let offset = (SEGMENT_HEADER + records.len()) as u64;
+            records.extend(sealed_at(seal, offset, &[i; 40]));
         }
         records
     }
@@ -907,6 +910,19 @@ mod tests {
         let record = sealed_at(seal, ring.tail, body);
         let run = run.map(|(number, starts)| StagedRun { number, starts });
         ring.stage_for(&record, run).expect("stage");
+    }
+
+    /// Stage kept records of `body` (none of a run), copying them on as
+    /// the ring fills, until fewer than `room` bytes are left before the
+    /// ring's end; then copy the rest.
+    fn fill_copied_up_to(ring: &mut Ring, file: &File, seal: Seal, body: &[u8], room: u64) {
+        while ring.tail + room < ring.size() as u64 {
+            stage_record(ring, seal, body, None);
+            if ring.staged() > ring.size() / 4 {
+                ring.copy_out(file).expect("copy");
+            }
+        }
+        ring.copy_out(file).expect("copy");
     }
 
     /// The segment file's record bodies, and where they end.
@@ -1019,13 +1035,7 @@ mod tests {
         // Up to near the ring's end, copied; then a kept run's record and
         // a run of its own across the end, both staged.
         let body = vec![b'k'; 1000];
-        while ring.tail + 1500 < ring.size() as u64 {
-            stage_record(&mut ring, seal, &body, None);
-            if ring.staged() > ring.size() / 4 {
-                ring.copy_out(&file).expect("copy");
-            }
-        }
-        ring.copy_out(&file).expect("copy");
+        fill_copied_up_to(&mut ring, &file, seal, &body, 1500);
         let before = ring.copied;
         stage_record(&mut ring, seal, &body, Some((1, true)));
         stage_record(&mut ring, seal, &body, Some((2, true)));
@@ -1058,13 +1068,7 @@ mod tests {
         let (file, mut ring) = begun(dir.path(), 1, seal);
         // Fill most of a lap with kept records, copied.
         let body = vec![b'k'; 1000];
-        while ring.tail + 3000 < ring.size() as u64 {
-            stage_record(&mut ring, seal, &body, None);
-            if ring.staged() > ring.size() / 4 {
-                ring.copy_out(&file).expect("copy");
-            }
-        }
-        ring.copy_out(&file).expect("copy");
+        fill_copied_up_to(&mut ring, &file, seal, &body, 3000);
         // Dropped runs staged across the end of the ring.
         for run in 0..6 {
             stage_record(&mut ring, seal, &body, Some((run, true)));
