@@ -18,8 +18,9 @@
 //! A segment file (`<id>.seg`, ids increasing, a new one per process and
 //! every [`SEGMENT_BYTES`]) starts with [`MAGIC`], its generation and its
 //! salt (`u32 LE` each). Record: `len: u32 LE`, `generation: u32 LE`,
-//! `crc32(generation, salt, offset, body): u32 LE`, `body`, where `offset`
-//! is where the record starts in the file (`u64 LE`): a record checks only
+//! `checksum: u32 LE`, `body`. The checksum is XXH3-64 of the body, seeded
+//! with the salt, the generation and `offset`, where the record starts in
+//! the file, cut to its low 32 bits ([`sum_at`]): a record checks only
 //! where it was written, never copied to another place (see the staging
 //! ring's recovery, [`super::ring`]). A skip record (a length word with
 //! its top bit set, [`SKIP`]) is a header alone, its checksum covering its
@@ -48,11 +49,12 @@
 //! record in a later segment, says which run the number is, so a segment
 //! is read from its start with the numbers it binds ([`Binds`]).
 //!
-//! Segments written before skip records (`LOOMJNL3`, which read as the
-//! current ones) and before checksums covered offsets (`LOOMJNL2`) are
-//! still read, and recycled like the others; those written before
-//! generations (`LOOMJNL1`: `len`, `crc32(body)`, `body`) are still read,
-//! and never recycled.
+//! Segments checksummed with CRC-32 instead (`crc32(generation, salt,
+//! offset, body)`, skip records included: `LOOMJNL4`; written before skip
+//! records: `LOOMJNL3`), written before checksums covered offsets
+//! (`LOOMJNL2`) are still read, and recycled like the others; those written
+//! before generations (`LOOMJNL1`: `len`, `crc32(body)`, `body`) are still
+//! read, and never recycled.
 
 use super::mapped::{self, SegmentFile};
 use super::ring::{Ring, StagedRun};
@@ -70,10 +72,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The first bytes of every segment file.
-pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL4";
+pub(super) const MAGIC: &[u8; 8] = b"LOOMJNL5";
+
+/// The first bytes of a segment whose records are checksummed with CRC-32
+/// ([`checksum_at`]; read, never written).
+const CRC_MAGIC: &[u8; 8] = b"LOOMJNL4";
 
 /// The first bytes of a segment written before skip records (read as one
-/// of [`MAGIC`], which it is but for never holding one; never written).
+/// of [`CRC_MAGIC`], which it is but for never holding one; never
+/// written).
 const UNSKIPPED_MAGIC: &[u8; 8] = b"LOOMJNL3";
 
 /// The first bytes of a segment whose checksums do not cover their
@@ -273,14 +280,37 @@ fn checksum_after(seal_crc: u32, body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// The checksum of a record's `body` at `offset` of a segment whose
-/// seal's CRC is `seal_crc` ([`seal_crc`]): a record copied anywhere else,
-/// even into the same segment, does not check.
+/// The checksum of a record's `body` at `offset` of a segment of
+/// [`CRC_MAGIC`] whose seal's CRC is `seal_crc` ([`seal_crc`]): a record
+/// copied anywhere else, even into the same segment, does not check.
 fn checksum_at(seal_crc: u32, offset: u64, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(seal_crc);
     hasher.update(&offset.to_le_bytes());
     hasher.update(body);
     hasher.finalize()
+}
+
+/// The odd constant a record's offset is multiplied by in its checksum's
+/// seed (the 64-bit golden ratio): distinct offsets of a segment give
+/// distinct seeds.
+const OFFSET_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The checksum of `bytes` (a record's body, or a skip record's length
+/// word) at `offset` of a segment of [`MAGIC`] sealed with `seal`:
+/// XXH3-64 seeded with the salt, the generation and the offset, its low
+/// 32 bits. A record copied anywhere else, even into the same segment, or
+/// into another life of its file, does not check; and as the salt is
+/// unpredictable, no content can be crafted to.
+///
+/// XXH3 rather than CRC-32: a journaled turn seals a handful of records of
+/// 15 to 250 bytes, and CRC-32 takes its table-driven path below 128 bytes,
+/// whose tables are out of the cache between turns; XXH3 needs no table
+/// and took half the time (`docs/journal-performance.md`).
+pub(super) fn sum_at(seal: Seal, offset: u64, bytes: &[u8]) -> u32 {
+    let key = u64::from(seal.salt) << 32 | u64::from(seal.generation);
+    let seed = key ^ offset.wrapping_mul(OFFSET_MIX);
+    // The low half of the digest is the checksum.
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed) as u32
 }
 
 /// The skip record at segment `offset` of a segment sealed with `seal`,
@@ -289,7 +319,7 @@ fn checksum_at(seal_crc: u32, offset: u64, body: &[u8]) -> u32 {
 pub(super) fn skip_header(seal: Seal, offset: u64, hole: usize) -> [u8; RECORD_HEADER] {
     let skipped = u32::try_from(hole.saturating_sub(RECORD_HEADER)).unwrap_or(u32::MAX) & !SKIP;
     let word = SKIP | skipped;
-    let crc = checksum_at(seal_crc(seal), offset, &word.to_le_bytes());
+    let crc = sum_at(seal, offset, &word.to_le_bytes());
     let mut header = [0u8; RECORD_HEADER];
     header[..4].copy_from_slice(&word.to_le_bytes());
     header[4..8].copy_from_slice(&seal.generation.to_le_bytes());
@@ -301,14 +331,13 @@ pub(super) fn skip_header(seal: Seal, offset: u64, hole: usize) -> [u8; RECORD_H
 /// checksum, as they go to a segment sealed with it, `batch` starting at
 /// segment offset `offset`.
 pub(super) fn seal_batch(batch: &mut [u8], seal: Seal, offset: u64) {
-    let seal_crc = seal_crc(seal);
     let mut at = 0;
     while let Some(header) = batch.get(at..at + RECORD_HEADER) {
         let len = u32_at(header, 0) as usize;
         let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
             return;
         };
-        let crc = checksum_at(seal_crc, offset + at as u64, body);
+        let crc = sum_at(seal, offset + at as u64, body);
         batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
         batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
         at += RECORD_HEADER + len;
@@ -824,7 +853,9 @@ pub(super) enum Framing {
     /// left by an earlier life of the file (see [`SPARE_FILE`]): the
     /// segment's records end before it.
     Sealed(Seal),
-    /// [`Framing::Sealed`], written before checksums covered offsets.
+    /// [`Framing::Sealed`], checksummed with CRC-32 ([`CRC_MAGIC`]).
+    SealedCrc(Seal),
+    /// [`Framing::SealedCrc`], written before checksums covered offsets.
     SealedUnplaced(Seal),
     /// Records of a segment written before generations.
     Legacy,
@@ -837,14 +868,37 @@ impl Framing {
     fn header(self) -> usize {
         match self {
             Framing::Legacy => LEGACY_RECORD_HEADER,
-            Framing::Sealed(_) | Framing::SealedUnplaced(_) | Framing::Unsealed => RECORD_HEADER,
+            Framing::Sealed(_)
+            | Framing::SealedCrc(_)
+            | Framing::SealedUnplaced(_)
+            | Framing::Unsealed => RECORD_HEADER,
         }
     }
 
     /// The seal of a sealed segment's records.
     pub(super) fn seal(self) -> Option<Seal> {
         match self {
-            Framing::Sealed(seal) | Framing::SealedUnplaced(seal) => Some(seal),
+            Framing::Sealed(seal) | Framing::SealedCrc(seal) | Framing::SealedUnplaced(seal) => {
+                Some(seal)
+            }
+            Framing::Legacy | Framing::Unsealed => None,
+        }
+    }
+
+    /// Whether records' checksums cover their offsets, so that a record
+    /// checks only where it was written (and skip records may occur).
+    pub(super) fn placed(self) -> bool {
+        matches!(self, Framing::Sealed(_) | Framing::SealedCrc(_))
+    }
+
+    /// The checksum a record's header of this framing holds for `bytes`
+    /// at segment `offset` (`seal_crc`: [`seal_crc`] of the seal, for the
+    /// CRC framings), if it holds one in its last word.
+    fn sum(self, seal_crc: u32, offset: u64, bytes: &[u8]) -> Option<u32> {
+        match self {
+            Framing::Sealed(seal) => Some(sum_at(seal, offset, bytes)),
+            Framing::SealedCrc(_) => Some(checksum_at(seal_crc, offset, bytes)),
+            Framing::SealedUnplaced(_) => Some(checksum_after(seal_crc, bytes)),
             Framing::Legacy | Framing::Unsealed => None,
         }
     }
@@ -868,7 +922,10 @@ pub(super) fn bodies_at(
     base: u64,
 ) -> (Vec<&[u8]>, usize, Option<String>) {
     let header_len = framing.header();
-    let sealed_from = framing.seal().map_or(0, seal_crc);
+    let sealed_from = match framing {
+        Framing::SealedCrc(seal) | Framing::SealedUnplaced(seal) => seal_crc(seal),
+        Framing::Sealed(_) | Framing::Legacy | Framing::Unsealed => 0,
+    };
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -898,11 +955,9 @@ pub(super) fn bodies_at(
         {
             return (found, at, None);
         }
-        if let Framing::Sealed(_) = framing
-            && word(0) & SKIP != 0
-        {
+        if framing.placed() && word(0) & SKIP != 0 {
             let offset = base + at as u64;
-            if checksum_at(sealed_from, offset, &word(0).to_le_bytes()) != word(8) {
+            if framing.sum(sealed_from, offset, &word(0).to_le_bytes()) != Some(word(8)) {
                 return (
                     found,
                     at,
@@ -920,10 +975,11 @@ pub(super) fn bodies_at(
             return (found, at, Some("a record cut short".into()));
         };
         let intact = match framing {
-            Framing::Sealed(_) => checksum_at(sealed_from, base + at as u64, body) == word(8),
-            Framing::SealedUnplaced(_) => checksum_after(sealed_from, body) == word(8),
             Framing::Legacy => crc32fast::hash(body) == word(4),
             Framing::Unsealed => true,
+            Framing::Sealed(_) | Framing::SealedCrc(_) | Framing::SealedUnplaced(_) => {
+                framing.sum(sealed_from, base + at as u64, body) == Some(word(8))
+            }
         };
         if !intact {
             return (
@@ -971,8 +1027,10 @@ pub(super) fn framing_of(head: &[u8]) -> Option<(Framing, usize)> {
             salt: u32_at(header, 12),
         })
     };
-    if head.starts_with(MAGIC) || head.starts_with(UNSKIPPED_MAGIC) {
+    if head.starts_with(MAGIC) {
         Some((Framing::Sealed(sealed(head)?), SEGMENT_HEADER))
+    } else if head.starts_with(CRC_MAGIC) || head.starts_with(UNSKIPPED_MAGIC) {
+        Some((Framing::SealedCrc(sealed(head)?), SEGMENT_HEADER))
     } else if head.starts_with(UNPLACED_MAGIC) {
         Some((Framing::SealedUnplaced(sealed(head)?), SEGMENT_HEADER))
     } else if head.starts_with(LEGACY_MAGIC) {
@@ -2257,6 +2315,87 @@ mod tests {
             bodies_at(&second, SEALED, AT + first.len() as u64).0.len(),
             1
         );
+    }
+
+    #[test]
+    fn a_record_checks_only_under_the_salt_and_generation_it_was_sealed_with() {
+        let mut record = finish_record("run-1", true, 1);
+        seal_batch(&mut record, FRESH, AT);
+        assert_eq!(bodies(&record, SEALED).0.len(), 1);
+        for other in [
+            Seal {
+                salt: FRESH.salt ^ 1,
+                ..FRESH
+            },
+            Seal {
+                generation: FRESH.generation + 1,
+                ..FRESH
+            },
+        ] {
+            let mut claimed = record.clone();
+            claimed[4..8].copy_from_slice(&other.generation.to_le_bytes());
+            let (found, valid, _) = bodies(&claimed, Framing::Sealed(other));
+            assert_eq!((found.len(), valid), (0, 0));
+        }
+    }
+
+    #[test]
+    fn segments_checksummed_with_crc_still_read_skip_records_included() {
+        // Framed as before XXH3: crc32(seal, offset, body), and a skip
+        // record's crc32(seal, offset, length word).
+        let crc_sealed = |record: &mut Vec<u8>, offset: u64| {
+            let body = record[RECORD_HEADER..].to_vec();
+            let crc = checksum_at(seal_crc(FRESH), offset, &body);
+            record[4..8].copy_from_slice(&FRESH.generation.to_le_bytes());
+            record[8..12].copy_from_slice(&crc.to_le_bytes());
+        };
+        let mut first = finish_record("run-1", true, 1);
+        crc_sealed(&mut first, AT);
+        let hole_at = AT + first.len() as u64;
+        let hole = 40;
+        let word = SKIP | (hole - RECORD_HEADER) as u32;
+        let mut skip = word.to_le_bytes().to_vec();
+        skip.extend_from_slice(&FRESH.generation.to_le_bytes());
+        skip.extend_from_slice(
+            &checksum_at(seal_crc(FRESH), hole_at, &word.to_le_bytes()).to_le_bytes(),
+        );
+        skip.resize(hole, 0xAA);
+        let mut last = finish_record("run-2", true, 2);
+        crc_sealed(&mut last, hole_at + hole as u64);
+        for magic in [CRC_MAGIC, UNSKIPPED_MAGIC] {
+            let mut file = magic.to_vec();
+            file.extend_from_slice(&segment_header(FRESH)[8..]);
+            file.extend_from_slice(&first);
+            if magic == CRC_MAGIC {
+                file.extend_from_slice(&skip);
+            }
+            let last_at = file.len() as u64;
+            let mut last = last.clone();
+            if magic == UNSKIPPED_MAGIC {
+                crc_sealed(&mut last, last_at);
+            }
+            file.extend_from_slice(&last);
+            let (framing, header) = framing_of(&file).unwrap();
+            assert_eq!(
+                (framing, header),
+                (Framing::SealedCrc(FRESH), SEGMENT_HEADER)
+            );
+            let (found, valid, problem) = bodies(&file[header..], framing);
+            assert_eq!(
+                (found.len(), valid, problem),
+                (2, file.len() - header, None)
+            );
+            // Read as a segment of today's framing, nothing checks.
+            assert!(bodies(&file[header..], SEALED).0.is_empty());
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("old.seg");
+            std::fs::write(&path, &file).unwrap();
+            assert_eq!(next_generation(&path), Some(2));
+        }
+        // And today's records do not pass for CRC-sealed ones.
+        let mut today = finish_record("run-1", true, 1);
+        seal_batch(&mut today, FRESH, AT);
+        assert!(bodies(&today, Framing::SealedCrc(FRESH)).0.is_empty());
     }
 
     #[test]
