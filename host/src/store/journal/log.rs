@@ -1415,6 +1415,8 @@ enum Next {
 struct Prepared {
     file: File,
     seal: Seal,
+    /// The bytes of it reserved already ([`mapped::warm`]).
+    reserved: u64,
 }
 
 /// The file being appended to.
@@ -1490,8 +1492,12 @@ pub(super) fn prepare_next(shared: &Shared) {
         // segment (else, after a power loss, its stale records could read
         // as the segment's).
         file.sync_data()?;
-        mapped::warm(&file, SEGMENT_BYTES);
-        Ok(Prepared { file, seal })
+        let reserved = mapped::warm(&file, SEGMENT_BYTES);
+        Ok(Prepared {
+            file,
+            seal,
+            reserved,
+        })
     })();
     match made {
         Ok(prepared) => lock(&shared.io).prepared = Some(prepared),
@@ -1948,7 +1954,12 @@ fn append(
 fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<Active, StoreError> {
     let path = segment_path(&shared.dir, id);
     let capacity = SEGMENT_BYTES.max(SEGMENT_HEADER as u64 + batch as u64);
-    if let Some(Prepared { file, seal }) = io.prepared.take() {
+    if let Some(Prepared {
+        file,
+        seal,
+        reserved,
+    }) = io.prepared.take()
+    {
         match std::fs::rename(shared.dir.join(PREPARED_FILE), &path) {
             Ok(()) => {
                 let sync_dir_now = shared.sync == StoreSync::Always;
@@ -1957,7 +1968,7 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
                     io,
                     id,
                     (file, seal),
-                    capacity,
+                    (capacity, reserved),
                     sync_dir_now,
                 ));
             }
@@ -2013,7 +2024,7 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
         io,
         id,
         (file, seal),
-        capacity,
+        (capacity, 0),
         sync_dir_now,
     ))
 }
@@ -2021,13 +2032,13 @@ fn open_segment(shared: &Shared, io: &mut Io, id: u64, batch: usize) -> Result<A
 /// Segment `id`, its file (with its header, `seal`'s) just given its
 /// name: the directory synced now when `sync_dir_now`, else marked for the
 /// next interval sync; counted in the accounting; mapped for appends with
-/// `capacity` bytes reserved.
+/// `capacity` bytes reserved (of which `reserved` were already).
 fn named_segment(
     shared: &Shared,
     io: &mut Io,
     id: u64,
     (file, seal): (File, Seal),
-    capacity: u64,
+    (capacity, reserved): (u64, u64),
     sync_dir_now: bool,
 ) -> Active {
     if sync_dir_now {
@@ -2049,7 +2060,13 @@ fn named_segment(
     Active {
         id,
         seal,
-        file: SegmentFile::new(file, SEGMENT_HEADER as u64, capacity, true, ring),
+        file: SegmentFile::new(
+            file,
+            SEGMENT_HEADER as u64,
+            (capacity, reserved),
+            true,
+            ring,
+        ),
     }
 }
 

@@ -87,13 +87,22 @@ const POPULATE_AHEAD: usize = 64 << 10;
 
 impl SegmentFile {
     /// `file`, holding `len` bytes, prepared for appends with `capacity`
-    /// bytes reserved, where the file system allows it: staged in `ring`
-    /// when one is lent (begun for this segment at `len`), else mapped when
-    /// `map`. Otherwise appended to with `write`.
-    pub(super) fn new(file: File, len: u64, capacity: u64, map: bool, ring: Option<Ring>) -> Self {
-        let staged = ring.is_some() && reserve(&file, capacity);
+    /// bytes reserved, where the file system allows it (`reserved`: bytes
+    /// already reserved, by [`warm`], which are not asked for again: on
+    /// ext4 that walks every extent, under the shard's file lock): staged
+    /// in `ring` when one is lent (begun for this segment at `len`), else
+    /// mapped when `map`. Otherwise appended to with `write`.
+    pub(super) fn new(
+        file: File,
+        len: u64,
+        (capacity, reserved): (u64, u64),
+        map: bool,
+        ring: Option<Ring>,
+    ) -> Self {
+        let reserved = reserved >= capacity;
+        let staged = ring.is_some() && (reserved || reserve(&file, capacity));
         let map = if map && !staged {
-            reserve_and_map(&file, len, capacity)
+            reserve_and_map(&file, len, capacity, reserved)
         } else {
             None
         };
@@ -469,15 +478,17 @@ const WARM_CHUNK: usize = 64 << 10;
 /// allocated and zeroed on the way (which on a virtual machine, for memory
 /// the guest has not touched lately, costs tens of microseconds a page).
 /// A reused file's pages are mostly cached already. Best effort: a file
-/// system that cannot is simply not warmed.
+/// system that cannot is simply not warmed. Returns the bytes reserved
+/// (`capacity`, or none).
 #[cfg(target_os = "linux")]
-pub(super) fn warm(file: &File, capacity: u64) {
+pub(super) fn warm(file: &File, capacity: u64) -> u64 {
     use std::os::fd::AsRawFd;
     let Ok(count) = usize::try_from(capacity) else {
-        return;
+        return 0;
     };
     let fd = file.as_raw_fd();
-    let warmed = reserve(file, capacity)
+    let reserved = reserve(file, capacity);
+    let warmed = reserved
         // A chunk at a time: one call reads in no more than the device's
         // readahead limit (128 KiB by default), however much is asked.
         && (0..count).step_by(WARM_CHUNK).all(|at| {
@@ -494,6 +505,7 @@ pub(super) fn warm(file: &File, capacity: u64) {
             "the next journal segment could not be warmed"
         );
     }
+    if reserved { capacity } else { 0 }
 }
 
 /// Reserve the blocks of `file`'s first `capacity` bytes (`fallocate`);
@@ -515,16 +527,18 @@ fn reserve(_file: &File, _capacity: u64) -> bool {
     false
 }
 
-/// Other systems are not warmed.
+/// Other systems are not warmed (nor reserved).
 #[cfg(not(target_os = "linux"))]
-pub(super) fn warm(_file: &File, _capacity: u64) {}
+pub(super) fn warm(_file: &File, _capacity: u64) -> u64 {
+    0
+}
 
 /// Reserve `capacity` bytes of blocks for `file` and map them, or `None`
 /// where the file system cannot reserve blocks (the caller then appends
 /// with `write`).
 #[cfg(target_os = "linux")]
-fn reserve_and_map(file: &File, len: u64, capacity: u64) -> Option<Mapping> {
-    if !reserve(file, capacity) {
+fn reserve_and_map(file: &File, len: u64, capacity: u64, reserved: bool) -> Option<Mapping> {
+    if !reserved && !reserve(file, capacity) {
         tracing::debug!(
             error = %io::Error::last_os_error(),
             "the journal's file system cannot reserve blocks; appending with write"
@@ -582,7 +596,7 @@ pub(super) fn map_shared(file: &File, len: usize) -> io::Result<*mut u8> {
 
 /// Other systems append with `write`.
 #[cfg(not(target_os = "linux"))]
-fn reserve_and_map(_file: &File, _len: u64, _capacity: u64) -> Option<Mapping> {
+fn reserve_and_map(_file: &File, _len: u64, _capacity: u64, _reserved: bool) -> Option<Mapping> {
     None
 }
 
@@ -601,7 +615,7 @@ mod tests {
     fn a_mapped_segment_holds_its_appends_and_is_cut_to_them_when_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 4096, true, None);
+        let mut segment = SegmentFile::new(file, 5, (4096, 0), true, None);
         assert!(segment.is_mapped(), "ext4 and tmpfs reserve blocks");
         segment.append(b"one").expect("append");
         segment.append(b"two").expect("append");
@@ -623,7 +637,7 @@ mod tests {
     fn an_append_past_the_reservation_is_refused_not_a_fault() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 8, true, None);
+        let mut segment = SegmentFile::new(file, 5, (8, 0), true, None);
         assert!(segment.is_mapped());
         assert!(segment.append(b"toolong").is_err());
         assert_eq!(segment.len(), 5);
@@ -635,7 +649,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
         let capacity = 3 * POPULATE_AHEAD as u64;
-        let mut segment = SegmentFile::new(file, 5, capacity, true, None);
+        let mut segment = SegmentFile::new(file, 5, (capacity, 0), true, None);
         assert!(segment.is_mapped());
         segment.append(b"first").expect("append");
         // Linux 5.14+ populates a window from the first append's page;
@@ -716,7 +730,7 @@ mod tests {
             // The offsets below assume 4 KiB pages.
             return;
         }
-        let mut segment = SegmentFile::new(file, 5, 4 * PAGE as u64, true, None);
+        let mut segment = SegmentFile::new(file, 5, (4 * PAGE as u64, 0), true, None);
         assert!(segment.is_mapped());
         // Nothing below a whole page yet: nothing released.
         segment.append(&[1u8; 100]).expect("append");
@@ -750,7 +764,7 @@ mod tests {
     fn an_unmapped_segment_appends_with_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, file) = new_segment(&dir);
-        let mut segment = SegmentFile::new(file, 5, 4096, false, None);
+        let mut segment = SegmentFile::new(file, 5, (4096, 0), false, None);
         assert!(!segment.is_mapped());
         assert!(segment.fits(1 << 20));
         segment.append(b"abc").expect("append");
@@ -776,7 +790,7 @@ mod tests {
             5,
         );
         let capacity = 4 * RING_BYTES as u64;
-        let mut segment = SegmentFile::new(file, 5, capacity, true, Some(ring));
+        let mut segment = SegmentFile::new(file, 5, (capacity, 0), true, Some(ring));
         assert!(segment.staged && !segment.is_mapped());
         segment.append(b"one").expect("append");
         // Staged: not in the segment's file until a sync copies it.

@@ -124,14 +124,22 @@ const CACHE_LINE: usize = 64;
 /// than [`RING_BYTES`]).
 const MAX_RING_BYTES: usize = 16 << 20;
 
+/// The ring byte that segment offset `offset` is staged at. (The ring's
+/// size is a constant power of two, so this is a mask, not a division: the
+/// prefetch ahead of every append computes it for each line.)
+fn ring_index(offset: u64) -> usize {
+    (offset % RING_BYTES as u64) as usize
+}
+
+const _: () = assert!(RING_BYTES.is_power_of_two());
+
 /// A shard's staging ring, mapped (see the module's doc). Holds at most
 /// [`Ring::size`] bytes not yet copied to their segment.
 pub(super) struct Ring {
     /// The ring's file, open while it is mapped.
     _file: File,
-    /// The mapping: header page, then the ring.
+    /// The mapping: header page, then the ring ([`RING_BYTES`]).
     ptr: *mut u8,
-    size: usize,
     /// The segment offset of the first staged byte not yet copied to the
     /// segment file.
     copied: u64,
@@ -287,7 +295,6 @@ impl Ring {
             let mut ring = Ring {
                 _file: file,
                 ptr,
-                size: RING_BYTES,
                 copied: 0,
                 tail: 0,
                 seal: Seal {
@@ -322,7 +329,7 @@ impl Ring {
 
     /// The most bytes the ring holds.
     pub(super) fn size(&self) -> usize {
-        self.size
+        RING_BYTES
     }
 
     /// Bytes staged and not yet copied to the segment.
@@ -369,13 +376,13 @@ impl Ring {
     /// When they do not fit beside what is staged (`staged() +
     /// bytes.len() > size()`): nothing is staged.
     pub(super) fn stage_for(&mut self, bytes: &[u8], run: Option<StagedRun>) -> io::Result<()> {
-        if self.staged() + bytes.len() > self.size {
+        if self.staged() + bytes.len() > RING_BYTES {
             return Err(io::Error::other(
                 "journal appends larger than the room left in the staging ring",
             ));
         }
-        let at = (self.tail % self.size as u64) as usize;
-        let first = bytes.len().min(self.size - at);
+        let at = ring_index(self.tail);
+        let first = bytes.len().min(RING_BYTES - at);
         // SAFETY: `at + first <= size` and `bytes.len() - first <= size`:
         // both copies land in the ring's part of the mapping, which lives
         // as long as `self`, and nothing else refers to it.
@@ -438,9 +445,9 @@ impl Ring {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
-            let at = (self.tail % self.size as u64) as usize & !(CACHE_LINE - 1);
+            let at = ring_index(self.tail) & !(CACHE_LINE - 1);
             for line in (0..PREFETCH_AHEAD).step_by(CACHE_LINE) {
-                let offset = (at + line) % self.size;
+                let offset = (at + line) % RING_BYTES;
                 // SAFETY: `offset < size`: an address in the ring's part of
                 // the mapping (a prefetch neither faults nor changes memory).
                 unsafe { _mm_prefetch::<_MM_HINT_ET0>(self.ptr.add(HEADER + offset).cast::<i8>()) };
@@ -491,10 +498,10 @@ impl Ring {
     ///
     /// As [`Self::copy_out`].
     pub(super) fn copy_out_older(&mut self, segment: &File) -> io::Result<()> {
-        if self.staged() < self.size / 2 {
+        if self.staged() < RING_BYTES / 2 {
             return Ok(());
         }
-        let recent = (self.size / 4) as u64;
+        let recent = (RING_BYTES / 4) as u64;
         self.copy_out_before(segment, self.tail.saturating_sub(recent))
     }
 
@@ -515,8 +522,8 @@ impl Ring {
                 // and a failed copy is tried again from its start.
                 let mut written = self.copied;
                 while written < end {
-                    let at = (written % self.size as u64) as usize;
-                    let len = ((end - written) as usize).min(self.size - at);
+                    let at = ring_index(written);
+                    let len = ((end - written) as usize).min(RING_BYTES - at);
                     // SAFETY: `at + len <= size`: the ring's part of the
                     // mapping.
                     let staged =
@@ -602,7 +609,7 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         // The whole mapping, made in `open`, unmapped once.
-        mapped::unmap(self.ptr, 0, HEADER + self.size);
+        mapped::unmap(self.ptr, 0, HEADER + RING_BYTES);
     }
 }
 
