@@ -242,8 +242,21 @@ impl RunJournal {
         if let Some(Some(ledger)) = self.spend.get() {
             ledger.flush().await.map_err(|e| self.fail(e.into()))?;
         }
-        self.queue(at, value)?;
-        self.log.flush().await.map_err(|e| self.fail(e.into()))
+        let format = self.format;
+        let mut unencodable = None;
+        let written = self
+            .log
+            .write(
+                at,
+                |out| {
+                    format
+                        .encode_into(value, out)
+                        .inspect_err(|message| unencodable = Some(message.clone()))
+                },
+                |len| self.admit(len).is_ok(),
+            )
+            .await;
+        self.queued(at, written, unencodable)
     }
 
     /// Queue `value` as the entry at `at`, encoded in the run's format and
@@ -261,6 +274,18 @@ impl RunJournal {
             },
             |len| self.admit(len).is_ok(),
         );
+        self.queued(at, queued, unencodable)
+    }
+
+    /// What queueing (and writing) the entry at `at` came to
+    /// (`unencodable`: why its value could not be encoded, if it could
+    /// not); a failure stops the journal.
+    fn queued(
+        &self,
+        at: EntryAt<'_>,
+        queued: Result<bool, StoreError>,
+        unencodable: Option<String>,
+    ) -> Result<(), JournalError> {
         match queued {
             Ok(true) => Ok(()),
             // `admit` noted the failure.
@@ -334,11 +359,19 @@ impl RunJournal {
         entry
     }
 
-    /// Count an entry of `bytes` against the caps.
+    /// Count an entry of `bytes` against the caps. Called only with the
+    /// run log's lock held (as [`RunLog::queue`] accepts an entry), so the
+    /// counters are read and written, not updated by locked instructions
+    /// (each of which waits for the entry's stores just made).
     fn admit(&self, bytes: usize) -> Result<(), JournalError> {
-        let entries = self.entries.fetch_add(1, Ordering::Relaxed);
-        let total = self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        if entries >= MAX_ENTRIES_PER_RUN || total + bytes as u64 > MAX_BYTES_PER_RUN {
+        let entries = self.entries.load(Ordering::Relaxed);
+        self.entries
+            .store(entries.saturating_add(1), Ordering::Relaxed);
+        let total = self.bytes.load(Ordering::Relaxed);
+        self.bytes
+            .store(total.saturating_add(bytes as u64), Ordering::Relaxed);
+        if entries >= MAX_ENTRIES_PER_RUN || total.saturating_add(bytes as u64) > MAX_BYTES_PER_RUN
+        {
             return Err(self.fail(JournalError::Full));
         }
         Ok(())
@@ -715,6 +748,81 @@ mod tests {
             output_tokens: u64::MAX,
             cached_tokens: 0,
         }
+    }
+
+    /// A journal of a new run `run`, in a fresh store (open while the
+    /// returned journal is).
+    async fn started(run: &str) -> (tempfile::TempDir, Journal, Arc<RunJournal>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("loom.redb")).expect("store");
+        let journal = Journal::open(store).expect("journal");
+        let record = JournalRun {
+            run: run.into(),
+            tenant: "acme".into(),
+            user: Some("ann".into()),
+            session: None,
+            agent: None,
+            architecture: "react".into(),
+            prompt: "hi".into(),
+            output_schema: None,
+            metadata: Vec::new(),
+            component: String::new(),
+            origin: serde_json::Value::Null,
+            format: JournalFormat::Compact2,
+            status: crate::store::journal::JournalStatus::Running,
+            started_ms: 0,
+            updated_ms: 0,
+        };
+        let tree = RunJournal::start(&journal, record, false)
+            .await
+            .expect("a new run starts");
+        (dir, journal, tree)
+    }
+
+    /// The next step of `scope`, which must go live.
+    fn live_step(scope: &ScopeJournal, kind: EntryKind) -> Result<LiveStep, JournalError> {
+        match scope.step::<u64, _>(kind, &())? {
+            Step::Live(step) => Ok(step),
+            Step::Replayed(_) => panic!("a new run replays nothing"),
+        }
+    }
+
+    /// A guest reading its clock in a loop meets the entry cap: the entry
+    /// past it is refused, the run's journal stops (every later step,
+    /// awaited or not, fails with the same error) and what it queued is
+    /// not written.
+    #[tokio::test]
+    async fn a_run_journaling_past_its_entry_cap_is_stopped() {
+        let (_dir, _journal, tree) = started("capped").await;
+        let root = tree.root();
+        for reading in 0..MAX_ENTRIES_PER_RUN {
+            let step = live_step(&root, EntryKind::MonotonicClock).expect("under the cap");
+            root.record_queued(&step, &u64::from(reading));
+        }
+        assert!(tree.failure().is_none());
+        let step = live_step(&root, EntryKind::MonotonicClock).expect("still under the cap");
+        root.record_queued(&step, &0u64);
+        assert!(matches!(tree.failure(), Some(JournalError::Full)));
+        assert!(matches!(
+            live_step(&root, EntryKind::Completion),
+            Err(JournalError::Full)
+        ));
+        // An awaited write of a step taken before the cap was met fails too.
+        let (_dir, _journal, tree) = started("capped-awaited").await;
+        let root = tree.root();
+        for reading in 0..MAX_ENTRIES_PER_RUN - 1 {
+            let step = live_step(&root, EntryKind::WallClock).expect("under the cap");
+            root.record_queued(&step, &u64::from(reading));
+        }
+        let last = live_step(&root, EntryKind::Completion).expect("the last one");
+        let past = live_step(&root, EntryKind::Completion).expect("one more");
+        root.record(&last, &1u64)
+            .await
+            .expect("the last entry fits");
+        assert!(matches!(
+            root.record(&past, &2u64).await,
+            Err(JournalError::Full)
+        ));
     }
 
     /// Every kind of result the gate journals, in the shape it journals it

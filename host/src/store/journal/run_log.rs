@@ -210,8 +210,46 @@ impl RunLog {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
         accept: impl FnOnce(usize) -> bool,
     ) -> Result<bool, StoreError> {
+        self.queue_in(&mut lock(&self.queue), at, encode, accept)
+    }
+
+    /// [`Self::queue`] then [`Self::flush`]: the entry and every record
+    /// queued before it, written; resolves once they are in the log.
+    /// Returns whether the entry was accepted (nothing is written if it
+    /// was not). When the run writes in place, both happen under one
+    /// hold of the run's lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::queue`] and [`Self::flush`].
+    pub async fn write(
+        &self,
+        at: EntryAt<'_>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        accept: impl FnOnce(usize) -> bool,
+    ) -> Result<bool, StoreError> {
+        if self.written_by_writer.is_some() {
+            if !self.queue(at, encode, accept)? {
+                return Ok(false);
+            }
+            return self.flush().await.map(|()| true);
+        }
         let mut queue = lock(&self.queue);
-        if let Some(error) = self.failure(&queue) {
+        if !self.queue_in(&mut queue, at, encode, accept)? {
+            return Ok(false);
+        }
+        self.write_in_place(&mut queue).map(|()| true)
+    }
+
+    /// [`Self::queue`], the run's lock held (`queue`).
+    fn queue_in(
+        &self,
+        queue: &mut RunQueue,
+        at: EntryAt<'_>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        accept: impl FnOnce(usize) -> bool,
+    ) -> Result<bool, StoreError> {
+        if let Some(error) = self.failure(queue) {
             return Err(error);
         }
         if queue.live.is_none() {
@@ -249,21 +287,7 @@ impl RunLog {
                 return Err(error);
             }
             let Some(kept_by_writer) = &self.written_by_writer else {
-                // Written in place, under the run's lock: an empty buffer
-                // was written by whoever emptied it (a failure would be
-                // kept).
-                if queue.bytes.is_empty() {
-                    return Ok(());
-                }
-                let RunQueue { bytes, pinned, .. } = &mut *queue;
-                let result = self.log.write_run(bytes, self.writing(), pinned, None);
-                if bytes.capacity() > KEEP_BYTES {
-                    *bytes = Vec::new();
-                }
-                if let Err(error) = &result {
-                    queue.failed = Some(Box::new(error.clone()));
-                }
-                return result;
+                return self.write_in_place(&mut queue);
             };
             // The writer thread syncs it: queued in order under the
             // run's lock, awaited without it. An empty buffer may have
@@ -297,6 +321,24 @@ impl RunLog {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
+    }
+
+    /// Write what `queue` (the run's lock, held) holds, in place.
+    fn write_in_place(&self, queue: &mut RunQueue) -> Result<(), StoreError> {
+        // Under the run's lock: an empty buffer was written by whoever
+        // emptied it (a failure would be kept).
+        if queue.bytes.is_empty() {
+            return Ok(());
+        }
+        let RunQueue { bytes, pinned, .. } = queue;
+        let result = self.log.write_run(bytes, self.writing(), pinned, None);
+        if bytes.capacity() > KEEP_BYTES {
+            *bytes = Vec::new();
+        }
+        if let Err(error) = &result {
+            queue.failed = Some(Box::new(error.clone()));
+        }
+        result
     }
 
     /// The failed write that stopped the run's log, if one did.
