@@ -4,7 +4,8 @@
 //! asks of the journal's store layer, with the payload sizes that bench
 //! writes: a run begun, its input (37 bytes) and tool list (120 bytes)
 //! queued, then three awaited steps (a completion of 42 bytes, tool results
-//! of 200, a completion of 194), each queued and flushed, and the run
+//! of 200, a completion of 194), each written with what was queued before
+//! it ([`RunLog::write`]), and the run
 //! finished and dropped: seven records in four appends. The store fsyncs
 //! every 100 ms, as in that bench, so the appends are written in place
 //! (through the shard's staging ring) and the journal's writer thread syncs
@@ -52,21 +53,34 @@ fn record(id: &str) -> JournalRun {
 /// Queue `len` bytes at step `seq` of the root scope.
 fn queue(log: &RunLog, seq: u32, kind: EntryKind, len: usize) {
     let fingerprint = [seq as u8; 32];
-    let at = EntryAt {
+    let queued = log.queue(at(seq, kind, &fingerprint), payload(len), |_| true);
+    assert!(matches!(queued, Ok(true)), "queue: {queued:?}");
+}
+
+/// Write `len` bytes at step `seq` of the root scope, with what the run
+/// queued before them: an awaited step, as the agent writes one.
+fn write(log: &RunLog, seq: u32, kind: EntryKind, len: usize) {
+    let fingerprint = [seq as u8; 32];
+    let written = now(log.write(at(seq, kind, &fingerprint), payload(len), |_| true));
+    assert!(matches!(written, Ok(true)), "write: {written:?}");
+}
+
+/// Step `seq` of the root scope.
+fn at(seq: u32, kind: EntryKind, fingerprint: &[u8; 32]) -> EntryAt<'_> {
+    EntryAt {
         scope: "0",
         seq,
         kind,
-        fingerprint: &fingerprint,
-    };
-    let queued = log.queue(
-        at,
-        |out| {
-            out.resize(out.len() + len, b'x');
-            Ok(())
-        },
-        |_| true,
-    );
-    assert!(matches!(queued, Ok(true)), "queue: {queued:?}");
+        fingerprint,
+    }
+}
+
+/// A payload of `len` bytes.
+fn payload(len: usize) -> impl FnOnce(&mut Vec<u8>) -> Result<(), String> {
+    move |out| {
+        out.resize(out.len() + len, b'x');
+        Ok(())
+    }
 }
 
 /// Poll `future` once: a flush written in place is done when it returns.
@@ -84,12 +98,9 @@ fn turn(journal: &Journal, id: &str) {
     let log = journal.begin(record(id), live).expect("begin");
     queue(&log, 0, EntryKind::Input, 37);
     queue(&log, 1, EntryKind::Tools, 120);
-    queue(&log, 2, EntryKind::Completion, 42);
-    now(log.flush()).expect("flush");
-    queue(&log, 3, EntryKind::ToolResults, 200);
-    now(log.flush()).expect("flush");
-    queue(&log, 4, EntryKind::Completion, 194);
-    now(log.flush()).expect("flush");
+    write(&log, 2, EntryKind::Completion, 42);
+    write(&log, 3, EntryKind::ToolResults, 200);
+    write(&log, 4, EntryKind::Completion, 194);
     log.finish(true);
 }
 
