@@ -750,11 +750,15 @@ mod tests {
         }
     }
 
-    /// A journal of a new run `run`, in a fresh store (open while the
-    /// returned journal is).
-    async fn started(run: &str) -> (tempfile::TempDir, Journal, Arc<RunJournal>) {
+    /// A journal of a new run `run`, in a fresh store syncing as `sync`
+    /// says (open while the returned journal is).
+    async fn started(
+        run: &str,
+        sync: crate::store::StoreSync,
+    ) -> (tempfile::TempDir, Journal, Arc<RunJournal>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(&dir.path().join("loom.redb")).expect("store");
+        let store =
+            crate::store::Store::open_with(&dir.path().join("loom.redb"), sync).expect("store");
         let journal = Journal::open(store).expect("journal");
         let record = JournalRun {
             run: run.into(),
@@ -788,12 +792,21 @@ mod tests {
     }
 
     /// A guest reading its clock in a loop meets the entry cap: the entry
-    /// past it is refused, the run's journal stops (every later step,
-    /// awaited or not, fails with the same error) and what it queued is
-    /// not written.
+    /// past it is refused and the run's journal stops (every later step,
+    /// awaited or not, fails with the same error); with the writer thread
+    /// writing every entry, and with the run writing its own in place.
     #[tokio::test]
     async fn a_run_journaling_past_its_entry_cap_is_stopped() {
-        let (_dir, _journal, tree) = started("capped").await;
+        for sync in [
+            crate::store::StoreSync::Always,
+            crate::store::StoreSync::Interval(100),
+        ] {
+            run_past_the_entry_cap(sync).await;
+        }
+    }
+
+    async fn run_past_the_entry_cap(sync: crate::store::StoreSync) {
+        let (_dir, _journal, tree) = started("capped", sync).await;
         let root = tree.root();
         for reading in 0..MAX_ENTRIES_PER_RUN {
             let step = live_step(&root, EntryKind::MonotonicClock).expect("under the cap");
@@ -808,7 +821,7 @@ mod tests {
             Err(JournalError::Full)
         ));
         // An awaited write of a step taken before the cap was met fails too.
-        let (_dir, _journal, tree) = started("capped-awaited").await;
+        let (_dir, _journal, tree) = started("capped-awaited", sync).await;
         let root = tree.root();
         for reading in 0..MAX_ENTRIES_PER_RUN - 1 {
             let step = live_step(&root, EntryKind::WallClock).expect("under the cap");

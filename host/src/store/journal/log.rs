@@ -261,10 +261,10 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// The CRC-32 of `seal`'s generation and salt (`u32 LE` each), which
-/// every record's checksum in a segment starts from (a record's checksum
-/// is the CRC-32 of those eight bytes and its body): computed once per
-/// batch rather than twice per record (eight bytes take the CRC's slow
-/// path).
+/// every record's checksum in a segment checksummed with CRC-32
+/// ([`CRC_MAGIC`] and older) starts from (a record's checksum is the CRC-32
+/// of those eight bytes, its offset where covered, and its body): computed
+/// once per read rather than per record.
 fn seal_crc(seal: Seal) -> u32 {
     let mut prefix = [0u8; 8];
     prefix[..4].copy_from_slice(&seal.generation.to_le_bytes());
@@ -338,6 +338,24 @@ pub(super) fn seal_batch(batch: &mut [u8], seal: Seal, offset: u64) {
             return;
         };
         let crc = sum_at(seal, offset + at as u64, body);
+        batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
+        batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        at += RECORD_HEADER + len;
+    }
+}
+
+/// [`seal_batch`] as builds before XXH3 sealed records: with CRC-32, for
+/// a segment of [`CRC_MAGIC`] (tests of what those builds left behind).
+#[cfg(test)]
+pub(super) fn seal_batch_crc(batch: &mut [u8], seal: Seal, offset: u64) {
+    let seal_crc = seal_crc(seal);
+    let mut at = 0;
+    while let Some(header) = batch.get(at..at + RECORD_HEADER) {
+        let len = u32_at(header, 0) as usize;
+        let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+            return;
+        };
+        let crc = checksum_at(seal_crc, offset + at as u64, body);
         batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
         batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
         at += RECORD_HEADER + len;
@@ -2360,12 +2378,7 @@ mod tests {
     fn segments_checksummed_with_crc_still_read_skip_records_included() {
         // Framed as before XXH3: crc32(seal, offset, body), and a skip
         // record's crc32(seal, offset, length word).
-        let crc_sealed = |record: &mut Vec<u8>, offset: u64| {
-            let body = record[RECORD_HEADER..].to_vec();
-            let crc = checksum_at(seal_crc(FRESH), offset, &body);
-            record[4..8].copy_from_slice(&FRESH.generation.to_le_bytes());
-            record[8..12].copy_from_slice(&crc.to_le_bytes());
-        };
+        let crc_sealed = |record: &mut Vec<u8>, offset: u64| seal_batch_crc(record, FRESH, offset);
         let mut first = finish_record("run-1", true, 1);
         crc_sealed(&mut first, AT);
         let hole_at = AT + first.len() as u64;

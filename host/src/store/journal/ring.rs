@@ -236,9 +236,10 @@ impl RunSlots {
 
 /// The staged appends [`Ring::spans`] has room for from the start: half a
 /// ring (what it holds before a copy) of appends of 128 bytes, more than a
-/// journaled turn's average. Growing it under load instead would take the
-/// shard's file lock through the allocator's first touch of fresh pages
-/// (a profile caught a 2 MiB page being zeroed there).
+/// journaled turn's average, so under load the list is not regrown and
+/// copied under the shard's file lock (a profile caught such a growth
+/// waiting on the allocator's first touch of a fresh 2 MiB page). Appends
+/// smaller on average can still grow it.
 const SPANS_ROOM: usize = RING_BYTES / 2 / 128;
 
 /// One staged append (see [`Ring::spans`]).
@@ -383,7 +384,8 @@ impl Ring {
         }
         let at = ring_index(self.tail);
         let first = bytes.len().min(RING_BYTES - at);
-        // SAFETY: `at + first <= size` and `bytes.len() - first <= size`:
+        // SAFETY: `at + first <= RING_BYTES` and `bytes.len() - first <=
+        // RING_BYTES`:
         // both copies land in the ring's part of the mapping, which lives
         // as long as `self`, and nothing else refers to it.
         unsafe {
@@ -448,7 +450,7 @@ impl Ring {
             let at = ring_index(self.tail) & !(CACHE_LINE - 1);
             for line in (0..PREFETCH_AHEAD).step_by(CACHE_LINE) {
                 let offset = (at + line) % RING_BYTES;
-                // SAFETY: `offset < size`: an address in the ring's part of
+                // SAFETY: `offset < RING_BYTES`: an address in the ring's part of
                 // the mapping (a prefetch neither faults nor changes memory).
                 unsafe { _mm_prefetch::<_MM_HINT_ET0>(self.ptr.add(HEADER + offset).cast::<i8>()) };
             }
@@ -524,7 +526,7 @@ impl Ring {
                 while written < end {
                     let at = ring_index(written);
                     let len = ((end - written) as usize).min(RING_BYTES - at);
-                    // SAFETY: `at + len <= size`: the ring's part of the
+                    // SAFETY: `at + len <= RING_BYTES`: the ring's part of the
                     // mapping.
                     let staged =
                         unsafe { std::slice::from_raw_parts(self.ptr.add(HEADER + at), len) };
@@ -843,7 +845,7 @@ fn recover_from(dir: &Path, ring: &[u8], boot: Option<[u8; BOOT_LEN]>) -> io::Re
 mod tests {
     use super::*;
     use crate::store::journal::log::{
-        SEGMENT_HEADER, SKIP_HEADER, frame, seal_batch, segment_header,
+        SEGMENT_HEADER, SKIP_HEADER, frame, seal_batch, seal_batch_crc, segment_header,
     };
 
     fn segment(dir: &Path, id: u64, seal: Seal) -> File {
@@ -1155,6 +1157,38 @@ mod tests {
         assert_eq!(&written[SEGMENT_HEADER..], &records[..]);
         // Copying again finds nothing more to do.
         assert_eq!(recover(dir.path()).expect("recover"), 0);
+    }
+
+    /// A crash under a build that sealed records with CRC-32 left a ring
+    /// staged for a `LOOMJNL4` segment: this build recovers it, checking
+    /// the staged records as that segment's, and the segment reads.
+    #[test]
+    fn a_ring_an_older_build_staged_for_a_crc_segment_is_recovered() {
+        let Some(_) = boot_id() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seal = Seal {
+            generation: 4,
+            salt: 0x5eed,
+        };
+        let (_file, mut ring) = begun(dir.path(), 7, seal);
+        let mut records = Vec::new();
+        for i in 0..3u8 {
+            let mut record = frame(&[i; 60]);
+            seal_batch_crc(&mut record, seal, (SEGMENT_HEADER + records.len()) as u64);
+            records.extend(record);
+        }
+        ring.stage(&records).expect("stage");
+        std::mem::forget(ring);
+        let path = segment_path(dir.path(), 7);
+        let mut header = std::fs::read(&path).expect("read");
+        header.truncate(SEGMENT_HEADER);
+        header[..8].copy_from_slice(b"LOOMJNL4");
+        std::fs::write(&path, &header).expect("write");
+        assert_eq!(recover(dir.path()).expect("recover"), records.len());
+        let written = std::fs::read(&path).expect("read");
+        assert_eq!(&written[SEGMENT_HEADER..], &records[..]);
+        let (framing, header_len) = framing_of(&written).expect("a segment");
+        assert_eq!(bodies(&written[header_len..], framing).0.len(), 3);
     }
 
     #[test]
