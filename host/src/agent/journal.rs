@@ -242,19 +242,12 @@ impl RunJournal {
         if let Some(Some(ledger)) = self.spend.get() {
             ledger.flush().await.map_err(|e| self.fail(e.into()))?;
         }
-        let format = self.format;
         let mut unencodable = None;
         let written = self
             .log
-            .write(
-                at,
-                |out| {
-                    format
-                        .encode_into(value, out)
-                        .inspect_err(|message| unencodable = Some(message.clone()))
-                },
-                |len| self.admit(len).is_ok(),
-            )
+            .write(at, self.encoder(value, &mut unencodable), |len| {
+                self.admit(len).is_ok()
+            })
             .await;
         self.queued(at, written, unencodable)
     }
@@ -263,18 +256,28 @@ impl RunJournal {
     /// counted against the caps; it is written with the run's next write.
     /// A failure stops the journal.
     fn queue<T: Serialize + ?Sized>(&self, at: EntryAt<'_>, value: &T) -> Result<(), JournalError> {
-        let format = self.format;
         let mut unencodable = None;
-        let queued = self.log.queue(
-            at,
-            |out| {
-                format
-                    .encode_into(value, out)
-                    .inspect_err(|message| unencodable = Some(message.clone()))
-            },
-            |len| self.admit(len).is_ok(),
-        );
+        let queued = self
+            .log
+            .queue(at, self.encoder(value, &mut unencodable), |len| {
+                self.admit(len).is_ok()
+            });
         self.queued(at, queued, unencodable)
+    }
+
+    /// What encodes `value` in the run's format onto a record, keeping in
+    /// `unencodable` why it could not, if it could not.
+    fn encoder<'a, T: Serialize + ?Sized>(
+        &self,
+        value: &'a T,
+        unencodable: &'a mut Option<String>,
+    ) -> impl FnOnce(&mut Vec<u8>) -> Result<(), String> + 'a {
+        let format = self.format;
+        move |out| {
+            format
+                .encode_into(value, out)
+                .inspect_err(|message| *unencodable = Some(message.clone()))
+        }
     }
 
     /// What queueing (and writing) the entry at `at` came to

@@ -331,15 +331,23 @@ pub(super) fn skip_header(seal: Seal, offset: u64, hole: usize) -> [u8; RECORD_H
 /// checksum, as they go to a segment sealed with it, `batch` starting at
 /// segment offset `offset`.
 pub(super) fn seal_batch(batch: &mut [u8], seal: Seal, offset: u64) {
+    stamp_batch(batch, seal.generation, |at, body| {
+        sum_at(seal, offset + at as u64, body)
+    });
+}
+
+/// Stamp every framed record in `batch` with `generation` and the
+/// checksum `sum` gives its body at its offset in `batch`.
+fn stamp_batch(batch: &mut [u8], generation: u32, sum: impl Fn(usize, &[u8]) -> u32) {
     let mut at = 0;
     while let Some(header) = batch.get(at..at + RECORD_HEADER) {
         let len = u32_at(header, 0) as usize;
         let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
             return;
         };
-        let crc = sum_at(seal, offset + at as u64, body);
-        batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
-        batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        let checksum = sum(at, body);
+        batch[at + 4..at + 8].copy_from_slice(&generation.to_le_bytes());
+        batch[at + 8..at + 12].copy_from_slice(&checksum.to_le_bytes());
         at += RECORD_HEADER + len;
     }
 }
@@ -349,17 +357,9 @@ pub(super) fn seal_batch(batch: &mut [u8], seal: Seal, offset: u64) {
 #[cfg(test)]
 pub(super) fn seal_batch_crc(batch: &mut [u8], seal: Seal, offset: u64) {
     let seal_crc = seal_crc(seal);
-    let mut at = 0;
-    while let Some(header) = batch.get(at..at + RECORD_HEADER) {
-        let len = u32_at(header, 0) as usize;
-        let Some(body) = batch.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
-            return;
-        };
-        let crc = checksum_at(seal_crc, offset + at as u64, body);
-        batch[at + 4..at + 8].copy_from_slice(&seal.generation.to_le_bytes());
-        batch[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
-        at += RECORD_HEADER + len;
-    }
+    stamp_batch(batch, seal.generation, |at, body| {
+        checksum_at(seal_crc, offset + at as u64, body)
+    });
 }
 
 /// Append `text` with a u16 length.
