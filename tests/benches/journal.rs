@@ -94,8 +94,7 @@ fn now<T>(future: impl Future<Output = T>) -> T {
 
 /// One journaled turn's records (see the module's doc).
 fn turn(journal: &Journal, id: &str) {
-    let live = journal.mark_live(id).expect("not live");
-    let log = journal.begin(record(id), live).expect("begin");
+    let log = journal.begin(record(id)).expect("begin");
     queue(&log, 0, EntryKind::Input, 37);
     queue(&log, 1, EntryKind::Tools, 120);
     write(&log, 2, EntryKind::Completion, 42);

@@ -138,6 +138,15 @@ pub(crate) struct RunJournal {
     recorded: u32,
 }
 
+/// A run live here already is [`JournalError::Live`]; any other store
+/// failure is [`JournalError::Store`].
+fn live_or_store(error: StoreError) -> JournalError {
+    match error {
+        StoreError::Live(run) => JournalError::Live(run),
+        error => JournalError::Store(error),
+    }
+}
+
 impl RunJournal {
     /// Start journaling `record`'s run.
     ///
@@ -149,13 +158,10 @@ impl RunJournal {
         record: JournalRun,
         keep_on_finish: bool,
     ) -> Result<Arc<Self>, JournalError> {
-        let live = journal
-            .mark_live(&record.run)
-            .ok_or_else(|| JournalError::Live(record.run.clone()))?;
         let format = record.format;
         let component = record.component.clone();
         // Written with the run's first awaited entry.
-        let log = journal.begin(record, live)?;
+        let log = journal.begin(record).map_err(live_or_store)?;
         Ok(Self::new(log, format, component, keep_on_finish, None))
     }
 
@@ -169,13 +175,11 @@ impl RunJournal {
         record: JournalRun,
         keep_on_finish: bool,
     ) -> Result<Arc<Self>, JournalError> {
-        let live = journal
-            .mark_live(&record.run)
-            .ok_or_else(|| JournalError::Live(record.run.clone()))?;
-        let entries = journal.all_entries(&record.run)?;
         let format = record.format;
         let component = record.component.clone();
-        let log = journal.begin_resumed(record, live)?;
+        // Marked live first, so that no one else resumes it meanwhile.
+        let log = journal.begin_resumed(record).map_err(live_or_store)?;
+        let entries = journal.all_entries(log.run())?;
         log.flush().await?;
         Ok(Self::new(
             log,

@@ -48,6 +48,13 @@ pub enum StoreError {
     /// The writer thread is gone (the store is shutting down).
     #[error("the database writer has stopped")]
     Closed,
+    /// The run is being executed by this process already (a run is
+    /// journaled by one executor at a time).
+    #[error(
+        "run {0} is being executed by this process already; wait for it to end before \
+         resuming it, or start a new run"
+    )]
+    Live(String),
 }
 
 /// Convert any redb error into [`StoreError::Io`].

@@ -1186,6 +1186,12 @@ pub(super) struct Shared {
     queued: AtomicBool,
     /// The next run number (see [`RunKey::Bound`]).
     numbers: AtomicU64,
+    /// The runs this process executes, in every shard of the journal
+    /// (one set, shared by the shards; a run's [`RunLog`] reaches it
+    /// through its shard, so no run holds a count on the set).
+    ///
+    /// [`RunLog`]: super::RunLog
+    pub(super) live: Arc<super::LiveSets>,
 }
 
 /// The segment file being appended to.
@@ -1225,12 +1231,13 @@ struct Io {
 }
 
 impl Shared {
-    /// The log in `dir` with the state replayed from its segments; new
-    /// records go to segment `active`.
+    /// The log in `dir` with the state replayed from its segments (the
+    /// runs it holds, and the journal's live runs); new records go to
+    /// segment `active`.
     pub(super) fn new(
         dir: PathBuf,
         sync: StoreSync,
-        runs: RunMap<JournalRun>,
+        (runs, live): (RunMap<JournalRun>, Arc<super::LiveSets>),
         segments: Segments,
         active: u64,
         spare: Option<u32>,
@@ -1257,6 +1264,7 @@ impl Shared {
             }),
             queued: AtomicBool::new(false),
             numbers: AtomicU64::new(1),
+            live,
         })
     }
 

@@ -56,7 +56,7 @@ use xxhash_rust::xxh3::xxh3_128;
 pub(super) type RunHasher = foldhash::fast::RandomState;
 
 /// A map keyed by run id. A run this process begins has its id allocated
-/// once ([`LiveRun`]) and shared by the maps it is entered in from then
+/// once (as [`LiveSets`] marks it live) and shared by the maps it is entered in from then
 /// on (a run read back from the log keeps the id it was read with).
 pub(super) type RunMap<V> = HashMap<Arc<str>, V, RunHasher>;
 
@@ -64,7 +64,7 @@ pub(super) type RunMap<V> = HashMap<Arc<str>, V, RunHasher>;
 pub(super) type RunSet = HashSet<Arc<str>, RunHasher>;
 
 /// Some of the runs this process executes: each id allocated once, shared
-/// with its [`LiveRun`].
+/// with the [`RunLog`] executing it.
 type LiveSet = HashSet<Arc<str>, RunHasher>;
 
 /// How many stripes [`LiveSets`] spreads the live runs over (a power of
@@ -83,7 +83,7 @@ const LIVE_STRIPES: usize = 64;
 /// runs spread out, the stripe a run leaves is one no other thread has
 /// touched since the run entered it. A run always maps to the same
 /// stripe, so a run is live at most once, as with one set.
-struct LiveSets {
+pub(super) struct LiveSets {
     /// Chooses a run's stripe (seeded for this process, like the maps).
     hasher: RunHasher,
     stripes: Box<[LiveStripe]>,
@@ -113,6 +113,23 @@ impl LiveSets {
     /// Whether this process executes `run`.
     fn contains(&self, run: &str) -> bool {
         lock(self.stripe(run)).contains(run)
+    }
+
+    /// Note that this process executes `run`: its id as the set holds
+    /// it, or `None` when it executes it already.
+    pub(super) fn mark(&self, run: &str) -> Option<Arc<str>> {
+        let mut live = lock(self.stripe(run));
+        if live.contains(run) {
+            return None;
+        }
+        let run: Arc<str> = Arc::from(run);
+        live.insert(run.clone());
+        Some(run)
+    }
+
+    /// Note that this process no longer executes `run`.
+    pub(super) fn unmark(&self, run: &str) {
+        lock(self.stripe(run)).remove(run);
     }
 }
 use std::sync::{Arc, Mutex};
@@ -637,26 +654,6 @@ const MAX_SHARDS: usize = 64;
 /// shards the threads that share one rarely meet at its locks.
 const WRITING_SHARDS_MAX: usize = 4;
 
-/// A run this process is executing; dropping it ends that.
-pub struct LiveRun {
-    live: Arc<LiveSets>,
-    run: Arc<str>,
-}
-
-impl LiveRun {
-    /// The run's id, as the live set holds it: shared with the maps the
-    /// run is entered in when it begins (see [`RunMap`]).
-    pub(super) fn id(&self) -> &Arc<str> {
-        &self.run
-    }
-}
-
-impl Drop for LiveRun {
-    fn drop(&mut self) {
-        lock(self.live.stripe(&self.run)).remove(&*self.run);
-    }
-}
-
 impl Journal {
     /// Open the journal of `store`: its log in the directory beside the
     /// store's file (`loom.redb` → `loom.journal/`), replayed to find the
@@ -693,13 +690,21 @@ impl Journal {
         }
         .clamp(1, MAX_SHARDS);
         let count = writing.max(shards_on_disk(&dir)?);
+        let live = Arc::new(LiveSets::new());
         let shards = (0..count)
-            .map(|index| open_shard(&shard_dir(&dir, index), store.sync_mode(), index == 0))
+            .map(|index| {
+                open_shard(
+                    &shard_dir(&dir, index),
+                    store.sync_mode(),
+                    index == 0,
+                    &live,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Journal {
             shards: shards.into(),
             writing,
-            live: Arc::new(LiveSets::new()),
+            live,
         })
     }
 
@@ -730,20 +735,6 @@ impl Journal {
     /// this thread's.
     fn log_for(&self, run: &str) -> &Arc<Shared> {
         self.log_of(run).unwrap_or_else(|| self.writing_log())
-    }
-
-    /// Note that this process executes `run`; `None` when it already does.
-    pub fn mark_live(&self, run: &str) -> Option<LiveRun> {
-        let mut live = lock(self.live.stripe(run));
-        if live.contains(run) {
-            return None;
-        }
-        let run: Arc<str> = Arc::from(run);
-        live.insert(run.clone());
-        Some(LiveRun {
-            live: self.live.clone(),
-            run,
-        })
     }
 
     /// The runs a crash (or a cancellation) left unfinished: started, not
@@ -1083,6 +1074,7 @@ fn open_shard(
     dir: &std::path::Path,
     sync: crate::store::StoreSync,
     first: bool,
+    live: &Arc<LiveSets>,
 ) -> Result<Shard, StoreError> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -1141,7 +1133,14 @@ fn open_shard(
             }
         }
     }
-    let log = Shared::new(dir.to_owned(), sync, runs, segments, active, spare);
+    let log = Shared::new(
+        dir.to_owned(),
+        sync,
+        (runs, live.clone()),
+        segments,
+        active,
+        spare,
+    );
     // With in-place appends, the first segment's file is made ready
     // (and warmed) ahead of the first write rather than on its path.
     if log.writes_in_place() && first {
@@ -1220,12 +1219,12 @@ mod tests {
         let (_dir, journal) = journal();
         // Enough runs that every stripe holds several.
         let runs: Vec<String> = (0..8 * LIVE_STRIPES).map(|i| format!("run-{i}")).collect();
-        let marks: Vec<LiveRun> = runs
+        let marks: Vec<Arc<str>> = runs
             .iter()
-            .map(|run| journal.mark_live(run).expect("not live yet"))
+            .map(|run| journal.live.mark(run).expect("not live yet"))
             .collect();
         for run in &runs {
-            assert!(journal.mark_live(run).is_none(), "{run} marked twice");
+            assert!(journal.live.mark(run).is_none(), "{run} marked twice");
             assert!(journal.live.contains(run));
         }
         let used = journal
@@ -1235,20 +1234,26 @@ mod tests {
             .filter(|stripe| !lock(&stripe.0).is_empty())
             .count();
         assert!(used > LIVE_STRIPES / 2, "only {used} stripes used");
-        // Begun and left unfinished: live, so not interrupted.
-        let live = journal.mark_live("begun").expect("not live");
-        let log = journal.begin(record("begun", 1), live).unwrap();
+        // Begun and left unfinished: live, so not interrupted, and not
+        // begun twice.
+        let log = journal.begin(record("begun", 1)).unwrap();
         log.flush().await.unwrap();
         assert!(journal.interrupted().unwrap().is_empty());
+        assert!(matches!(
+            journal.begin_resumed(record("begun", 1)),
+            Err(StoreError::Live(run)) if run == "begun"
+        ));
         drop(log);
         assert_eq!(journal.interrupted().unwrap().len(), 1);
-        drop(marks);
+        for run in &marks {
+            journal.live.unmark(run);
+        }
         for run in &runs {
             assert!(!journal.live.contains(run), "{run} still live");
         }
-        let again = journal.mark_live(&runs[0]).expect("live again once ended");
-        assert!(journal.mark_live(&runs[0]).is_none());
-        drop(again);
+        let again = journal.live.mark(&runs[0]).expect("live again once ended");
+        assert!(journal.live.mark(&runs[0]).is_none());
+        journal.live.unmark(&again);
     }
 
     #[test]
@@ -1714,8 +1719,7 @@ mod tests {
     async fn run_log_writes_in_order(dir: &tempfile::TempDir) {
         {
             let journal = open_at(dir.path());
-            let live = journal.mark_live("r").unwrap();
-            let log = journal.begin(record("r", 1), live).unwrap();
+            let log = journal.begin(record("r", 1)).unwrap();
             // Listed (as running, and live) at once; nothing written yet.
             assert_eq!(journal.runs(true).unwrap().len(), 1);
             assert!(journal.interrupted().unwrap().is_empty());
@@ -1773,15 +1777,13 @@ mod tests {
         {
             let journal = open_at(dir.path());
             for (run, keep) in [("gone-run", false), ("kept-run", true)] {
-                let live = journal.mark_live(run).unwrap();
-                let log = journal.begin(record(run, 1), live).unwrap();
+                let log = journal.begin(record(run, 1)).unwrap();
                 assert!(queue_text(&log, 0, &format!("text of {run}")));
                 log.flush().await.unwrap();
                 log.finish(!keep);
             }
             for run in ["open-run", "resumed-run"] {
-                let live = journal.mark_live(run).unwrap();
-                let log = journal.begin(record(run, 1), live).unwrap();
+                let log = journal.begin(record(run, 1)).unwrap();
                 assert!(queue_text(&log, 0, &format!("text of {run}")));
                 log.flush().await.unwrap();
                 drop(log);
@@ -1803,10 +1805,7 @@ mod tests {
             // Resumed, then dropped at once, before any copy: its records
             // of the first process are in another segment, so its finish
             // must reach this one.
-            let live = journal.mark_live("resumed-run").unwrap();
-            let log = journal
-                .begin_resumed(record("resumed-run", 1), live)
-                .unwrap();
+            let log = journal.begin_resumed(record("resumed-run", 1)).unwrap();
             log.flush().await.unwrap();
             log.finish(true);
         }
@@ -1828,8 +1827,7 @@ mod tests {
         {
             let journal = open_at(dir.path());
             for (run, keep) in [("dropped", false), ("kept", true)] {
-                let live = journal.mark_live(run).unwrap();
-                let log = journal.begin(record(run, 1), live).unwrap();
+                let log = journal.begin(record(run, 1)).unwrap();
                 assert!(queue_text(&log, 0, run));
                 log.flush().await.unwrap();
                 assert!(queue_text(&log, 1, "queued, written with the finish"));
@@ -1841,7 +1839,7 @@ mod tests {
                 // Live until the finish is written (the writer thread
                 // writes it when every write is synced).
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while journal.mark_live(run).is_none() {
+                while journal.live.contains(run) {
                     assert!(std::time::Instant::now() < deadline, "{run} never finished");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -1865,8 +1863,7 @@ mod tests {
 
     /// Begin run `long` and write its first entry, "first".
     async fn begin_long_run(journal: &Journal) -> RunLog {
-        let live = journal.mark_live("long").unwrap();
-        let long = journal.begin(record("long", 1), live).unwrap();
+        let long = journal.begin(record("long", 1)).unwrap();
         assert!(queue_text(&long, 0, "first"));
         long.flush().await.unwrap();
         long
@@ -1881,8 +1878,7 @@ mod tests {
         let big = "x".repeat(1 << 20);
         for n in 0..count {
             let run = format!("short-{n}");
-            let live = journal.mark_live(&run).unwrap();
-            let log = journal.begin(record(&run, 1), live).unwrap();
+            let log = journal.begin(record(&run, 1)).unwrap();
             assert!(queue_text(&log, 0, &big));
             log.flush().await.unwrap();
             log.finish(drop_entries);
@@ -1958,8 +1954,7 @@ mod tests {
         let chunk = "x".repeat(256 << 10);
         {
             let journal = open_at(dir.path());
-            let live = journal.mark_live("r").unwrap();
-            let run = journal.begin(record("r", 1), live).unwrap();
+            let run = journal.begin(record("r", 1)).unwrap();
             // Past half of segment 0, the writer thread makes the next
             // segment's file ready...
             let mut seq = 0;
@@ -2008,8 +2003,7 @@ mod tests {
         let journal = open_at(dir.path());
         // The first segment cannot be created: a directory has its name.
         std::fs::create_dir(log::segment_path(&log_dir(dir.path()), 0)).unwrap();
-        let live = journal.mark_live("r").unwrap();
-        let run = journal.begin(record("r", 1), live).unwrap();
+        let run = journal.begin(record("r", 1)).unwrap();
         assert!(queue_text(&run, 0, "lost"));
         assert!(run.flush().await.is_err());
         // Its records are lost: an empty buffer is no sign of a write, and
@@ -2034,9 +2028,8 @@ mod tests {
         {
             let journal = open(3);
             for (shard, run) in ["zero", "one", "two"].into_iter().enumerate() {
-                let live = journal.mark_live(run).unwrap();
-                let log = run_log::begin_in(&journal.shards[shard].log, record(run, 1), live, true)
-                    .unwrap();
+                let log =
+                    run_log::begin_in(&journal.shards[shard].log, record(run, 1), true).unwrap();
                 assert!(queue_text(&log, 0, run));
                 log.flush().await.unwrap();
                 if run == "one" {
@@ -2046,8 +2039,7 @@ mod tests {
             // Begun on a thread of its own: one of the three shards.
             let journal2 = journal.clone();
             std::thread::spawn(move || {
-                let live = journal2.mark_live("threaded").unwrap();
-                let log = journal2.begin(record("threaded", 2), live).unwrap();
+                let log = journal2.begin(record("threaded", 2)).unwrap();
                 assert!(queue_text(&log, 0, "threaded"));
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
@@ -2068,8 +2060,7 @@ mod tests {
         assert!(journal.run("one").unwrap().is_none());
         // A resumed run goes on in the shard that holds it.
         let record = journal.run("two").unwrap().unwrap();
-        let live = journal.mark_live("two").unwrap();
-        let log = journal.begin_resumed(record, live).unwrap();
+        let log = journal.begin_resumed(record).unwrap();
         assert!(Arc::ptr_eq(log.shared(), &journal.shards[2].log));
         assert!(queue_text(&log, 1, "two again"));
         log.flush().await.unwrap();

@@ -22,7 +22,7 @@
 //! replayed, and is not listed as interrupted.
 
 use super::log::{self, EntryHead, Mark, RunEnd, RunKey, RunWriting, Shared, Waiter};
-use super::{EntryKind, Journal, JournalRun, JournalStatus, LiveRun, now_ms, start_of};
+use super::{EntryKind, Journal, JournalRun, JournalStatus, now_ms, start_of};
 use crate::store::StoreError;
 use crate::sync::lock;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -70,9 +70,10 @@ struct RunQueue {
     bytes: Vec<u8>,
     /// The segment the log's accounting has the run pinned in.
     pinned: Option<u64>,
-    /// The run's mark as executed by this process: dropped once its end
+    /// The run is marked as executed by this process (in the journal's
+    /// live set, reached through the run's shard): unmarked once its end
     /// is written, so it is never listed as interrupted in between.
-    live: Option<LiveRun>,
+    live: bool,
     /// A write of the run's records in place failed: they are lost, so
     /// every later flush fails too (an empty buffer is then no sign of a
     /// write).
@@ -94,9 +95,9 @@ pub struct EntryAt<'a> {
 }
 
 impl Journal {
-    /// Begin journaling the new run `run` in this process (`live`: its
-    /// mark, from [`Journal::mark_live`]), in the shard of the calling
-    /// thread. Its start record goes out with its first write; it is
+    /// Begin journaling the new run `run` in this process, in the shard
+    /// of the calling thread; the run is marked as executed here (never
+    /// listed as interrupted) until its end is written. Its start record goes out with its first write; it is
     /// listed among the journal's runs at once. A run the journal already
     /// holds goes on with [`Journal::begin_resumed`] instead, in the shard
     /// holding it (begun here, it would have a record in two shards, and,
@@ -106,9 +107,10 @@ impl Journal {
     ///
     /// # Errors
     ///
+    /// [`StoreError::Live`] when this process executes the run already;
     /// [`StoreError`] when the run's record cannot be encoded.
-    pub fn begin(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        begin_in(self.writing_log(), run, live, true)
+    pub fn begin(&self, run: JournalRun) -> Result<RunLog, StoreError> {
+        begin_in(self.writing_log(), run, true)
     }
 
     /// [`Journal::begin`] for a run being resumed: its records go on in
@@ -117,26 +119,29 @@ impl Journal {
     /// # Errors
     ///
     /// As [`Journal::begin`].
-    pub fn begin_resumed(&self, run: JournalRun, live: LiveRun) -> Result<RunLog, StoreError> {
-        begin_in(self.log_for(&run.run), run, live, false)
+    pub fn begin_resumed(&self, run: JournalRun) -> Result<RunLog, StoreError> {
+        begin_in(self.log_for(&run.run), run, false)
     }
 }
 
-/// Begin journaling `run` in `log` (`live`: its mark; `fresh`: begun
+/// Begin journaling `run` in `log`, marking it live (`fresh`: begun
 /// here, not resumed).
 pub(super) fn begin_in(
     log: &Arc<Shared>,
     mut run: JournalRun,
-    live: LiveRun,
     fresh: bool,
 ) -> Result<RunLog, StoreError> {
-    let number = log.writes_in_place().then(|| log.next_number());
-    let record = start_of(&mut run, number)?;
     // The id the live set holds, allocated once for every map naming it.
-    let id = if **live.id() == *run.run {
-        live.id().clone()
-    } else {
-        Arc::from(run.run.as_str())
+    let Some(id) = log.live.mark(&run.run) else {
+        return Err(StoreError::Live(run.run));
+    };
+    let number = log.writes_in_place().then(|| log.next_number());
+    let record = match start_of(&mut run, number) {
+        Ok(record) => record,
+        Err(error) => {
+            log.live.unmark(&id);
+            return Err(error);
+        }
     };
     log.state().runs.insert(id.clone(), run);
     Ok(RunLog {
@@ -147,7 +152,7 @@ pub(super) fn begin_in(
         queue: Mutex::new(RunQueue {
             bytes: record,
             pinned: None,
-            live: Some(live),
+            live: true,
             failed: None,
         }),
         written_by_writer: (!log.writes_in_place()).then(Arc::default),
@@ -252,7 +257,7 @@ impl RunLog {
         if let Some(error) = self.failure(queue) {
             return Err(error);
         }
-        if queue.live.is_none() {
+        if !queue.live {
             return Err(StoreError::Closed);
         }
         let start = queue.bytes.len();
@@ -357,9 +362,9 @@ impl RunLog {
     /// here until it is. Later records are refused.
     pub fn finish(&self, drop_entries: bool) {
         let mut queue = lock(&self.queue);
-        let Some(live) = queue.live.take() else {
+        if !std::mem::replace(&mut queue.live, false) {
             return;
-        };
+        }
         // A dropped run's record is void: nothing reads when it changed.
         let updated_ms = if drop_entries { 0 } else { now_ms() };
         log::put_finish(&mut queue.bytes, self.key(), drop_entries, updated_ms);
@@ -368,26 +373,31 @@ impl RunLog {
         } else {
             RunEnd::Kept { updated_ms }
         };
-        self.close(&mut queue, Some(end), live);
+        self.close(&mut queue, Some(end));
     }
 
-    /// Write what `queue` holds, ending the run with `end` if given; `live`
-    /// is dropped once it is written.
-    fn close(&self, queue: &mut RunQueue, end: Option<RunEnd>, live: LiveRun) {
+    /// Write what `queue` holds, ending the run with `end` if given; the
+    /// run is unmarked as live once it is written.
+    fn close(&self, queue: &mut RunQueue, end: Option<RunEnd>) {
+        let mut bytes = std::mem::take(&mut queue.bytes);
+        if self.log.writes_in_place() {
+            let written = self
+                .log
+                .write_run(&mut bytes, self.writing(), &mut queue.pinned, end);
+            if let Err(error) = written {
+                tracing::warn!(%error, "a run's journal records could not be written");
+            }
+            self.log.live.unmark(&self.run);
+            return;
+        }
+        let log = self.log.clone();
+        let id = self.run.clone();
         let closed = move |result: Result<(), StoreError>| {
             if let Err(error) = result {
                 tracing::warn!(%error, "a run's journal records could not be written");
             }
-            drop(live);
+            log.live.unmark(&id);
         };
-        let mut bytes = std::mem::take(&mut queue.bytes);
-        if self.log.writes_in_place() {
-            closed(
-                self.log
-                    .write_run(&mut bytes, self.writing(), &mut queue.pinned, end),
-            );
-            return;
-        }
         let run = self.run.clone();
         let mark = match end {
             Some(RunEnd::Dropped) => Mark::Drop(run.clone()),
@@ -420,12 +430,13 @@ impl Drop for RunLog {
     /// stopped, and stays interrupted.
     fn drop(&mut self) {
         let mut queue = lock(&self.queue);
-        let Some(live) = queue.live.take() else {
-            return;
-        };
-        if queue.bytes.is_empty() {
+        if !std::mem::replace(&mut queue.live, false) {
             return;
         }
-        self.close(&mut queue, None, live);
+        if queue.bytes.is_empty() {
+            self.log.live.unmark(&self.run);
+            return;
+        }
+        self.close(&mut queue, None);
     }
 }
