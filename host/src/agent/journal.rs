@@ -767,23 +767,12 @@ mod tests {
         let store =
             crate::store::Store::open_with(&dir.path().join("loom.redb"), sync).expect("store");
         let journal = Journal::open(store).expect("journal");
-        let record = JournalRun {
-            run: run.into(),
-            tenant: "acme".into(),
-            user: Some("ann".into()),
-            session: None,
-            agent: None,
-            architecture: "react".into(),
-            prompt: "hi".into(),
-            output_schema: None,
-            metadata: Vec::new(),
-            component: String::new(),
-            origin: serde_json::Value::Null,
-            format: JournalFormat::Compact2,
-            status: crate::store::journal::JournalStatus::Running,
-            started_ms: 0,
-            updated_ms: 0,
-        };
+        let record = crate::store::journal::test_run(
+            run,
+            JournalFormat::Compact2,
+            crate::store::journal::JournalStatus::Running,
+            0,
+        );
         let tree = RunJournal::start(&journal, record, false)
             .await
             .expect("a new run starts");

@@ -1181,6 +1181,34 @@ fn drop_legacy_tables(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A run's record for tests: run `run` of user `ann` of tenant `acme`,
+/// prompt `hi` to `react`, in `format`, `status`, started at `started_ms`.
+#[cfg(test)]
+pub(crate) fn test_run(
+    run: &str,
+    format: JournalFormat,
+    status: JournalStatus,
+    started_ms: u64,
+) -> JournalRun {
+    JournalRun {
+        run: run.into(),
+        tenant: "acme".into(),
+        user: Some("ann".into()),
+        session: None,
+        agent: None,
+        architecture: "react".into(),
+        prompt: "hi".into(),
+        output_schema: None,
+        metadata: Vec::new(),
+        component: String::new(),
+        origin: serde_json::Value::Null,
+        format,
+        status,
+        started_ms,
+        updated_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,23 +1220,12 @@ mod tests {
     }
 
     fn record(run: &str, started_ms: u64) -> JournalRun {
-        JournalRun {
-            run: run.into(),
-            tenant: "acme".into(),
-            user: Some("ann".into()),
-            session: None,
-            agent: None,
-            architecture: "react".into(),
-            prompt: "hi".into(),
-            output_schema: None,
-            metadata: Vec::new(),
-            component: String::new(),
-            origin: serde_json::Value::Null,
-            format: JournalFormat::Compact,
-            status: JournalStatus::Finished,
+        test_run(
+            run,
+            JournalFormat::Compact,
+            JournalStatus::Finished,
             started_ms,
-            updated_ms: 0,
-        }
+        )
     }
 
     /// Runs spread over the live set's stripes are each live at most

@@ -97,8 +97,9 @@ pub struct EntryAt<'a> {
 impl Journal {
     /// Begin journaling the new run `run` in this process, in the shard
     /// of the calling thread; the run is marked as executed here (never
-    /// listed as interrupted) until its end is written. Its start record goes out with its first write; it is
-    /// listed among the journal's runs at once. A run the journal already
+    /// listed as interrupted) until its end is written. Its start record
+    /// goes out with its first write; it is listed among the journal's
+    /// runs at once. A run the journal already
     /// holds goes on with [`Journal::begin_resumed`] instead, in the shard
     /// holding it (begun here, it would have a record in two shards, and,
     /// dropped before its records left the staging ring, its drop would be
@@ -384,20 +385,12 @@ impl RunLog {
             let written = self
                 .log
                 .write_run(&mut bytes, self.writing(), &mut queue.pinned, end);
-            if let Err(error) = written {
-                tracing::warn!(%error, "a run's journal records could not be written");
-            }
-            self.log.live.unmark(&self.run);
+            closed(&self.log, &self.run, written);
             return;
         }
         let log = self.log.clone();
         let id = self.run.clone();
-        let closed = move |result: Result<(), StoreError>| {
-            if let Err(error) = result {
-                tracing::warn!(%error, "a run's journal records could not be written");
-            }
-            log.live.unmark(&id);
-        };
+        let closed = move |result: Result<(), StoreError>| closed(&log, &id, result);
         let run = self.run.clone();
         let mark = match end {
             Some(RunEnd::Dropped) => Mark::Drop(run.clone()),
@@ -422,6 +415,15 @@ impl RunLog {
             Some(Waiter::Callback(Box::new(closed))),
         );
     }
+}
+
+/// A run's last records were written (`result`): a failure is logged,
+/// and the run is no longer executed here.
+fn closed(log: &Shared, run: &str, result: Result<(), StoreError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "a run's journal records could not be written");
+    }
+    log.live.unmark(run);
 }
 
 impl Drop for RunLog {
