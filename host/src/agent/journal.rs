@@ -24,7 +24,7 @@ use crate::governance::budget::BudgetLedger;
 use crate::store::StoreError;
 use crate::store::journal::{
     EntryAt, EntryKind, Journal, JournalEntry, JournalFormat, JournalRun, ROOT_SCOPE, RunLog,
-    child_scope, tool_scope,
+    RunStart, child_scope, tool_scope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -132,8 +132,9 @@ pub(crate) struct RunJournal {
     /// Entries recorded before the run was resumed: scope → seq → entry,
     /// taken as the steps replay.
     replay: Mutex<HashMap<String, BTreeMap<u32, JournalEntry>>>,
-    /// SHA-256 of the architecture component the run started on.
-    component: String,
+    /// SHA-256 of the architecture component a resumed run started on
+    /// (`None` for a run begun here, on the component it runs).
+    component: Option<String>,
     /// Entries recorded before a resume.
     recorded: u32,
 }
@@ -148,21 +149,19 @@ fn live_or_store(error: StoreError) -> JournalError {
 }
 
 impl RunJournal {
-    /// Start journaling `record`'s run.
+    /// Start journaling the run `start` describes.
     ///
     /// # Errors
     ///
-    /// [`JournalError`] when the store fails.
-    pub(crate) async fn start(
+    /// [`JournalError`] when the store fails or the run is live here.
+    pub(crate) fn start(
         journal: &Journal,
-        record: JournalRun,
+        start: &RunStart<'_>,
         keep_on_finish: bool,
     ) -> Result<Arc<Self>, JournalError> {
-        let format = record.format;
-        let component = record.component.clone();
         // Written with the run's first awaited entry.
-        let log = journal.begin(record).map_err(live_or_store)?;
-        Ok(Self::new(log, format, component, keep_on_finish, None))
+        let log = journal.begin(start).map_err(live_or_store)?;
+        Ok(Self::new(log, start.format, None, keep_on_finish, None))
     }
 
     /// Resume `record`'s run: its entries are loaded for replay.
@@ -175,28 +174,26 @@ impl RunJournal {
         record: JournalRun,
         keep_on_finish: bool,
     ) -> Result<Arc<Self>, JournalError> {
-        let format = record.format;
-        let component = record.component.clone();
         // Marked live first, so that no one else resumes it meanwhile.
-        let log = journal.begin_resumed(record).map_err(live_or_store)?;
+        let log = journal.begin_resumed(&record).map_err(live_or_store)?;
         let entries = journal.all_entries(log.run())?;
         log.flush().await?;
         Ok(Self::new(
             log,
-            format,
-            component,
+            record.format,
+            Some(record.component),
             keep_on_finish,
             Some(entries),
         ))
     }
 
-    /// The journal of the run `log` records, in `format`, on the component
-    /// with SHA-256 `component`; `recorded`: the entries a resumed run
-    /// replays (none for a new run).
+    /// The journal of the run `log` records, in `format`; a resumed run's
+    /// `component` (the SHA-256 of the one it started on) and `recorded`
+    /// entries, which it replays (none for a new run).
     fn new(
         log: RunLog,
         format: JournalFormat,
-        component: String,
+        component: Option<String>,
         keep_on_finish: bool,
         recorded: Option<Vec<(String, u32, JournalEntry)>>,
     ) -> Arc<Self> {
@@ -322,9 +319,10 @@ impl RunJournal {
         self.resumed
     }
 
-    /// SHA-256 of the architecture component the run started on.
-    pub(crate) fn component(&self) -> &str {
-        &self.component
+    /// SHA-256 of the architecture component a resumed run started on
+    /// (`None` for a run begun here).
+    pub(crate) fn component(&self) -> Option<&str> {
+        self.component.as_deref()
     }
 
     /// Entries the journal held when the run was resumed.
@@ -773,9 +771,7 @@ mod tests {
             crate::store::journal::JournalStatus::Running,
             0,
         );
-        let tree = RunJournal::start(&journal, record, false)
-            .await
-            .expect("a new run starts");
+        let tree = RunJournal::start(&journal, &record.start(), false).expect("a new run starts");
         (dir, journal, tree)
     }
 

@@ -19,7 +19,7 @@ use crate::model::{
     Usage,
 };
 use crate::plugins::ToolBinding;
-use crate::store::journal::{EntryKind, JournalFormat, JournalRun, JournalStatus};
+use crate::store::journal::{EntryKind, JournalFormat, RunStart};
 use crate::tenancy::ids::{RunId, Scope};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1141,12 +1141,13 @@ async fn execute_inner(
         .is_some_and(|tree| root && tree.resumed());
     if resumed
         && let Some(tree) = lineage.journal.as_ref().and_then(|j| j.tree())
-        && tree.component() != plugin.sha256
+        && let Some(recorded) = tree.component()
+        && recorded != plugin.sha256
     {
         return Err(JournalError::ComponentChanged {
             run: scope.run.to_string(),
             architecture: arch_name,
-            recorded: tree.component().to_owned(),
+            recorded: recorded.to_owned(),
             now: plugin.sha256.clone(),
         }
         .into());
@@ -1326,25 +1327,21 @@ async fn execute_inner(
         Some(journal) => journal,
         None => match (&agent.journal, root) {
             (Some(settings), true) => {
-                let record = JournalRun {
-                    run: scope.run.to_string(),
-                    tenant: scope.tenant.to_string(),
-                    user: scope.user.name().map(str::to_owned),
-                    session: scope.session.as_ref().map(|s| s.to_string()),
+                let start = RunStart {
+                    run: scope.run.as_str(),
+                    tenant: scope.tenant.as_str(),
+                    user: scope.user.name(),
+                    session: scope.session.as_ref().map(|s| s.as_str()),
                     agent: None,
-                    architecture: arch_name.clone(),
-                    prompt: request.prompt.clone(),
-                    output_schema: request.output_schema.clone(),
-                    metadata: scope.metadata.clone(),
-                    component: plugin.sha256.clone(),
-                    origin: request.origin.clone(),
+                    architecture: &arch_name,
+                    prompt: &request.prompt,
+                    output_schema: request.output_schema.as_ref(),
+                    metadata: &scope.metadata,
+                    component: &plugin.sha256,
+                    origin: &request.origin,
                     format: JournalFormat::Compact2,
-                    status: JournalStatus::Running,
-                    started_ms: 0,
-                    updated_ms: 0,
                 };
-                let tree =
-                    RunJournal::start(&settings.journal, record, settings.keep_finished).await?;
+                let tree = RunJournal::start(&settings.journal, &start, settings.keep_finished)?;
                 Arc::new(tree.root())
             }
             _ => Arc::new(ScopeJournal::unjournaled(scope.run.as_str())),

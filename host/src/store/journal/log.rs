@@ -59,7 +59,7 @@
 use super::mapped::{self, SegmentFile};
 use super::ring::{Ring, StagedRun};
 use super::segments::Segments;
-use super::{EntryKind, JournalEntry, JournalRun, RunMap};
+use super::{EntryKind, JournalEntry, JournalRun, RunEntry, RunMap, RunStart};
 use crate::store::{StoreError, StoreSync};
 use crate::sync::lock;
 use std::collections::HashMap;
@@ -493,22 +493,73 @@ struct CompactStart<S, T> {
 /// the step itself) fits without growing it.
 const QUEUE_ROOM: usize = 1 << 10;
 
-/// The framed record of a run's start, in a buffer with room for the
-/// records queued after it ([`QUEUE_ROOM`]); with `number`, it binds the
-/// run's number in the segment it goes to (see [`RunKey`]).
-pub(super) fn start_record(run: &JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
+/// A run's framed start record, in a buffer with room for the records
+/// queued after it ([`QUEUE_ROOM`]), and where in it its body is.
+pub(super) struct StartRecord {
+    bytes: Vec<u8>,
+    body: std::ops::Range<usize>,
+}
+
+impl StartRecord {
+    /// The framed record.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Its body: the compact start itself (what [`decode_start_body`]
+    /// reads), without the tag and the run's number.
+    pub(super) fn body(&self) -> &[u8] {
+        &self.bytes[self.body.clone()]
+    }
+
+    /// The buffer, the framed record in it.
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// The framed record of a run's start, running, started at `started_ms`
+/// and changed at `updated_ms`; with `number`, it binds the run's number
+/// in the segment it goes to (see [`RunKey`]).
+///
+/// # Errors
+///
+/// [`StoreError::Io`] when a JSON value of the run cannot be encoded.
+pub(super) fn start_record(
+    run: &RunStart<'_>,
+    started_ms: u64,
+    updated_ms: u64,
+    number: Option<u64>,
+) -> Result<StartRecord, StoreError> {
     let mut bytes = Vec::with_capacity(QUEUE_ROOM);
-    put_start(&mut bytes, run, number)?;
+    let body = put_start(&mut bytes, run, (started_ms, updated_ms), number)?;
+    Ok(StartRecord { bytes, body })
+}
+
+/// The body of a compact start record of `run` (running; its times zero):
+/// what a shard keeps of a run's record in memory.
+///
+/// # Errors
+///
+/// As [`start_record`].
+pub(super) fn start_body(run: &RunStart<'_>) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::new();
+    let body = put_start(&mut bytes, run, (0, 0), None)?;
+    bytes.truncate(body.end);
+    bytes.drain(..body.start);
     Ok(bytes)
 }
 
-/// Frame a run's start record onto `out` (left as it was on failure);
-/// with `number`, it binds the run's number.
-pub(super) fn put_start(
+/// Frame a run's start record onto `out` (left as it was on failure),
+/// running, with its start and change `times`; with `number`, it binds
+/// the run's number. Returns where the record's body (the compact start)
+/// is in `out`.
+fn put_start(
     out: &mut Vec<u8>,
-    run: &JournalRun,
+    run: &RunStart<'_>,
+    (started_ms, updated_ms): (u64, u64),
     number: Option<u64>,
-) -> Result<(), StoreError> {
+) -> Result<std::ops::Range<usize>, StoreError> {
     // JSON text; `null` (a run with no origin or schema) allocates nothing.
     let json = |value: &serde_json::Value| -> Result<std::borrow::Cow<'static, str>, StoreError> {
         if value.is_null() {
@@ -518,11 +569,11 @@ pub(super) fn put_start(
             .map(std::borrow::Cow::Owned)
             .map_err(crate::store::io)
     };
-    let output_schema = run.output_schema.as_ref().map(json).transpose()?;
-    let origin = json(&run.origin)?;
+    let output_schema = run.output_schema.map(json).transpose()?;
+    let origin = json(run.origin)?;
     // Room for the whole record at once (each field's length prefix and
     // the fixed fields fit in the 96), so encoding it never grows `out`.
-    let optional = |field: &Option<String>| field.as_ref().map_or(0, String::len);
+    let optional = |field: Option<&str>| field.map_or(0, str::len);
     let metadata: usize = run
         .metadata
         .iter()
@@ -533,9 +584,9 @@ pub(super) fn put_start(
             + 96
             + run.run.len()
             + run.tenant.len()
-            + optional(&run.user)
-            + optional(&run.session)
-            + optional(&run.agent)
+            + optional(run.user)
+            + optional(run.session)
+            + optional(run.agent)
             + run.architecture.len()
             + run.prompt.len()
             + run.component.len()
@@ -544,21 +595,21 @@ pub(super) fn put_start(
             + output_schema.as_ref().map_or(0, |schema| schema.len()),
     );
     let compact = CompactStart {
-        run: run.run.as_str(),
-        tenant: run.tenant.as_str(),
-        user: run.user.as_deref(),
-        session: run.session.as_deref(),
-        agent: run.agent.as_deref(),
-        architecture: run.architecture.as_str(),
-        prompt: run.prompt.as_str(),
+        run: run.run,
+        tenant: run.tenant,
+        user: run.user,
+        session: run.session,
+        agent: run.agent,
+        architecture: run.architecture,
+        prompt: run.prompt,
         output_schema: output_schema.as_deref(),
-        metadata: run.metadata.as_slice(),
-        component: run.component.as_str(),
+        metadata: run.metadata,
+        component: run.component,
         origin: &origin,
         format: run.format,
-        status: run.status,
-        started_ms: run.started_ms,
-        updated_ms: run.updated_ms,
+        status: super::JournalStatus::Running,
+        started_ms,
+        updated_ms,
     };
     let start = open_record(out);
     match number {
@@ -568,16 +619,18 @@ pub(super) fn put_start(
         }
         None => out.push(START_COMPACT),
     }
+    let body = out.len();
     if let Err(error) = postcard::serialize_with_flavor(&compact, super::VecFlavor(out)) {
         out.truncate(start);
         return Err(crate::store::io(error));
     }
+    let end = out.len();
     close_record(out, start);
-    Ok(())
+    Ok(body..end)
 }
 
 /// A compact start record's body, decoded.
-fn decode_compact_start(body: &[u8]) -> Result<JournalRun, String> {
+pub(super) fn decode_start_body(body: &[u8]) -> Result<JournalRun, String> {
     let compact: CompactStart<String, Vec<(String, String)>> =
         postcard::from_bytes(body).map_err(|e| e.to_string())?;
     let json = |text: &str| serde_json::from_str(text).map_err(|e| e.to_string());
@@ -764,7 +817,7 @@ pub(super) fn decode<'a>(body: &'a [u8], binds: &mut Binds<'a>) -> Result<Record
         START => serde_json::from_slice(rest)
             .map(|run| Record::Start(Box::new(run)))
             .map_err(|e| format!("a run record: {e}")),
-        START_COMPACT => decode_compact_start(rest)
+        START_COMPACT => decode_start_body(rest)
             .map(|run| Record::Start(Box::new(run)))
             .map_err(|e| format!("a run record: {e}")),
         START_BOUND => {
@@ -772,7 +825,7 @@ pub(super) fn decode<'a>(body: &'a [u8], binds: &mut Binds<'a>) -> Result<Record
             // The run's id is the first field of the postcard body.
             let mut peek = rest;
             let run = take_short_str(&mut peek)?;
-            let record = decode_compact_start(rest).map_err(|e| format!("a run record: {e}"))?;
+            let record = decode_start_body(rest).map_err(|e| format!("a run record: {e}"))?;
             binds.bind(number, run);
             Ok(Record::Start(Box::new(record)))
         }
@@ -1143,8 +1196,9 @@ pub(super) enum Mark {
 
 /// The visible state and the queue, behind one lock.
 pub(super) struct State {
-    /// The runs the log holds (started, not dropped), as last recorded.
-    pub(super) runs: RunMap<JournalRun>,
+    /// The runs the log holds (started, not dropped), as last recorded,
+    /// and which of them this process executes.
+    pub(super) runs: RunMap<RunEntry>,
     /// Framed records queued for the next write.
     pending: Vec<u8>,
     /// Their effect on the accounting, in order.
@@ -1186,12 +1240,6 @@ pub(super) struct Shared {
     queued: AtomicBool,
     /// The next run number (see [`RunKey::Bound`]).
     numbers: AtomicU64,
-    /// The runs this process executes, in every shard of the journal
-    /// (one set, shared by the shards; a run's [`RunLog`] reaches it
-    /// through its shard, so no run holds a count on the set).
-    ///
-    /// [`RunLog`]: super::RunLog
-    pub(super) live: Arc<super::LiveSets>,
 }
 
 /// The segment file being appended to.
@@ -1232,12 +1280,11 @@ struct Io {
 
 impl Shared {
     /// The log in `dir` with the state replayed from its segments (the
-    /// runs it holds, and the journal's live runs); new records go to
-    /// segment `active`.
+    /// runs it holds); new records go to segment `active`.
     pub(super) fn new(
         dir: PathBuf,
         sync: StoreSync,
-        (runs, live): (RunMap<JournalRun>, Arc<super::LiveSets>),
+        runs: RunMap<RunEntry>,
         segments: Segments,
         active: u64,
         spare: Option<u32>,
@@ -1264,8 +1311,15 @@ impl Shared {
             }),
             queued: AtomicBool::new(false),
             numbers: AtomicU64::new(1),
-            live,
         })
+    }
+
+    /// Note that this process no longer executes `run` (if the log still
+    /// holds it).
+    pub(super) fn unmark(&self, run: &str) {
+        if let Some(entry) = self.state().runs.get_mut(run) {
+            entry.live = false;
+        }
     }
 
     /// Have the writer thread make the next segment's file ready.
@@ -1306,7 +1360,7 @@ impl Shared {
         &self,
         record: &[u8],
         mark: Mark,
-        update: impl FnOnce(&mut RunMap<JournalRun>),
+        update: impl FnOnce(&mut RunMap<RunEntry>),
     ) -> Result<(), StoreError> {
         if !self.writes_in_place() {
             let (done, written) = oneshot::channel();
@@ -1333,7 +1387,7 @@ impl Shared {
         &self,
         record: &[u8],
         mark: Mark,
-        update: impl FnOnce(&mut RunMap<JournalRun>),
+        update: impl FnOnce(&mut RunMap<RunEntry>),
         waiter: Option<Waiter>,
     ) -> bool {
         let mut state = self.state();
@@ -1728,7 +1782,8 @@ impl Shared {
     /// holds; leaves `bytes` empty. `pinned` is the segment the accounting
     /// already has the run pinned in, kept up to date, so that a run's
     /// writes after its first in a segment take no lock but the file's;
-    /// `end`: the records finish the run.
+    /// `end`: the records finish the run, which, once they are written,
+    /// the runs map has dropped, or finished and no longer live.
     ///
     /// # Errors
     ///
@@ -1811,6 +1866,7 @@ fn settle_run(
             if let Some(record) = state.runs.get_mut(&**run) {
                 record.status = super::JournalStatus::Finished;
                 record.updated_ms = updated_ms;
+                record.live = false;
             }
         }
         None => {}
@@ -2301,7 +2357,20 @@ mod tests {
             bare.origin = serde_json::Value::Null;
             bare
         }] {
-            let mut bytes = start_record(&run, None).unwrap();
+            let record = start_record(&run.start(), run.started_ms, run.updated_ms, None).unwrap();
+            // The body is the compact start, which a shard keeps of it.
+            assert_eq!(decode_start_body(record.body()).unwrap(), run);
+            let kept = decode_start_body(&start_body(&run.start()).unwrap()).unwrap();
+            assert_eq!((kept.started_ms, kept.updated_ms), (0, 0));
+            assert_eq!(
+                JournalRun {
+                    started_ms: run.started_ms,
+                    updated_ms: run.updated_ms,
+                    ..kept
+                },
+                run
+            );
+            let mut bytes = record.into_bytes();
             assert_eq!(bytes[RECORD_HEADER], START_COMPACT);
             let seal = Seal {
                 generation: 3,
@@ -2605,7 +2674,9 @@ mod tests {
             }
         };
         // In the segment the run starts in, its start binds the number.
-        let mut first = start_record(&run, Some(300)).unwrap();
+        let mut first = start_record(&run.start(), run.started_ms, run.updated_ms, Some(300))
+            .unwrap()
+            .into_bytes();
         put_entry(&mut first, head(1, &short), payload(&short)).unwrap();
         // In a later one, a bind record does.
         let mut later = Vec::new();

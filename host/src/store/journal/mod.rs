@@ -40,13 +40,12 @@ mod segments;
 pub use run_log::{EntryAt, RunLog};
 
 use super::{Store, StoreError, io, read_table};
-use crate::sync::lock;
 use log::{Mark, Record, Shared};
 use redb::{ReadableDatabase, TableDefinition};
 use segments::Segments;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// The journal's maps keyed by run id hash with foldhash, keyed per
@@ -56,83 +55,14 @@ use xxhash_rust::xxh3::xxh3_128;
 pub(super) type RunHasher = foldhash::fast::RandomState;
 
 /// A map keyed by run id. A run this process begins has its id allocated
-/// once (as [`LiveSets`] marks it live) and shared by the maps it is entered in from then
+/// once, as it begins, and shared by the maps it is entered in from then
 /// on (a run read back from the log keeps the id it was read with).
 pub(super) type RunMap<V> = HashMap<Arc<str>, V, RunHasher>;
 
 /// A set of run ids.
-pub(super) type RunSet = HashSet<Arc<str>, RunHasher>;
+pub(super) type RunSet = std::collections::HashSet<Arc<str>, RunHasher>;
 
-/// Some of the runs this process executes: each id allocated once, shared
-/// with the [`RunLog`] executing it.
-type LiveSet = HashSet<Arc<str>, RunHasher>;
-
-/// How many stripes [`LiveSets`] spreads the live runs over (a power of
-/// two).
-const LIVE_STRIPES: usize = 64;
-
-/// The runs this process executes, spread over [`LIVE_STRIPES`] sets by
-/// a hash of their ids, each under a lock of its own on a cache line of
-/// its own.
-///
-/// Every journaled run enters the live set as it begins and leaves it as
-/// it ends, from whichever thread runs it. One set under one lock had its
-/// lock and table pass between the cores twice a turn: in profiles of the
-/// multi-tenant bench, the removal alone took a third of a µs, each
-/// access a miss on a line the other core had last written. With the
-/// runs spread out, the stripe a run leaves is one no other thread has
-/// touched since the run entered it. A run always maps to the same
-/// stripe, so a run is live at most once, as with one set.
-pub(super) struct LiveSets {
-    /// Chooses a run's stripe (seeded for this process, like the maps).
-    hasher: RunHasher,
-    stripes: Box<[LiveStripe]>,
-}
-
-/// One stripe of [`LiveSets`], alone on its cache lines (two, as
-/// adjacent lines are fetched in pairs).
-#[repr(align(128))]
-#[derive(Default)]
-struct LiveStripe(Mutex<LiveSet>);
-
-impl LiveSets {
-    fn new() -> Self {
-        LiveSets {
-            hasher: RunHasher::default(),
-            stripes: (0..LIVE_STRIPES).map(|_| LiveStripe::default()).collect(),
-        }
-    }
-
-    /// The set `run` is in when it is live.
-    fn stripe(&self, run: &str) -> &Mutex<LiveSet> {
-        use std::hash::BuildHasher;
-        let index = self.hasher.hash_one(run) as usize & (LIVE_STRIPES - 1);
-        &self.stripes[index].0
-    }
-
-    /// Whether this process executes `run`.
-    fn contains(&self, run: &str) -> bool {
-        lock(self.stripe(run)).contains(run)
-    }
-
-    /// Note that this process executes `run`: its id as the set holds
-    /// it, or `None` when it executes it already.
-    pub(super) fn mark(&self, run: &str) -> Option<Arc<str>> {
-        let mut live = lock(self.stripe(run));
-        if live.contains(run) {
-            return None;
-        }
-        let run: Arc<str> = Arc::from(run);
-        live.insert(run.clone());
-        Some(run)
-    }
-
-    /// Note that this process no longer executes `run`.
-    pub(super) fn unmark(&self, run: &str) {
-        lock(self.stripe(run)).remove(run);
-    }
-}
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The tables of the journal's first format (entries in redb), deleted
@@ -539,6 +469,121 @@ pub struct JournalRun {
     pub updated_ms: u64,
 }
 
+impl JournalRun {
+    /// What the run began with, borrowed: the record without its status
+    /// and times (what [`Journal::begin_resumed`] writes again).
+    pub fn start(&self) -> RunStart<'_> {
+        RunStart {
+            run: &self.run,
+            tenant: &self.tenant,
+            user: self.user.as_deref(),
+            session: self.session.as_deref(),
+            agent: self.agent.as_deref(),
+            architecture: &self.architecture,
+            prompt: &self.prompt,
+            output_schema: self.output_schema.as_ref(),
+            metadata: &self.metadata,
+            component: &self.component,
+            origin: &self.origin,
+            format: self.format,
+        }
+    }
+}
+
+/// Who a run serves and what it runs, as [`Journal::begin`] takes it:
+/// [`JournalRun`] without its status and times (the journal sets them),
+/// every field borrowed from the caller, which need not copy its strings
+/// into a record of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart<'a> {
+    /// The run id.
+    pub run: &'a str,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// Its user (none when anonymous).
+    pub user: Option<&'a str>,
+    /// Its session, if any.
+    pub session: Option<&'a str>,
+    /// The named agent it runs (`[agents.NAME]`), if any.
+    pub agent: Option<&'a str>,
+    /// The architecture it runs.
+    pub architecture: &'a str,
+    /// The prompt.
+    pub prompt: &'a str,
+    /// The JSON Schema the answer has to match, if any.
+    pub output_schema: Option<&'a serde_json::Value>,
+    /// The run's metadata.
+    pub metadata: &'a [(String, String)],
+    /// SHA-256 (hex) of the architecture component it runs.
+    pub component: &'a str,
+    /// What the caller keeps with the run to rebuild its agent on resume.
+    pub origin: &'a serde_json::Value,
+    /// How its requests are fingerprinted and its results encoded.
+    pub format: JournalFormat,
+}
+
+/// A run as a shard of the journal keeps it in memory: the body of its
+/// start record as written (decoded into a [`JournalRun`] only when the
+/// run is listed), its status and times, and whether this process
+/// executes it.
+///
+/// A run's begin copies its start record's body here, once, where a
+/// [`JournalRun`] would take a string of its own per field, allocated as
+/// the run begins and freed, cold, as it ends. And the mark that says a
+/// run is executed here is a field of the entry its begin and end update
+/// anyway, under the shard's lock they take anyway: no set of its own,
+/// no lock of its own passed between the cores twice per run.
+#[derive(Debug)]
+pub(super) struct RunEntry {
+    /// The body of a compact start record of the run (see
+    /// [`log::start_body`]); its status and times are the fields below.
+    start: Box<[u8]>,
+    /// Whether it finished.
+    pub(super) status: JournalStatus,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub(super) started_ms: u64,
+    /// When its record last changed, in milliseconds since the Unix epoch.
+    pub(super) updated_ms: u64,
+    /// This process executes it: from its begin until its end is written
+    /// (see [`RunLog`]). A run live here is never listed as interrupted,
+    /// nor pruned, nor begun again.
+    pub(super) live: bool,
+}
+
+impl RunEntry {
+    /// The entry of `run` as a record read back from the log has it
+    /// (not live).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when a JSON value of the record cannot be
+    /// encoded.
+    fn of_record(run: &JournalRun) -> Result<Self, StoreError> {
+        Ok(RunEntry {
+            start: log::start_body(&run.start())?.into_boxed_slice(),
+            status: run.status,
+            started_ms: run.started_ms,
+            updated_ms: run.updated_ms,
+            live: false,
+        })
+    }
+
+    /// The run's record, decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] when the body does not decode (never, for
+    /// a body the journal encoded itself).
+    fn record(&self) -> Result<JournalRun, StoreError> {
+        let mut run = log::decode_start_body(&self.start)
+            .map_err(|e| StoreError::Corrupt(format!("a journal run record in memory: {e}")))?;
+        run.status = self.status;
+        run.started_ms = self.started_ms;
+        run.updated_ms = self.updated_ms;
+        Ok(run)
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -567,8 +612,6 @@ pub struct Journal {
     shards: Arc<[Shard]>,
     /// New runs go to the first `writing` shards.
     writing: usize,
-    /// Runs this process is executing now.
-    live: Arc<LiveSets>,
 }
 
 /// One shard of the journal: its log and the log's writer thread.
@@ -690,21 +733,12 @@ impl Journal {
         }
         .clamp(1, MAX_SHARDS);
         let count = writing.max(shards_on_disk(&dir)?);
-        let live = Arc::new(LiveSets::new());
         let shards = (0..count)
-            .map(|index| {
-                open_shard(
-                    &shard_dir(&dir, index),
-                    store.sync_mode(),
-                    index == 0,
-                    &live,
-                )
-            })
+            .map(|index| open_shard(&shard_dir(&dir, index), store.sync_mode(), index == 0))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Journal {
             shards: shards.into(),
             writing,
-            live,
         })
     }
 
@@ -744,9 +778,28 @@ impl Journal {
     ///
     /// [`StoreError`] when the store cannot be read or a record is corrupt.
     pub fn interrupted(&self) -> Result<Vec<JournalRun>, StoreError> {
-        let mut runs = self.runs(true)?;
-        runs.retain(|run| !self.live.contains(run.run.as_str()));
+        self.listed(|run| run.status == JournalStatus::Running && !run.live)
+    }
+
+    /// The runs of every shard that `keep` keeps, decoded, newest first.
+    fn listed(&self, keep: impl Fn(&RunEntry) -> bool) -> Result<Vec<JournalRun>, StoreError> {
+        let mut runs: Vec<JournalRun> = Vec::new();
+        for shard in self.shards.iter() {
+            let state = shard.log.state();
+            for run in state.runs.values().filter(|run| keep(run)) {
+                runs.push(run.record()?);
+            }
+        }
+        runs.sort_by_key(|run| std::cmp::Reverse(run.started_ms));
         Ok(runs)
+    }
+
+    /// Whether this process executes `run` (for tests).
+    #[cfg(test)]
+    pub(super) fn is_live(&self, run: &str) -> bool {
+        self.shards
+            .iter()
+            .any(|shard| shard.log.state().runs.get(run).is_some_and(|run| run.live))
     }
 
     /// Record that `run` started (or restarted, on resume: its status goes
@@ -755,12 +808,20 @@ impl Journal {
     /// # Errors
     ///
     /// [`StoreError`] when the write fails.
-    pub async fn start(&self, mut run: JournalRun) -> Result<(), StoreError> {
-        let record = start_of(&mut run, None)?;
+    pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
+        let now = now_ms();
+        let record = log::start_record(&run.start(), run.started_ms, now, None)?;
+        let entry = RunEntry {
+            start: record.body().into(),
+            status: JournalStatus::Running,
+            started_ms: run.started_ms,
+            updated_ms: now,
+            live: false,
+        };
         let id: Arc<str> = Arc::from(run.run.as_str());
         self.log_for(&id)
-            .write(&record, Mark::Pin(id.clone()), move |runs| {
-                runs.insert(id, run);
+            .write(record.bytes(), Mark::Pin(id.clone()), move |runs| {
+                runs.insert(id, entry);
             })
             .await
     }
@@ -862,34 +923,21 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// None today; the signature leaves room for a log read.
+    /// [`StoreError::Corrupt`] when a run's record does not decode.
     pub fn runs(&self, only_running: bool) -> Result<Vec<JournalRun>, StoreError> {
-        let mut runs: Vec<JournalRun> = Vec::new();
-        for shard in self.shards.iter() {
-            runs.extend(
-                shard
-                    .log
-                    .state()
-                    .runs
-                    .values()
-                    .filter(|run| !only_running || run.status == JournalStatus::Running)
-                    .cloned(),
-            );
-        }
-        runs.sort_by_key(|run| std::cmp::Reverse(run.started_ms));
-        Ok(runs)
+        self.listed(|run| !only_running || run.status == JournalStatus::Running)
     }
 
     /// One journaled run.
     ///
     /// # Errors
     ///
-    /// None today; the signature leaves room for a log read.
+    /// [`StoreError::Corrupt`] when its record does not decode.
     pub fn run(&self, run: &str) -> Result<Option<JournalRun>, StoreError> {
-        Ok(self
-            .shards
+        self.shards
             .iter()
-            .find_map(|shard| shard.log.state().runs.get(run).cloned()))
+            .find_map(|shard| shard.log.state().runs.get(run).map(RunEntry::record))
+            .transpose()
     }
 
     /// Delete every run (its record and entries) whose record last changed
@@ -904,17 +952,15 @@ impl Journal {
         let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
         let mut pruned = 0;
         for shard in self.shards.iter() {
-            let mut stale: Vec<String> = shard
+            // Runs executing now are kept.
+            let stale: Vec<Arc<str>> = shard
                 .log
                 .state()
                 .runs
-                .values()
-                .filter(|run| run.updated_ms < cutoff)
-                .map(|run| run.run.clone())
+                .iter()
+                .filter(|(_, run)| run.updated_ms < cutoff && !run.live)
+                .map(|(id, _)| id.clone())
                 .collect();
-            // Runs executing now are kept (their stripes are locked after
-            // the state lock is let go).
-            stale.retain(|run| !self.live.contains(run));
             for run in &stale {
                 push_drop(&shard.log, run);
             }
@@ -995,14 +1041,6 @@ fn push_drop(log: &Shared, run: &str) {
     );
 }
 
-/// Mark `run` running, now, and frame its start record (in place: the
-/// record is a few hundred bytes, moved once into the log's map after).
-fn start_of(run: &mut JournalRun, number: Option<u64>) -> Result<Vec<u8>, StoreError> {
-    run.status = JournalStatus::Running;
-    run.updated_ms = now_ms();
-    log::start_record(run, number)
-}
-
 /// The framed record of `entry` at (`run`, `scope`, `seq`).
 ///
 /// # Errors
@@ -1025,12 +1063,19 @@ fn entry_record(
 
 /// Apply one record read back from segment `id` to the runs and the
 /// segment accounting.
-fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<JournalRun>, segments: &mut Segments) {
+fn replay(record: Record<'_>, id: u64, runs: &mut RunMap<RunEntry>, segments: &mut Segments) {
     match record {
         Record::Start(run) => {
+            let entry = match RunEntry::of_record(&run) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    tracing::warn!(segment = id, %error, "a journal run record is unusable; skipped");
+                    return;
+                }
+            };
             let key: Arc<str> = Arc::from(run.run.as_str());
             segments.record(&key, id);
-            runs.insert(key, *run);
+            runs.insert(key, entry);
         }
         // An entry of a run with no start is void (its run was dropped).
         Record::Entry { run, .. } => {
@@ -1074,7 +1119,6 @@ fn open_shard(
     dir: &std::path::Path,
     sync: crate::store::StoreSync,
     first: bool,
-    live: &Arc<LiveSets>,
 ) -> Result<Shard, StoreError> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -1093,7 +1137,7 @@ fn open_shard(
     // segment before it is read.
     ring::recover(dir)?;
     let ids = log::segment_ids(dir)?;
-    let mut runs: RunMap<JournalRun> = RunMap::default();
+    let mut runs: RunMap<RunEntry> = RunMap::default();
     let mut segments = Segments::default();
     for &id in &ids {
         let Some((framing, bytes)) = log::read_segment(dir, id, true) else {
@@ -1133,14 +1177,7 @@ fn open_shard(
             }
         }
     }
-    let log = Shared::new(
-        dir.to_owned(),
-        sync,
-        (runs, live.clone()),
-        segments,
-        active,
-        spare,
-    );
+    let log = Shared::new(dir.to_owned(), sync, runs, segments, active, spare);
     // With in-place appends, the first segment's file is made ready
     // (and warmed) ahead of the first write rather than on its path.
     if log.writes_in_place() && first {
@@ -1228,49 +1265,74 @@ mod tests {
         )
     }
 
-    /// Runs spread over the live set's stripes are each live at most
-    /// once, whichever stripe they land in, and listed as not interrupted
-    /// while live.
+    /// Wait (a bounded while) until `run` is no longer live: written by
+    /// the writer thread, a run's end unmarks it once written.
+    async fn until_not_live(journal: &Journal, run: &str) {
+        for _ in 0..500 {
+            if !journal.is_live(run) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("{run} still live");
+    }
+
+    /// A run is live from its begin until its end is written, in either
+    /// mode of writing: never listed as interrupted, pruned or begun again
+    /// meanwhile. It starts when it is begun, and a resumed run keeps
+    /// that time.
     #[tokio::test]
-    async fn a_run_is_live_once_in_whichever_stripe_it_lands() {
-        let (_dir, journal) = journal();
-        // Enough runs that every stripe holds several.
-        let runs: Vec<String> = (0..8 * LIVE_STRIPES).map(|i| format!("run-{i}")).collect();
-        let marks: Vec<Arc<str>> = runs
-            .iter()
-            .map(|run| journal.live.mark(run).expect("not live yet"))
-            .collect();
-        for run in &runs {
-            assert!(journal.live.mark(run).is_none(), "{run} marked twice");
-            assert!(journal.live.contains(run));
+    async fn a_run_is_live_from_its_begin_until_its_end_is_written() {
+        for dir in both_modes() {
+            let journal = open_at(dir.path());
+            let before = now_ms();
+            let begun = record("begun", 1);
+            let log = journal.begin(&begun.start()).unwrap();
+            log.flush().await.unwrap();
+            assert!(journal.is_live("begun"));
+            assert!(journal.interrupted().unwrap().is_empty());
+            let listed = journal.run("begun").unwrap().expect("listed");
+            assert_eq!(listed.status, JournalStatus::Running);
+            assert!(listed.started_ms >= before, "started when begun");
+            assert!(matches!(
+                journal.begin(&begun.start()),
+                Err(StoreError::Live(run)) if run == "begun"
+            ));
+            assert!(matches!(
+                journal.begin_resumed(&listed),
+                Err(StoreError::Live(run)) if run == "begun"
+            ));
+            // Stale by its age, but live: kept.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(journal.prune(Duration::ZERO).await.unwrap(), 0);
+            // Dropped unfinished: interrupted, as it was.
+            drop(log);
+            until_not_live(&journal, "begun").await;
+            let interrupted = journal.interrupted().unwrap();
+            assert_eq!(interrupted, vec![listed.clone()]);
+            // Resumed: live again, started when it first was; finished
+            // and kept, no longer live.
+            let log = journal.begin_resumed(&interrupted[0]).unwrap();
+            assert!(journal.is_live("begun"));
+            assert!(journal.interrupted().unwrap().is_empty());
+            log.finish(false);
+            until_not_live(&journal, "begun").await;
+            journal.flush().await.unwrap();
+            let finished = journal.run("begun").unwrap().expect("kept");
+            assert_eq!(finished.status, JournalStatus::Finished);
+            assert_eq!(finished.started_ms, listed.started_ms);
+            assert_eq!(finished.prompt, "hi");
+            // Ended, it may be begun again; dropped, it is gone.
+            let log = journal.begin_resumed(&finished).unwrap();
+            log.finish(true);
+            journal.flush().await.unwrap();
+            until_not_live(&journal, "begun").await;
+            assert!(journal.run("begun").unwrap().is_none());
+            // Reopened, nothing is live and nothing of the run is left.
+            drop(journal);
+            let journal = open_at(dir.path());
+            assert!(journal.runs(false).unwrap().is_empty());
         }
-        let used = journal
-            .live
-            .stripes
-            .iter()
-            .filter(|stripe| !lock(&stripe.0).is_empty())
-            .count();
-        assert!(used > LIVE_STRIPES / 2, "only {used} stripes used");
-        // Begun and left unfinished: live, so not interrupted, and not
-        // begun twice.
-        let log = journal.begin(record("begun", 1)).unwrap();
-        log.flush().await.unwrap();
-        assert!(journal.interrupted().unwrap().is_empty());
-        assert!(matches!(
-            journal.begin_resumed(record("begun", 1)),
-            Err(StoreError::Live(run)) if run == "begun"
-        ));
-        drop(log);
-        assert_eq!(journal.interrupted().unwrap().len(), 1);
-        for run in &marks {
-            journal.live.unmark(run);
-        }
-        for run in &runs {
-            assert!(!journal.live.contains(run), "{run} still live");
-        }
-        let again = journal.live.mark(&runs[0]).expect("live again once ended");
-        assert!(journal.live.mark(&runs[0]).is_none());
-        journal.live.unmark(&again);
     }
 
     #[test]
@@ -1736,7 +1798,7 @@ mod tests {
     async fn run_log_writes_in_order(dir: &tempfile::TempDir) {
         {
             let journal = open_at(dir.path());
-            let log = journal.begin(record("r", 1)).unwrap();
+            let log = journal.begin(&record("r", 1).start()).unwrap();
             // Listed (as running, and live) at once; nothing written yet.
             assert_eq!(journal.runs(true).unwrap().len(), 1);
             assert!(journal.interrupted().unwrap().is_empty());
@@ -1794,13 +1856,13 @@ mod tests {
         {
             let journal = open_at(dir.path());
             for (run, keep) in [("gone-run", false), ("kept-run", true)] {
-                let log = journal.begin(record(run, 1)).unwrap();
+                let log = journal.begin(&record(run, 1).start()).unwrap();
                 assert!(queue_text(&log, 0, &format!("text of {run}")));
                 log.flush().await.unwrap();
                 log.finish(!keep);
             }
             for run in ["open-run", "resumed-run"] {
-                let log = journal.begin(record(run, 1)).unwrap();
+                let log = journal.begin(&record(run, 1).start()).unwrap();
                 assert!(queue_text(&log, 0, &format!("text of {run}")));
                 log.flush().await.unwrap();
                 drop(log);
@@ -1822,7 +1884,7 @@ mod tests {
             // Resumed, then dropped at once, before any copy: its records
             // of the first process are in another segment, so its finish
             // must reach this one.
-            let log = journal.begin_resumed(record("resumed-run", 1)).unwrap();
+            let log = journal.begin_resumed(&record("resumed-run", 1)).unwrap();
             log.flush().await.unwrap();
             log.finish(true);
         }
@@ -1844,7 +1906,7 @@ mod tests {
         {
             let journal = open_at(dir.path());
             for (run, keep) in [("dropped", false), ("kept", true)] {
-                let log = journal.begin(record(run, 1)).unwrap();
+                let log = journal.begin(&record(run, 1).start()).unwrap();
                 assert!(queue_text(&log, 0, run));
                 log.flush().await.unwrap();
                 assert!(queue_text(&log, 1, "queued, written with the finish"));
@@ -1856,7 +1918,7 @@ mod tests {
                 // Live until the finish is written (the writer thread
                 // writes it when every write is synced).
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while journal.live.contains(run) {
+                while journal.is_live(run) {
                     assert!(std::time::Instant::now() < deadline, "{run} never finished");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -1880,7 +1942,7 @@ mod tests {
 
     /// Begin run `long` and write its first entry, "first".
     async fn begin_long_run(journal: &Journal) -> RunLog {
-        let long = journal.begin(record("long", 1)).unwrap();
+        let long = journal.begin(&record("long", 1).start()).unwrap();
         assert!(queue_text(&long, 0, "first"));
         long.flush().await.unwrap();
         long
@@ -1895,7 +1957,7 @@ mod tests {
         let big = "x".repeat(1 << 20);
         for n in 0..count {
             let run = format!("short-{n}");
-            let log = journal.begin(record(&run, 1)).unwrap();
+            let log = journal.begin(&record(&run, 1).start()).unwrap();
             assert!(queue_text(&log, 0, &big));
             log.flush().await.unwrap();
             log.finish(drop_entries);
@@ -1971,7 +2033,7 @@ mod tests {
         let chunk = "x".repeat(256 << 10);
         {
             let journal = open_at(dir.path());
-            let run = journal.begin(record("r", 1)).unwrap();
+            let run = journal.begin(&record("r", 1).start()).unwrap();
             // Past half of segment 0, the writer thread makes the next
             // segment's file ready...
             let mut seq = 0;
@@ -2020,7 +2082,7 @@ mod tests {
         let journal = open_at(dir.path());
         // The first segment cannot be created: a directory has its name.
         std::fs::create_dir(log::segment_path(&log_dir(dir.path()), 0)).unwrap();
-        let run = journal.begin(record("r", 1)).unwrap();
+        let run = journal.begin(&record("r", 1).start()).unwrap();
         assert!(queue_text(&run, 0, "lost"));
         assert!(run.flush().await.is_err());
         // Its records are lost: an empty buffer is no sign of a write, and
@@ -2046,7 +2108,8 @@ mod tests {
             let journal = open(3);
             for (shard, run) in ["zero", "one", "two"].into_iter().enumerate() {
                 let log =
-                    run_log::begin_in(&journal.shards[shard].log, record(run, 1), true).unwrap();
+                    run_log::begin_in(&journal.shards[shard].log, &record(run, 1).start(), None)
+                        .unwrap();
                 assert!(queue_text(&log, 0, run));
                 log.flush().await.unwrap();
                 if run == "one" {
@@ -2056,7 +2119,7 @@ mod tests {
             // Begun on a thread of its own: one of the three shards.
             let journal2 = journal.clone();
             std::thread::spawn(move || {
-                let log = journal2.begin(record("threaded", 2)).unwrap();
+                let log = journal2.begin(&record("threaded", 2).start()).unwrap();
                 assert!(queue_text(&log, 0, "threaded"));
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
@@ -2077,7 +2140,7 @@ mod tests {
         assert!(journal.run("one").unwrap().is_none());
         // A resumed run goes on in the shard that holds it.
         let record = journal.run("two").unwrap().unwrap();
-        let log = journal.begin_resumed(record).unwrap();
+        let log = journal.begin_resumed(&record).unwrap();
         assert!(Arc::ptr_eq(log.shared(), &journal.shards[2].log));
         assert!(queue_text(&log, 1, "two again"));
         log.flush().await.unwrap();

@@ -22,7 +22,7 @@
 //! replayed, and is not listed as interrupted.
 
 use super::log::{self, EntryHead, Mark, RunEnd, RunKey, RunWriting, Shared, Waiter};
-use super::{EntryKind, Journal, JournalRun, JournalStatus, now_ms, start_of};
+use super::{EntryKind, Journal, JournalRun, JournalStatus, RunEntry, RunStart, now_ms};
 use crate::store::StoreError;
 use crate::sync::lock;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -70,9 +70,9 @@ struct RunQueue {
     bytes: Vec<u8>,
     /// The segment the log's accounting has the run pinned in.
     pinned: Option<u64>,
-    /// The run is marked as executed by this process (in the journal's
-    /// live set, reached through the run's shard): unmarked once its end
-    /// is written, so it is never listed as interrupted in between.
+    /// The run is marked as executed by this process (its entry in its
+    /// shard's runs map is live): unmarked once its end is written, so it
+    /// is never listed as interrupted in between.
     live: bool,
     /// A write of the run's records in place failed: they are lost, so
     /// every later flush fails too (an empty buffer is then no sign of a
@@ -96,62 +96,73 @@ pub struct EntryAt<'a> {
 
 impl Journal {
     /// Begin journaling the new run `run` in this process, in the shard
-    /// of the calling thread; the run is marked as executed here (never
-    /// listed as interrupted) until its end is written. Its start record
-    /// goes out with its first write; it is listed among the journal's
-    /// runs at once. A run the journal already
-    /// holds goes on with [`Journal::begin_resumed`] instead, in the shard
-    /// holding it (begun here, it would have a record in two shards, and,
-    /// dropped before its records left the staging ring, its drop would be
-    /// left out with them and its older records come back at the next
-    /// open).
+    /// of the calling thread, started now; the run is marked as executed
+    /// here (never listed as interrupted) until its end is written. Its
+    /// start record goes out with its first write; it is listed among the
+    /// journal's runs at once.
+    ///
+    /// A run the journal already holds goes on with
+    /// [`Journal::begin_resumed`] instead, in the shard holding it (begun
+    /// here, it would have a record in two shards, and, dropped before its
+    /// records left the staging ring, its drop would be left out with
+    /// them and its older records come back at the next open). Its id is
+    /// checked against the runs live in this thread's shard only: ids
+    /// from [`crate::tenancy::ids::RunId::generate`] are unique in the
+    /// process, and a caller choosing its own must not begin one twice.
     ///
     /// # Errors
     ///
     /// [`StoreError::Live`] when this process executes the run already;
     /// [`StoreError`] when the run's record cannot be encoded.
-    pub fn begin(&self, run: JournalRun) -> Result<RunLog, StoreError> {
-        begin_in(self.writing_log(), run, true)
+    pub fn begin(&self, run: &RunStart<'_>) -> Result<RunLog, StoreError> {
+        begin_in(self.writing_log(), run, None)
     }
 
-    /// [`Journal::begin`] for a run being resumed: its records go on in
-    /// the shard that holds them.
+    /// [`Journal::begin`] for the run `run` being resumed: its records go
+    /// on in the shard that holds them, and it keeps the time it started.
     ///
     /// # Errors
     ///
     /// As [`Journal::begin`].
-    pub fn begin_resumed(&self, run: JournalRun) -> Result<RunLog, StoreError> {
-        begin_in(self.log_for(&run.run), run, false)
+    pub fn begin_resumed(&self, run: &JournalRun) -> Result<RunLog, StoreError> {
+        begin_in(self.log_for(&run.run), &run.start(), Some(run.started_ms))
     }
 }
 
-/// Begin journaling `run` in `log`, marking it live (`fresh`: begun
-/// here, not resumed).
+/// Begin journaling `run` in `log`, marking it live; `resumed_from`: the
+/// time a resumed run started (a new run starts now).
 pub(super) fn begin_in(
     log: &Arc<Shared>,
-    mut run: JournalRun,
-    fresh: bool,
+    run: &RunStart<'_>,
+    resumed_from: Option<u64>,
 ) -> Result<RunLog, StoreError> {
-    // The id the live set holds, allocated once for every map naming it.
-    let Some(id) = log.live.mark(&run.run) else {
-        return Err(StoreError::Live(run.run));
-    };
+    let now = now_ms();
+    let started_ms = resumed_from.unwrap_or(now);
     let number = log.writes_in_place().then(|| log.next_number());
-    let record = match start_of(&mut run, number) {
-        Ok(record) => record,
-        Err(error) => {
-            log.live.unmark(&id);
-            return Err(error);
-        }
+    let record = log::start_record(run, started_ms, now, number)?;
+    // Allocated once for every map naming the run, outside the lock.
+    let id: Arc<str> = Arc::from(run.run);
+    let entry = RunEntry {
+        start: record.body().into(),
+        status: JournalStatus::Running,
+        started_ms,
+        updated_ms: now,
+        live: true,
     };
-    log.state().runs.insert(id.clone(), run);
+    {
+        let mut state = log.state();
+        if state.runs.get(run.run).is_some_and(|held| held.live) {
+            return Err(StoreError::Live(run.run.to_owned()));
+        }
+        state.runs.insert(id.clone(), entry);
+    }
     Ok(RunLog {
         log: log.clone(),
         run: id,
         number: number.unwrap_or(NO_NUMBER),
-        fresh,
+        fresh: resumed_from.is_none(),
         queue: Mutex::new(RunQueue {
-            bytes: record,
+            bytes: record.into_bytes(),
             pinned: None,
             live: true,
             failed: None,
@@ -385,18 +396,24 @@ impl RunLog {
             let written = self
                 .log
                 .write_run(&mut bytes, self.writing(), &mut queue.pinned, end);
-            closed(&self.log, &self.run, written);
+            // Written with an end, the run was ended in the runs map in
+            // the same step (dropped, or finished and unmarked).
+            let ended = written.is_ok() && end.is_some();
+            closed(&self.log, &self.run, written, !ended);
             return;
         }
         let log = self.log.clone();
         let id = self.run.clone();
-        let closed = move |result: Result<(), StoreError>| closed(&log, &id, result);
+        // A dropped run's entry left the map as its drop was queued (a run
+        // begun since under the same id is another's to unmark).
+        let unmark = end != Some(RunEnd::Dropped);
+        let closed = move |result: Result<(), StoreError>| closed(&log, &id, result, unmark);
         let run = self.run.clone();
         let mark = match end {
             Some(RunEnd::Dropped) => Mark::Drop(run.clone()),
             Some(RunEnd::Kept { .. }) | None => Mark::Pin(run.clone()),
         };
-        let update = move |runs: &mut super::RunMap<JournalRun>| match end {
+        let update = move |runs: &mut super::RunMap<RunEntry>| match end {
             Some(RunEnd::Dropped) => {
                 runs.remove(&*run);
             }
@@ -418,12 +435,14 @@ impl RunLog {
 }
 
 /// A run's last records were written (`result`): a failure is logged,
-/// and the run is no longer executed here.
-fn closed(log: &Shared, run: &str, result: Result<(), StoreError>) {
+/// and, with `unmark`, the run is marked as no longer executed here.
+fn closed(log: &Shared, run: &str, result: Result<(), StoreError>, unmark: bool) {
     if let Err(error) = result {
         tracing::warn!(%error, "a run's journal records could not be written");
     }
-    log.live.unmark(run);
+    if unmark {
+        log.unmark(run);
+    }
 }
 
 impl Drop for RunLog {
@@ -436,7 +455,7 @@ impl Drop for RunLog {
             return;
         }
         if queue.bytes.is_empty() {
-            self.log.live.unmark(&self.run);
+            self.log.unmark(&self.run);
             return;
         }
         self.close(&mut queue, None);
