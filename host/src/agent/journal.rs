@@ -139,11 +139,13 @@ pub(crate) struct RunJournal {
     recorded: u32,
 }
 
-/// A run live here already is [`JournalError::Live`]; any other store
-/// failure is [`JournalError::Store`].
+/// A run live here already is [`JournalError::Live`], one no longer held
+/// [`JournalError::NotFound`]; any other store failure is
+/// [`JournalError::Store`].
 fn live_or_store(error: StoreError) -> JournalError {
     match error {
         StoreError::Live(run) => JournalError::Live(run),
+        error @ StoreError::Gone(_) => JournalError::NotFound(error.to_string()),
         error => JournalError::Store(error),
     }
 }

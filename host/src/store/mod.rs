@@ -55,6 +55,13 @@ pub enum StoreError {
          resuming it, or start a new run"
     )]
     Live(String),
+    /// The run to go on with is no longer in the journal (pruned or
+    /// dropped since it was read).
+    #[error(
+        "run {0} is no longer in the journal (it was pruned or finished meanwhile); \
+         start a new run"
+    )]
+    Gone(String),
 }
 
 /// Convert any redb error into [`StoreError::Io`].

@@ -1423,6 +1423,27 @@ impl Shared {
         true
     }
 
+    /// Queue `record` with its `mark` only when `decide`, run under the
+    /// same lock as the queueing, says so after changing the visible runs:
+    /// for a change that holds only while the run's entry stays as it was
+    /// seen (a prune must not drop a run that became live since). Nobody
+    /// waits for it. Returns whether it was queued.
+    pub(super) fn push_if(
+        &self,
+        record: &[u8],
+        mark: Mark,
+        decide: impl FnOnce(&mut RunMap<RunEntry>) -> bool,
+    ) -> bool {
+        let mut state = self.state();
+        if state.closed || !decide(&mut state.runs) {
+            return false;
+        }
+        state.pending.extend_from_slice(record);
+        state.marks.push(mark);
+        self.queued.store(true, Ordering::Release);
+        true
+    }
+
     /// Every record of `run` on disk and queued, in order, from its last
     /// drop on.
     pub(super) fn read_run<T>(

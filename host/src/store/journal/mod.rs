@@ -811,7 +811,7 @@ impl Journal {
     pub async fn start(&self, run: JournalRun) -> Result<(), StoreError> {
         let now = now_ms();
         let record = log::start_record(&run.start(), run.started_ms, now, None)?;
-        let entry = RunEntry {
+        let mut entry = RunEntry {
             start: record.body().into(),
             status: JournalStatus::Running,
             started_ms: run.started_ms,
@@ -821,6 +821,8 @@ impl Journal {
         let id: Arc<str> = Arc::from(run.run.as_str());
         self.log_for(&id)
             .write(record.bytes(), Mark::Pin(id.clone()), move |runs| {
+                // A run executing here stays marked so.
+                entry.live = runs.get(&id).is_some_and(|old| old.live);
                 runs.insert(id, entry);
             })
             .await
@@ -961,13 +963,16 @@ impl Journal {
                 .filter(|(_, run)| run.updated_ms < cutoff && !run.live)
                 .map(|(id, _)| id.clone())
                 .collect();
-            for run in &stale {
-                push_drop(&shard.log, run);
-            }
-            if !stale.is_empty() {
+            // A run resumed since it was seen is live now, and kept: the
+            // check is made again where the drop is queued.
+            let dropped = stale
+                .iter()
+                .filter(|run| push_drop_idle(&shard.log, run, cutoff))
+                .count();
+            if dropped > 0 {
                 shard.log.flush().await?;
             }
-            pruned += stale.len();
+            pruned += dropped;
             let rings = ring::prune_unrecovered(shard.log.dir(), cutoff);
             if rings > 0 {
                 tracing::info!(
@@ -1029,16 +1034,18 @@ fn push_finish(log: &Shared, run: &str, drop_entries: bool) {
     );
 }
 
-/// Void `run`'s records in `log`.
-fn push_drop(log: &Shared, run: &str) {
-    log.push(
-        &log::drop_record(run),
-        Mark::Drop(Arc::from(run)),
-        |runs| {
+/// Void `run`'s records in `log` when, at that moment, nobody executes
+/// it and it last changed before `cutoff`; whether it was voided.
+fn push_drop_idle(log: &Shared, run: &str, cutoff: u64) -> bool {
+    log.push_if(&log::drop_record(run), Mark::Drop(Arc::from(run)), |runs| {
+        let idle = runs
+            .get(run)
+            .is_some_and(|entry| entry.updated_ms < cutoff && !entry.live);
+        if idle {
             runs.remove(run);
-        },
-        None,
-    );
+        }
+        idle
+    })
 }
 
 /// The framed record of `entry` at (`run`, `scope`, `seq`).
@@ -1500,6 +1507,35 @@ mod tests {
         assert_eq!(journal.prune(Duration::from_millis(1)).await.unwrap(), 1);
         assert!(journal.runs(false).unwrap().is_empty());
         assert!(journal.entries("old", ROOT_SCOPE).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_made_live_after_a_prune_saw_it_is_kept() {
+        let (_dir, journal) = journal();
+        journal.start(record("old", 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The prune saw "old" idle; a resume then marks it live (and a
+        // restart record for it keeps the mark) before the drop is queued.
+        let log = journal.log_for("old").clone();
+        if let Some(entry) = log.state().runs.get_mut("old") {
+            entry.live = true;
+        }
+        journal.start(record("old", 1)).await.unwrap();
+        assert!(journal.is_live("old"));
+        assert!(!push_drop_idle(&log, "old", now_ms() + 1));
+        assert!(journal.run("old").unwrap().is_some());
+        // Once nobody executes it, it goes.
+        if let Some(entry) = log.state().runs.get_mut("old") {
+            entry.live = false;
+        }
+        assert!(push_drop_idle(&log, "old", now_ms() + 1));
+        journal.flush().await.unwrap();
+        assert!(journal.run("old").unwrap().is_none());
+        // A resume that read it before the drop does not start it afresh.
+        assert!(matches!(
+            journal.begin_resumed(&record("old", 1)),
+            Err(StoreError::Gone(run)) if run == "old"
+        ));
     }
 
     fn open_at(dir: &std::path::Path) -> Journal {

@@ -123,7 +123,9 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// As [`Journal::begin`].
+    /// As [`Journal::begin`], and [`StoreError::Gone`] when the journal no
+    /// longer holds the run (a prune or its finish dropped it since it was
+    /// read).
     pub fn begin_resumed(&self, run: &JournalRun) -> Result<RunLog, StoreError> {
         begin_in(self.log_for(&run.run), &run.start(), Some(run.started_ms))
     }
@@ -151,8 +153,12 @@ pub(super) fn begin_in(
     };
     {
         let mut state = log.state();
-        if state.runs.get(run.run).is_some_and(|held| held.live) {
-            return Err(StoreError::Live(run.run.to_owned()));
+        match state.runs.get(run.run) {
+            Some(held) if held.live => return Err(StoreError::Live(run.run.to_owned())),
+            // Going on with a run a prune dropped since it was read would
+            // start it afresh, its recorded results gone.
+            None if resumed_from.is_some() => return Err(StoreError::Gone(run.run.to_owned())),
+            _ => {}
         }
         state.runs.insert(id.clone(), entry);
     }
