@@ -1399,9 +1399,7 @@ impl Shared {
             return false;
         }
         update(&mut state.runs);
-        state.pending.extend_from_slice(record);
-        state.marks.push(mark);
-        self.queued.store(true, Ordering::Release);
+        self.enqueue(&mut state, record, mark);
         let wake = match waiter {
             Some(waiter) => {
                 let urgent = matches!(waiter, Waiter::Task(_));
@@ -1438,10 +1436,16 @@ impl Shared {
         if state.closed || !decide(&mut state.runs) {
             return false;
         }
+        self.enqueue(&mut state, record, mark);
+        true
+    }
+
+    /// Append `record` and its `mark` to what `state` has queued, and say
+    /// that something is.
+    fn enqueue(&self, state: &mut State, record: &[u8], mark: Mark) {
         state.pending.extend_from_slice(record);
         state.marks.push(mark);
         self.queued.store(true, Ordering::Release);
-        true
     }
 
     /// Every record of `run` on disk and queued, in order, from its last

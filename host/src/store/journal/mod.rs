@@ -568,6 +568,12 @@ impl RunEntry {
         })
     }
 
+    /// Whether a prune with `cutoff` drops it: nobody executes it here
+    /// and its record last changed before then.
+    fn prunable(&self, cutoff: u64) -> bool {
+        self.updated_ms < cutoff && !self.live
+    }
+
     /// The run's record, decoded.
     ///
     /// # Errors
@@ -960,7 +966,7 @@ impl Journal {
                 .state()
                 .runs
                 .iter()
-                .filter(|(_, run)| run.updated_ms < cutoff && !run.live)
+                .filter(|(_, run)| run.prunable(cutoff))
                 .map(|(id, _)| id.clone())
                 .collect();
             // A run resumed since it was seen is live now, and kept: the
@@ -1038,9 +1044,7 @@ fn push_finish(log: &Shared, run: &str, drop_entries: bool) {
 /// it and it last changed before `cutoff`; whether it was voided.
 fn push_drop_idle(log: &Shared, run: &str, cutoff: u64) -> bool {
     log.push_if(&log::drop_record(run), Mark::Drop(Arc::from(run)), |runs| {
-        let idle = runs
-            .get(run)
-            .is_some_and(|entry| entry.updated_ms < cutoff && !entry.live);
+        let idle = runs.get(run).is_some_and(|entry| entry.prunable(cutoff));
         if idle {
             runs.remove(run);
         }
